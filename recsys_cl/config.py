@@ -1,0 +1,418 @@
+"""Typed, frozen run configuration loaded from YAML, overridable with dotted ``--set`` keys.
+
+Every section is a frozen dataclass. :func:`load_config` rejects unknown keys and bad values with
+the key's full dotted name (``loss.temperature``), what was expected, what was found and a fix.
+
+Example::
+
+    cfg = load_config("pipelines/configs/two_tower.yaml", overrides=["train.epochs=3"])
+    cfg.loss.temperature
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, TypeVar, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the full key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Column names of a generic click log (``data.format: parquet|csv``)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+    """Optional rating / weight column; needed only when ``data.min_rating`` is set."""
+    event_type: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "data/ml-latest-small"
+    """A MovieLens folder, or a Parquet/CSV click-log file for ``format: parquet|csv``."""
+    format: Literal["movielens", "ml-latest", "ml-100k", "ml-1m", "parquet", "csv"] = "movielens"
+    """``movielens`` detects the flavour (latest CSV, 100K ``u.data``, 1M/10M ``ratings.dat``)."""
+    items_path: str | None = None
+    """Item table (Parquet/CSV) for generic formats: ``item_id`` plus optional text/genre columns."""
+    min_rating: float | None = None
+    """Keep ratings >= this as clicks; ``null`` keeps every rating (every rating is a click)."""
+    timestamp_unit: Literal["auto", "s", "ms"] = "auto"
+    """``auto`` detects milliseconds (values above 1e11) and converts them to seconds."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    drop_duplicates: bool = False
+    """Duplicate (user, item, timestamp) rows are an error unless this is true."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path must name a folder or file, got an empty string")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    kind: Literal["leave_last_out", "temporal"] = "leave_last_out"
+    """``leave_last_out``: per user, last click = test, second last = validation.
+    ``temporal``: global time cutoffs at the ``val_quantile`` / ``test_quantile`` of timestamps."""
+    val_quantile: float = 0.8
+    test_quantile: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_quantile < self.test_quantile < 1.0:
+            raise ConfigError(
+                "split.val_quantile and split.test_quantile must satisfy 0 < val < test < 1, "
+                f"got val={self.val_quantile}, test={self.test_quantile}"
+            )
+
+
+@dataclass(frozen=True)
+class UserTowerConfig:
+    history_length: int = 50
+    """How many of the user's most recent clicks feed the tower (L)."""
+    pooling: Literal["mean", "attention"] = "attention"
+    """``mean``: average of history embeddings; ``attention``: learned attention over
+    history + recency (position) embeddings, plus the mean."""
+    use_user_id: bool = False
+    """Add a user-ID embedding (users unseen in training fall back to a shared vector)."""
+    share_item_embeddings: bool = True
+    """Embed history items with the item tower's ID table (fewer parameters, faster learning)."""
+    hidden_dims: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.history_length < 1:
+            raise ConfigError(f"user_tower.history_length must be >= 1, got {self.history_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"user_tower.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class ItemTowerConfig:
+    encoders: tuple[Literal["id", "categorical"], ...] = ("id", "categorical")
+    """Which inputs the item tower reads: ``id`` embedding, ``categorical`` (e.g. genres)."""
+    hidden_dims: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.encoders:
+            raise ConfigError("item_tower.encoders must name at least one of [id, categorical]")
+        if len(set(self.encoders)) != len(self.encoders):
+            raise ConfigError(f"item_tower.encoders has duplicates: {list(self.encoders)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 64
+    """D: the dimension of user and item embeddings."""
+    normalize: bool = True
+    """L2-normalise both towers' outputs, so scores are cosines (Annoy ``angular`` ready)."""
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ConfigError(f"model.embedding_dim must be >= 1, got {self.embedding_dim}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["softmax", "debiased", "triplet"] = "softmax"
+    """``softmax``: sampled softmax over in-batch (+ sampled) negatives; ``debiased``: debiased
+    contrastive loss (Chuang et al. 2020); ``triplet``: margin ranking loss (baseline)."""
+    temperature: float = 0.05
+    """Softmax temperature tau; raw scores are divided by it before logQ is subtracted."""
+    logq: Literal["none", "counting", "streaming"] = "counting"
+    """logQ sampling-bias correction: ``counting`` = exact item frequencies from a pass over the
+    training clicks; ``streaming`` = the online estimator of Yi et al. 2019; ``none`` = off."""
+    mask_accidental_hits: bool = True
+    """Mask candidates with the same item id as the row's positive."""
+    mask_user_history: bool = False
+    """Also mask candidates the row's user clicked in training (false negatives)."""
+    tau_plus: float = 0.1
+    """Debiased loss only: class prior of false negatives among the negatives."""
+    margin: float = 0.2
+    """Triplet loss only: margin on cosine scores."""
+    streaming_alpha: float = 0.05
+    streaming_buckets: int = 1 << 20
+    streaming_hashes: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.temperature <= 10.0:
+            raise ConfigError(f"loss.temperature must be in (0, 10], got {self.temperature}")
+        if not 0.0 <= self.tau_plus < 1.0:
+            raise ConfigError(f"loss.tau_plus must be in [0, 1), got {self.tau_plus}")
+        if self.margin < 0:
+            raise ConfigError(f"loss.margin must be >= 0, got {self.margin}")
+        if not 0.0 < self.streaming_alpha <= 1.0:
+            raise ConfigError(f"loss.streaming_alpha must be in (0, 1], got {self.streaming_alpha}")
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    in_batch: bool = True
+    """Use the other rows' positives as negatives."""
+    sampled: Literal["none", "uniform", "popularity"] = "none"
+    """Extra negatives drawn from the catalogue, shared by the batch. In-batch + ``uniform`` is
+    mixed negative sampling (Yang et al. 2020)."""
+    num_sampled: int = 1024
+    popularity_alpha: float = 0.75
+    """``popularity``: sample item i with probability proportional to count_i ** alpha."""
+
+    def __post_init__(self) -> None:
+        if not self.in_batch and self.sampled == "none":
+            raise ConfigError(
+                "negatives: no negatives configured (negatives.in_batch=false and "
+                "negatives.sampled=none); set negatives.in_batch=true or negatives.sampled=uniform"
+            )
+        if self.num_sampled < 1:
+            raise ConfigError(f"negatives.num_sampled must be >= 1, got {self.num_sampled}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 5
+    """Stop after this many epochs without a better validation Recall@20."""
+    num_threads: int = 0
+    """torch intra-op threads; 0 = torch's default (all cores)."""
+    checkpoint_dir: str = "runs/checkpoints"
+    """Per-epoch checkpoints (model, optimizer, RNG) live here; a rerun resumes from them."""
+    resume: bool = True
+    """Resume from ``checkpoint_dir`` when it holds a checkpoint of the same config."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patience"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 20, 50)
+    batch_size: int = 1024
+    """Users scored per block in full ranking."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = None
+    """MLflow tracking URI; null = ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``."""
+    experiment: str = "recsys_cl"
+    run_name: str | None = None
+    registered_model_name: str | None = "recsys_cl_two_tower"
+    """Register the trained model under this name in the MLflow model registry (null = don't)."""
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    models: tuple[Literal["popularity", "itemknn", "ease", "als", "bpr"], ...] = (
+        "popularity",
+        "itemknn",
+        "ease",
+    )
+    ease_lambdas: tuple[float, ...] = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+    itemknn_k: tuple[int, ...] = (10, 20, 50, 100)
+    als_factors: int = 64
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
+    item_tower: ItemTowerConfig = field(default_factory=ItemTowerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.kind == "debiased" and not self.model.normalize:
+            raise ConfigError(
+                "loss.kind=debiased needs cosine scores (its clamp assumes cos >= -1); "
+                "set model.normalize=true or pick loss.kind=softmax"
+            )
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"loss.temperature": 0.05, ...}``: every leaf value under its dotted key."""
+        return flatten(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def load_config(
+    path: str | Path | None,
+    cls: type[T] = RunConfig,  # type: ignore[assignment]
+    overrides: Sequence[str] = (),
+) -> T:
+    """Read YAML at ``path`` (or the defaults when None), apply ``a.b=value`` overrides, validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or bad value; the message names the dotted key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML path")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {str(p)!r} must hold a mapping of sections, found {type(loaded).__name__}"
+            )
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(cls, raw)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=3)")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML: {e}") from e
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], raw: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys by full name."""
+    if not isinstance(raw, Mapping):
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where} must be a mapping of keys, found {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        known = ", ".join(prefix + k for k in fields)
+        raise ConfigError(
+            f"unknown config key {prefix + str(unknown[0])!r}; known keys here: {known}. "
+            "Check the spelling or remove it."
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        return from_dict(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (elem, *_rest) = get_args(tp)
+        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def dump_config(cfg: Any) -> str:
+    """YAML text that :func:`load_config` reads back to an equal config."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return yaml.safe_dump(plain(dataclasses.asdict(cfg)), sort_keys=False)
