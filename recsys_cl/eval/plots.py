@@ -1,0 +1,60 @@
+"""Figures logged with every run: learning curves, recall@K vs K, popularity of recommendations."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def learning_curves(history: Sequence[Mapping[str, float]]) -> Figure:
+    """Training loss and validation Recall@20 / NDCG@20 per epoch."""
+    epochs = np.arange(1, len(history) + 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    a.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    for key in ("val/recall@20", "val/ndcg@20", "val/recall@50"):
+        if history and key in history[0]:
+            b.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    b.set(xlabel="epoch", title="Validation (full ranking)")
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def recall_vs_k(curves: Mapping[str, Mapping[int, float]], protocol: str) -> Figure:
+    """One line per model: test Recall@K for each K."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+    ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title="Test Recall@K")
+    ax.text(0.01, -0.25, protocol, transform=ax.transAxes, fontsize=6)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def popularity_of_recommendations(
+    item_counts: np.ndarray, recommended: np.ndarray, clicked: np.ndarray
+) -> Figure:
+    """Histogram of log10(train clicks) for recommended items vs the test targets clicked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, np.log10(item_counts.max() + 1) + 0.1, 30)
+    for label, idx in (("recommended (top-20)", recommended), ("clicked (test targets)", clicked)):
+        idx = idx[idx >= 0]
+        ax.hist(np.log10(item_counts[idx] + 1), bins=bins, alpha=0.5, density=True, label=label)
+    ax.set(xlabel="log10(1 + training clicks of item)", ylabel="density",
+           title="Popularity of recommended vs clicked items")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

@@ -1,0 +1,255 @@
+"""The train-and-evaluate recipe shared by the pipelines: data -> split -> features -> towers ->
+fit -> test under the named protocol -> artifacts. Reports only through a ``Tracker``-like
+object, so tests can run it against a real MLflow store in a temp folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys_cl.config import RunConfig
+from recsys_cl.data.io import ClickLog, load_click_log
+from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
+from recsys_cl.data.negatives import build_sampler, make_user_item_keys
+from recsys_cl.data.splits import Split, split_clicks
+from recsys_cl.eval import plots
+from recsys_cl.eval.protocol import EvalSet, build_eval_set, evaluate, protocol_name, top_k_items
+from recsys_cl.features.sequences import Sequences
+from recsys_cl.features.spec import FeatureSpec, build_feature_spec
+from recsys_cl.train.batches import TrainingData
+from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
+from recsys_cl.train.loop import FitResult, fit
+from recsys_cl.train.steps import embed_items, embed_users
+from recsys_cl.towers.two_tower import TwoTower, build_two_tower
+
+log = logging.getLogger(__name__)
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+
+
+class Reporter(Protocol):
+    run_id: str
+
+    def log_params(self, params: Any) -> None: ...
+    def set_tags(self, tags: Any) -> None: ...
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: Any) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_dict(self, data: Any, artifact_file: str) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_artifacts(self, local_dir: Any, artifact_path: str | None = None) -> None: ...
+    def log_model(self, model_dir: Any, registered_model_name: str | None) -> str: ...
+
+
+@dataclass
+class Prepared:
+    """Data, split and evaluation sets: identical for the two-tower model and every baseline."""
+
+    clicks: ClickLog
+    split: Split
+    spec: FeatureSpec
+    val_set: EvalSet
+    test_set: EvalSet
+    protocol: str
+    fingerprint: str
+
+    def tags(self, cfg: RunConfig) -> dict[str, str]:
+        return {
+            "dataset": Path(cfg.data.path).name,
+            "data_source": self.clicks.source,
+            "data_fingerprint": self.fingerprint,
+            "split": cfg.split.kind,
+            "protocol": self.protocol,
+        }
+
+
+def fingerprint(clicks: pl.DataFrame) -> str:
+    """Order-independent content hash of the click log (user, item, timestamp)."""
+    h = clicks.select("user_id", "item_id", "timestamp").hash_rows(seed=0).sort()
+    return hashlib.sha256(h.to_numpy().tobytes()).hexdigest()[:16]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load and validate the click log, split it in time, build features and evaluation sets."""
+    t0 = time.perf_counter()
+    data = load_click_log(cfg.data)
+    split = split_clicks(data.clicks, cfg.split)
+    spec = build_feature_spec(split.train, data.items)
+    protocol = protocol_name(split.protocol)
+    val_set = build_eval_set(split.train, split.val, spec.items, spec.users, protocol)
+    test_set = build_eval_set(split.test_history(), split.test, spec.items, spec.users, protocol)
+    log.info(
+        "data %s: %d clicks, %d users, %d catalogue items; %d val / %d test users (%.1fs)",
+        data.source, data.clicks.height, len(spec.users), spec.num_items,
+        len(val_set.user_ids), len(test_set.user_ids), time.perf_counter() - t0,
+    )
+    return Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks))
+
+
+def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
+    """Sequences, targets, logQ source, sampler and masks for ``fit``."""
+    spec = prep.spec
+    seq = Sequences.from_clicks(prep.split.train, spec.items, spec.users)
+    positions = seq.training_positions(min_history=0 if cfg.user_tower.use_user_id else 1)
+    log_p = estimator = None
+    if cfg.loss.logq == "counting":
+        log_p = item_log_prob_counting(seq.item_index[seq.item_index >= 0], spec.num_items)
+    elif cfg.loss.logq == "streaming":
+        estimator = StreamingFrequencyEstimator(
+            num_buckets=cfg.loss.streaming_buckets,
+            num_hashes=cfg.loss.streaming_hashes,
+            alpha=cfg.loss.streaming_alpha,
+        )
+    sampler = build_sampler(cfg.negatives.sampled, spec.item_counts, cfg.negatives.popularity_alpha)
+    keys = None
+    if cfg.loss.mask_user_history:
+        ok = (seq.item_index >= 0) & (seq.user_index >= 0)
+        keys = make_user_item_keys(seq.user_index[ok], seq.item_index[ok], spec.num_items)
+    return TrainingData(
+        sequences=seq,
+        positions=positions,
+        history_length=cfg.user_tower.history_length,
+        num_items=spec.num_items,
+        log_p=log_p,
+        estimator=estimator,
+        sampler=sampler,
+        num_sampled=cfg.negatives.num_sampled,
+        user_item_keys=keys,
+        in_batch=cfg.negatives.in_batch,
+    )
+
+
+def two_tower_score_fn(
+    model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int
+) -> ScoreFn:
+    """Scores (b, M) for rows of ``eval_set``: user embeddings from each user's last ``length``
+    clicks in ``history`` (all strictly before their targets) against every catalogue item."""
+    seq = Sequences.from_clicks(history, spec.items, spec.users)
+    windows = seq.last_windows(eval_set.user_ids, length)  # (U, L)
+    users = embed_users(model, windows, spec.users.encode(eval_set.user_ids))  # (U, D)
+    items = embed_items(model, spec.num_items)  # (M, D)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return (users[torch.as_tensor(rows)] @ items.T).numpy()
+
+    return score
+
+
+def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
+    """Train, select on validation, test once, log everything. Returns the run summary."""
+    prep = prep or prepare(cfg)
+    reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
+                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg)})
+    reporter.log_params(cfg.to_flat_dict())
+    torch.manual_seed(cfg.train.seed)
+    model = build_two_tower(prep.spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    data = training_data(prep, cfg)
+    L = cfg.user_tower.history_length
+
+    def validate(m: TwoTower) -> dict[str, float]:
+        fn = two_tower_score_fn(m, prep.spec, prep.split.train, prep.val_set, L)
+        return evaluate(fn, prep.val_set, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
+
+    ckpt = checkpoint_path(cfg)
+    result: FitResult = fit(
+        model, data, cfg.train, cfg.loss, validate,
+        on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
+        extra_state={"run_id": reporter.run_id},
+    )
+    score_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L)
+    ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
+    test = evaluate(score_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
+    reporter.log_metrics({f"test/{k}": v for k, v in test.items()})
+    reporter.log_metrics({"best_epoch": result.best_epoch})
+    _log_artifacts(reporter, cfg, prep, result, score_fn, test)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
+        model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
+    if ckpt.exists():
+        ckpt.unlink()  # finished: the next run with this config starts fresh
+    return {
+        "run_id": reporter.run_id,
+        "model_uri": model_uri,
+        "protocol": prep.protocol,
+        "best_epoch": result.best_epoch,
+        "val_metrics": {k.removeprefix("val/"): v for k, v in result.best_metrics.items()},
+        "test_metrics": {k: v for k, v in test.items() if _is_headline(k, cfg.eval.ks)},
+    }
+
+
+def checkpoint_path(cfg: RunConfig) -> Path:
+    return Path(cfg.train.checkpoint_dir) / f"{config_hash(cfg)}.pt"
+
+
+def resumable_run_id(cfg: RunConfig) -> str | None:
+    """The MLflow run id of an interrupted run with this config, if a checkpoint is left."""
+    if not cfg.train.resume:
+        return None
+    state = load_checkpoint(checkpoint_path(cfg))
+    return None if state is None else state.get("extra", {}).get("run_id")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Identity of a training run for resuming: everything but bookkeeping keys."""
+    flat = cfg.to_flat_dict()
+    for key in ("train.epochs", "train.progress", "train.resume", "train.checkpoint_dir"):
+        flat.pop(key, None)
+    flat = {k: v for k, v in flat.items() if not k.startswith(("tracking.", "baselines."))}
+    return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:16]
+
+
+def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
+    if "@" not in key:
+        return True
+    return int(key.split("@")[1]) in set(ks) | {10, 20}
+
+
+def _negatives_tag(cfg: RunConfig) -> str:
+    parts = ["in_batch"] if cfg.negatives.in_batch else []
+    if cfg.negatives.sampled != "none":
+        parts.append(f"{cfg.negatives.sampled}x{cfg.negatives.num_sampled}")
+    return "+".join(parts)
+
+
+def _log_artifacts(
+    reporter: Reporter, cfg: RunConfig, prep: Prepared, result: FitResult, score_fn: ScoreFn,
+    test: dict[str, float],
+) -> None:
+    from recsys_cl.config import dump_config
+
+    reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        prep.spec.save(Path(tmp) / "vocab")
+        reporter.log_artifacts(Path(tmp) / "vocab", "vocab")
+        emb_dir = Path(tmp) / "item_embeddings"
+        emb_dir.mkdir()
+        emb = embed_items(result.model, prep.spec.num_items).numpy().astype(np.float32)
+        pl.DataFrame({"item_id": prep.spec.items.ids, "embedding": emb}).write_parquet(
+            emb_dir / "item_embeddings.parquet"
+        )
+        reporter.log_artifacts(emb_dir, "item_embeddings")
+    figs = {
+        "plots/learning_curves.png": plots.learning_curves(result.history),
+        "plots/recall_vs_k.png": plots.recall_vs_k(
+            {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
+            prep.protocol,
+        ),
+        "plots/popularity.png": plots.popularity_of_recommendations(
+            prep.spec.item_counts,
+            top_k_items(score_fn, prep.test_set, 20).ravel(),
+            prep.test_set.targets.indices,
+        ),
+    }
+    for name, fig in figs.items():
+        reporter.log_figure(fig, name)
+        plots.close(fig)

@@ -1,0 +1,97 @@
+"""FeatureSpec: the vocabularies and catalogue-aligned feature arrays the towers are built from.
+
+The catalogue is every item with at least one training click (the protocol ranks exactly these).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys_cl.data.errors import DataError
+from recsys_cl.features.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything needed to rebuild the towers' input layers, and saved beside a checkpoint.
+
+    Attributes:
+        items: catalogue vocabulary (M items).
+        users: vocabulary of users with training clicks.
+        genres: vocabulary of categorical values (empty when the item table has none).
+        item_genres: (M, G) int64 genre indices per catalogue item, padded with -1.
+        item_counts: (M,) int64 training clicks per catalogue item.
+    """
+
+    items: Vocab
+    users: Vocab
+    genres: Vocab
+    item_genres: np.ndarray
+    item_counts: np.ndarray
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.items.save(d / "items.parquet")
+        self.users.save(d / "users.parquet")
+        self.genres.save(d / "genres.parquet")
+        np.save(d / "item_genres.npy", self.item_genres)
+        np.save(d / "item_counts.npy", self.item_counts)
+        (d / "spec.json").write_text(json.dumps({"num_items": self.num_items}))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FeatureSpec":
+        d = Path(directory)
+        if not (d / "spec.json").is_file():
+            raise FileNotFoundError(f"{d} holds no feature spec (spec.json missing)")
+        return cls(
+            items=Vocab.load(d / "items.parquet"),
+            users=Vocab.load(d / "users.parquet"),
+            genres=Vocab.load(d / "genres.parquet"),
+            item_genres=np.load(d / "item_genres.npy"),
+            item_counts=np.load(d / "item_counts.npy"),
+        )
+
+
+def build_feature_spec(
+    train: pl.DataFrame, items: pl.DataFrame | None, genre_column: str = "genres"
+) -> FeatureSpec:
+    """Vocabularies from the training clicks; genres from the item table when it has them."""
+    if train.height == 0:
+        raise DataError("the training split is empty: no clicks to learn from")
+    item_vocab = Vocab.from_values(train["item_id"], name="item_id")
+    user_vocab = Vocab.from_values(train["user_id"], name="user_id")
+    counts = np.bincount(item_vocab.encode(train["item_id"]), minlength=len(item_vocab))
+    if items is not None and genre_column in items.columns:
+        exploded = (
+            items.select("item_id", pl.col(genre_column).alias("g"))
+            .explode("g")
+            .drop_nulls("g")
+        )
+        genre_vocab = Vocab.from_values(exploded["g"].cast(pl.String), name="genre")
+        row = item_vocab.encode(exploded["item_id"])
+        keep = row >= 0
+        row = row[keep]
+        gidx = genre_vocab.encode(exploded["g"].cast(pl.String))[keep]
+        order = np.lexsort((gidx, row))
+        row, gidx = row[order], gidx[order]
+        width = int(np.bincount(row, minlength=len(item_vocab)).max()) if len(row) else 0
+        matrix = np.full((len(item_vocab), max(width, 1)), -1, dtype=np.int64)
+        if len(row):
+            first = np.searchsorted(row, row)  # start of each row's run
+            col = np.arange(len(row)) - first
+            matrix[row, col] = gidx
+    else:
+        genre_vocab = Vocab(np.array([], dtype=str), name="genre")
+        matrix = np.full((len(item_vocab), 1), -1, dtype=np.int64)
+    return FeatureSpec(item_vocab, user_vocab, genre_vocab, matrix, counts.astype(np.int64))

@@ -1,0 +1,92 @@
+"""Item tower: a sum of per-input encoders -> optional MLP -> (L2-normalised) embedding.
+
+Letters: B batch, M catalogue size, G max genres per item, D embedding dim.
+
+Every encoder maps item indices ``(B,)`` to ``(B, D)``; the tower sums them. Content encoders
+(text, image) plug in as further entries of ``encoders`` without touching the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def mlp(dim: int, hidden_dims: Sequence[int], dropout: float) -> nn.Module:
+    """A residual-free MLP ``D -> hidden... -> D``; identity when ``hidden_dims`` is empty."""
+    if not hidden_dims:
+        return nn.Identity()
+    layers: list[nn.Module] = []
+    prev = dim
+    for h in hidden_dims:
+        layers += [nn.Linear(prev, h), nn.GELU(), nn.Dropout(dropout)]
+        prev = h
+    layers.append(nn.Linear(prev, dim))
+    return nn.Sequential(*layers)
+
+
+class IdEncoder(nn.Module):
+    """One learned vector per catalogue item."""
+
+    def __init__(self, num_items: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_items, dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+
+    def forward(self, item_index: Tensor) -> Tensor:
+        """item_index: (B,) int64 -> (B, D)."""
+        return self.embedding(item_index)
+
+
+class CategoricalEncoder(nn.Module):
+    """Mean of the embeddings of an item's categorical values (e.g. its genres).
+
+    Args:
+        value_index: (M, G) int64, the item's values padded with -1 (held as a buffer so it
+            travels with the state dict and the device).
+        num_values: size of the value vocabulary.
+    """
+
+    def __init__(self, value_index: Tensor, num_values: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("value_index", value_index.long() + 1)  # 0 = padding
+        self.embedding = nn.Embedding(num_values + 1, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, item_index: Tensor) -> Tensor:
+        """item_index: (B,) int64 -> (B, D); items with no values get a zero vector."""
+        values = self.value_index[item_index]  # (B, G)
+        summed = self.embedding(values).sum(1)  # (B, D); padding rows are zero
+        count = (values > 0).sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        return summed / count
+
+
+class ItemTower(nn.Module):
+    """Sum of encoders, then MLP, then optional L2 normalisation. Returns embeddings only."""
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        dim: int,
+        hidden_dims: Sequence[int] = (),
+        dropout: float = 0.0,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if not encoders:
+            raise ValueError("ItemTower needs at least one encoder (e.g. 'id')")
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.mlp = mlp(dim, hidden_dims, dropout)
+        self.normalize = normalize
+        self.dim = dim
+
+    def forward(self, item_index: Tensor) -> Tensor:
+        """item_index: (B,) int64 catalogue indices -> (B, D) item embeddings."""
+        x = sum(enc(item_index) for enc in self.encoders.values())  # (B, D)
+        x = self.mlp(x)
+        return F.normalize(x, dim=-1) if self.normalize else x

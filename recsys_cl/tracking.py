@@ -1,0 +1,175 @@
+"""MLflow tracking: the only module of recsys_cl that imports mlflow.
+
+``mlflow_run`` opens (or resumes) a run and yields a :class:`Tracker` whose methods are the
+only way the rest of the code reports: params, tags, per-epoch metrics, figures, artifacts,
+and the model (logged as a pyfunc wrapping our model directory, optionally registered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import mlflow.pyfunc
+
+from recsys_cl.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """``tracking.uri`` if set, else ``$MLFLOW_TRACKING_URI``, else a SQLite file ``mlflow.db``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names may not contain '@': ``val/recall@20`` -> ``val/recall_at_20``."""
+    return name.replace("@", "_at_")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """Reporting handle for one active MLflow run."""
+
+    def __init__(self, run: Any) -> None:
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.artifact_uri: str = run.info.artifact_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        clean = {k: ("null" if v is None else str(v))[:6000] for k, v in params.items()}
+        existing = mlflow.get_run(self.run_id).data.params
+        mlflow.log_params({k: v for k, v in clean.items() if k not in existing})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {metric_key(k): float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        mlflow.log_metrics(finite, step=step)
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        mlflow.log_dict(dict(data), artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifacts(str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(local_file), artifact_path)
+
+    def log_model(self, model_dir: str | Path, registered_model_name: str | None) -> str:
+        """Log ``model_dir`` as a pyfunc model; register it when a name is given. Returns its URI."""
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TwoTowerPyfunc(),
+            artifacts={"model_dir": str(model_dir)},
+            pip_requirements=["torch==2.13.0", "numpy", "polars", "pyarrow", "pyyaml"],
+            registered_model_name=registered_model_name,
+        )
+        if registered_model_name and info.registered_model_version is not None:
+            return f"models:/{registered_model_name}/{info.registered_model_version}"
+        return f"runs:/{self.run_id}/model"
+
+
+@contextlib.contextmanager
+def mlflow_run(
+    cfg: TrackingConfig,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """Open a run in ``cfg.experiment`` (or resume ``run_id``); ends it FAILED on an exception."""
+    uri = resolve_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
+            run_id = None
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name))
+    try:
+        tracker = Tracker(run)
+        tracker.set_tags({"git_commit": git_commit(), **dict(tags or {})})
+        yield tracker
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
+    """A local recsys_cl model directory for ``uri``: a path, ``runs:/...`` or ``models:/...``."""
+    p = Path(uri)
+    if p.exists():
+        return p
+    if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:")):
+        raise FileNotFoundError(
+            f"model {uri!r} is neither an existing directory nor an MLflow URI "
+            "(runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>)"
+        )
+    if tracking is not None:
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    inner = local / "artifacts" / "model_dir"
+    return inner if inner.exists() else local
+
+
+class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
+    """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
+    (oldest first) -> top-10 item ids and scores, training items excluded."""
+
+    def load_context(self, context: Any) -> None:
+        from recsys_cl.train.checkpoint import load_model_dir
+        from recsys_cl.train.steps import embed_items
+
+        self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
+        self.items = embed_items(self.model, self.spec.num_items)
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from recsys_cl.train.steps import embed_users
+
+        L = self.cfg.user_tower.history_length
+        hist = np.full((len(model_input), L), -1, dtype=np.int64)
+        for r, items in enumerate(model_input["history"]):
+            idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
+            hist[r, : len(idx)] = idx
+        users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
+        scores = users @ self.items.T
+        rows, cols = np.nonzero(hist >= 0)
+        scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
+        top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
+        ids = self.spec.items.decode(top.indices.numpy())
+        return pd.DataFrame({"item_ids": list(ids), "scores": list(top.values.numpy())})

@@ -1,0 +1,66 @@
+"""Checkpoints (resume after a crash) and model directories (the trained artifact).
+
+A model directory holds ``model.pt`` (state dict), ``config.yaml`` (the run config) and
+``features/`` (vocabularies and item features): enough to rebuild both towers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys_cl.config import RunConfig, dump_config, load_config
+from recsys_cl.features.spec import FeatureSpec
+from recsys_cl.towers.two_tower import TwoTower, build_two_tower
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_model_dir(directory: str | Path, model: TwoTower, spec: FeatureSpec, cfg: RunConfig) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(model.state_dict(), d / "model.pt")
+    (d / "config.yaml").write_text(dump_config(cfg))
+    spec.save(d / "features")
+    return d
+
+
+def load_model_dir(directory: str | Path) -> tuple[TwoTower, FeatureSpec, RunConfig]:
+    """Rebuild the two towers from a model directory written by :func:`save_model_dir`."""
+    d = Path(directory)
+    missing = [n for n in ("model.pt", "config.yaml", "features") if not (d / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{d} is not a recsys_cl model directory: missing {missing}; expected model.pt, "
+            "config.yaml and features/ as written by pipelines.train_two_tower"
+        )
+    cfg = load_config(d / "config.yaml", RunConfig)
+    spec = FeatureSpec.load(d / "features")
+    model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    return model, spec, cfg

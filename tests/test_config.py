@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from recsys_cl.config import ConfigError, RunConfig, dump_config, load_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "pipelines" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path, RunConfig)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config(None, RunConfig)
+    assert cfg.split.kind == "leave_last_out"
+    assert cfg.loss.temperature == 0.05
+
+
+def test_override_types_and_nesting() -> None:
+    cfg = load_config(None, RunConfig, ["train.epochs=3", "loss.temperature=0.1",
+                                        "item_tower.encoders=[id]", "data.min_rating=4",
+                                        "data.columns.rating=score"])
+    assert cfg.train.epochs == 3 and cfg.loss.temperature == 0.1
+    assert cfg.item_tower.encoders == ("id",)
+    assert cfg.data.min_rating == 4.0 and cfg.data.columns.rating == "score"
+
+
+def test_unknown_key_names_full_path(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("loss:\n  temprature: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'loss\.temprature'.*loss\.temperature"):
+        load_config(p, RunConfig)
+
+
+def test_unknown_section() -> None:
+    with pytest.raises(ConfigError, match="'trian'"):
+        load_config(None, RunConfig, ["trian.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.epochs=abc", r"train\.epochs must be an integer, got 'abc'"),
+        ("train.epochs=0", r"train\.epochs must be >= 1"),
+        ("loss.kind=hinge", r"loss\.kind must be one of \['softmax', 'debiased', 'triplet'\]"),
+        ("loss.temperature=0", r"loss\.temperature must be in \(0, 10\]"),
+        ("train.resume=maybe", r"train\.resume must be true or false"),
+        ("split.kind=random", r"split\.kind must be one of"),
+        ("negatives.in_batch=false", r"no negatives configured"),
+        ("train.epochs", r"must look like section\.key=value"),
+    ],
+)
+def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, RunConfig, [override])
+
+
+def test_cross_field_check_debiased_needs_cosine() -> None:
+    with pytest.raises(ConfigError, match="model.normalize=true"):
+        load_config(None, RunConfig, ["loss.kind=debiased", "model.normalize=false"])
+
+
+def test_config_is_frozen_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, RunConfig, ["train.epochs=7", "user_tower.hidden_dims=[32]"])
+    with pytest.raises(Exception):
+        cfg.train.epochs = 3  # type: ignore[misc]
+    p = tmp_path / "dump.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p, RunConfig) == cfg
+
+
+def test_flat_dict_has_dotted_keys() -> None:
+    flat = load_config(None, RunConfig).to_flat_dict()
+    assert flat["loss.temperature"] == 0.05 and flat["data.columns.user_id"] == "user_id"
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", RunConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, RunConfig)
