@@ -1,0 +1,274 @@
+"""The offline evaluation protocol: full ranking over the training catalogue, history masked.
+
+Protocol (logged with every number through :func:`protocol_name`):
+
+* **catalogue** = every item with at least one *training* click (an item :class:`Vocab` built from the
+  train frame); the model ranks all ``M`` of them (full ranking, no sampled negatives);
+* **history masked**: for each evaluated user, the catalogue items in their history (all their
+  clicks strictly before the target) get score ``-inf`` and cannot be recommended;
+* **targets outside the catalogue stay in the denominator** (``n_targets``) and count as misses;
+* validation: history = train clicks, targets = val frame; test: history = train + val clicks,
+  targets = test frame (the caller concatenates; :class:`EvalSet` carries the result);
+* users without any catalogue item in their history are skipped and counted (``n_skipped_users``).
+
+Letters: ``U`` evaluated users, ``M`` catalogue items, ``K`` list length, ``b`` users in a block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys_cl.eval import metrics
+from recsys_cl.features.vocab import Vocab
+
+CATALOGUE = "catalogue=train_items"
+DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
+
+
+def protocol_name(split_protocol: str, stage: str | None = None) -> str:
+    """The protocol string to log next to every metric, e.g.
+    ``full_ranking|catalogue=train_items|history_masked|split=leave_last_out(ties=row_order)``.
+
+    ``stage`` ("val" or "test") appends which clicks form the history.
+    """
+    name = f"full_ranking|{CATALOGUE}|history_masked|split={split_protocol}"
+    if stage is None:
+        return name
+    histories = {"val": "train", "test": "train+val"}
+    if stage not in histories:
+        raise ValueError(f"stage must be one of {sorted(histories)} or None, got {stage!r}")
+    return f"{name}|stage={stage}(history={histories[stage]})"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Everything :func:`evaluate` needs about the evaluated users; row ``u`` is one user.
+
+    Attributes:
+        user_ids: (U,) original user ids.
+        user_index: (U,) int64 row in the *train* user vocab, -1 for users without train clicks.
+        history: (U, M) float32 binary CSR — catalogue items in each user's history (masked).
+        targets: (U, M) float32 binary CSR — catalogue items among each user's targets.
+        n_targets: (U,) int64 number of distinct targets, including out-of-catalogue ones.
+        protocol: the protocol string (see :func:`protocol_name`).
+        n_skipped_users: users with targets but no catalogue item in their history (not in the set).
+    """
+
+    user_ids: np.ndarray
+    user_index: np.ndarray
+    history: sp.csr_matrix
+    targets: sp.csr_matrix
+    n_targets: np.ndarray
+    protocol: str
+    n_skipped_users: int = 0
+
+    def __post_init__(self) -> None:
+        u = len(self.user_ids)
+        for name in ("user_index", "n_targets"):
+            if np.shape(getattr(self, name)) != (u,):
+                got = np.shape(getattr(self, name))
+                raise ValueError(f"EvalSet.{name} must have shape ({u},), got {got}")
+        if self.history.shape[0] != u or self.targets.shape != self.history.shape:
+            raise ValueError(
+                f"EvalSet.history and .targets must both be ({u}, M); "
+                f"got {self.history.shape} and {self.targets.shape}"
+            )
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.history.shape[1])
+
+
+def _require_columns(frame: pl.DataFrame, what: str, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{what} frame is missing column(s) {missing}; it has {frame.columns}. "
+            "Pass a clicks frame with user_id and item_id columns."
+        )
+
+
+def _binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+    m.sum_duplicates()
+    m.data[:] = 1.0  # repeated clicks on one item count once
+    return m
+
+
+def interaction_matrix(clicks: pl.DataFrame, user_vocab: Vocab, item_vocab: Vocab) -> sp.csr_matrix:
+    """Binary (len(user_vocab), len(item_vocab)) float32 CSR of ``clicks``; rows whose user or item
+    is not in the vocabularies are dropped. Use it to build a baseline's training matrix."""
+    _require_columns(clicks, "clicks", ("user_id", "item_id"))
+    u = user_vocab.encode(clicks["user_id"])
+    i = item_vocab.encode(clicks["item_id"])
+    keep = (u >= 0) & (i >= 0)
+    return _binary_csr(u[keep], i[keep], (len(user_vocab), len(item_vocab)))
+
+
+def build_eval_set(
+    history: pl.DataFrame,
+    targets: pl.DataFrame,
+    item_vocab: Vocab,
+    user_vocab: Vocab,
+    protocol: str,
+) -> EvalSet:
+    """Build the :class:`EvalSet` for the users in ``targets``.
+
+    Args:
+        history: clicks before the targets (validation: train; test: train + val concatenated).
+        targets: the held-out clicks (val or test frame); one row per target click.
+        item_vocab: the catalogue — items with at least one training click.
+        user_vocab: train user vocab, only used to fill ``user_index``.
+        protocol: logged with the metrics (see :func:`protocol_name`).
+    """
+    _require_columns(history, "history", ("user_id", "item_id"))
+    _require_columns(targets, "targets", ("user_id", "item_id"))
+    if len(item_vocab) == 0:
+        raise ValueError("item_vocab (the catalogue) is empty; build it from the train clicks")
+    m = len(item_vocab)
+
+    pairs = targets.select("user_id", "item_id").unique()  # distinct (user, target) pairs
+    eval_users = Vocab.from_values(pairs["user_id"], name="eval_user")
+    u_t = eval_users.encode(pairs["user_id"])
+    n_targets = np.bincount(u_t, minlength=len(eval_users)).astype(np.int64)
+    i_t = item_vocab.encode(pairs["item_id"])
+    in_cat = i_t >= 0
+    target_m = _binary_csr(u_t[in_cat], i_t[in_cat], (len(eval_users), m))
+
+    u_h = eval_users.encode(history["user_id"])
+    i_h = item_vocab.encode(history["item_id"])
+    keep = (u_h >= 0) & (i_h >= 0)
+    history_m = _binary_csr(u_h[keep], i_h[keep], (len(eval_users), m))
+
+    has_history = np.diff(history_m.indptr) > 0
+    rows = np.flatnonzero(has_history)
+    user_ids = eval_users.ids[rows]
+    return EvalSet(
+        user_ids=user_ids,
+        user_index=user_vocab.encode(user_ids),
+        history=history_m[rows],
+        targets=target_m[rows],
+        n_targets=n_targets[rows],
+        protocol=protocol,
+        n_skipped_users=int((~has_history).sum()),
+    )
+
+
+def _to_numpy(scores: Any) -> np.ndarray:
+    if hasattr(scores, "detach"):  # torch.Tensor, without importing torch here
+        scores = scores.detach().cpu().numpy()
+    arr = np.asarray(scores)
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    return np.array(arr, dtype=dtype, copy=True)  # we write -inf into it
+
+
+def masked_top_k(scores: np.ndarray, history: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask history items to ``-inf`` **in place** and return the top ``k`` per row, best first.
+
+    Args:
+        scores: (b, M) float; modified in place.
+        history: (b, M) CSR of items to mask.
+    Returns:
+        items (b, k) int64 and their scores (b, k); entries with score ``-inf`` are masked items that
+        only appear because a row has fewer than ``k`` unmasked items.
+    """
+    b, m = scores.shape
+    rows = np.repeat(np.arange(b), np.diff(history.indptr))
+    scores[rows, history.indices] = -np.inf
+    k = min(k, m)
+    if k < m:
+        idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (b, k) unordered
+    else:
+        idx = np.broadcast_to(np.arange(m), (b, m)).copy()
+    top = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def evaluate(
+    score_fn: Callable[[np.ndarray], Any],
+    eval_set: EvalSet,
+    ks: Iterable[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Full-ranking metrics of ``score_fn`` on ``eval_set``, averaged over its users.
+
+    Args:
+        score_fn: maps EvalSet row positions ``(b,)`` to scores ``(b, M)`` over the catalogue
+            (numpy array or torch tensor). Higher is better.
+        eval_set: from :func:`build_eval_set`.
+        ks: list lengths; reports ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``coverage@K`` for each.
+    Returns:
+        ``{"recall@10": ..., "ndcg@10": ..., "hit_rate@10": ..., "coverage@10": ..., "mrr": ...,
+        "n_users": ..., "n_skipped_users": ...}``. MRR uses the full rank of the best-ranked target
+        (1 + unmasked items scoring strictly higher), 0 for users without a rankable target.
+    """
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive list lengths, got {ks}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_users, m = eval_set.n_users, eval_set.n_items
+    if n_users == 0:
+        raise ValueError(
+            f"eval set is empty ({eval_set.n_skipped_users} users skipped for having no history "
+            "in the catalogue)"
+        )
+    k_max = min(max(ks), m)
+
+    hits = np.zeros((n_users, k_max), dtype=bool)
+    top_items = np.zeros((n_users, k_max), dtype=np.int64)
+    best_rank = np.zeros(n_users, dtype=np.int64)
+    for start in range(0, n_users, batch_size):
+        rows = np.arange(start, min(start + batch_size, n_users))
+        scores = _to_numpy(score_fn(rows))  # (b, M)
+        if scores.shape != (len(rows), m):
+            raise ValueError(
+                f"score_fn returned shape {scores.shape}, expected ({len(rows)}, {m}) "
+                "(one row per requested user, one column per catalogue item)"
+            )
+        if np.isnan(scores).any():
+            raise ValueError("score_fn returned NaN scores; check the model for divergence")
+        idx, top = masked_top_k(scores, eval_set.history[rows], k_max)
+        target = eval_set.targets[rows].toarray().astype(bool)  # (b, M)
+        rankable = top > -np.inf
+        hits[rows] = np.take_along_axis(target, idx, axis=1) & rankable
+        top_items[rows] = np.where(rankable, idx, -1)
+
+        best = np.where(target, scores, -np.inf).max(axis=1)  # (b,) masked targets are -inf
+        higher = (scores > best[:, None]).sum(axis=1)
+        best_rank[rows] = np.where(best > -np.inf, 1 + higher, 0)
+
+    out: dict[str, float] = {}
+    for k in ks:
+        kk = min(k, k_max)
+        out[f"recall@{k}"] = float(metrics.recall_at_k(hits, eval_set.n_targets, kk).mean())
+        out[f"ndcg@{k}"] = float(metrics.ndcg_at_k(hits, eval_set.n_targets, kk).mean())
+        out[f"hit_rate@{k}"] = float(metrics.hit_rate_at_k(hits, kk).mean())
+        out[f"coverage@{k}"] = metrics.coverage(top_items[:, :kk], m)
+    out["mrr"] = float(metrics.reciprocal_rank(best_rank).mean())
+    out["n_users"] = float(n_users)
+    out["n_skipped_users"] = float(eval_set.n_skipped_users)
+    return out
+
+
+def top_k_items(
+    score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, k: int, batch_size: int = 1024
+) -> np.ndarray:
+    """(U, k) catalogue indices of each evaluated user's top-k, history masked; -1 pads rows with
+    fewer than k rankable items."""
+    out = []
+    for s in range(0, eval_set.n_users, batch_size):
+        rows = np.arange(s, min(s + batch_size, eval_set.n_users))
+        items, scores = masked_top_k(_to_numpy(score_fn(rows)), eval_set.history[rows], k)
+        out.append(np.where(np.isfinite(scores), items, -1))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)

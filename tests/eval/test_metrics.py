@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from recsys_cl.eval import metrics
+
+# 3 users, top-3 lists; user 0 has 2 targets, user 1 has 1 (missed), user 2 has 3 (one found).
+HITS = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
+N_TARGETS = np.array([2, 1, 3])
+
+
+def test_recall_at_k():
+    # @1: u0 1/2, u1 0/1, u2 0/3 ; @3: u0 2/2, u1 0/1, u2 1/3
+    np.testing.assert_allclose(metrics.recall_at_k(HITS, N_TARGETS, 1), [0.5, 0, 0])
+    np.testing.assert_allclose(metrics.recall_at_k(HITS, N_TARGETS, 3), [1.0, 0, 1 / 3])
+
+
+def test_recall_counts_unrankable_targets_as_misses():
+    # one hit but 4 targets (3 of them outside the catalogue): 1/4
+    np.testing.assert_allclose(metrics.recall_at_k(np.array([[1, 0]], bool), np.array([4]), 2), [0.25])
+
+
+def test_precision_and_hit_rate():
+    # precision@3: 2/3, 0/3, 1/3 ; hit_rate@1: only u0 ; hit_rate@3: u0 and u2
+    np.testing.assert_allclose(metrics.precision_at_k(HITS, 3), [2 / 3, 0, 1 / 3])
+    np.testing.assert_allclose(metrics.hit_rate_at_k(HITS, 1), [1, 0, 0])
+    np.testing.assert_allclose(metrics.hit_rate_at_k(HITS, 3), [1, 0, 1])
+
+
+def test_ndcg_at_k():
+    # u0: DCG = 1/log2(2) + 1/log2(4) = 1 + 0.5 = 1.5; ideal with min(2,3)=2 hits = 1 + 1/log2(3)
+    # u1: 0
+    # u2: DCG = 1/log2(3); ideal with min(3,3)=3 hits = 1 + 1/log2(3) + 1/log2(4)
+    l3 = 1 / np.log2(3)
+    expected = [1.5 / (1 + l3), 0.0, l3 / (1 + l3 + 0.5)]
+    np.testing.assert_allclose(metrics.ndcg_at_k(HITS, N_TARGETS, 3), expected)
+    np.testing.assert_allclose(expected, [0.91972, 0.0, 0.29608], atol=1e-5)
+
+
+def test_ndcg_ideal_is_capped_at_k():
+    # 5 targets, top-2 both hits: DCG = ideal DCG over min(5, 2) = 2 ranks -> 1
+    np.testing.assert_allclose(metrics.ndcg_at_k(np.array([[1, 1]], bool), np.array([5]), 2), [1.0])
+    # only rank 2 is a hit, 1 target: (1/log2(3)) / 1
+    got = metrics.ndcg_at_k(np.array([[0, 1]], bool), np.array([1]), 2)
+    np.testing.assert_allclose(got, [1 / np.log2(3)])
+
+
+def test_reciprocal_rank():
+    # ranks 1, none, 4 -> 1, 0, 1/4
+    np.testing.assert_allclose(metrics.reciprocal_rank(np.array([1, 0, 4])), [1.0, 0.0, 0.25])
+    with pytest.raises(ValueError):
+        metrics.reciprocal_rank(np.array([-1]))
+
+
+def test_coverage_ignores_padding():
+    # items {0, 1} appear (-1 is padding) in a catalogue of 4 -> 2/4
+    assert metrics.coverage(np.array([[0, 1], [1, -1]]), 4) == 0.5
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.recall_at_k(HITS, N_TARGETS, 4)
+    with pytest.raises(ValueError, match="one entry per"):
+        metrics.recall_at_k(HITS, N_TARGETS[:2], 2)
+    with pytest.raises(ValueError, match="n_items"):
+        metrics.coverage(np.array([[0]]), 0)

@@ -1,0 +1,162 @@
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_cl.eval.protocol import (
+    EvalSet,
+    build_eval_set,
+    evaluate,
+    interaction_matrix,
+    masked_top_k,
+    protocol_name,
+)
+from recsys_cl.features.vocab import Vocab
+
+
+def clicks(pairs):
+    users, items = zip(*pairs)
+    return pl.DataFrame(
+        {"user_id": list(users), "item_id": list(items), "timestamp": list(range(len(pairs)))},
+        schema_overrides={"item_id": pl.Int64, "timestamp": pl.Int64},
+    )
+
+
+def tiny_case():
+    """3 evaluated users x 5 catalogue items, plus a 4th target user with no history."""
+    train = clicks([("u1", 1), ("u1", 2), ("u2", 2), ("u2", 3), ("u3", 4), ("u3", 5)])
+    targets = clicks([("u1", 3), ("u2", 9), ("u3", 3), ("u4", 1)])  # item 9 is not in the catalogue
+    items = Vocab.from_values(train["item_id"], "item_id")
+    users = Vocab.from_values(train["user_id"], "user_id")
+    return train, targets, items, users
+
+
+def test_build_eval_set_tiny_case():
+    train, targets, items, users = tiny_case()
+    es = build_eval_set(train, targets, items, users, "p")
+    assert list(es.user_ids) == ["u1", "u2", "u3"]  # u4 has no history: skipped and counted
+    assert es.n_skipped_users == 1
+    np.testing.assert_array_equal(es.user_index, [0, 1, 2])
+    np.testing.assert_array_equal(es.n_targets, [1, 1, 1])
+    assert es.history.toarray().tolist() == [[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1]]
+    assert es.targets.toarray().tolist() == [[0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
+    assert es.history.dtype == np.float32
+
+
+def test_evaluate_tiny_case_by_hand():
+    train, targets, items, users = tiny_case()
+    es = build_eval_set(train, targets, items, users, "p")
+    scores = np.array([5, 4, 3, 2, 1], dtype=np.float32)  # items 1..5, same for everyone
+    out = evaluate(lambda rows: np.tile(scores, (len(rows), 1)), es, ks=(1, 3))
+    # u1: history {1,2} masked -> ranking 3,4,5; target 3 at rank 1
+    # u2: target 9 is outside the catalogue -> miss everywhere, rr 0; ranking 1,4,5
+    # u3: history {4,5} masked -> ranking 1,2,3; target 3 at rank 3
+    assert out["recall@1"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
+    assert out["recall@3"] == pytest.approx(2 / 3)  # (1 + 0 + 1) / 3
+    assert out["ndcg@3"] == pytest.approx(0.5)  # (1 + 0 + 1/log2(4)) / 3
+    assert out["hit_rate@1"] == pytest.approx(1 / 3)
+    assert out["mrr"] == pytest.approx(4 / 9)  # (1 + 0 + 1/3) / 3
+    assert out["coverage@1"] == pytest.approx(2 / 5)  # top-1 items {3, 1, 1}
+    assert out["coverage@3"] == pytest.approx(1.0)  # {3,4,5} | {1,4,5} | {1,2,3}
+    assert out["n_users"] == 3 and out["n_skipped_users"] == 1
+
+
+def random_eval_set(n_users=50, n_items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    h = (rng.random((n_users, n_items)) < 0.3).astype(np.float32)
+    t = np.zeros_like(h)
+    for u in range(n_users):  # one or two targets outside the history
+        free = np.flatnonzero(h[u] == 0)
+        t[u, rng.choice(free, size=1 + u % 2, replace=False)] = 1
+    return EvalSet(
+        user_ids=np.arange(n_users), user_index=np.arange(n_users), history=sp.csr_matrix(h),
+        targets=sp.csr_matrix(t), n_targets=t.sum(1).astype(np.int64), protocol="p",
+    )
+
+
+def test_history_items_never_in_top_k():
+    es = random_eval_set()
+    rng = np.random.default_rng(1)
+    # history items get the highest raw scores: without masking they would fill the lists
+    scores = rng.random((es.n_users, es.n_items)) + 100 * es.history.toarray()
+    idx, top = masked_top_k(scores.copy(), es.history, 10)
+    h = es.history.toarray().astype(bool)
+    assert not np.take_along_axis(h, idx, axis=1).any()
+    assert np.all(np.diff(top, axis=1) <= 0)  # best first
+    # same through evaluate: history boosted, targets next -> every target is found
+    t = es.targets.toarray()
+    out = evaluate(lambda rows: 100 * h[rows] + t[rows], es, ks=(2, 10))
+    assert out["recall@2"] == 1.0 and out["mrr"] == 1.0
+
+
+def test_oracle_gets_perfect_scores_and_accepts_torch():
+    es = random_eval_set()
+    t = torch.from_numpy(es.targets.toarray())
+    out = evaluate(lambda rows: t[torch.as_tensor(rows)], es, ks=(10, 20), batch_size=7)
+    assert out["recall@10"] == 1.0 and out["ndcg@10"] == pytest.approx(1.0) and out["mrr"] == 1.0
+
+
+def test_out_of_catalogue_targets_count_as_misses():
+    train = clicks([(1, 10), (1, 11), (2, 11)])
+    targets = clicks([(1, 12), (1, 99), (2, 10)])  # 99 never seen in train
+    train = pl.concat([train, clicks([(3, 12)])])
+    items = Vocab.from_values(train["item_id"])
+    users = Vocab.from_values(train["user_id"])
+    es = build_eval_set(train, targets, items, users, "p")
+    np.testing.assert_array_equal(es.n_targets, [2, 1])
+    t = es.targets.toarray()
+    out = evaluate(lambda rows: t[rows], es, ks=(2,))
+    assert out["recall@2"] == pytest.approx((1 / 2 + 1) / 2)  # user 1 finds 12 but not 99
+
+
+def test_test_history_is_train_plus_val_and_unknown_users_get_minus_one():
+    train = clicks([(1, 10), (1, 11), (2, 11), (2, 12)])
+    val = clicks([(1, 12), (3, 10)])  # user 3 has no train clicks
+    test = clicks([(1, 13), (3, 11)])
+    train = pl.concat([train, clicks([(2, 13)])])
+    items = Vocab.from_values(train["item_id"])
+    users = Vocab.from_values(train["user_id"])
+    es = build_eval_set(pl.concat([train, val]), test, items, users, "p")
+    assert list(es.user_ids) == [1, 3]
+    np.testing.assert_array_equal(es.user_index, [0, -1])
+    assert es.history.toarray().tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]  # val click 12 masked
+
+
+def test_duplicate_clicks_count_once():
+    train = clicks([(1, 10), (1, 10), (1, 11)])
+    targets = clicks([(1, 12), (1, 12)])
+    train = pl.concat([train, clicks([(2, 12)])])
+    items, users = Vocab.from_values(train["item_id"]), Vocab.from_values(train["user_id"])
+    es = build_eval_set(train, targets, items, users, "p")
+    assert es.history.data.tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(es.n_targets, [1])
+    assert interaction_matrix(train, users, items).toarray().tolist() == [[1, 1, 0], [0, 0, 1]]
+
+
+def test_mrr_uses_strictly_higher_scores():
+    es = random_eval_set(n_users=4, n_items=10)
+    out = evaluate(lambda rows: np.zeros((len(rows), 10), np.float32), es)  # all tied -> rank 1
+    assert out["mrr"] == 1.0
+
+
+def test_bad_score_fn_output_raises():
+    es = random_eval_set(n_users=4, n_items=10)
+    with pytest.raises(ValueError, match="expected"):
+        evaluate(lambda rows: np.zeros((len(rows), 9)), es)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(lambda rows: np.full((len(rows), 10), np.nan), es)
+
+
+def test_missing_columns_raise():
+    _, targets, items, users = tiny_case()
+    with pytest.raises(ValueError, match="item_id"):
+        build_eval_set(pl.DataFrame({"user_id": ["u1"]}), targets, items, users, "p")
+
+
+def test_protocol_name():
+    name = protocol_name("leave_last_out(ties=row_order)", "test")
+    assert name.startswith("full_ranking|catalogue=train_items|history_masked|split=leave_last_out")
+    assert name.endswith("stage=test(history=train+val)")
+    with pytest.raises(ValueError):
+        protocol_name("x", "train")
