@@ -253,3 +253,46 @@ def _log_artifacts(
     for name, fig in figs.items():
         reporter.log_figure(fig, name)
         plots.close(fig)
+
+
+def run_baseline(
+    name: str, cfg: RunConfig, prep: Prepared, reporter: Reporter
+) -> dict[str, Any]:
+    """Tune one baseline on validation NDCG@10 and test it, under the identical split/protocol."""
+    from recsys_cl.baselines import tune_and_evaluate
+    from recsys_cl.eval.protocol import interaction_matrix
+
+    grids: dict[str, Any] = {
+        "ease": {"lam": list(cfg.baselines.ease_lambdas)},
+        "itemknn": {"k": list(cfg.baselines.itemknn_k)},
+        "als": {"factors": [cfg.baselines.als_factors]},
+        "bpr": {"factors": [cfg.baselines.als_factors]},
+    }
+    train = interaction_matrix(prep.split.train, prep.spec.users, prep.spec.items)
+    ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
+    res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
+    reporter.set_tags({**prep.tags(cfg), "model": name})
+    reporter.log_params({
+        **{f"baseline.{k}": v for k, v in res["params"].items()},
+        "baseline.name": name,
+        "data.path": cfg.data.path,
+        "data.min_rating": cfg.data.min_rating,
+        "split.kind": cfg.split.kind,
+    })
+    for params, val in res["val_by_params"]:
+        reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
+    reporter.log_metrics({f"val/{k}": v for k, v in res["val"].items()})
+    reporter.log_metrics({f"test/{k}": v for k, v in res["test"].items()})
+    reporter.log_metrics({"fit_seconds": res["fit_seconds"]})
+    return {
+        "run_id": reporter.run_id,
+        "model": name,
+        "params": res["params"],
+        "protocol": prep.protocol,
+        "fit_seconds": res["fit_seconds"],
+        "test_metrics": {k: v for k, v in res["test"].items() if _is_headline(k, cfg.eval.ks)},
+    }
+
+
+def _param_str(params: dict[str, Any]) -> str:
+    return "_".join(f"{k}_{v}" for k, v in params.items()) or "default"

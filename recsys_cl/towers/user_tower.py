@@ -56,6 +56,12 @@ class UserTower(nn.Module):
         self.user_embedding = nn.Embedding(num_users + 1, dim) if num_users > 0 else None
         if self.user_embedding is not None:
             nn.init.normal_(self.user_embedding.weight, std=0.02)
+        # A linear map after pooling (identity at init): without it the user vector is a plain
+        # mix of history embeddings and always scores the history items themselves highest.
+        self.project = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.project.weight.copy_(torch.eye(dim))
+            self.project.bias.zero_()
         self.mlp = mlp(dim, hidden_dims, dropout)
         self.dropout = nn.Dropout(dropout)
         self.normalize = normalize
@@ -78,5 +84,5 @@ class UserTower(nn.Module):
             if user_index is None:
                 raise ValueError("this UserTower has a user-ID embedding: pass user_index")
             pooled = pooled + self.user_embedding(user_index + 1)  # -1 -> fallback row 0
-        x = self.mlp(pooled)
+        x = self.mlp(self.project(pooled))
         return F.normalize(x, dim=-1) if self.normalize else x
