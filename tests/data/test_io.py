@@ -1,0 +1,273 @@
+"""load_click_log: the three MovieLens flavours, generic logs, and one test per bad-input case."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recsys_cl.config import ColumnsConfig, DataConfig
+from recsys_cl.data.errors import DataError
+from recsys_cl.data.io import ClickLog, load_click_log, validate_clicks
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+ML_LATEST_SMALL = ROOT / "data" / "ml-latest-small"
+CONTRACT = {"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64, "rating": pl.Float64,
+            "row_order": pl.Int64}
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def ml_latest(tmp_path: Path, ratings: str, movies: str | None = None) -> Path:
+    folder = tmp_path / "ml"
+    write(folder / "ratings.csv", ratings)
+    write(folder / "movies.csv", movies or "movieId,title,genres\n1,A (1990),Comedy\n2,B (1991),Drama\n")
+    return folder
+
+
+def generic(tmp_path: Path, text: str, **kw: object) -> DataConfig:
+    path = write(tmp_path / "clicks.csv", text)
+    return DataConfig(path=str(path), format="csv", **kw)  # type: ignore[arg-type]
+
+
+def raises(cfg: DataConfig, *fragments: str) -> str:
+    with pytest.raises(DataError) as info:
+        load_click_log(cfg)
+    msg = str(info.value)
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Good inputs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ML_LATEST_SMALL.exists(), reason="data/ml-latest-small not present")
+def test_bundled_ml_latest_small() -> None:
+    t0 = time.perf_counter()
+    log = load_click_log(DataConfig(path=str(ML_LATEST_SMALL)))
+    assert time.perf_counter() - t0 < 5.0
+    assert isinstance(log, ClickLog) and log.source.startswith("movielens-latest:")
+    c = log.clicks
+    assert dict(c.schema) == CONTRACT
+    assert c.height == 100_836
+    assert c["user_id"].n_unique() == 610 and c["item_id"].n_unique() == 9_724
+    assert c["row_order"].to_list() == list(range(c.height))
+    assert log.items is not None and log.items.height == 9_742
+    assert log.items.schema["genres"] == pl.List(pl.String)
+    toy = log.items.filter(pl.col("item_id") == 1).row(0, named=True)
+    assert toy["title"] == "Toy Story (1995)"
+    assert toy["genres"] == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+    assert "pixar" in toy["tags"]  # tags.csv aggregated, lowercased
+    quoted = log.items.filter(pl.col("item_id") == 11)["title"][0]
+    assert quoted == "American President, The (1995)"  # quoted title with a comma
+    assert all(t == t.lower() for tags in log.items["tags"] for t in tags)
+
+
+def test_ml_100k_fixture_latin1_and_genre_flags() -> None:
+    log = load_click_log(DataConfig(path=str(FIXTURES / "ml-100k")))
+    assert log.source.startswith("movielens-100k:")
+    assert dict(log.clicks.schema) == CONTRACT and log.clicks.height == 48
+    assert log.items is not None
+    assert "Café au lait (1993)" in log.items["title"].to_list()
+    toy = log.items.filter(pl.col("item_id") == 1)["genres"][0].to_list()
+    assert toy == ["Action", "Adventure", "Children's"]
+    assert log.items.filter(pl.col("item_id") == 12)["genres"][0].to_list() == []  # 'unknown' only
+    assert load_click_log(DataConfig(path=str(FIXTURES / "ml-100k"), format="ml-100k")).clicks.equals(
+        log.clicks
+    )
+
+
+def test_ml_1m_fixture() -> None:
+    log = load_click_log(DataConfig(path=str(FIXTURES / "ml-1m")))
+    assert log.source.startswith("movielens-1m:")
+    assert dict(log.clicks.schema) == CONTRACT and log.clicks.height == 48
+    first = log.clicks.row(0, named=True)
+    assert (first["user_id"], first["item_id"], first["timestamp"]) == (1, 6, 978300500)
+    assert log.items is not None
+    row = log.items.filter(pl.col("item_id") == 2).row(0, named=True)
+    assert row["title"] == "Crème brûlée (1993)" and row["genres"] == ["Comedy", "Romance"]
+
+
+def test_ml_latest_crlf_quotes_and_no_genres(tmp_path: Path) -> None:
+    folder = ml_latest(
+        tmp_path,
+        "userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n1,2,3.5,964982704\r\n",
+        'movieId,title,genres\r\n1,"Dog, The (1990)",(no genres listed)\r\n2,B (1991),Drama|Crime\r\n',
+    )
+    log = load_click_log(DataConfig(path=str(folder)))
+    assert log.items is not None and "tags" not in log.items.columns  # no tags.csv
+    assert log.items["title"].to_list() == ["Dog, The (1990)", "B (1991)"]
+    assert log.items["genres"].to_list() == [[], ["Drama", "Crime"]]
+    assert log.clicks["timestamp"].to_list() == [964982703, 964982704]
+
+
+def test_min_rating_filters_and_renumbers_row_order(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,2.0,10\n1,2,4.0,11\n2,1,5,12\n")
+    log = load_click_log(DataConfig(path=str(folder), min_rating=3.5))
+    assert log.clicks["rating"].to_list() == [4.0, 5.0]
+    assert log.clicks["row_order"].to_list() == [0, 1]
+
+
+def test_generic_csv_string_ids_dates_and_items(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title,genres\na,Apple,x|y\nb,Bean,\n")
+    cfg = generic(
+        tmp_path,
+        "uid,iid,when,kind\nu1,a,2020-01-01 00:00:00,click\nu2,b,2020-01-02T00:00:00,buy\n",
+        columns=ColumnsConfig(user_id="uid", item_id="iid", timestamp="when", event_type="kind"),
+        items_path=str(items),
+    )
+    log = load_click_log(cfg)
+    assert log.clicks.columns == ["user_id", "item_id", "timestamp", "event_type", "row_order"]
+    assert log.clicks.schema["user_id"] == pl.String
+    assert log.clicks["timestamp"].to_list() == [1577836800, 1577923200]
+    assert log.items is not None and log.items["genres"].to_list() == [["x", "y"], []]
+
+
+def test_generic_parquet_milliseconds_auto_converted(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [1_600_000_000_123, 1_600_000_001_999]}
+                 ).write_parquet(path)
+    log = load_click_log(DataConfig(path=str(path), format="parquet"))
+    assert log.clicks["timestamp"].to_list() == [1_600_000_000, 1_600_000_001]
+    assert log.items is None
+
+
+def test_drop_duplicates_keeps_first(tmp_path: Path) -> None:
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n1,2,100\n1,3,101\n", drop_duplicates=True)
+    assert load_click_log(cfg).clicks["item_id"].to_list() == [2, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs: each message names the file, the column, the count, an example and the fix
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_path() -> None:
+    raises(DataConfig(path="no/such/folder"), "data.path", "no/such/folder", "does not exist")
+
+
+def test_folder_without_movielens_files(tmp_path: Path) -> None:
+    write(tmp_path / "notes.txt", "hi")
+    raises(DataConfig(path=str(tmp_path)), "notes.txt", "ratings.csv", "u.data", "ratings.dat")
+
+
+def test_missing_column_lists_found_columns(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating\n1,1,4.0\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "missing column(s) ['timestamp']",
+           "found columns ['userId', 'movieId', 'rating']")
+
+
+def test_generic_missing_column_names_config_key(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user,item_id,timestamp\n1,2,3\n"), "clicks.csv", "['user_id']",
+           "data.columns.user_id")
+
+
+def test_non_integer_user_id_in_movielens(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,964982703\nbob,2,3.0,964982704\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "'userId'", "1 non-integer values", "line 3",
+           "userId='bob'", "integer ids")
+
+
+def test_non_numeric_timestamp_in_movielens(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,yesterday\n1,2,3.0,x\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "'timestamp'", "2 non-numeric timestamps",
+           "line 2", "unix seconds")
+
+
+def test_null_values(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,,3.0,964982704\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "'movieId'", "1 null values", "line 3",
+           "drop or fill")
+
+
+def test_unparseable_timestamps_in_generic_log(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,2020-01-01\n1,3,soon\n"), "clicks.csv",
+           "'timestamp'", "1 unparseable timestamps", "line 3", "ISO-8601")
+
+
+def test_timestamp_before_1970(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,-5\n1,3,100\n"), "clicks.csv",
+           "1 timestamps before 1970", "line 2", "data.timestamp_unit")
+
+
+def test_timestamp_in_future(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,99999999999\n"), "clicks.csv",
+           "1 timestamps in the future", "line 2", "data.timestamp_unit")
+
+
+def test_milliseconds_with_unit_seconds(tmp_path: Path) -> None:
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,1600000000000\n", timestamp_unit="s")
+    raises(cfg, "clicks.csv", "'timestamp'", "look like milliseconds", "data.timestamp_unit=ms")
+
+
+def test_mixed_seconds_and_milliseconds(tmp_path: Path) -> None:
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,1600000000\n1,3,1600000000000\n")
+    raises(cfg, "clicks.csv", "1 values above 1e11", "line 3", "one unit")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    folder = tmp_path / "ml100k"
+    write(folder / "u.data", "\n")
+    raises(DataConfig(path=str(folder)), "u.data", "empty (zero rows)")
+
+
+def test_header_only_csv(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n"), "clicks.csv", "empty (zero click rows)")
+
+
+def test_duplicate_rows(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0,11\n1,1,2.0,10\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "(userId, movieId, timestamp)",
+           "1 duplicate rows", "line 4", "data.drop_duplicates=true")
+
+
+def test_clicked_items_absent_from_item_table(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,7,4.0,11\n2,7,1.0,12\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "2 clicks on 1 item ids", "movies.csv",
+           "line 3", "item_id=7", "drop those clicks")
+
+
+def test_malformed_double_colon_line(tmp_path: Path) -> None:
+    folder = tmp_path / "ml1m"
+    write(folder / "ratings.dat", "1::2::5::978300760\n1::3::978300761\n")
+    raises(DataConfig(path=str(folder)), "ratings.dat", "1 of 2 lines", "4 fields", "line 2",
+           "'1::3::978300761'")
+
+
+def test_malformed_tab_line(tmp_path: Path) -> None:
+    folder = tmp_path / "ml100k"
+    write(folder / "u.data", "1\t2\t5\t874965758\n\n1 3 4 874965759\n")
+    raises(DataConfig(path=str(folder), format="ml-100k"), "u.data", "line 3", "'\\t'")
+
+
+def test_ragged_csv_is_wrapped(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10,extra\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "could not be parsed as CSV")
+
+
+def test_min_rating_without_rating_column(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,3\n", min_rating=4.0), "data.min_rating",
+           "no rating column", "data.columns.rating")
+
+
+def test_duplicate_item_ids_in_item_table(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n",
+                       "movieId,title,genres\n1,A,Comedy\n1,A again,Drama\n")
+    raises(DataConfig(path=str(folder)), "movies.csv", "'item_id'", "2 rows with a repeated id",
+           "one row per item")
+
+
+def test_validate_clicks_direct_call_reports_row() -> None:
+    df = pl.DataFrame({"user_id": [1, 2], "item_id": [1, None], "timestamp": [10, 11]})
+    with pytest.raises(DataError, match=r"events.parquet: column 'item_id' has 1 null values .*row 1"):
+        validate_clicks(df, "events.parquet")
