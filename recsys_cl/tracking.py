@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -21,6 +22,8 @@ import mlflow.pyfunc
 from recsys_cl.config import TrackingConfig
 
 log = logging.getLogger(__name__)
+# mlflow's own per-file download bar floods the log when a model is registered.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -85,16 +88,24 @@ class Tracker:
 
     def log_model(self, model_dir: str | Path, registered_model_name: str | None) -> str:
         """Log ``model_dir`` as a pyfunc model; register it when a name is given. Returns its URI."""
-        info = mlflow.pyfunc.log_model(
+        with warnings.catch_warnings():
+            # We log a python_model object on purpose (it only points at model_dir) and its
+            # predict takes a DataFrame, so skip mlflow's advice on both.
+            warnings.simplefilter("ignore", UserWarning)
+            logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+            info = self._log_pyfunc(model_dir, registered_model_name)
+        if registered_model_name and info.registered_model_version is not None:
+            return f"models:/{registered_model_name}/{info.registered_model_version}"
+        return f"runs:/{self.run_id}/model"
+
+    def _log_pyfunc(self, model_dir: str | Path, registered_model_name: str | None) -> Any:
+        return mlflow.pyfunc.log_model(
             name="model",
             python_model=TwoTowerPyfunc(),
             artifacts={"model_dir": str(model_dir)},
             pip_requirements=["torch==2.13.0", "numpy", "polars", "pyarrow", "pyyaml"],
             registered_model_name=registered_model_name,
         )
-        if registered_model_name and info.registered_model_version is not None:
-            return f"models:/{registered_model_name}/{info.registered_model_version}"
-        return f"runs:/{self.run_id}/model"
 
 
 @contextlib.contextmanager
@@ -139,37 +150,48 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
     if tracking is not None:
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    inner = local / "artifacts" / "model_dir"
-    return inner if inner.exists() else local
+    # a pyfunc model keeps our directory under artifacts/<basename>/
+    for candidate in (local, *sorted((local / "artifacts").glob("*"))):
+        if (candidate / "model.pt").is_file():
+            return candidate
+    return local
 
 
-class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
-    """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
-    (oldest first) -> top-10 item ids and scores, training items excluded."""
+# mlflow warns at class creation that predict's DataFrame input is not a list[...] type hint;
+# our input is a DataFrame on purpose.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        from recsys_cl.train.checkpoint import load_model_dir
-        from recsys_cl.train.steps import embed_items
+    class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
+        """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
+        (oldest first) -> top-10 item ids and scores, training items excluded."""
 
-        self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
-        self.items = embed_items(self.model, self.spec.num_items)
+        def load_context(self, context: Any) -> None:
+            from recsys_cl.train.checkpoint import load_model_dir
+            from recsys_cl.train.steps import embed_items
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        import numpy as np
-        import pandas as pd
-        import torch
+            self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
+            self.items = embed_items(self.model, self.spec.num_items)
 
-        from recsys_cl.train.steps import embed_users
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            import numpy as np
+            import pandas as pd
+            import torch
 
-        L = self.cfg.user_tower.history_length
-        hist = np.full((len(model_input), L), -1, dtype=np.int64)
-        for r, items in enumerate(model_input["history"]):
-            idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
-            hist[r, : len(idx)] = idx
-        users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
-        scores = users @ self.items.T
-        rows, cols = np.nonzero(hist >= 0)
-        scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
-        top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
-        ids = self.spec.items.decode(top.indices.numpy())
-        return pd.DataFrame({"item_ids": list(ids), "scores": list(top.values.numpy())})
+            from recsys_cl.train.steps import embed_users
+
+            L = self.cfg.user_tower.history_length
+            hist = np.full((len(model_input), L), -1, dtype=np.int64)
+            for r, items in enumerate(model_input["history"]):
+                idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
+                hist[r, : len(idx)] = idx
+            users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
+            scores = users @ self.items.T
+            rows, cols = np.nonzero(hist >= 0)
+            scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
+            top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
+            ids = self.spec.items.decode(top.indices.numpy())
+            ok = torch.isfinite(top.values).numpy()  # rows with < 10 unseen items are cut short
+            vals = top.values.numpy()
+            return pd.DataFrame({"item_ids": [i[m] for i, m in zip(ids, ok)],
+                                 "scores": [v[m] for v, m in zip(vals, ok)]})

@@ -1,0 +1,112 @@
+"""The train and baselines pipelines end to end on tiny MovieLens 100K / 1M fixtures, with a real
+MLflow SQLite store in tmp_path: params, per-epoch metrics, artifacts, the registered model."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines import evaluate_baselines, train_two_tower
+from recsys_cl.config import TrackingConfig
+from recsys_cl.tracking import resolve_model_dir
+from recsys_cl.train.checkpoint import load_model_dir
+from recsys_cl.train.steps import embed_items
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _args(tmp_path: Path, data: str, *extra: str) -> list[str]:
+    return [
+        "--set", f"data.path={FIXTURES / data}",
+        "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set", "tracking.experiment=smoke",
+        "--set", f"train.checkpoint_dir={tmp_path / 'ck'}",
+        "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.progress=false",
+        "--set", "model.embedding_dim=8", "--set", "user_tower.history_length=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # mlruns/ artifacts land in tmp_path
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.mark.parametrize("data", ["ml-100k", "ml-1m"])
+def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
+    out = tmp_path / "summary.json"
+    summary = train_two_tower.main(_args(tmp_path, data, "--summary-json", str(out)))
+    on_disk = json.loads(out.read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert set(on_disk) >= {"run_id", "model_uri", "protocol", "test_metrics"}
+    assert {"recall@20", "ndcg@20", "recall@10", "recall@50", "ndcg@10", "hit_rate@10", "mrr",
+            "coverage@20"} <= set(on_disk["test_metrics"])
+    assert on_disk["protocol"].startswith("full_ranking|catalogue=train_items|history_masked")
+    assert on_disk["model_uri"] == "models:/recsys_cl_two_tower/1"
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.get_run(on_disk["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss.temperature"] == "0.05"
+    assert run.data.params["data.path"].endswith(data)
+    assert run.data.tags["protocol"] == on_disk["protocol"]
+    assert len(run.data.tags["data_fingerprint"]) == 16 and "git_commit" in run.data.tags
+    steps = client.get_metric_history(run.info.run_id, "val/recall_at_20")
+    assert [m.step for m in steps] == [1, 2]
+    assert run.data.metrics["test/recall_at_20"] == pytest.approx(on_disk["test_metrics"]["recall@20"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "item_embeddings", "vocab", "config"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/recall_vs_k.png", "plots/popularity.png"} <= plots
+
+    # the registered model loads back into both towers and reproduces the logged embeddings
+    model_dir = resolve_model_dir(on_disk["model_uri"], TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    model, spec, cfg = load_model_dir(model_dir)
+    emb_dir = client.download_artifacts(run.info.run_id, "item_embeddings", str(tmp_path / "dl"))
+    table = pd.read_parquet(Path(emb_dir) / "item_embeddings.parquet")
+    np.testing.assert_allclose(np.stack(table["embedding"]), embed_items(model, spec.num_items).numpy(),
+                               atol=1e-6)
+    assert cfg.train.epochs == 2
+    u = model.user_tower(torch.tensor([[0, 1, -1, -1]]))
+    assert u.shape == (1, 8)
+
+    pyfunc = mlflow.pyfunc.load_model(on_disk["model_uri"])
+    first_items = list(spec.items.ids[:3])
+    pred = pyfunc.predict(pd.DataFrame({"history": [first_items]}))
+    recommended = list(pred["item_ids"][0])
+    assert len(recommended) == min(10, spec.num_items - 3)
+    assert not set(first_items) & set(recommended)  # the history is never recommended
+
+
+def test_bad_config_key_exits_with_the_key(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"unknown config key 'loss\.temprature'"):
+        train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "loss.temprature=0.1"))
+
+
+def test_missing_data_path_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"data error: .*does not exist"):
+        train_two_tower.main(_args(tmp_path, "no-such-folder"))
+
+
+def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train_two_tower.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--set" in text and "--summary-json" in text and "MovieLens" in text
+
+
+def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    summaries = evaluate_baselines.main(_args(tmp_path, "ml-100k", "--summary-json", str(out)))
+    assert [s["model"] for s in summaries] == ["popularity", "itemknn", "ease"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("smoke")
+    runs = mlflow.search_runs([exp.experiment_id])
+    assert len(runs) == 3 and set(runs["tags.model"]) == {"popularity", "itemknn", "ease"}
+    assert "lam" in summaries[2]["params"]

@@ -1,0 +1,114 @@
+"""batch_loss follows the recipe; batches carry the right logQ per source and the right masks."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys_cl.config import ItemTowerConfig, LossConfig, ModelConfig, UserTowerConfig
+from recsys_cl.data.item_stats import item_log_prob_counting
+from recsys_cl.data.negatives import UniformSampler, make_user_item_keys
+from recsys_cl.features.sequences import Sequences
+from recsys_cl.features.spec import build_feature_spec
+from recsys_cl.train.batches import TrainingData
+from recsys_cl.train.steps import Batch, batch_loss
+from recsys_cl.towers.two_tower import build_two_tower
+
+
+def _clicks() -> pl.DataFrame:
+    # 3 users; item 0 is popular (clicked by everyone), others rare.
+    return pl.DataFrame({
+        "user_id": [1, 1, 1, 2, 2, 2, 3, 3, 3],
+        "item_id": [0, 1, 2, 0, 3, 4, 0, 5, 1],
+        "timestamp": list(range(9)),
+        "row_order": list(range(9)),
+    })
+
+
+def _data(**kw) -> tuple[TrainingData, object]:
+    c = _clicks()
+    spec = build_feature_spec(c, None)
+    seq = Sequences.from_clicks(c, spec.items, spec.users)
+    data = TrainingData(sequences=seq, positions=seq.training_positions(), history_length=2,
+                        num_items=spec.num_items, **kw)
+    return data, spec
+
+
+def test_counting_logq_is_log_expected_count_in_batch() -> None:
+    c = _clicks()
+    spec = build_feature_spec(c, None)
+    seq = Sequences.from_clicks(c, spec.items, spec.users)
+    log_p = item_log_prob_counting(seq.item_index, spec.num_items)
+    data, _ = _data(log_p=log_p)
+    (batch,) = list(data.batches(16, torch.Generator().manual_seed(0)))
+    B = batch.size
+    assert B == 6  # every click with >= 1 earlier click of its user
+    counts = np.bincount(seq.item_index, minlength=spec.num_items)
+    want = np.log(B * counts[batch.candidates.numpy()] / counts.sum())
+    np.testing.assert_allclose(batch.log_q.numpy(), want, rtol=1e-5)
+
+
+def test_sampled_negatives_are_appended_with_their_own_log_q() -> None:
+    data, spec = _data(sampler=UniformSampler(6), num_sampled=4,
+                       log_p=np.log(np.full(6, 1 / 6, dtype=np.float32)))
+    (batch,) = list(data.batches(16, torch.Generator().manual_seed(0)))
+    assert batch.candidates.shape == (10,)
+    # uniform sampler: expected count of each item among 4 draws = 4/6
+    np.testing.assert_allclose(batch.log_q[6:].numpy(), math.log(4 / 6), rtol=1e-5)
+
+
+def test_without_in_batch_only_the_diagonal_and_sampled_columns_count() -> None:
+    data, _ = _data(sampler=UniformSampler(6), num_sampled=3, in_batch=False)
+    (batch,) = list(data.batches(16, torch.Generator().manual_seed(0)))
+    m = batch.extra_mask
+    assert m.shape == (6, 9)
+    assert not m.diagonal().any() and m[:, :6].sum() == 30 and not m[:, 6:].any()
+
+
+def test_user_history_mask_marks_the_users_own_clicks() -> None:
+    c = _clicks()
+    spec = build_feature_spec(c, None)
+    seq = Sequences.from_clicks(c, spec.items, spec.users)
+    keys = make_user_item_keys(seq.user_index, seq.item_index, spec.num_items)
+    data, _ = _data(user_item_keys=keys)
+    (batch,) = list(data.batches(16, torch.Generator().manual_seed(0)))
+    clicked = {(u, i) for u, i in zip(seq.user_index, seq.item_index)}
+    for r in range(batch.size):
+        for j, item in enumerate(batch.candidates.tolist()):
+            assert bool(batch.extra_mask[r, j]) == ((int(batch.user_index[r]), item) in clicked)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "debiased", "triplet"])
+def test_batch_loss_matches_manual_recipe(kind: str) -> None:
+    torch.manual_seed(0)
+    data, spec = _data()
+    model = build_two_tower(spec, ModelConfig(embedding_dim=4), UserTowerConfig(history_length=2),
+                            ItemTowerConfig(encoders=("id",)))
+    b = Batch(history=torch.tensor([[1, -1], [0, 2], [3, 0]]), user_index=torch.tensor([0, 1, 2]),
+              candidates=torch.tensor([2, 4, 2]),  # row 2's positive duplicates row 0's
+              log_q=torch.tensor([0.5, -1.0, 0.5]))
+    cfg = LossConfig(kind=kind, temperature=0.5)
+    got = batch_loss(model, b, cfg)
+    u, v = model(b.history, b.user_index, b.candidates)
+    s = (u @ v.T).detach()
+    if kind == "triplet":
+        # valid negatives: (0,1), (1,0), (1,2), (2,1); (0,2), (2,0) are accidental hits
+        pairs = [(0, 1), (1, 0), (1, 2), (2, 1)]
+        want = sum(max(0.0, 0.2 - s[i, i] + s[i, j]) for i, j in pairs) / len(pairs)
+    else:
+        logits = s / 0.5 - b.log_q
+        rows = []
+        for i in range(3):
+            neg = [j for j in range(3) if j != i and not (i != j and b.candidates[j] == b.candidates[i])]
+            pos = math.exp(logits[i, i])
+            sneg = sum(math.exp(logits[i, j]) for j in neg)
+            if kind == "debiased":
+                n = len(neg)
+                ng = max((-0.1 * n * pos + sneg) / 0.9, n * math.exp(-1 / 0.5))
+                rows.append(-math.log(pos / (pos + ng)))
+            else:
+                rows.append(-math.log(pos / (pos + sneg)))
+        want = sum(rows) / 3
+    assert got.item() == pytest.approx(float(want), rel=1e-4)
