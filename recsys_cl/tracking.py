@@ -173,7 +173,8 @@ with warnings.catch_warnings():
             self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
             self.items = embed_items(self.model, self.spec.num_items)
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        # No type hints here: mlflow turns them into a (list-only) input schema.
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
             import numpy as np
             import pandas as pd
             import torch

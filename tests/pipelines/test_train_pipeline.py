@@ -110,3 +110,26 @@ def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
     runs = mlflow.search_runs([exp.experiment_id])
     assert len(runs) == 3 and set(runs["tags.model"]) == {"popularity", "itemknn", "ease"}
     assert "lam" in summaries[2]["params"]
+
+
+def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
+    out = tmp_path / "ab.md"
+    table = ablation.main(["--variants", str(variants), "--seeds", "0", "1", "--baselines", "popularity",
+                           "--out", str(out), *_args(tmp_path, "ml-100k")])
+    assert out.read_text().strip() == table.strip()
+    assert "| two-tower: plain | 2 |" in table and "| two-tower: debiased | 2 |" in table
+    assert "| popularity | 1 |" in table and "±" in table
+    assert table.startswith("Protocol: `full_ranking")
+
+
+def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("typo: [loss.kindd=debiased]\n")
+    with pytest.raises(SystemExit, match=r"'loss\.kindd'"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])

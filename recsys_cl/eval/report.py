@@ -1,0 +1,34 @@
+"""Aggregate per-seed results and render the comparison tables the README shows."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "mrr", "coverage@20")
+
+
+def mean_std(runs: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_METRICS) -> dict[str, tuple[float, float]]:
+    """{metric: (mean, sample std)} over runs (std 0 for a single run)."""
+    out = {}
+    for k in keys:
+        vals = np.array([r[k] for r in runs], dtype=float)
+        out[k] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    return out
+
+
+def markdown_table(
+    rows: Sequence[tuple[str, Mapping[str, tuple[float, float]], int]],
+    keys: Sequence[str] = TABLE_METRICS,
+) -> str:
+    """One row per model: ``(name, {metric: (mean, std)}, n_seeds)``."""
+    head = "| model | seeds | " + " | ".join(keys) + " |"
+    sep = "|---|---|" + "---|" * len(keys)
+    lines = [head, sep]
+    for name, stats, n in rows:
+        cells = [
+            f"{stats[k][0]:.4f}" + (f" ± {stats[k][1]:.4f}" if n > 1 else "") for k in keys
+        ]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
