@@ -5,7 +5,7 @@ Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
     python -m pipelines.ablation --only "+ logQ (counting)" --seeds 0 --set train.epochs=5
 
-Variants live in pipelines/configs/ablation.yaml (name -> list of --set overrides). All overrides
+Variants live in pipelines/configs/ablations/two_tower.yaml (name -> list of --set overrides). All overrides
 are validated before any training starts.
 """
 
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(CONFIGS / "two_tower.yaml"), help="base config (default: %(default)s)")
-    p.add_argument("--variants", default=str(CONFIGS / "ablation.yaml"), help="variants YAML (default: %(default)s)")
+    p.add_argument("--variants", default=str(CONFIGS / "ablations" / "two_tower.yaml"), help="variants YAML (default: %(default)s)")
     p.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default: 0 1 2)")
     p.add_argument("--baselines", nargs="*", default=None,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import resumable_run_id, run_two_tower
+from recsys_cl.experiment import prepare, resumable_run_id, run_two_tower
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"config error: {e}") from None
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
     try:
-        with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg)) as run:
-            summary = run_two_tower(cfg, run)
+        prep = prepare(cfg)  # before the run opens: bad data leaves no FAILED run behind
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
+    with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg)) as run:
+        summary = run_two_tower(cfg, run, prep)
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))

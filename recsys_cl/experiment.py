@@ -86,11 +86,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     split = split_clicks(data.clicks, cfg.split)
     spec = build_feature_spec(split.train, data.items)
     protocol = protocol_name(split.protocol)
-    val_set = build_eval_set(split.train, split.val, spec.items, spec.users, protocol)
-    test_set = build_eval_set(split.test_history(), split.test, spec.items, spec.users, protocol)
+    catalogue = spec.catalogue_vocab
+    val_set = build_eval_set(split.train, split.val, catalogue, spec.users, protocol)
+    test_set = build_eval_set(split.test_history(), split.test, catalogue, spec.users, protocol)
     log.info(
-        "data %s: %d clicks, %d users, %d catalogue items; %d val / %d test users (%.1fs)",
-        data.source, data.clicks.height, len(spec.users), spec.num_items,
+        "data %s: %d clicks, %d users, %d items (%d with training clicks); %d val / %d test users (%.1fs)",
+        data.source, data.clicks.height, len(spec.users), spec.num_items, len(spec.catalogue),
         len(val_set.user_ids), len(test_set.user_ids), time.perf_counter() - t0,
     )
     return Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks))
@@ -132,12 +133,12 @@ def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
 def two_tower_score_fn(
     model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int
 ) -> ScoreFn:
-    """Scores (b, M) for rows of ``eval_set``: user embeddings from each user's last ``length``
+    """Scores (b, M_cat) for rows of ``eval_set``: user embeddings from each user's last ``length``
     clicks in ``history`` (all strictly before their targets) against every catalogue item."""
     seq = Sequences.from_clicks(history, spec.items, spec.users)
     windows = seq.last_windows(eval_set.user_ids, length)  # (U, L)
     users = embed_users(model, windows, spec.users.encode(eval_set.user_ids))  # (U, D)
-    items = embed_items(model, spec.num_items)  # (M, D)
+    items = embed_items(model, spec.num_items)[torch.from_numpy(spec.catalogue)]  # (M_cat, D)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return (users[torch.as_tensor(rows)] @ items.T).numpy()
@@ -245,7 +246,7 @@ def _log_artifacts(
             prep.protocol,
         ),
         "plots/popularity.png": plots.popularity_of_recommendations(
-            prep.spec.item_counts,
+            prep.spec.item_counts[prep.spec.catalogue],
             top_k_items(score_fn, prep.test_set, 20).ravel(),
             prep.test_set.targets.indices,
         ),
@@ -268,7 +269,7 @@ def run_baseline(
         "als": {"factors": [cfg.baselines.als_factors]},
         "bpr": {"factors": [cfg.baselines.als_factors]},
     }
-    train = interaction_matrix(prep.split.train, prep.spec.users, prep.spec.items)
+    train = interaction_matrix(prep.split.train, prep.spec.users, prep.spec.catalogue_vocab)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
     reporter.set_tags({**prep.tags(cfg), "model": name})

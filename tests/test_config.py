@@ -13,6 +13,21 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert isinstance(cfg, RunConfig)
 
 
+ABLATIONS = sorted((Path(__file__).parents[1] / "pipelines" / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_every_ablation_variant_loads(path: Path) -> None:
+    import yaml
+
+    variants = yaml.safe_load(path.read_text())
+    assert variants, f"{path} holds no variants"
+    base = CONFIGS[0].parent / "two_tower.yaml"
+    for name, overrides in variants.items():
+        cfg = load_config(base, RunConfig, overrides)
+        assert isinstance(cfg, RunConfig), name
+
+
 def test_defaults_without_file() -> None:
     cfg = load_config(None, RunConfig)
     assert cfg.split.kind == "leave_last_out"

@@ -98,6 +98,9 @@ class PopularitySampler:
 def build_sampler(kind: str, counts: np.ndarray, alpha: float = 0.75) -> NegativeSampler | None:
     """Sampler for ``negatives.sampled``: ``"none"`` -> None, ``"uniform"``, ``"popularity"``.
 
+    Both draw only items with training clicks (the catalogue the protocol ranks): ``"uniform"``
+    is ``PopularitySampler(counts, 0)``.
+
     Args:
         kind: one of ``"none"``, ``"uniform"``, ``"popularity"``.
         counts: training click count of each catalogue item (its length is M). Shape: (M,).
@@ -106,7 +109,8 @@ def build_sampler(kind: str, counts: np.ndarray, alpha: float = 0.75) -> Negativ
     if kind == "none":
         return None
     if kind == "uniform":
-        return UniformSampler(len(counts))
+        # uniform over the ranked catalogue (items with training clicks), not over cold items
+        return PopularitySampler(counts, 0.0)
     if kind == "popularity":
         return PopularitySampler(counts, alpha)
     raise ValueError(f"unknown sampler kind {kind!r}; expected 'none', 'uniform' or 'popularity'")

@@ -1,6 +1,9 @@
-"""FeatureSpec: the vocabularies and catalogue-aligned feature arrays the towers are built from.
+"""FeatureSpec: the vocabularies and item-aligned feature arrays the towers are built from.
 
-The catalogue is every item with at least one training click (the protocol ranks exactly these).
+``items`` holds every known item: clicked in training or listed in the item table. The
+*catalogue* the evaluation protocol ranks is the subset with at least one training click; items
+never clicked still get an embedding from their content (genres now, text/images later), which is
+what the index and cold-start need.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ class FeatureSpec:
     """Everything needed to rebuild the towers' input layers, and saved beside a checkpoint.
 
     Attributes:
-        items: catalogue vocabulary (M items).
+        items: every known item (M items): clicked in training or in the item table.
         users: vocabulary of users with training clicks.
         genres: vocabulary of categorical values (empty when the item table has none).
-        item_genres: (M, G) int64 genre indices per catalogue item, padded with -1.
-        item_counts: (M,) int64 training clicks per catalogue item.
+        item_genres: (M, G) int64 genre indices per item, padded with -1.
+        item_counts: (M,) int64 training clicks per item (0 = never clicked in training).
     """
 
     items: Vocab
@@ -37,6 +40,16 @@ class FeatureSpec:
     @property
     def num_items(self) -> int:
         return len(self.items)
+
+    @property
+    def catalogue(self) -> np.ndarray:
+        """(M_cat,) indices into ``items`` of the items with >= 1 training click, ascending."""
+        return np.nonzero(self.item_counts > 0)[0]
+
+    @property
+    def catalogue_vocab(self) -> Vocab:
+        """Vocabulary of the ranked catalogue; its index j is ``items`` index ``catalogue[j]``."""
+        return Vocab(self.items.ids[self.catalogue], name=self.items.name)
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -66,10 +79,13 @@ class FeatureSpec:
 def build_feature_spec(
     train: pl.DataFrame, items: pl.DataFrame | None, genre_column: str = "genres"
 ) -> FeatureSpec:
-    """Vocabularies from the training clicks; genres from the item table when it has them."""
+    """Vocabularies from the training clicks and the item table; genres when the table has them."""
     if train.height == 0:
         raise DataError("the training split is empty: no clicks to learn from")
-    item_vocab = Vocab.from_values(train["item_id"], name="item_id")
+    item_ids = train["item_id"]
+    if items is not None:
+        item_ids = pl.concat([item_ids, items["item_id"].cast(item_ids.dtype)])
+    item_vocab = Vocab.from_values(item_ids, name="item_id")
     user_vocab = Vocab.from_values(train["user_id"], name="user_id")
     counts = np.bincount(item_vocab.encode(train["item_id"]), minlength=len(item_vocab))
     if items is not None and genre_column in items.columns:

@@ -29,16 +29,25 @@ def mlp(dim: int, hidden_dims: Sequence[int], dropout: float) -> nn.Module:
 
 
 class IdEncoder(nn.Module):
-    """One learned vector per catalogue item."""
+    """One learned vector per item seen in training; zero for items never clicked.
 
-    def __init__(self, num_items: int, dim: int) -> None:
+    Args:
+        known: (M,) bool, True for items with training clicks. Unknown items' rows start at zero
+            and are masked in ``forward``, so a cold item's embedding comes from content alone.
+    """
+
+    def __init__(self, num_items: int, dim: int, known: Tensor | None = None) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_items, dim)
         nn.init.normal_(self.embedding.weight, std=0.1)
+        known = torch.ones(num_items, dtype=torch.bool) if known is None else known.bool()
+        self.register_buffer("known", known)
+        with torch.no_grad():
+            self.embedding.weight[~known] = 0.0  # also what the user tower sees when sharing
 
     def forward(self, item_index: Tensor) -> Tensor:
         """item_index: (B,) int64 -> (B, D)."""
-        return self.embedding(item_index)
+        return self.embedding(item_index) * self.known[item_index].unsqueeze(-1)
 
 
 class CategoricalEncoder(nn.Module):

@@ -32,7 +32,7 @@ def build_two_tower(
     dim = model.embedding_dim
     encoders: dict[str, nn.Module] = {}
     if "id" in item.encoders:
-        encoders["id"] = IdEncoder(spec.num_items, dim)
+        encoders["id"] = IdEncoder(spec.num_items, dim, torch.from_numpy(spec.item_counts > 0))
     if "categorical" in item.encoders:
         if len(spec.genres) == 0:
             raise DataError(

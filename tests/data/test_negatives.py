@@ -77,8 +77,10 @@ def test_sampler_errors() -> None:
 def test_build_sampler() -> None:
     counts = np.array([3, 1, 0])
     assert build_sampler("none", counts, 0.75) is None
-    uniform = build_sampler("uniform", counts, 0.75)
-    assert isinstance(uniform, UniformSampler) and uniform.num_items == 3
+    uniform = build_sampler("uniform", counts, 0.75)  # uniform over clicked items only
+    items, log_q = uniform.sample(1000, torch.Generator().manual_seed(0))
+    assert set(items.tolist()) == {0, 1}
+    assert torch.allclose(log_q, torch.full((1000,), math.log(1000 / 2)))
     popularity = build_sampler("popularity", counts, 0.75)
     assert isinstance(popularity, PopularitySampler) and popularity.num_items == 3
     with pytest.raises(ValueError, match="unknown sampler kind 'zipf'"):
