@@ -133,3 +133,30 @@ def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
     variants.write_text("typo: [loss.kindd=debiased]\n")
     with pytest.raises(SystemExit, match=r"'loss\.kindd'"):
         ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
+
+
+def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_cl import tracking
+
+    original = tracking.Tracker.on_epoch_end
+
+    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        original(self, epoch, metrics)
+
+    args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_two_tower.main(args)
+    assert list((tmp_path / "ck").glob("*.pt")), "epoch 1 was checkpointed"
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+    summary = train_two_tower.main(args)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert len(runs) == 1 and runs["run_id"][0] == summary["run_id"]  # resumed, not a new run
+    assert runs["status"][0] == "FINISHED"
+    steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]
+    assert not list((tmp_path / "ck").glob("*.pt")), "a finished run leaves no checkpoint"
