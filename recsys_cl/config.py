@@ -235,6 +235,110 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
+class CandidatesConfig:
+    """Nightly batch candidate generation (``pipelines.generate_candidates``, ``pipelines.nightly``)."""
+
+    k: int = 100
+    """Candidates kept per user, after the user's seen items are dropped."""
+    lookback_days: int = 30
+    """A user is active on the run date when they clicked in [run_date - lookback_days + 1, run_date]."""
+    output_dir: str = "runs/candidates"
+    """Partitions land in ``<output_dir>/dt=YYYY-MM-DD/part-*.parquet`` + ``_SUCCESS``."""
+    chunk_size: int = 20000
+    """Users embedded and queried per chunk (memory is bounded by this, not by the user count)."""
+    n_workers: int = 2
+    """Threads for BLAS (exact/faiss) and for Annoy queries; also Spark ``local[n]``."""
+    max_extra_fetch: int = 1000
+    """First query fetches K + min(|seen|, this); users left short of K are re-queried with K + |seen|."""
+    backend: Literal["exact", "annoy", "faiss", "auto"] = "exact"
+    """Index backend used when no index directory is given (built in memory from the model)."""
+    index_dir: str | None = None
+    """A saved index (``pipelines.build_index``); null = build an exact index in memory."""
+    model_uri: str = "models:/recsys_cl_two_tower@champion"
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str = "local[2]"
+    recall_sample: int = 500
+    """Users sampled to measure the index's recall@K against exact search (0 = skip)."""
+    seed: int = 0
+    # --- nightly ---
+    alias: str = "champion"
+    """Registry alias the nightly job resolves (``models:/<name>@<alias>``)."""
+    fallback_to_latest: bool = False
+    """When the alias is missing: false = fail with the command that sets it; true = warn, use latest."""
+    index_root: str = "runs/index"
+    """Nightly keeps one index per model version in ``<index_root>/<name>/v<version>``."""
+    min_overlap: float = 0.2
+    """Mean overlap@K with the previous partition, checked only when the model version is unchanged."""
+    min_coverage: float = 0.0
+    """Share of the catalogue that appears in at least one user's candidates."""
+    min_served_share: float = 0.99
+    """Share of active users that get at least one candidate."""
+    min_ann_recall: float = 0.9
+    """Sampled recall@K of the index against exact search."""
+
+    def __post_init__(self) -> None:
+        for key in ("k", "lookback_days", "chunk_size", "n_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"candidates.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_extra_fetch < 0 or self.recall_sample < 0:
+            raise ConfigError("candidates.max_extra_fetch and candidates.recall_sample must be >= 0")
+        for key in ("min_overlap", "min_coverage", "min_served_share", "min_ann_recall"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"candidates.{key} must be in [0, 1], got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Item ANN index (``pipelines.build_index``): backend, its knobs and recall tuning."""
+
+    backend: Literal["exact", "annoy", "faiss", "auto"] = "auto"
+    """``auto`` builds every available backend, tunes each to ``target_recall`` on a sample of user
+    embeddings and keeps the fastest that meets it (exact always qualifies)."""
+    k: int = 100
+    """K of the recall@K the knobs are tuned for (use the candidate K)."""
+    target_recall: float = 0.95
+    """Approximate backends are tuned until recall@K against exact search reaches this."""
+    recall_sample_users: int = 1000
+    """Users whose embeddings (from their last clicks) measure recall and queries/s."""
+    n_trees: int = 10
+    """Annoy trees."""
+    search_k: int = -1
+    """Annoy nodes inspected per query; -1 = tune to ``target_recall``."""
+    nlist: int = 1024
+    """faiss IVF lists (lowered to M // 40 for small catalogues)."""
+    nprobe: int = -1
+    """faiss lists searched per query; -1 = tune to ``target_recall``."""
+    n_jobs: int = 1
+    """Threads for Annoy queries."""
+    auto_backends: tuple[Literal["exact", "annoy", "faiss"], ...] = ("exact", "annoy", "faiss")
+    """Backends ``auto`` considers (faiss is skipped when not installed)."""
+    output_dir: str = "runs/index"
+    """Default index directory when ``--out`` is not given."""
+    embed_batch_size: int = 8192
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError(f"index.target_recall must be in (0, 1], got {self.target_recall}")
+        if self.k < 1:
+            raise ConfigError(f"index.k must be >= 1, got {self.k}")
+        if self.n_trees < 1:
+            raise ConfigError(f"index.n_trees must be >= 1, got {self.n_trees}")
+        if self.nlist < 1:
+            raise ConfigError(f"index.nlist must be >= 1, got {self.nlist}")
+        if self.search_k < -1 or self.search_k == 0:
+            raise ConfigError(f"index.search_k must be -1 (tune) or > 0, got {self.search_k}")
+        if self.nprobe < -1 or self.nprobe == 0:
+            raise ConfigError(f"index.nprobe must be -1 (tune) or > 0, got {self.nprobe}")
+        if self.recall_sample_users < 1:
+            raise ConfigError(f"index.recall_sample_users must be >= 1, got {self.recall_sample_users}")
+        if self.n_jobs < 1:
+            raise ConfigError(f"index.n_jobs must be >= 1, got {self.n_jobs}")
+        if not self.auto_backends or "exact" not in self.auto_backends:
+            raise ConfigError(f"index.auto_backends must include 'exact' (the oracle), got {list(self.auto_backends)}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -247,6 +351,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         if self.loss.kind == "debiased" and not self.model.normalize:

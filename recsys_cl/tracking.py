@@ -196,3 +196,109 @@ with warnings.catch_warnings():
             vals = top.values.numpy()
             return pd.DataFrame({"item_ids": [i[m] for i, m in zip(ids, ok)],
                                  "scores": [v[m] for v, m in zip(vals, ok)]})
+
+
+# --- index (issue 3)
+
+
+def model_provenance(uri: str, tracking: TrackingConfig | None = None) -> dict[str, str | None]:
+    """Registry name, version and source run id of a model URI; ``None`` where it has none.
+
+    ``models:/name/3`` and ``models:/name@alias`` are looked up in the registry (the alias resolved
+    to the version it points at now); ``runs:/<id>/...`` gives the run id; a local path gives
+    nothing (the index manifest then records only the path).
+    """
+    out: dict[str, str | None] = {"model_name": None, "model_version": None, "model_run_id": None}
+    if uri.startswith("runs:/"):
+        out["model_run_id"] = uri[len("runs:/"):].split("/", 1)[0] or None
+        return out
+    if not uri.startswith("models:/"):
+        return out
+    if tracking is not None:
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+    client = mlflow.MlflowClient()
+    ref = uri[len("models:/"):].rstrip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, version = ref.partition("/")
+        if not version.isdigit():
+            raise ValueError(f"model URI {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+        mv = client.get_model_version(name, version)
+    out.update(model_name=mv.name, model_version=str(mv.version), model_run_id=mv.run_id)
+    return out
+
+
+def log_index_run(
+    cfg: TrackingConfig,
+    *,
+    index_dir: str | Path,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    tables: Mapping[str, Any] | None = None,
+    run_name: str = "build_index",
+) -> str:
+    """Log one index build as its own MLflow run: params, metrics, tags (``model_run_id`` links it
+    to the model run; MLflow's ``mlflow.parentRunId`` is not used because the model run is closed),
+    the index directory as artifacts under ``index/`` and ``tables`` as JSON. Returns the run id."""
+    with mlflow_run(cfg, run_name=run_name, tags=tags) as tracker:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics)
+        for name, table in (tables or {}).items():
+            tracker.log_dict({"rows": table}, f"{name}.json")
+        tracker.log_artifacts(index_dir, "index")
+        return tracker.run_id
+
+
+# --- candidates (issue 3)
+
+
+class AliasNotFoundError(LookupError):
+    """A registered model has no version under the requested alias; the message says how to set it."""
+
+
+def resolve_model_alias(
+    name: str, alias: str, tracking: TrackingConfig | None = None, fallback_to_latest: bool = False
+) -> dict[str, str | bool]:
+    """``{"model_name", "model_version", "model_run_id", "uri", "fell_back"}`` for ``models:/name@alias``.
+
+    When the alias is missing: raise :class:`AliasNotFoundError` with the command that sets it, or
+    (``fallback_to_latest``) log a warning and use the registered model's latest version.
+    """
+    if tracking is not None:
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+        fell_back = False
+    except mlflow.exceptions.MlflowException as e:
+        versions = []
+        try:
+            versions = client.search_model_versions(f"name='{name}'")
+        except mlflow.exceptions.MlflowException:
+            pass
+        if not versions:
+            raise AliasNotFoundError(
+                f"registered model {name!r} does not exist (or has no versions) in "
+                f"{mlflow.get_tracking_uri()}; train one first (python -m pipelines.train_two_tower) "
+                "or point tracking.uri at the right store"
+            ) from e
+        latest = max(versions, key=lambda v: int(v.version))
+        if not fallback_to_latest:
+            raise AliasNotFoundError(
+                f"registered model {name!r} has no alias {alias!r} (latest version is {latest.version}). "
+                f"Set it with: python -c \"import mlflow; mlflow.set_tracking_uri('{mlflow.get_tracking_uri()}'); "
+                f"mlflow.MlflowClient().set_registered_model_alias('{name}', '{alias}', {latest.version})\" "
+                "or run with --set candidates.fallback_to_latest=true"
+            ) from e
+        log.warning("model %s has no alias %r; falling back to the latest version %s", name, alias, latest.version)
+        mv, fell_back = latest, True
+    return {
+        "model_name": mv.name,
+        "model_version": str(mv.version),
+        "model_run_id": mv.run_id,
+        "uri": f"models:/{mv.name}/{mv.version}",
+        "fell_back": fell_back,
+    }

@@ -1,0 +1,147 @@
+"""The one command a scheduler calls each night: champion model -> index (if new) -> candidates -> health.
+
+Examples:
+    python -m pipelines.nightly --date 2018-09-24
+    python -m pipelines.nightly --date 2018-09-24 --engine spark --set candidates.alias=challenger
+
+1. Resolve ``models:/<tracking.registered_model_name>@<candidates.alias>`` (default ``champion``).
+   A missing alias fails with the command that sets it
+   (``MlflowClient().set_registered_model_alias(name, "champion", version)``), unless
+   ``candidates.fallback_to_latest=true`` (then: a warning and the latest version).
+2. Reuse ``<candidates.index_root>/<name>/v<version>`` when it exists and matches the model;
+   otherwise build it (``recsys_cl.index.build``, settings under ``index.*``) and log it to MLflow.
+   So the index is rebuilt only when the model version changes.
+3. Generate the date's candidates (same code as pipelines.generate_candidates).
+4. Health against the previous published partition: overlap@K per user (checked only when the
+   model version is unchanged), catalogue coverage, share of active users served, sampled ANN
+   recall. A crossed threshold (candidates.min_*) publishes nothing, keeps the previous
+   partitions, marks the MLflow run FAILED and exits non-zero (--publish-unhealthy publishes
+   anyway, still exiting non-zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.generate_candidates import INPUT_ERRORS, add_common_args, load_run_config, log_result
+from recsys_cl.candidates import (
+    HealthCheckError,
+    active_users,
+    clicks_up_to,
+    health_check,
+    load_model,
+    parse_run_date,
+    previous_partition,
+    run,
+)
+from recsys_cl.data.io import load_click_log
+from recsys_cl.index.base import IndexLoadError, IndexMismatchError, check_compatible, load_index
+from recsys_cl.tracking import AliasNotFoundError, mlflow_run, resolve_model_alias
+
+log = logging.getLogger("pipelines.nightly")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.nightly", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--publish-unhealthy", action="store_true",
+                   help="publish the partition even when a health threshold is crossed (still exits 1)")
+    return p.parse_args(argv)
+
+
+def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any) -> tuple[Path, bool]:
+    """The index directory for this model version, built only when missing or not matching."""
+    from recsys_cl.index.build import build_index_for_model, log_index
+
+    directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
+    try:
+        manifest = load_index(directory).manifest
+        assert manifest is not None
+        check_compatible(manifest, model_version=model["model_version"], model_run_id=model["model_run_id"],
+                         embedding_dim=int(loaded.item_vectors.shape[1]), embedding_hash=loaded.embedding_hash)
+        log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
+        return directory, False
+    except (IndexLoadError, IndexMismatchError) as e:
+        log.info("building the index for %s (%s)", model["uri"], e)
+    index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
+    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking)
+    log_index(build, cfg.tracking, index_cfg)
+    return directory, True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    health: dict[str, Any] = {}
+    try:
+        run_date = parse_run_date(args.date)
+        cfg = load_run_config(args, engine=args.engine)
+        c = cfg.candidates
+        name = cfg.tracking.registered_model_name
+        if not name:
+            raise SystemExit("nightly error: tracking.registered_model_name is null; name the registered model")
+        model = resolve_model_alias(name, c.alias, cfg.tracking, c.fallback_to_latest)
+        clicks = load_click_log(cfg.data).clicks
+        active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
+        loaded = load_model(str(model["uri"]), cfg.tracking)
+        index_dir, rebuilt = ensure_index(cfg, model, loaded)
+        previous = previous_partition(c.output_dir, run_date)
+
+        def validate(tmp: Path, manifest: dict[str, Any]) -> None:
+            figures, failures = health_check(tmp, manifest, c, previous)
+            health.update(figures, failures=failures)
+            manifest["health"] = health
+            if failures and not args.publish_unhealthy:
+                raise HealthCheckError(failures, health)
+
+        with mlflow_run(cfg.tracking, run_name=f"nightly-{run_date}",
+                        tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
+                              "model_version": model["model_version"], "index_rebuilt": rebuilt,
+                              "alias_fell_back": model["fell_back"]}) as tracker:
+            tracker.log_params({f"candidates.{k}": v for k, v in dataclasses.asdict(c).items()})
+            try:
+                result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
+                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt})
+            finally:
+                log_health(tracker, health)
+            log_result(tracker, result.manifest)
+    except HealthCheckError as e:
+        raise SystemExit(
+            f"nightly health check FAILED for {args.date}: {e}. Nothing was published; earlier partitions "
+            "are untouched. Investigate, or rerun with --publish-unhealthy."
+        ) from None
+    except AliasNotFoundError as e:
+        raise SystemExit(f"nightly error: {e}") from None
+    except INPUT_ERRORS as e:
+        raise SystemExit(f"nightly error: {e}") from None
+    summary = {**result.manifest, "partition": str(result.partition)}
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")
+    print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
+          f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
+    if health.get("failures"):
+        raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))
+    return summary
+
+
+def log_health(tracker: Any, health: dict[str, Any]) -> None:
+    if not health:
+        return
+    numbers = {f"health/{k}": float(v) for k, v in health.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracker.log_metrics(numbers)
+    tracker.set_tags({"health": "FAILED" if health.get("failures") else "ok"})
+    tracker.log_dict(health, "health.json")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(sys.argv[1:])

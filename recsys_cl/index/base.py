@@ -1,0 +1,386 @@
+"""The item-index interface, its on-disk manifest, and the loader that dispatches to a backend.
+
+An index maps a query embedding to the top-K items by inner product (TFRS ``TopK`` /
+implicit's ``similar_items`` style). Every backend saves itself as a directory holding its own
+files plus ``manifest.json`` (:class:`Manifest`); :func:`load_index` reads the manifest and hands
+the directory to the right backend class.
+
+Letters: M catalogue size, D embedding dim, Q queries, K top-k.
+
+Example::
+
+    index = ExactIndex()
+    index.build(item_vectors, item_ids)            # (M, D) float32, (M,)
+    ids, scores = index.query(user_vectors, k=100)  # (Q, K), (Q, K), scores descending
+    index.save("artifacts/index")                   # + manifest.json
+    index = load_index("artifacts/index")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+SENTINEL_ID = -1
+"""Item id used to pad results when the catalogue holds fewer than K items (score ``-inf``);
+``""`` (:data:`SENTINEL_STR`) when the item ids are strings."""
+SENTINEL_STR = ""
+
+
+def sentinel_for(ids: np.ndarray) -> int | str:
+    """The padding id for an id array: -1 for integer ids, "" for string ids."""
+    return SENTINEL_STR if ids.dtype.kind == "U" else SENTINEL_ID
+
+REBUILD_HINT = "rebuild it with `python -m pipelines.build_index --model <model uri or path> --out <dir>`"
+
+
+class IndexLoadError(ValueError):
+    """An index directory or its manifest is missing, unreadable or inconsistent."""
+
+
+class IndexMismatchError(ValueError):
+    """An index was built from a different model (or embeddings) than the one it is used with."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index directory holds and where it came from; written as ``manifest.json``."""
+
+    backend: str
+    """``exact``, ``annoy`` or ``faiss``: which class :func:`load_index` dispatches to."""
+    item_count: int
+    embedding_dim: int
+    metric: str = "inner_product"
+    """Scores are always inner products of the stored (un-augmented) vectors."""
+    normalized: bool = True
+    """Whether the item embeddings are L2-normalised (inner product = cosine)."""
+    embedding_hash: str = ""
+    """sha256 of the float32 embedding bytes and the int64 item ids (:func:`embedding_hash`)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Backend parameters: ``n_trees``, ``search_k``, ``nlist``, ``nprobe``, notes."""
+    model_uri: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    model_run_id: str | None = None
+    built_at: str = ""
+    """UTC ISO-8601 time of the build."""
+    recall_at_k: float | None = None
+    """Measured recall@K against exact search on a sample of user embeddings (tuning fills it)."""
+    recall_k: int | None = None
+    queries_per_s: float | None = None
+    exact_queries_per_s: float | None = None
+    recall_sample_size: int | None = None
+    recall_sample_source: str | None = None
+    """``users`` (user-tower embeddings of real histories) or ``items`` (perturbed item vectors)."""
+    tuning: list[dict[str, Any]] = field(default_factory=list)
+    """Knob sweep of the chosen backend, and for ``auto`` the table of every backend measured."""
+    chosen_reason: str | None = None
+    """Why this backend (``auto``), or which backend was requested."""
+    index_id: str = ""
+    """Short id of this build: derived from the embedding hash, backend and params."""
+    manifest_version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest.json") -> Manifest:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise IndexLoadError(f"{source}: not valid JSON ({e}); {REBUILD_HINT}") from e
+        if not isinstance(raw, dict):
+            raise IndexLoadError(f"{source}: expected a JSON object, found {type(raw).__name__}; {REBUILD_HINT}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        required = {"backend", "item_count", "embedding_dim"}
+        missing = sorted(required - raw.keys())
+        if missing:
+            raise IndexLoadError(f"{source}: missing required keys {missing}; {REBUILD_HINT}")
+        unknown = sorted(raw.keys() - known)
+        if unknown:
+            raise IndexLoadError(
+                f"{source}: unknown keys {unknown} (written by a newer recsys_cl?); {REBUILD_HINT}"
+            )
+        return cls(**raw)
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Manifest:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise IndexLoadError(f"index directory {directory} does not exist; {REBUILD_HINT}")
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise IndexLoadError(
+                f"{path} is missing, so {directory} is not a complete index directory; {REBUILD_HINT}"
+            )
+        return cls.from_json(path.read_text(), source=str(path))
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def embedding_hash(vectors: np.ndarray, ids: np.ndarray) -> str:
+    """sha256 over the float32 C-order bytes of ``vectors`` (M, D) and the bytes of ``ids`` (M,)
+    (int64, or numpy unicode for string ids)."""
+    h = hashlib.sha256()
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    h.update(f"{v.shape[0]}x{v.shape[1]}:".encode())
+    h.update(v.tobytes())
+    ids = np.asarray(ids)
+    h.update((ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)).tobytes())
+    return h.hexdigest()
+
+
+def check_vectors(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate build inputs; return (float32 C-contiguous (M, D), int64 or str (M,) ids)."""
+    vectors = np.asarray(vectors)
+    ids = np.asarray(ids)
+    if vectors.ndim != 2:
+        raise ValueError(f"item vectors must be 2-D (M, D), got shape {vectors.shape}")
+    if ids.ndim != 1 or ids.shape[0] != vectors.shape[0]:
+        raise ValueError(
+            f"ids must be 1-D with one id per vector row: got ids {ids.shape} for vectors {vectors.shape}"
+        )
+    if vectors.shape[0] == 0:
+        raise ValueError("cannot build an index over zero items")
+    if np.issubdtype(ids.dtype, np.integer):
+        ids = ids.astype(np.int64)
+    elif ids.dtype.kind in "UO":
+        ids = ids.astype(str)  # numpy unicode: saved in .npy without pickle
+    else:
+        raise ValueError(f"item ids must be integers or strings, got dtype {ids.dtype}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    if (ids == sentinel_for(ids)).any():
+        raise ValueError(f"item id {sentinel_for(ids)!r} is reserved as the padding sentinel")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ValueError("item vectors contain NaN or inf")
+    return vectors, ids
+
+
+def check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
+    queries = np.asarray(queries)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be (Q, {dim}) to match the index, got shape {queries.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return np.ascontiguousarray(queries, dtype=np.float32)
+
+
+def pad_results(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (Q, k') results to (Q, k) with the sentinel id (:func:`sentinel_for`) and ``-inf``."""
+    q, have = ids.shape
+    if have >= k:
+        return ids[:, :k], scores[:, :k]
+    out_ids = np.full((q, k), sentinel_for(ids), dtype=ids.dtype)
+    out_scores = np.full((q, k), -np.inf, dtype=np.float32)
+    out_ids[:, :have] = ids
+    out_scores[:, :have] = scores
+    return out_ids, out_scores
+
+
+class Index(ABC):
+    """Top-K inner-product search over a fixed set of item vectors.
+
+    Subclasses set :attr:`name` and :attr:`is_exact`, implement :meth:`build`, :meth:`query`,
+    :meth:`_save_files` and :meth:`_load_files`. Results: ids (Q, K) original item ids (int64, or
+    str for string ids) and
+    scores (Q, K) float32 true inner products, sorted descending, padded with
+    :data:`SENTINEL_ID` / ``-inf`` when M < K.
+    """
+
+    name: ClassVar[str] = "base"
+    is_exact: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.manifest: Manifest | None = None
+
+    # -- interface ----------------------------------------------------------------------------
+    @abstractmethod
+    def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Index ``vectors`` (M, D) float32 whose rows are the items ``ids`` (M,)."""
+
+    @abstractmethod
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for each query row: (ids (Q, k) int64, scores (Q, k) float32)."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Number of indexed items M."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Embedding dimension D."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Backend parameters recorded in the manifest."""
+
+    @abstractmethod
+    def _save_files(self, directory: Path) -> None:
+        """Write the backend's own files into ``directory`` (exists, empty but for the manifest)."""
+
+    @abstractmethod
+    def _load_files(self, directory: Path, manifest: Manifest) -> None:
+        """Restore state from ``directory``; raise :class:`IndexLoadError` on missing/corrupt files."""
+
+    # -- shared -------------------------------------------------------------------------------
+    def default_manifest(self, **provenance: Any) -> Manifest:
+        base = self.manifest or Manifest(backend=self.name, item_count=self.size, embedding_dim=self.dim)
+        return base.replace(
+            backend=self.name, item_count=self.size, embedding_dim=self.dim, params=self.params(), **provenance
+        )
+
+    def save(self, directory: str | Path, manifest: Manifest | None = None) -> Path:
+        """Write the backend files and ``manifest.json`` into ``directory`` (created); return it.
+
+        Not atomic by itself; :func:`recsys_cl.index.build.write_index_atomically` builds into a
+        temporary sibling directory and renames it into place.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = (manifest or self.default_manifest()).replace(
+            backend=self.name, item_count=self.size, embedding_dim=self.dim
+        )
+        if not manifest.built_at:
+            manifest = manifest.replace(built_at=utc_now_iso())
+        self._save_files(directory)
+        manifest.write(directory)
+        self.manifest = manifest
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Index:
+        """Load an index saved by :meth:`save`; checks the manifest names this backend."""
+        directory = Path(directory)
+        manifest = Manifest.read(directory)
+        if manifest.backend != cls.name:
+            raise IndexLoadError(
+                f"{directory} holds a '{manifest.backend}' index, not '{cls.name}'; use load_index() to "
+                "dispatch on the manifest"
+            )
+        index = cls._from_manifest(manifest)
+        index._load_files(directory, manifest)
+        if index.size != manifest.item_count or index.dim != manifest.embedding_dim:
+            raise IndexLoadError(
+                f"{directory}: manifest says {manifest.item_count} items x {manifest.embedding_dim} dims but "
+                f"the files hold {index.size} x {index.dim}; the directory is corrupt, {REBUILD_HINT}"
+            )
+        index.manifest = manifest
+        return index
+
+    @classmethod
+    def _from_manifest(cls, manifest: Manifest) -> Index:
+        """A blank instance configured from the manifest's params (override when __init__ takes args)."""
+        return cls()
+
+    def __repr__(self) -> str:
+        try:
+            size = f"M={self.size}, D={self.dim}"
+        except RuntimeError:  # not built yet
+            size = "unbuilt"
+        return f"{type(self).__name__}({size}, {self.params()})"
+
+
+_BACKENDS: dict[str, str] = {
+    "exact": "recsys_cl.index.exact:ExactIndex",
+    "annoy": "recsys_cl.index.annoy_index:AnnoyIndex",
+    "faiss": "recsys_cl.index.faiss_index:FaissIndex",
+}
+
+
+def backend_class(name: str) -> type[Index]:
+    """The :class:`Index` subclass for backend ``name`` (imported lazily)."""
+    import importlib
+
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown index backend '{name}'; expected one of {sorted(_BACKENDS)}")
+    module, attr = _BACKENDS[name].split(":")
+    cls: type[Index] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def load_index(directory: str | Path) -> Index:
+    """Read ``manifest.json`` in ``directory`` and load the index with the backend it names."""
+    manifest = Manifest.read(directory)
+    if manifest.backend not in _BACKENDS:
+        raise IndexLoadError(
+            f"{Path(directory) / MANIFEST_FILE}: unknown backend '{manifest.backend}' "
+            f"(expected one of {sorted(_BACKENDS)}); {REBUILD_HINT}"
+        )
+    return backend_class(manifest.backend).load(directory)
+
+
+def check_compatible(
+    manifest: Manifest,
+    *,
+    model_uri: str | None = None,
+    model_version: str | int | None = None,
+    model_run_id: str | None = None,
+    embedding_dim: int | None = None,
+    embedding_hash: str | None = None,
+) -> None:
+    """Refuse an index built from another model: raise :class:`IndexMismatchError` naming the field.
+
+    Only the arguments given are checked. ``model_uri`` is compared only when the manifest has no
+    run id / version to compare (URIs such as ``models:/x@champion`` are aliases, not identities).
+    """
+    problems: list[str] = []
+    if embedding_dim is not None and manifest.embedding_dim != embedding_dim:
+        problems.append(f"embedding_dim: index has {manifest.embedding_dim}, model has {embedding_dim}")
+    if model_run_id is not None and manifest.model_run_id is not None and manifest.model_run_id != model_run_id:
+        problems.append(f"model_run_id: index was built from run {manifest.model_run_id}, model is run {model_run_id}")
+    if (
+        model_version is not None
+        and manifest.model_version is not None
+        and str(manifest.model_version) != str(model_version)
+    ):
+        problems.append(f"model_version: index has {manifest.model_version}, model is version {model_version}")
+    if (
+        model_uri is not None
+        and manifest.model_uri is not None
+        and manifest.model_uri != model_uri
+        and model_run_id is None
+        and model_version is None
+    ):
+        problems.append(f"model_uri: index was built from {manifest.model_uri}, model is {model_uri}")
+    if embedding_hash is not None and manifest.embedding_hash and manifest.embedding_hash != embedding_hash:
+        problems.append(
+            f"embedding_hash: index {manifest.embedding_hash[:12]}..., model's item embeddings {embedding_hash[:12]}..."
+        )
+    if problems:
+        raise IndexMismatchError(
+            "the index does not match the model: "
+            + "; ".join(problems)
+            + f". Fix: {REBUILD_HINT.replace('<model uri or path>', model_uri or '<model uri or path>')}"
+        )

@@ -1,0 +1,311 @@
+"""Build the item index of a trained model: embed the catalogue, build, tune, write atomically.
+
+:func:`build_index_for_model` is what ``python -m pipelines.build_index`` calls:
+
+1. resolve the model (path, ``runs:/``, ``models:/name/version``, ``models:/name@alias``) and its
+   registry provenance; load both towers;
+2. run the item tower over every item of ``spec.items`` (clicked or only in the item table);
+3. embed a sample of real users (user tower on their last clicks) as tuning/recall queries;
+4. build the configured backend (``auto``: every available one), tune its knob to
+   ``index.target_recall`` against exact search, measure queries/s;
+5. write the directory atomically (temp sibling + rename) with a manifest recording all of it.
+
+MLflow logging is a separate step (:func:`log_index`), so the library can build without tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_cl.config import IndexConfig, TrackingConfig
+from recsys_cl.index.base import Index, Manifest, backend_class, embedding_hash, utc_now_iso
+from recsys_cl.index.exact import ExactIndex
+from recsys_cl.index.faiss_index import faiss_available
+from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(ValueError):
+    """The model URI or path given to the index build does not resolve to a model."""
+
+
+@dataclass(frozen=True)
+class ItemEmbeddings:
+    vectors: np.ndarray  # (M, D) float32
+    ids: np.ndarray  # (M,) original item ids
+    normalized: bool
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    directory: Path
+    manifest: Manifest
+    index: Index
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def embed_catalogue(model: Any, spec: Any, batch_size: int = 8192) -> ItemEmbeddings:
+    """Item-tower embeddings of every item in ``spec.items``: (M, D) float32 + original ids."""
+    from recsys_cl.train.steps import embed_items
+
+    vectors = embed_items(model, spec.num_items, batch_size=batch_size).numpy().astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    return ItemEmbeddings(vectors, np.asarray(spec.items.ids), bool(np.allclose(norms, 1.0, atol=1e-3)))
+
+
+def sample_user_queries(model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0) -> np.ndarray | None:
+    """(U, D) user-tower embeddings of up to ``n_users`` training users from their last clicks.
+
+    Reads the model's own click log (``cfg.data``); returns None (with a warning) when it is gone.
+    """
+    from recsys_cl.data.errors import DataError
+    from recsys_cl.data.io import load_click_log
+    from recsys_cl.features.sequences import Sequences
+    from recsys_cl.train.steps import embed_users
+
+    try:
+        clicks = load_click_log(cfg.data).clicks
+    except (DataError, OSError) as e:
+        log.warning("cannot read the model's click log for recall queries (%s); using item vectors", e)
+        return None
+    users = np.asarray(spec.users.ids)
+    if len(users) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(users, size=min(n_users, len(users)), replace=False))
+    seqs = Sequences.from_clicks(clicks, spec.items, spec.users)
+    history = seqs.last_windows(chosen, cfg.user_tower.history_length)  # (U, L)
+    user_index = spec.users.encode(chosen)
+    return embed_users(model, history, user_index).numpy().astype(np.float32)
+
+
+def item_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Fallback queries: (n, D) sampled item vectors plus noise (when no click log is available)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(vectors), size=min(n, len(vectors)), replace=False)
+    q = vectors[rows] + 0.1 * rng.standard_normal((len(rows), vectors.shape[1])).astype(np.float32)
+    return q.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Build + tune
+# --------------------------------------------------------------------------------------------
+
+
+def make_index(backend: str, cfg: IndexConfig) -> Index:
+    """An unbuilt index of ``backend`` configured from ``cfg``."""
+    if backend == "exact":
+        return ExactIndex()
+    if backend == "annoy":
+        cls = backend_class("annoy")
+        return cls(n_trees=cfg.n_trees, search_k=cfg.search_k, n_jobs=cfg.n_jobs, seed=cfg.seed)  # type: ignore[call-arg]
+    if backend == "faiss":
+        cls = backend_class("faiss")
+        return cls(nlist=cfg.nlist, nprobe=max(cfg.nprobe, 1), seed=cfg.seed)  # type: ignore[call-arg]
+    raise ValueError(f"unknown index backend '{backend}'; expected exact, annoy, faiss or auto")
+
+
+def _needs_tuning(index: Index, cfg: IndexConfig) -> bool:
+    if index.is_exact:
+        return False
+    return (cfg.search_k == -1) if index.name == "annoy" else (cfg.nprobe == -1)
+
+
+def build_and_tune(
+    emb: ItemEmbeddings, queries: np.ndarray, cfg: IndexConfig
+) -> tuple[Index, dict[str, Any]]:
+    """Build ``cfg.backend`` (``auto``: every available backend in ``cfg.auto_backends``), tune each
+    approximate one to ``cfg.target_recall`` at ``cfg.k`` on ``queries`` and, for ``auto``, keep the
+    fastest that meets it. Returns the index and the manifest fields describing the measurement."""
+    k = min(cfg.k, len(emb.ids))
+    exact = ExactIndex()
+    exact.build(emb.vectors, emb.ids)
+    exact_ids = exact.query(queries, k)[0]
+
+    if cfg.backend == "auto":
+        names = [b for b in cfg.auto_backends if b != "faiss" or faiss_available()]
+        skipped = [b for b in cfg.auto_backends if b not in names]
+    else:
+        names, skipped = [cfg.backend], []
+    built: list[Index] = []
+    sweeps: list[dict[str, Any]] = []
+    for name in names:
+        index = exact if name == "exact" else make_index(name, cfg)
+        if index is not exact:
+            start = time.perf_counter()
+            index.build(emb.vectors, emb.ids)
+            log.info("built %s over %d items in %.1f s", name, len(emb.ids), time.perf_counter() - start)
+        if _needs_tuning(index, cfg):
+            result = tune_search_k(index, exact_ids, queries, k, cfg.target_recall)
+            sweeps += [{"backend": name, **row} for row in result.table]
+            if not result.met_target:
+                log.warning("%s did not reach recall@%d %.2f (best %.3f at %s=%s)", name, k, cfg.target_recall,
+                            result.recall, result.knob, result.value)
+        built.append(index)
+
+    if cfg.backend == "auto":
+        choice = choose_backend(built, queries, k, cfg.target_recall, exact=exact)
+        index, reason, table = choice.index, choice.reason, choice.table
+        if skipped:
+            reason += f"; not considered: {skipped} (faiss-cpu not installed: pip install 'recsys_cl[ann]')"
+    else:
+        index = built[0]
+        table = []
+        reason = f"{index.name}: requested (index.backend={cfg.backend})"
+
+    ids, _ = index.query(queries, k)
+    fields: dict[str, Any] = {
+        "recall_at_k": 1.0 if index.is_exact else recall_at_k(ids, exact_ids),
+        "recall_k": k,
+        "queries_per_s": measure(index, queries, k, min_seconds=0.2),
+        "exact_queries_per_s": measure(exact, queries, k, min_seconds=0.2),
+        "recall_sample_size": len(queries),
+        "tuning": table + sweeps,
+        "chosen_reason": reason,
+    }
+    log.info("%s", reason)
+    return index, fields
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic directory write
+# --------------------------------------------------------------------------------------------
+
+
+def write_index_atomically(index: Index, manifest: Manifest, target: str | Path) -> Path:
+    """Save into a hidden temp directory beside ``target``, then rename it into place.
+
+    An existing index at ``target`` is moved aside and deleted only after the new one is in
+    place, so a reader sees the old or the new directory (a crash between the two renames leaves
+    the old one under ``.<name>.old-*``, which the next build removes). Returns ``target``.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        index.save(tmp, manifest)
+        _fsync_dir(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _remove_stale(target: Path) -> None:
+    for p in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"))
+    if olds and not target.exists():  # died between the renames: put the old index back
+        os.rename(olds.pop(), target)
+    for p in olds:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    for p in [*directory.iterdir(), directory] if directory.is_dir() else []:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole job
+# --------------------------------------------------------------------------------------------
+
+
+def build_index_for_model(
+    model_uri: str,
+    index_cfg: IndexConfig,
+    out_dir: str | Path,
+    tracking: TrackingConfig | None = None,
+) -> IndexBuild:
+    """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically."""
+    from recsys_cl.tracking import model_provenance, resolve_model_dir
+    from recsys_cl.train.checkpoint import load_model_dir
+
+    try:
+        model_dir = resolve_model_dir(model_uri, tracking)
+        provenance = model_provenance(model_uri, tracking)
+    except Exception as e:  # FileNotFoundError, MlflowException (unknown name/version/alias), ...
+        raise ModelNotFoundError(
+            f"cannot load model {model_uri!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+            "Pass an existing model directory or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>, "
+            "models:/<name>@<alias>) and check tracking.uri points at the right store"
+        ) from e
+    model, spec, model_cfg = load_model_dir(model_dir)
+
+    start = time.perf_counter()
+    emb = embed_catalogue(model, spec, index_cfg.embed_batch_size)
+    log.info("embedded %d items (dim %d) in %.1f s", len(emb.ids), emb.vectors.shape[1], time.perf_counter() - start)
+
+    queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed)
+    source = "users"
+    if queries is None or len(queries) == 0:
+        queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
+
+    index, measured = build_and_tune(emb, queries, index_cfg)
+    manifest = index.default_manifest(
+        model_uri=model_uri if not Path(model_uri).exists() else str(Path(model_uri).absolute()),
+        **provenance,
+        normalized=bool(model_cfg.model.normalize and emb.normalized),
+        embedding_hash=embedding_hash(emb.vectors, emb.ids),
+        built_at=utc_now_iso(),
+        recall_sample_source=source,
+        **measured,
+    )
+    manifest = manifest.replace(index_id=f"{manifest.embedding_hash[:12]}-{index.name}")
+    directory = write_index_atomically(index, manifest, out_dir)
+    return IndexBuild(directory, manifest, index)
+
+
+def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfig) -> str:
+    """Log the build as an MLflow run linked to the model run (tag ``model_run_id``); returns its id."""
+    from recsys_cl.config import flatten
+    from recsys_cl.tracking import log_index_run
+
+    m = build.manifest
+    params = {**flatten({"index": vars(index_cfg)}), **{f"built.{k}": v for k, v in m.params.items()},
+              "built.backend": m.backend, "item_count": m.item_count, "embedding_dim": m.embedding_dim}
+    metrics = {f"recall@{m.recall_k}": m.recall_at_k, "queries_per_s": m.queries_per_s,
+               "exact_queries_per_s": m.exact_queries_per_s}
+    tags = {"kind": "index", "model_uri": m.model_uri, "model_name": m.model_name,
+            "model_version": m.model_version, "model_run_id": m.model_run_id, "index_id": m.index_id,
+            "embedding_hash": m.embedding_hash, "backend": m.backend, "chosen_reason": m.chosen_reason}
+    return log_index_run(
+        tracking,
+        index_dir=build.directory,
+        params=params,
+        metrics={k: float(v) for k, v in metrics.items() if v is not None},
+        tags={k: v for k, v in tags.items() if v is not None},
+        tables={"tuning": m.tuning} if m.tuning else None,
+    )

@@ -1,0 +1,198 @@
+"""Atomic replacement of a dated output partition: ``<root>/dt=YYYY-MM-DD/part-*.parquet + _SUCCESS``.
+
+Everything is written into a hidden temp directory beside the target (same filesystem, so the final
+rename is atomic), fsynced, and then swapped into place with one ``renameat2(RENAME_EXCHANGE)``
+(Linux) so readers see either the old partition or the new one, never a mix. Where that call is
+missing the swap falls back to two renames, and :func:`cleanup_stale` restores the old partition
+if a run died between them.
+
+Names starting with ``.`` are ignored by Spark, Hive and pyarrow datasets, so a half-written temp
+directory is never visible. Temp directories embed the writer's pid; the next run removes those
+whose process is gone.
+
+Test hook: ``RECSYS_CL_TEST_SLEEP_BETWEEN_PARTS=<seconds>`` sleeps after each part file, so a test
+can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SUCCESS_FILE = "_SUCCESS"
+SLEEP_HOOK_ENV = "RECSYS_CL_TEST_SLEEP_BETWEEN_PARTS"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class OutputError(OSError):
+    """The output directory cannot be written; the message names it and the fix."""
+
+
+def partition_name(dt: str) -> str:
+    return f"dt={dt}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cleanup_stale(root: Path, dt: str) -> None:
+    """Remove temp dirs of dead writers for ``dt``; restore an old partition left by a died swap."""
+    if not root.is_dir():
+        return
+    target = root / partition_name(dt)
+    for p in sorted(root.glob(f".{partition_name(dt)}.*")):
+        parts = p.name.split(".")  # ['', 'dt=...', 'tmp|old', '<pid>-<hex>']
+        try:
+            pid = int(parts[-1].split("-")[0])
+        except ValueError:
+            continue
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        if parts[-2] == "old" and not target.exists() and (p / SUCCESS_FILE).is_file():
+            log.warning("restoring %s from %s (a previous run died mid-swap)", target, p)
+            os.rename(p, target)
+            continue
+        log.info("removing stale temp directory %s", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2). False when unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (38, 22, 95):  # ENOSYS, EINVAL (fs lacks support), EOPNOTSUPP
+            return False
+        raise OSError(err, os.strerror(err), str(a))
+    return True
+
+
+class PartitionWriter:
+    """Write part files into a hidden temp dir, then :meth:`commit` swaps it into place.
+
+    Use as a context manager: leaving the block without :meth:`commit` (an exception) removes the
+    temp dir and leaves the previous partition untouched.
+
+    Example::
+
+        with PartitionWriter("runs/candidates", "2024-05-01") as w:
+            w.write_part(table)
+            w.commit({"rows": table.num_rows})
+    """
+
+    def __init__(self, root: str | Path, dt: str) -> None:
+        self.root = Path(root)
+        self.dt = dt
+        self.target = self.root / partition_name(dt)
+        self.tmp: Path | None = None
+        self.parts: list[Path] = []
+        self.committed = False
+
+    def __enter__(self) -> PartitionWriter:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            cleanup_stale(self.root, self.dt)
+            tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.tmp = self.root / f".{partition_name(self.dt)}.tmp.{tag}"
+            self.tmp.mkdir()
+        except OSError as e:
+            raise OutputError(
+                f"cannot write candidates under {str(self.root)!r} ({e.strerror or e}); "
+                "set candidates.output_dir to a writable directory"
+            ) from e
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.committed and self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def temp_dir(self) -> Path:
+        assert self.tmp is not None, "use PartitionWriter as a context manager"
+        return self.tmp
+
+    def write_part(self, table: pa.Table) -> Path:
+        """Write ``table`` as the next ``part-NNNNN.parquet`` and fsync it."""
+        path = self.temp_dir / f"part-{len(self.parts):05d}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        fsync_path(path)
+        self.parts.append(path)
+        delay = os.environ.get(SLEEP_HOOK_ENV)
+        if delay:  # test hook: a window in which a test SIGKILLs the writer
+            time.sleep(float(delay))
+        return path
+
+    def commit(self, manifest: dict[str, Any], validate: Callable[[Path], None] | None = None) -> Path:
+        """Write ``_SUCCESS`` (JSON ``manifest``), fsync, and swap the temp dir into place.
+
+        ``validate(temp_dir)`` runs before the swap; raising there publishes nothing.
+        """
+        tmp = self.temp_dir
+        if validate is not None:
+            validate(tmp)
+        success = tmp / SUCCESS_FILE
+        success.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        fsync_path(success)
+        fsync_path(tmp)
+        if self.target.exists():
+            if _exchange(tmp, self.target):  # tmp now holds the old partition
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}"
+                os.rename(self.target, old)
+                os.rename(tmp, self.target)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, self.target)
+        fsync_path(self.root)
+        self.committed = True
+        return self.target
+
+
+def read_success(partition: str | Path) -> dict[str, Any] | None:
+    """The ``_SUCCESS`` manifest of a published partition, or None when it is not complete."""
+    path = Path(partition) / SUCCESS_FILE
+    if not path.is_file():
+        return None
+    try:
+        out: dict[str, Any] = json.loads(path.read_text())
+        return out
+    except json.JSONDecodeError:
+        return None

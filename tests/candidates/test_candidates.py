@@ -1,0 +1,194 @@
+"""Candidate generation library: the date window, seen filtering, chunking, determinism, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_cl.candidates import (
+    CandidatesError,
+    UserHistories,
+    Window,
+    active_users,
+    clicks_up_to,
+    parse_run_date,
+    read_partition,
+    run,
+    topk_unseen,
+)
+from recsys_cl.config import CandidatesConfig
+from recsys_cl.features.sequences import Sequences
+from recsys_cl.features.vocab import Vocab
+from recsys_cl.index.exact import ExactIndex
+
+LAST_DATE = "1997-09-23"  # the fixture's last click date (see conftest.py)
+
+DAY = 86400
+D0 = 1_700_006_400  # 2023-11-15 00:00 UTC
+
+
+def _clicks(rows: list[tuple[int, int, int]]) -> pl.DataFrame:
+    u, i, t = zip(*rows)
+    return pl.DataFrame({"user_id": list(u), "item_id": list(i), "timestamp": list(t)},
+                        schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64}
+                        ).with_row_index("row_order").with_columns(pl.col("row_order").cast(pl.Int64))
+
+
+# -- dates and window ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["2024-13-01", "2024-02-30", "24-01-01", "2024/01/01", "2024-1-1", ""])
+def test_malformed_date_names_the_format(bad: str) -> None:
+    with pytest.raises(CandidatesError, match=r"expected YYYY-MM-DD"):
+        parse_run_date(bad)
+
+
+def test_window_bounds_are_utc_days() -> None:
+    w = Window(date(2023, 11, 15), lookback_days=2)
+    assert w.start == D0 - DAY and w.end == D0 + DAY
+    assert "2023-11-14 00:00" in str(w) and "2023-11-16 00:00" in str(w)
+
+
+def test_active_users_and_history_never_read_the_future() -> None:
+    clicks = _clicks([
+        (1, 10, D0 - 5 * DAY),        # user 1: only old clicks -> not active with lookback 2
+        (2, 10, D0 - DAY),            # user 2: first second of the window -> active
+        (3, 11, D0 + DAY - 1),        # user 3: last second of the run date -> active
+        (4, 12, D0 + DAY),            # user 4: first second after the run date -> never read
+        (3, 12, D0 + 3 * DAY),        # user 3's future click -> not in its history
+    ])
+    run_date = date(2023, 11, 15)
+    assert list(active_users(clicks, run_date, 2)) == [2, 3]
+    assert list(active_users(clicks, run_date, 6)) == [1, 2, 3]
+    hist = clicks_up_to(clicks, run_date)
+    assert hist["timestamp"].max() < Window(run_date, 1).end
+    assert 12 not in hist["item_id"].to_list()
+
+
+def test_empty_window_names_the_window_and_last_date() -> None:
+    clicks = _clicks([(1, 10, D0)])
+    with pytest.raises(CandidatesError, match=r"no clicks in the window \[2024-01-01 00:00, 2024-01-02 00:00\)"
+                       r".*2023-11-15 \.\. 2023-11-15"):
+        active_users(clicks, date(2024, 1, 1), 1)
+
+
+# -- histories, seen filtering -------------------------------------------------------------------
+
+
+class _Spec:
+    def __init__(self, items: Vocab, users: Vocab) -> None:
+        self.items, self.users = items, users
+
+
+def test_user_batch_matches_sequences_last_windows() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    clicks = _clicks(list(zip(rng.integers(0, 20, n).tolist(), rng.integers(0, 30, n).tolist(),
+                              rng.integers(0, 1000, n).tolist())))
+    items = Vocab(np.arange(25))  # items 25..29 are outside the vocabulary
+    users = Vocab(np.arange(0, 20, 2))
+    h = UserHistories(clicks, _Spec(items, users))  # type: ignore[arg-type]
+    ids = np.array([1, 4, 7, 19])
+    b = h.batch(ids, 6)
+    seq = Sequences.from_clicks(clicks, items, users)
+    np.testing.assert_array_equal(b.windows, seq.last_windows(ids, 6))
+    np.testing.assert_array_equal(b.user_index, users.encode(ids))
+    for r, u in enumerate(ids):
+        want = sorted(items.encode(clicks.filter(pl.col("user_id") == u)["item_id"]).tolist())
+        got = sorted(b.seen_items[b.seen_offsets[r]:b.seen_offsets[r + 1]].tolist())
+        assert got == [x for x in want if x >= 0]
+
+
+@pytest.mark.parametrize("max_extra", [0, 3, 1000])
+def test_topk_unseen_equals_masked_brute_force(max_extra: int) -> None:
+    rng = np.random.default_rng(1)
+    M, D, U, K = 40, 8, 25, 7
+    vecs = rng.standard_normal((M, D)).astype(np.float32)
+    ids = np.arange(100, 100 + M)
+    index = ExactIndex()
+    index.build(vecs, ids)
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, 36)), replace=False) for _ in range(U)]
+    seen[0] = np.arange(M)  # sees everything -> no candidates
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    got_ids, got_scores, n = topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64),
+                                         Vocab(ids), K, max_extra)
+    scores = q @ vecs.T
+    for u in range(U):
+        scores[u, seen[u]] = -np.inf
+        want = np.argsort(-scores[u], kind="stable")[: min(K, M - len(seen[u]))]
+        assert n[u] == len(want)
+        np.testing.assert_array_equal(got_ids[u, : n[u]], ids[want])
+        np.testing.assert_allclose(got_scores[u, : n[u]], scores[u, want], rtol=1e-5)
+        assert not set(got_ids[u, : n[u]]) & set(ids[seen[u]])
+
+
+def assert_same_candidates(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    """Same users, items, ranks and labels; scores equal up to float32 rounding (BLAS kernels differ
+    in the last bit between batch shapes, e.g. one user per chunk vs all users at once)."""
+    assert a.drop("score").equals(b.drop("score"))
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-6)
+
+
+# -- whole runs on the trained fixture model -----------------------------------------------------
+
+
+def _cfg(out: Path, **kw: object) -> CandidatesConfig:
+    return dataclasses.replace(CandidatesConfig(output_dir=str(out), k=5, recall_sample=8), **kw)
+
+
+def test_chunk_size_does_not_change_the_output(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    d = parse_run_date(LAST_DATE)
+    a = run(_cfg(tmp_path / "a", chunk_size=1), clicks, loaded, d)
+    b = run(_cfg(tmp_path / "b", chunk_size=1000), clicks, loaded, d)
+    assert len(list(a.partition.glob("part-*.parquet"))) == a.manifest["users_active"] > 1
+    fa, fb = read_partition(a.partition), read_partition(b.partition)
+    assert_same_candidates(fa, fb)
+    assert fa.height == a.manifest["rows"] and fa["rank"].min() == 1 and fa["rank"].max() <= 5
+    assert fa.schema == {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32,
+                         "model_version": pl.String, "index_id": pl.String}
+    # no seen item is recommended
+    seen = clicks.select("user_id", "item_id").unique()
+    assert fa.join(seen, on=["user_id", "item_id"]).height == 0
+    # ranks follow scores
+    assert fa.group_by("user_id").agg(ok=pl.col("score").diff().drop_nulls().le(0).all())["ok"].all()
+
+
+def test_future_clicks_change_nothing(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    d = date(1997, 9, 22)
+    base = run(_cfg(tmp_path / "a"), clicks, loaded, d)
+    future = clicks.with_columns(pl.col("timestamp") + 10 * DAY, pl.col("row_order") + clicks.height)
+    more = run(_cfg(tmp_path / "b"), pl.concat([clicks, future]), loaded, d)
+    assert read_partition(base.partition).equals(read_partition(more.partition))  # same chunks: exact
+    assert base.manifest["users_active"] < clicks["user_id"].n_unique()  # some users only click on 09-23
+
+
+def test_rerun_replaces_the_partition_with_identical_bytes(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    d = parse_run_date(LAST_DATE)
+    first = run(_cfg(tmp_path, chunk_size=3), clicks, loaded, d)
+    before = {p.name: p.read_bytes() for p in first.partition.glob("part-*")}
+    (first.partition / "stray.txt").write_text("from an older run")
+    again = run(_cfg(tmp_path, chunk_size=3), clicks, loaded, d)
+    after = {p.name: p.read_bytes() for p in again.partition.glob("part-*")}
+    assert before == after and not (again.partition / "stray.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [f"dt={LAST_DATE}"]  # no temp dirs left
+
+
+def test_annoy_backend_reports_recall_and_reason(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    r = run(_cfg(tmp_path, backend="annoy"), clicks, loaded, parse_run_date(LAST_DATE))
+    assert r.manifest["backend"] == "annoy" and "annoy" in r.manifest["backend_reason"]
+    assert r.manifest["ann_recall"]["sample_users"] > 0
+    assert r.manifest["ann_recall"]["recall_at_k"] >= 0.9  # 12 items: Annoy is near exact
+    auto = run(_cfg(tmp_path / "auto", backend="auto"), clicks, loaded, parse_run_date(LAST_DATE))
+    assert "fastest backend" in auto.manifest["backend_reason"]
+
+
+def test_no_clicks_in_window_is_a_clear_error(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CandidatesError, match=r"no clicks in the window .* spans 1997-09-22 \.\. 1997-09-23"):
+        run(_cfg(tmp_path), clicks, loaded, date(2001, 1, 1))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

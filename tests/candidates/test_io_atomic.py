@@ -1,0 +1,79 @@
+"""Atomic partition replacement: temp dir + fsync + swap; failures leave the previous partition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from recsys_cl.io_atomic import OutputError, PartitionWriter, cleanup_stale, read_success
+
+
+def _publish(root: Path, value: int) -> Path:
+    with PartitionWriter(root, "2024-01-01") as w:
+        w.write_part(pa.table({"x": [value]}))
+        return w.commit({"value": value})
+
+
+def test_commit_publishes_and_replaces(tmp_path: Path) -> None:
+    p = _publish(tmp_path, 1)
+    assert read_success(p) == {"value": 1} and (p / "part-00000.parquet").is_file()
+    p = _publish(tmp_path, 2)
+    assert read_success(p) == {"value": 2}
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["dt=2024-01-01"]
+
+
+def test_failure_before_commit_keeps_the_previous_partition(tmp_path: Path) -> None:
+    _publish(tmp_path, 1)
+    with pytest.raises(RuntimeError):
+        with PartitionWriter(tmp_path, "2024-01-01") as w:
+            w.write_part(pa.table({"x": [2]}))
+            raise RuntimeError("boom")
+    assert read_success(tmp_path / "dt=2024-01-01") == {"value": 1}
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["dt=2024-01-01"]
+
+
+def test_validate_failure_publishes_nothing(tmp_path: Path) -> None:
+    def bad(tmp: Path) -> None:
+        raise ValueError("unhealthy")
+
+    with pytest.raises(ValueError):
+        with PartitionWriter(tmp_path, "2024-01-02") as w:
+            w.write_part(pa.table({"x": [1]}))
+            w.commit({}, validate=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / f".dt=2024-01-01.tmp.{pid}-abcd1234"
+    stale.mkdir()
+    (stale / "part-00000.parquet").write_text("half")
+    live = tmp_path / f".dt=2024-01-01.tmp.{os.getppid()}-abcd1234"  # a live process: left alone
+    live.mkdir()
+    _publish(tmp_path, 1)
+    assert not stale.exists() and live.exists()
+
+
+def test_died_mid_swap_restores_the_old_partition(tmp_path: Path) -> None:
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    old = tmp_path / f".dt=2024-01-01.old.{dead}-abcd1234"
+    old.mkdir()
+    (old / "_SUCCESS").write_text(json.dumps({"value": 0}))
+    cleanup_stale(tmp_path, "2024-01-01")
+    assert read_success(tmp_path / "dt=2024-01-01") == {"value": 0}
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match=r"cannot write candidates under .*candidates\.output_dir"):
+        with PartitionWriter(blocker / "candidates", "2024-01-01"):
+            pass

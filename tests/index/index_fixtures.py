@@ -1,0 +1,25 @@
+"""Vectors with a known answer for the index tests (imported by the tests; not fixtures)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def clustered(m: int = 4000, d: int = 16, clusters: int = 40, q: int = 200, seed: int = 0,
+              normalize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, D) items around ``clusters`` centres, (M,) non-contiguous ids, (Q, D) queries near centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    items = centres[rng.integers(0, clusters, m)] + 0.35 * rng.standard_normal((m, d))
+    queries = centres[rng.integers(0, clusters, q)] + 0.35 * rng.standard_normal((q, d))
+    if normalize:
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ids = 1000 + 7 * rng.permutation(m)  # original ids: not row numbers, not sorted
+    return items.astype(np.float32), ids.astype(np.int64), queries.astype(np.float32)
+
+
+def brute_force_topk(items: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The known answer: full sort of every score (slow reference)."""
+    scores = queries.astype(np.float64) @ items.astype(np.float64).T
+    return ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]

@@ -1,0 +1,279 @@
+"""One behavioural suite run against every index backend (implicit's RecommenderBaseTestMixin
+pattern): each backend class supplies ``_make_index()``; exact search is the oracle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from index_fixtures import brute_force_topk, clustered
+
+from recsys_cl.index import (
+    SENTINEL_ID,
+    AnnoyIndex,
+    ExactIndex,
+    FaissIndex,
+    Index,
+    IndexLoadError,
+    IndexMismatchError,
+    Manifest,
+    augment_inner_product,
+    check_compatible,
+    choose_backend,
+    embedding_hash,
+    faiss_available,
+    load_index,
+    recall_at_k,
+    tune_search_k,
+)
+
+K = 10
+
+
+class IndexSuite:
+    """Behaviour every backend must have. Subclasses implement ``_make_index``."""
+
+    min_recall = 0.9
+
+    def _make_index(self) -> Index:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return clustered()
+
+    @pytest.fixture
+    def built(self, data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Index:
+        items, ids, _ = data
+        index = self._make_index()
+        index.build(items, ids)
+        if not index.is_exact:
+            tune_search_k(index, brute_force_topk(items, ids, data[2], K), data[2], K, target_recall=0.95)
+        return index
+
+    def test_query_shapes_and_order(self, built: Index, data: tuple) -> None:
+        _, ids, queries = data
+        out_ids, scores = built.query(queries, K)
+        assert out_ids.shape == scores.shape == (len(queries), K)
+        assert scores.dtype == np.float32
+        assert (np.diff(scores, axis=1) <= 1e-6).all(), "scores must be descending"
+        assert np.isin(out_ids, ids).all(), "results must be original item ids, not row numbers"
+        one_ids, _ = built.query(queries[0], K)  # a single (D,) query is (1, K)
+        assert one_ids.shape == (1, K)
+
+    def test_scores_are_true_inner_products(self, built: Index, data: tuple) -> None:
+        items, ids, queries = data
+        out_ids, scores = built.query(queries[:20], K)
+        row_of = {int(i): r for r, i in enumerate(ids)}
+        expected = np.array([[queries[q] @ items[row_of[int(i)]] for i in row] for q, row in enumerate(out_ids)])
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+    def test_recall_against_known_answer(self, built: Index, data: tuple) -> None:
+        items, ids, queries = data
+        truth = brute_force_topk(items, ids, queries, K)
+        recall = recall_at_k(built.query(queries, K)[0], truth)
+        assert recall >= (1.0 if built.is_exact else self.min_recall), recall
+
+    def test_save_load_round_trip(self, built: Index, data: tuple, tmp_path: Path) -> None:
+        _, _, queries = data
+        before = built.query(queries, K)
+        built.save(tmp_path / "idx", built.default_manifest(model_uri="models:/m/1", model_version="1"))
+        manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+        assert manifest["backend"] == built.name and manifest["item_count"] == 4000
+        loaded = load_index(tmp_path / "idx")
+        assert type(loaded) is type(built)
+        assert loaded.manifest is not None and loaded.manifest.model_version == "1"
+        after = loaded.query(queries, K)
+        np.testing.assert_array_equal(after[0], before[0])
+        np.testing.assert_allclose(after[1], before[1], atol=1e-6)
+        assert type(built).load(tmp_path / "idx").size == 4000
+
+    def test_fewer_items_than_k_pads_with_sentinel(self) -> None:
+        items, ids, queries = clustered(m=5, clusters=2, q=3)
+        index = self._make_index()
+        index.build(items, ids)
+        out_ids, scores = index.query(queries, 8)
+        assert out_ids.shape == (3, 8)
+        assert (out_ids[:, 5:] == SENTINEL_ID).all() and np.isneginf(scores[:, 5:]).all()
+        assert sorted(out_ids[0, :5]) == sorted(ids)
+
+    def test_string_ids(self) -> None:
+        items, ids, queries = clustered(m=300, clusters=5, q=5)
+        sids = np.array([f"item-{i}" for i in ids])
+        index = self._make_index()
+        index.build(items, sids)
+        out_ids, _ = index.query(queries, 5)
+        assert out_ids.dtype.kind == "U" and np.isin(out_ids, sids).all()
+
+    def test_missing_file_is_a_clear_error(self, built: Index, tmp_path: Path) -> None:
+        built.save(tmp_path / "idx")
+        victim = next(p for p in (tmp_path / "idx").iterdir() if p.name != "manifest.json")
+        victim.unlink()
+        with pytest.raises(IndexLoadError, match=r"missing.*build_index"):
+            load_index(tmp_path / "idx")
+
+    def test_corrupt_file_is_a_clear_error(self, built: Index, tmp_path: Path) -> None:
+        built.save(tmp_path / "idx")
+        for p in (tmp_path / "idx").iterdir():
+            if p.name != "manifest.json":
+                p.write_bytes(b"garbage" * 3)
+        with pytest.raises(IndexLoadError, match="build_index"):
+            load_index(tmp_path / "idx")
+
+    def test_bad_queries_are_rejected(self, built: Index) -> None:
+        with pytest.raises(ValueError, match=r"\(Q, 16\)"):
+            built.query(np.zeros((2, 3), dtype=np.float32), K)
+
+
+class TestExactIndex(IndexSuite):
+    def _make_index(self) -> Index:
+        return ExactIndex(max_block_bytes=4 * 4000 * 7)  # several blocks of 7 queries
+
+    def test_exact_matches_full_sort(self, built: Index, data: tuple) -> None:
+        items, ids, queries = data
+        np.testing.assert_array_equal(built.query(queries, 50)[0], brute_force_topk(items, ids, queries, 50))
+
+
+class TestAnnoyIndex(IndexSuite):
+    def _make_index(self) -> Index:
+        return AnnoyIndex(n_trees=10, seed=1)
+
+    def test_threads_give_the_same_answer(self, built: Index, data: tuple) -> None:
+        assert isinstance(built, AnnoyIndex)
+        one = built.query(data[2], K)
+        built.n_jobs = 2
+        np.testing.assert_array_equal(built.query(data[2], K)[0], one[0])
+
+    def test_mips_augmentation_ranks_by_dot_product(self) -> None:
+        items, ids, queries = clustered(normalize=False, seed=3)
+        items *= np.random.default_rng(3).uniform(0.2, 3.0, (len(items), 1)).astype(np.float32)  # varied norms
+        truth = brute_force_topk(items, ids, queries, K)
+        index = AnnoyIndex(n_trees=10, seed=1)
+        index.build(items, ids)
+        assert index.params()["mips_augmented"]
+        tune_search_k(index, truth, queries, K, 0.95)
+        assert recall_at_k(index.query(queries, K)[0], truth) >= 0.9
+        # the augmented vectors all have the max norm, and q̃·x̃ = q·x
+        aug, max_norm = augment_inner_product(items)
+        np.testing.assert_allclose(np.linalg.norm(aug, axis=1), max_norm, rtol=1e-4)
+        # ranking by cosine on the raw vectors (no augmentation) would be wrong here
+        cos = (queries @ items.T) / np.linalg.norm(items, axis=1)
+        assert recall_at_k(ids[np.argsort(-cos, axis=1)[:, :K]], truth) < 0.8
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install 'recsys_cl[ann]')")
+class TestFaissIndex(IndexSuite):
+    def _make_index(self) -> Index:
+        return FaissIndex(nlist=64, nprobe=1)
+
+    def test_small_catalogue_lowers_nlist_with_a_note(self) -> None:
+        items, ids, _ = clustered(m=400, clusters=5, q=1)
+        index = FaissIndex(nlist=1024)
+        index.build(items, ids)
+        assert index.params()["nlist"] == 10 and "lowered" in index.params()["note"]
+
+    def test_unnormalized_inner_product(self) -> None:
+        items, ids, queries = clustered(normalize=False, seed=3)
+        items *= np.random.default_rng(3).uniform(0.2, 3.0, (len(items), 1)).astype(np.float32)
+        truth = brute_force_topk(items, ids, queries, K)
+        index = FaissIndex(nlist=64)
+        index.build(items, ids)
+        tune_search_k(index, truth, queries, K, 0.95)
+        assert recall_at_k(index.query(queries, K)[0], truth) >= 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, compatibility, load errors, auto choice
+# ---------------------------------------------------------------------------------------------
+
+
+def _manifest(**kw: object) -> Manifest:
+    base: dict[str, object] = {"backend": "exact", "item_count": 10, "embedding_dim": 8, "model_uri": "models:/m/3",
+                                "model_name": "m", "model_version": "3", "model_run_id": "abc", "embedding_hash": "f" * 64}
+    return Manifest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_check_compatible_accepts_the_same_model() -> None:
+    check_compatible(_manifest(), model_uri="models:/m@champion", model_version="3", model_run_id="abc",
+                     embedding_dim=8, embedding_hash="f" * 64)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"model_version": 4}, "model_version"),
+    ({"model_run_id": "xyz"}, "model_run_id"),
+    ({"embedding_dim": 16}, "embedding_dim"),
+    ({"embedding_hash": "0" * 64}, "embedding_hash"),
+])
+def test_check_compatible_refuses_another_model(kw: dict, field: str) -> None:
+    with pytest.raises(IndexMismatchError, match=rf"{field}.*Fix: rebuild it with `python -m pipelines.build_index"):
+        check_compatible(_manifest(), **kw)
+
+
+def test_missing_directory_and_manifest(tmp_path: Path) -> None:
+    with pytest.raises(IndexLoadError, match="does not exist.*build_index"):
+        load_index(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexLoadError, match="manifest.json is missing"):
+        load_index(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not valid JSON"),
+    ('{"backend": "exact"}', "missing required keys"),
+    ('{"backend": "hnsw", "item_count": 1, "embedding_dim": 2}', "unknown backend 'hnsw'"),
+])
+def test_corrupt_manifest(tmp_path: Path, text: str, match: str) -> None:
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(IndexLoadError, match=match):
+        load_index(tmp_path)
+
+
+def test_manifest_count_mismatch_is_corruption(tmp_path: Path) -> None:
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path, index.default_manifest())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["item_count"] = 49
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexLoadError, match="corrupt"):
+        load_index(tmp_path)
+
+
+def test_embedding_hash_depends_on_vectors_and_ids() -> None:
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    h = embedding_hash(items, ids)
+    assert h == embedding_hash(items.copy(), ids.copy()) and len(h) == 64
+    assert h != embedding_hash(items, ids[::-1].copy())
+    assert h != embedding_hash(items + 1e-3, ids)
+
+
+def test_auto_picks_a_backend_meeting_the_target_with_a_reason() -> None:
+    items, ids, queries = clustered()
+    exact = ExactIndex()
+    exact.build(items, ids)
+    truth = exact.query(queries, K)[0]
+    candidates: list[Index] = [exact, AnnoyIndex(n_trees=10)]
+    if faiss_available():
+        candidates.append(FaissIndex(nlist=64))
+    for c in candidates[1:]:
+        c.build(items, ids)
+        tune_search_k(c, truth, queries, K, 0.95)
+    choice = choose_backend(candidates, queries, K, target_recall=0.95, min_seconds=0.05)
+    row = next(r for r in choice.table if r["backend"] == choice.index.name)
+    assert row["qualifies"] and (choice.index.is_exact or row["recall"] >= 0.95)
+    assert row["queries_per_s"] == max(r["queries_per_s"] for r in choice.table if r["qualifies"])
+    assert choice.reason.startswith(choice.index.name) and "recall@10 >= 0.95" in choice.reason
+    assert {r["backend"] for r in choice.table} == {c.name for c in candidates}
+
+
+def test_auto_never_chooses_a_backend_below_target() -> None:
+    items, ids, queries = clustered()
+    exact = ExactIndex()
+    exact.build(items, ids)
+    bad = AnnoyIndex(n_trees=1, search_k=10)  # far too few nodes for recall 0.99
+    bad.build(items, ids)
+    choice = choose_backend([exact, bad], queries, K, target_recall=0.99, min_seconds=0.01)
+    assert choice.index is exact and "annoy recall" in choice.reason

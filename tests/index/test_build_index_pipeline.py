@@ -1,0 +1,118 @@
+"""``python -m pipelines.build_index`` end to end on a tiny model trained once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipelines import build_index
+from recsys_cl.config import TrackingConfig
+from recsys_cl.index import IndexMismatchError, check_compatible, embedding_hash, load_index
+from recsys_cl.index.build import embed_catalogue, write_index_atomically
+from recsys_cl.tracking import resolve_model_dir
+from recsys_cl.train.checkpoint import load_model_dir
+
+
+@pytest.fixture
+def env(trained_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(trained_model["root"])  # the model's relative paths and mlruns/ live here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return {**trained_model, "out": tmp_path / "index"}
+
+
+def _args(env: dict, model: str, *extra: str) -> list[str]:
+    return ["--model", model, "--out", str(env["out"]),
+            "--set", f"tracking.uri={env['tracking_uri']}", "--set", "tracking.experiment=index_smoke",
+            "--set", "index.recall_sample_users=200", "--set", "index.k=20", *extra]
+
+
+@pytest.mark.parametrize("backend", ["annoy", "auto"])
+def test_build_index_from_registry_alias(env: dict, backend: str, capsys: pytest.CaptureFixture) -> None:
+    client = mlflow.MlflowClient(env["tracking_uri"])
+    client.set_registered_model_alias("recsys_cl_two_tower", "champion", "1")
+    summary = build_index.main(_args(env, "models:/recsys_cl_two_tower@champion", "--set", f"index.backend={backend}"))
+
+    index = load_index(env["out"])
+    m = index.manifest
+    assert m is not None and summary["index_dir"] == str(env["out"].absolute())
+    assert m.model_name == "recsys_cl_two_tower" and m.model_version == "1"
+    assert m.model_run_id == env["summary"]["run_id"]
+    # the fixture has 8 users and 12 items: the sample is every user, K is capped at the catalogue size
+    assert m.recall_sample_source == "users" and m.recall_sample_size == 8 and m.recall_k == 12
+    assert m.recall_at_k is not None and m.recall_at_k >= 0.95 and m.queries_per_s > 0
+    assert m.chosen_reason and m.chosen_reason.startswith(m.backend)
+    if backend == "annoy":
+        assert m.backend == "annoy" and m.params["search_k"] > 0
+
+    # every item of the catalogue (clicked or only in the item table) is indexed, under its original id
+    model, spec, cfg = load_model_dir(resolve_model_dir("models:/recsys_cl_two_tower/1",
+                                                         TrackingConfig(uri=env["tracking_uri"])))
+    emb = embed_catalogue(model, spec)
+    assert m.item_count == spec.num_items and m.embedding_dim == cfg.model.embedding_dim
+    assert m.embedding_hash == embedding_hash(emb.vectors, emb.ids)
+    ids, _ = index.query(emb.vectors[:3], 1)
+    np.testing.assert_array_equal(ids[:, 0], spec.items.ids[:3])  # an item is its own nearest (unit vectors)
+    check_compatible(m, model_version="1", model_run_id=env["summary"]["run_id"], embedding_dim=8,
+                     embedding_hash=m.embedding_hash)
+    with pytest.raises(IndexMismatchError, match="model_version"):
+        check_compatible(m, model_version="2")
+
+    # the MLflow run is linked to the model run and holds the index files
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["model_run_id"] == env["summary"]["run_id"] and run.data.tags["kind"] == "index"
+    assert run.data.metrics["recall_at_12"] == pytest.approx(m.recall_at_k)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "index")}
+    assert "index/manifest.json" in arts
+    out = capsys.readouterr().out
+    assert f"index: {env['out'].absolute()}" in out and "recall@12" in out
+
+
+def test_rebuild_replaces_atomically_and_local_path(env: dict) -> None:
+    model_dir = resolve_model_dir(env["summary"]["model_uri"], TrackingConfig(uri=env["tracking_uri"]))
+    build_index.main(_args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow"))
+    first = load_index(env["out"]).manifest
+    assert first is not None and first.backend == "exact" and first.model_version is None
+
+    build_index.main(_args(env, str(model_dir), "--set", "index.backend=annoy", "--no-mlflow"))
+    second = load_index(env["out"]).manifest
+    assert second is not None and second.backend == "annoy"
+    assert second.embedding_hash == first.embedding_hash
+    leftovers = [p.name for p in env["out"].parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_failed_write_leaves_the_previous_index(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = resolve_model_dir(env["summary"]["model_uri"], TrackingConfig(uri=env["tracking_uri"]))
+    build_index.main(_args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow"))
+    before = (env["out"] / "manifest.json").read_text()
+    index = load_index(env["out"])
+
+    def boom(directory: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index, "_save_files", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_index_atomically(index, index.manifest, env["out"])  # type: ignore[arg-type]
+    assert (env["out"] / "manifest.json").read_text() == before
+    assert load_index(env["out"]).size == index.size
+    assert [p for p in env["out"].parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unknown_model_is_a_clear_error(env: dict) -> None:
+    with pytest.raises(SystemExit, match=r"index error: cannot load model 'models:/nope/1'.*models:/<name>@<alias>"):
+        build_index.main(_args(env, "models:/nope/1"))
+    with pytest.raises(SystemExit, match="config error: unknown config key 'index.backnd'"):
+        build_index.main(_args(env, "x", "--set", "index.backnd=exact"))
+    assert not env["out"].exists()
+
+
+def test_summary_json(env: dict, tmp_path: Path) -> None:
+    model_dir = resolve_model_dir(env["summary"]["model_uri"], TrackingConfig(uri=env["tracking_uri"]))
+    build_index.main(_args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow",
+                           "--summary-json", str(tmp_path / "s.json")))
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["manifest"]["backend"] == "exact" and s["manifest"]["recall_at_k"] == 1.0

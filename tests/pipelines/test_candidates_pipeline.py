@@ -1,0 +1,156 @@
+"""pipelines.generate_candidates as a process: SIGKILL mid-write keeps the previous partition, a rerun
+succeeds with identical content; bad input (date, index, output dir) exits with a clear message.
+
+Uses an untrained model directory (no MLflow registry needed) built from the ml-100k fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import generate_candidates
+from recsys_cl.config import RunConfig, load_config
+from recsys_cl.data.io import load_click_log
+from recsys_cl.features.spec import build_feature_spec
+from recsys_cl.index.base import Manifest
+from recsys_cl.index.exact import ExactIndex
+from recsys_cl.io_atomic import SLEEP_HOOK_ENV
+from recsys_cl.towers.two_tower import build_two_tower
+from recsys_cl.train.checkpoint import save_model_dir
+from recsys_cl.train.steps import embed_items
+
+DATA = Path(__file__).parents[1] / "fixtures" / "ml-100k"
+DATE = "1997-09-23"
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(None, RunConfig, overrides=[f"data.path={DATA}", "model.embedding_dim=8",
+                                                  "user_tower.history_length=4"])
+    log = load_click_log(cfg.data)
+    spec = build_feature_spec(log.clicks, log.items)
+    import torch
+
+    torch.manual_seed(0)
+    model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, spec, cfg)
+
+
+def _args(tmp: Path, model_dir: Path, *extra: str) -> list[str]:
+    return ["--date", DATE, "--model", str(model_dir),
+            "--set", f"data.path={DATA}", "--set", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            "--set", f"candidates.output_dir={tmp / 'out'}", "--set", "candidates.k=5",
+            "--set", "candidates.chunk_size=1", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _contents(partition: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(partition.glob("part-*.parquet"))}
+
+
+def test_sigkill_mid_write_keeps_the_previous_partition(tmp_path: Path, model_dir: Path) -> None:
+    summary = generate_candidates.main(_args(tmp_path, model_dir))
+    partition = Path(summary["partition"])
+    before, success = _contents(partition), (partition / "_SUCCESS").read_text()
+    assert len(before) == summary["users_active"] > 2
+
+    env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until the new run has written some (not all) part files
+            tmps = list((tmp_path / "out").glob(f".dt={DATE}.tmp.*"))
+            if tmps and len(list(tmps[0].glob("part-*"))) >= 2:
+                break
+            assert proc.poll() is None, "the writer finished before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the writer never started writing")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _contents(partition) == before and (partition / "_SUCCESS").read_text() == success
+    visible = [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+    assert visible == [f"dt={DATE}"]  # the half-written run is hidden
+
+    again = generate_candidates.main(_args(tmp_path, model_dir))
+    assert _contents(Path(again["partition"])) == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"dt={DATE}"]  # temp dir cleaned up
+
+
+def test_malformed_date_exits_with_the_format(tmp_path: Path, model_dir: Path) -> None:
+    args = _args(tmp_path, model_dir)
+    args[1] = "2024-13-01"
+    with pytest.raises(SystemExit, match=r"candidates error: --date '2024-13-01' .*expected YYYY-MM-DD"):
+        generate_candidates.main(args)
+
+
+def test_no_clicks_in_window_exits_clearly(tmp_path: Path, model_dir: Path) -> None:
+    args = _args(tmp_path, model_dir)
+    args[1] = "2020-01-01"
+    with pytest.raises(SystemExit, match=r"no clicks in the window .*1997-09-22 \.\. 1997-09-23"):
+        generate_candidates.main(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_exits_clearly(tmp_path: Path, model_dir: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"cannot write candidates under .*file/out"):
+        generate_candidates.main(_args(tmp_path, model_dir, "--set", f"candidates.output_dir={tmp_path / 'file' / 'out'}"))
+
+
+def _save_index(model_dir: Path, where: Path) -> Path:
+    from recsys_cl.index.base import embedding_hash
+    from recsys_cl.train.checkpoint import load_model_dir
+
+    model, spec, _ = load_model_dir(model_dir)
+    vecs = embed_items(model, spec.num_items).numpy()
+    index = ExactIndex()
+    index.build(vecs, spec.items.ids)
+    m = index.default_manifest(model_uri=str(model_dir.absolute()), embedding_hash=embedding_hash(vecs, spec.items.ids),
+                               index_id="test-exact")
+    return index.save(where, m)
+
+
+def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path) -> None:
+    index_dir = _save_index(model_dir, tmp_path / "index")
+    ok = generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir)))
+    assert ok["index_id"] == "test-exact" and ok["index_dir"] == str(index_dir)
+    m = Manifest.read(index_dir)
+    m.replace(embedding_hash="0" * 64).write(index_dir)
+    with pytest.raises(SystemExit, match=r"does not match the model: embedding_hash"):
+        generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir), "--set", "candidates.output_dir=o2"))
+    assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "no_manifest", "corrupt_vectors", "bad_json"])
+def test_missing_or_corrupt_index_exits_clearly(tmp_path: Path, model_dir: Path, damage: str) -> None:
+    index_dir = _save_index(model_dir, tmp_path / "index")
+    if damage == "missing":
+        index_dir = tmp_path / "nope"
+    elif damage == "no_manifest":
+        (index_dir / "manifest.json").unlink()
+    elif damage == "corrupt_vectors":
+        (index_dir / "vectors.npy").write_bytes(b"garbage")
+    else:
+        (index_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"candidates error: .*(does not exist|missing|unreadable|not valid JSON)"):
+        generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir)))
+    assert not (tmp_path / "out").exists()
