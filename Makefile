@@ -20,8 +20,12 @@ $(STAMP): setup.cfg
 
 venv: $(STAMP)  ## create .venv and install the project
 
-demo: $(STAMP)  ## train on bundled MovieLens latest-small, print test metrics and the MLflow run
-	$(PY) -m pipelines.train_two_tower --config $(CONFIG) --summary-json runs/demo_summary.json
+DEMO_DATE ?= 2018-09-24  # the last day of the bundled MovieLens latest-small
+
+demo: $(STAMP)  ## train on bundled MovieLens latest-small, then index + nightly candidates for its last day
+	$(PY) -m pipelines.train_two_tower --config $(CONFIG) --set tracking.set_alias=champion \
+		--summary-json runs/demo_summary.json
+	$(PY) -m pipelines.nightly --config $(CONFIG) --date $(DEMO_DATE)
 
 baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and protocol
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)

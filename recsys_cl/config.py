@@ -131,14 +131,14 @@ class LossConfig:
     kind: Literal["softmax", "debiased", "triplet"] = "softmax"
     """``softmax``: sampled softmax over in-batch (+ sampled) negatives; ``debiased``: debiased
     contrastive loss (Chuang et al. 2020); ``triplet``: margin ranking loss (baseline)."""
-    temperature: float = 0.05
+    temperature: float = 0.1
     """Softmax temperature tau; raw scores are divided by it before logQ is subtracted."""
     logq: Literal["none", "counting", "streaming"] = "counting"
     """logQ sampling-bias correction: ``counting`` = exact item frequencies from a pass over the
     training clicks; ``streaming`` = the online estimator of Yi et al. 2019; ``none`` = off."""
     mask_accidental_hits: bool = True
     """Mask candidates with the same item id as the row's positive."""
-    mask_user_history: bool = False
+    mask_user_history: bool = True
     """Also mask candidates the row's user clicked in training (false negatives)."""
     tau_plus: float = 0.1
     """Debiased loss only: class prior of false negatives among the negatives."""
@@ -220,6 +220,9 @@ class TrackingConfig:
     run_name: str | None = None
     registered_model_name: str | None = "recsys_cl_two_tower"
     """Register the trained model under this name in the MLflow model registry (null = don't)."""
+    set_alias: str | None = None
+    """Point this registry alias (e.g. ``champion``, which ``pipelines.nightly`` serves) at the
+    newly registered version. Null = leave aliases alone (promote by hand)."""
 
 
 @dataclass(frozen=True)

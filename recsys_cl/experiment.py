@@ -49,6 +49,7 @@ class Reporter(Protocol):
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_artifacts(self, local_dir: Any, artifact_path: str | None = None) -> None: ...
     def log_model(self, model_dir: Any, registered_model_name: str | None) -> str: ...
+    def set_alias(self, model_uri: str, alias: str) -> None: ...
 
 
 @dataclass
@@ -176,6 +177,8 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
         model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
+    if cfg.tracking.set_alias:
+        reporter.set_alias(model_uri, cfg.tracking.set_alias)
     if ckpt.exists():
         ckpt.unlink()  # finished: the next run with this config starts fresh
     return {

@@ -98,6 +98,16 @@ class Tracker:
             return f"models:/{registered_model_name}/{info.registered_model_version}"
         return f"runs:/{self.run_id}/model"
 
+    def set_alias(self, model_uri: str, alias: str) -> None:
+        """Point registry ``alias`` at the version in ``model_uri`` (``models:/<name>/<version>``)."""
+        if not model_uri.startswith("models:/"):
+            raise ValueError(
+                f"tracking.set_alias={alias!r} needs a registered model, but the model is {model_uri}; "
+                "set tracking.registered_model_name"
+            )
+        name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
     def _log_pyfunc(self, model_dir: str | Path, registered_model_name: str | None) -> Any:
         return mlflow.pyfunc.log_model(
             name="model",
@@ -157,45 +167,44 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
     return local
 
 
-# mlflow warns at class creation that predict's DataFrame input is not a list[...] type hint;
-# our input is a DataFrame on purpose.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
+    """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
+    (oldest first) -> top-10 item ids and scores, training items excluded."""
 
-    class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
-        """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
-        (oldest first) -> top-10 item ids and scores, training items excluded."""
+    def load_context(self, context: Any) -> None:
+        from recsys_cl.train.checkpoint import load_model_dir
+        from recsys_cl.train.steps import embed_items
 
-        def load_context(self, context: Any) -> None:
-            from recsys_cl.train.checkpoint import load_model_dir
-            from recsys_cl.train.steps import embed_items
+        self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
+        self.items = embed_items(self.model, self.spec.num_items)
 
-            self.model, self.spec, self.cfg = load_model_dir(context.artifacts["model_dir"])
-            self.items = embed_items(self.model, self.spec.num_items)
+    # predict is attached after the class body (below): mlflow inspects predict's type hints
+    # when the class is created and nags that a DataFrame input is not a list[...] hint.
+    def _predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import numpy as np
+        import pandas as pd
+        import torch
 
-        # No type hints here: mlflow turns them into a (list-only) input schema.
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            import numpy as np
-            import pandas as pd
-            import torch
+        from recsys_cl.train.steps import embed_users
 
-            from recsys_cl.train.steps import embed_users
+        L = self.cfg.user_tower.history_length
+        hist = np.full((len(model_input), L), -1, dtype=np.int64)
+        for r, items in enumerate(model_input["history"]):
+            idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
+            hist[r, : len(idx)] = idx
+        users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
+        scores = users @ self.items.T
+        rows, cols = np.nonzero(hist >= 0)
+        scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
+        top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
+        ids = self.spec.items.decode(top.indices.numpy())
+        ok = torch.isfinite(top.values).numpy()  # rows with < 10 unseen items are cut short
+        vals = top.values.numpy()
+        return pd.DataFrame({"item_ids": [i[m] for i, m in zip(ids, ok)],
+                             "scores": [v[m] for v, m in zip(vals, ok)]})
 
-            L = self.cfg.user_tower.history_length
-            hist = np.full((len(model_input), L), -1, dtype=np.int64)
-            for r, items in enumerate(model_input["history"]):
-                idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
-                hist[r, : len(idx)] = idx
-            users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
-            scores = users @ self.items.T
-            rows, cols = np.nonzero(hist >= 0)
-            scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
-            top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
-            ids = self.spec.items.decode(top.indices.numpy())
-            ok = torch.isfinite(top.values).numpy()  # rows with < 10 unseen items are cut short
-            vals = top.values.numpy()
-            return pd.DataFrame({"item_ids": [i[m] for i, m in zip(ids, ok)],
-                                 "scores": [v[m] for v, m in zip(vals, ok)]})
+
+TwoTowerPyfunc.predict = TwoTowerPyfunc._predict  # type: ignore[method-assign]
 
 
 # --- index (issue 3)

@@ -31,7 +31,7 @@ def test_every_ablation_variant_loads(path: Path) -> None:
 def test_defaults_without_file() -> None:
     cfg = load_config(None, RunConfig)
     assert cfg.split.kind == "leave_last_out"
-    assert cfg.loss.temperature == 0.05
+    assert cfg.loss.temperature == 0.1
 
 
 def test_override_types_and_nesting() -> None:
@@ -89,7 +89,7 @@ def test_config_is_frozen_and_round_trips(tmp_path: Path) -> None:
 
 def test_flat_dict_has_dotted_keys() -> None:
     flat = load_config(None, RunConfig).to_flat_dict()
-    assert flat["loss.temperature"] == 0.05 and flat["data.columns.user_id"] == "user_id"
+    assert flat["loss.temperature"] == 0.1 and flat["data.columns.user_id"] == "user_id"
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -40,7 +40,9 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("data", ["ml-100k", "ml-1m"])
 def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     out = tmp_path / "summary.json"
-    summary = train_two_tower.main(_args(tmp_path, data, "--summary-json", str(out)))
+    summary = train_two_tower.main(
+        _args(tmp_path, data, "--summary-json", str(out), "--set", "tracking.set_alias=champion")
+    )
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert set(on_disk) >= {"run_id", "model_uri", "protocol", "test_metrics"}
@@ -51,9 +53,10 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("recsys_cl_two_tower", "champion").version == "1"
     run = client.get_run(on_disk["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["loss.temperature"] == "0.05"
+    assert run.data.params["loss.temperature"] == "0.1"
     assert run.data.params["data.path"].endswith(data)
     assert run.data.tags["protocol"] == on_disk["protocol"]
     assert len(run.data.tags["data_fingerprint"]) == 16 and "git_commit" in run.data.tags

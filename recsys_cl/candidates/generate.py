@@ -1,0 +1,161 @@
+"""The local candidates run: chunks of active users -> part files in a temp partition -> checks -> swap.
+
+Users are processed in chunks of ``chunk_size`` (memory is bounded by the chunk, not the user
+count); each chunk becomes one Parquet part file of rows
+``(user_id, item_id, rank 1..K, score float32, model_version, index_id)`` sorted by (user_id, rank).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys_cl.candidates.histories import UserHistories
+from recsys_cl.candidates.scoring import Recommender
+from recsys_cl.candidates.window import (
+    CandidatesError,
+    Window,
+    active_users,
+    clicks_up_to,
+)
+from recsys_cl.config import CandidatesConfig
+from recsys_cl.io_atomic import PartitionWriter
+from recsys_cl.train.steps import embed_items
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class CandidatesResult:
+    partition: Path
+    manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, size):
+        yield s, min(s + size, n)
+
+
+def sampled_recall(
+    rec: Recommender, histories: UserHistories, users: np.ndarray, length: int, n: int, seed: int
+) -> dict[str, Any]:
+    """recall@K of ``rec.index`` against exact search over the model's item embeddings, on ``n`` users."""
+    if rec.index.is_exact or n == 0:
+        return {"recall_at_k": 1.0, "sample_users": 0, "note": "exact index: recall is 1 by construction"}
+    from recsys_cl.index.exact import ExactIndex
+    from recsys_cl.index.tuning import recall_at_k
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(users, size=min(n, len(users)), replace=False))
+    q = rec.embed(histories.batch(pick, length))
+    exact = ExactIndex()
+    exact.build(embed_items(rec.model, rec.spec.num_items).numpy(), rec.spec.items.ids)
+    k = min(rec.k, exact.size)
+    approx_ids, _ = rec.index.query(q, k)
+    exact_ids, _ = exact.query(q, k)
+    return {"recall_at_k": recall_at_k(approx_ids, exact_ids), "sample_users": int(len(pick)), "k": k}
+
+
+def partition_stats(part_dir: Path, catalogue_size: int) -> dict[str, Any]:
+    """Row count, users served and catalogue coverage of the part files in ``part_dir``."""
+    files = sorted(part_dir.glob("*.parquet"))
+    if not files:
+        return {"rows": 0, "users_served": 0, "distinct_items": 0, "catalogue_coverage": 0.0}
+    lf = pl.scan_parquet([str(f) for f in files])
+    s = lf.select(
+        pl.len().alias("rows"),
+        pl.col("user_id").n_unique().alias("users_served"),
+        pl.col("item_id").n_unique().alias("distinct_items"),
+    ).collect().row(0, named=True)
+    s = {k: int(v) for k, v in s.items()}
+    s["catalogue_coverage"] = s["distinct_items"] / max(catalogue_size, 1)
+    return s
+
+
+def generate_candidates(
+    clicks: pl.DataFrame,
+    rec: Recommender,
+    run_date: date,
+    cfg: CandidatesConfig,
+    history_length: int,
+    *,
+    extra_manifest: dict[str, Any] | None = None,
+    validate: Callable[[Path, dict[str, Any]], None] | None = None,
+    spark_runner: Callable[..., None] | None = None,
+) -> CandidatesResult:
+    """Compute and atomically publish ``<cfg.output_dir>/dt=<run_date>``.
+
+    ``validate(temp_dir, manifest)`` runs before publishing (the nightly health checks); if it
+    raises, nothing is published. ``spark_runner`` (from :func:`recsys_cl.candidates.spark.make_spark_runner`)
+    replaces the local chunk loop.
+    """
+    t = {"start": time.perf_counter()}
+    history = clicks_up_to(clicks, run_date)  # nothing after the run date from here on
+    users = active_users(history, run_date, cfg.lookback_days)
+    histories = UserHistories(history.filter(pl.col("user_id").is_in(users)), rec.spec)
+    t["load"] = time.perf_counter()
+    dt = run_date.isoformat()
+    with PartitionWriter(cfg.output_dir, dt) as writer:
+        if spark_runner is not None:
+            spark_runner(rec=rec, histories=histories, users=users, length=history_length,
+                         cfg=cfg, out_dir=writer.temp_dir)
+        else:
+            torch.set_num_threads(cfg.n_workers)
+            for s, e in chunks(len(users), cfg.chunk_size):
+                writer.write_part(rec.recommend(histories.batch(users[s:e], history_length)))
+        t["generate"] = time.perf_counter()
+        stats = partition_stats(writer.temp_dir, rec.spec.num_items)
+        recall = sampled_recall(rec, histories, users, history_length, cfg.recall_sample, cfg.seed)
+        t["check"] = time.perf_counter()
+        timings = {
+            "load_s": t["load"] - t["start"],
+            "generate_s": t["generate"] - t["load"],
+            "checks_s": t["check"] - t["generate"],
+        }
+        window = Window(run_date, cfg.lookback_days)
+        manifest: dict[str, Any] = {
+            "date": dt,
+            "window": str(window),
+            "window_start_ts": window.start,
+            "window_end_ts": window.end,
+            "k": cfg.k,
+            "users_active": int(len(users)),
+            **stats,
+            "served_share": stats["users_served"] / max(len(users), 1),
+            "catalogue_size": rec.spec.num_items,
+            "ann_recall": recall,
+            "model_version": rec.model_version,
+            "index_id": rec.index_id,
+            "backend": rec.index.name,
+            "index_params": rec.index.params(),
+            "engine": "spark" if spark_runner is not None else "local",
+            "chunk_size": cfg.chunk_size,
+            "n_workers": cfg.n_workers,
+            "timings": timings,
+            "users_per_s": len(users) / max(timings["generate_s"], 1e-9),
+            **(extra_manifest or {}),
+        }
+        partition = writer.commit(
+            manifest, validate=None if validate is None else (lambda tmp: validate(tmp, manifest))
+        )
+    log.info("candidates for %s: %d users, %d rows -> %s", dt, len(users), stats["rows"], partition)
+    return CandidatesResult(partition, manifest, timings)
+
+
+
+def read_partition(partition: str | Path) -> pl.DataFrame:
+    """All rows of a published partition, sorted by (user_id, rank)."""
+    files = sorted(Path(partition).glob("*.parquet"))
+    if not files:
+        raise CandidatesError(f"{partition} holds no part files")
+    return pl.read_parquet([str(f) for f in files]).sort("user_id", "rank")

@@ -1,0 +1,80 @@
+"""Per-user inputs of a run: history windows (the user tower's input) and seen sets (filtered out).
+
+A user's history is all of their clicks up to the end of the run date, time-ordered.
+
+Letters: U users, L history length, S seen clicks in total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from recsys_cl.candidates.window import CandidatesError
+from recsys_cl.features.sequences import Sequences
+from recsys_cl.features.spec import FeatureSpec
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """Inputs for U users.
+
+    Attributes:
+        user_ids: (U,) original ids.
+        user_index: (U,) user-vocab index (-1 = unknown to the model).
+        windows: (U, L) most recent clicked items first (item-vocab indices), -1 padded.
+        seen_offsets: (U + 1,) CSR offsets into ``seen_items``.
+        seen_items: (S,) item-vocab indices each user clicked up to the run date.
+    """
+
+    user_ids: np.ndarray
+    user_index: np.ndarray
+    windows: np.ndarray
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+class UserHistories:
+    """Time-ordered clicks (up to the run date) with per-user offsets, for chunked lookups."""
+
+    def __init__(self, clicks: pl.DataFrame, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.seq = Sequences.from_clicks(clicks, spec.items, spec.users)
+        uid = self.seq.user_ids
+        n = len(uid)
+        is_first = np.ones(n, dtype=bool)
+        if n > 1:
+            is_first[1:] = uid[1:] != uid[:-1]
+        self.first = np.nonzero(is_first)[0]  # (U_all,)
+        self.end = np.append(self.first[1:], n)  # (U_all,) exclusive
+        self.users = uid[self.first]  # (U_all,) sorted
+
+    def batch(self, user_ids: np.ndarray, length: int) -> UserBatch:
+        """Inputs for ``user_ids`` (each must have clicks here)."""
+        user_ids = np.asarray(user_ids)
+        pos = np.minimum(np.searchsorted(self.users, user_ids), max(len(self.users) - 1, 0))
+        if len(user_ids) and (len(self.users) == 0 or not np.array_equal(self.users[pos], user_ids)):
+            raise CandidatesError("some users have no clicks up to the run date")
+        first, end = self.first[pos], self.end[pos]  # (U,), (U,)
+        # (U, L): positions end-1, end-2, ... down to the user's first click (as Sequences.last_windows)
+        p = end[:, None] - np.arange(1, length + 1)[None, :]
+        windows = np.where(p >= first[:, None], self.seq.item_index[np.clip(p, 0, None)], -1).astype(np.int64)
+        counts = end - first  # (U,) clicks per user
+        row = np.repeat(np.arange(len(user_ids)), counts)  # (C,)
+        flat = np.repeat(first, counts) + (np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts))
+        items = self.seq.item_index[flat]  # (C,) item-vocab index, -1 outside the vocabulary
+        keep = items >= 0
+        offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row[keep], minlength=len(user_ids)), out=offsets[1:])
+        return UserBatch(
+            user_ids=user_ids,
+            user_index=self.spec.users.encode(user_ids),
+            windows=windows,
+            seen_offsets=offsets,
+            seen_items=items[keep].astype(np.int64),
+        )

@@ -1,0 +1,76 @@
+"""One call for the pipelines: index (loaded and checked, or built in memory) -> candidates -> partition."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+
+from recsys_cl.candidates.generate import CandidatesResult, generate_candidates
+from recsys_cl.candidates.histories import UserBatch, UserHistories
+from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
+from recsys_cl.candidates.scoring import Recommender
+from recsys_cl.candidates.spark import make_spark_runner
+from recsys_cl.candidates.window import active_users, clicks_up_to
+from recsys_cl.config import CandidatesConfig
+from recsys_cl.train.steps import embed_users
+
+
+def run(
+    cfg: CandidatesConfig,
+    clicks: pl.DataFrame,
+    loaded: Loaded,
+    run_date: date,
+    *,
+    index_dir: str | Path | None = None,
+    validate: Callable[[Path, dict[str, Any]], None] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+) -> CandidatesResult:
+    """Index (loaded and checked, or built in memory) -> candidates for ``run_date`` -> published partition.
+
+    ``cfg.backend`` / ``cfg.engine`` choose the backend and engine; the manifest records the choice
+    and why.
+    """
+    import tempfile
+
+    t0 = time.perf_counter()
+    history = clicks_up_to(clicks, run_date)
+    users = active_users(history, run_date, cfg.lookback_days)  # fail early on an empty window
+    if index_dir is not None:
+        index, index_id, reason = open_index(index_dir, loaded, cfg.backend)
+    else:
+        sample = np.random.default_rng(cfg.seed).choice(users, size=min(len(users), 1000), replace=False)
+        hist = UserHistories(history.filter(pl.col("user_id").is_in(sample)), loaded.spec)
+        queries = embed_users(
+            loaded.model, *_windows_and_index(hist.batch(np.sort(sample), loaded.history_length))
+        ).numpy()
+        index, index_id, reason = build_index_in_memory(cfg.backend, loaded, queries, cfg.k)
+    if hasattr(index, "n_jobs"):
+        index.n_jobs = cfg.n_workers  # Annoy: threads over queries (it releases the GIL)
+    rec = Recommender(loaded.model, loaded.spec, index, cfg.k, cfg.max_extra_fetch, loaded.version_label, index_id)
+    extra = {
+        "backend_reason": reason,
+        "model_uri": loaded.model_uri,
+        "model_name": loaded.provenance.get("model_name"),
+        "model_run_id": loaded.provenance.get("model_run_id"),
+        "embedding_hash": loaded.embedding_hash,
+        "index_dir": None if index_dir is None else str(index_dir),
+        "index_setup_s": time.perf_counter() - t0,
+        **(extra_manifest or {}),
+    }
+    if cfg.engine == "local":
+        return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
+                                   extra_manifest=extra, validate=validate)
+    with tempfile.TemporaryDirectory(prefix="recsys_cl_spark_index_") as tmp:
+        ship = Path(index_dir) if index_dir is not None else index.save(Path(tmp) / "index")
+        runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master)
+        return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
+                                   extra_manifest=extra, validate=validate, spark_runner=runner)
+
+
+def _windows_and_index(batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:
+    return batch.windows, batch.user_index

@@ -1,0 +1,129 @@
+"""Model + index for a run: load the model, load a saved index and check the pair, or build one in memory."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_cl.candidates.window import CandidatesError
+from recsys_cl.features.spec import FeatureSpec
+from recsys_cl.index.base import Index
+from recsys_cl.towers.two_tower import TwoTower
+from recsys_cl.train.steps import embed_items
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Loaded:
+    """A model, its provenance and item embeddings, as :func:`load_model` returns them."""
+
+    model: TwoTower
+    spec: FeatureSpec
+    history_length: int
+    model_dir: Path
+    model_uri: str
+    provenance: dict[str, Any]
+    item_vectors: np.ndarray  # (M, D) float32
+    embedding_hash: str
+
+    @property
+    def version_label(self) -> str:
+        """The ``model_version`` column: registry version, else ``run:<id>``, else ``sha:<model.pt>``."""
+        if self.provenance.get("model_version"):
+            return str(self.provenance["model_version"])
+        if self.provenance.get("model_run_id"):
+            return f"run:{self.provenance['model_run_id']}"
+        import hashlib
+
+        return "sha:" + hashlib.sha256((self.model_dir / "model.pt").read_bytes()).hexdigest()[:12]
+
+
+def load_model(model_uri: str, tracking: Any) -> Loaded:
+    """Resolve ``model_uri`` (path, runs:/, models:/name/version, models:/name@alias) and load it."""
+    from recsys_cl.index.base import embedding_hash
+    from recsys_cl.tracking import model_provenance, resolve_model_dir
+    from recsys_cl.train.checkpoint import load_model_dir
+
+    try:
+        model_dir = resolve_model_dir(model_uri, tracking)
+        model, spec, model_cfg = load_model_dir(model_dir)
+        prov = model_provenance(model_uri, tracking)
+    except (FileNotFoundError, OSError) as e:
+        raise CandidatesError(f"cannot load model {model_uri!r}: {e}") from e
+    except Exception as e:  # mlflow's RESOURCE_DOES_NOT_EXIST and friends
+        raise CandidatesError(
+            f"cannot load model {model_uri!r}: {e}; pass --model with a model directory, runs:/<id>/model, "
+            "models:/<name>/<version> or models:/<name>@<alias>"
+        ) from e
+    vectors = embed_items(model, spec.num_items).numpy().astype(np.float32)
+    if Path(model_uri).exists():  # a local path: compared with the index manifest's absolute path
+        model_uri = str(Path(model_uri).absolute())
+    return Loaded(model, spec, model_cfg.user_tower.history_length, Path(model_dir), model_uri, prov,
+                  vectors, embedding_hash(vectors, spec.items.ids))
+
+
+def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:
+    """Load a saved index and refuse it unless its manifest matches the model. -> (index, index_id, reason)."""
+    from recsys_cl.index.base import check_compatible, load_index
+
+    index = load_index(index_dir)  # IndexLoadError: missing / corrupt
+    m = index.manifest
+    assert m is not None
+    if backend not in ("auto", m.backend):
+        raise CandidatesError(
+            f"--backend {backend} but {index_dir} holds a '{m.backend}' index; pass --backend {m.backend} "
+            "(or auto), or build the other backend with pipelines.build_index"
+        )
+    check_compatible(  # IndexMismatchError naming the field
+        m,
+        model_uri=loaded.model_uri,
+        model_version=loaded.provenance.get("model_version"),
+        model_run_id=loaded.provenance.get("model_run_id"),
+        embedding_dim=int(loaded.item_vectors.shape[1]),
+        embedding_hash=loaded.embedding_hash,
+    )
+    index_id = m.index_id or f"{m.backend}-{(m.embedding_hash or loaded.embedding_hash)[:12]}"
+    return index, index_id, f"loaded {m.backend} index from {index_dir} (manifest checked against the model)"
+
+
+def build_index_in_memory(
+    backend: str, loaded: Loaded, sample_queries: np.ndarray, k: int, target_recall: float = 0.95
+) -> tuple[Index, str, str]:
+    """An index built from the model's item embeddings, no files. ``auto`` measures and picks.
+
+    -> (index, index_id, reason). Annoy/faiss are tuned to ``target_recall`` on ``sample_queries``.
+    """
+    from recsys_cl.index.base import backend_class
+    from recsys_cl.index.exact import ExactIndex
+    from recsys_cl.index.tuning import choose_backend, tune_search_k
+
+    exact = ExactIndex()
+    exact.build(loaded.item_vectors, loaded.spec.items.ids)
+    hash12 = loaded.embedding_hash[:12]
+    if backend == "exact":
+        return exact, f"exact-{hash12}", "exact index built in memory (no --index given)"
+    kk = min(k, exact.size)
+    names = ["annoy", "faiss"] if backend == "auto" else [backend]
+    built: list[Index] = [exact] if backend == "auto" else []
+    for name in names:
+        try:
+            idx = backend_class(name)()
+            idx.build(loaded.item_vectors, loaded.spec.items.ids)
+        except ImportError as e:
+            if backend == "auto":
+                log.info("auto: skipping %s (%s)", name, e)
+                continue
+            raise CandidatesError(f"backend {name} is not installed ({e}); pip install -e '.[ann]'") from e
+        tune_search_k(idx, exact, sample_queries, kk, target_recall)
+        built.append(idx)
+    if backend != "auto":
+        idx = built[0]
+        return idx, f"{idx.name}-{hash12}", f"{idx.name} index built in memory, tuned to recall {target_recall}"
+    choice = choose_backend(built, sample_queries, kk, target_recall, exact=exact)
+    return choice.index, f"{choice.index.name}-{hash12}", choice.reason

@@ -1,0 +1,118 @@
+"""Scoring one chunk of users: top-K unseen items from an index, and the :class:`Recommender`
+(user tower -> index -> drop seen -> Arrow rows) shared by the local loop and Spark executors.
+
+Letters: U users in a chunk, D embedding dim, K candidates, F fetched per user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from recsys_cl.candidates.histories import UserBatch
+from recsys_cl.features.spec import FeatureSpec
+from recsys_cl.features.vocab import Vocab
+from recsys_cl.index.base import SENTINEL_ID, Index
+from recsys_cl.towers.two_tower import TwoTower
+from recsys_cl.train.steps import embed_users
+
+
+def topk_unseen(
+    index: Index,
+    queries: np.ndarray,
+    seen_offsets: np.ndarray,
+    seen_items: np.ndarray,
+    items: Vocab,
+    k: int,
+    max_extra: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` items per query that the user has not seen.
+
+    Queries ``k + min(|seen|, max_extra)`` per chunk (the chunk's largest |seen|), drops seen and
+    padding ids, and re-queries users left short with ``k + |seen|`` (exact for an exact index).
+
+    Args:
+        queries: (U, D) float32 user embeddings.
+        seen_offsets, seen_items: CSR (U + 1,), (S,) item-vocab indices.
+        items: the item vocabulary (index ids <-> vocab indices).
+
+    Returns:
+        (ids (U, k) int64, scores (U, k) float32, n (U,) valid per row); padded with
+        SENTINEL_ID / -inf beyond n.
+    """
+    U = len(queries)
+    M = index.size
+    n_seen = np.diff(seen_offsets)
+    out_ids = np.full((U, k), SENTINEL_ID, dtype=np.int64)
+    out_scores = np.full((U, k), -np.inf, dtype=np.float32)
+    out_n = np.zeros(U, dtype=np.int64)
+    if U == 0:
+        return out_ids, out_scores, out_n
+    seen_keys = np.repeat(np.arange(U, dtype=np.int64), n_seen) * len(items) + seen_items  # (S,)
+    seen_keys.sort()
+
+    def fill(rows: np.ndarray, fetch: int) -> None:
+        ids, scores = index.query(queries[rows], fetch)  # (R, F)
+        idx = items.encode(ids.ravel()).reshape(ids.shape)
+        keys = rows[:, None] * len(items) + idx
+        pos = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
+        is_seen = (seen_keys[pos] == keys) if len(seen_keys) else np.zeros(keys.shape, dtype=bool)
+        keep = (ids != SENTINEL_ID) & (idx >= 0) & ~is_seen & np.isfinite(scores)
+        rank = np.cumsum(keep, axis=1)  # (R, F) 1-based rank among kept
+        keep &= rank <= k
+        r, c = np.nonzero(keep)
+        out_ids[rows[r], rank[r, c] - 1] = ids[r, c]
+        out_scores[rows[r], rank[r, c] - 1] = scores[r, c]
+        out_n[rows] = keep.sum(axis=1)
+
+    all_rows = np.arange(U)
+    fill(all_rows, min(k + int(min(n_seen.max(), max_extra)), M))
+    want = np.minimum(k, np.maximum(M - n_seen, 0))  # what an exact search can deliver
+    short = all_rows[out_n < want]
+    if len(short):
+        fetch = min(k + int(n_seen[short].max()), M)
+        fill(short, fetch)
+    return out_ids, out_scores, out_n
+
+
+# --------------------------------------------------------------------------------------------
+# One process's scorer (local chunks, Spark executors)
+# --------------------------------------------------------------------------------------------
+
+
+OUTPUT_SCHEMA_FIELDS = ("user_id", "item_id", "rank", "score", "model_version", "index_id")
+
+
+@dataclass
+class Recommender:
+    """Embeds a :class:`UserBatch` and returns its candidate rows as an Arrow table."""
+
+    model: TwoTower
+    spec: FeatureSpec
+    index: Index
+    k: int
+    max_extra: int
+    model_version: str
+    index_id: str
+
+    def embed(self, batch: UserBatch) -> np.ndarray:
+        return embed_users(self.model, batch.windows, batch.user_index).numpy().astype(np.float32)
+
+    def recommend(self, batch: UserBatch) -> pa.Table:
+        q = self.embed(batch)  # (U, D)
+        ids, scores, n = topk_unseen(
+            self.index, q, batch.seen_offsets, batch.seen_items, self.spec.items, self.k, self.max_extra
+        )
+        mask = np.arange(self.k)[None, :] < n[:, None]  # (U, K)
+        r, c = np.nonzero(mask)
+        rows = len(r)
+        return pa.table({
+            "user_id": pa.array(batch.user_ids[r]),
+            "item_id": pa.array(ids[r, c], pa.int64()),
+            "rank": pa.array((c + 1).astype(np.int32)),
+            "score": pa.array(scores[r, c].astype(np.float32)),
+            "model_version": pa.array([self.model_version] * rows, pa.string()),
+            "index_id": pa.array([self.index_id] * rows, pa.string()),
+        })

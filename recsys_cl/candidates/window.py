@@ -1,0 +1,91 @@
+"""Run dates and the active-user window (UTC).
+
+The run date D is a UTC calendar day. Only clicks with ``timestamp < (D + 1 day) 00:00 UTC`` are
+read (nothing after the run date); a user is *active* when they clicked at least once in the
+``lookback_days`` days ending on D, i.e. in ``[D - lookback_days + 1, D + 1)`` 00:00 UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+
+log = logging.getLogger(__name__)
+DAY = 86400
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class CandidatesError(ValueError):
+    """Bad input to candidate generation (date, window, data); the message says what and how to fix it."""
+
+
+
+
+def parse_run_date(text: str) -> date:
+    """``YYYY-MM-DD`` -> date; anything else raises :class:`CandidatesError` naming the format."""
+    try:
+        if not _DATE_RE.match(text):
+            raise ValueError("wrong shape")
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise CandidatesError(
+            f"--date {text!r} is not a valid calendar date; expected YYYY-MM-DD (e.g. 2024-05-01)"
+        ) from None
+
+
+def day_start(d: date) -> int:
+    """Unix seconds of ``d`` 00:00 UTC."""
+    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+
+
+@dataclass(frozen=True)
+class Window:
+    """The active-user window of a run date: ``[start, end)`` in unix seconds (UTC)."""
+
+    run_date: date
+    lookback_days: int
+
+    @property
+    def start(self) -> int:
+        return day_start(self.run_date - timedelta(days=self.lookback_days - 1))
+
+    @property
+    def end(self) -> int:
+        """End of the run date (exclusive): no click at or after this is ever read."""
+        return day_start(self.run_date + timedelta(days=1))
+
+    def __str__(self) -> str:
+        first = self.run_date - timedelta(days=self.lookback_days - 1)
+        return f"[{first} 00:00, {self.run_date + timedelta(days=1)} 00:00) UTC"
+
+
+def clicks_up_to(clicks: pl.DataFrame, run_date: date) -> pl.DataFrame:
+    """Clicks with timestamp before the end of ``run_date`` (UTC): all history a run may read."""
+    return clicks.filter(pl.col("timestamp") < Window(run_date, 1).end)
+
+
+def active_users(clicks: pl.DataFrame, run_date: date, lookback_days: int) -> np.ndarray:
+    """(U,) sorted ids of users with >= 1 click in the window; raises when there are none."""
+    w = Window(run_date, lookback_days)
+    users = (
+        clicks.filter((pl.col("timestamp") >= w.start) & (pl.col("timestamp") < w.end))
+        .get_column("user_id")
+        .unique()
+        .sort()
+        .to_numpy()
+    )
+    if len(users) == 0:
+        if clicks.height == 0:
+            raise CandidatesError(f"no clicks at all: the click log is empty (window {w})")
+        last = datetime.fromtimestamp(int(clicks["timestamp"].max()), tz=timezone.utc).date()  # type: ignore[arg-type]
+        first = datetime.fromtimestamp(int(clicks["timestamp"].min()), tz=timezone.utc).date()  # type: ignore[arg-type]
+        raise CandidatesError(
+            f"no clicks in the window {w} (run date {run_date}, lookback {lookback_days} days); the data "
+            f"spans {first} .. {last}: pick --date within it or raise candidates.lookback_days"
+        )
+    return users
