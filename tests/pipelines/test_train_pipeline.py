@@ -53,7 +53,7 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias("recsys_cl_two_tower", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("recsys_cl_two_tower", "champion").version) == "1"
     run = client.get_run(on_disk["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.temperature"] == "0.1"
