@@ -464,7 +464,7 @@ def from_dict(cls: type[T], raw: Mapping[str, Any], prefix: str = "") -> T:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if value is None:
             return tp()
         return from_dict(tp, value, key + ".")

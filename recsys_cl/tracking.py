@@ -167,7 +167,7 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
     return local
 
 
-class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
+class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
     (oldest first) -> top-10 item ids and scores, training items excluded."""
 
@@ -270,7 +270,7 @@ class AliasNotFoundError(LookupError):
 
 def resolve_model_alias(
     name: str, alias: str, tracking: TrackingConfig | None = None, fallback_to_latest: bool = False
-) -> dict[str, str | bool]:
+) -> dict[str, str | bool | None]:
     """``{"model_name", "model_version", "model_run_id", "uri", "fell_back"}`` for ``models:/name@alias``.
 
     When the alias is missing: raise :class:`AliasNotFoundError` with the command that sets it, or
@@ -283,7 +283,7 @@ def resolve_model_alias(
         mv = client.get_model_version_by_alias(name, alias)
         fell_back = False
     except mlflow.exceptions.MlflowException as e:
-        versions = []
+        versions: list[Any] = []
         try:
             versions = client.search_model_versions(f"name='{name}'")
         except mlflow.exceptions.MlflowException:
@@ -311,3 +311,71 @@ def resolve_model_alias(
         "uri": f"models:/{mv.name}/{mv.version}",
         "fell_back": fell_back,
     }
+
+
+# --- benchmark
+
+
+def log_benchmark_run(
+    cfg: TrackingConfig,
+    *,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    artifacts: list[str | Path],
+    run_name: str = "benchmark_candidates",
+) -> str:
+    """Log one benchmark as its own MLflow run: params, metrics (``<backend>/<name>``), tags and the
+    report files (Markdown, JSON) under ``benchmark/``. Returns the run id."""
+    with mlflow_run(cfg, run_name=run_name, tags=tags) as tracker:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics)
+        for path in artifacts:
+            tracker.log_artifact(path, "benchmark")
+        return tracker.run_id
+
+
+# --- sweeps and comparing runs (issue 6)
+
+SWEEP_PARENT_TAG = "sweep_id"
+"""Tag on every run of a sweep (parent and children): the parent's run id, for filtering in the UI
+(``tags.sweep_id = '<id>'``). Children also get MLflow's own ``mlflow.parentRunId`` (nesting)."""
+
+
+@contextlib.contextmanager
+def mlflow_child_run(
+    cfg: TrackingConfig,
+    parent_run_id: str,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Tracker]:
+    """Open a run nested under ``parent_run_id`` (shown folded under it in the UI's run table).
+
+    The parent may be open (inside ``mlflow_run``) or closed; the child is ended FINISHED, or FAILED
+    on an exception, and the parent stays active afterwards. Tagged with the git commit and
+    ``sweep_id`` = ``parent_run_id`` besides ``tags``.
+    """
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
+    mlflow.set_experiment(cfg.experiment)
+    run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)
+    try:
+        tracker = Tracker(run)
+        tracker.set_tags({"git_commit": git_commit(), SWEEP_PARENT_TAG: parent_run_id, **dict(tags or {})})
+        yield tracker
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:
+    """All runs of ``cfg.experiment`` as a pandas DataFrame (``mlflow.search_runs`` columns:
+    ``run_id``, ``params.*``, ``metrics.*``, ``tags.*``); empty when the experiment does not exist."""
+    import pandas as pd
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        return pd.DataFrame()
+    return mlflow.search_runs([exp.experiment_id], filter_string=filter_string)

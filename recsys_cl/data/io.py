@@ -78,7 +78,7 @@ def load_click_log(cfg: DataConfig) -> ClickLog:
             f"data.path {str(path)!r} does not exist (working directory {str(Path.cwd())!r}); "
             "point data.path at a MovieLens folder or a Parquet/CSV click-log file"
         )
-    fmt = cfg.format
+    fmt: str = cfg.format
     if fmt == "movielens":
         fmt = _detect_movielens(path)
     elif fmt in ("ml-latest", "ml-100k", "ml-1m") and not path.is_dir():
@@ -107,7 +107,7 @@ def load_click_log(cfg: DataConfig) -> ClickLog:
         if kept.height == 0:
             raise DataError(
                 f"{clicks_file}: no rating is >= data.min_rating={cfg.min_rating} "
-                f"(max rating {clicks['rating'].max()}); lower data.min_rating or set it to null"
+                f"(max rating {clicks['rating'].max()!r}); lower data.min_rating or set it to null"
             )
         clicks = kept
     clicks = clicks.drop(LINE, strict=False).with_columns(

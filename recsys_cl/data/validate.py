@@ -210,7 +210,7 @@ def _as_seconds(df: pl.DataFrame, file: str, names: Mapping[str, str], unit: str
     return secs.floor().cast(pl.Int64).alias("timestamp")
 
 
-def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = pl.Int64) -> pl.DataFrame:
+def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = pl.Int64()) -> pl.DataFrame:
     """Check an item table: an ``item_id`` column of ``id_dtype``, no nulls, no duplicates.
 
     String ``title`` stays, list columns (``genres``, ``tags``) are kept as List(String).

@@ -38,12 +38,12 @@ def recall_at_k(hits: np.ndarray, n_targets: np.ndarray, k: int) -> np.ndarray:
 
 def precision_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """|targets in the top k| / k, per user. (U,)"""
-    return _check(hits, k).sum(1) / float(k)
+    return np.asarray(_check(hits, k).sum(1) / float(k), dtype=np.float64)
 
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """1.0 where at least one target is in the top k, else 0.0. (U,)"""
-    return _check(hits, k).any(1).astype(np.float64)
+    return np.asarray(_check(hits, k).any(1), dtype=np.float64)
 
 
 def dcg_discounts(k: int) -> np.ndarray:

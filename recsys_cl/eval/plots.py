@@ -45,7 +45,7 @@ def popularity_of_recommendations(
 ) -> Figure:
     """Histogram of log10(train clicks) for recommended items vs the test targets clicked."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, np.log10(item_counts.max() + 1) + 0.1, 30)
+    bins = np.linspace(0, np.log10(item_counts.max() + 1) + 0.1, 30).tolist()
     for label, idx in (("recommended (top-20)", recommended), ("clicked (test targets)", clicked)):
         idx = idx[idx >= 0]
         ax.hist(np.log10(item_counts[idx] + 1), bins=bins, alpha=0.5, density=True, label=label)

@@ -47,7 +47,8 @@ class IdEncoder(nn.Module):
 
     def forward(self, item_index: Tensor) -> Tensor:
         """item_index: (B,) int64 -> (B, D)."""
-        return self.embedding(item_index) * self.known[item_index].unsqueeze(-1)
+        known: Tensor = self.known  # type: ignore[assignment]
+        return self.embedding(item_index) * known[item_index].unsqueeze(-1)
 
 
 class CategoricalEncoder(nn.Module):
@@ -69,7 +70,8 @@ class CategoricalEncoder(nn.Module):
 
     def forward(self, item_index: Tensor) -> Tensor:
         """item_index: (B,) int64 -> (B, D); items with no values get a zero vector."""
-        values = self.value_index[item_index]  # (B, G)
+        value_index: Tensor = self.value_index  # type: ignore[assignment]
+        values = value_index[item_index]  # (B, G)
         summed = self.embedding(values).sum(1)  # (B, D); padding rows are zero
         count = (values > 0).sum(1, keepdim=True).clamp(min=1)  # (B, 1)
         return summed / count

@@ -44,8 +44,9 @@ def build_two_tower(
             torch.from_numpy(spec.item_genres), len(spec.genres), dim
         )
     item_tower = ItemTower(encoders, dim, item.hidden_dims, item.dropout, model.normalize)
-    if user.share_item_embeddings and "id" in encoders:
-        table = encoders["id"].embedding
+    table: nn.Embedding
+    if user.share_item_embeddings and isinstance(encoders.get("id"), IdEncoder):
+        table = encoders["id"].embedding  # type: ignore[assignment]
     else:
         table = nn.Embedding(spec.num_items, dim)
         nn.init.normal_(table.weight, std=0.1)
