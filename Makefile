@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= pipelines/configs/two_tower.yaml
 
-.PHONY: demo test test-all baselines venv clean help
+.PHONY: demo test test-all baselines ablation sweep screenshots venv clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -29,6 +29,16 @@ demo: $(STAMP)  ## train on bundled MovieLens latest-small, then index + nightly
 
 baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and protocol
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)
+
+ablation: $(STAMP)  ## the README's two-tower ablation table (variants x 3 seeds + baselines)
+	$(PY) -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
+
+sweep: $(STAMP)  ## loss.kind x loss.temperature grid as nested MLflow runs + baselines
+	$(PY) -m pipelines.sweep --config $(CONFIG) --grid loss.kind=softmax,debiased \
+		--grid loss.temperature=0.05,0.1 --baselines popularity ease
+
+screenshots: $(STAMP)  ## refresh docs/img/mlflow_compare.png from the browser test
+	RECSYS_CL_SCREENSHOT_DIR=docs/img $(PY) -m pytest -q tests/ui
 
 test: $(STAMP)  ## run the test suite (fast tests; slow ones need --runslow)
 	$(PY) -m pytest -q

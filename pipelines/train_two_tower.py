@@ -6,6 +6,10 @@ Examples:
         --set train.epochs=3 --set loss.kind=debiased --summary-json runs/summary.json
     python -m pipelines.train_two_tower --set data.path=/data/ml-1m     # MovieLens 1M folder
 
+Several processes (DistributedDataParallel; in-batch negatives are the global batch, whose size is
+train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
+    torchrun --standalone --nproc_per_node=2 -m pipelines.train_two_tower --set train.num_threads=1
+
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'item_tower.encoders=[id]'). Unknown keys are rejected with their full name. A run killed
 mid-training resumes from its last epoch when rerun with the same config (train.resume=true).
@@ -21,8 +25,9 @@ from pathlib import Path
 
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import prepare, resumable_run_id, run_two_tower
+from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
+from recsys_cl.utils import dist
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.train_two_tower")
@@ -50,12 +55,25 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
+    distributed = dist.init_from_env()  # torchrun sets RANK / WORLD_SIZE; otherwise one process
+    is_main = dist.is_main()
+    if not is_main:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        prep = prepare(cfg)  # before the run opens: bad data leaves no FAILED run behind
-    except DataError as e:
-        raise SystemExit(f"data error: {e}") from None
-    with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg)) as run:
-        summary = run_two_tower(cfg, run, prep)
+        try:
+            prep = prepare(cfg)  # before the run opens: bad data leaves no FAILED run behind
+        except DataError as e:
+            raise SystemExit(f"data error: {e}") from None
+        if is_main:
+            with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg)) as run:
+                summary = run_two_tower(cfg, run, prep)
+        else:  # only rank 0 talks to MLflow and writes files
+            summary = run_two_tower(cfg, NullReporter(), prep)
+    finally:
+        if distributed:
+            dist.destroy()
+    if not is_main:
+        return summary
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))

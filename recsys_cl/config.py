@@ -159,6 +159,81 @@ class LossConfig:
             raise ConfigError(f"loss.streaming_alpha must be in (0, 1], got {self.streaming_alpha}")
 
 
+MAX_QUEUE_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``negatives.queue``: a FIFO memory of item embeddings from recent batches, used as extra
+    negative columns (with their item ids and logQ, so masking and correction apply to them)."""
+
+    kind: Literal["none", "cross_batch", "moco"] = "none"
+    """``cross_batch``: embeddings of recent batches' positives from the online item tower, no
+    gradient (cross-batch memory); ``moco``: keys from a momentum copy of the item tower (He et al.
+    2020); ``none``: off."""
+    size: int = 4096
+    """S: slots in the queue (<= 65536)."""
+    momentum: float = 0.999
+    """``moco`` only: m in theta_k <- m * theta_k + (1 - m) * theta_q."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_QUEUE_SIZE:
+            raise ConfigError(
+                f"negatives.queue.size must be in [1, {MAX_QUEUE_SIZE}], got {self.size}"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"negatives.queue.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class TopKConfig:
+    """``negatives.hard.topk``: keep each row's positive and its k hardest negatives (by logit)."""
+
+    k: int = 64
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"negatives.hard.topk.k must be >= 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class MochiConfig:
+    """``negatives.hard.mochi``: synthetic hard negatives (Kalantidis et al. 2020)."""
+
+    n_hard: int = 64
+    """N: the row's hardest negatives (by corrected logit) that are mixed."""
+    n_mix: int = 32
+    """s: synthetic negatives mixed from two of the hardest."""
+    n_query_mix: int = 16
+    """s': synthetic negatives mixed from the query and one of the hardest (query weight < beta_max)."""
+    beta_max: float = 0.5
+    """Query-mix weights are drawn from U(0, beta_max); beta_max <= 0.5 keeps them negatives."""
+
+    def __post_init__(self) -> None:
+        if self.n_hard < 1:
+            raise ConfigError(f"negatives.hard.mochi.n_hard must be >= 1, got {self.n_hard}")
+        if self.n_mix < 0 or self.n_query_mix < 0 or self.n_mix + self.n_query_mix < 1:
+            raise ConfigError(
+                "negatives.hard.mochi.n_mix and negatives.hard.mochi.n_query_mix must be >= 0 "
+                f"and not both 0, got n_mix={self.n_mix}, n_query_mix={self.n_query_mix}"
+            )
+        if not 0.0 < self.beta_max <= 0.5:
+            raise ConfigError(
+                f"negatives.hard.mochi.beta_max must be in (0, 0.5], got {self.beta_max}"
+            )
+
+
+@dataclass(frozen=True)
+class HardNegativesConfig:
+    """``negatives.hard``: harder negatives from the candidates the row already has."""
+
+    kind: Literal["none", "topk", "mochi"] = "none"
+    """``topk``: keep only the k hardest negatives per row (TFRS ``HardNegativeMining``);
+    ``mochi``: add synthetic negatives mixed from the hardest (MoCHi); ``none``: off."""
+    topk: TopKConfig = field(default_factory=TopKConfig)
+    mochi: MochiConfig = field(default_factory=MochiConfig)
+
+
 @dataclass(frozen=True)
 class NegativesConfig:
     in_batch: bool = True
@@ -169,6 +244,10 @@ class NegativesConfig:
     num_sampled: int = 1024
     popularity_alpha: float = 0.75
     """``popularity``: sample item i with probability proportional to count_i ** alpha."""
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    """Extra negatives from a queue of recent batches (cross-batch memory or MoCo)."""
+    hard: HardNegativesConfig = field(default_factory=HardNegativesConfig)
+    """Hard negatives: in-batch top-k or MoCHi."""
 
     def __post_init__(self) -> None:
         if not self.in_batch and self.sampled == "none":
@@ -362,6 +441,11 @@ class RunConfig:
             raise ConfigError(
                 "loss.kind=debiased needs cosine scores (its clamp assumes cos >= -1); "
                 "set model.normalize=true or pick loss.kind=softmax"
+            )
+        if self.loss.kind == "triplet" and self.negatives.hard.kind != "none":
+            raise ConfigError(
+                f"negatives.hard.kind={self.negatives.hard.kind} works on softmax logits; set "
+                "loss.kind=softmax or loss.kind=debiased, or negatives.hard.kind=none"
             )
 
     def to_flat_dict(self) -> dict[str, Any]:

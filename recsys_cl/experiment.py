@@ -31,6 +31,7 @@ from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
 from recsys_cl.train.loop import FitResult, fit
 from recsys_cl.train.steps import embed_items, embed_users
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
+from recsys_cl.utils import dist
 
 log = logging.getLogger(__name__)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -153,6 +154,8 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg)})
     reporter.log_params(cfg.to_flat_dict())
+    if dist.world_size() > 1:
+        reporter.set_tags({"world_size": dist.world_size()})
     torch.manual_seed(cfg.train.seed)
     model = build_two_tower(prep.spec, cfg.model, cfg.user_tower, cfg.item_tower)
     data = training_data(prep, cfg)
@@ -166,8 +169,11 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     result: FitResult = fit(
         model, data, cfg.train, cfg.loss, validate,
         on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
-        extra_state={"run_id": reporter.run_id},
+        extra_state={"run_id": reporter.run_id}, negatives=cfg.negatives,
     )
+    if not dist.is_main():  # distributed: rank 0 tests, logs and writes the artifacts
+        return {"rank": dist.rank(), "best_epoch": result.best_epoch,
+                "val_metrics": {k.removeprefix("val/"): v for k, v in result.best_metrics.items()}}
     score_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     test = evaluate(score_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
@@ -218,10 +224,19 @@ def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
     return int(key.split("@")[1]) in set(ks) | {10, 20}
 
 
+def negatives_tag(cfg: RunConfig) -> str:
+    """``in_batch``, ``in_batch+uniformx1024``, ...: the ``negatives`` tag of a two-tower run."""
+    return _negatives_tag(cfg)
+
+
 def _negatives_tag(cfg: RunConfig) -> str:
     parts = ["in_batch"] if cfg.negatives.in_batch else []
     if cfg.negatives.sampled != "none":
         parts.append(f"{cfg.negatives.sampled}x{cfg.negatives.num_sampled}")
+    if cfg.negatives.queue.kind != "none":
+        parts.append(f"{cfg.negatives.queue.kind}_queue{cfg.negatives.queue.size}")
+    if cfg.negatives.hard.kind != "none":
+        parts.append(f"hard_{cfg.negatives.hard.kind}")
     return "+".join(parts)
 
 
@@ -275,7 +290,8 @@ def run_baseline(
     train = interaction_matrix(prep.split.train, prep.spec.users, prep.spec.catalogue_vocab)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
-    reporter.set_tags({**prep.tags(cfg), "model": name})
+    # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
+    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "negatives": "none"})
     reporter.log_params({
         **{f"baseline.{k}": v for k, v in res["params"].items()},
         "baseline.name": name,
@@ -300,3 +316,14 @@ def run_baseline(
 
 def _param_str(params: dict[str, Any]) -> str:
     return "_".join(f"{k}_{v}" for k, v in params.items()) or "default"
+
+
+class NullReporter:
+    """A Reporter that records nothing: what ranks other than 0 report to in a distributed run."""
+
+    run_id = ""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None

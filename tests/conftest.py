@@ -1,3 +1,8 @@
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
 import pytest
 
 
@@ -8,7 +13,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--runslow"):
         return
-    skip = pytest.mark.skip(reason="slow: trains on the full bundled data; run with --runslow")
+    skip = pytest.mark.skip(reason="marked slow (real data or multi-process training); run with --runslow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# --- a tiny real MLflow store shared by the sweep, browser and notebook tests (issue 6) ---
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@dataclass(frozen=True)
+class TinyStore:
+    """A 2x1 sweep (loss.kind=softmax,debiased; 1 epoch) + a popularity baseline on the ml-100k
+    fixture, in a SQLite MLflow store under a session tmp dir."""
+
+    root: Path
+    tracking_uri: str
+    experiment: str
+    data_path: Path
+    summary: dict[str, Any]
+
+
+def tiny_sweep_args(root: Path, *extra: str) -> list[str]:
+    """Arguments for ``pipelines.sweep.main`` that train tiny models on the ml-100k fixture."""
+    return [
+        "--set", f"data.path={FIXTURES / 'ml-100k'}",
+        "--set", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        "--set", "tracking.experiment=tiny",
+        "--set", f"train.checkpoint_dir={root / 'ck'}",
+        "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "train.progress=false",
+        "--set", "model.embedding_dim=8", "--set", "user_tower.history_length=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
+    from pipelines import sweep
+
+    root = tmp_path_factory.mktemp("tiny_store")
+    old_cwd, old_uri = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(root)  # the experiment's default artifact folder (./mlruns) lands in root
+    try:
+        summary = sweep.main(["--grid", "loss.kind=softmax,debiased", "--baselines", "popularity",
+                              *tiny_sweep_args(root)])
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    yield TinyStore(root, f"sqlite:///{root / 'mlflow.db'}", "tiny", FIXTURES / "ml-100k", summary)
+
+
+@pytest.fixture
+def sweep_args() -> Any:
+    """``tiny_sweep_args`` as a fixture (test modules cannot import conftest reliably)."""
+    return tiny_sweep_args

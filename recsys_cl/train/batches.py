@@ -50,6 +50,13 @@ class TrainingData:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.positions) // batch_size)
 
+    def user_clicked(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor | None:
+        """(B, C) bool: the row's user clicked the candidate in training; None when the run does
+        not mask the user's history (``user_item_keys`` is None)."""
+        if self.user_item_keys is None:
+            return None
+        return user_item_mask(users, candidates, self.user_item_keys, self.num_items)
+
     def batches(
         self, batch_size: int, generator: torch.Generator, start_step: int = 0
     ) -> Iterator[Batch]:

@@ -2,7 +2,18 @@
 
 The correction pipeline reads as a recipe, one named step per line (TFRS ``Retrieval.call``):
 scores = u @ vᵀ -> / tau -> logQ correction -> mask accidental hits -> mask out-of-scope
-candidates -> loss. Letters: B batch, N sampled negatives, C = B + N candidates, D dim, L history.
+candidates -> hard negatives -> loss. Letters: B batch, N sampled negatives, C = B + N candidates,
+S queued negatives, D dim, L history.
+
+Queued negatives (a queue of recent batches' items, see :mod:`recsys_cl.train.negative_memory`)
+are appended as columns ``C:C+S`` with their item ids and logQ, so every later step treats them
+exactly like in-batch and sampled columns.
+
+Distributed (``torch.distributed`` initialised): every rank holds the same global batch; it
+encodes its shard of the rows and of the candidate columns and gathers the shards with
+:func:`recsys_cl.utils.dist.all_gather_with_grad`, so the in-batch negatives are the global
+batch and the loss is the single-process loss of that batch. Without a process group
+:func:`encode_batch` is ``model(history, user_index, candidates)``.
 """
 
 from __future__ import annotations
@@ -13,9 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys_cl.config import LossConfig
+from recsys_cl.config import HardNegativesConfig, LossConfig
 from recsys_cl.losses import (
+    append_mochi_negatives,
     debiased_contrastive_loss,
+    hard_negative_topk,
     logq_correction,
     mask_accidental_hits,
     mask_by,
@@ -24,6 +37,7 @@ from recsys_cl.losses import (
     triplet_loss,
 )
 from recsys_cl.towers.two_tower import TwoTower
+from recsys_cl.utils import dist
 
 
 @dataclass
@@ -52,36 +66,126 @@ class Batch:
         return int(self.history.shape[0])
 
 
-def batch_loss(model: TwoTower, batch: Batch, cfg: LossConfig) -> Tensor:
-    """Scalar training loss for ``batch`` under ``cfg`` (softmax, debiased or triplet)."""
+@dataclass
+class QueuedNegatives:
+    """Extra negative columns shared by every row of a batch (a queue of recent batches' items).
+
+    Attributes:
+        items: embeddings, no gradient. Shape: (S, D).
+        ids: catalogue index of each column (accidental-hit masking). Shape: (S,), int64.
+        log_q: log expected count of each column among the queue's S draws, or None (no logQ).
+            Shape: (S,).
+        out_of_scope: True where the row's user clicked the column's item in training, or None.
+            Shape: (B, S), bool.
+    """
+
+    items: Tensor
+    ids: Tensor
+    log_q: Tensor | None = None
+    out_of_scope: Tensor | None = None
+
+
+def batch_loss(
+    model: TwoTower | torch.nn.Module,
+    batch: Batch,
+    cfg: LossConfig,
+    queued: QueuedNegatives | None = None,
+    hard: HardNegativesConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Scalar training loss for ``batch`` under ``cfg`` (softmax, debiased or triplet).
+
+    Args:
+        model: the two towers (or their DistributedDataParallel wrapper).
+        queued: extra negative columns from a queue, or None.
+        hard: hard-negative mining on the corrected, masked logits (``topk`` or ``mochi``), or None.
+        generator: randomness of MoCHi's mixing.
+    """
     B = batch.size
-    user, items = model(batch.history, batch.user_index, batch.candidates)  # (B, D), (C, D)
+    user, items = encode_batch(model, batch)  # (B, D), (C, D)
+    items, ids, log_q, out_of_scope = append_queued(batch, items, queued)  # (C', D), (C',), ...
     if cfg.kind == "triplet":
-        scores = user @ items.T  # (B, C) raw cosine scores, no temperature, no logQ
-        valid = _valid_negatives(scores, batch, cfg)
+        scores = user @ items.T  # (B, C') raw cosine scores, no temperature, no logQ
+        valid = _valid_negatives(scores, ids, out_of_scope, cfg)
         return triplet_loss(scores, margin=cfg.margin, valid=valid)
 
-    logits = retrieval_logits(user, items, temperature=cfg.temperature)  # (B, C)
-    if batch.log_q is not None:
-        logits = logq_correction(logits, batch.log_q)  # s / tau - log q
+    logits = retrieval_logits(user, items, temperature=cfg.temperature)  # (B, C')
+    if log_q is not None:
+        logits = logq_correction(logits, log_q)  # s / tau - log q
     if cfg.mask_accidental_hits:
-        logits = mask_accidental_hits(logits, batch.candidates[:B], batch.candidates)
-    if batch.extra_mask is not None:
-        logits = mask_by(logits, batch.extra_mask)
+        logits = mask_accidental_hits(logits, ids[:B], ids)
+    if out_of_scope is not None:
+        logits = mask_by(logits, out_of_scope)
+    if hard is not None and hard.kind == "topk":
+        logits = hard_negative_topk(logits, hard.topk.k)  # positive + k hardest
+    if hard is not None and hard.kind == "mochi":
+        logits = append_mochi_negatives(  # (B, C' + S') synthetic hard negatives
+            logits, user, items, log_q, cfg.temperature, hard.mochi.n_hard, hard.mochi.n_mix,
+            hard.mochi.n_query_mix, hard.mochi.beta_max, generator,
+        )
     if cfg.kind == "debiased":
         return debiased_contrastive_loss(logits, tau_plus=cfg.tau_plus, temperature=cfg.temperature)
     return sampled_softmax_loss(logits)
 
 
-def _valid_negatives(scores: Tensor, batch: Batch, cfg: LossConfig) -> Tensor:
+def encode_batch(model: TwoTower | torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(B, D) user and (C, D) candidate embeddings of the (global) batch.
+
+    With a process group, this rank encodes its contiguous shard of the rows and of the
+    candidates, and the shards of all ranks are gathered in rank order, keeping this rank's
+    autograd graph (gradients from every rank's copy of the loss are summed into the shard).
+    """
+    if dist.world_size() == 1:
+        return model(batch.history, batch.user_index, batch.candidates)
+    B, C = batch.size, int(batch.candidates.shape[0])
+    rows, cols = dist.shard(B), dist.shard(C)
+    user, items = model(batch.history[rows], batch.user_index[rows], batch.candidates[cols])
+    user = dist.all_gather_with_grad(user, dist.shard_sizes(B))  # (B, D)
+    items = dist.all_gather_with_grad(items, dist.shard_sizes(C))  # (C, D)
+    return user, items
+
+
+def append_queued(
+    batch: Batch, items: Tensor, queued: QueuedNegatives | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Candidate columns of the batch followed by the queued ones.
+
+    Returns:
+        ``(items (C + S, D), ids (C + S,), log_q (C + S,) | None, out_of_scope (B, C + S) | None)``;
+        the batch's own columns unchanged when ``queued`` is None.
+    """
+    if queued is None or len(queued.ids) == 0:
+        return items, batch.candidates, batch.log_q, batch.extra_mask
+    if (batch.log_q is None) != (queued.log_q is None):
+        raise ValueError(
+            "batch and queue disagree on logQ: both or neither must carry log_q "
+            f"(batch: {batch.log_q is not None}, queue: {queued.log_q is not None})"
+        )
+    B, C, S = batch.size, int(batch.candidates.shape[0]), int(queued.ids.shape[0])
+    items = torch.cat([items, queued.items.to(items)])  # (C + S, D)
+    ids = torch.cat([batch.candidates, queued.ids.to(batch.candidates)])  # (C + S,)
+    log_q = None
+    if batch.log_q is not None and queued.log_q is not None:
+        log_q = torch.cat([batch.log_q, queued.log_q.to(batch.log_q)])  # (C + S,)
+    mask = None
+    if batch.extra_mask is not None or queued.out_of_scope is not None:
+        left = batch.extra_mask if batch.extra_mask is not None else torch.zeros(B, C, dtype=torch.bool)
+        right = queued.out_of_scope if queued.out_of_scope is not None else torch.zeros(B, S, dtype=torch.bool)
+        mask = torch.cat([left, right.to(left.device)], dim=1)  # (B, C + S)
+    return items, ids, log_q, mask
+
+
+def _valid_negatives(
+    scores: Tensor, ids: Tensor, out_of_scope: Tensor | None, cfg: LossConfig
+) -> Tensor:
     """(B, C) bool: True for candidates that count as negatives of the row (triplet loss)."""
     B, C = scores.shape
     valid = torch.ones(B, C, dtype=torch.bool, device=scores.device)
     valid[torch.arange(B), torch.arange(B)] = False  # the positive itself
     if cfg.mask_accidental_hits:
-        valid &= batch.candidates[:B, None] != batch.candidates[None, :]
-    if batch.extra_mask is not None:
-        valid &= ~batch.extra_mask
+        valid &= ids[:B, None] != ids[None, :]
+    if out_of_scope is not None:
+        valid &= ~out_of_scope
     return valid
 
 

@@ -1,0 +1,143 @@
+"""Run a grid of two-tower configs (x seeds) as nested MLflow runs under one parent run; the parent
+gets the summary table (CSV + Markdown) and a plot of the grid.
+
+Examples:
+    python -m pipelines.sweep --grid loss.kind=softmax,debiased --grid loss.temperature=0.05,0.1
+    python -m pipelines.sweep --config pipelines/configs/two_tower.yaml --seeds 0 1 2 \\
+        --grid loss.logq=none,counting --set train.epochs=5 --baselines popularity ease
+    python -m pipelines.sweep --grid 'item_tower.encoders=[id],[id,categorical]'
+
+Each --grid is one axis, KEY=V1,V2,... (YAML values; commas inside [...] stay in the value); the runs
+are the cartesian product of the axes times --seeds. Every config is validated before anything is
+trained. Children carry the full params, per-epoch metrics, test metrics and artifacts of a normal
+training run plus the tags sweep_id (the parent's run id) and sweep_point; filter them in the UI with
+tags.sweep_id = '<parent run id>'. --baselines adds baseline runs (same split and protocol) under the
+same parent. The best child is picked on validation recall@20, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.data.errors import DataError
+from recsys_cl.eval import plots
+from recsys_cl.experiment import negatives_tag, prepare, run_baseline, run_two_tower
+from recsys_cl.sweep import expand_grid, grid_plot, markdown, parse_grid, summary_frame
+from recsys_cl.tracking import mlflow_child_run, mlflow_run, resolve_tracking_uri
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
+log = logging.getLogger("pipelines.sweep")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base YAML config (default: %(default)s)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="one grid axis, e.g. --grid loss.temperature=0.05,0.1 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train.seed values run at every grid point (default: the config's seed)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--baselines", nargs="*", default=None, metavar="NAME",
+                   help="also run these baselines under the parent (no names: the config's baselines.models)")
+    p.add_argument("--group-by", metavar="KEY", help="grid key on the plot's x axis (default: the first --grid)")
+    p.add_argument("--name", help="parent run name (default: sweep[<grid keys>])")
+    p.add_argument("--summary-json", metavar="PATH", help="write {parent_run_id, child_run_ids, rows} to PATH")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:  # everything is validated before a run opens or a model trains
+        axes = parse_grid(args.grid)
+        keys = [k for k, _ in axes]
+        if args.group_by and args.group_by not in keys:
+            raise ConfigError(f"--group-by {args.group_by!r} is not a grid key; grid keys: {keys}")
+        base = load_config(args.config, RunConfig, overrides=args.set)
+        seeds = args.seeds if args.seeds is not None else [base.train.seed]
+        points = expand_grid(axes)
+        configs = [
+            (point, seed, load_config(args.config, RunConfig, overrides=[
+                *args.set, *point.overrides, f"train.seed={seed}",
+                "tracking.registered_model_name=null", "tracking.set_alias=null",
+                f"tracking.run_name=two_tower[{point.label}]-seed{seed}",
+            ]))
+            for point in points for seed in seeds
+        ]
+        baselines: list[str] = []
+        if args.baselines is not None:
+            names = args.baselines or list(base.baselines.models)
+            checked = load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(names)}]"])
+            baselines = list(checked.baselines.models)
+        prep = prepare(base)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    except DataError as e:
+        raise SystemExit(f"data error: {e}") from None
+    log.info("sweep: %d grid points x %d seeds = %d runs (+ %d baselines)",
+             len(points), len(seeds), len(configs), len(baselines))
+
+    def distinct(values: list[str]) -> str:
+        return ",".join(dict.fromkeys(values))
+
+    parent_tags = {
+        **prep.tags(base), "model": "two_tower", "sweep": "parent", "sweep_grid": json.dumps(dict(axes)),
+        "loss_kind": distinct([c.loss.kind for _, _, c in configs]),
+        "negatives": distinct([negatives_tag(c) for _, _, c in configs]),
+    }
+    rows: list[dict[str, Any]] = []
+    name = args.name or f"sweep[{','.join(keys) or 'base'}]"
+    with mlflow_run(base.tracking, run_name=name, tags=parent_tags) as parent:
+        parent.set_tags({"sweep_id": parent.run_id})
+        params = {**base.to_flat_dict(), **{k: "{" + ",".join(v) + "}" for k, v in axes},
+                  "sweep.seeds": seeds, "sweep.runs": len(configs), "sweep.baselines": baselines}
+        parent.log_params(params)
+        for point, seed, cfg in configs:
+            tags = {"sweep": "child", "sweep_point": point.label}
+            with mlflow_child_run(cfg.tracking, parent.run_id, cfg.tracking.run_name, tags) as child:
+                s = run_two_tower(cfg, child, prep)
+            rows.append({"run_name": cfg.tracking.run_name, "run_id": s["run_id"], "model": "two_tower",
+                         **dict(point.values), "seed": seed, "best_epoch": s["best_epoch"],
+                         "val/recall@20": s["val_metrics"].get("recall@20"),
+                         **{f"test/{k}": v for k, v in s["test_metrics"].items()}})
+        for b in baselines:
+            tags = {"sweep": "baseline", "sweep_point": f"baseline={b}"}
+            with mlflow_child_run(base.tracking, parent.run_id, f"baseline-{b}", tags) as child:
+                s = run_baseline(b, base, prep, child)
+            rows.append({"run_name": f"baseline-{b} {s['params'] or ''}".strip(), "run_id": s["run_id"],
+                         "model": b, **{k: "" for k in keys},
+                         **{f"test/{k}": v for k, v in s["test_metrics"].items()}})
+        frame = summary_frame(rows, keys)
+        table = markdown(frame, prep.protocol)
+        parent.log_text(frame.to_csv(index=False), "sweep/summary.csv")
+        parent.log_text(table + "\n", "sweep/summary.md")
+        fig = grid_plot(frame, keys, group_by=args.group_by)
+        parent.log_figure(fig, "sweep/grid_test_recall_at_20.png")
+        plots.close(fig)
+        two = frame[frame["model"] == "two_tower"]
+        best = two.loc[two["val/recall@20"].idxmax()] if two["val/recall@20"].notna().any() else None
+        if best is not None:  # chosen on validation; its test numbers are reported, not used to choose
+            parent.set_tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"]})
+            parent.log_metrics({"best/val/recall@20": best["val/recall@20"],
+                                **{f"best/{m}": best[m] for m in frame.columns if m.startswith("test/")}})
+    summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]),
+               "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    print(table)
+    print(f"\nparent run: {parent.run_id}  ({len(rows)} child runs; filter: tags.sweep_id = '{parent.run_id}')")
+    print(f"open the UI:  mlflow ui --backend-store-uri {resolve_tracking_uri(base.tracking)}")
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(sys.argv[1:])

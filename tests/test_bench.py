@@ -1,0 +1,79 @@
+"""pipelines.benchmark_candidates at tiny size: one process per backend, recall and ratios against the
+exact backend of the same run, the report files and the MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipelines import benchmark_candidates
+from recsys_cl.bench import BenchConfig, make_items, make_users
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # mlruns/ artifacts land here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_synthetic_users_are_reproducible_in_any_range() -> None:
+    cfg = BenchConfig(users=25_000, items=500, clusters=20, seen=3)
+    items = make_items(cfg)
+    v_all, off_all, seen_all = make_users(cfg, items, 9_990, 10_020)
+    v_a, _, seen_a = make_users(cfg, items, 9_990, 10_000)
+    v_b, _, seen_b = make_users(cfg, items, 10_000, 10_020)
+    np.testing.assert_array_equal(v_all, np.concatenate([v_a, v_b]))
+    np.testing.assert_array_equal(seen_all, np.concatenate([seen_a, seen_b]))
+    assert v_all.shape == (30, cfg.dim) and np.allclose(np.linalg.norm(v_all, axis=1), 1, atol=1e-5)
+    assert off_all[-1] == 30 * 3 and seen_all.max() < cfg.items
+
+
+def test_benchmark_pipeline_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = benchmark_candidates.main([
+        "--users", "2000", "--items", "3000", "--k", "10", "--clusters", "50", "--chunk-size", "700",
+        "--backends", "annoy", "faiss", "exact", "--out", str(out), "--tracking-uri", uri,
+    ])
+    rows = {r["backend"]: r for r in summary["rows"]}
+    assert [r["backend"] for r in summary["rows"]] == ["exact", "annoy", "faiss"]  # exact first: the reference
+    exact = rows["exact"]
+    assert exact["recall_at_k"] == 1.0 and exact["x_exact"] == 1.0
+    for name in ("annoy", "faiss"):
+        r = rows[name]
+        assert "error" not in r and r["exit_code"] == 0
+        assert r["index"] == name and r["recall_users"] == 2000
+        assert 0.8 <= r["recall_at_k"] <= 1.0  # tuned to 0.95 on other users
+        assert r["x_exact"] == pytest.approx(r["users_per_s"] / exact["users_per_s"])
+    assert exact["rows"] == 2000 * 10  # every user gets K unseen candidates from exact search
+    for r in rows.values():
+        assert r["rows"] >= 0.99 * 2000 * 10  # an ANN search may come back short for a few users
+        assert r["users_per_s"] == pytest.approx(2000 / r["job_s"])
+        assert r["peak_rss_bytes"] > 50e6  # its own process (numpy, torch, ...)
+
+    md = (out / "benchmark.md").read_text()
+    assert "| exact | exact |" in md and "| annoy | annoy n_trees=10" in md and "recall@10" in md
+    assert json.loads((out / "benchmark.json").read_text())["rows"][0]["backend"] == "exact"
+
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["exact/recall_at_k"] == 1.0
+    assert run.data.metrics["faiss/x_exact"] == pytest.approx(rows["faiss"]["x_exact"])
+    assert run.data.params["bench.users"] == "2000"
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "benchmark")}
+    assert files == {"benchmark/benchmark.md", "benchmark/benchmark.json"}
+
+
+def test_spark_is_reported_as_skipped_with_the_reason(tmp_path: Path) -> None:
+    summary = benchmark_candidates.main([
+        "--users", "300", "--items", "400", "--k", "5", "--clusters", "10", "--backends", "spark",
+        "--recall-users", "100", "--out", str(tmp_path / "r"), "--no-mlflow", "--no-write",
+    ])
+    assert [r["backend"] for r in summary["rows"]] == ["exact", "spark"]
+    assert "trained model" in summary["rows"][1]["skipped"]
+    assert "exact added" in summary["notes"][0]
