@@ -202,7 +202,9 @@ def run_worker(cfg: BenchConfig, backend: str, out_json: Path) -> dict[str, Any]
     )
     tune_q = make_users(cfg, items, 0, cfg.tune_users, stream=2)[0]
     t_data = time.perf_counter()
-    index, index_id, reason = build_index_in_memory(backend, loaded, tune_q, cfg.k, cfg.target_recall)
+    index, index_id, reason = build_index_in_memory(
+        backend, loaded, tune_q, cfg.k, cfg.target_recall, fetch_extra=cfg.seen
+    )
     if hasattr(index, "n_jobs"):
         index.n_jobs = cfg.n_workers  # as the job: Annoy queries on candidates.n_workers threads
     t_built = time.perf_counter()

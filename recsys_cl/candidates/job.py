@@ -45,10 +45,13 @@ def run(
     else:
         sample = np.random.default_rng(cfg.seed).choice(users, size=min(len(users), 1000), replace=False)
         hist = UserHistories(history.filter(pl.col("user_id").is_in(sample)), loaded.spec)
-        queries = embed_users(
-            loaded.model, *_windows_and_index(hist.batch(np.sort(sample), loaded.history_length))
-        ).numpy()
-        index, index_id, reason = build_index_in_memory(cfg.backend, loaded, queries, cfg.k)
+        batch = hist.batch(np.sort(sample), loaded.history_length)
+        queries = embed_users(loaded.model, *_windows_and_index(batch)).numpy()
+        seen = np.diff(batch.seen_offsets)
+        extra = int(min(np.median(seen), cfg.max_extra_fetch)) if len(seen) else 0
+        index, index_id, reason = build_index_in_memory(
+            cfg.backend, loaded, queries, cfg.k, fetch_extra=extra
+        )
     if hasattr(index, "n_jobs"):
         index.n_jobs = cfg.n_workers  # Annoy: threads over queries (it releases the GIL)
     rec = Recommender(loaded.model, loaded.spec, index, cfg.k, cfg.max_extra_fetch, loaded.version_label, index_id)
