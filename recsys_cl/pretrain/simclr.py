@@ -1,0 +1,254 @@
+"""SimCLR pretraining of the image encoder, its evaluation, and saving the encoder without its head.
+
+Letters: B batch, C channels, H height, W width, D representation dim, P projection dim,
+N evaluation images, K neighbours.
+
+Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020
+(arXiv 2002.05709): two augmented views of each image -> encoder f -> representation h (B, D) ->
+projection head g -> z (B, P), L2-normalised -> NT-Xent (:func:`recsys_cl.losses.nt_xent_loss`).
+
+Why the projection head is thrown away: the paper (Section 4.2, Figure 8, Table 3) shows that the
+representation *before* the head, h = f(x), is much better for downstream tasks than z = g(h)
+(over 10 points of linear-probe accuracy). The contrastive loss trains g(h) to be invariant to the
+augmentations, so g discards information such as colour, orientation and exact position that the
+loss does not need but downstream tasks (and our item tower) do. Keeping only f keeps that
+information; g exists only to absorb the invariance pressure during pretraining. So only the
+encoder's state dict and config are saved (:func:`save_encoder`).
+
+Evaluation (both for the trained encoder and for the same architecture at its random
+initialisation, i.e. the encoder's exact weights before the first step):
+
+* ``linear_probe_acc``: accuracy of a logistic regression (scikit-learn) trained on frozen,
+  L2-normalised representations of training images and tested on held-out test images;
+* ``knn_recall@10``: for every test image, the fraction of its 10 nearest test images (inner
+  product of L2-normalised representations = cosine, through :class:`~recsys_cl.index.ExactIndex`,
+  the image itself excluded) that share its class.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from recsys_cl.features.image import SimCLRTransform, check_images
+from recsys_cl.index.exact import ExactIndex
+from recsys_cl.losses import nt_xent_loss
+from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
+from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
+
+log = logging.getLogger(__name__)
+ENCODER_WEIGHTS = "encoder.pt"
+ENCODER_CONFIG = "encoder_config.json"
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) -> float32 tensor in [0, 1]."""
+    t = torch.as_tensor(images)
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def build_encoder(cfg: EncoderConfig) -> ImageEncoder:
+    return ImageEncoder(cfg.in_channels, cfg.widths, cfg.blocks_per_stage)
+
+
+def pretrain(
+    encoder: ImageEncoder,
+    head: ProjectionHead,
+    images: np.ndarray,
+    transform: SimCLRTransform,
+    cfg: SimCLRConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> list[float]:
+    """Train ``encoder`` and ``head`` with NT-Xent on two views of each image, in place.
+
+    Args:
+        images: uint8 (N, C, H, W).
+        on_epoch_end: called with (epoch, {"train/loss": mean loss, "train/seconds": ...}).
+
+    Returns:
+        Mean training loss of each epoch.
+    """
+    tc = cfg.train
+    n = len(images)
+    bs = min(tc.batch_size, n)
+    if n < 2:
+        raise ValueError(f"SimCLR needs at least 2 training images, got {n}")
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    gen = torch.Generator().manual_seed(tc.seed)
+    data = torch.as_tensor(images)
+    losses: list[float] = []
+    for epoch in range(tc.epochs):
+        encoder.train()
+        head.train()
+        t0, total, steps = time.perf_counter(), 0.0, 0
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n - bs + 1, bs):  # drop the last partial batch (BN, fixed #negatives)
+            x = to_float(data[perm[start:start + bs]])  # (B, C, H, W)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            v1, v2 = transform(x, seed=seed)  # 2 x (B, C, H, W)
+            z = head(encoder(torch.cat([v1, v2])))  # (2B, P)
+            z = F.normalize(z, dim=1)
+            loss = nt_xent_loss(z[:bs], z[bs:], tc.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            steps += 1
+        losses.append(total / max(steps, 1))
+        metrics = {"train/loss": losses[-1], "train/seconds": time.perf_counter() - t0}
+        log.info("epoch %d: loss %.4f (%.1fs)", epoch, metrics["train/loss"], metrics["train/seconds"])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return losses
+
+
+@torch.no_grad()
+def embed(encoder: ImageEncoder, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """L2-normalised representations of ``images`` (N, C, H, W) in eval mode -> float32 (N, D)."""
+    encoder.eval()
+    x = torch.as_tensor(images)
+    out = [F.normalize(encoder(to_float(x[i:i + batch_size])), dim=1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def linear_probe_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0
+) -> float:
+    """Accuracy of a standardised logistic regression fit on (N_train, D) and scored on (N_test, D)."""
+    if len(np.unique(train_y)) < 2:
+        raise ValueError("the linear probe needs at least 2 classes among its training images")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    clf.fit(train_x, train_y)
+    return float(clf.score(test_x, test_y))
+
+
+def same_class_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of each row's ``k`` nearest other rows (inner product, via ExactIndex) with its label.
+
+    vectors: (N, D), L2-normalised so that inner product = cosine; labels: (N,).
+    """
+    n = len(vectors)
+    k = min(k, n - 1)
+    if k < 1:
+        raise ValueError(f"recall@k needs at least 2 vectors, got {n}")
+    index = ExactIndex()
+    index.build(vectors, np.arange(n, dtype=np.int64))
+    ids, _ = index.query(vectors, k + 1)  # (N, K+1), usually the row itself first
+    rows = np.arange(n)[:, None]
+    not_self = ids != rows
+    # keep the first k neighbours that are not the query itself (a tie can move self off column 0)
+    keep = not_self & (np.cumsum(not_self, axis=1) <= k)
+    hits = (labels[np.where(keep, ids, 0)] == labels[:, None]) & keep
+    return float(hits.sum(axis=1).mean() / k)
+
+
+def evaluate(
+    encoder: ImageEncoder,
+    probe_images: np.ndarray,
+    probe_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    k: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``{"linear_probe_acc", "knn_recall@10"}`` (``@k`` in general) of the frozen encoder."""
+    train_x, test_x = embed(encoder, probe_images), embed(encoder, test_images)
+    return {
+        "linear_probe_acc": linear_probe_accuracy(train_x, probe_labels, test_x, test_labels, seed),
+        f"knn_recall@{k}": same_class_recall_at_k(test_x, test_labels, k),
+    }
+
+
+def save_encoder(encoder: ImageEncoder, cfg: SimCLRConfig, out_dir: str | Path) -> Path:
+    """Write ``encoder.pt`` (state dict, no projection head) and ``encoder_config.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder.state_dict(), out / ENCODER_WEIGHTS)
+    meta = {
+        "architecture": "ImageEncoder",
+        "model": dataclasses.asdict(cfg.model),
+        "embedding_dim": encoder.embedding_dim,
+        "image_size": list(cfg.data.image_size),
+        "input": "float pixels in [0, 1], shape (B, C, H, W); output (B, D), not normalised",
+    }
+    (out / ENCODER_CONFIG).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_encoder(model_dir: str | Path) -> ImageEncoder:
+    """Rebuild the encoder saved by :func:`save_encoder` (eval mode)."""
+    d = Path(model_dir)
+    if not (d / ENCODER_WEIGHTS).is_file() or not (d / ENCODER_CONFIG).is_file():
+        raise FileNotFoundError(f"{d}: expected {ENCODER_WEIGHTS} and {ENCODER_CONFIG} (written by save_encoder)")
+    meta = json.loads((d / ENCODER_CONFIG).read_text())
+    m = meta["model"]
+    enc = ImageEncoder(m["in_channels"], m["widths"], m["blocks_per_stage"])
+    enc.load_state_dict(torch.load(d / ENCODER_WEIGHTS, map_location="cpu", weights_only=True))
+    return enc.eval()
+
+
+def run_simclr(
+    cfg: SimCLRConfig,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    out_dir: str | Path,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict:
+    """Subsample, pretrain, evaluate trained vs randomly initialised encoder, save the encoder.
+
+    Args:
+        train_images, test_images: uint8 (N, C, H, W); labels: (N,) class ids.
+
+    Returns:
+        ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes"}``.
+    """
+    size = tuple(cfg.data.image_size)
+    for name, imgs in (("training", train_images), ("test", test_images)):
+        try:
+            check_images(torch.as_tensor(imgs[:1]).float(), cfg.model.in_channels, size)
+        except ValueError as e:
+            raise ValueError(f"{name} images: {e}") from e
+    torch.manual_seed(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+    n_train = cfg.data.train_size or len(train_images)
+    sub = rng.permutation(len(train_images))[: min(n_train, len(train_images))]
+    tr_x, tr_y = train_images[sub], train_labels[sub]
+    te = rng.permutation(len(test_images))[: min(cfg.eval.test_size, len(test_images))]
+    te_x, te_y = test_images[te], test_labels[te]
+    probe_x, probe_y = tr_x[: cfg.eval.probe_train_size], tr_y[: cfg.eval.probe_train_size]
+
+    encoder = build_encoder(cfg.model)
+    untrained = copy.deepcopy(encoder)  # the baseline: the same weights before the first step
+    head = ProjectionHead(encoder.embedding_dim, cfg.model.projection_hidden, cfg.model.projection_dim)
+    transform = SimCLRTransform(cfg.augment, cfg.model.in_channels, size)
+
+    baseline = evaluate(untrained, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
+    log.info("untrained encoder: %s", baseline)
+    losses = pretrain(encoder, head, tr_x, transform, cfg, on_epoch_end)
+    del head  # the projection head is discarded; see the module docstring
+    metrics = evaluate(encoder, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
+    log.info("SimCLR encoder: %s", metrics)
+    encoder_dir = save_encoder(encoder, cfg, out_dir)
+    return {
+        "metrics": metrics,
+        "baseline_metrics": baseline,
+        "losses": losses,
+        "encoder_dir": str(encoder_dir),
+        "sizes": {"pretrain": len(tr_x), "probe_train": len(probe_x), "test": len(te_x)},
+    }

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys_cl.pretrain.config import SimCLRConfig
+from recsys_cl.pretrain.simclr import load_encoder, same_class_recall_at_k, save_encoder
+from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
+
+
+@pytest.mark.parametrize("channels,widths,size", [(1, (8, 16), 28), (3, (8, 16, 32), 32)])
+def test_encoder_and_head_shapes(channels: int, widths: tuple[int, ...], size: int) -> None:
+    enc = ImageEncoder(channels, widths, blocks_per_stage=2)
+    h = enc(torch.rand(5, channels, size, size))
+    assert h.shape == (5, widths[-1]) and enc.embedding_dim == widths[-1]
+    z = ProjectionHead(enc.embedding_dim, 16, 4)(h)
+    assert z.shape == (5, 4)
+
+
+def test_wrong_channels_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, H, W\), got \(2, 28, 28\)"):
+        ImageEncoder(1, (8,))(torch.rand(2, 28, 28))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    cfg = SimCLRConfig()
+    enc = ImageEncoder(1, cfg.model.widths).eval()
+    save_encoder(enc, cfg, tmp_path / "enc")
+    again = load_encoder(tmp_path / "enc")
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(enc(x), again(x))
+    with pytest.raises(FileNotFoundError, match="encoder.pt"):
+        load_encoder(tmp_path)
+
+
+def test_same_class_recall_hand_worked() -> None:
+    import numpy as np
+
+    # two tight clusters of 3 points; k=2 neighbours of each point are its cluster mates
+    v = np.array([[1, 0], [0.99, 0.1], [0.98, -0.1], [0, 1], [0.1, 0.99], [-0.1, 0.98]], dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert same_class_recall_at_k(v, np.array([0, 0, 0, 1, 1, 1]), k=2) == 1.0
+    assert same_class_recall_at_k(v, np.array([0, 1, 0, 1, 0, 1]), k=2) == pytest.approx(1 / 3)

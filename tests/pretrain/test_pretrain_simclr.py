@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fmnist_fixture import synthetic_images, write_fake_fashion_mnist
+
+from pipelines import pretrain_simclr
+from recsys_cl.config import TrackingConfig, load_config
+from recsys_cl.data.fashion_mnist import FILES, write_idx_images
+from recsys_cl.pretrain.config import SimCLRConfig
+from recsys_cl.pretrain.simclr import load_encoder
+from recsys_cl.tracking import resolve_model_dir, search_runs_frame
+
+TINY = [
+    "--set", "data.train_size=0", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+    "--set", "train.num_threads=1", "--set", "model.widths=[4,8]", "--set", "model.projection_hidden=16",
+    "--set", "model.projection_dim=8", "--set", "eval.probe_train_size=32", "--set", "eval.test_size=32",
+]
+
+
+def tiny_args(tmp_path: Path, data: Path) -> list[str]:
+    return ["--set", f"data.path={data}", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "--set", "tracking.experiment=tiny_simclr", "--set", f"train.out_dir={tmp_path / 'out'}", *TINY]
+
+
+def test_shipped_config_loads() -> None:
+    cfg = load_config(pretrain_simclr.DEFAULT_CONFIG, SimCLRConfig)
+    assert cfg.train.temperature == 0.5 and cfg.model.in_channels == 1
+
+
+def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the experiment's default artifact folder (./mlruns) lands in tmp
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "summary.json"
+    summary = pretrain_simclr.main([*tiny_args(tmp_path, fake_fmnist), "--summary-json", str(out)])
+    written = json.loads(out.read_text())
+    assert {"run_id", "encoder_uri", "metrics", "baseline_metrics"} <= set(written)
+    assert set(written["metrics"]) == set(written["baseline_metrics"]) == {"linear_probe_acc", "knn_recall@10"}
+    assert written["encoder_uri"] == f"runs:/{summary['run_id']}/encoder"
+    for v in [*written["metrics"].values(), *written["baseline_metrics"].values()]:
+        assert 0.0 <= v <= 1.0
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tiny_simclr")
+    runs = search_runs_frame(tracking)
+    row = runs[runs.run_id == summary["run_id"]].iloc[0]
+    assert row["metrics.linear_probe_acc"] == pytest.approx(written["metrics"]["linear_probe_acc"])
+    assert "metrics.baseline/knn_recall_at_10" in runs.columns
+    assert row["params.train.temperature"] == "0.5"
+    enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
+    enc = load_encoder(enc_dir)
+    assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 8)
+    assert not any("head" in k or "net." in k for k in torch.load(enc_dir / "encoder.pt", weights_only=True))
+
+
+def test_bad_image_shape_is_a_clear_error(tmp_path: Path) -> None:
+    data = write_fake_fashion_mnist(tmp_path / "fm")
+    write_idx_images(data / FILES["train"][0], synthetic_images(64, size=32)[0])
+    with pytest.raises(SystemExit, match="data error: .*images are 32x32, expected 28x28"):
+        pretrain_simclr.main(tiny_args(tmp_path, data))
+    assert not (tmp_path / "mlflow.db").exists()  # fails before a run is opened
+
+
+def test_unknown_key_is_rejected(tmp_path: Path, fake_fmnist: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown config key 'train.tau'"):
+        pretrain_simclr.main([*tiny_args(tmp_path, fake_fmnist), "--set", "train.tau=0.1"])
+
+
+def test_pretraining_is_seeded() -> None:
+    from fmnist_fixture import synthetic_images as imgs
+
+    from recsys_cl.features.image import SimCLRTransform
+    from recsys_cl.pretrain.simclr import build_encoder, pretrain
+    from recsys_cl.towers.image_encoder import ProjectionHead
+
+    cfg = load_config(None, SimCLRConfig, ["train.epochs=2", "train.batch_size=8", "model.widths=[4,8]"])
+    x = imgs(16)[0][:, None]
+
+    def run() -> list[float]:
+        torch.manual_seed(cfg.train.seed)
+        enc = build_encoder(cfg.model)
+        head = ProjectionHead(enc.embedding_dim, 16, 8)
+        return pretrain(enc, head, x, SimCLRTransform(cfg.augment, 1, (28, 28)), cfg)
+
+    first = run()
+    assert len(first) == 2 and all(v > 0 for v in first)
+    assert first == run()
