@@ -333,7 +333,8 @@ class CandidatesConfig:
     max_extra_fetch: int = 1000
     """First query fetches K + min(|seen|, this); users left short of K are re-queried with K + |seen|."""
     backend: Literal["exact", "annoy", "faiss", "auto"] = "exact"
-    """Index backend used when no index directory is given (built in memory from the model)."""
+    """Index backend built in memory from the model when no index directory is given; a saved
+    index (``index_dir``, or nightly's per-version index) is used with its own backend."""
     index_dir: str | None = None
     """A saved index (``pipelines.build_index``); null = build an exact index in memory."""
     model_uri: str = "models:/recsys_cl_two_tower@champion"

@@ -41,7 +41,9 @@ def run(
     history = clicks_up_to(clicks, run_date)
     users = active_users(history, run_date, cfg.lookback_days)  # fail early on an empty window
     if index_dir is not None:
-        index, index_id, reason = open_index(index_dir, loaded, cfg.backend)
+        # a saved index is used with its own backend (candidates.backend only picks what to build
+        # in memory); the manifest is still checked against the model
+        index, index_id, reason = open_index(index_dir, loaded, "auto")
     else:
         sample = np.random.default_rng(cfg.seed).choice(users, size=min(len(users), 1000), replace=False)
         hist = UserHistories(history.filter(pl.col("user_id").is_in(sample)), loaded.spec)

@@ -28,7 +28,9 @@ def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: 
 
 def test_nightly_alias_index_reuse_and_health(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     args = [*in_root.args(tmp_path / "out"), "--set", f"candidates.index_root={tmp_path / 'index'}",
-            "--set", "index.recall_sample_users=8", "--set", "index.backend=exact"]
+            "--set", "index.recall_sample_users=8",
+            # an approximate index with the default candidates.backend (exact): the saved index wins
+            "--set", "index.backend=annoy"]
     mlflow.set_tracking_uri(in_root.tracking_uri)
     client = mlflow.MlflowClient()
     client.delete_registered_model_alias("recsys_cl_two_tower", "champion") if \
