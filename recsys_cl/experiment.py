@@ -20,7 +20,7 @@ import torch
 from recsys_cl.config import RunConfig
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
-from recsys_cl.data.negatives import build_sampler, make_user_item_keys
+from recsys_cl.data.negatives import build_sampler, make_user_item_matrix
 from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
 from recsys_cl.eval.protocol import EvalSet, build_eval_set, evaluate, protocol_name, top_k_items
@@ -117,7 +117,9 @@ def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
     keys = None
     if cfg.loss.mask_user_history:
         ok = (seq.item_index >= 0) & (seq.user_index >= 0)
-        keys = make_user_item_keys(seq.user_index[ok], seq.item_index[ok], spec.num_items)
+        keys = make_user_item_matrix(
+            seq.user_index[ok], seq.item_index[ok], len(spec.users), spec.num_items
+        )
     return TrainingData(
         sequences=seq,
         positions=positions,

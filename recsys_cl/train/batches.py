@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, expected_count_log_q
@@ -31,8 +32,8 @@ class TrainingData:
         estimator: streaming frequency estimator (streaming logQ), or None. Exactly one of
             ``log_p``/``estimator`` is set when logQ is on.
         sampler: extra negatives shared by the batch, or None.
-        user_item_keys: sorted ``user * M + item`` keys of training clicks, to mask the user's
-            own clicks as negatives; None = no such masking.
+        user_item_keys: training clicks as a (num_users, M) CSR (or sorted ``user * M + item``
+            keys), to mask the user's own clicks as negatives; None = no such masking.
         in_batch: whether other rows' positives are negatives.
     """
 
@@ -44,7 +45,7 @@ class TrainingData:
     estimator: StreamingFrequencyEstimator | None = None
     sampler: NegativeSampler | None = None
     num_sampled: int = 0
-    user_item_keys: np.ndarray | None = None
+    user_item_keys: np.ndarray | sp.csr_matrix | None = None
     in_batch: bool = True
 
     def num_batches(self, batch_size: int) -> int:

@@ -114,3 +114,15 @@ def test_user_item_mask_matches_set_loop(seed: int) -> None:
 def test_user_item_mask_with_no_clicks() -> None:
     mask = user_item_mask(np.array([0, 1]), np.array([0, 1, 2]), np.array([], dtype=np.int64), 3)
     assert mask.shape == (2, 3) and not mask.any()
+
+
+def test_user_item_mask_csr_path_matches_key_path() -> None:
+    from recsys_cl.data.negatives import make_user_item_matrix
+
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, 30, 400), rng.integers(0, 50, 400)
+    keys = make_user_item_keys(u, i, 50)
+    csr = make_user_item_matrix(u, i, 30, 50)
+    bu, bi = rng.integers(0, 30, 64), rng.integers(0, 50, 80)
+    assert torch.equal(user_item_mask(bu, bi, keys, 50), user_item_mask(bu, bi, csr, 50))
+    assert user_item_mask(bu, bi, csr, 50).sum() > 0
