@@ -184,12 +184,16 @@ def _read_ml_latest(folder: Path) -> _Read:
     return clicks, str(ratings), items, str(movies), names
 
 
+def _read_ml_ratings(data: Path, sep: str, fmt: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """``user item rating timestamp`` rows without a header (100K ``u.data``, 1M/10M ``ratings.dat``)."""
+    _require_file(data, f"data.format={fmt}")
+    cols = ("user_id", "item_id", "rating", "timestamp")
+    return _read_fields(data, sep, cols), {c: f"{c} (field {k + 1})" for k, c in enumerate(cols)}
+
+
 def _read_ml_100k(folder: Path) -> _Read:
     data = folder / "u.data"
-    _require_file(data, "data.format=ml-100k")
-    cols = ("user_id", "item_id", "rating", "timestamp")
-    clicks = _read_fields(data, "\t", cols)
-    names = {c: f"{c} (field {k + 1})" for k, c in enumerate(cols)}
+    clicks, names = _read_ml_ratings(data, "\t", "ml-100k")
     item_file = folder / "u.item"
     if not item_file.is_file():
         return clicks, str(data), None, None, names
@@ -204,10 +208,7 @@ def _read_ml_100k(folder: Path) -> _Read:
 
 def _read_ml_1m(folder: Path) -> _Read:
     data = folder / "ratings.dat"
-    _require_file(data, "data.format=ml-1m")
-    cols = ("user_id", "item_id", "rating", "timestamp")
-    clicks = _read_fields(data, "::", cols)
-    names = {c: f"{c} (field {k + 1})" for k, c in enumerate(cols)}
+    clicks, names = _read_ml_ratings(data, "::", "ml-1m")
     item_file = folder / "movies.dat"
     if not item_file.is_file():
         return clicks, str(data), None, None, names
