@@ -1,0 +1,254 @@
+"""generate_fashion_clicks / write_fashion_clicks: contract, determinism, release times and the
+temporal split, planted user tastes, atomic files, the generic loader, and the pipeline.
+
+Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in ../shared."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_cl.config import DataConfig, SplitConfig
+from recsys_cl.data import fashion_clicks as fc
+from recsys_cl.data.errors import DataError
+from recsys_cl.data.fashion_clicks import (
+    FashionClicksConfig,
+    fashion_clicks_meta,
+    generate_fashion_clicks,
+    read_fashion_clicks_meta,
+    release_cutoff,
+    write_fashion_clicks,
+)
+from recsys_cl.data.fashion_mnist import (
+    CLASS_NAMES,
+    FILES,
+    load_fashion_mnist,
+    write_idx_images,
+    write_idx_labels,
+)
+from recsys_cl.data.io import load_click_log
+from recsys_cl.data.splits import split_clicks
+from recsys_cl.data.validate import validate_clicks
+
+SHARED_FASHION_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-mnist"
+SMALL = FashionClicksConfig(num_items=60, num_users=300, clicks_per_user=20.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[np.ndarray, np.ndarray]:
+    """60 random 28x28 uint8 'photos' (distinct by construction), 6 of each of the 10 classes."""
+    rng = np.random.default_rng(123)
+    images = rng.integers(0, 256, size=(60, 1, 28, 28), dtype=np.uint8)
+    return images, np.arange(60, dtype=np.int64) % 10
+
+
+def late_ids(items: pl.DataFrame, clicks: pl.DataFrame, cfg: FashionClicksConfig) -> pl.DataFrame:
+    cutoff = release_cutoff(clicks["timestamp"], cfg.release_quantile)
+    return items.filter(pl.col("release_ts") >= cutoff).select("item_id")
+
+
+def top_class_share(clicks: pl.DataFrame, items: pl.DataFrame, min_clicks: int = 10) -> float:
+    """Mean over users (with >= min_clicks) of the share of their clicks in their most-clicked class."""
+    per = clicks.join(items.select("item_id", "category"), on="item_id").group_by("user_id", "category").len()
+    users = per.group_by("user_id").agg(pl.col("len").max().alias("top"), pl.col("len").sum().alias("n"))
+    users = users.filter(pl.col("n") >= min_clicks)
+    return float((users["top"] / users["n"]).mean())  # type: ignore[arg-type]
+
+
+def test_schema_dtypes_and_images_are_the_source_photos(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = tiny
+    clicks, items = generate_fashion_clicks(images, labels, SMALL)
+    assert dict(clicks.schema) == {"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64}
+    assert dict(items.schema) == {"item_id": pl.Int64, "category": pl.String, "release_ts": pl.Int64,
+                                  "image": pl.List(pl.UInt8)}
+    assert items["item_id"].to_list() == list(range(60))
+    assert clicks["item_id"].is_in(items["item_id"].implode()).all()
+    assert clicks["user_id"].is_between(0, SMALL.num_users - 1).all()
+    assert clicks["timestamp"].is_between(SMALL.start, SMALL.end - 1).all()
+    assert clicks.sort("timestamp", "user_id", "item_id").equals(clicks)
+    # every item image is one of the source photos, row-major, and its category is that photo's class
+    source = {images[k].tobytes(): CLASS_NAMES[int(labels[k])] for k in range(len(images))}
+    pixels = np.array(items["image"].to_list(), dtype=np.uint8)  # (I, 784)
+    assert pixels.shape == (60, 28 * 28)
+    assert [source[row.tobytes()] for row in pixels] == items["category"].to_list()
+    assert len({row.tobytes() for row in pixels}) == 60  # 60 of 60 images: each used once
+    assert "genres" not in items.columns
+
+
+def test_deterministic_by_seed(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = tiny
+    a = generate_fashion_clicks(images, labels, SMALL)
+    b = generate_fashion_clicks(images, labels, SMALL)
+    c = generate_fashion_clicks(images, labels, FashionClicksConfig(**{**SMALL.__dict__, "seed": 1}))
+    assert a[0].equals(b[0]) and a[1].equals(b[1])
+    assert not a[0].equals(c[0])
+
+
+def test_balanced_item_sample() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), [50, 50, 50, 50, 50, 50, 50, 50, 50, 3])  # class 9 runs short
+    images = rng.integers(0, 256, size=(len(labels), 1, 4, 4), dtype=np.uint8)
+    _, items = generate_fashion_clicks(images, labels, FashionClicksConfig(num_items=93, num_users=5))
+    counts = items["category"].value_counts().sort("category")
+    assert dict(zip(counts["category"], counts["count"])) == {
+        **{CLASS_NAMES[k]: 10 for k in range(9)}, CLASS_NAMES[9]: 3}
+
+
+def test_clicks_after_release_and_no_duplicates(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = tiny
+    for seed in range(3):
+        clicks, items = generate_fashion_clicks(images, labels, FashionClicksConfig(
+            num_items=60, num_users=300, seed=seed))
+        joined = clicks.join(items.select("item_id", "release_ts"), on="item_id")
+        assert (joined["timestamp"] >= joined["release_ts"]).all()
+        assert not clicks.is_duplicated().any()
+        assert validate_clicks(clicks, "fashion", timestamp_unit="s").height == clicks.height
+        # early items: every class has one on sale from the first second
+        first = items.filter(pl.col("release_ts") == SMALL.start)["category"].unique()
+        assert first.len() == 10
+
+
+def test_late_items_are_cold_in_the_temporal_split(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = tiny
+    for seed in range(3):
+        cfg = FashionClicksConfig(num_items=60, num_users=300, seed=seed)
+        clicks, items = generate_fashion_clicks(images, labels, cfg)
+        late = late_ids(items, clicks, cfg)
+        assert late.height == 10 * int(0.2 * 6)  # floor(cold_fraction * 6) per class
+        assert items.join(late, on="item_id", how="semi")["category"].n_unique() == 10
+        split = split_clicks(validate_clicks(clicks, "fashion"), SplitConfig(kind="temporal"))
+        assert split.train.join(late, on="item_id", how="semi").height == 0  # never seen in training
+        test_late = split.test.join(late, on="item_id", how="semi").height
+        assert test_late / split.test.height >= 0.15  # a healthy share of the test clicks
+        meta = fashion_clicks_meta(clicks, items, cfg, images.shape[1:])
+        assert meta["late_item_clicks"]["before_val_cutoff"] == 0
+        assert meta["counts"]["late_items"] == late.height
+
+
+def test_users_concentrate_on_their_preferred_classes(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    """Planted tastes: the mean share of a user's clicks in their top class is far above what the
+    same clicks give with users shuffled, and what near-uniform tastes give (10 classes, ~20
+    clicks: about 0.25)."""
+    images, labels = tiny
+    clicks, items = generate_fashion_clicks(images, labels, SMALL)
+    real = top_class_share(clicks, items)
+    shuffled = clicks.with_columns(pl.col("user_id").shuffle(seed=0))
+    baseline = top_class_share(shuffled, items)
+    uniform_cfg = FashionClicksConfig(**{**SMALL.__dict__, "class_concentration": 1000.0})
+    uniform = top_class_share(*generate_fashion_clicks(images, labels, uniform_cfg))
+    assert real > 0.45, real
+    assert baseline < 0.35 and uniform < 0.35, (baseline, uniform)
+    assert real - max(baseline, uniform) > 0.15
+
+
+def test_bad_inputs(tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = tiny
+    with pytest.raises(DataError, match=r"images\[:, None\]"):
+        generate_fashion_clicks(images[:, 0], labels, SMALL)
+    with pytest.raises(DataError, match="num_items=61"):
+        generate_fashion_clicks(images, labels, FashionClicksConfig(num_items=61))
+    with pytest.raises(DataError, match="class ids 0..9"):
+        generate_fashion_clicks(images, labels + 1, SMALL)
+    with pytest.raises(ValueError, match="cold_fraction=1.0"):
+        FashionClicksConfig(cold_fraction=1.0)
+
+
+def write_small(
+    tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray]
+) -> tuple[Path, pl.DataFrame, pl.DataFrame]:
+    images, labels = tiny
+    clicks, items = generate_fashion_clicks(images, labels, SMALL)
+    out = write_fashion_clicks(tmp_path / "fc", clicks, items,
+                               fashion_clicks_meta(clicks, items, SMALL, images.shape[1:]))
+    return out, clicks, items
+
+
+def test_write_files_readme_and_metadata(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    out, clicks, items = write_small(tmp_path, tiny)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "clicks.parquet", "items.parquet"]
+    assert pl.read_parquet(out / "clicks.parquet").equals(clicks)
+    assert pl.read_parquet(out / "items.parquet").equals(items)
+    readme = (out / "README.md").read_text()
+    for needle in ("Semi-synthetic: real product images, simulated users and clicks; not a real click log",
+                   "MIT", "Zalando", "Xiao", "arXiv:1708.07747", "[1, 28, 28]",
+                   f"| {clicks.height} | 300 | 60 |",
+                   '"cold_fraction": 0.2', "Permission is hereby granted"):
+        assert needle in readme, needle
+    meta = read_fashion_clicks_meta(out / "items.parquet")
+    assert meta == read_fashion_clicks_meta(out / "clicks.parquet")
+    assert meta["image_shape"] == [1, 28, 28] and meta["counts"]["clicks"] == clicks.height
+    assert meta["config"]["seed"] == 0 and "not a real click log" in meta["description"]
+
+
+def test_write_is_atomic(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that dies mid-file leaves the previous files whole and no temp file behind."""
+    out, clicks, items = write_small(tmp_path, tiny)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def dies_midway(table: object, path: Path, **kw: object) -> None:
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fc.pq, "write_table", dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        write_fashion_clicks(out, clicks.head(5), items, {"counts": {}})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_load_click_log_reads_the_parquet_pair(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray]) -> None:
+    out, clicks, items = write_small(tmp_path, tiny)
+    log = load_click_log(DataConfig(format="parquet", path=str(out / "clicks.parquet"),
+                                    items_path=str(out / "items.parquet")))
+    assert log.clicks.select("user_id", "item_id", "timestamp").equals(clicks)
+    assert log.items is not None
+    assert dict(log.items.schema) == dict(items.schema)  # the image column survives as List(UInt8)
+    assert log.items.equals(items)
+
+
+def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines import make_fashion_clicks
+
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    img_name, lab_name = FILES["train"]
+    write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
+    write_idx_labels(folder / lab_name, np.arange(50) % 10)
+    out = tmp_path / "out"
+    meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+                                     "--num-users", "30", "--seed", "3"])
+    printed = capsys.readouterr().out
+    assert "not a real click log" in printed
+    assert f"--set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet" in printed
+    assert meta["counts"]["items"] == 40 and meta["config"]["seed"] == 3
+    assert (out / "README.md").is_file()
+    with pytest.raises(SystemExit, match="data error"):
+        make_fashion_clicks.main(["--fashion-mnist", str(tmp_path / "missing"), "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        make_fashion_clicks.main(["--help"])
+    assert e.value.code == 0 and "Examples:" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not SHARED_FASHION_MNIST.is_dir(),
+                    reason=f"shared Fashion-MNIST not present at {SHARED_FASHION_MNIST}")
+def test_default_config_on_real_fashion_mnist() -> None:
+    images, labels = load_fashion_mnist(SHARED_FASHION_MNIST, "train")
+    cfg = FashionClicksConfig()
+    t0 = time.perf_counter()
+    clicks, items = generate_fashion_clicks(images, labels, cfg)
+    assert time.perf_counter() - t0 < 5.0
+    meta = fashion_clicks_meta(clicks, items, cfg, images.shape[1:])
+    counts = meta["counts"]
+    assert counts["items"] == 3000 and counts["users"] == 2000 and counts["late_items"] == 600
+    assert 50_000 < counts["clicks"] < 70_000
+    assert items["category"].value_counts()["count"].to_list() == [300] * 10
+    assert meta["late_item_clicks"]["before_val_cutoff"] == 0
+    assert meta["late_item_clicks"]["share_of_test_period_clicks"] >= 0.15
+    # popularity is skewed: the top 10% of items get over a third of the clicks
+    per_item = clicks["item_id"].value_counts()["count"].sort(descending=True)
+    assert per_item.head(300).sum() / clicks.height > 1 / 3
