@@ -19,7 +19,7 @@ from pathlib import Path
 
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import prepare, run_baseline
+from recsys_cl.experiment import require_warm_split, prepare, run_baseline
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
         prep = prepare(cfg)
+        for name in cfg.baselines.models:
+            require_warm_split(name, prep)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:

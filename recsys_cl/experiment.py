@@ -5,6 +5,7 @@ object, so tests can run it against a real MLflow store in a temp folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -18,14 +19,25 @@ import polars as pl
 import torch
 
 from recsys_cl.config import RunConfig
+from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
 from recsys_cl.data.negatives import build_sampler, make_user_item_matrix
 from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
-from recsys_cl.eval.protocol import EvalSet, build_eval_set, evaluate, protocol_name, top_k_items
+from recsys_cl.eval.protocol import (
+    COLD_CATALOGUE,
+    EvalSet,
+    build_eval_set,
+    evaluate,
+    protocol_name,
+    random_expected_metrics,
+    top_k_items,
+)
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec, build_feature_spec
+from recsys_cl.features.vocab import Vocab
+from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
 from recsys_cl.train.loop import FitResult, fit
@@ -55,7 +67,12 @@ class Reporter(Protocol):
 
 @dataclass
 class Prepared:
-    """Data, split and evaluation sets: identical for the two-tower model and every baseline."""
+    """Data, split and evaluation sets: identical for the two-tower model and every baseline.
+
+    ``ranked`` (indices into ``spec.items``) is the item set the protocol ranks, column j of the
+    eval sets = item ``ranked[j]``: the training catalogue, or for ``split.kind=cold_start`` the
+    cold items (no training click).
+    """
 
     clicks: ClickLog
     split: Split
@@ -64,6 +81,11 @@ class Prepared:
     test_set: EvalSet
     protocol: str
     fingerprint: str
+    ranked: np.ndarray
+
+    @property
+    def cold_start(self) -> bool:
+        return self.split.cold_items is not None
 
     def tags(self, cfg: RunConfig) -> dict[str, str]:
         return {
@@ -81,22 +103,48 @@ def fingerprint(clicks: pl.DataFrame) -> str:
     return hashlib.sha256(h.to_numpy().tobytes()).hexdigest()[:16]
 
 
+def resolve_artifact_dir(uri: str) -> Path:
+    """A local folder for ``uri``: an existing path, or an MLflow artifact URI downloaded."""
+    if Path(uri).exists():
+        return Path(uri)
+    if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:")):
+        raise FileNotFoundError(f"{uri!r} is neither an existing folder nor an MLflow URI (runs:/<run_id>/encoder)")
+    from recsys_cl.tracking import resolve_model_dir
+
+    return resolve_model_dir(uri)
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Load and validate the click log, split it in time, build features and evaluation sets."""
     t0 = time.perf_counter()
     data = load_click_log(cfg.data)
     split = split_clicks(data.clicks, cfg.split)
     spec = build_feature_spec(split.train, data.items)
-    protocol = protocol_name(split.protocol)
-    catalogue = spec.catalogue_vocab
-    val_set = build_eval_set(split.train, split.val, catalogue, spec.users, protocol)
-    test_set = build_eval_set(split.test_history(), split.test, catalogue, spec.users, protocol)
+    if any(name in cfg.item_tower.encoders for name in CONTENT_ENCODERS):
+        content, meta = build_content(spec.items, data.items, cfg.item_tower, resolve_artifact_dir,
+                                      cfg.item_tower.cache_dir)
+        spec = dataclasses.replace(spec, content=content, content_meta=meta)
+    if split.cold_items is not None:
+        if data.items is None:
+            raise DataError(
+                "split.kind=cold_start ranks items never clicked in training, so it needs an item table "
+                "listing them (data.items_path; MovieLens folders have movies.csv)"
+            )
+        ranked = spec.cold_items
+        protocol = protocol_name(split.protocol, catalogue=COLD_CATALOGUE)
+    else:
+        ranked = spec.catalogue
+        protocol = protocol_name(split.protocol)
+    ranked_vocab = Vocab(spec.items.ids[ranked], name=spec.items.name)
+    known = spec.items if split.cold_items is not None else None
+    val_set = build_eval_set(split.train, split.val_targets(), ranked_vocab, spec.users, protocol, known)
+    test_set = build_eval_set(split.test_history(), split.test_targets(), ranked_vocab, spec.users, protocol, known)
     log.info(
-        "data %s: %d clicks, %d users, %d items (%d with training clicks); %d val / %d test users (%.1fs)",
-        data.source, data.clicks.height, len(spec.users), spec.num_items, len(spec.catalogue),
+        "data %s: %d clicks, %d users, %d items (%d with training clicks, %d ranked); %d val / %d test users (%.1fs)",
+        data.source, data.clicks.height, len(spec.users), spec.num_items, len(spec.catalogue), len(ranked),
         len(val_set.user_ids), len(test_set.user_ids), time.perf_counter() - t0,
     )
-    return Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks))
+    return Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
 
 
 def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
@@ -135,14 +183,17 @@ def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
 
 
 def two_tower_score_fn(
-    model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int
+    model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int,
+    ranked: np.ndarray | None = None,
 ) -> ScoreFn:
-    """Scores (b, M_cat) for rows of ``eval_set``: user embeddings from each user's last ``length``
-    clicks in ``history`` (all strictly before their targets) against every catalogue item."""
+    """Scores (b, M_r) for rows of ``eval_set``: user embeddings from each user's last ``length``
+    clicks in ``history`` (all strictly before their targets) against every ranked item
+    (``ranked``: indices into ``spec.items``; default the training catalogue)."""
     seq = Sequences.from_clicks(history, spec.items, spec.users)
     windows = seq.last_windows(eval_set.user_ids, length)  # (U, L)
     users = embed_users(model, windows, spec.users.encode(eval_set.user_ids))  # (U, D)
-    items = embed_items(model, spec.num_items)[torch.from_numpy(spec.catalogue)]  # (M_cat, D)
+    ranked = spec.catalogue if ranked is None else ranked
+    items = embed_items(model, spec.num_items)[torch.from_numpy(ranked)]  # (M_r, D)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return (users[torch.as_tensor(rows)] @ items.T).numpy()
@@ -160,11 +211,12 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         reporter.set_tags({"world_size": dist.world_size()})
     torch.manual_seed(cfg.train.seed)
     model = build_two_tower(prep.spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    load_pretrained_weights(model, prep.spec.content_meta, resolve_artifact_dir)
     data = training_data(prep, cfg)
     L = cfg.user_tower.history_length
 
     def validate(m: TwoTower) -> dict[str, float]:
-        fn = two_tower_score_fn(m, prep.spec, prep.split.train, prep.val_set, L)
+        fn = two_tower_score_fn(m, prep.spec, prep.split.train, prep.val_set, L, prep.ranked)
         return evaluate(fn, prep.val_set, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
 
     ckpt = checkpoint_path(cfg)
@@ -176,11 +228,16 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     if not dist.is_main():  # distributed: rank 0 tests, logs and writes the artifacts
         return {"rank": dist.rank(), "best_epoch": result.best_epoch,
                 "val_metrics": {k.removeprefix("val/"): v for k, v in result.best_metrics.items()}}
-    score_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L)
+    score_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L, prep.ranked)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     test = evaluate(score_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
     reporter.log_metrics({f"test/{k}": v for k, v in test.items()})
     reporter.log_metrics({"best_epoch": result.best_epoch})
+    baselines: dict[str, dict[str, float]] = {}
+    if prep.cold_start:  # the reference points on the same cold targets, in the same run
+        baselines = cold_start_baselines(prep, ks, cfg.eval.batch_size)
+        for name, values in baselines.items():
+            reporter.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
@@ -189,13 +246,41 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         reporter.set_alias(model_uri, cfg.tracking.set_alias)
     if ckpt.exists():
         ckpt.unlink()  # finished: the next run with this config starts fresh
-    return {
+    summary = {
         "run_id": reporter.run_id,
         "model_uri": model_uri,
         "protocol": prep.protocol,
         "best_epoch": result.best_epoch,
         "val_metrics": {k.removeprefix("val/"): v for k, v in result.best_metrics.items()},
         "test_metrics": {k: v for k, v in test.items() if _is_headline(k, cfg.eval.ks)},
+    }
+    if baselines:
+        headline = {n: {k: v for k, v in m.items() if _is_headline(k, cfg.eval.ks)} for n, m in baselines.items()}
+        summary["baseline_metrics"] = headline["popularity"]
+        summary["baseline_name"] = "popularity"
+        summary["random_metrics"] = headline["random"]
+    return summary
+
+
+def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """Test metrics of Popularity and of a random ranking on the cold-start test targets.
+
+    Cold items have no training clicks, so Popularity counts each cold item's clicks in the test
+    targets' history (train + validation periods: what is known before the test period), ties broken
+    at random (seed 0; most cold items have no click at all before the test period). ``random`` is
+    the exact expectation of a uniformly random ranking (:func:`random_expected_metrics`).
+    """
+    ranked_vocab = Vocab(prep.spec.items.ids[prep.ranked], name=prep.spec.items.name)
+    idx = ranked_vocab.encode(prep.split.test_history()["item_id"])
+    counts = np.bincount(idx[idx >= 0], minlength=len(prep.ranked)).astype(np.float64)
+    scores = counts + np.random.default_rng(0).random(len(counts)) * 0.5  # (M_r,) ties -> random order
+
+    def popularity(rows: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(scores, (len(rows), len(scores)))
+
+    return {
+        "popularity": evaluate(popularity, prep.test_set, ks=ks, batch_size=batch_size),
+        "random": random_expected_metrics(prep.test_set, ks),
     }
 
 
@@ -265,21 +350,33 @@ def _log_artifacts(
             {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
             prep.protocol,
         ),
-        "plots/popularity.png": plots.popularity_of_recommendations(
-            prep.spec.item_counts[prep.spec.catalogue],
+    }
+    if not prep.cold_start:  # cold items have no training clicks: nothing to plot
+        figs["plots/popularity.png"] = plots.popularity_of_recommendations(
+            prep.spec.item_counts[prep.ranked],
             top_k_items(score_fn, prep.test_set, 20).ravel(),
             prep.test_set.targets.indices,
-        ),
-    }
+        )
     for name, fig in figs.items():
         reporter.log_figure(fig, name)
         plots.close(fig)
+
+
+def require_warm_split(name: str, prep: Prepared) -> None:
+    """Raise DataError when ``prep`` is a cold-start split, which click-based baselines cannot rank."""
+    if prep.cold_start:
+        raise DataError(
+            f"baseline {name!r} ranks items by their training clicks and cannot rank cold items "
+            "(split.kind=cold_start); the two-tower run logs Popularity and random on the same cold "
+            "targets (baseline/popularity/*, baseline/random/*). Use split.kind=temporal or leave_last_out here"
+        )
 
 
 def run_baseline(
     name: str, cfg: RunConfig, prep: Prepared, reporter: Reporter
 ) -> dict[str, Any]:
     """Tune one baseline on validation NDCG@10 and test it, under the identical split/protocol."""
+    require_warm_split(name, prep)
     from recsys_cl.baselines import tune_and_evaluate
     from recsys_cl.eval.protocol import interaction_matrix
 

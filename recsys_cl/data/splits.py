@@ -9,6 +9,10 @@ test: train + val, see :meth:`Split.test_history`) holds only clicks strictly be
 * ``temporal``: global cutoffs ``t_val`` / ``t_test`` at timestamp quantiles. train = ``ts < t_val``,
   val = ``t_val <= ts < t_test``, test = ``ts >= t_test``. Val and test rows are kept only for
   users with at least one train click (a history-based model cannot score the others).
+* ``cold_start``: the temporal cutoffs and frames, but the *targets* are only val / test clicks on
+  cold items: items with no click before ``t_val`` (``Split.cold_items``). The val frame keeps every
+  val-period click, so test histories are complete; :meth:`Split.val_targets` and
+  :meth:`Split.test_targets` apply the cold filter.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ class Split:
     val: pl.DataFrame
     test: pl.DataFrame
     protocol: str
+    cold_items: pl.Series | None = None
+    """``cold_start`` only: ids of the items with no training click (the ranked set's clicked part)."""
+
+    def val_targets(self) -> pl.DataFrame:
+        """The validation targets: ``val``, restricted to cold items for ``cold_start``."""
+        return self._targets(self.val)
+
+    def test_targets(self) -> pl.DataFrame:
+        """The test targets: ``test``, restricted to cold items for ``cold_start``."""
+        return self._targets(self.test)
+
+    def _targets(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if self.cold_items is None:
+            return frame
+        return frame.filter(pl.col("item_id").is_in(self.cold_items.implode()))
 
     def test_history(self) -> pl.DataFrame:
         """Train + val clicks: everything a test target's user did before the test targets."""
@@ -49,9 +68,11 @@ class Split:
     def sizes(self) -> dict[str, int]:
         """Row and user counts per part, for logging."""
         out: dict[str, int] = {}
-        for name, frame in (("train", self.train), ("val", self.val), ("test", self.test)):
+        for name, frame in (("train", self.train), ("val", self.val_targets()), ("test", self.test_targets())):
             out[f"{name}_clicks"] = frame.height
             out[f"{name}_users"] = frame["user_id"].n_unique()
+        if self.cold_items is not None:
+            out["cold_items_clicked"] = len(self.cold_items)
         return out
 
 
@@ -79,14 +100,17 @@ def split_clicks(clicks: pl.DataFrame, cfg: SplitConfig) -> Split:
         split = _leave_last_out(clicks)
     elif cfg.kind == "temporal":
         split = _temporal(clicks, cfg.val_quantile, cfg.test_quantile)
+    elif cfg.kind == "cold_start":
+        split = _cold_start(clicks, cfg.val_quantile, cfg.test_quantile)
     else:  # SplitConfig validates kind; keep a clear error for hand-built configs
-        raise DataError(f"split.kind must be leave_last_out or temporal, got {cfg.kind!r}")
-    for name, frame in (("validation", split.val), ("test", split.test)):
+        raise DataError(f"split.kind must be leave_last_out, temporal or cold_start, got {cfg.kind!r}")
+    for name, frame in (("validation", split.val_targets()), ("test", split.test_targets())):
         if frame.height == 0:
             raise DataError(
                 f"split {split.protocol} left no {name} targets ({clicks.height} clicks, "
                 f"{clicks['user_id'].n_unique()} users); leave_last_out needs users with >= 3 clicks, "
-                "temporal needs clicks after the cutoffs: use more data or change split.*"
+                "temporal needs clicks after the cutoffs, cold_start needs clicks after the cutoffs "
+                "on items never clicked before them: use more data or change split.*"
             )
     return split
 
@@ -110,6 +134,16 @@ def _leave_last_out(clicks: pl.DataFrame) -> Split:
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cold_start(clicks: pl.DataFrame, val_q: float, test_q: float) -> Split:
+    """Temporal frames; targets restricted to items with no click before the training cutoff."""
+    base = _temporal(clicks, val_q, test_q)
+    warm = base.train.select(pl.col("item_id").unique())
+    later = pl.concat([base.val.select("item_id"), base.test.select("item_id")]).unique()
+    cold = later.join(warm, on="item_id", how="anti")["item_id"].sort()
+    protocol = base.protocol.replace("temporal(", "cold_start(", 1)
+    return Split(train=base.train, val=base.val, test=base.test, protocol=protocol, cold_items=cold)
 
 
 def _temporal(clicks: pl.DataFrame, val_q: float, test_q: float) -> Split:

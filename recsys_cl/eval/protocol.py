@@ -27,16 +27,19 @@ from recsys_cl.eval import metrics
 from recsys_cl.features.vocab import Vocab
 
 CATALOGUE = "catalogue=train_items"
+COLD_CATALOGUE = "catalogue=cold_items"
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
 
 
-def protocol_name(split_protocol: str, stage: str | None = None) -> str:
+def protocol_name(split_protocol: str, stage: str | None = None, catalogue: str = CATALOGUE) -> str:
     """The protocol string to log next to every metric, e.g.
     ``full_ranking|catalogue=train_items|history_masked|split=leave_last_out(ties=row_order)``.
 
-    ``stage`` ("val" or "test") appends which clicks form the history.
+    ``stage`` ("val" or "test") appends which clicks form the history. ``catalogue`` names the
+    ranked item set: :data:`CATALOGUE` (items with training clicks) or :data:`COLD_CATALOGUE`
+    (the cold-start split: items without any, ranked only among themselves).
     """
-    name = f"full_ranking|{CATALOGUE}|history_masked|split={split_protocol}"
+    name = f"full_ranking|{catalogue}|history_masked|split={split_protocol}"
     if stage is None:
         return name
     histories = {"val": "train", "test": "train+val"}
@@ -120,6 +123,7 @@ def build_eval_set(
     item_vocab: Vocab,
     user_vocab: Vocab,
     protocol: str,
+    history_items: Vocab | None = None,
 ) -> EvalSet:
     """Build the :class:`EvalSet` for the users in ``targets``.
 
@@ -129,6 +133,9 @@ def build_eval_set(
         item_vocab: the catalogue — items with at least one training click.
         user_vocab: train user vocab, only used to fill ``user_index``.
         protocol: logged with the metrics (see :func:`protocol_name`).
+        history_items: a user is evaluated when their history holds an item of this vocab
+            (default: ``item_vocab``). The cold-start protocol ranks cold items, which no history
+            holds before validation, so it passes every known item here.
     """
     _require_columns(history, "history", ("user_id", "item_id"))
     _require_columns(targets, "targets", ("user_id", "item_id"))
@@ -149,7 +156,11 @@ def build_eval_set(
     keep = (u_h >= 0) & (i_h >= 0)
     history_m = _binary_csr(u_h[keep], i_h[keep], (len(eval_users), m))
 
-    has_history = np.diff(history_m.indptr) > 0
+    if history_items is None:
+        has_history = np.diff(history_m.indptr) > 0
+    else:
+        has_history = np.zeros(len(eval_users), dtype=bool)
+        has_history[u_h[(u_h >= 0) & (history_items.encode(history["item_id"]) >= 0)]] = True
     rows = np.flatnonzero(has_history)
     user_ids = eval_users.ids[rows]
     return EvalSet(
@@ -272,3 +283,40 @@ def top_k_items(
         items, scores = masked_top_k(_to_numpy(score_fn(rows)), eval_set.history[rows], k)
         out.append(np.where(np.isfinite(scores), items, -1))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Exact expected ``recall@K``, ``ndcg@K`` and ``hit_rate@K`` of a uniformly random ranking.
+
+    No sampling noise: for a user with ``A`` unmasked items of which ``t`` are targets (``T``
+    targets in all), every unmasked item is at each of the first ``K' = min(K, A)`` ranks with
+    probability ``1 / A``, so E[hits] = t K' / A, E[DCG] = (t / A) sum_{r <= K'} 1 / log2(r + 1),
+    and P(no hit) = C(A - t, K') / C(A, K').
+    """
+    from scipy.special import gammaln
+
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    m = eval_set.n_items
+    h = np.diff(eval_set.history.indptr).astype(np.float64)  # masked items per user
+    overlap = np.asarray(eval_set.targets.multiply(eval_set.history).sum(axis=1)).ravel()
+    t = np.diff(eval_set.targets.indptr) - overlap  # rankable targets
+    avail = m - h
+    n = eval_set.n_targets.astype(np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        kk = np.minimum(k, avail)
+        p = np.divide(t, avail, out=np.zeros_like(avail), where=avail > 0)
+        out[f"recall@{k}"] = float(np.divide(p * kk, n, out=np.zeros_like(n), where=n > 0).mean())
+        cum = np.concatenate([[0.0], np.cumsum(metrics.dcg_discounts(max(k, 1)))])
+        idcg = cum[np.minimum(eval_set.n_targets, k)]
+        dcg = p * cum[kk.astype(np.int64)]
+        out[f"ndcg@{k}"] = float(np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0).mean())
+        miss_ok = (avail - t) >= kk
+        log_miss = np.where(
+            miss_ok,
+            gammaln(avail - t + 1) - gammaln(avail - t - kk + 1) - gammaln(avail + 1) + gammaln(avail - kk + 1),
+            -np.inf,
+        )
+        out[f"hit_rate@{k}"] = float((1.0 - np.exp(log_miss)).mean())
+    out["n_users"] = float(eval_set.n_users)
+    return out

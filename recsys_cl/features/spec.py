@@ -9,8 +9,9 @@ what the index and cold-start need.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -29,6 +30,11 @@ class FeatureSpec:
         genres: vocabulary of categorical values (empty when the item table has none).
         item_genres: (M, G) int64 genre indices per item, padded with -1.
         item_counts: (M,) int64 training clicks per item (0 = never clicked in training).
+        content: item-aligned content arrays, row i = item i: frozen encoder outputs
+            (``text``/``image``: (M, F) float32) or raw inputs of fine-tuned encoders (``text_ids``,
+            ``text_mask``: (M, L); ``image_pixels``: (M, C, H, W) uint8). See
+            :mod:`recsys_cl.towers.content`.
+        content_meta: per content encoder: mode (frozen | trainable), source, feature_dim, architecture.
     """
 
     items: Vocab
@@ -36,6 +42,8 @@ class FeatureSpec:
     genres: Vocab
     item_genres: np.ndarray
     item_counts: np.ndarray
+    content: dict[str, np.ndarray] = field(default_factory=dict)
+    content_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def num_items(self) -> int:
@@ -45,6 +53,11 @@ class FeatureSpec:
     def catalogue(self) -> np.ndarray:
         """(M_cat,) indices into ``items`` of the items with >= 1 training click, ascending."""
         return np.nonzero(self.item_counts > 0)[0]
+
+    @property
+    def cold_items(self) -> np.ndarray:
+        """(M_cold,) indices into ``items`` of the items without training clicks, ascending."""
+        return np.nonzero(self.item_counts == 0)[0]
 
     @property
     def catalogue_vocab(self) -> Vocab:
@@ -59,7 +72,11 @@ class FeatureSpec:
         self.genres.save(d / "genres.parquet")
         np.save(d / "item_genres.npy", self.item_genres)
         np.save(d / "item_counts.npy", self.item_counts)
-        (d / "spec.json").write_text(json.dumps({"num_items": self.num_items}))
+        for name, arr in self.content.items():
+            np.save(d / f"content_{name}.npy", arr)
+        (d / "spec.json").write_text(json.dumps({
+            "num_items": self.num_items, "content": sorted(self.content), "content_meta": self.content_meta,
+        }))
         return d
 
     @classmethod
@@ -67,12 +84,15 @@ class FeatureSpec:
         d = Path(directory)
         if not (d / "spec.json").is_file():
             raise FileNotFoundError(f"{d} holds no feature spec (spec.json missing)")
+        info = json.loads((d / "spec.json").read_text())
         return cls(
             items=Vocab.load(d / "items.parquet"),
             users=Vocab.load(d / "users.parquet"),
             genres=Vocab.load(d / "genres.parquet"),
             item_genres=np.load(d / "item_genres.npy"),
             item_counts=np.load(d / "item_counts.npy"),
+            content={name: np.load(d / f"content_{name}.npy") for name in info.get("content", [])},
+            content_meta=info.get("content_meta", {}),
         )
 
 

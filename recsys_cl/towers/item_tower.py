@@ -34,10 +34,13 @@ class IdEncoder(nn.Module):
     Args:
         known: (M,) bool, True for items with training clicks. Unknown items' rows start at zero
             and are masked in ``forward``, so a cold item's embedding comes from content alone.
+        dropout: training only, probability of zeroing an item's whole vector (DropoutNet), so
+            the other encoders learn to stand in for it, as they must for cold items.
     """
 
-    def __init__(self, num_items: int, dim: int, known: Tensor | None = None) -> None:
+    def __init__(self, num_items: int, dim: int, known: Tensor | None = None, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.embedding = nn.Embedding(num_items, dim)
         nn.init.normal_(self.embedding.weight, std=0.1)
         known = torch.ones(num_items, dtype=torch.bool) if known is None else known.bool()
@@ -48,7 +51,10 @@ class IdEncoder(nn.Module):
     def forward(self, item_index: Tensor) -> Tensor:
         """item_index: (B,) int64 -> (B, D)."""
         known: Tensor = self.known  # type: ignore[assignment]
-        return self.embedding(item_index) * known[item_index].unsqueeze(-1)
+        keep = known[item_index]  # (B,)
+        if self.training and self.dropout > 0:
+            keep = keep & (torch.rand(item_index.shape, device=item_index.device) >= self.dropout)
+        return self.embedding(item_index) * keep.unsqueeze(-1)
 
 
 class CategoricalEncoder(nn.Module):

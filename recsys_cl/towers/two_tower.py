@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from recsys_cl.config import ItemTowerConfig, ModelConfig, UserTowerConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.features.spec import FeatureSpec
+from recsys_cl.towers.content import CONTENT_ENCODERS, content_encoder
 from recsys_cl.towers.item_tower import CategoricalEncoder, IdEncoder, ItemTower
 from recsys_cl.towers.user_tower import UserTower
 
@@ -32,7 +33,7 @@ def build_two_tower(
     dim = model.embedding_dim
     encoders: dict[str, nn.Module] = {}
     if "id" in item.encoders:
-        encoders["id"] = IdEncoder(spec.num_items, dim, torch.from_numpy(spec.item_counts > 0))
+        encoders["id"] = IdEncoder(spec.num_items, dim, torch.from_numpy(spec.item_counts > 0), item.id_dropout)
     if "categorical" in item.encoders:
         if len(spec.genres) == 0:
             raise DataError(
@@ -43,6 +44,9 @@ def build_two_tower(
         encoders["categorical"] = CategoricalEncoder(
             torch.from_numpy(spec.item_genres), len(spec.genres), dim
         )
+    for name in CONTENT_ENCODERS:
+        if name in item.encoders:
+            encoders[name] = content_encoder(name, spec.content, spec.content_meta, dim)
     item_tower = ItemTower(encoders, dim, item.hidden_dims, item.dropout, model.normalize)
     table: nn.Embedding
     if user.share_item_embeddings and isinstance(encoders.get("id"), IdEncoder):

@@ -120,3 +120,37 @@ def test_no_targets_is_a_clear_error() -> None:
 def test_empty_log_is_a_clear_error() -> None:
     with pytest.raises(DataError, match="empty"):
         split_clicks(frame([(1, 1, 1)]).clear(), LLO)
+
+
+COLD = SplitConfig(kind="cold_start", val_quantile=0.6, test_quantile=0.8)
+
+
+def test_cold_start_hand_worked() -> None:
+    # user 1 clicks items 1..5 (train, t < 6), then 1 (warm) and 7 (cold) in val, 5 (warm), 8 and 7 in test
+    clicks = frame([(1, i, i) for i in range(1, 6)] + [(1, 1, 6), (1, 7, 7), (1, 5, 8), (1, 8, 9),
+                                                       (1, 7, 10)])
+    s = split_clicks(clicks, COLD)
+    assert s.cold_items is not None and s.cold_items.to_list() == [7, 8]
+    assert s.val["item_id"].to_list() == [1, 7]  # the whole val period: test histories stay complete
+    assert s.val_targets()["item_id"].to_list() == [7]
+    assert s.test_targets()["item_id"].to_list() == [8, 7]
+    assert s.test_history()["item_id"].to_list() == [1, 2, 3, 4, 5, 1, 7]
+    assert s.protocol.startswith("cold_start(val>=1970-01-01T00:00:06Z")
+    assert s.sizes()["cold_items_clicked"] == 2 and s.sizes()["test_clicks"] == 2
+    assert_no_leakage(clicks, s)
+
+
+def test_cold_start_targets_never_have_training_clicks() -> None:
+    log = generate_click_log(300, 3000, seed=3)  # a long tail: many items are first clicked late
+    s = split_clicks(log.clicks, SplitConfig(kind="cold_start"))
+    warm = set(s.train["item_id"].to_list())
+    for targets in (s.val_targets(), s.test_targets()):
+        assert targets.height > 0 and not warm & set(targets["item_id"].to_list())
+    temporal = split_clicks(log.clicks, SplitConfig(kind="temporal"))
+    assert s.test.equals(temporal.test) and s.train.equals(temporal.train)
+
+
+def test_cold_start_without_cold_clicks_is_a_clear_error() -> None:
+    clicks = frame([(1, 1, t) for t in range(1, 11)])  # one item, always warm
+    with pytest.raises(DataError, match="no validation targets.*cold_start needs clicks after the cutoffs"):
+        split_clicks(clicks, COLD)

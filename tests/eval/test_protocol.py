@@ -160,3 +160,41 @@ def test_protocol_name():
     assert name.endswith("stage=test(history=train+val)")
     with pytest.raises(ValueError):
         protocol_name("x", "train")
+
+
+def test_random_expected_metrics_by_hand_and_by_simulation():
+    from recsys_cl.eval.protocol import random_expected_metrics
+
+    # one user, 4 items, 1 target, nothing masked: recall@1 = 1/4, hit@2 = 1/2, ndcg@2 = (1/4)(1 + 1/log2 3)
+    hist = sp.csr_matrix((1, 4), dtype=np.float32)
+    tgt = sp.csr_matrix(([1.0], ([0], [2])), shape=(1, 4), dtype=np.float32)
+    es = EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([1]), "p")
+    r = random_expected_metrics(es, ks=(1, 2))
+    assert r["recall@1"] == pytest.approx(0.25) and r["hit_rate@2"] == pytest.approx(0.5)
+    assert r["ndcg@2"] == pytest.approx(0.25 * (1 + 1 / np.log2(3)))
+
+    # several users with masks and out-of-catalogue targets: matches the mean of random rankings
+    rng = np.random.default_rng(0)
+    m = 12
+    hist = sp.random(5, m, density=0.25, random_state=1, format="csr", dtype=np.float32)
+    hist.data[:] = 1
+    tgt = sp.random(5, m, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    tgt.data[:] = 1
+    n_targets = np.diff(tgt.indptr) + 1  # one extra, unrankable target each
+    es = EvalSet(np.arange(5).astype(str), np.arange(5), hist, tgt, n_targets, "p")
+    sims = [evaluate(lambda rows: rng.random((len(rows), m)), es, ks=(3, 5)) for _ in range(3000)]
+    expected = random_expected_metrics(es, ks=(3, 5))
+    for key in ("recall@3", "recall@5", "ndcg@5", "hit_rate@3"):
+        assert np.mean([s[key] for s in sims]) == pytest.approx(expected[key], abs=0.01), key
+
+
+def test_history_items_keeps_users_without_history_in_the_ranked_set():
+    train, targets, items, users = tiny_case()
+    cold = Vocab(np.array([3, 9]), "item_id")  # ranked set: only u2 has one (3) in their history
+    default = build_eval_set(train, targets, cold, users, "p")
+    assert list(default.user_ids) == ["u2"]
+    known = Vocab.from_values(pl.concat([train["item_id"], targets["item_id"]]), "item_id")
+    es = build_eval_set(train, targets, cold, users, "p", history_items=known)
+    assert sorted(es.user_ids) == ["u1", "u2", "u3"]  # u4 has no history at all
+    assert es.history.nnz == 1 and es.targets.nnz == 3  # u2's item 3 is masked
+    assert protocol_name("x", catalogue="catalogue=cold_items").startswith("full_ranking|catalogue=cold_items|")

@@ -1,0 +1,175 @@
+"""Content encoders in the item tower: frozen cached outputs, fine-tuned encoders, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys_cl.config import ImageInputConfig, ItemTowerConfig, ModelConfig, TextInputConfig, UserTowerConfig
+from recsys_cl.data.errors import DataError
+from recsys_cl.features.spec import build_feature_spec
+from recsys_cl.features.vocab import Vocab
+from recsys_cl.pretrain.config import SimCLRConfig
+from recsys_cl.pretrain.simclr import build_encoder, save_encoder
+from recsys_cl.towers import content as content_mod
+from recsys_cl.towers.content import FrozenContentEncoder, build_content, item_pixels
+from recsys_cl.towers.text_encoder import make_tiny_text_encoder
+from recsys_cl.towers.two_tower import build_two_tower
+from recsys_cl.train.steps import embed_items
+
+ITEMS = pl.DataFrame({
+    "item_id": [1, 2, 3, 4],
+    "title": ["red shoes", "blue shoes", "red hat", "green hat"],
+    "genres": [["Footwear"], ["Footwear"], ["Hats"], ["Hats"]],
+    "image": [list(np.full(16, i * 40, dtype=np.uint8)) for i in range(4)],
+}).with_columns(pl.col("image").cast(pl.List(pl.UInt8)))
+TRAIN = pl.DataFrame({"user_id": [10, 10, 11], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+
+
+def _identity(uri: str) -> Path:
+    if not Path(uri).exists():
+        raise FileNotFoundError(f"{uri} does not exist")
+    return Path(uri)
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = ITEMS["title"].to_list() * 5 + ["Genres: Footwear", "Genres: Hats"]
+    return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"), corpus, vocab_size=60)
+
+
+@pytest.fixture(scope="module")
+def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = SimCLRConfig()
+    torch.manual_seed(0)
+    enc = build_encoder(cfg.model)
+    return save_encoder(enc, cfg, tmp_path_factory.mktemp("img") / "encoder")
+
+
+def _cfg(encoders: tuple[str, ...], text: Path | None = None, image: Path | None = None,
+         trainable: bool = False) -> ItemTowerConfig:
+    return ItemTowerConfig(
+        encoders=encoders,  # type: ignore[arg-type]
+        text=TextInputConfig(pretrained=str(text) if text else None, columns=("title", "genres"),
+                             trainable=trainable, max_length=8),
+        image=ImageInputConfig(pretrained=str(image) if image else None, shape=(1, 4, 4), trainable=trainable),
+        cache_dir=None,
+    )
+
+
+def test_frozen_encoder_maps_cached_rows() -> None:
+    feats = torch.eye(3)
+    enc = FrozenContentEncoder(feats, dim=5)
+    out = enc(torch.tensor([2, 0]))
+    assert out.shape == (2, 5)
+    torch.testing.assert_close(out[0], enc.proj.weight[:, 2] + enc.proj.bias)
+    assert "features" not in enc.state_dict()  # held by the feature spec, not model.pt
+
+
+def test_item_pixels_shapes_and_errors() -> None:
+    px = item_pixels(ITEMS, ImageInputConfig(pretrained="x", shape=(1, 4, 4)))
+    assert px.shape == (4, 1, 4, 4) and px.dtype == np.uint8 and px[3].max() == 120
+    with pytest.raises(DataError, match=r"item 1: its image has 16 values, expected C\*H\*W = 784"):
+        item_pixels(ITEMS, ImageInputConfig(pretrained="x", shape=(1, 28, 28)))
+    with pytest.raises(DataError, match="'picture' is not in the item table"):
+        item_pixels(ITEMS, ImageInputConfig(pretrained="x", column="picture", shape=(1, 4, 4)))
+    with pytest.raises(DataError, match="must be a list"):
+        item_pixels(ITEMS.with_columns(pl.lit("x").alias("image")), ImageInputConfig(pretrained="x", shape=(1, 4, 4)))
+    with_null = ITEMS.with_columns(pl.when(pl.col("item_id") == 2).then(None).otherwise(pl.col("image")).alias("image"))
+    assert item_pixels(with_null, ImageInputConfig(pretrained="x", shape=(1, 4, 4)))[1].max() == 0
+
+
+def test_frozen_text_and_image_content_in_the_tower(tiny_text: Path, tiny_image: Path) -> None:
+    spec = build_feature_spec(TRAIN, ITEMS)
+    content, meta = build_content(spec.items, ITEMS, _cfg(("id", "text", "image"), tiny_text, tiny_image), _identity)
+    assert content["text"].shape == (4, 32) and content["image"].shape == (4, 64)
+    np.testing.assert_allclose(np.linalg.norm(content["text"], axis=1), 1.0, rtol=1e-5)
+    assert meta["text"]["mode"] == meta["image"]["mode"] == "frozen"
+    import dataclasses
+
+    spec = dataclasses.replace(spec, content=content, content_meta=meta)
+    model = build_two_tower(spec, ModelConfig(embedding_dim=8), UserTowerConfig(history_length=3),
+                            _cfg(("id", "text", "image"), tiny_text, tiny_image))
+    emb = embed_items(model, spec.num_items)
+    assert emb.shape == (4, 8)
+    assert torch.linalg.norm(emb[3]) > 0.99  # item 4: never clicked, embedded from its content
+
+
+def test_trainable_content_round_trips_through_the_model_dir(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from recsys_cl.config import RunConfig
+    from recsys_cl.train.checkpoint import load_model_dir, save_model_dir
+
+    item_cfg = _cfg(("id", "text", "image"), tiny_text, tiny_image, trainable=True)
+    spec = build_feature_spec(TRAIN, ITEMS)
+    content, meta = build_content(spec.items, ITEMS, item_cfg, _identity)
+    assert content["text_ids"].shape == (4, 8) and content["image_pixels"].shape == (4, 1, 4, 4)
+    spec = dataclasses.replace(spec, content=content, content_meta=meta)
+    cfg = RunConfig(model=ModelConfig(embedding_dim=8), item_tower=item_cfg)
+    model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    content_mod.load_pretrained_weights(model, meta, _identity)
+    from recsys_cl.towers.text_encoder import load_text_encoder
+
+    pretrained, _ = load_text_encoder(tiny_text)
+    text_module = model.item_tower.encoders["text"]
+    for (k, v), (_, w) in zip(text_module.encoder.state_dict().items(), pretrained.state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+    n_params = sum(p.numel() for p in text_module.encoder.parameters() if p.requires_grad)
+    assert n_params > 1000  # the transformer itself is trained, not only the projection
+    save_model_dir(tmp_path / "model", model, spec, cfg)
+    again, spec2, _ = load_model_dir(tmp_path / "model")
+    torch.testing.assert_close(embed_items(again, 4), embed_items(model.eval(), 4))
+
+
+def test_text_content_is_cached_on_disk(tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = build_feature_spec(TRAIN, ITEMS)
+    cfg = _cfg(("id", "text"), tiny_text)
+    first, _ = build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("text-*.npy"))) == 1
+
+    import recsys_cl.towers.text_encoder as te
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(te, "encode_texts", boom)
+    second, _ = build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(first["text"], second["text"])
+    changed = ITEMS.with_columns(pl.col("title").str.to_uppercase().str.replace("RED", "PINK"))
+    with pytest.raises(AssertionError, match="cache was not used"):  # other texts: another key
+        build_content(spec.items, changed, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+
+
+def test_clear_errors(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None:
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    with pytest.raises(DataError, match="item_tower.text.pretrained=.*cannot be loaded"):
+        build_content(items, ITEMS, _cfg(("id", "text"), tmp_path / "nowhere"), _identity)
+    with pytest.raises(DataError, match=r"text_columns|columns"):
+        build_content(items, ITEMS.drop("genres"), _cfg(("id", "text"), tiny_text), _identity)
+    with pytest.raises(DataError, match="no item table"):
+        build_content(items, None, _cfg(("id", "text"), tiny_text), _identity)
+    with pytest.raises(DataError, match="3-channel|1-channel images but item_tower.image.shape"):
+        bad = ImageInputConfig(pretrained=str(tiny_image), shape=(3, 4, 4))
+        cfg = ItemTowerConfig(encoders=("id", "image"), image=bad, cache_dir=None)
+        build_content(items, ITEMS.with_columns(pl.col("image").list.concat(pl.col("image")).list.concat(
+            pl.col("image"))), cfg, _identity)
+    spec = build_feature_spec(TRAIN, ITEMS)
+    with pytest.raises(DataError, match="holds no text features"):
+        build_two_tower(spec, ModelConfig(embedding_dim=8), UserTowerConfig(), _cfg(("id", "text"), tiny_text))
+
+
+def test_id_dropout_only_while_training() -> None:
+    from recsys_cl.towers.item_tower import IdEncoder
+
+    torch.manual_seed(0)
+    enc = IdEncoder(100, 4, dropout=0.5)
+    idx = torch.arange(100)
+    zeroed = (enc(idx).abs().sum(1) == 0).float().mean().item()
+    assert 0.3 < zeroed < 0.7
+    enc.eval()
+    assert (enc(idx).abs().sum(1) > 0).all()
