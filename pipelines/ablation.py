@@ -22,7 +22,7 @@ import yaml
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import markdown_table, mean_std
-from recsys_cl.experiment import prepare, run_baseline, run_two_tower
+from recsys_cl.experiment import prepare, require_warm_split, run_baseline, run_two_tower, with_content
 from recsys_cl.tracking import mlflow_run
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -59,24 +59,39 @@ def main(argv: list[str] | None = None) -> str:
             for name, overrides in variants.items() for seed in args.seeds
         }
         prep = prepare(base)
+        baselines = args.baselines if args.baselines is not None else list(base.baselines.models)
+        if prep.cold_start and args.baselines is None:
+            baselines = []  # Popularity and random come with every cold-start run, on its targets
+        for name in baselines:
+            require_warm_split(name, prep)
+        for cfg in configs.values():  # content errors (missing encoder, text column) before any training
+            with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     rows, raw = [], {}
-    for name in args.baselines if args.baselines is not None else base.baselines.models:
+    for name in baselines:
         with mlflow_run(base.tracking, run_name=f"baseline-{name}", tags={"ablation": "baseline"}) as run:
             s = run_baseline(name, base, prep, run)
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
         rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]]), 1))
+    reference: dict[str, dict[str, float]] = {}
     for name in variants:
         results = []
         for seed in args.seeds:
             cfg = configs[(name, seed)]
             with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name, tags={"ablation": name}) as run:
-                results.append(run_two_tower(cfg, run, prep)["test_metrics"])
+                summary = run_two_tower(cfg, run, prep)
+            results.append(summary["test_metrics"])
+            if "baseline_metrics" in summary:  # cold start: identical for every run (same targets)
+                reference = {"Popularity (clicks before the test period)": summary["baseline_metrics"],
+                             "random ranking (exact expectation)": summary["random_metrics"]}
         raw[name] = results
         rows.append((f"two-tower: {name}", mean_std(results), len(results)))
+    for label, values in reference.items():
+        raw[label] = [values]
+        rows.append((label, mean_std([values]), 1))
     table = f"Protocol: `{prep.protocol}`\n\n" + markdown_table(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,8 @@ class Prepared:
     protocol: str
     fingerprint: str
     ranked: np.ndarray
+    content_key: str = "[]"
+    """:func:`content_key` of the config the spec's content features were built for."""
 
     @property
     def cold_start(self) -> bool:
@@ -120,10 +122,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     data = load_click_log(cfg.data)
     split = split_clicks(data.clicks, cfg.split)
     spec = build_feature_spec(split.train, data.items)
-    if any(name in cfg.item_tower.encoders for name in CONTENT_ENCODERS):
-        content, meta = build_content(spec.items, data.items, cfg.item_tower, resolve_artifact_dir,
-                                      cfg.item_tower.cache_dir)
-        spec = dataclasses.replace(spec, content=content, content_meta=meta)
     if split.cold_items is not None:
         if data.items is None:
             raise DataError(
@@ -144,7 +142,26 @@ def prepare(cfg: RunConfig) -> Prepared:
         data.source, data.clicks.height, len(spec.users), spec.num_items, len(spec.catalogue), len(ranked),
         len(val_set.user_ids), len(test_set.user_ids), time.perf_counter() - t0,
     )
-    return Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
+    prep = Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
+    return with_content(prep, cfg)
+
+
+def content_key(cfg: RunConfig) -> str:
+    """What the content features depend on: the text / image sections of the encoders in use."""
+    it = cfg.item_tower
+    return repr([(name, getattr(it, name)) for name in CONTENT_ENCODERS if name in it.encoders])
+
+
+def with_content(prep: Prepared, cfg: RunConfig) -> Prepared:
+    """``prep`` with the content features ``cfg.item_tower`` needs (text / image encoder outputs or
+    inputs, see :func:`recsys_cl.towers.content.build_content`); unchanged when it has them."""
+    key = content_key(cfg)
+    if key == prep.content_key:
+        return prep
+    content, meta = build_content(prep.spec.items, prep.clicks.items, cfg.item_tower, resolve_artifact_dir,
+                                  cfg.item_tower.cache_dir)
+    spec = dataclasses.replace(prep.spec, content=content, content_meta=meta)
+    return dataclasses.replace(prep, spec=spec, content_key=key)
 
 
 def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
@@ -203,7 +220,7 @@ def two_tower_score_fn(
 
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
     """Train, select on validation, test once, log everything. Returns the run summary."""
-    prep = prep or prepare(cfg)
+    prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg)})
     reporter.log_params(cfg.to_flat_dict())

@@ -10,10 +10,10 @@ TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "m
 
 
 def mean_std(runs: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_METRICS) -> dict[str, tuple[float, float]]:
-    """{metric: (mean, sample std)} over runs (std 0 for a single run)."""
+    """{metric: (mean, sample std)} over runs (std 0 for a single run); NaN where a run lacks it."""
     out = {}
     for k in keys:
-        vals = np.array([r[k] for r in runs], dtype=float)
+        vals = np.array([r.get(k, np.nan) for r in runs], dtype=float)
         out[k] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
     return out
 
@@ -28,7 +28,8 @@ def markdown_table(
     lines = [head, sep]
     for name, stats, n in rows:
         cells = [
-            f"{stats[k][0]:.4f}" + (f" ± {stats[k][1]:.4f}" if n > 1 else "") for k in keys
+            "n/a" if np.isnan(stats[k][0]) else f"{stats[k][0]:.4f}" + (f" ± {stats[k][1]:.4f}" if n > 1 else "")
+            for k in keys
         ]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -112,3 +112,26 @@ def test_missing_text_column_and_model_dir_are_clear_errors(tmp_path: Path, cold
     with pytest.raises(SystemExit, match=r"item_tower.text.pretrained='.*nowhere' cannot be loaded"):
         train_two_tower.main(_args(tmp_path, cold_data, "--set", "item_tower.encoders=[id,text]",
                                    "--set", f"item_tower.text.pretrained={tmp_path / 'nowhere'}"))
+
+
+def test_cold_start_ablation_table_has_the_reference_rows(tmp_path: Path, cold_data: dict[str, Path]) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "variants.yaml"
+    variants.write_text(
+        '"ID only": ["item_tower.encoders=[id]"]\n'
+        f'"ID + text": ["item_tower.encoders=[id,text]", "item_tower.text.pretrained={cold_data["encoder"]}"]\n'
+    )
+    args = [a for a in _args(tmp_path, cold_data, "--set", "train.epochs=1") if a != "--set"]
+    table = ablation.main(["--variants", str(variants), "--seeds", "0", "--out", str(tmp_path / "t.md"),
+                           *[x for a in args for x in ("--set", a)]])
+    lines = table.splitlines()
+    assert "catalogue=cold_items" in lines[0]
+    names = [line.split("|")[1].strip() for line in lines[4:]]
+    assert names == ["two-tower: ID only", "two-tower: ID + text", "Popularity (clicks before the test period)",
+                     "random ranking (exact expectation)"]
+    assert "n/a" in lines[-1]  # random: no MRR / coverage
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('"text": ["item_tower.encoders=[id,text]", "item_tower.text.columns=[title,plot]"]\n')
+    with pytest.raises(SystemExit, match="plot"):  # before any training
+        ablation.main(["--variants", str(bad), "--seeds", "0", *[x for a in args for x in ("--set", a)]])
