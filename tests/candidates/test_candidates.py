@@ -192,3 +192,31 @@ def test_no_clicks_in_window_is_a_clear_error(tmp_path: Path, loaded, clicks) ->
     with pytest.raises(CandidatesError, match=r"no clicks in the window .* spans 1997-09-22 \.\. 1997-09-23"):
         run(_cfg(tmp_path), clicks, loaded, date(2001, 1, 1))
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_sampled_recall_is_measured_on_the_delivered_lists(loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+    """An index exact in its top K but blind below it loses nothing on raw top-K queries, yet users
+    with seen items in their top K get short lists: the health figure must see that."""
+    from recsys_cl.candidates import Recommender, UserHistories, sampled_recall
+    from recsys_cl.index.base import SENTINEL_ID
+    from recsys_cl.train.steps import embed_items
+
+    k = 4
+
+    class TopKOnly(ExactIndex):
+        is_exact = False
+
+        def query(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            ids, scores = super().query(queries, n)
+            ids[:, k:], scores[:, k:] = SENTINEL_ID, -np.inf
+            return ids, scores
+
+    spec = loaded.spec
+    shallow = TopKOnly()
+    shallow.build(embed_items(loaded.model, spec.num_items).numpy(), spec.items.ids)
+    rec = Recommender(loaded.model, spec, shallow, k, 100, "v", "i")
+    users = np.unique(clicks["user_id"].to_numpy())
+    hist = UserHistories(clicks, spec)
+    r = sampled_recall(rec, hist, users, loaded.history_length, len(users), seed=0)
+    assert r["sample_users"] == len(users) and r["measured_on"].startswith("delivered")
+    assert r["recall_at_k"] < 0.9  # every user has seen items among their raw top 4
