@@ -15,7 +15,7 @@ $(STAMP): setup.cfg
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build on local disk; an unpinned torch pulls several GB of CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,ann,spark,baselines,image]'
+	$(PY) -m pip install --quiet -e '.[test,ann,spark,baselines,image,text]'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the project
