@@ -43,9 +43,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from recsys_cl.features.image import SimCLRTransform, check_images
-from recsys_cl.index.exact import ExactIndex
 from recsys_cl.losses import nt_xent_loss
 from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
+from recsys_cl.pretrain.neighbours import shared_label_recall_at_k
 from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
 
 log = logging.getLogger(__name__)
@@ -141,19 +141,8 @@ def same_class_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10)
 
     vectors: (N, D), L2-normalised so that inner product = cosine; labels: (N,).
     """
-    n = len(vectors)
-    k = min(k, n - 1)
-    if k < 1:
-        raise ValueError(f"recall@k needs at least 2 vectors, got {n}")
-    index = ExactIndex()
-    index.build(vectors, np.arange(n, dtype=np.int64))
-    ids, _ = index.query(vectors, k + 1)  # (N, K+1), usually the row itself first
-    rows = np.arange(n)[:, None]
-    not_self = ids != rows
-    # keep the first k neighbours that are not the query itself (a tie can move self off column 0)
-    keep = not_self & (np.cumsum(not_self, axis=1) <= k)
-    hits = (labels[np.where(keep, ids, 0)] == labels[:, None]) & keep
-    return float(hits.sum(axis=1).mean() / k)
+    one_hot = labels[:, None] == np.unique(labels)[None, :]  # (N, classes)
+    return shared_label_recall_at_k(vectors, one_hot, k)
 
 
 def evaluate(

@@ -1,0 +1,55 @@
+"""k-nearest-neighbour label agreement of frozen embeddings, shared by SimCLR and SimCSE evaluation.
+
+Letters: N vectors, D dim, K neighbours, L labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_cl.index.exact import ExactIndex
+
+
+def nearest_others(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each row's ``k`` nearest *other* rows by inner product (through :class:`ExactIndex`).
+
+    Args:
+        vectors: (N, D); L2-normalise them first for cosine neighbours.
+        k: neighbours per row, 1 <= k <= N - 1.
+
+    Returns:
+        ``(ids, keep)``, both (N, K + 1): ``ids`` are row numbers; ``keep`` marks the first ``k``
+        entries of each row that are not the row itself (a tie can move the row off column 0).
+    """
+    n = len(vectors)
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k nearest other rows needs 1 <= k <= N - 1, got k={k} and N={n}")
+    index = ExactIndex()
+    index.build(vectors, np.arange(n, dtype=np.int64))
+    ids, _ = index.query(vectors, k + 1)  # (N, K+1), usually the row itself first
+    not_self = ids != np.arange(n)[:, None]
+    keep = not_self & (np.cumsum(not_self, axis=1) <= k)
+    return ids, keep
+
+
+def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of each row's ``k`` nearest other rows that share at least one label with it.
+
+    With one label per row (one-hot ``labels``) this is same-class recall@k; with multi-hot labels
+    (e.g. a movie's genres) a neighbour counts when the two label sets intersect.
+
+    Args:
+        vectors: (N, D), L2-normalised so that inner product = cosine.
+        labels: (N, L) bool multi-hot; rows without any label count as misses, so drop them first.
+        k: neighbours per row; clipped to N - 1.
+    """
+    n = len(vectors)
+    if labels.shape[0] != n or labels.ndim != 2:
+        raise ValueError(f"labels must be (N, L) with N={n} rows, got shape {labels.shape}")
+    if n < 2:
+        raise ValueError(f"recall@k needs at least 2 vectors, got {n}")
+    k = min(k, n - 1)
+    ids, keep = nearest_others(vectors, k)  # (N, K+1)
+    labels = labels.astype(bool)
+    shared = (labels[ids] & labels[:, None, :]).any(axis=2)  # (N, K+1)
+    return float((shared & keep).sum(axis=1).mean() / k)
