@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,39 @@ def test_cold_start_ablation_table_has_the_reference_rows(tmp_path: Path, cold_d
     bad.write_text('"text": ["item_tower.encoders=[id,text]", "item_tower.text.columns=[title,plot]"]\n')
     with pytest.raises(SystemExit, match="plot"):  # before any training
         ablation.main(["--variants", str(bad), "--seeds", "0", *[x for a in args for x in ("--set", a)]])
+
+
+def test_image_tower_ranks_cold_items_on_a_fashion_style_log(tmp_path: Path) -> None:
+    """Items are tiny images whose class is a bright row; a (random-init, frozen) CNN separates
+    them, so the image tower ranks never-clicked items of the user's preferred classes."""
+    from recsys_cl.data.fashion_clicks import FashionClicksConfig, fashion_clicks_meta, generate_fashion_clicks
+    from recsys_cl.data.fashion_clicks import write_fashion_clicks
+    from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
+    from recsys_cl.pretrain.simclr import build_encoder, save_encoder
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 100)
+    images = (rng.random((len(labels), 1, 8, 8)) * 40).astype(np.uint8)
+    images[np.arange(len(labels)), 0, labels, :] = 255  # class c: row c lit
+    cfg = FashionClicksConfig(num_items=800, num_users=300, clicks_per_user=20, seed=0)
+    clicks, items = generate_fashion_clicks(images, labels, cfg)
+    data = tmp_path / "fc"
+    write_fashion_clicks(data, clicks, items, fashion_clicks_meta(clicks, items, cfg, (1, 8, 8)))
+    torch.manual_seed(0)
+    sim = SimCLRConfig(model=EncoderConfig(widths=(8, 16)))
+    encoder = save_encoder(build_encoder(sim.model), sim, tmp_path / "encoder")
+    args = [
+        "--set", "data.format=parquet", "--set", f"data.path={data / 'clicks.parquet'}",
+        "--set", f"data.items_path={data / 'items.parquet'}", "--set", "split.kind=cold_start",
+        "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", f"train.checkpoint_dir={tmp_path / 'ck'}",
+        "--set", "train.progress=false", "--set", "train.epochs=5", "--set", "train.batch_size=256",
+        "--set", "train.lr=0.01", "--set", "model.embedding_dim=16", "--set", "user_tower.history_length=10",
+        "--set", "item_tower.encoders=[id,image]", "--set", "item_tower.id_dropout=0.5",
+        "--set", f"item_tower.image.pretrained={encoder}", "--set", "item_tower.image.shape=[1,8,8]",
+        "--set", "item_tower.cache_dir=null",
+    ]
+    summary = train_two_tower.main(args)
+    test, rand = summary["test_metrics"], summary["random_metrics"]
+    assert test["recall@20"] > 2 * rand["recall@20"], (test, rand)
+    with pytest.raises(SystemExit, match=r"its image has 64 values, expected C\*H\*W = 784"):
+        train_two_tower.main(args + ["--set", "item_tower.image.shape=[1,28,28]"])
