@@ -50,14 +50,14 @@ def run(
         batch = hist.batch(np.sort(sample), loaded.history_length)
         queries = embed_users(loaded.model, *_windows_and_index(batch)).numpy()
         seen = np.diff(batch.seen_offsets)
-        extra = int(min(np.median(seen), cfg.max_extra_fetch)) if len(seen) else 0
+        fetch_extra = int(min(np.median(seen), cfg.max_extra_fetch)) if len(seen) else 0
         index, index_id, reason = build_index_in_memory(
-            cfg.backend, loaded, queries, cfg.k, fetch_extra=extra
+            cfg.backend, loaded, queries, cfg.k, fetch_extra=fetch_extra
         )
     if hasattr(index, "n_jobs"):
         index.n_jobs = cfg.n_workers  # Annoy: threads over queries (it releases the GIL)
     rec = Recommender(loaded.model, loaded.spec, index, cfg.k, cfg.max_extra_fetch, loaded.version_label, index_id)
-    extra = {
+    extra: dict[str, Any] = {
         "backend_reason": reason,
         "model_uri": loaded.model_uri,
         "model_name": loaded.provenance.get("model_name"),

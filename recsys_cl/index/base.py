@@ -219,6 +219,8 @@ class Index(ABC):
 
     name: ClassVar[str] = "base"
     is_exact: ClassVar[bool] = False
+    tuning_knob: ClassVar[str] = ""
+    """Approximate indexes: the speed/recall knob :func:`recsys_cl.index.tuning.tune` raises."""
 
     def __init__(self) -> None:
         self.manifest: Manifest | None = None

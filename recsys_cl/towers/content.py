@@ -140,7 +140,7 @@ def load_pretrained_weights(model: nn.Module, spec_meta: dict[str, Any], resolve
     for name, info in spec_meta.items():
         if info.get("mode") != "trainable":
             continue
-        module = model.item_tower.encoders[name]  # type: ignore[index, union-attr]
+        module: Any = model.item_tower.encoders[name]  # type: ignore[index, union-attr]
         src = _load_encoder(name, resolve(info["source"]) if info["source"] else None)[0]
         target = module.encoder.encoder if name == "image" else module.encoder
         target.load_state_dict(src.state_dict())
