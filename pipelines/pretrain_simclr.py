@@ -16,17 +16,14 @@ The summary (--summary-json) is {"run_id", "encoder_uri", "metrics": {"linear_pr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from recsys_cl.config import ConfigError, flatten, load_config
+from pipelines.pretrain_cli import load_config_or_exit, parse_args, write_summary
+from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
 from recsys_cl.pretrain.config import SimCLRConfig
@@ -37,28 +34,9 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simclr.yaml"
 log = logging.getLogger("pipelines.pretrain_simclr")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.pretrain_simclr",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--summary-json", metavar="PATH",
-                   help="write {run_id, encoder_uri, metrics, baseline_metrics} to PATH")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, SimCLRConfig, overrides=args.set)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    args = parse_args(argv, "python -m pipelines.pretrain_simclr", __doc__, DEFAULT_CONFIG)
+    cfg = load_config_or_exit(args, SimCLRConfig)
     size = tuple(cfg.data.image_size)
     try:  # before the run opens: bad data leaves no FAILED run behind
         train_x, train_y = load_fashion_mnist(cfg.data.path, "train", size)
@@ -83,9 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sizes": result["sizes"],
         }
         run.log_dict(summary, "summary.json")
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    write_summary(args.summary_json, summary)
     _print_summary(summary, resolve_tracking_uri(cfg.tracking))
     return summary
 
