@@ -3,7 +3,7 @@ evaluated against the encoder before SimCSE, logged to MLflow.
 
 Examples:
     python -m pipelines.pretrain_simcse --summary-json runs/simcse_summary.json
-    python -m pipelines.pretrain_simcse --set eval.split=validation --set train.lr=0.00001
+    python -m pipelines.pretrain_simcse --set eval.split=validation --set train.lr=0.00003
     python -m pipelines.pretrain_simcse --set data.extra_text=null --set data.max_texts=0 --set train.epochs=2
     python -m pipelines.pretrain_simcse --set model.path=runs/simcse/<run_id>/encoder \
         --set tracking.uri=sqlite:///other.db
