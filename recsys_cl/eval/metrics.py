@@ -70,7 +70,7 @@ def reciprocal_rank(best_rank: np.ndarray) -> np.ndarray:
     """1 / rank of the best-ranked target (full ranking), 0 where ``best_rank`` is 0 (no target
     could be ranked). (U,)"""
     r = np.asarray(best_rank, dtype=np.float64)
-    if np.any(r < 0):
+    if np.any(r < 0) or np.any((r > 0) & (r < 1)):
         raise ValueError("best_rank must be >= 1 (or 0 for 'no rankable target')")
     return np.divide(1.0, r, out=np.zeros(len(r)), where=r > 0)
 

@@ -221,7 +221,9 @@ def evaluate(
     Returns:
         ``{"recall@10": ..., "ndcg@10": ..., "hit_rate@10": ..., "coverage@10": ..., "mrr": ...,
         "n_users": ..., "n_skipped_users": ...}``. MRR uses the full rank of the best-ranked target
-        (1 + unmasked items scoring strictly higher), 0 for users without a rankable target.
+        (1 + unmasked items scoring strictly higher; items tied with it count at their expected
+        position under a random tie-break, so a constant score cannot earn rank 1), 0 for users
+        without a rankable target.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] < 1:
@@ -238,7 +240,7 @@ def evaluate(
 
     hits = np.zeros((n_users, k_max), dtype=bool)
     top_items = np.zeros((n_users, k_max), dtype=np.int64)
-    best_rank = np.zeros(n_users, dtype=np.int64)
+    best_rank = np.zeros(n_users, dtype=np.float64)
     for start in range(0, n_users, batch_size):
         rows = np.arange(start, min(start + batch_size, n_users))
         scores = _to_numpy(score_fn(rows))  # (b, M)
@@ -257,7 +259,12 @@ def evaluate(
 
         best = np.where(target, scores, -np.inf).max(axis=1)  # (b,) masked targets are -inf
         higher = (scores > best[:, None]).sum(axis=1)
-        best_rank[rows] = np.where(best > -np.inf, 1 + higher, 0)
+        tied = scores == best[:, None]  # (b, M) includes the best target itself
+        n_tied, t_tied = tied.sum(axis=1), (tied & target).sum(axis=1)
+        # ties are broken at random: the first of t_tied targets among n_tied tied items sits
+        # at expected position (n_tied + 1) / (t_tied + 1) of the tied block
+        rank = higher + (n_tied + 1) / np.maximum(t_tied + 1, 2)
+        best_rank[rows] = np.where(best > -np.inf, rank, 0.0)
 
     out: dict[str, float] = {}
     for k in ks:

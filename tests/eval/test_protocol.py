@@ -134,10 +134,23 @@ def test_duplicate_clicks_count_once():
     assert interaction_matrix(train, users, items).toarray().tolist() == [[1, 1, 0], [0, 0, 1]]
 
 
-def test_mrr_uses_strictly_higher_scores():
-    es = random_eval_set(n_users=4, n_items=10)
-    out = evaluate(lambda rows: np.zeros((len(rows), 10), np.float32), es)  # all tied -> rank 1
-    assert out["mrr"] == 1.0
+def test_mrr_breaks_ties_at_their_expected_position():
+    """A constant score must not earn rank 1: tied items count at their expected position."""
+    def one_user(target_cols):
+        hist = sp.csr_matrix((1, 4), dtype=np.float32)
+        tgt = sp.csr_matrix((np.ones(len(target_cols), np.float32), ([0] * len(target_cols), target_cols)),
+                            shape=(1, 4))
+        return EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([len(target_cols)]), "p")
+
+    const = lambda rows: np.zeros((len(rows), 4), np.float32)  # noqa: E731
+    assert evaluate(const, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 2.5)  # (4 + 1) / 2
+    assert evaluate(const, one_user([1, 3]), ks=(1,))["mrr"] == pytest.approx(3 / 5)  # (4 + 1) / 3
+    # one item strictly higher, the target tied with one other: 1 + (2 + 1) / 2 = 2.5
+    scores = lambda rows: np.array([[3.0, 1.0, 1.0, 0.0]], np.float32)  # noqa: E731
+    assert evaluate(scores, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 2.5)
+    # no ties: plain 1 / (1 + strictly higher)
+    distinct = lambda rows: np.array([[3.0, 1.0, 2.0, 0.0]], np.float32)  # noqa: E731
+    assert evaluate(distinct, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 3)
 
 
 def test_bad_score_fn_output_raises():
