@@ -84,13 +84,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{late['share_of_test_period_clicks']:.1%} of test-period clicks and "
           f"{late['before_val_cutoff']} clicks before the validation cutoff.")
     print(
-        "\nTrain on it (temporal split; the image tower carries the late items; pretrain the encoder\n"
+        "\nTrain on it (cold-start split: late items are ranked from their images; pretrain the encoder\n"
         "first with python -m pipelines.pretrain_simclr --summary-json runs/simclr_summary.json):\n"
         f"  python -m pipelines.train_two_tower --set data.format=parquet \\\n"
         f"    --set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet \\\n"
-        "    --set split.kind=temporal --set 'item_tower.encoders=[id,image]' \\\n"
+        "    --set split.kind=cold_start --set 'item_tower.encoders=[id,image]' --set item_tower.id_dropout=0.5 \\\n"
         "    --set item_tower.image.pretrained=runs:/<simclr_run_id>/encoder\n"
-        "An ID-only baseline: the same with --set 'item_tower.encoders=[id]'."
+        "An ID-only baseline: the same with --set 'item_tower.encoders=[id]'; the README's table:\n"
+        "  python -m pipelines.ablation --variants pipelines/configs/ablations/fashion_cold_start.yaml ..."
     )
     return meta
 
