@@ -40,7 +40,8 @@ sweep: $(STAMP)  ## loss.kind x loss.temperature grid as nested MLflow runs + ba
 screenshots: $(STAMP)  ## refresh docs/img/mlflow_compare.png from the browser test
 	RECSYS_CL_SCREENSHOT_DIR=docs/img $(PY) -m pytest -q tests/ui
 
-test: $(STAMP)  ## run the test suite (fast tests; slow ones need --runslow)
+test: $(STAMP)  ## type-check the library, then run the test suite (fast tests; slow ones need --runslow)
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)  ## include slow tests
