@@ -172,3 +172,20 @@ def test_image_tower_ranks_cold_items_on_a_fashion_style_log(tmp_path: Path) -> 
     assert test["recall@20"] > 2 * rand["recall@20"], (test, rand)
     with pytest.raises(SystemExit, match=r"its image has 64 values, expected C\*H\*W = 784"):
         train_two_tower.main(args + ["--set", "item_tower.image.shape=[1,28,28]"])
+
+
+def test_fine_tuned_text_encoder_trains_inside_the_tower(tmp_path: Path, cold_data: dict[str, Path]) -> None:
+    from recsys_cl.towers.text_encoder import load_text_encoder
+
+    summary = train_two_tower.main(_args(
+        tmp_path, cold_data, "--set", "item_tower.encoders=[id,text]", "--set", "item_tower.text.trainable=true",
+        "--set", f"item_tower.text.pretrained={cold_data['encoder']}", "--set", "train.epochs=1",
+        "--set", "train.batch_size=512",
+    ))
+    model, spec, _ = load_model_dir(resolve_model_dir(summary["model_uri"], None))
+    assert spec.content_meta["text"]["mode"] == "trainable" and "text" not in spec.content
+    tuned = model.item_tower.encoders["text"].encoder.state_dict()
+    start = load_text_encoder(cold_data["encoder"])[0].state_dict()
+    assert tuned.keys() == start.keys()
+    changed = [k for k in start if not torch.equal(start[k], tuned[k])]
+    assert len(changed) > len(start) // 2  # the transformer itself was fine-tuned
