@@ -346,6 +346,7 @@ def _store(cache_dir: str | None, key: str, feats: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key}.", suffix=".npy")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         np.save(tmp, feats)
         os.replace(tmp, d / f"{key}.npy")
     finally:
