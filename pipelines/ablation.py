@@ -22,7 +22,13 @@ import yaml
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import markdown_table, mean_std
-from recsys_cl.experiment import prepare, require_warm_split, run_baseline, run_two_tower, with_content
+from recsys_cl.experiment import (
+    prepare,
+    require_warm_split,
+    run_baseline,
+    run_two_tower,
+    with_content,
+)
 from recsys_cl.tracking import mlflow_run
 
 CONFIGS = Path(__file__).parent / "configs"

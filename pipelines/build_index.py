@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipelines.cli import base_parser, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, log_index
 
@@ -29,19 +30,12 @@ log = logging.getLogger("pipelines.build_index")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.build_index",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = base_parser("python -m pipelines.build_index", __doc__, DEFAULT_CONFIG,
+                    "write the manifest and run id to PATH", "index.backend=annoy")
     p.add_argument("--model", required=True,
                    help="model directory, runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML run config (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set index.backend=annoy (repeatable)")
     p.add_argument("--out", help="index directory (default: index.output_dir from the config)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
-    p.add_argument("--summary-json", metavar="PATH", help="write the manifest and run id to PATH")
     return p.parse_args(argv)
 
 
@@ -59,9 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_id = None if args.no_mlflow else log_index(build, cfg.tracking, cfg.index)
     m = build.manifest
     summary = {"index_dir": str(build.directory), "run_id": run_id, "manifest": json.loads(m.to_json())}
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    write_summary(args.summary_json, summary)
     print(f"\nindex: {build.directory}   backend: {m.backend} {m.params}")
     print(f"items: {m.item_count}   dim: {m.embedding_dim}   model: {m.model_uri} (version {m.model_version})")
     if m.recall_at_k is not None:

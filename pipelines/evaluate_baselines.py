@@ -12,29 +12,22 @@ Hyperparameters (EASE lambda, ItemKNN k) are chosen on validation NDCG@10, never
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from pipelines.cli import base_parser, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import require_warm_split, prepare, run_baseline
+from recsys_cl.experiment import prepare, require_warm_split, run_baseline
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.evaluate_baselines",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML run config (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set 'baselines.models=[ease]' (repeatable)")
-    p.add_argument("--summary-json", metavar="PATH", help="write a list of per-baseline summaries")
+    p = base_parser("python -m pipelines.evaluate_baselines", __doc__, DEFAULT_CONFIG,
+                    "write a list of per-baseline summaries", "'baselines.models=[ease]'")
     return p.parse_args(argv)
 
 
@@ -56,9 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         m = summaries[-1]["test_metrics"]
         print(f"{name:>10s} {summaries[-1]['params']}: recall@20 {m['recall@20']:.4f} "
               f"ndcg@20 {m['ndcg@20']:.4f}")
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summaries, indent=2, default=str))
+    write_summary(args.summary_json, summaries)
     print(f"protocol: {prep.protocol}\nopen the UI:  mlflow ui --backend-store-uri "
           f"{resolve_tracking_uri(cfg.tracking)}")
     return summaries

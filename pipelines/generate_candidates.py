@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli import write_summary
 from recsys_cl.candidates import (
     CandidatesError,
     active_users,
@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     except INPUT_ERRORS as e:
         raise SystemExit(f"candidates error: {e}") from None
     summary = {**result.manifest, "partition": str(result.partition)}
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    write_summary(args.summary_json, summary)
     print(f"candidates: {result.partition}  ({summary['rows']} rows for {summary['users_served']} of "
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")

@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.generate_candidates import INPUT_ERRORS, add_common_args, load_run_config, log_result
+from pipelines.cli import write_summary
+from pipelines.generate_candidates import (
+    INPUT_ERRORS,
+    add_common_args,
+    load_run_config,
+    log_result,
+)
 from recsys_cl.candidates import (
     HealthCheckError,
     active_users,
@@ -41,7 +46,12 @@ from recsys_cl.candidates import (
     run,
 )
 from recsys_cl.data.io import load_click_log
-from recsys_cl.index.base import IndexLoadError, IndexMismatchError, check_compatible, load_index
+from recsys_cl.index.base import (
+    IndexLoadError,
+    IndexMismatchError,
+    check_compatible,
+    load_index,
+)
 from recsys_cl.tracking import AliasNotFoundError, mlflow_run, resolve_model_alias
 
 log = logging.getLogger("pipelines.nightly")
@@ -121,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     except INPUT_ERRORS as e:
         raise SystemExit(f"nightly error: {e}") from None
     summary = {**result.manifest, "partition": str(result.partition)}
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    write_summary(args.summary_json, summary)
     print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.pretrain_cli import load_config_or_exit, parse_args, write_summary
+from pipelines.cli import load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.pretrain.config import SimCSEConfig

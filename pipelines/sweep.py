@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli import write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
@@ -129,9 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 **{f"best/{m}": best[m] for m in frame.columns if m.startswith("test/")}})
     summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]),
                "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    write_summary(args.summary_json, summary)
     print(table)
     print(f"\nparent run: {parent.run_id}  ({len(rows)} child runs; filter: tags.sweep_id = '{parent.run_id}')")
     print(f"open the UI:  mlflow ui --backend-store-uri {resolve_tracking_uri(base.tracking)}")

@@ -22,11 +22,11 @@ mid-training resumes from its last epoch when rerun with the same config (train.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from pipelines.cli import base_parser, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
@@ -38,17 +38,8 @@ log = logging.getLogger("pipelines.train_two_tower")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.train_two_tower",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG),
-                   help="YAML run config (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set loss.temperature=0.1 (repeatable)")
-    p.add_argument("--summary-json", metavar="PATH",
-                   help="write {run_id, model_uri, protocol, test_metrics, ...} to PATH")
+    p = base_parser("python -m pipelines.train_two_tower", __doc__, DEFAULT_CONFIG,
+                    "write {run_id, model_uri, protocol, test_metrics, ...} to PATH", "loss.temperature=0.1")
     return p.parse_args(argv)
 
 
@@ -78,9 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             dist.destroy()
     if not is_main:
         return summary
-    if args.summary_json:
-        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    write_summary(args.summary_json, summary)
     _print_summary(summary, resolve_tracking_uri(cfg.tracking))
     return summary
 

@@ -1,0 +1,60 @@
+"""Command-line plumbing shared by the pipelines.
+
+Every pipeline takes ``--config``, repeatable ``--set section.key=value`` and ``--summary-json PATH``
+(:func:`base_parser`), turns a bad config into ``SystemExit("config error: ...")``
+(:func:`load_config_or_exit`) and writes its summary with :func:`write_summary`. The pretraining
+pipelines also pin torch's threads to ``train.num_threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from recsys_cl.config import ConfigError, load_config
+
+T = TypeVar("T")
+
+
+def base_parser(
+    prog: str, doc: str | None, default_config: Path,
+    summary_help: str = "write the run summary (JSON) to PATH",
+    set_example: str = "train.epochs=2",
+) -> argparse.ArgumentParser:
+    """A parser with ``--config``, ``--set`` and ``--summary-json``; add the pipeline's own flags to it."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(default_config), help="YAML config (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config key, e.g. --set {set_example} (repeatable)")
+    p.add_argument("--summary-json", metavar="PATH", help=summary_help)
+    return p
+
+
+def parse_args(argv: list[str] | None, prog: str, doc: str | None, default_config: Path) -> argparse.Namespace:
+    """The pretraining pipelines' arguments (no flags of their own)."""
+    return base_parser(prog, doc, default_config,
+                       "write {run_id, encoder_uri, metrics, baseline_metrics, ...} to PATH").parse_args(argv)
+
+
+def load_config_or_exit(args: argparse.Namespace, cls: type[T], set_threads: bool = True) -> T:
+    """The validated config of ``--config`` + ``--set``; with ``set_threads``, torch's threads are set
+    to ``train.num_threads`` (0 = keep torch's default)."""
+    try:
+        cfg = load_config(args.config, cls, overrides=args.set)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    threads = getattr(getattr(cfg, "train", None), "num_threads", 0) if set_threads else 0
+    if threads:
+        torch.set_num_threads(threads)
+    return cfg
+
+
+def write_summary(path: str | None, summary: Any) -> None:
+    """Write ``summary`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(summary, indent=2, default=str))
