@@ -45,6 +45,16 @@ def test_override_types_and_nesting() -> None:
     assert cfg.data.min_rating == 4.0 and cfg.data.columns.rating == "score"
 
 
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 3e-4 as the string '3e-4'; float fields accept it, in files and --set
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 3e-4\n")
+    assert load_config(p, RunConfig).train.lr == 3e-4
+    assert load_config(None, RunConfig, ["train.lr=1E-3", "loss.temperature=5e-2"]).train.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"train\.lr must be a number, got '3e-4x'"):
+        load_config(None, RunConfig, ["train.lr=3e-4x"])
+
+
 def test_unknown_key_names_full_path(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("loss:\n  temprature: 0.1\n")
