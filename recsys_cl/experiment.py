@@ -121,6 +121,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     t0 = time.perf_counter()
     data = load_click_log(cfg.data)
     split = split_clicks(data.clicks, cfg.split)
+    data = as_of_training_cutoff(data, split)
     spec = build_feature_spec(split.train, data.items)
     if split.cold_items is not None:
         if data.items is None:
@@ -144,6 +145,21 @@ def prepare(cfg: RunConfig) -> Prepared:
     )
     prep = Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
     return with_content(prep, cfg)
+
+
+def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:
+    """``data`` with the item table as known at the split's training cutoff (tags applied before it).
+
+    Time-ordered splits only (``split.train_end``); leave_last_out has a cutoff per user, so the
+    item table keeps every tag there (see README, "Protocols").
+    """
+    if split.train_end is None or data.item_tags is None:
+        return data
+    items = data.items_as_of(split.train_end)
+    kept = int((data.item_tags["timestamp"] < split.train_end).sum())
+    log.info("item tags: %d of %d applied before the training cutoff are used (item text as of then)",
+             kept, data.item_tags.height)
+    return dataclasses.replace(data, items=items)
 
 
 def content_key(cfg: RunConfig) -> str:

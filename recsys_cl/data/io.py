@@ -25,6 +25,7 @@ from recsys_cl.data.validate import (  # noqa: F401  (validate_clicks re-exporte
     LINE,
     _as_int,
     _check_items_cover_clicks,
+    _fail,
     _validate_clicks,
     validate_clicks,
     validate_items,
@@ -51,13 +52,30 @@ class ClickLog:
             timestamps).
         items: ``item_id`` (same dtype as in ``clicks``, unique) plus optional ``title`` (String),
             ``genres`` / ``tags`` (List(String)) and other columns; None when the source has no item
-            table. Every clicked item is in it.
+            table. Every clicked item is in it. ``tags`` holds every tag ever applied; see
+            :meth:`items_as_of` for the tags known at a given time.
         source: where the clicks came from, e.g. ``movielens-latest:data/ml-latest-small``.
+        item_tags: the time-stamped tags behind ``items["tags"]``, one row per application:
+            ``item_id``, ``tag`` (stripped, lower-cased), ``timestamp`` (Int64 unix seconds); None
+            when the source has no tag file (MovieLens ``tags.csv``).
     """
 
     clicks: pl.DataFrame
     items: pl.DataFrame | None
     source: str
+    item_tags: pl.DataFrame | None = None
+
+    def items_as_of(self, cutoff: int | None) -> pl.DataFrame | None:
+        """The item table with ``tags`` rebuilt from the tags applied strictly before ``cutoff``.
+
+        Tags are user actions with timestamps: a time-ordered evaluation must not read an item's
+        text from tags applied after its training cutoff (for a cold item, every tag comes from the
+        period the model is tested on). Titles, genres and other columns are catalogue metadata
+        and are kept as they are. ``cutoff=None`` or a source without tags returns ``items``.
+        """
+        if cutoff is None or self.items is None or self.item_tags is None:
+            return self.items
+        return _with_tags(self.items.drop("tags", strict=False), self.item_tags.filter(pl.col("timestamp") < cutoff))
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,6 +112,11 @@ def load_click_log(cfg: DataConfig) -> ClickLog:
     clicks = _validate_clicks(
         clicks, clicks_file, names, cfg.timestamp_unit, cfg.drop_duplicates, ids_must_be_int, numeric_ts
     )
+    item_tags = None
+    if fmt == "ml-latest" and items is not None and (path / "tags.csv").is_file():
+        item_tags = _read_tags(path / "tags.csv")
+        items = _with_tags(items.with_columns(_as_int(items, "item_id", items_file or "item table",
+                                                      {"item_id": "movieId"})), item_tags)
     if items is not None:
         items = validate_items(items, items_file or "item table", id_dtype=clicks["item_id"].dtype)
         _check_items_cover_clicks(clicks, items, clicks_file, items_file or "item table")
@@ -114,7 +137,7 @@ def load_click_log(cfg: DataConfig) -> ClickLog:
         pl.int_range(pl.len(), dtype=pl.Int64).alias("row_order")  # renumber after dropped rows
     )
     log.info("loaded %s: %d clicks (%.2fs)", source, clicks.height, time.perf_counter() - t0)
-    return ClickLog(clicks=clicks, items=items, source=source)
+    return ClickLog(clicks=clicks, items=items, source=source, item_tags=item_tags)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,23 +188,36 @@ def _read_ml_latest(folder: Path) -> _Read:
         _read_csv(movies, infer=False),
         {"item_id": "movieId", "title": "title", "genres": "genres"}, str(movies), fix,
     ).with_columns(_split_genres(pl.col("genres")))
-    tags_file = folder / "tags.csv"
-    if tags_file.is_file():
-        tags = _select(_read_csv(tags_file, infer=False), {"item_id": "movieId", "tag": "tag"},
-                       str(tags_file), "expected the MovieLens header userId,movieId,tag,timestamp")
-        tags = (
-            tags.with_columns(_as_int(tags, "item_id", str(tags_file), {"item_id": "movieId"}))
-            .with_columns(pl.col("tag").str.strip_chars().str.to_lowercase())
-            .filter(pl.col("tag").is_not_null() & (pl.col("tag") != ""))
-            .group_by("item_id")
-            .agg(pl.col("tag").unique().sort().alias("tags"))
-        )
-        items = (
-            items.with_columns(_as_int(items, "item_id", str(movies), {"item_id": "movieId"}))
-            .join(tags, on="item_id", how="left")
-            .with_columns(pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))))
-        )
     return clicks, str(ratings), items, str(movies), names
+
+
+def _read_tags(tags_file: Path) -> pl.DataFrame:
+    """MovieLens ``tags.csv`` -> ``item_id`` (Int64), ``tag`` (stripped, lower-cased), ``timestamp`` (Int64).
+
+    Empty tags are dropped; the line index is kept for error messages until the ids are checked.
+    """
+    names = {"item_id": "movieId", "tag": "tag", "timestamp": "timestamp"}
+    file = str(tags_file)
+    raw = _select(_read_csv(tags_file, infer=False), names, file,
+                  "expected the MovieLens header userId,movieId,tag,timestamp")
+    ts = raw["timestamp"].str.strip_chars().cast(pl.Int64, strict=False)
+    _fail(raw, ts.is_null(), file, "timestamp", "values that are not integer unix seconds",
+          "every tag needs the time it was applied (MovieLens writes unix seconds); fix or remove those rows",
+          names)
+    return (
+        raw.with_columns(_as_int(raw, "item_id", file, names), ts,
+                         pl.col("tag").str.strip_chars().str.to_lowercase())
+        .filter(pl.col("tag").is_not_null() & (pl.col("tag") != ""))
+        .select("item_id", "tag", "timestamp")
+    )
+
+
+def _with_tags(items: pl.DataFrame, item_tags: pl.DataFrame) -> pl.DataFrame:
+    """``items`` (Int64 ``item_id``) plus ``tags``: each item's distinct tags in ``item_tags``, sorted."""
+    tags = item_tags.group_by("item_id").agg(pl.col("tag").unique().sort().alias("tags"))
+    return items.join(tags, on="item_id", how="left", maintain_order="left").with_columns(
+        pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    )
 
 
 def _read_ml_ratings(data: Path, sep: str, fmt: str) -> tuple[pl.DataFrame, dict[str, str]]:

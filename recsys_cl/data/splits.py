@@ -17,6 +17,7 @@ test: train + val, see :meth:`Split.test_history`) holds only clicks strictly be
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -47,6 +48,9 @@ class Split:
     protocol: str
     cold_items: pl.Series | None = None
     """``cold_start`` only: ids of the items with no training click (the ranked set's clicked part)."""
+    train_end: int | None = None
+    """``temporal`` / ``cold_start``: the cutoff ``t_val`` (every training click is before it), the
+    time as of which item content that changes over time (tags) is read; None for leave_last_out."""
 
     def val_targets(self) -> pl.DataFrame:
         """The validation targets: ``val``, restricted to cold items for ``cold_start``."""
@@ -143,7 +147,7 @@ def _cold_start(clicks: pl.DataFrame, val_q: float, test_q: float) -> Split:
     later = pl.concat([base.val.select("item_id"), base.test.select("item_id")]).unique()
     cold = later.join(warm, on="item_id", how="anti")["item_id"].sort()
     protocol = base.protocol.replace("temporal(", "cold_start(", 1)
-    return Split(train=base.train, val=base.val, test=base.test, protocol=protocol, cold_items=cold)
+    return dataclasses.replace(base, protocol=protocol, cold_items=cold)
 
 
 def _temporal(clicks: pl.DataFrame, val_q: float, test_q: float) -> Split:
@@ -158,4 +162,4 @@ def _temporal(clicks: pl.DataFrame, val_q: float, test_q: float) -> Split:
     test = clicks.filter(pl.col("timestamp") >= t_test)
     test = test.join(known, on="user_id", how="semi", maintain_order="left")
     protocol = f"temporal(val>={_iso(t_val)},test>={_iso(t_test)},q={val_q:g}/{test_q:g})"
-    return Split(train=train, val=val, test=test, protocol=protocol)
+    return Split(train=train, val=val, test=test, protocol=protocol, train_end=t_val)

@@ -71,6 +71,8 @@ def test_bundled_ml_latest_small() -> None:
     quoted = log.items.filter(pl.col("item_id") == 11)["title"][0]
     assert quoted == "American President, The (1995)"  # quoted title with a comma
     assert all(t == t.lower() for tags in log.items["tags"] for t in tags)
+    assert log.item_tags is not None and log.item_tags.height == 3_683  # one row per tag application
+    assert dict(log.item_tags.schema) == {"item_id": pl.Int64, "tag": pl.String, "timestamp": pl.Int64}
 
 
 def test_ml_100k_fixture_latin1_and_genre_flags() -> None:
@@ -271,3 +273,29 @@ def test_validate_clicks_direct_call_reports_row() -> None:
     df = pl.DataFrame({"user_id": [1, 2], "item_id": [1, None], "timestamp": [10, 11]})
     with pytest.raises(DataError, match=r"events.parquet: column 'item_id' has 1 null values .*row 1"):
         validate_clicks(df, "events.parquet")
+
+
+TAGS = "userId,movieId,tag,timestamp\n1,1, Funny ,100\n2,1,dark,300\n2,2,slow,200\n3,1,funny,400\n"
+
+
+def test_tags_keep_their_timestamps_and_items_as_of_a_cutoff(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,3.0,20\n")
+    write(folder / "tags.csv", TAGS)
+    log = load_click_log(DataConfig(path=str(folder)))
+    assert log.items is not None and log.items["tags"].to_list() == [["dark", "funny"], ["slow"]]
+    assert log.item_tags is not None and log.item_tags.height == 4
+    as_of = log.items_as_of(300)  # strictly before 300: 'dark' (300) is not known yet
+    assert as_of is not None and as_of["tags"].to_list() == [["funny"], ["slow"]]
+    assert as_of.drop("tags").equals(log.items.drop("tags"))  # title, genres: unchanged, same order
+    early = log.items_as_of(150)
+    assert early is not None and early["tags"].to_list() == [["funny"], []]
+    assert log.items_as_of(None) is log.items
+
+
+def test_malformed_tag_timestamp_is_a_clear_error(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n")
+    write(folder / "tags.csv", "userId,movieId,tag,timestamp\n1,1,fun,100\n1,1,odd,yesterday\n")
+    raises(DataConfig(path=str(folder)), "tags.csv: column 'timestamp'", "not integer unix seconds",
+           "first at line 3", "timestamp='yesterday'")
+    write(folder / "tags.csv", "userId,movieId,tag\n1,1,fun\n")
+    raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "userId,movieId,tag,timestamp")

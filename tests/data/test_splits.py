@@ -137,6 +137,7 @@ def test_cold_start_hand_worked() -> None:
     assert s.test_history()["item_id"].to_list() == [1, 2, 3, 4, 5, 1, 7]
     assert s.protocol.startswith("cold_start(val>=1970-01-01T00:00:06Z")
     assert s.sizes()["cold_items_clicked"] == 2 and s.sizes()["test_clicks"] == 2
+    assert s.train_end == 6  # t_val: item content is read as of this time
     assert_no_leakage(clicks, s)
 
 
@@ -154,3 +155,11 @@ def test_cold_start_without_cold_clicks_is_a_clear_error() -> None:
     clicks = frame([(1, 1, t) for t in range(1, 11)])  # one item, always warm
     with pytest.raises(DataError, match="no validation targets.*cold_start needs clicks after the cutoffs"):
         split_clicks(clicks, COLD)
+
+
+def test_train_end_is_the_training_cutoff_of_time_ordered_splits_only() -> None:
+    clicks = frame([(1, i, i) for i in range(1, 11)] + [(2, i, i + 10) for i in range(1, 11)])
+    temporal = split_clicks(clicks, SplitConfig(kind="temporal", val_quantile=0.6, test_quantile=0.8))
+    assert temporal.train_end is not None
+    assert temporal.train["timestamp"].max() < temporal.train_end <= temporal.val["timestamp"].min()
+    assert split_clicks(clicks, LLO).train_end is None  # one cutoff per user, no global one
