@@ -151,7 +151,8 @@ def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:
     """``data`` with the item table as known at the split's training cutoff (tags applied before it).
 
     Time-ordered splits only (``split.train_end``); leave_last_out has a cutoff per user, so the
-    item table keeps every tag there (see README, "Protocols").
+    item table keeps every tag there (docs/content_and_cold_start.md, "Item text as of the training
+    cutoff").
     """
     if split.train_end is None or data.item_tags is None:
         return data
