@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **result["metrics"],
             **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()},
             f"chance/genre_recall@{cfg.eval.k}": result["chance_genre_recall"],
+            **{f"delta/genre_recall@{cfg.eval.k}_{k}": v for k, v in result["genre_recall_delta"].items()
+               if k != "n_boot"},
             "seconds/train": result["seconds"]["train"],
         })
         sizes = {**data.sizes, **result["sizes"]}
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "metrics": result["metrics"],
             "baseline_metrics": result["baseline_metrics"],
             "chance_genre_recall": result["chance_genre_recall"],
+            "genre_recall_delta": result["genre_recall_delta"],
             "train_losses": result["losses"],
             "sizes": sizes,
             "seconds": result["seconds"],
@@ -91,6 +94,9 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
     for k, v in summary["metrics"].items():
         print(f"{k:>20s}  {v:8.4f}  {summary['baseline_metrics'][k]:8.4f}")
     print(f"{'(random neighbours)':>20s}  {summary['chance_genre_recall']:8.4f}  (genre_recall)")
+    d = summary["genre_recall_delta"]
+    print(f"genre_recall after - before: {d['delta']:+.4f}, 95% paired bootstrap over held-out movies "
+          f"[{d['low']:+.4f}, {d['high']:+.4f}]")
     print(f"run: {summary['run_id']}   encoder: {summary['encoder_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

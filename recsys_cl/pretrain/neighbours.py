@@ -32,8 +32,8 @@ def nearest_others(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     return ids, keep
 
 
-def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of each row's ``k`` nearest other rows that share at least one label with it.
+def shared_label_hits(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per row: the fraction of its ``k`` nearest other rows that share at least one label with it.
 
     With one label per row (one-hot ``labels``) this is same-class recall@k; with multi-hot labels
     (e.g. a movie's genres) a neighbour counts when the two label sets intersect.
@@ -42,6 +42,9 @@ def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 1
         vectors: (N, D), L2-normalised so that inner product = cosine.
         labels: (N, L) bool multi-hot; rows without any label count as misses, so drop them first.
         k: neighbours per row; clipped to N - 1.
+
+    Returns:
+        (N,) float64 in [0, 1]; its mean is :func:`shared_label_recall_at_k`.
     """
     n = len(vectors)
     if labels.shape[0] != n or labels.ndim != 2:
@@ -52,4 +55,9 @@ def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 1
     ids, keep = nearest_others(vectors, k)  # (N, K+1)
     labels = labels.astype(bool)
     shared = (labels[ids] & labels[:, None, :]).any(axis=2)  # (N, K+1)
-    return float((shared & keep).sum(axis=1).mean() / k)
+    return (shared & keep).sum(axis=1) / k
+
+
+def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean of :func:`shared_label_hits` over rows (same arguments)."""
+    return float(shared_label_hits(vectors, labels, k).mean())

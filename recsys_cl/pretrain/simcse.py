@@ -55,6 +55,7 @@ from recsys_cl.config import DataConfig
 from recsys_cl.data.books import load_book_titles
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
+from recsys_cl.eval.bootstrap import paired_bootstrap
 from recsys_cl.features.text import item_texts
 from recsys_cl.losses import nt_xent_loss
 from recsys_cl.pretrain.config import (
@@ -63,7 +64,7 @@ from recsys_cl.pretrain.config import (
     TextDataConfig,
     TextEvalConfig,
 )
-from recsys_cl.pretrain.neighbours import shared_label_recall_at_k
+from recsys_cl.pretrain.neighbours import shared_label_hits
 from recsys_cl.towers.text_encoder import (
     TextEncoder,
     encode_texts,
@@ -313,6 +314,19 @@ def evaluate(
 
     Movies without genres are skipped. See the module docstring for the definitions.
     """
+    return evaluate_with_hits(encoder, tokenizer, movies, text_columns, k, max_length, batch_size)[0]
+
+
+def evaluate_with_hits(
+    encoder: TextEncoder,
+    tokenizer: Any,
+    movies: pl.DataFrame,
+    text_columns: Sequence[str],
+    k: int = 10,
+    max_length: int = 32,
+    batch_size: int = 256,
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate`, plus each held-out movie's genre_recall@k (N,), for a paired comparison."""
     movies = movies.filter(pl.col("genres").list.len() > 0)
     if movies.height < 2:
         raise ValueError(f"evaluation needs at least 2 held-out movies with genres, got {movies.height}")
@@ -324,12 +338,13 @@ def evaluate(
 
     z_without, z_full = embed(without), embed(full)  # (N, D) each
     align = alignment(z_without, z_full)
+    hits = shared_label_hits(z_without, genre_matrix(movies), k)  # (N,)
     return {
         "alignment": align,
         "alignment_ratio": align / max(mean_pair_sq_distance(z_full), 1e-12),
         "uniformity": uniformity(z_full),
-        f"genre_recall@{k}": shared_label_recall_at_k(z_without, genre_matrix(movies), k),
-    }
+        f"genre_recall@{k}": float(hits.mean()),
+    }, hits
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +368,9 @@ def run_simcse(
 
     Returns:
         ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "chance_genre_recall",
-        "seconds"}``; ``baseline_metrics`` are those of the encoder before SimCSE.
+        "genre_recall_delta", "seconds"}``; ``baseline_metrics`` are those of the encoder before
+        SimCSE; ``genre_recall_delta`` is after - before with a 95% paired bootstrap interval over
+        the held-out movies (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`).
     """
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)  # dropout masks
@@ -365,13 +382,16 @@ def run_simcse(
     ev = cfg.eval
     eval_args = (eval_movies, cfg.data.text_columns, ev.k, cfg.model.max_length, ev.batch_size)
 
-    baseline = evaluate(encoder, tokenizer, *eval_args)
+    baseline, hits_before = evaluate_with_hits(encoder, tokenizer, *eval_args)
     log.info("encoder before SimCSE: %s", baseline)
     t_train = time.perf_counter()
     losses = pretrain_simcse(encoder, tokenizer, texts, cfg.train, cfg.model.max_length, on_epoch_end)
     t_train = time.perf_counter() - t_train
-    metrics = evaluate(encoder, tokenizer, *eval_args)
+    metrics, hits_after = evaluate_with_hits(encoder, tokenizer, *eval_args)
     log.info("encoder after SimCSE: %s", metrics)
+    delta = paired_bootstrap(hits_after, hits_before, seed=ev.seed)
+    log.info("genre_recall@%d after - before: %+.4f (95%% paired bootstrap over held-out movies: %+.4f .. %+.4f)",
+             ev.k, delta["delta"], delta["low"], delta["high"])
 
     meta = {
         "max_length": cfg.model.max_length,
@@ -389,5 +409,6 @@ def run_simcse(
         "sizes": {"train_texts": len(texts), "eval_movies": with_genres.height,
                   "steps": total_steps(len(texts), cfg.train)},
         "chance_genre_recall": chance_shared_label_rate(genre_matrix(with_genres)),
+        "genre_recall_delta": delta,
         "seconds": {"train": t_train, "total": time.perf_counter() - t0},
     }

@@ -63,6 +63,10 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     assert row["metrics.genre_recall_at_5"] == pytest.approx(written["metrics"]["genre_recall@5"])
     assert row["metrics.baseline/uniformity"] == pytest.approx(written["baseline_metrics"]["uniformity"])
     assert row["metrics.train/loss"] == pytest.approx(written["train_losses"][-1])
+    delta = written["genre_recall_delta"]  # after - before, 95% paired bootstrap interval
+    gain = written["metrics"]["genre_recall@5"] - written["baseline_metrics"]["genre_recall@5"]
+    assert delta["delta"] == pytest.approx(gain)
+    assert row["metrics.delta/genre_recall_at_5_low"] == pytest.approx(delta["low"])
     assert row["params.train.temperature"] == "0.05" and row["params.size/extra_texts"] == "40"
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc, tok = load_text_encoder(enc_dir)

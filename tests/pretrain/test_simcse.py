@@ -122,6 +122,9 @@ def test_simcse_lowers_loss_and_improves_relative_alignment(
     assert after["uniformity"] < before["uniformity"] - 0.1
     assert after["alignment_ratio"] < before["alignment_ratio"] - 0.05
     assert result["sizes"] == {"train_texts": 120, "eval_movies": 40, "steps": 28}
+    d = result["genre_recall_delta"]  # paired over the same 40 held-out movies
+    assert d["delta"] == pytest.approx(after["genre_recall@5"] - before["genre_recall@5"])
+    assert d["low"] <= d["delta"] <= d["high"]
     enc, _ = load_text_encoder(result["encoder_dir"])  # the saved artifact loads
     assert enc.model.config.hidden_dropout_prob == 0.1
 
