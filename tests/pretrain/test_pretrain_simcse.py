@@ -90,3 +90,5 @@ def test_config_errors(tmp_path: Path, inputs: dict[str, Path]) -> None:
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.tau=0.1"])
     with pytest.raises(SystemExit, match=r"model.dropout must be in \(0, 1\), got 0.0"):
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "model.dropout=0"])
+    with pytest.raises(SystemExit, match=r"train.trainable_layers must be >= 1 or null \(all\), got 0"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.trainable_layers=0"])

@@ -42,7 +42,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, movies_split: tuple[pl.Da
 
 def _cfg(tiny_dir: Path, *extra: str) -> SimCSEConfig:
     base = [f"model.path={tiny_dir}", "data.max_texts=0", "train.progress=false", "train.epochs=4",
-            "train.batch_size=16", "train.lr=0.0003", "eval.eval_size=40", "eval.k=5"]
+            "train.batch_size=16", "train.lr=0.0003", "eval.eval_size=40", "eval.k=5",
+            "train.trainable_layers=null"]  # a random encoder: train everything, embeddings included
     return load_config(None, SimCSEConfig, [*base, *extra])
 
 
@@ -145,3 +146,14 @@ def test_pretraining_is_seeded_and_max_steps_caps(tiny_dir: Path, movies_split: 
     assert len(first) == 2 and first == run()
     with pytest.raises(ValueError, match="at least 2 training texts"):
         pretrain_simcse(*load_text_encoder(tiny_dir), ["one"], cfg.train, 16)
+
+
+def test_trainable_layers_keeps_the_lower_layers_as_loaded(
+    tiny_dir: Path, movies_split: tuple[pl.DataFrame, ...]
+) -> None:
+    cfg = _cfg(tiny_dir, "train.trainable_layers=1", "train.max_steps=3")
+    enc, tok = load_text_encoder(tiny_dir)
+    before = {n: p.detach().clone() for n, p in enc.named_parameters()}
+    pretrain_simcse(enc, tok, item_texts(movies_split[2]), cfg.train, 16)
+    changed = {n for n, p in enc.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.encoder.layer.1.") for n in changed)

@@ -13,6 +13,7 @@ from recsys_cl.towers.text_encoder import (
     TextEncoder,
     default_text_model_dir,
     encode_texts,
+    freeze_lower_layers,
     load_text_encoder,
     make_tiny_text_encoder,
     save_text_encoder,
@@ -132,3 +133,22 @@ def test_real_minilm_embeds_three_texts() -> None:
     assert z.shape == (3, 384) and enc.embedding_dim == 384
     sims = z @ z.T
     assert sims[0, 1] > sims[0, 2] + 0.2  # measured 0.61 vs 0.24
+
+
+def test_freeze_lower_layers_leaves_only_the_top_layers_trainable(tiny_dir: Path) -> None:
+    enc, _ = load_text_encoder(tiny_dir)  # 2 layers
+    assert freeze_lower_layers(enc, 1) == 2
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.encoder.layer.1.") for n in trainable)
+    assert not any(p.requires_grad for p in enc.model.embeddings.parameters())
+    with pytest.raises(ValueError, match=r"trainable_layers=3 but the model has 2 layers"):
+        freeze_lower_layers(enc, 3)
+    with pytest.raises(ValueError, match="BERT-like model with encoder.layer"):
+        freeze_lower_layers(TextEncoder(_model_without_layers()), 1)
+
+
+def _model_without_layers() -> nn.Module:
+    class NoLayers(nn.Module):
+        config = SimpleNamespace(hidden_size=4)
+
+    return NoLayers()
