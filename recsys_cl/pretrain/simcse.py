@@ -316,24 +316,15 @@ def evaluate(
     k: int = 10,
     max_length: int = 32,
     batch_size: int = 256,
-) -> dict[str, float]:
-    """``{"alignment", "alignment_ratio", "uniformity", "genre_recall@10"}`` (``@k``) on held-out ``movies``.
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics on held-out ``movies`` and each movie's genre_recall@k, for a paired comparison.
 
     Movies without genres are skipped. See the module docstring for the definitions.
+
+    Returns:
+        ``({"alignment", "alignment_ratio", "uniformity", "genre_recall@10"}, hits)``: ``@k`` in
+        the key, hits (N,) per movie with genres, ``hits.mean()`` = the genre_recall value.
     """
-    return evaluate_with_hits(encoder, tokenizer, movies, text_columns, k, max_length, batch_size)[0]
-
-
-def evaluate_with_hits(
-    encoder: TextEncoder,
-    tokenizer: Any,
-    movies: pl.DataFrame,
-    text_columns: Sequence[str],
-    k: int = 10,
-    max_length: int = 32,
-    batch_size: int = 256,
-) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate`, plus each held-out movie's genre_recall@k (N,), for a paired comparison."""
     movies = movies.filter(pl.col("genres").list.len() > 0)
     if movies.height < 2:
         raise ValueError(f"evaluation needs at least 2 held-out movies with genres, got {movies.height}")
@@ -389,12 +380,12 @@ def run_simcse(
     ev = cfg.eval
     eval_args = (eval_movies, cfg.data.text_columns, ev.k, cfg.model.max_length, ev.batch_size)
 
-    baseline, hits_before = evaluate_with_hits(encoder, tokenizer, *eval_args)
+    baseline, hits_before = evaluate(encoder, tokenizer, *eval_args)
     log.info("encoder before SimCSE: %s", baseline)
     t_train = time.perf_counter()
     losses = pretrain_simcse(encoder, tokenizer, texts, cfg.train, cfg.model.max_length, on_epoch_end)
     t_train = time.perf_counter() - t_train
-    metrics, hits_after = evaluate_with_hits(encoder, tokenizer, *eval_args)
+    metrics, hits_after = evaluate(encoder, tokenizer, *eval_args)
     log.info("encoder after SimCSE: %s", metrics)
     delta = paired_bootstrap(hits_after, hits_before, seed=ev.seed)
     log.info("genre_recall@%d after - before: %+.4f (95%% paired bootstrap over held-out movies: %+.4f .. %+.4f)",
