@@ -37,7 +37,8 @@ log = logging.getLogger("pipelines.pretrain_simclr")
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, "python -m pipelines.pretrain_simclr", __doc__, DEFAULT_CONFIG)
     cfg = load_config_or_exit(args, SimCLRConfig)
-    size = tuple(cfg.data.image_size)
+    h, w = cfg.data.image_size  # validated as [H, W] by the config
+    size = (h, w)
     try:  # before the run opens: bad data leaves no FAILED run behind
         train_x, train_y = load_fashion_mnist(cfg.data.path, "train", size)
         test_x, test_y = load_fashion_mnist(cfg.data.path, "test", size)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_summary(summary: dict, uri: str) -> None:
     print(f"\nprotocol: {summary['protocol']}")
     print(f"best epoch (validation recall@20): {summary['best_epoch']}")
-    base, rand = summary.get("baseline_metrics"), summary.get("random_metrics")
+    base, rand = summary.get("baseline_metrics"), summary.get("random_metrics") or {}
     if base is None:
         print("test metrics:")
         for k, v in summary["test_metrics"].items():

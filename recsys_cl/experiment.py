@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_cl.config import RunConfig
+from recsys_cl.config import RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
@@ -105,15 +105,17 @@ def fingerprint(clicks: pl.DataFrame) -> str:
     return hashlib.sha256(h.to_numpy().tobytes()).hexdigest()[:16]
 
 
-def resolve_artifact_dir(uri: str) -> Path:
-    """A local folder for ``uri``: an existing path, or an MLflow artifact URI downloaded."""
-    if Path(uri).exists():
-        return Path(uri)
-    if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:")):
-        raise FileNotFoundError(f"{uri!r} is neither an existing folder nor an MLflow URI (runs:/<run_id>/encoder)")
-    from recsys_cl.tracking import resolve_model_dir
+def artifact_resolver(tracking: TrackingConfig) -> Callable[[str], Path]:
+    """``uri -> local folder`` for pretrained encoders: an existing path as it is, an MLflow URI
+    (``runs:/<run_id>/encoder``) fetched from the store of ``tracking`` (the run's own
+    ``tracking.uri``, not whatever store happens to be the default)."""
 
-    return resolve_model_dir(uri)
+    def resolve(uri: str) -> Path:
+        from recsys_cl.tracking import resolve_model_dir  # mlflow is imported only when needed
+
+        return resolve_model_dir(uri, tracking)
+
+    return resolve
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -175,8 +177,8 @@ def with_content(prep: Prepared, cfg: RunConfig) -> Prepared:
     key = content_key(cfg)
     if key == prep.content_key:
         return prep
-    content, meta = build_content(prep.spec.items, prep.clicks.items, cfg.item_tower, resolve_artifact_dir,
-                                  cfg.item_tower.cache_dir)
+    content, meta = build_content(prep.spec.items, prep.clicks.items, cfg.item_tower,
+                                  artifact_resolver(cfg.tracking), cfg.item_tower.cache_dir)
     spec = dataclasses.replace(prep.spec, content=content, content_meta=meta)
     return dataclasses.replace(prep, spec=spec, content_key=key)
 
@@ -245,7 +247,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         reporter.set_tags({"world_size": dist.world_size()})
     torch.manual_seed(cfg.train.seed)
     model = build_two_tower(prep.spec, cfg.model, cfg.user_tower, cfg.item_tower)
-    load_pretrained_weights(model, prep.spec.content_meta, resolve_artifact_dir)
+    load_pretrained_weights(model, prep.spec.content_meta, artifact_resolver(cfg.tracking))
     data = training_data(prep, cfg)
     L = cfg.user_tower.history_length
 

@@ -148,18 +148,33 @@ def mlflow_run(
 
 
 def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
-    """A local recsys_cl model directory for ``uri``: a path, ``runs:/...`` or ``models:/...``."""
+    """A local folder for ``uri``: an existing path, or an MLflow artifact URI (``runs:/...``,
+    ``models:/...``) downloaded from the store of ``tracking`` (None = the current tracking URI).
+    For a logged two-tower pyfunc model, the recsys_cl model directory inside it.
+
+    Raises:
+        FileNotFoundError: ``uri`` is neither an existing path nor an MLflow URI, or the store has
+            no such run / model / artifact (the message names the store and how to fix it).
+    """
     p = Path(uri)
     if p.exists():
         return p
     if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:")):
         raise FileNotFoundError(
-            f"model {uri!r} is neither an existing directory nor an MLflow URI "
-            "(runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>)"
+            f"{uri!r} is neither an existing directory nor an MLflow URI "
+            "(runs:/<run_id>/<artifact path>, models:/<name>/<version>, models:/<name>@<alias>)"
         )
     if tracking is not None:
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"{uri} could not be fetched from the MLflow store {mlflow.get_tracking_uri()} ({first}); "
+            "check the run id / model name in the URI, or point tracking.uri (or $MLFLOW_TRACKING_URI) "
+            "at the store the run was logged to"
+        ) from None
     # a pyfunc model keeps our directory under artifacts/<basename>/
     for candidate in (local, *sorted((local / "artifacts").glob("*"))):
         if (candidate / "model.pt").is_file():

@@ -115,6 +115,37 @@ def test_missing_text_column_and_model_dir_are_clear_errors(tmp_path: Path, cold
                                    "--set", f"item_tower.text.pretrained={tmp_path / 'nowhere'}"))
 
 
+
+def test_encoder_uri_is_fetched_from_the_runs_tracking_store(tmp_path: Path, cold_data: dict[str, Path]) -> None:
+    """runs:/<id>/encoder is looked up in the configured tracking.uri, not in whatever store MLflow
+    currently points at; a run that is not there is a clear error naming the store."""
+    store = f"sqlite:///{tmp_path / 'pretraining.db'}"
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("simcse")).info.run_id
+    client.log_artifacts(run_id, str(cold_data["encoder"]), "encoder")
+    client.set_terminated(run_id)
+    encoder_uri = f"runs:/{run_id}/encoder"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'some_other.db'}")  # a stale global store
+    try:
+        summary = train_two_tower.main(_args(
+            tmp_path, cold_data, "--set", f"tracking.uri={store}", "--set", "item_tower.encoders=[id,text]",
+            "--set", f"item_tower.text.pretrained={encoder_uri}", "--set", "train.epochs=1",
+        ))
+        assert summary["test_metrics"]["recall@20"] >= 0
+        run = mlflow.MlflowClient(store).get_run(summary["run_id"])
+        assert run.data.params["item_tower.text.pretrained"] == encoder_uri
+
+        missing = f"runs:/{'0' * 32}/encoder"
+        with pytest.raises(SystemExit, match=r"could not be fetched from the MLflow store sqlite:///.*pretraining\.db "
+                                              r"\(Run with id=0+ not found\).*tracking\.uri"):
+            train_two_tower.main(_args(
+                tmp_path, cold_data, "--set", f"tracking.uri={store}", "--set", "item_tower.encoders=[id,text]",
+                "--set", f"item_tower.text.pretrained={missing}",
+            ))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_cold_start_ablation_table_has_the_reference_rows(tmp_path: Path, cold_data: dict[str, Path]) -> None:
     from pipelines import ablation
 
