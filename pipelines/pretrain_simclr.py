@@ -25,6 +25,7 @@ from typing import Any
 from pipelines.cli import load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
+from recsys_cl.eval import plots
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
 from recsys_cl.pretrain.config import SimCLRConfig
 from recsys_cl.pretrain.simclr import run_simclr
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run.log_metrics({**result["metrics"], **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()}})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
         run.log_artifacts(result["encoder_dir"], "encoder")
+        fig = plots.similarity_histograms(result["similarities"], "SimCLR, test images: cosine similarity of random pairs")
+        run.log_figure(fig, "plots/similarities.png")
+        plots.close(fig)
         summary = {
             "run_id": run.run_id,
             "encoder_uri": f"runs:/{run.run_id}/encoder",

@@ -35,6 +35,7 @@ from typing import Any
 from pipelines.cli import load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
+from recsys_cl.eval import plots
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
 from recsys_cl.towers.text_encoder import check_model_dir, default_text_model_dir
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes = {**data.sizes, **result["sizes"]}
         run.log_params({f"size/{k}": v for k, v in sizes.items()})
         run.log_artifacts(result["encoder_dir"], "encoder")
+        fig = plots.similarity_histograms(
+            result["similarities"], "SimCSE, held-out movies (texts without genres): cosine similarity of pairs")
+        run.log_figure(fig, "plots/similarities.png")
+        plots.close(fig)
         summary = {
             "run_id": run.run_id,
             "encoder_uri": f"runs:/{run.run_id}/encoder",

@@ -1,4 +1,5 @@
-"""Figures logged with every run: learning curves, recall@K vs K, popularity of recommendations."""
+"""Figures logged with every run: learning curves, recall@K vs K, popularity of recommendations,
+and (pretraining) cosine-similarity histograms before vs after."""
 
 from __future__ import annotations
 
@@ -52,6 +53,29 @@ def popularity_of_recommendations(
     ax.set(xlabel="log10(1 + training clicks of item)", ylabel="density",
            title="Popularity of recommended vs clicked items")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def similarity_histograms(panels: Mapping[str, Mapping[str, np.ndarray]], title: str) -> Figure:
+    """One panel per encoder (e.g. before / after pretraining), side by side on the same axes: a
+    density histogram of cosine similarity for each kind of pair (e.g. pairs sharing a label vs
+    not), its mean in the legend; 80 bins over the range of all the values.
+    ``panels``: {panel title: {series name: cosines (P,)}}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), sharex=True, sharey=True,
+                             squeeze=False)
+    values = [c for series in panels.values() for c in series.values() if len(c)]
+    lo = max(-1.0, min((float(np.min(c)) for c in values), default=-1.0))
+    hi = min(1.0, max((float(np.max(c)) for c in values), default=1.0))
+    bins = np.linspace(lo, max(hi, lo + 1e-3), 81).tolist()  # the data's range: ReLU features crowd near 1
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        for label, cos in series.items():
+            if len(cos):
+                ax.hist(cos, bins=bins, density=True, alpha=0.45, label=f"{label} (mean {np.mean(cos):.2f}, n={len(cos)})")
+        ax.set(xlabel="cosine similarity", title=name)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("density")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

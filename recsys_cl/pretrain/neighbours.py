@@ -61,3 +61,30 @@ def shared_label_hits(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> n
 def shared_label_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     """Mean of :func:`shared_label_hits` over rows (same arguments)."""
     return float(shared_label_hits(vectors, labels, k).mean())
+
+
+def label_pair_similarities(
+    vectors: np.ndarray, labels: np.ndarray, n_pairs: int = 20_000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Cosine similarities of random pairs of *different* rows, split by whether they share a label.
+
+    What the nearest-neighbour label metrics summarise, as two distributions: a good encoder puts
+    pairs that share a label (a class, a genre) to the right of pairs that do not.
+
+    Args:
+        vectors: (N, D), L2-normalised, N >= 2.
+        labels: (N, L) bool multi-hot; a pair shares a label when the two label sets intersect.
+        n_pairs: P pairs drawn uniformly with replacement among ordered pairs (i, j), i != j.
+
+    Returns:
+        ``{"share a label": (P1,), "share no label": (P2,)}`` float64 cosines, P1 + P2 = P.
+    """
+    n = len(vectors)
+    if n < 2 or labels.shape[0] != n or labels.ndim != 2:
+        raise ValueError(f"need (N, D) vectors with N >= 2 and (N, L) labels, got {vectors.shape} and {labels.shape}")
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, n_pairs)
+    j = (i + rng.integers(1, n, n_pairs)) % n  # (P,), never i
+    cos = np.einsum("pd,pd->p", vectors[i].astype(np.float64), vectors[j].astype(np.float64))
+    shared = (labels[i].astype(bool) & labels[j].astype(bool)).any(axis=1)
+    return {"share a label": cos[shared], "share no label": cos[~shared]}

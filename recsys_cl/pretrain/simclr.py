@@ -45,7 +45,7 @@ from sklearn.preprocessing import StandardScaler
 from recsys_cl.features.image import SimCLRTransform, check_images
 from recsys_cl.losses import nt_xent_loss
 from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
-from recsys_cl.pretrain.neighbours import shared_label_recall_at_k
+from recsys_cl.pretrain.neighbours import label_pair_similarities, shared_label_recall_at_k
 from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,16 @@ def evaluate(
     }
 
 
+def class_pair_similarities(
+    encoder: ImageEncoder, images: np.ndarray, labels: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Cosines of random pairs of different ``images`` (N, C, H, W), labels (N,): ``{"same class",
+    "different class"}``, for :func:`~recsys_cl.eval.plots.similarity_histograms`."""
+    one_hot = labels[:, None] == np.unique(labels)[None, :]  # (N, classes)
+    pairs = label_pair_similarities(embed(encoder, images), one_hot, seed=seed)
+    return {"same class": pairs["share a label"], "different class": pairs["share no label"]}
+
+
 def save_encoder(encoder: ImageEncoder, cfg: SimCLRConfig, out_dir: str | Path) -> Path:
     """Write ``encoder.pt`` (state dict, no projection head) and ``encoder_config.json``."""
     out = Path(out_dir)
@@ -205,7 +215,8 @@ def run_simclr(
         train_images, test_images: uint8 (N, C, H, W); labels: (N,) class ids.
 
     Returns:
-        ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes"}``.
+        ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "similarities"}``;
+        ``similarities``: :func:`class_pair_similarities` of the test images, random init and after.
     """
     size = tuple(cfg.data.image_size)
     for name, imgs in (("training", train_images), ("test", test_images)):
@@ -233,6 +244,8 @@ def run_simclr(
     del head  # the projection head is discarded; see the module docstring
     metrics = evaluate(encoder, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
     log.info("SimCLR encoder: %s", metrics)
+    similarities = {name: class_pair_similarities(enc, te_x, te_y, cfg.train.seed)
+                    for name, enc in (("random init", untrained), ("after SimCLR", encoder))}
     encoder_dir = save_encoder(encoder, cfg, out_dir)
     return {
         "metrics": metrics,
@@ -240,4 +253,5 @@ def run_simclr(
         "losses": losses,
         "encoder_dir": str(encoder_dir),
         "sizes": {"pretrain": len(tr_x), "probe_train": len(probe_x), "test": len(te_x)},
+        "similarities": similarities,
     }

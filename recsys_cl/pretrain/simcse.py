@@ -64,7 +64,7 @@ from recsys_cl.pretrain.config import (
     TextDataConfig,
     TextEvalConfig,
 )
-from recsys_cl.pretrain.neighbours import shared_label_hits
+from recsys_cl.pretrain.neighbours import label_pair_similarities, shared_label_hits
 from recsys_cl.towers.text_encoder import (
     TextEncoder,
     encode_texts,
@@ -316,14 +316,18 @@ def evaluate(
     k: int = 10,
     max_length: int = 32,
     batch_size: int = 256,
-) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics on held-out ``movies`` and each movie's genre_recall@k, for a paired comparison.
+) -> tuple[dict[str, float], np.ndarray, dict[str, np.ndarray]]:
+    """Metrics on held-out ``movies``, each movie's genre_recall@k (for a paired comparison), and
+    the cosine similarities behind them (for a histogram).
 
     Movies without genres are skipped. See the module docstring for the definitions.
 
     Returns:
-        ``({"alignment", "alignment_ratio", "uniformity", "genre_recall@10"}, hits)``: ``@k`` in
-        the key, hits (N,) per movie with genres, ``hits.mean()`` = the genre_recall value.
+        ``(metrics, hits, similarities)``: metrics ``{"alignment", "alignment_ratio", "uniformity",
+        "genre_recall@10"}`` (``@k`` in the key); hits (N,) per movie with genres, ``hits.mean()``
+        = the genre_recall value; similarities ``{"same movie, without / with genres": (N,),
+        "share a genre": (P1,), "share no genre": (P2,)}`` (random pairs of different movies'
+        genre-less texts, :func:`~recsys_cl.pretrain.neighbours.label_pair_similarities`).
     """
     movies = movies.filter(pl.col("genres").list.len() > 0)
     if movies.height < 2:
@@ -336,13 +340,20 @@ def evaluate(
 
     z_without, z_full = embed(without), embed(full)  # (N, D) each
     align = alignment(z_without, z_full)
-    hits = shared_label_hits(z_without, genre_matrix(movies), k)  # (N,)
+    genres = genre_matrix(movies)  # (N, G)
+    hits = shared_label_hits(z_without, genres, k)  # (N,)
+    pairs = label_pair_similarities(z_without, genres)
+    similarities = {
+        "same movie, without / with genres": np.einsum("nd,nd->n", z_without.astype(np.float64), z_full),
+        "share a genre": pairs["share a label"],
+        "share no genre": pairs["share no label"],
+    }
     return {
         "alignment": align,
         "alignment_ratio": align / max(mean_pair_sq_distance(z_full), 1e-12),
         "uniformity": uniformity(z_full),
         f"genre_recall@{k}": float(hits.mean()),
-    }, hits
+    }, hits, similarities
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,9 +377,11 @@ def run_simcse(
 
     Returns:
         ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "chance_genre_recall",
-        "genre_recall_delta", "seconds"}``; ``baseline_metrics`` are those of the encoder before
-        SimCSE; ``genre_recall_delta`` is after - before with a 95% paired bootstrap interval over
-        the held-out movies (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`).
+        "genre_recall_delta", "similarities", "seconds"}``; ``baseline_metrics`` are those of the
+        encoder before SimCSE; ``genre_recall_delta`` is after - before with a 95% paired bootstrap
+        interval over the held-out movies (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`);
+        ``similarities`` holds :func:`evaluate`'s cosines before and after, for
+        :func:`~recsys_cl.eval.plots.similarity_histograms`.
     """
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)  # dropout masks
@@ -380,12 +393,12 @@ def run_simcse(
     ev = cfg.eval
     eval_args = (eval_movies, cfg.data.text_columns, ev.k, cfg.model.max_length, ev.batch_size)
 
-    baseline, hits_before = evaluate(encoder, tokenizer, *eval_args)
+    baseline, hits_before, sims_before = evaluate(encoder, tokenizer, *eval_args)
     log.info("encoder before SimCSE: %s", baseline)
     t_train = time.perf_counter()
     losses = pretrain_simcse(encoder, tokenizer, texts, cfg.train, cfg.model.max_length, on_epoch_end)
     t_train = time.perf_counter() - t_train
-    metrics, hits_after = evaluate(encoder, tokenizer, *eval_args)
+    metrics, hits_after, sims_after = evaluate(encoder, tokenizer, *eval_args)
     log.info("encoder after SimCSE: %s", metrics)
     delta = paired_bootstrap(hits_after, hits_before, seed=ev.seed)
     log.info("genre_recall@%d after - before: %+.4f (95%% paired bootstrap over held-out movies: %+.4f .. %+.4f)",
@@ -408,5 +421,6 @@ def run_simcse(
                   "steps": total_steps(len(texts), cfg.train)},
         "chance_genre_recall": chance_shared_label_rate(genre_matrix(with_genres)),
         "genre_recall_delta": delta,
+        "similarities": {"before SimCSE": sims_before, "after SimCSE": sims_after},
         "seconds": {"train": t_train, "total": time.perf_counter() - t0},
     }

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from fmnist_fixture import synthetic_images, write_fake_fashion_mnist
@@ -47,6 +48,8 @@ def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: p
     assert row["metrics.linear_probe_acc"] == pytest.approx(written["metrics"]["linear_probe_acc"])
     assert "metrics.baseline/knn_recall_at_10" in runs.columns
     assert row["params.train.temperature"] == "0.5"
+    logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
+    assert [f.path for f in logged] == ["plots/similarities.png"]
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc = load_encoder(enc_dir)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 8)

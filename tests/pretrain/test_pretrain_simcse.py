@@ -2,6 +2,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 from text_fixture import synthetic_movies, write_fake_books, write_fake_movielens
 
@@ -68,6 +69,8 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     assert delta["delta"] == pytest.approx(gain)
     assert row["metrics.delta/genre_recall_at_5_low"] == pytest.approx(delta["low"])
     assert row["params.train.temperature"] == "0.05" and row["params.size/extra_texts"] == "40"
+    logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
+    assert [f.path for f in logged] == ["plots/similarities.png"]
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc, tok = load_text_encoder(enc_dir)
     assert encode_texts(enc, tok, ["space robot", "love"]).shape == (2, 32)

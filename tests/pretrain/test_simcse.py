@@ -123,6 +123,13 @@ def test_simcse_lowers_loss_and_improves_relative_alignment(
     assert after["uniformity"] < before["uniformity"] - 0.1
     assert after["alignment_ratio"] < before["alignment_ratio"] - 0.05
     assert result["sizes"] == {"train_texts": 120, "eval_movies": 40, "steps": 28}
+    sims = result["similarities"]  # the cosines behind the logged histogram
+    assert list(sims) == ["before SimCSE", "after SimCSE"]
+    for series in sims.values():
+        assert list(series) == ["same movie, without / with genres", "share a genre", "share no genre"]
+        assert len(series["same movie, without / with genres"]) == 40
+        assert len(series["share a genre"]) + len(series["share no genre"]) == 20_000
+        assert all(np.all(np.abs(c) <= 1 + 1e-6) for c in series.values())
     d = result["genre_recall_delta"]  # paired over the same 40 held-out movies
     assert d["delta"] == pytest.approx(after["genre_recall@5"] - before["genre_recall@5"])
     assert d["low"] <= d["delta"] <= d["high"]
