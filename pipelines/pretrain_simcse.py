@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         })
         sizes = {**data.sizes, **result["sizes"]}
         run.log_params({f"size/{k}": v for k, v in sizes.items()})
+        run.set_tags({f"genre_recall_at_{cfg.eval.k}_verdict": result["genre_recall_verdict"]})
         run.log_artifacts(result["encoder_dir"], "encoder")
         fig = plots.similarity_histograms(
             result["similarities"], "SimCSE, held-out movies (texts without genres): cosine similarity of pairs")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "baseline_metrics": result["baseline_metrics"],
             "chance_genre_recall": result["chance_genre_recall"],
             "genre_recall_delta": result["genre_recall_delta"],
+            "genre_recall_verdict": result["genre_recall_verdict"],
             "train_losses": result["losses"],
             "sizes": sizes,
             "seconds": result["seconds"],
@@ -104,6 +106,14 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
     d = summary["genre_recall_delta"]
     print(f"genre_recall after - before: {d['delta']:+.4f}, 95% paired bootstrap over held-out movies "
           f"[{d['low']:+.4f}, {d['high']:+.4f}]")
+    verdict = summary["genre_recall_verdict"]
+    if verdict == "worse":
+        print("verdict: SimCSE made genre neighbourhoods WORSE than the encoder before it (the whole interval is "
+              "below 0); for the item tower the encoder before SimCSE is the better text encoder on this measure")
+    elif verdict == "better":
+        print("verdict: SimCSE improved genre neighbourhoods over the encoder before it (the whole interval is above 0)")
+    else:
+        print("verdict: no clear difference in genre neighbourhoods (the interval contains 0)")
     print(f"run: {summary['run_id']}   encoder: {summary['encoder_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

@@ -37,3 +37,13 @@ def paired_bootstrap(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return {"delta": float(diff.mean()), "low": float(low), "high": float(high), "n_boot": float(n_boot)}
+
+
+def interval_verdict(interval: dict[str, float]) -> str:
+    """``"better"`` when the whole interval of after - before is above 0, ``"worse"`` when it is
+    below 0, else ``"no clear difference"`` (``interval``: :func:`paired_bootstrap`'s result)."""
+    if interval["low"] > 0.0:
+        return "better"
+    if interval["high"] < 0.0:
+        return "worse"
+    return "no clear difference"

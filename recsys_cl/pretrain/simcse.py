@@ -55,7 +55,7 @@ from recsys_cl.config import DataConfig
 from recsys_cl.data.books import load_book_titles
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
-from recsys_cl.eval.bootstrap import paired_bootstrap
+from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
 from recsys_cl.features.text import item_texts
 from recsys_cl.losses import nt_xent_loss
 from recsys_cl.pretrain.config import (
@@ -377,9 +377,11 @@ def run_simcse(
 
     Returns:
         ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "chance_genre_recall",
-        "genre_recall_delta", "similarities", "seconds"}``; ``baseline_metrics`` are those of the
-        encoder before SimCSE; ``genre_recall_delta`` is after - before with a 95% paired bootstrap
-        interval over the held-out movies (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`);
+        "genre_recall_delta", "genre_recall_verdict", "similarities", "seconds"}``;
+        ``baseline_metrics`` are those of the encoder before SimCSE; ``genre_recall_delta`` is
+        after - before with a 95% paired bootstrap interval over the held-out movies
+        (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`), and ``genre_recall_verdict`` reads it
+        (``better`` / ``worse`` / ``no clear difference``, :func:`~recsys_cl.eval.bootstrap.interval_verdict`);
         ``similarities`` holds :func:`evaluate`'s cosines before and after, for
         :func:`~recsys_cl.eval.plots.similarity_histograms`.
     """
@@ -421,6 +423,7 @@ def run_simcse(
                   "steps": total_steps(len(texts), cfg.train)},
         "chance_genre_recall": chance_shared_label_rate(genre_matrix(with_genres)),
         "genre_recall_delta": delta,
+        "genre_recall_verdict": interval_verdict(delta),
         "similarities": {"before SimCSE": sims_before, "after SimCSE": sims_after},
         "seconds": {"train": t_train, "total": time.perf_counter() - t0},
     }

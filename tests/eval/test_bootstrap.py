@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_cl.eval.bootstrap import paired_bootstrap
+from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
 
 
 def _loop_reference(after: np.ndarray, before: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float]:
@@ -50,3 +50,12 @@ def test_bad_input_is_a_clear_error() -> None:
         paired_bootstrap(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap(np.zeros(3), np.zeros(3), level=1.0)
+
+
+def test_interval_verdict() -> None:
+    assert interval_verdict({"low": 0.001, "high": 0.02}) == "better"
+    assert interval_verdict({"low": -0.0135, "high": -0.0023}) == "worse"
+    assert interval_verdict({"low": -0.005, "high": 0.006}) == "no clear difference"
+    assert interval_verdict({"low": 0.0, "high": 0.01}) == "no clear difference"  # 0 is inside
+    same = paired_bootstrap(np.ones(5), np.ones(5))
+    assert interval_verdict(same) == "no clear difference"

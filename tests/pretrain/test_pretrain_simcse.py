@@ -68,6 +68,9 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     gain = written["metrics"]["genre_recall@5"] - written["baseline_metrics"]["genre_recall@5"]
     assert delta["delta"] == pytest.approx(gain)
     assert row["metrics.delta/genre_recall_at_5_low"] == pytest.approx(delta["low"])
+    verdict = written["genre_recall_verdict"]
+    assert verdict == ("better" if delta["low"] > 0 else "worse" if delta["high"] < 0 else "no clear difference")
+    assert row["tags.genre_recall_at_5_verdict"] == verdict
     assert row["params.train.temperature"] == "0.05" and row["params.size/extra_texts"] == "40"
     logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
