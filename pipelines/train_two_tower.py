@@ -87,6 +87,9 @@ def _print_summary(summary: dict, uri: str) -> None:
         print(f"  {'':>14s}  {'model':>8s}  {'popular':>8s}  {'random':>8s}")
         for k, v in summary["test_metrics"].items():
             print(f"  {k:>14s}  {v:8.4f}  {base.get(k, float('nan')):8.4f}  {rand.get(k, float('nan')):8.4f}")
+        d = summary["delta_vs_baseline"]
+        print(f"model - {summary['baseline_name']} {d['metric']}: {d['delta']:+.4f}, 95% paired bootstrap over the "
+              f"{d['n_users']} test users [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
     print(f"run: {summary['run_id']}   model: {summary['model_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

@@ -25,11 +25,13 @@ from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob
 from recsys_cl.data.negatives import build_sampler, make_user_item_matrix
 from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
+from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
 from recsys_cl.eval.protocol import (
     COLD_CATALOGUE,
     EvalSet,
     build_eval_set,
     evaluate,
+    per_user_recall,
     protocol_name,
     random_expected_metrics,
     top_k_items,
@@ -47,6 +49,8 @@ from recsys_cl.utils import dist
 
 log = logging.getLogger(__name__)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
+COLD_START_K = 20
+"""The cold-start comparison with Popularity (``delta_vs_popularity/recall@20_*``) is on Recall@20."""
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -270,10 +274,19 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     reporter.log_metrics({f"test/{k}": v for k, v in test.items()})
     reporter.log_metrics({"best_epoch": result.best_epoch})
     baselines: dict[str, dict[str, float]] = {}
+    delta: dict[str, Any] = {}
     if prep.cold_start:  # the reference points on the same cold targets, in the same run
         baselines = cold_start_baselines(prep, ks, cfg.eval.batch_size)
         for name, values in baselines.items():
             reporter.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items()})
+        delta = paired_bootstrap(
+            per_user_recall(score_fn, prep.test_set, COLD_START_K, cfg.eval.batch_size),
+            per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, cfg.eval.batch_size),
+        )
+        reporter.log_metrics({f"delta_vs_popularity/recall@{COLD_START_K}_{k}": v for k, v in delta.items()
+                              if k != "n_boot"})
+        delta = {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
+                 "verdict": interval_verdict(delta)}
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
@@ -295,6 +308,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         summary["baseline_metrics"] = headline["popularity"]
         summary["baseline_name"] = "popularity"
         summary["random_metrics"] = headline["random"]
+        summary["delta_vs_baseline"] = delta
     return summary
 
 
@@ -306,6 +320,15 @@ def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 
     at random (seed 0; most cold items have no click at all before the test period). ``random`` is
     the exact expectation of a uniformly random ranking (:func:`random_expected_metrics`).
     """
+    return {
+        "popularity": evaluate(cold_start_popularity(prep), prep.test_set, ks=ks, batch_size=batch_size),
+        "random": random_expected_metrics(prep.test_set, ks),
+    }
+
+
+def cold_start_popularity(prep: Prepared) -> ScoreFn:
+    """Popularity's scores (b, M_r) over the ranked cold items: their clicks before the test
+    period, ties broken at random (seed 0); see :func:`cold_start_baselines`."""
     ranked_vocab = Vocab(prep.spec.items.ids[prep.ranked], name=prep.spec.items.name)
     idx = ranked_vocab.encode(prep.split.test_history()["item_id"])
     counts = np.bincount(idx[idx >= 0], minlength=len(prep.ranked)).astype(np.float64)
@@ -314,10 +337,7 @@ def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 
     def popularity(rows: np.ndarray) -> np.ndarray:
         return np.broadcast_to(scores, (len(rows), len(scores)))
 
-    return {
-        "popularity": evaluate(popularity, prep.test_set, ks=ks, batch_size=batch_size),
-        "random": random_expected_metrics(prep.test_set, ks),
-    }
+    return popularity
 
 
 def checkpoint_path(cfg: RunConfig) -> Path:

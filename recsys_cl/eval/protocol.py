@@ -205,29 +205,13 @@ def masked_top_k(scores: np.ndarray, history: sp.csr_matrix, k: int) -> tuple[np
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
 
 
-def evaluate(
-    score_fn: Callable[[np.ndarray], Any],
-    eval_set: EvalSet,
-    ks: Iterable[int] = DEFAULT_KS,
-    batch_size: int = 1024,
-) -> dict[str, float]:
-    """Full-ranking metrics of ``score_fn`` on ``eval_set``, averaged over its users.
-
-    Args:
-        score_fn: maps EvalSet row positions ``(b,)`` to scores ``(b, M)`` over the catalogue
-            (numpy array or torch tensor). Higher is better.
-        eval_set: from :func:`build_eval_set`.
-        ks: list lengths; reports ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``coverage@K`` for each.
-    Returns:
-        ``{"recall@10": ..., "ndcg@10": ..., "hit_rate@10": ..., "coverage@10": ..., "mrr": ...,
-        "n_users": ..., "n_skipped_users": ...}``. MRR uses the full rank of the best-ranked target
-        (1 + unmasked items scoring strictly higher; items tied with it count at their expected
-        position under a random tie-break, so a constant score cannot earn rank 1), 0 for users
-        without a rankable target.
-    """
-    ks = tuple(sorted(set(int(k) for k in ks)))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive list lengths, got {ks}")
+def _rank_targets(
+    score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, k_max: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score every EvalSet user in batches; ``(hits (U, K), top_items (U, K), best_rank (U,))``:
+    whether each of the top ``k_max`` (history masked) is a target, those items (-1 when masked),
+    and the full rank of the best-ranked target (0 when none is rankable; ties at their expected
+    position under a random tie-break)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_users, m = eval_set.n_users, eval_set.n_items
@@ -236,8 +220,6 @@ def evaluate(
             f"eval set is empty ({eval_set.n_skipped_users} users skipped for having no history "
             "in the catalogue)"
         )
-    k_max = min(max(ks), m)
-
     hits = np.zeros((n_users, k_max), dtype=bool)
     top_items = np.zeros((n_users, k_max), dtype=np.int64)
     best_rank = np.zeros(n_users, dtype=np.float64)
@@ -265,6 +247,35 @@ def evaluate(
         # at expected position (n_tied + 1) / (t_tied + 1) of the tied block
         rank = higher + (n_tied + 1) / np.maximum(t_tied + 1, 2)
         best_rank[rows] = np.where(best > -np.inf, rank, 0.0)
+    return hits, top_items, best_rank
+
+
+def evaluate(
+    score_fn: Callable[[np.ndarray], Any],
+    eval_set: EvalSet,
+    ks: Iterable[int] = DEFAULT_KS,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Full-ranking metrics of ``score_fn`` on ``eval_set``, averaged over its users.
+
+    Args:
+        score_fn: maps EvalSet row positions ``(b,)`` to scores ``(b, M)`` over the catalogue
+            (numpy array or torch tensor). Higher is better.
+        eval_set: from :func:`build_eval_set`.
+        ks: list lengths; reports ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``coverage@K`` for each.
+    Returns:
+        ``{"recall@10": ..., "ndcg@10": ..., "hit_rate@10": ..., "coverage@10": ..., "mrr": ...,
+        "n_users": ..., "n_skipped_users": ...}``. MRR uses the full rank of the best-ranked target
+        (1 + unmasked items scoring strictly higher; items tied with it count at their expected
+        position under a random tie-break, so a constant score cannot earn rank 1), 0 for users
+        without a rankable target.
+    """
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive list lengths, got {ks}")
+    m = eval_set.n_items
+    k_max = min(max(ks), m)
+    hits, top_items, best_rank = _rank_targets(score_fn, eval_set, k_max, batch_size)
 
     out: dict[str, float] = {}
     for k in ks:
@@ -274,9 +285,22 @@ def evaluate(
         out[f"hit_rate@{k}"] = float(metrics.hit_rate_at_k(hits, kk).mean())
         out[f"coverage@{k}"] = metrics.coverage(top_items[:, :kk], m)
     out["mrr"] = float(metrics.reciprocal_rank(best_rank).mean())
-    out["n_users"] = float(n_users)
+    out["n_users"] = float(eval_set.n_users)
     out["n_skipped_users"] = float(eval_set.n_skipped_users)
     return out
+
+
+def per_user_recall(
+    score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, k: int, batch_size: int = 1024
+) -> np.ndarray:
+    """Recall@k of each EvalSet user (U,), in EvalSet row order; its mean is :func:`evaluate`'s
+    ``recall@k``. For paired comparisons of two models on the same users
+    (:func:`~recsys_cl.eval.bootstrap.paired_bootstrap`)."""
+    if k < 1:
+        raise ValueError(f"k must be a positive list length, got {k}")
+    kk = min(k, eval_set.n_items)
+    hits, _, _ = _rank_targets(score_fn, eval_set, kk, batch_size)
+    return metrics.recall_at_k(hits, eval_set.n_targets, kk)
 
 
 def top_k_items(

@@ -10,6 +10,7 @@ from recsys_cl.eval.protocol import (
     evaluate,
     interaction_matrix,
     masked_top_k,
+    per_user_recall,
     protocol_name,
 )
 from recsys_cl.features.vocab import Vocab
@@ -61,6 +62,18 @@ def test_evaluate_tiny_case_by_hand():
     assert out["coverage@3"] == pytest.approx(1.0)  # {3,4,5} | {1,4,5} | {1,2,3}
     assert out["n_users"] == 3 and out["n_skipped_users"] == 1
 
+
+
+def test_per_user_recall_tiny_case_by_hand():
+    train, targets, items, users = tiny_case()
+    es = build_eval_set(train, targets, items, users, "p")
+    scores = np.array([5, 4, 3, 2, 1], dtype=np.float32)
+    fn = lambda rows: np.tile(scores, (len(rows), 1))  # noqa: E731
+    # same rankings as above: u1 hits at rank 1, u2 never, u3 at rank 3
+    np.testing.assert_array_equal(per_user_recall(fn, es, k=1), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(per_user_recall(fn, es, k=3, batch_size=2), [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        per_user_recall(fn, es, k=0)
 
 def random_eval_set(n_users=50, n_items=40, seed=0):
     rng = np.random.default_rng(seed)
@@ -211,3 +224,14 @@ def test_history_items_keeps_users_without_history_in_the_ranked_set():
     assert sorted(es.user_ids) == ["u1", "u2", "u3"]  # u4 has no history at all
     assert es.history.nnz == 1 and es.targets.nnz == 3  # u2's item 3 is masked
     assert protocol_name("x", catalogue="catalogue=cold_items").startswith("full_ranking|catalogue=cold_items|")
+
+
+def test_per_user_recall_averages_to_evaluates_recall():
+    es = random_eval_set(n_users=37, n_items=40, seed=3)
+    scores = np.random.default_rng(3).normal(size=(37, 40))
+    fn = lambda rows: scores[rows]  # noqa: E731
+    out = evaluate(fn, es, ks=(5, 20), batch_size=8)
+    for k in (5, 20):
+        per_user = per_user_recall(fn, es, k, batch_size=8)
+        assert per_user.shape == (37,)
+        assert per_user.mean() == pytest.approx(out[f"recall@{k}"])

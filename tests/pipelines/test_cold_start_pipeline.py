@@ -68,6 +68,11 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     assert summary["baseline_name"] == "popularity"
     assert set(summary["baseline_metrics"]) >= {"recall@20", "ndcg@20"}
     assert set(summary["random_metrics"]) >= {"recall@20", "ndcg@20"}
+    d = summary["delta_vs_baseline"]  # model - Popularity, paired over the same test users
+    assert d["metric"] == "recall@20" and d["n_users"] == summary["test_metrics"]["n_users"]
+    assert d["delta"] == pytest.approx(summary["test_metrics"]["recall@20"] - summary["baseline_metrics"]["recall@20"])
+    assert d["low"] <= d["delta"] <= d["high"]
+    assert d["verdict"] == ("better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference")
     test, rand = summary["test_metrics"], summary["random_metrics"]
     # the cluster named in each cold item's text is the signal: far above chance
     assert test["recall@20"] > 2 * rand["recall@20"], (test, rand)
@@ -77,6 +82,7 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     assert run.data.tags["protocol"] == summary["protocol"]
     assert run.data.params["item_tower.encoders"] == "['id', 'text']"
     assert any(k.startswith("baseline/popularity/") for k in run.data.metrics)
+    assert run.data.metrics["delta_vs_popularity/recall_at_20_low"] == pytest.approx(d["low"])
 
     model_dir = resolve_model_dir(summary["model_uri"], None)
     model, spec, cfg = load_model_dir(model_dir)
