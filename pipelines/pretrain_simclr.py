@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out_dir = Path(cfg.train.out_dir) / run.run_id / "encoder"
         result = run_simclr(cfg, train_x, train_y, test_x, test_y, out_dir, on_epoch_end=run.on_epoch_end)
         run.log_metrics({**result["metrics"], **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()}})
+        run.log_metrics({f"delta/{name}_{k}": v for name, d in result["deltas"].items()
+                         for k, v in d.items() if k in ("delta", "low", "high")})
+        run.set_tags({f"{name.replace('@', '_at_')}_verdict": d["verdict"] for name, d in result["deltas"].items()})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
         run.log_artifacts(result["encoder_dir"], "encoder")
         fig = plots.similarity_histograms(result["similarities"], "SimCLR, test images: cosine similarity of random pairs")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "encoder_dir": result["encoder_dir"],
             "metrics": result["metrics"],
             "baseline_metrics": result["baseline_metrics"],
+            "deltas": result["deltas"],
             "train_losses": result["losses"],
             "sizes": result["sizes"],
         }
@@ -75,6 +79,9 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
     print(f"\n{'metric':>18s}  {'SimCLR':>8s}  {'random init':>11s}")
     for k, v in summary["metrics"].items():
         print(f"{k:>18s}  {v:8.4f}  {summary['baseline_metrics'][k]:11.4f}")
+    for k, d in summary["deltas"].items():
+        print(f"{k} SimCLR - random init: {d['delta']:+.4f}, 95% paired bootstrap over test images "
+              f"[{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
     print(f"run: {summary['run_id']}   encoder: {summary['encoder_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

@@ -42,10 +42,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
 from recsys_cl.features.image import SimCLRTransform, check_images
 from recsys_cl.losses import nt_xent_loss
 from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
-from recsys_cl.pretrain.neighbours import label_pair_similarities, shared_label_recall_at_k
+from recsys_cl.pretrain.neighbours import label_pair_similarities, shared_label_hits
 from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
 
 log = logging.getLogger(__name__)
@@ -125,24 +126,28 @@ def embed(encoder: ImageEncoder, images: np.ndarray | torch.Tensor, batch_size: 
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def linear_probe_accuracy(
+def linear_probe_correct(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0
-) -> float:
-    """Accuracy of a standardised logistic regression fit on (N_train, D) and scored on (N_test, D)."""
+) -> np.ndarray:
+    """Per test row (N_test,) bool: does a standardised logistic regression fit on (N_train, D)
+    predict its label? The mean is the probe's accuracy."""
     if len(np.unique(train_y)) < 2:
         raise ValueError("the linear probe needs at least 2 classes among its training images")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     clf.fit(train_x, train_y)
-    return float(clf.score(test_x, test_y))
+    return np.asarray(clf.predict(test_x) == test_y)
+
+
+def same_class_hits(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per row (N,): the fraction of its ``k`` nearest other rows (inner product, via ExactIndex)
+    with its label. vectors: (N, D), L2-normalised so that inner product = cosine; labels: (N,)."""
+    one_hot = labels[:, None] == np.unique(labels)[None, :]  # (N, classes)
+    return shared_label_hits(vectors, one_hot, k)
 
 
 def same_class_recall_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of each row's ``k`` nearest other rows (inner product, via ExactIndex) with its label.
-
-    vectors: (N, D), L2-normalised so that inner product = cosine; labels: (N,).
-    """
-    one_hot = labels[:, None] == np.unique(labels)[None, :]  # (N, classes)
-    return shared_label_recall_at_k(vectors, one_hot, k)
+    """Mean of :func:`same_class_hits` (same arguments)."""
+    return float(same_class_hits(vectors, labels, k).mean())
 
 
 def evaluate(
@@ -153,13 +158,16 @@ def evaluate(
     test_labels: np.ndarray,
     k: int = 10,
     seed: int = 0,
-) -> dict[str, float]:
-    """``{"linear_probe_acc", "knn_recall@10"}`` (``@k`` in general) of the frozen encoder."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``({"linear_probe_acc", "knn_recall@10"}, per_image)`` (``@k`` in general) of the frozen
+    encoder; ``per_image`` holds each test image's score under both keys (N_test,), whose means are
+    the metrics, for a paired comparison of two encoders on the same images."""
     train_x, test_x = embed(encoder, probe_images), embed(encoder, test_images)
-    return {
-        "linear_probe_acc": linear_probe_accuracy(train_x, probe_labels, test_x, test_labels, seed),
-        f"knn_recall@{k}": same_class_recall_at_k(test_x, test_labels, k),
+    per_image = {
+        "linear_probe_acc": linear_probe_correct(train_x, probe_labels, test_x, test_labels, seed).astype(np.float64),
+        f"knn_recall@{k}": same_class_hits(test_x, test_labels, k),
     }
+    return {name: float(v.mean()) for name, v in per_image.items()}, per_image
 
 
 def class_pair_similarities(
@@ -215,7 +223,9 @@ def run_simclr(
         train_images, test_images: uint8 (N, C, H, W); labels: (N,) class ids.
 
     Returns:
-        ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "similarities"}``;
+        ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "deltas", "similarities"}``;
+        ``deltas``: per metric, after - random init with a 95% paired bootstrap interval over the
+        test images and its verdict (:func:`~recsys_cl.eval.bootstrap.interval_verdict`);
         ``similarities``: :func:`class_pair_similarities` of the test images, random init and after.
     """
     size = tuple(cfg.data.image_size)
@@ -238,12 +248,18 @@ def run_simclr(
     head = ProjectionHead(encoder.embedding_dim, cfg.model.projection_hidden, cfg.model.projection_dim)
     transform = SimCLRTransform(cfg.augment, cfg.model.in_channels, size)
 
-    baseline = evaluate(untrained, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
+    baseline, per_image_before = evaluate(untrained, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
     log.info("untrained encoder: %s", baseline)
     losses = pretrain(encoder, head, tr_x, transform, cfg, on_epoch_end)
     del head  # the projection head is discarded; see the module docstring
-    metrics = evaluate(encoder, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
+    metrics, per_image_after = evaluate(encoder, probe_x, probe_y, te_x, te_y, cfg.eval.k, cfg.train.seed)
     log.info("SimCLR encoder: %s", metrics)
+    deltas = {}
+    for name in metrics:
+        d = paired_bootstrap(per_image_after[name], per_image_before[name], seed=cfg.train.seed)
+        deltas[name] = {**d, "verdict": interval_verdict(d)}
+        log.info("%s after - before: %+.4f (95%% paired bootstrap over test images: %+.4f .. %+.4f): %s",
+                 name, d["delta"], d["low"], d["high"], deltas[name]["verdict"])
     similarities = {name: class_pair_similarities(enc, te_x, te_y, cfg.train.seed)
                     for name, enc in (("random init", untrained), ("after SimCLR", encoder))}
     encoder_dir = save_encoder(encoder, cfg, out_dir)
@@ -253,5 +269,6 @@ def run_simclr(
         "losses": losses,
         "encoder_dir": str(encoder_dir),
         "sizes": {"pretrain": len(tr_x), "probe_train": len(probe_x), "test": len(te_x)},
+        "deltas": deltas,
         "similarities": similarities,
     }

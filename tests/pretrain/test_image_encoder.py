@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from recsys_cl.pretrain.config import SimCLRConfig
-from recsys_cl.pretrain.simclr import load_encoder, same_class_recall_at_k, save_encoder
+from recsys_cl.pretrain.simclr import (
+    linear_probe_correct,
+    load_encoder,
+    same_class_hits,
+    same_class_recall_at_k,
+    save_encoder,
+)
 from recsys_cl.towers.image_encoder import ImageEncoder, ProjectionHead
 
 
@@ -41,3 +47,18 @@ def test_same_class_recall_hand_worked() -> None:
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     assert same_class_recall_at_k(v, np.array([0, 0, 0, 1, 1, 1]), k=2) == 1.0
     assert same_class_recall_at_k(v, np.array([0, 1, 0, 1, 0, 1]), k=2) == pytest.approx(1 / 3)
+    # per point: 0 has neighbours 1 (other class) and 2 (same); 1 has 0 and 2 (both other); ...
+    assert same_class_hits(v, np.array([0, 1, 0, 1, 0, 1]), k=2).tolist() == [0.5, 0.0, 0.5, 0.5, 0.0, 0.5]
+
+
+def test_linear_probe_correct_per_test_row() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    train_y, test_y = np.repeat([0, 1], 20), np.array([0, 1, 0, 1])
+    train_x = np.eye(2)[train_y] * 3 + rng.normal(scale=0.1, size=(40, 2))
+    test_x = np.eye(2)[test_y] * 3
+    assert linear_probe_correct(train_x, train_y, test_x, test_y).tolist() == [True] * 4
+    assert linear_probe_correct(train_x, train_y, test_x, 1 - test_y).tolist() == [False] * 4
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        linear_probe_correct(train_x, np.zeros(40), test_x, test_y)

@@ -47,6 +47,12 @@ def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: p
     row = runs[runs.run_id == summary["run_id"]].iloc[0]
     assert row["metrics.linear_probe_acc"] == pytest.approx(written["metrics"]["linear_probe_acc"])
     assert "metrics.baseline/knn_recall_at_10" in runs.columns
+    for name, d in written["deltas"].items():  # after - random init, paired over the same test images
+        assert d["delta"] == pytest.approx(written["metrics"][name] - written["baseline_metrics"][name])
+        assert d["low"] <= d["delta"] <= d["high"]
+        assert d["verdict"] == ("better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference")
+    assert row["metrics.delta/knn_recall_at_10_low"] == pytest.approx(written["deltas"]["knn_recall@10"]["low"])
+    assert row["tags.linear_probe_acc_verdict"] == written["deltas"]["linear_probe_acc"]["verdict"]
     assert row["params.train.temperature"] == "0.5"
     logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
