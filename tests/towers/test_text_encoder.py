@@ -111,7 +111,8 @@ def test_dropout_override(tiny_dir: Path) -> None:
 
 
 def test_missing_or_incomplete_model_dir(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"does not exist; point model.path at a pretrain_simcse run's"):
+    fix = r"point model.path \(pretrain_simcse\) or item_tower.text.pretrained \(the item tower\) at a pretrain_simcse"
+    with pytest.raises(FileNotFoundError, match=r"does not exist; " + fix):
         load_text_encoder(tmp_path / "nope")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "vocab.txt").write_text("[PAD]\n")
