@@ -9,7 +9,10 @@ Every config key can be overridden with --set section.key=value (YAML syntax for
 --set 'model.widths=[32,64,128]'). Unknown keys are rejected with their full name.
 
 The summary (--summary-json) is {"run_id", "encoder_uri", "metrics": {"linear_probe_acc",
-"knn_recall@10"}, "baseline_metrics": {same keys, for the randomly initialised encoder}}. The encoder
+"knn_recall@10"}, "baseline_metrics": {same keys, for the randomly initialised encoder}, "deltas":
+{same keys: SimCLR - random init with a 95% paired bootstrap over the test images and a verdict,
+better | worse | no clear difference}, ...}. The run also logs plots/similarities.png (cosine
+similarity of same-class vs different-class test image pairs, random init vs SimCLR). The encoder
 (state dict + config, no projection head) is the run's artifact ``encoder/``: load it with
 ``recsys_cl.pretrain.simclr.load_encoder(mlflow.artifacts.download_artifacts(encoder_uri))``.
 """

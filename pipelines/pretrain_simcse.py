@@ -6,8 +6,7 @@ Examples:
     python -m pipelines.pretrain_simcse --set eval.split=validation --set train.lr=3e-5
     python -m pipelines.pretrain_simcse --set train.trainable_layers=null   # all layers (the paper's setting)
     python -m pipelines.pretrain_simcse --set data.extra_text=null --set data.max_texts=0 --set train.epochs=2
-    python -m pipelines.pretrain_simcse --set model.path=runs/simcse/<run_id>/encoder \
-        --set tracking.uri=sqlite:///other.db
+    python -m pipelines.pretrain_simcse --set model.path=runs/simcse/<run_id>/encoder   # continue from a run
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'data.text_columns=[title,genres]'; 3e-5 works for float keys). Unknown keys are rejected with
@@ -19,8 +18,10 @@ The held-out movies are never trained on: choose settings with --set eval.split=
 The summary (--summary-json) is {"run_id", "encoder_uri", "metrics": {"alignment", "alignment_ratio",
 "uniformity", "genre_recall@10"}, "baseline_metrics": {same keys, for the encoder before SimCSE},
 "chance_genre_recall", "genre_recall_delta": {"delta", "low", "high", "n_boot"} (after - before, 95%
-paired bootstrap over the held-out movies), ...}. The encoder (transformers model + tokenizer + text_encoder.json) is the
-run's artifact ``encoder/``: load it with
+paired bootstrap over the held-out movies), "genre_recall_verdict": better | worse | no clear
+difference, ...}. The run also logs plots/similarities.png (cosine similarity of held-out movie pairs,
+before vs after). The encoder (transformers model + tokenizer + text_encoder.json) is the run's
+artifact ``encoder/``: load it with
 ``recsys_cl.towers.text_encoder.load_text_encoder(mlflow.artifacts.download_artifacts(encoder_uri))``.
 """
 
