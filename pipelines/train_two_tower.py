@@ -7,7 +7,7 @@ Examples:
     python -m pipelines.train_two_tower --set data.path=/data/ml-1m     # MovieLens 1M folder
 
 Content and cold start (items never clicked in training are ranked from their text):
-    python -m pipelines.train_two_tower --set split.kind=cold_start --set 'item_tower.encoders=[id,text]' \
+    python -m pipelines.train_two_tower --set split.kind=cold_start --set 'item_tower.encoders=[id,text]' \\
         --set item_tower.text.pretrained=runs:/<simcse_run_id>/encoder
     (test metrics on the cold items next to Popularity and random on the same targets, and model -
     Popularity Recall@20 with a 95% paired bootstrap interval over the test users; the run's
