@@ -28,8 +28,8 @@ from typing import Any
 from pipelines.cli import load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
-from recsys_cl.eval import plots
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
+from recsys_cl.eval import plots
 from recsys_cl.pretrain.config import SimCLRConfig
 from recsys_cl.pretrain.simclr import run_simclr
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run.set_tags({f"{name.replace('@', '_at_')}_verdict": d["verdict"] for name, d in result["deltas"].items()})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
         run.log_artifacts(result["encoder_dir"], "encoder")
-        fig = plots.similarity_histograms(result["similarities"], "SimCLR, test images: cosine similarity of random pairs")
+        fig = plots.similarity_histograms(
+            result["similarities"], "SimCLR, test images: cosine similarity of random pairs")
         run.log_figure(fig, "plots/similarities.png")
         plots.close(fig)
         summary = {

@@ -112,7 +112,8 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
         print("verdict: SimCSE made genre neighbourhoods WORSE than the encoder before it (the whole interval is "
               "below 0); for the item tower the encoder before SimCSE is the better text encoder on this measure")
     elif verdict == "better":
-        print("verdict: SimCSE improved genre neighbourhoods over the encoder before it (the whole interval is above 0)")
+        print("verdict: SimCSE improved genre neighbourhoods over the encoder before it "
+              "(the whole interval is above 0)")
     else:
         print("verdict: no clear difference in genre neighbourhoods (the interval contains 0)")
     print(f"run: {summary['run_id']}   encoder: {summary['encoder_uri']}")

@@ -71,7 +71,8 @@ def similarity_histograms(panels: Mapping[str, Mapping[str, np.ndarray]], title:
     for ax, (name, series) in zip(axes[0], panels.items()):
         for label, cos in series.items():
             if len(cos):
-                ax.hist(cos, bins=bins, density=True, alpha=0.45, label=f"{label} (mean {np.mean(cos):.2f}, n={len(cos)})")
+                ax.hist(cos, bins=bins, density=True, alpha=0.45,
+                        label=f"{label} (mean {np.mean(cos):.2f}, n={len(cos)})")
         ax.set(xlabel="cosine similarity", title=name)
         ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("density")
