@@ -30,6 +30,7 @@ from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
 from recsys_cl.eval import plots
+from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCLRConfig
 from recsys_cl.pretrain.simclr import run_simclr
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out_dir = Path(cfg.train.out_dir) / run.run_id / "encoder"
         result = run_simclr(cfg, train_x, train_y, test_x, test_y, out_dir, on_epoch_end=run.on_epoch_end)
         run.log_metrics({**result["metrics"], **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()}})
-        run.log_metrics({f"delta/{name}_{k}": v for name, d in result["deltas"].items()
-                         for k, v in d.items() if k in ("delta", "low", "high")})
+        for name, d in result["deltas"].items():
+            run.log_metrics(interval_metrics(f"delta/{name}", d))
         run.set_tags({f"{name.replace('@', '_at_')}_verdict": d["verdict"] for name, d in result["deltas"].items()})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
         run.log_artifacts(result["encoder_dir"], "encoder")

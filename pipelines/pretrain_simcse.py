@@ -37,6 +37,7 @@ from pipelines.cli import load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
+from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
 from recsys_cl.towers.text_encoder import check_model_dir, default_text_model_dir
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **result["metrics"],
             **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()},
             f"chance/genre_recall@{cfg.eval.k}": result["chance_genre_recall"],
-            **{f"delta/genre_recall@{cfg.eval.k}_{k}": v for k, v in result["genre_recall_delta"].items()
-               if k != "n_boot"},
+            **interval_metrics(f"delta/genre_recall@{cfg.eval.k}", result["genre_recall_delta"]),
             "seconds/train": result["seconds"]["train"],
         })
         sizes = {**data.sizes, **result["sizes"]}

@@ -25,7 +25,7 @@ from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob
 from recsys_cl.data.negatives import build_sampler, make_user_item_matrix
 from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
-from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
+from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_bootstrap
 from recsys_cl.eval.protocol import (
     COLD_CATALOGUE,
     EvalSet,
@@ -283,8 +283,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
             per_user_recall(score_fn, prep.test_set, COLD_START_K, cfg.eval.batch_size),
             per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, cfg.eval.batch_size),
         )
-        reporter.log_metrics({f"delta_vs_popularity/recall@{COLD_START_K}_{k}": v for k, v in delta.items()
-                              if k != "n_boot"})
+        reporter.log_metrics(interval_metrics(f"delta_vs_popularity/recall@{COLD_START_K}", delta))
         delta = {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
                  "verdict": interval_verdict(delta)}
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)

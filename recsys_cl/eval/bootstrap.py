@@ -47,3 +47,9 @@ def interval_verdict(interval: dict[str, float]) -> str:
     if interval["high"] < 0.0:
         return "worse"
     return "no clear difference"
+
+
+def interval_metrics(prefix: str, interval: dict[str, float]) -> dict[str, float]:
+    """``{prefix_delta, prefix_low, prefix_high}`` of :func:`paired_bootstrap`'s result, to log as
+    metrics (e.g. ``prefix = "delta/genre_recall@10"``)."""
+    return {f"{prefix}_{k}": float(interval[k]) for k in ("delta", "low", "high")}

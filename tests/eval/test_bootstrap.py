@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
+from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_bootstrap
 
 
 def _loop_reference(after: np.ndarray, before: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float]:
@@ -59,3 +59,8 @@ def test_interval_verdict() -> None:
     assert interval_verdict({"low": 0.0, "high": 0.01}) == "no clear difference"  # 0 is inside
     same = paired_bootstrap(np.ones(5), np.ones(5))
     assert interval_verdict(same) == "no clear difference"
+
+
+def test_interval_metrics_names_the_three_numbers() -> None:
+    d = {"delta": -0.1, "low": -0.2, "high": 0.05, "n_boot": 2000.0}
+    assert interval_metrics("delta/x@5", d) == {"delta/x@5_delta": -0.1, "delta/x@5_low": -0.2, "delta/x@5_high": 0.05}
