@@ -40,7 +40,8 @@ sweep: $(STAMP)  ## loss.kind x loss.temperature grid as nested MLflow runs + ba
 screenshots: $(STAMP)  ## refresh docs/img/mlflow_compare.png from the browser test
 	RECSYS_CL_SCREENSHOT_DIR=docs/img $(PY) -m pytest -q tests/ui
 
-test: $(STAMP)  ## type-check the library, then run the test suite (fast tests; slow ones need --runslow)
+test: $(STAMP)  ## lint + type-check, then run the test suite (fast tests; slow ones need --runslow)
+	$(PY) -m flake8 recsys_cl pipelines tests
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 

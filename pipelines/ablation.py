@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(CONFIGS / "two_tower.yaml"), help="base config (default: %(default)s)")
-    p.add_argument("--variants", default=str(CONFIGS / "ablations" / "two_tower.yaml"), help="variants YAML (default: %(default)s)")
+    p.add_argument("--variants", default=str(CONFIGS / "ablations" / "two_tower.yaml"),
+                   help="variants YAML (default: %(default)s)")
     p.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default: 0 1 2)")
     p.add_argument("--baselines", nargs="*", default=None,

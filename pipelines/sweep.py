@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         baselines: list[str] = []
         if args.baselines is not None:
             names = args.baselines or list(base.baselines.models)
-            checked = load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(names)}]"])
+            models = f"baselines.models=[{','.join(names)}]"
+            checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
         prep = prepare(base)
     except ConfigError as e:

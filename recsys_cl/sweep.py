@@ -21,7 +21,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from recsys_cl.config import ConfigError
-from recsys_cl.eval import plots
 from recsys_cl.eval.report import TABLE_METRICS
 
 SUMMARY_METRICS = ("val/recall@20", *(f"test/{m}" for m in TABLE_METRICS))

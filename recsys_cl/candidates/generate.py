@@ -33,7 +33,6 @@ from recsys_cl.train.steps import embed_items
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class CandidatesResult:
     partition: Path
@@ -157,7 +156,6 @@ def generate_candidates(
         )
     log.info("candidates for %s: %d users, %d rows -> %s", dt, len(users), stats["rows"], partition)
     return CandidatesResult(partition, manifest, timings)
-
 
 
 def read_partition(partition: str | Path) -> pl.DataFrame:

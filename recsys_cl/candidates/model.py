@@ -18,7 +18,6 @@ from recsys_cl.train.steps import embed_items
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Loaded:
     """A model, its provenance and item embeddings, as :func:`load_model` returns them."""

@@ -24,8 +24,6 @@ class CandidatesError(ValueError):
     """Bad input to candidate generation (date, window, data); the message says what and how to fix it."""
 
 
-
-
 def parse_run_date(text: str) -> date:
     """``YYYY-MM-DD`` -> date; anything else raises :class:`CandidatesError` naming the format."""
     try:

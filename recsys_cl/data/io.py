@@ -365,5 +365,3 @@ def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> 
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])
-
-

@@ -9,7 +9,9 @@ import numpy as np
 TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "mrr", "coverage@20")
 
 
-def mean_std(runs: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_METRICS) -> dict[str, tuple[float, float]]:
+def mean_std(
+    runs: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_METRICS
+) -> dict[str, tuple[float, float]]:
     """{metric: (mean, sample std)} over runs (std 0 for a single run); NaN where a run lacks it."""
     out = {}
     for k in keys:

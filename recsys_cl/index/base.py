@@ -41,6 +41,7 @@ def sentinel_for(ids: np.ndarray) -> int | str:
     """The padding id for an id array: -1 for integer ids, "" for string ids."""
     return SENTINEL_STR if ids.dtype.kind == "U" else SENTINEL_ID
 
+
 REBUILD_HINT = "rebuild it with `python -m pipelines.build_index --model <model uri or path> --out <dir>`"
 
 

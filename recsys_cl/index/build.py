@@ -112,7 +112,9 @@ def make_index(backend: str, cfg: IndexConfig) -> Index:
         return ExactIndex()
     if backend == "annoy":
         cls = backend_class("annoy")
-        return cls(n_trees=cfg.n_trees, search_k=cfg.search_k, n_jobs=cfg.n_jobs, seed=cfg.seed)  # type: ignore[call-arg]
+        return cls(  # type: ignore[call-arg]
+            n_trees=cfg.n_trees, search_k=cfg.search_k, n_jobs=cfg.n_jobs, seed=cfg.seed
+        )
     if backend == "faiss":
         cls = backend_class("faiss")
         return cls(nlist=cfg.nlist, nprobe=max(cfg.nprobe, 1), seed=cfg.seed)  # type: ignore[call-arg]

@@ -55,7 +55,9 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         lo, hi = (self.crop_scale + (0.0, 0.0))[:2]
         if len(self.crop_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"augment.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(self.crop_scale)}")
+            raise ConfigError(
+                f"augment.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(self.crop_scale)}"
+            )
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

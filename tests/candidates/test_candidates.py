@@ -168,7 +168,9 @@ def test_future_clicks_change_nothing(tmp_path: Path, loaded, clicks) -> None:  
     assert base.manifest["users_active"] < clicks["user_id"].n_unique()  # some users only click on 09-23
 
 
-def test_rerun_replaces_the_partition_with_identical_bytes(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_replaces_the_partition_with_identical_bytes(  # type: ignore[no-untyped-def]
+    tmp_path: Path, loaded, clicks
+) -> None:
     d = parse_run_date(LAST_DATE)
     first = run(_cfg(tmp_path, chunk_size=3), clicks, loaded, d)
     before = {p.name: p.read_bytes() for p in first.partition.glob("part-*")}
@@ -179,7 +181,9 @@ def test_rerun_replaces_the_partition_with_identical_bytes(tmp_path: Path, loade
     assert [p.name for p in tmp_path.iterdir()] == [f"dt={LAST_DATE}"]  # no temp dirs left
 
 
-def test_annoy_backend_reports_recall_and_reason(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
+def test_annoy_backend_reports_recall_and_reason(  # type: ignore[no-untyped-def]
+    tmp_path: Path, loaded, clicks
+) -> None:
     r = run(_cfg(tmp_path, backend="annoy"), clicks, loaded, parse_run_date(LAST_DATE))
     assert r.manifest["backend"] == "annoy" and "annoy" in r.manifest["backend_reason"]
     assert r.manifest["ann_recall"]["sample_users"] > 0

@@ -63,7 +63,6 @@ def test_evaluate_tiny_case_by_hand():
     assert out["n_users"] == 3 and out["n_skipped_users"] == 1
 
 
-
 def test_per_user_recall_tiny_case_by_hand():
     train, targets, items, users = tiny_case()
     es = build_eval_set(train, targets, items, users, "p")
@@ -74,6 +73,7 @@ def test_per_user_recall_tiny_case_by_hand():
     np.testing.assert_array_equal(per_user_recall(fn, es, k=3, batch_size=2), [1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="positive"):
         per_user_recall(fn, es, k=0)
+
 
 def random_eval_set(n_users=50, n_items=40, seed=0):
     rng = np.random.default_rng(seed)

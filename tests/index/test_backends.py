@@ -190,8 +190,10 @@ class TestFaissIndex(IndexSuite):
 
 
 def _manifest(**kw: object) -> Manifest:
-    base: dict[str, object] = {"backend": "exact", "item_count": 10, "embedding_dim": 8, "model_uri": "models:/m/3",
-                                "model_name": "m", "model_version": "3", "model_run_id": "abc", "embedding_hash": "f" * 64}
+    base: dict[str, object] = {
+        "backend": "exact", "item_count": 10, "embedding_dim": 8, "model_uri": "models:/m/3",
+        "model_name": "m", "model_version": "3", "model_run_id": "abc", "embedding_hash": "f" * 64,
+    }
     return Manifest(**{**base, **kw})  # type: ignore[arg-type]
 
 

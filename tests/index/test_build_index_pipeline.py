@@ -49,8 +49,8 @@ def test_build_index_from_registry_alias(env: dict, backend: str, capsys: pytest
         assert m.backend == "annoy" and m.params["search_k"] > 0
 
     # every item of the catalogue (clicked or only in the item table) is indexed, under its original id
-    model, spec, cfg = load_model_dir(resolve_model_dir("models:/recsys_cl_two_tower/1",
-                                                         TrackingConfig(uri=env["tracking_uri"])))
+    tracking = TrackingConfig(uri=env["tracking_uri"])
+    model, spec, cfg = load_model_dir(resolve_model_dir("models:/recsys_cl_two_tower/1", tracking))
     emb = embed_catalogue(model, spec)
     assert m.item_count == spec.num_items and m.embedding_dim == cfg.model.embedding_dim
     assert m.embedding_hash == embedding_hash(emb.vectors, emb.ids)

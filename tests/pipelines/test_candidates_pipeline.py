@@ -6,7 +6,6 @@ Uses an untrained model directory (no MLflow registry needed) built from the ml-
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -113,7 +112,8 @@ def test_no_clicks_in_window_exits_clearly(tmp_path: Path, model_dir: Path) -> N
 def test_unwritable_output_exits_clearly(tmp_path: Path, model_dir: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match=r"cannot write candidates under .*file/out"):
-        generate_candidates.main(_args(tmp_path, model_dir, "--set", f"candidates.output_dir={tmp_path / 'file' / 'out'}"))
+        out = tmp_path / "file" / "out"
+        generate_candidates.main(_args(tmp_path, model_dir, "--set", f"candidates.output_dir={out}"))
 
 
 def _save_index(model_dir: Path, where: Path) -> Path:
@@ -136,7 +136,9 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
     m = Manifest.read(index_dir)
     m.replace(embedding_hash="0" * 64).write(index_dir)
     with pytest.raises(SystemExit, match=r"does not match the model: embedding_hash"):
-        generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir), "--set", "candidates.output_dir=o2"))
+        generate_candidates.main(
+            _args(tmp_path, model_dir, "--index", str(index_dir), "--set", "candidates.output_dir=o2")
+        )
     assert not (tmp_path / "o2").exists()
 
 

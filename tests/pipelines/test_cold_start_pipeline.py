@@ -121,7 +121,6 @@ def test_missing_text_column_and_model_dir_are_clear_errors(tmp_path: Path, cold
                                    "--set", f"item_tower.text.pretrained={tmp_path / 'nowhere'}"))
 
 
-
 def test_encoder_uri_is_fetched_from_the_runs_tracking_store(tmp_path: Path, cold_data: dict[str, Path]) -> None:
     """runs:/<id>/encoder is looked up in the configured tracking.uri, not in whatever store MLflow
     currently points at; a run that is not there is a clear error naming the store."""
@@ -142,10 +141,12 @@ def test_encoder_uri_is_fetched_from_the_runs_tracking_store(tmp_path: Path, col
         assert run.data.params["item_tower.text.pretrained"] == encoder_uri
 
         missing = f"runs:/{'0' * 32}/encoder"
-        with pytest.raises(SystemExit, match=r"could not be fetched from the MLflow store sqlite:///.*pretraining\.db "
-                                              r"\(Run with id=0+ not found\).*tracking\.uri"):
+        expected = (r"could not be fetched from the MLflow store sqlite:///.*pretraining\.db "
+                    r"\(Run with id=0+ not found\).*tracking\.uri")
+        with pytest.raises(SystemExit, match=expected):
             train_two_tower.main(_args(
-                tmp_path, cold_data, "--set", f"tracking.uri={store}", "--set", "item_tower.encoders=[id,text]",
+                tmp_path, cold_data, "--set", f"tracking.uri={store}",
+                "--set", "item_tower.encoders=[id,text]",
                 "--set", f"item_tower.text.pretrained={missing}",
             ))
     finally:

@@ -54,7 +54,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tiny_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def mlflow_server(  # type: ignore[no-untyped-def]
+    tiny_store, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """Base URL of `mlflow server` over the tiny store; the whole process group is killed afterwards."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("mlflow_server") / "server.log"
@@ -145,7 +147,9 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def test_run_page_and_compare_view(chromium: str, mlflow_server: str, tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_run_page_and_compare_view(  # type: ignore[no-untyped-def]
+    chromium: str, mlflow_server: str, tiny_store, tmp_path: Path
+) -> None:
     mlflow.set_tracking_uri(tiny_store.tracking_uri)
     exp = mlflow.get_experiment_by_name(tiny_store.experiment)
     runs = mlflow.search_runs([exp.experiment_id], filter_string="tags.sweep = 'child'")
@@ -155,8 +159,8 @@ def test_run_page_and_compare_view(chromium: str, mlflow_server: str, tiny_store
     name, mrr = run["tags.mlflow.runName"], run["metrics.test/mrr"]
 
     run_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{run['run_id']}"
-    text = _render(chromium, run_url, tmp_path, "run", [name, "loss.kind", run["params.loss.kind"],
-                                                         "test/mrr", _fmt(mrr)])
+    expected = [name, "loss.kind", run["params.loss.kind"], "test/mrr", _fmt(mrr)]
+    text = _render(chromium, run_url, tmp_path, "run", expected)
     assert "Parameters" in text and "Metrics" in text
 
     query = urllib.parse.urlencode({"runs": json.dumps(list(runs["run_id"])),
