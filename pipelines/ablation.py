@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.cli import exits_on_tracking_error
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import markdown_table, mean_std
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     variants = yaml.safe_load(Path(args.variants).read_text()) or {}

@@ -102,16 +102,19 @@ def main(argv: list[str] | None = None) -> dict:
     run_id = None
     if not args.no_mlflow:
         from recsys_cl.config import TrackingConfig
-        from recsys_cl.tracking import log_benchmark_run
+        from recsys_cl.tracking import TrackingError, log_benchmark_run
 
-        run_id = log_benchmark_run(
-            TrackingConfig(uri=args.tracking_uri, experiment=args.experiment, registered_model_name=None),
-            params={f"bench.{k}": v for k, v in dataclasses.asdict(cfg).items()},
-            metrics=report_metrics(report),
-            tags={"job": "benchmark_candidates", "machine.cpus": report.machine["cpus"],
-                  "machine.load_avg_start": report.machine["load_avg_start"]},
-            artifacts=[out / "benchmark.md", out / "benchmark.json"],
-        )
+        try:
+            run_id = log_benchmark_run(
+                TrackingConfig(uri=args.tracking_uri, experiment=args.experiment, registered_model_name=None),
+                params={f"bench.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+                metrics=report_metrics(report),
+                tags={"job": "benchmark_candidates", "machine.cpus": report.machine["cpus"],
+                      "machine.load_avg_start": report.machine["load_avg_start"]},
+                artifacts=[out / "benchmark.md", out / "benchmark.json"],
+            )
+        except TrackingError as e:
+            raise SystemExit(f"tracking error: {e} (the report is saved in {out})") from None
         print(f"mlflow run: {run_id}")
     print(f"report: {out / 'benchmark.md'}")
     return {**report.to_dict(), "mlflow_run_id": run_id, "out": str(out)}

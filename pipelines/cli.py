@@ -3,21 +3,39 @@
 Every pipeline takes ``--config``, repeatable ``--set section.key=value`` and ``--summary-json PATH``
 (:func:`base_parser`), turns a bad config into ``SystemExit("config error: ...")``
 (:func:`load_config_or_exit`) and writes its summary with :func:`write_summary`. The pretraining
-pipelines also pin torch's threads to ``train.num_threads``.
+pipelines also pin torch's threads to ``train.num_threads``. Pipelines that log to MLflow wrap their
+``main`` in :func:`exits_on_tracking_error`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from recsys_cl.config import ConfigError, load_config
+from recsys_cl.tracking import TrackingError
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def exits_on_tracking_error(main: Callable[..., R]) -> Callable[..., R]:
+    """``main`` with a :class:`~recsys_cl.tracking.TrackingError` (store unreachable or unusable)
+    turned into ``SystemExit("tracking error: ...")``: one line, no traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return main(*args, **kwargs)
+        except TrackingError as e:
+            raise SystemExit(f"tracking error: {e}") from None
+
+    return wrapper
 
 
 def base_parser(

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, write_summary
+from pipelines.cli import base_parser, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import prepare, require_warm_split, run_baseline
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     try:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import write_summary
+from pipelines.cli import exits_on_tracking_error, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
     active_users,
@@ -69,6 +69,7 @@ def load_run_config(args: argparse.Namespace, **flags: Any) -> RunConfig:
     return cfg
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import write_summary
+from pipelines.cli import exits_on_tracking_error, write_summary
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
@@ -86,6 +86,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any) -> tuple[Path, bo
     return directory, True
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     health: dict[str, Any] = {}

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import load_config_or_exit, parse_args, write_summary
+from pipelines.cli import exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
@@ -47,6 +47,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simcse.yaml"
 log = logging.getLogger("pipelines.pretrain_simcse")
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, "python -m pipelines.pretrain_simcse", __doc__, DEFAULT_CONFIG)
     cfg = load_config_or_exit(args, SimCSEConfig)

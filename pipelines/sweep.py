@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import write_summary
+from pipelines.cli import exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     try:  # everything is validated before a run opens or a model trains

@@ -19,7 +19,8 @@ train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'item_tower.encoders=[id]'). Unknown keys are rejected with their full name. A run killed
-mid-training resumes from its last epoch when rerun with the same config (train.resume=true).
+mid-training resumes from its last epoch, into the same MLflow run, when rerun with the same config
+on the same data (train.resume=true); a changed config or click log starts a new run.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, write_summary
+from pipelines.cli import base_parser, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None
         if is_main:
-            with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg)) as run:
+            with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg, prep.fingerprint)) as run:
                 summary = run_two_tower(cfg, run, prep)
         else:  # only rank 0 talks to MLflow and writes files
             summary = run_two_tower(cfg, NullReporter(), prep)

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -24,6 +25,12 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the full key and the fix."""
+
+
+def _check_layer_sizes(key: str, dims: tuple[int, ...]) -> None:
+    """A zero-width hidden layer makes every output the same vector (only its bias gets through)."""
+    if any(d < 1 for d in dims):
+        raise ConfigError(f"{key} entries are hidden layer widths and must be >= 1, got {list(dims)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +106,7 @@ class UserTowerConfig:
     def __post_init__(self) -> None:
         if self.history_length < 1:
             raise ConfigError(f"user_tower.history_length must be >= 1, got {self.history_length}")
+        _check_layer_sizes("user_tower.hidden_dims", self.hidden_dims)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"user_tower.dropout must be in [0, 1), got {self.dropout}")
 
@@ -167,8 +175,10 @@ class ItemTowerConfig:
             raise ConfigError("item_tower.encoders must name at least one of [id, categorical, text, image]")
         if len(set(self.encoders)) != len(self.encoders):
             raise ConfigError(f"item_tower.encoders has duplicates: {list(self.encoders)}")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ConfigError(f"item_tower.id_dropout must be in [0, 1), got {self.id_dropout}")
+        _check_layer_sizes("item_tower.hidden_dims", self.hidden_dims)
+        for key in ("dropout", "id_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"item_tower.{key} must be in [0, 1), got {getattr(self, key)}")
         if "image" in self.encoders and not self.image.pretrained:
             raise ConfigError(
                 "item_tower.encoders includes 'image' but item_tower.image.pretrained is null; set it to "
@@ -343,8 +353,12 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "patience"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.num_threads < 0:
+            raise ConfigError(f"train.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
 
 
 @dataclass(frozen=True)
@@ -352,6 +366,13 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 20, 50)
     batch_size: int = 1024
     """Users scored per block in full ranking."""
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"eval.ks must be a non-empty list of list lengths >= 1, e.g. [10, 20], "
+                              f"got {list(self.ks)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -365,6 +386,19 @@ class TrackingConfig:
     set_alias: str | None = None
     """Point this registry alias (e.g. ``champion``, which ``pipelines.nightly`` serves) at the
     newly registered version. Null = leave aliases alone (promote by hand)."""
+
+    def __post_init__(self) -> None:
+        for key in ("experiment", "registered_model_name", "set_alias", "run_name"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                allowed = "a name" if key == "experiment" else "a name or null"
+                raise ConfigError(f"tracking.{key} must be {allowed}, got an empty string")
+        if self.set_alias is not None and self.registered_model_name is None:
+            raise ConfigError(
+                f"tracking.set_alias={self.set_alias!r} points a registry alias at the new model version, "
+                "but tracking.registered_model_name is null (nothing is registered); set "
+                "tracking.registered_model_name or drop tracking.set_alias"
+            )
 
 
 @dataclass(frozen=True)
@@ -548,10 +582,15 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory; pass --config with a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML path")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                              "pass --config with a YAML file") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
         if loaded is None:
@@ -578,7 +617,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or `section: null` in the YAML (= all defaults)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
         node = child

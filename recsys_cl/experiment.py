@@ -140,6 +140,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     else:
         ranked = spec.catalogue
         protocol = protocol_name(split.protocol)
+    if len(ranked) < 2:  # else training runs and every metric is a meaningless 0
+        what = "cold items" if split.cold_items is not None else "items with training clicks"
+        raise DataError(
+            f"only {len(ranked)} {what} to rank (split {split.protocol}); full ranking needs at least 2. "
+            "The click log is too small for this split: use more data or another split.kind"
+        )
     ranked_vocab = Vocab(spec.items.ids[ranked], name=spec.items.name)
     known = spec.items if split.cold_items is not None else None
     val_set = build_eval_set(split.train, split.val_targets(), ranked_vocab, spec.users, protocol, known)
@@ -259,7 +265,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         fn = two_tower_score_fn(m, prep.spec, prep.split.train, prep.val_set, L, prep.ranked)
         return evaluate(fn, prep.val_set, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
 
-    ckpt = checkpoint_path(cfg)
+    ckpt = checkpoint_path(cfg, prep.fingerprint)
     result: FitResult = fit(
         model, data, cfg.train, cfg.loss, validate,
         on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
@@ -339,24 +345,29 @@ def cold_start_popularity(prep: Prepared) -> ScoreFn:
     return popularity
 
 
-def checkpoint_path(cfg: RunConfig) -> Path:
-    return Path(cfg.train.checkpoint_dir) / f"{config_hash(cfg)}.pt"
+def checkpoint_path(cfg: RunConfig, data_fingerprint: str) -> Path:
+    """Where a run with this config on this data checkpoints; a rerun resumes only from its own
+    file, so changed data (``data_fingerprint``, :func:`fingerprint`) or a changed config starts afresh."""
+    key = hashlib.sha256(f"{config_hash(cfg)}|{data_fingerprint}".encode()).hexdigest()[:16]
+    return Path(cfg.train.checkpoint_dir) / f"{key}.pt"
 
 
-def resumable_run_id(cfg: RunConfig) -> str | None:
-    """The MLflow run id of an interrupted run with this config, if a checkpoint is left."""
+def resumable_run_id(cfg: RunConfig, data_fingerprint: str) -> str | None:
+    """The MLflow run id of an interrupted run with this config on this data, if a checkpoint is left."""
     if not cfg.train.resume:
         return None
-    state = load_checkpoint(checkpoint_path(cfg))
+    state = load_checkpoint(checkpoint_path(cfg, data_fingerprint))
     return None if state is None else state.get("extra", {}).get("run_id")
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Identity of a training run for resuming: everything but bookkeeping keys."""
+    """Identity of a training run for resuming: everything but bookkeeping keys (epochs may be raised
+    to train on). ``tracking.*`` is part of it: a resumed run keeps its MLflow run, experiment and
+    logged params, so a rerun that changes them must start a new run."""
     flat = cfg.to_flat_dict()
     for key in ("train.epochs", "train.progress", "train.resume", "train.checkpoint_dir"):
         flat.pop(key, None)
-    flat = {k: v for k, v in flat.items() if not k.startswith(("tracking.", "baselines."))}
+    flat = {k: v for k, v in flat.items() if not k.startswith("baselines.")}
     return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import subprocess
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -25,6 +27,38 @@ log = logging.getLogger(__name__)
 # mlflow's own per-file download bar floods the log when a model is registered.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or a run cannot be opened in it; the message names the
+    store and the fix. Pipelines turn it into ``tracking error: ...`` (``pipelines.cli``)."""
+
+
+STORE_FIX = "check tracking.uri (or $MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db for a local file"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI, open one TCP connection to its host and port.
+
+    MLflow's own client retries a refused connection with backoff for minutes before it fails;
+    this says at once that nobody listens there. Other schemes (sqlite, file, databricks) pass.
+
+    Raises:
+        TrackingError: the server cannot be reached within ``timeout_s``.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (e.g. `mlflow server "
+            f"--backend-store-uri sqlite:///mlflow.db --port {port}`) or {STORE_FIX}"
+        ) from None
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -125,17 +159,29 @@ def mlflow_run(
     tags: Mapping[str, Any] | None = None,
     run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """Open a run in ``cfg.experiment`` (or resume ``run_id``); ends it FAILED on an exception."""
+    """Open a run in ``cfg.experiment`` (or resume ``run_id``); ends it FAILED on an exception.
+
+    Raises:
+        TrackingError: the store cannot be reached or opened, or the run cannot be started there.
+    """
     uri = resolve_tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.experiment)
-    if run_id is not None:
-        try:
-            mlflow.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
-            run_id = None
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name))
+    check_reachable(uri)
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(cfg.experiment)
+        if run_id is not None:
+            try:
+                mlflow.get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
+                run_id = None
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name))
+    except Exception as e:  # sqlalchemy, OSError, MlflowException ...: all mean "this store will not open"
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise TrackingError(
+            f"could not open an MLflow run in the store {uri} (experiment {cfg.experiment!r}): "
+            f"{type(e).__name__}: {first}; {STORE_FIX}"
+        ) from e
     try:
         tracker = Tracker(run)
         tracker.set_tags({"git_commit": git_commit(), **dict(tags or {})})

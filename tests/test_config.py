@@ -78,6 +78,19 @@ def test_unknown_section() -> None:
         ("split.kind=random", r"split\.kind must be one of"),
         ("negatives.in_batch=false", r"no negatives configured"),
         ("train.epochs", r"must look like section\.key=value"),
+        # values that used to pass here and fail later, inside torch or after training
+        ("train.lr=.nan", r"train\.lr must be a finite number > 0, got nan"),
+        ("train.lr=.inf", r"train\.lr must be a finite number > 0, got inf"),
+        ("train.weight_decay=-1", r"train\.weight_decay must be a finite number >= 0"),
+        ("train.num_threads=-1", r"train\.num_threads must be >= 0"),
+        ("eval.ks=[0]", r"eval\.ks must be a non-empty list of list lengths >= 1.*got \[0\]"),
+        ("eval.ks=[]", r"eval\.ks must be a non-empty list"),
+        ("eval.batch_size=0", r"eval\.batch_size must be >= 1"),
+        ("item_tower.dropout=2", r"item_tower\.dropout must be in \[0, 1\), got 2"),
+        ("user_tower.hidden_dims=[32, 0]", r"user_tower\.hidden_dims entries .* must be >= 1, got \[32, 0\]"),
+        ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),
+        ("tracking.experiment=''", r"tracking\.experiment must be a name, got an empty string"),
+        ("tracking.registered_model_name=''", r"tracking\.registered_model_name must be a name or null"),
     ],
 )
 def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:
@@ -111,3 +124,26 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, RunConfig)
+
+
+def test_alias_without_a_registered_model_is_rejected_before_training() -> None:
+    with pytest.raises(ConfigError, match=r"tracking\.set_alias='champion'.*registered_model_name is null"):
+        load_config(None, RunConfig, ["tracking.registered_model_name=null", "tracking.set_alias=champion"])
+    cfg = load_config(None, RunConfig, ["tracking.set_alias=champion"])  # the default name registers
+    assert cfg.tracking.registered_model_name and cfg.tracking.set_alias == "champion"
+
+
+def test_config_path_that_is_a_directory_or_not_text(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; pass --config with a YAML file"):
+        load_config(tmp_path, RunConfig)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x80\x81\xff\xfe")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_config(binary, RunConfig)
+
+
+def test_null_section_in_yaml_takes_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train: null\n")
+    assert load_config(p, RunConfig).train == load_config(None, RunConfig).train  # null section = defaults
+    assert load_config(p, RunConfig, ["train.epochs=2"]).train.epochs == 2

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from recsys_cl.config import DataConfig, RunConfig, SplitConfig
+from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import prepare
 
 
@@ -38,3 +41,13 @@ def test_time_ordered_runs_read_item_tags_as_of_the_training_cutoff(tmp_path: Pa
     every = _tags(RunConfig(data=data, split=SplitConfig(kind="leave_last_out")))  # no global cutoff
     assert every[1] == ["early", "later"] and every[5] == ["late"]
     assert every[2] == []
+
+
+def test_a_log_too_small_to_rank_or_evaluate_is_refused(tmp_path: Path) -> None:
+    """Three clicks of one user: training would 'succeed' with every metric 0."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,4.0,2\n1,3,4.0,3\n")
+    (folder / "movies.csv").write_text("movieId,title,genres\n1,A (2000),Drama\n2,B (2000),Drama\n3,C (2000),Drama\n")
+    with pytest.raises(DataError, match=r"only 1 items with training clicks to rank .*needs at least 2"):
+        prepare(RunConfig(data=DataConfig(path=str(folder))))

@@ -138,6 +138,50 @@ def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
         ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
 
 
+def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming is keyed by config *and* data: a checkpoint of other clicks must not continue into
+    this run (one MLflow run would mix metrics of two data sets)."""
+    import shutil
+
+    from recsys_cl import tracking
+
+    data = tmp_path / "ml"
+    shutil.copytree(FIXTURES / "ml-100k", data)
+    original = tracking.Tracker.on_epoch_end
+
+    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        original(self, epoch, metrics)
+
+    args = [*_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10"),
+            "--set", f"data.path={data}"]
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_two_tower.main(args)
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+    lines = (data / "u.data").read_text().splitlines()
+    (data / "u.data").write_text("\n".join(lines[:-6]) + "\n")  # the click log changed meanwhile
+    summary = train_two_tower.main(args)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert len(runs) == 2, "a new run, not the killed one resumed"
+    steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]  # trained from epoch 1 on the new data
+
+
+def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit, match=rf"^tracking error: cannot reach the MLflow tracking server at "
+                                         rf"http://127\.0\.0\.1:{port}"):
+        train_two_tower.main([*_args(tmp_path, "ml-100k"), "--set", f"tracking.uri=http://127.0.0.1:{port}"])
+
+
 def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from recsys_cl import tracking
 

@@ -1,0 +1,45 @@
+"""recsys_cl.tracking: a store that cannot be reached or opened is one clear TrackingError, at once."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from recsys_cl.config import TrackingConfig
+from recsys_cl.tracking import TrackingError, check_reachable, mlflow_run
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nobody listens once the socket is closed
+
+
+def test_unreachable_server_fails_at_once_with_the_fix() -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match=rf"cannot reach the MLflow tracking server at {uri} .*tracking\.uri"):
+        check_reachable(uri)
+    assert time.perf_counter() - t0 < 5  # MLflow's client alone retries for minutes
+
+
+def test_listening_server_and_local_stores_pass() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"http://127.0.0.1:{s.getsockname()[1]}/")
+    check_reachable("sqlite:///nowhere/mlflow.db")  # local stores are opened, not probed
+    check_reachable("file:///tmp/mlruns")
+
+
+def test_a_store_that_will_not_open_names_the_store(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "ratings.csv"
+    not_a_db.write_text("userId,movieId\n1,2\n")
+    for uri in (f"sqlite:///{not_a_db}", f"sqlite:///{not_a_db}/mlflow.db"):  # a text file; a file as folder
+        with pytest.raises(TrackingError, match=r"could not open an MLflow run in the store sqlite:///.*ratings\.csv"
+                                                r".*check tracking\.uri"):
+            with mlflow_run(TrackingConfig(uri=uri)):
+                pass
