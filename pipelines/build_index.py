@@ -11,6 +11,9 @@ Runs the item tower over every item of the model's catalogue, builds ``index.bac
 against exact search reaches ``index.target_recall`` on a sample of real user embeddings, and writes
 the index directory (backend files + manifest.json) atomically. ``auto`` keeps the fastest backend
 meeting the target; the manifest says what it chose and why.
+
+The output directory is replaced whole, so it must be absent, empty or an earlier index (with its
+manifest.json); anything else is refused before any work and left untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from pipelines.cli import base_parser, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, log_index
+from recsys_cl.io_atomic import OutputError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.build_index")
@@ -34,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "write the manifest and run id to PATH", "index.backend=annoy")
     p.add_argument("--model", required=True,
                    help="model directory, runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>")
-    p.add_argument("--out", help="index directory (default: index.output_dir from the config)")
+    p.add_argument("--out", help="index directory: new, empty or an index to replace "
+                                 "(default: index.output_dir from the config, runs/index/latest)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     return p.parse_args(argv)
 
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or cfg.index.output_dir)
     try:
         build = build_index_for_model(args.model, cfg.index, out, cfg.tracking)
-    except (ModelNotFoundError, ImportError) as e:
+    except (ModelNotFoundError, ImportError, OutputError) as e:
         raise SystemExit(f"index error: {e}") from None
     run_id = None if args.no_mlflow else log_index(build, cfg.tracking, cfg.index)
     m = build.manifest

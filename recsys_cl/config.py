@@ -492,8 +492,9 @@ class IndexConfig:
     """Threads for Annoy queries."""
     auto_backends: tuple[Literal["exact", "annoy", "faiss"], ...] = ("exact", "annoy", "faiss")
     """Backends ``auto`` considers (faiss is skipped when not installed)."""
-    output_dir: str = "runs/index"
-    """Default index directory when ``--out`` is not given."""
+    output_dir: str = "runs/index/latest"
+    """Default index directory when ``--out`` is not given (not ``candidates.index_root`` itself, which
+    holds the nightly's per-version indexes; a build refuses to replace a folder that is not an index)."""
     embed_batch_size: int = 8192
     seed: int = 0
 

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from recsys_cl.config import IndexConfig, TrackingConfig
-from recsys_cl.index.base import Index, Manifest, backend_class, embedding_hash, utc_now_iso
+from recsys_cl.index.base import MANIFEST_FILE, Index, Manifest, backend_class, embedding_hash, utc_now_iso
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
 from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
+from recsys_cl.io_atomic import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,13 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     An existing index at ``target`` is moved aside and deleted only after the new one is in
     place, so a reader sees the old or the new directory (a crash between the two renames leaves
     the old one under ``.<name>.old-*``, which the next build removes). Returns ``target``.
+
+    Raises:
+        OutputError: ``target`` exists and is neither an index directory nor empty
+            (:func:`check_replaceable`): it is never deleted.
     """
     target = Path(target).absolute()
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -214,6 +220,30 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def check_replaceable(target: str | Path) -> None:
+    """An index build replaces its target directory whole; refuse unless the target is absent,
+    empty, or an index (it has ``manifest.json``), so that ``--out`` pointed at the wrong folder
+    (a nightly index root, a home directory) deletes nothing.
+
+    Raises:
+        OutputError: naming what is there and how to fix it.
+    """
+    target = Path(target)
+    if not target.exists() or (target.is_dir() and (target / MANIFEST_FILE).is_file()):
+        return
+    if not target.is_dir():
+        raise OutputError(f"index output {target} is a file, not a directory; pass --out (index.output_dir) "
+                          "a new or empty directory, or an index directory to replace")
+    entries = sorted(p.name for p in target.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise OutputError(
+            f"index output {target} exists and is not an index directory (no {MANIFEST_FILE}; it holds {shown}); "
+            "a build replaces its target whole, so it will not delete this. Pass --out (index.output_dir) "
+            "a new or empty directory, or an index directory to replace"
+        )
 
 
 def _remove_stale(target: Path) -> None:
@@ -251,10 +281,16 @@ def build_index_for_model(
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
 ) -> IndexBuild:
-    """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically."""
+    """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
+
+    Raises:
+        OutputError: ``out_dir`` holds something other than an index (checked before any work).
+        ModelNotFoundError: the model cannot be fetched or loaded.
+    """
     from recsys_cl.tracking import model_provenance, resolve_model_dir
     from recsys_cl.train.checkpoint import load_model_dir
 
+    check_replaceable(out_dir)
     try:
         model_dir = resolve_model_dir(model_uri, tracking)
         provenance = model_provenance(model_uri, tracking)

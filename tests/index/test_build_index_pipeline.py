@@ -116,3 +116,32 @@ def test_summary_json(env: dict, tmp_path: Path) -> None:
                            "--summary-json", str(tmp_path / "s.json")))
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["manifest"]["backend"] == "exact" and s["manifest"]["recall_at_k"] == 1.0
+
+
+def test_an_out_folder_that_is_not_an_index_is_never_deleted(env: dict) -> None:
+    """The build replaces its target whole: pointed at the wrong folder it must refuse, not rmtree."""
+    model_dir = resolve_model_dir(env["summary"]["model_uri"], TrackingConfig(uri=env["tracking_uri"]))
+    victim = env["out"]
+    (victim / "sub").mkdir(parents=True)
+    (victim / "important.txt").write_text("precious")
+    with pytest.raises(SystemExit, match=r"index error: index output .*index exists and is not an index directory "
+                                         r"\(no manifest\.json; it holds important\.txt, sub\).*--out"):
+        build_index.main(_args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow"))
+    assert (victim / "important.txt").read_text() == "precious" and (victim / "sub").is_dir()
+    index = load_index(_build_elsewhere(env, model_dir))
+    with pytest.raises(OSError, match="is not an index directory"):  # the writer checks too
+        write_index_atomically(index, index.manifest, victim)  # type: ignore[arg-type]
+    assert (victim / "important.txt").read_text() == "precious"
+
+    (victim / "important.txt").unlink()
+    (victim / "sub").rmdir()  # an empty folder is fine to fill
+    build_index.main(_args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow"))
+    assert load_index(victim).manifest is not None
+
+
+def _build_elsewhere(env: dict, model_dir: Path) -> Path:
+    out = env["out"].parent / "elsewhere"
+    args = _args(env, str(model_dir), "--set", "index.backend=exact", "--no-mlflow")
+    args[args.index("--out") + 1] = str(out)
+    build_index.main(args)
+    return out
