@@ -89,6 +89,9 @@ class Manifest:
     """Why this backend (``auto``), or which backend was requested."""
     index_id: str = ""
     """Short id of this build: derived from the embedding hash, backend and params."""
+    files_sha256: dict[str, str] = field(default_factory=dict)
+    """sha256 of each backend file, checked by :meth:`Index.load` so that a damaged file whose
+    header still parses is refused instead of serving wrong scores (empty in older manifests)."""
     manifest_version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
@@ -122,6 +125,8 @@ class Manifest:
     @classmethod
     def read(cls, directory: str | Path) -> Manifest:
         directory = Path(directory)
+        if directory.is_file():
+            raise IndexLoadError(f"{directory} is a file; pass the index directory that holds {MANIFEST_FILE}")
         if not directory.is_dir():
             raise IndexLoadError(f"index directory {directory} does not exist; {REBUILD_HINT}")
         path = directory / MANIFEST_FILE
@@ -139,6 +144,30 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def backend_file_hashes(directory: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of every file in ``directory`` but the manifest."""
+    return {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Raise :class:`IndexLoadError` when a file listed in ``manifest.files_sha256`` is missing or
+    its bytes changed since the build (a manifest without checksums passes)."""
+    for name, expected in manifest.files_sha256.items():
+        path = directory / name
+        if not path.is_file():
+            raise IndexLoadError(f"{path} is missing, the index directory is incomplete; {REBUILD_HINT}")
+        if file_sha256(path) != expected:
+            raise IndexLoadError(
+                f"{path} does not match the checksum recorded in {MANIFEST_FILE} when the index was built: "
+                f"the file was damaged or replaced, so the index is corrupt; {REBUILD_HINT}"
+            )
 
 
 def utc_now_iso() -> str:
@@ -278,6 +307,7 @@ class Index(ABC):
         if not manifest.built_at:
             manifest = manifest.replace(built_at=utc_now_iso())
         self._save_files(directory)
+        manifest = manifest.replace(files_sha256=backend_file_hashes(directory))
         manifest.write(directory)
         self.manifest = manifest
         return directory
@@ -292,6 +322,7 @@ class Index(ABC):
                 f"{directory} holds a '{manifest.backend}' index, not '{cls.name}'; use load_index() to "
                 "dispatch on the manifest"
             )
+        verify_files(directory, manifest)
         index = cls._from_manifest(manifest)
         index._load_files(directory, manifest)
         if index.size != manifest.item_count or index.dim != manifest.embedding_dim:

@@ -4,6 +4,7 @@ pattern): each backend class supplies ``_make_index()``; exact search is the ora
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,26 @@ class IndexSuite:
         with pytest.raises(IndexLoadError, match="build_index"):
             load_index(tmp_path / "idx")
 
+    def test_damaged_bytes_behind_an_intact_header_are_refused(self, built: Index, tmp_path: Path) -> None:
+        """Flipped bytes mid-file still parse (npy / annoy / faiss headers intact) and would serve
+        wrong scores; the per-file checksums in the manifest catch them."""
+        built.save(tmp_path / "idx")
+        names = [p.name for p in (tmp_path / "idx").iterdir() if p.name != "manifest.json"]
+        for name in names:
+            copy = tmp_path / f"copy-{name}"
+            shutil.copytree(tmp_path / "idx", copy)
+            raw = bytearray((copy / name).read_bytes())
+            mid = len(raw) // 2
+            raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+            (copy / name).write_bytes(bytes(raw))
+            with pytest.raises(IndexLoadError, match=rf"{name} does not match the checksum .*corrupt.*build_index"):
+                load_index(copy)
+        manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+        assert sorted(manifest["files_sha256"]) == sorted(names)
+        del manifest["files_sha256"]  # written before checksums existed: still loads
+        (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+        assert load_index(tmp_path / "idx").size == built.size
+
     def test_bad_queries_are_rejected(self, built: Index) -> None:
         with pytest.raises(ValueError, match=r"\(Q, 16\)"):
             built.query(np.zeros((2, 3), dtype=np.float32), K)
@@ -219,6 +240,9 @@ def test_missing_directory_and_manifest(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(IndexLoadError, match="manifest.json is missing"):
         load_index(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{}")
+    with pytest.raises(IndexLoadError, match="is a file; pass the index directory that holds manifest.json"):
+        load_index(tmp_path / "empty" / "manifest.json")
 
 
 @pytest.mark.parametrize("text, match", [
