@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_args(p)
     p.add_argument("--model", help="model URI or directory (default: candidates.model_uri)")
     p.add_argument("--index", help="index directory from pipelines.build_index (default: candidates.index_dir)")
-    p.add_argument("--backend", choices=["exact", "annoy", "faiss", "auto"], help="default: candidates.backend")
+    p.add_argument("--backend", choices=["exact", "annoy", "faiss", "auto"],
+                   help="index built in memory (default: candidates.backend); with --index, the saved "
+                        "index must be of this backend")
     return p.parse_args(argv)
 
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
                         tags={"job": "candidates", "date": str(run_date), "engine": c.engine}) as tracker:
             tracker.log_params({f"candidates.{k}": v for k, v in dataclasses.asdict(c).items()})
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
-                         extra_manifest={"mlflow_run_id": tracker.run_id})
+                         extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto")
             log_result(tracker, result.manifest)
     except INPUT_ERRORS as e:
         raise SystemExit(f"candidates error: {e}") from None

@@ -14,7 +14,8 @@ Examples:
 3. Generate the date's candidates (same code as pipelines.generate_candidates).
 4. Health against the previous published partition: overlap@K per user (checked only when the
    model version is unchanged), catalogue coverage, share of active users served, sampled ANN
-   recall. A crossed threshold (candidates.min_*) publishes nothing, keeps the previous
+   recall, share of the window's clicks on items the model knows, a click on the run date itself
+   (else the click log is late). A crossed threshold (candidates.min_*) publishes nothing, keeps the previous
    partitions, marks the MLflow run FAILED and exits non-zero (--publish-unhealthy publishes
    anyway, still exiting non-zero).
 """

@@ -455,6 +455,10 @@ class CandidatesConfig:
     """Share of active users that get at least one candidate."""
     min_ann_recall: float = 0.9
     """Sampled recall@K of the index against exact search."""
+    min_known_item_share: float = 0.5
+    """Share of the window's clicks on items the model knows (lower: a new catalogue or id space)."""
+    require_clicks_on_run_date: bool = True
+    """Fail the health check when the run date itself has no click (the click log is late)."""
 
     def __post_init__(self) -> None:
         for key in ("k", "lookback_days", "chunk_size", "n_workers"):
@@ -462,7 +466,7 @@ class CandidatesConfig:
                 raise ConfigError(f"candidates.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_extra_fetch < 0 or self.recall_sample < 0:
             raise ConfigError("candidates.max_extra_fetch and candidates.recall_sample must be >= 0")
-        for key in ("min_overlap", "min_coverage", "min_served_share", "min_ann_recall"):
+        for key in ("min_overlap", "min_coverage", "min_served_share", "min_ann_recall", "min_known_item_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"candidates.{key} must be in [0, 1], got {getattr(self, key)}")
 

@@ -64,19 +64,25 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def cleanup_stale(root: Path, dt: str) -> None:
-    """Remove temp dirs of dead writers for ``dt``; restore an old partition left by a died swap."""
+def cleanup_stale(root: Path) -> None:
+    """Remove the temp dirs of dead writers, of every date (a run killed on one date leaves its temp
+    dir until any later run); restore an old partition left by a swap that died halfway.
+
+    A writer is dead when no process has its pid (a live unrelated process that reused the pid
+    keeps the directory until a later run)."""
     if not root.is_dir():
         return
-    target = root / partition_name(dt)
-    for p in sorted(root.glob(f".{partition_name(dt)}.*")):
-        parts = p.name.split(".")  # ['', 'dt=...', 'tmp|old', '<pid>-<hex>']
+    for p in sorted(root.glob(".dt=*.*.*")):
+        parts = p.name.split(".")  # ['', 'dt=YYYY-MM-DD', 'tmp|old', '<pid>-<hex>']
+        if len(parts) != 4 or parts[2] not in ("tmp", "old"):
+            continue
         try:
             pid = int(parts[-1].split("-")[0])
         except ValueError:
             continue
         if _pid_alive(pid) and pid != os.getpid():
             continue
+        target = root / parts[1]
         if parts[-2] == "old" and not target.exists() and (p / SUCCESS_FILE).is_file():
             log.warning("restoring %s from %s (a previous run died mid-swap)", target, p)
             os.rename(p, target)
@@ -128,7 +134,7 @@ class PartitionWriter:
     def __enter__(self) -> PartitionWriter:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            cleanup_stale(self.root, self.dt)
+            cleanup_stale(self.root)
             tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.tmp = self.root / f".{partition_name(self.dt)}.tmp.{tag}"
             self.tmp.mkdir()

@@ -44,7 +44,7 @@ from recsys_cl.candidates.health import (
     overlap_at_k,
     previous_partition,
 )
-from recsys_cl.candidates.histories import UserBatch, UserHistories
+from recsys_cl.candidates.histories import UserBatch, UserHistories, check_clicks
 from recsys_cl.candidates.job import run
 from recsys_cl.candidates.model import (
     Loaded,
@@ -77,6 +77,7 @@ __all__ = [
     "Window",
     "active_users",
     "build_index_in_memory",
+    "check_clicks",
     "chunks",
     "clicks_up_to",
     "day_start",

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_cl.candidates.histories import UserHistories
+from recsys_cl.candidates.histories import UserHistories, check_clicks
 from recsys_cl.candidates.scoring import Recommender, topk_unseen
 from recsys_cl.candidates.window import (
     CandidatesError,
@@ -108,6 +108,13 @@ def generate_candidates(
     t = {"start": time.perf_counter()}
     history = clicks_up_to(clicks, run_date)  # nothing after the run date from here on
     users = active_users(history, run_date, cfg.lookback_days)
+    window = Window(run_date, cfg.lookback_days)
+    clicks_read = check_clicks(history, rec.spec, window)
+    if clicks_read["known_item_share"] < 0.9:
+        log.warning("%.1f%% of the window's clicks are on items the model does not know; their users' "
+                    "histories are shorter than they are", 100 * (1 - clicks_read["known_item_share"]))
+    if clicks_read["clicks_on_run_date"] == 0:
+        log.warning("no click on the run date %s itself: is the click log late?", run_date)
     histories = UserHistories(history.filter(pl.col("user_id").is_in(users)), rec.spec)
     t["load"] = time.perf_counter()
     dt = run_date.isoformat()
@@ -128,7 +135,6 @@ def generate_candidates(
             "generate_s": t["generate"] - t["load"],
             "checks_s": t["check"] - t["generate"],
         }
-        window = Window(run_date, cfg.lookback_days)
         manifest: dict[str, Any] = {
             "date": dt,
             "window": str(window),
@@ -136,6 +142,9 @@ def generate_candidates(
             "window_end_ts": window.end,
             "k": cfg.k,
             "users_active": int(len(users)),
+            "window_clicks": int(clicks_read["window_clicks"]),
+            "known_item_share": clicks_read["known_item_share"],
+            "clicks_on_run_date": int(clicks_read["clicks_on_run_date"]),
             **stats,
             "served_share": stats["users_served"] / max(len(users), 1),
             "catalogue_size": rec.spec.num_items,

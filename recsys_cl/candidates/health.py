@@ -59,6 +59,8 @@ def health_check(
         "served_share": manifest["served_share"],
         "catalogue_coverage": manifest["catalogue_coverage"],
         "ann_recall": manifest["ann_recall"]["recall_at_k"],
+        "known_item_share": manifest["known_item_share"],
+        "clicks_on_run_date": manifest["clicks_on_run_date"],
         "previous_partition": None if previous is None else str(previous),
     }
     failures = []
@@ -71,6 +73,12 @@ def health_check(
     if health["ann_recall"] < cfg.min_ann_recall:
         failures.append(f"sampled ANN recall@K {health['ann_recall']:.3f} < candidates.min_ann_recall "
                         f"{cfg.min_ann_recall}")
+    if health["known_item_share"] < cfg.min_known_item_share:
+        failures.append(f"only {health['known_item_share']:.3f} of the window's clicks are on items the model knows "
+                        f"< candidates.min_known_item_share {cfg.min_known_item_share}")
+    if cfg.require_clicks_on_run_date and health["clicks_on_run_date"] == 0:
+        failures.append(f"no click on the run date {manifest['date']} itself: the click log looks late "
+                        "(candidates.require_clicks_on_run_date)")
     if previous is not None:
         prev_manifest = read_success(previous) or {}
         same_model = prev_manifest.get("model_version") == manifest["model_version"]

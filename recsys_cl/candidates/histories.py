@@ -12,9 +12,46 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from recsys_cl.candidates.window import CandidatesError
+from recsys_cl.candidates.window import DAY, CandidatesError, Window
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec
+
+
+def check_clicks(history: pl.DataFrame, spec: FeatureSpec, window: Window) -> dict[str, float]:
+    """What the model can read of the window's clicks; refuse clicks from another id space.
+
+    Args:
+        history: clicks up to the end of the run date (``user_id``, ``item_id``, ``timestamp``).
+        window: the run's active-user window.
+
+    Returns:
+        ``{"window_clicks", "known_item_share", "clicks_on_run_date"}``: clicks in the window, the
+        share of them on items the model knows (others cannot feed the user tower), and clicks on
+        the run date itself (0 = the click log may be late).
+
+    Raises:
+        CandidatesError: id columns of another type than the model's vocabularies, or no click of
+            the window on an item the model knows (the wrong data set or id space).
+    """
+    for col, vocab in (("user_id", spec.users), ("item_id", spec.items)):
+        got, want = history.schema[col], vocab.ids.dtype
+        if (got == pl.String) != (want.kind == "U"):
+            raise CandidatesError(
+                f"the click log's {col} column holds {got} ids but the model was trained on {want} ids; "
+                f"point data.path at clicks in the model's id space (or cast {col} to the training type)"
+            )
+    recent = history.filter(pl.col("timestamp") >= window.start)
+    known = spec.items.encode(recent["item_id"]) >= 0  # (N,)
+    if recent.height and not known.any():
+        sample = recent["item_id"].unique().head(3).to_list()
+        raise CandidatesError(
+            f"none of the {recent.height} clicks in the window {window} is on an item the model knows "
+            f"(e.g. item ids {sample}; the model has {len(spec.items)} items such as {spec.items.ids[:3].tolist()}); "
+            "these clicks come from another data set or id space: check data.path"
+        )
+    on_day = int((recent["timestamp"] >= window.end - DAY).sum())
+    return {"window_clicks": float(recent.height), "known_item_share": float(known.mean()) if len(known) else 1.0,
+            "clicks_on_run_date": float(on_day)}
 
 
 @dataclass(frozen=True)

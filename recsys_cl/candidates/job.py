@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 
 from recsys_cl.candidates.generate import CandidatesResult, generate_candidates
-from recsys_cl.candidates.histories import UserBatch, UserHistories
+from recsys_cl.candidates.histories import UserBatch, UserHistories, check_clicks
 from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
 from recsys_cl.candidates.scoring import Recommender
 from recsys_cl.candidates.spark import make_spark_runner
-from recsys_cl.candidates.window import active_users, clicks_up_to
+from recsys_cl.candidates.window import Window, active_users, clicks_up_to
 from recsys_cl.config import CandidatesConfig
 from recsys_cl.train.steps import embed_users
 
@@ -29,21 +29,24 @@ def run(
     index_dir: str | Path | None = None,
     validate: Callable[[Path, dict[str, Any]], None] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    index_backend: str = "auto",
 ) -> CandidatesResult:
     """Index (loaded and checked, or built in memory) -> candidates for ``run_date`` -> published partition.
 
-    ``cfg.backend`` / ``cfg.engine`` choose the backend and engine; the manifest records the choice
-    and why.
+    ``cfg.backend`` / ``cfg.engine`` choose the backend built in memory and the engine; the manifest
+    records the choice and why. A saved ``index_dir`` is used with its own backend, which must be
+    ``index_backend`` unless that is ``auto``.
     """
     import tempfile
 
     t0 = time.perf_counter()
     history = clicks_up_to(clicks, run_date)
     users = active_users(history, run_date, cfg.lookback_days)  # fail early on an empty window
+    check_clicks(history, loaded.spec, Window(run_date, cfg.lookback_days))  # ... or foreign ids
     if index_dir is not None:
         # a saved index is used with its own backend (candidates.backend only picks what to build
         # in memory); the manifest is still checked against the model
-        index, index_id, reason = open_index(index_dir, loaded, "auto")
+        index, index_id, reason = open_index(index_dir, loaded, index_backend)
     else:
         sample = np.random.default_rng(cfg.seed).choice(users, size=min(len(users), 1000), replace=False)
         hist = UserHistories(history.filter(pl.col("user_id").is_in(sample)), loaded.spec)

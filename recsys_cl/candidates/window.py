@@ -41,6 +41,15 @@ def day_start(d: date) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
 
 
+def _shift(d: date, days: int) -> date:
+    try:
+        return d + timedelta(days=days)
+    except OverflowError:
+        raise CandidatesError(
+            f"run date {d} shifted by {days} days leaves the calendar (years 1..9999); pick a real run date"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Window:
     """The active-user window of a run date: ``[start, end)`` in unix seconds (UTC)."""
@@ -50,21 +59,38 @@ class Window:
 
     @property
     def start(self) -> int:
-        return day_start(self.run_date - timedelta(days=self.lookback_days - 1))
+        return day_start(_shift(self.run_date, 1 - self.lookback_days))
 
     @property
     def end(self) -> int:
         """End of the run date (exclusive): no click at or after this is ever read."""
-        return day_start(self.run_date + timedelta(days=1))
+        return day_start(_shift(self.run_date, 1))
 
     def __str__(self) -> str:
-        first = self.run_date - timedelta(days=self.lookback_days - 1)
-        return f"[{first} 00:00, {self.run_date + timedelta(days=1)} 00:00) UTC"
+        return f"[{_shift(self.run_date, 1 - self.lookback_days)} 00:00, {_shift(self.run_date, 1)} 00:00) UTC"
+
+
+def data_span(clicks: pl.DataFrame) -> str:
+    """``first .. last`` click dates (UTC) of a non-empty click log."""
+    ts = clicks["timestamp"]
+    first, last = (datetime.fromtimestamp(int(v), tz=timezone.utc).date()  # type: ignore[arg-type]
+                   for v in (ts.min(), ts.max()))
+    return f"{first} .. {last}"
 
 
 def clicks_up_to(clicks: pl.DataFrame, run_date: date) -> pl.DataFrame:
-    """Clicks with timestamp before the end of ``run_date`` (UTC): all history a run may read."""
-    return clicks.filter(pl.col("timestamp") < Window(run_date, 1).end)
+    """Clicks with timestamp before the end of ``run_date`` (UTC): all history a run may read.
+
+    Raises:
+        CandidatesError: the log has clicks, but none on or before ``run_date``.
+    """
+    history = clicks.filter(pl.col("timestamp") < Window(run_date, 1).end)
+    if history.height == 0 and clicks.height:
+        raise CandidatesError(
+            f"no clicks on or before the run date {run_date}: the data spans {data_span(clicks)}; "
+            "pick --date within it"
+        )
+    return history
 
 
 def active_users(clicks: pl.DataFrame, run_date: date, lookback_days: int) -> np.ndarray:
@@ -80,10 +106,8 @@ def active_users(clicks: pl.DataFrame, run_date: date, lookback_days: int) -> np
     if len(users) == 0:
         if clicks.height == 0:
             raise CandidatesError(f"no clicks at all: the click log is empty (window {w})")
-        last = datetime.fromtimestamp(int(clicks["timestamp"].max()), tz=timezone.utc).date()  # type: ignore[arg-type]
-        first = datetime.fromtimestamp(int(clicks["timestamp"].min()), tz=timezone.utc).date()  # type: ignore[arg-type]
         raise CandidatesError(
             f"no clicks in the window {w} (run date {run_date}, lookback {lookback_days} days); the data "
-            f"spans {first} .. {last}: pick --date within it or raise candidates.lookback_days"
+            f"spans {data_span(clicks)}: pick --date within it or raise candidates.lookback_days"
         )
     return users

@@ -15,6 +15,7 @@ from recsys_cl.candidates import (
     UserHistories,
     Window,
     active_users,
+    check_clicks,
     clicks_up_to,
     parse_run_date,
     read_partition,
@@ -77,12 +78,59 @@ def test_empty_window_names_the_window_and_last_date() -> None:
         active_users(clicks, date(2024, 1, 1), 1)
 
 
+def test_a_date_before_the_data_names_its_span() -> None:
+    with pytest.raises(CandidatesError, match=r"no clicks on or before the run date 1990-01-01: the data spans "
+                                              r"2023-11-15 \.\. 2023-11-15; pick --date"):
+        clicks_up_to(_clicks([(1, 10, D0)]), date(1990, 1, 1))
+    assert clicks_up_to(_clicks([(1, 10, D0)]).clear(), date(1990, 1, 1)).height == 0  # empty log: callers say so
+
+
+@pytest.mark.parametrize("run_date, lookback", [(date(9999, 12, 31), 1), (date(1, 1, 1), 30)])
+def test_dates_at_the_calendar_edge_are_a_clear_error(run_date: date, lookback: int) -> None:
+    with pytest.raises(CandidatesError, match="leaves the calendar"):
+        active_users(_clicks([(1, 10, D0)]), run_date, lookback)
+
+
 # -- histories, seen filtering -------------------------------------------------------------------
 
 
 class _Spec:
     def __init__(self, items: Vocab, users: Vocab) -> None:
         self.items, self.users = items, users
+
+
+def test_check_clicks_reports_what_the_model_can_read() -> None:
+    spec = _Spec(Vocab(np.arange(10, 14)), Vocab(np.arange(1, 4)))
+    w = Window(date(2023, 11, 15), lookback_days=2)
+    clicks = _clicks([(1, 10, D0 - 5 * DAY), (1, 11, D0 - DAY), (2, 99, D0 - DAY), (2, 12, D0 + 60), (3, 98, D0)])
+    got = check_clicks(clicks, spec, w)  # type: ignore[arg-type]
+    # the window holds 4 clicks (not the old one), 2 on known items, 2 on the run date itself
+    assert got == {"window_clicks": 4.0, "known_item_share": 0.5, "clicks_on_run_date": 2.0}
+
+
+def test_check_clicks_refuses_another_id_space() -> None:
+    spec = _Spec(Vocab(np.arange(10, 14)), Vocab(np.arange(1, 4)))
+    w = Window(date(2023, 11, 15), lookback_days=2)
+    foreign = _clicks([(1, 10_000_010, D0), (2, 10_000_011, D0)])
+    with pytest.raises(CandidatesError, match=r"none of the 2 clicks in the window .* is on an item the model knows "
+                                              r"\(e\.g\. item ids \[10000010, 10000011\]; the model has 4 items"):
+        check_clicks(foreign, spec, w)  # type: ignore[arg-type]
+    strings = _clicks([(1, 10, D0)]).with_columns(pl.col("user_id").cast(pl.String))
+    with pytest.raises(CandidatesError, match=r"user_id column holds String ids but the model was trained on int64"):
+        check_clicks(strings, spec, w)  # type: ignore[arg-type]
+
+
+def test_health_fails_on_foreign_clicks_and_a_late_log(tmp_path: Path) -> None:
+    from recsys_cl.candidates.health import health_check
+
+    manifest = {"date": "2023-11-15", "served_share": 1.0, "catalogue_coverage": 1.0,
+                "ann_recall": {"recall_at_k": 1.0}, "known_item_share": 0.4, "clicks_on_run_date": 0}
+    _, failures = health_check(tmp_path, manifest, CandidatesConfig(), None)
+    assert len(failures) == 2
+    assert "0.400 of the window's clicks are on items the model knows < candidates.min_known_item_share" in failures[0]
+    assert "no click on the run date 2023-11-15 itself: the click log looks late" in failures[1]
+    relaxed = CandidatesConfig(min_known_item_share=0.3, require_clicks_on_run_date=False)
+    assert health_check(tmp_path, manifest, relaxed, None)[1] == []
 
 
 def test_user_batch_matches_sequences_last_windows() -> None:

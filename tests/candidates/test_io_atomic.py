@@ -57,8 +57,10 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
     (stale / "part-00000.parquet").write_text("half")
     live = tmp_path / f".dt=2024-01-01.tmp.{os.getppid()}-abcd1234"  # a live process: left alone
     live.mkdir()
+    other_day = tmp_path / f".dt=2023-12-31.tmp.{pid}-abcd1234"  # killed on another date
+    other_day.mkdir()
     _publish(tmp_path, 1)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and not other_day.exists()
 
 
 def test_died_mid_swap_restores_the_old_partition(tmp_path: Path) -> None:
@@ -67,7 +69,7 @@ def test_died_mid_swap_restores_the_old_partition(tmp_path: Path) -> None:
     old = tmp_path / f".dt=2024-01-01.old.{dead}-abcd1234"
     old.mkdir()
     (old / "_SUCCESS").write_text(json.dumps({"value": 0}))
-    cleanup_stale(tmp_path, "2024-01-01")
+    cleanup_stale(tmp_path)
     assert read_success(tmp_path / "dt=2024-01-01") == {"value": 0}
 
 

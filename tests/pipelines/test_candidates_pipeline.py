@@ -140,6 +140,11 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
             _args(tmp_path, model_dir, "--index", str(index_dir), "--set", "candidates.output_dir=o2")
         )
     assert not (tmp_path / "o2").exists()
+    with pytest.raises(SystemExit, match=r"--backend annoy but .* holds a 'exact' index; pass --backend exact"):
+        generate_candidates.main(
+            _args(tmp_path, model_dir, "--index", str(index_dir), "--backend", "annoy",
+                  "--set", "candidates.output_dir=o3")
+        )
 
 
 @pytest.mark.parametrize("damage", ["missing", "no_manifest", "corrupt_vectors", "bad_json"])
