@@ -168,7 +168,7 @@ def mlflow_run(
     check_reachable(uri)
     try:
         mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.experiment)
+        _set_experiment(cfg.experiment, uri)
         if run_id is not None:
             try:
                 mlflow.get_run(run_id)
@@ -191,6 +191,32 @@ def mlflow_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def sqlite_artifact_root(uri: str) -> Path | None:
+    """``<folder of the database>/mlruns`` for a ``sqlite:///`` tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return Path(db).absolute().parent / "mlruns"
+
+
+def _set_experiment(name: str, uri: str) -> None:
+    """Activate experiment ``name``, creating it when missing. In a SQLite store a new experiment
+    keeps its artifacts beside the database (``<db folder>/mlruns/<name>``); MLflow's default is
+    ``./mlruns`` of whatever folder the first run started in, which scatters one store's artifacts
+    over working directories and mixes several stores' artifacts in one."""
+    root = sqlite_artifact_root(uri)
+    if root is not None and mlflow.get_experiment_by_name(name) is None:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        try:
+            mlflow.create_experiment(name, artifact_location=(root / slug).as_uri())
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(name) is None:  # not a concurrent creation: a real error
+                raise
+    mlflow.set_experiment(name)
 
 
 def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
@@ -416,8 +442,9 @@ def mlflow_child_run(
     on an exception, and the parent stays active afterwards. Tagged with the git commit and
     ``sweep_id`` = ``parent_run_id`` besides ``tags``.
     """
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
-    mlflow.set_experiment(cfg.experiment)
+    uri = resolve_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    _set_experiment(cfg.experiment, uri)
     run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)
     try:
         tracker = Tracker(run)

@@ -43,3 +43,21 @@ def test_a_store_that_will_not_open_names_the_store(tmp_path: Path) -> None:
                                                 r".*check tracking\.uri"):
             with mlflow_run(TrackingConfig(uri=uri)):
                 pass
+
+
+def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not in ./mlruns of whatever folder the job happened to start in."""
+    import mlflow
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{store}", experiment="exp a/b")) as run:
+        run.log_text("hello", "notes/hello.txt")
+        artifact_uri = mlflow.get_artifact_uri()
+    assert artifact_uri.startswith((tmp_path / "store" / "mlruns" / "exp_a_b").as_uri())
+    assert (tmp_path / "store" / "mlruns" / "exp_a_b").is_dir() and not (elsewhere / "mlruns").exists()
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{store}", experiment="exp a/b")):  # existing: reused
+        assert mlflow.get_artifact_uri().startswith((tmp_path / "store" / "mlruns" / "exp_a_b").as_uri())
