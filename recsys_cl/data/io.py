@@ -160,6 +160,9 @@ def _detect_movielens(path: Path) -> str:
     if (path / "ratings.dat").is_file():
         return "ml-1m"
     found = sorted(p.name for p in path.iterdir())
+    if "ratings.csv" in found:
+        raise DataError(f"{path} has ratings.csv but no movies.csv; MovieLens latest folders hold both "
+                        "(movies.csv is the item table: titles and genres). Restore it from the same download")
     shown = found[:20] + (["..."] if len(found) > 20 else [])
     raise DataError(
         f"{path} is not a MovieLens folder: found {shown or 'nothing'}; expected ratings.csv + "
@@ -336,7 +339,7 @@ def _read_csv(path: Path, infer: bool) -> pl.DataFrame:
     except pl.exceptions.NoDataError as e:
         raise DataError(f"{path} is empty (zero rows); expected a header line and click rows") from e
     except (pl.exceptions.PolarsError, OSError) as e:
-        reason = str(e).strip().splitlines()[0]
+        reason = _first_bad_line(path) or str(e).strip().splitlines()[0]
         raise DataError(
             f"{path} could not be parsed as CSV ({reason}); check it is comma-separated UTF-8 with "
             "one header line and the same number of fields on every line"
@@ -357,11 +360,46 @@ def _read_table(path: Path, fmt: str) -> pl.DataFrame:
         ) from e
 
 
+def _first_bad_line(path: Path, limit: int = 200) -> str | None:
+    """Where a CSV that polars refused first breaks: the first record whose field count differs from
+    the header's, or that Python's csv module cannot parse (an unbalanced quote makes a record swallow
+    the lines after it). Runs only on the error path. None when it finds nothing or cannot read."""
+    import csv
+    import itertools
+
+    def line_text(number: int) -> str:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = next(itertools.islice(f, number - 1, None), "").rstrip("\r\n")
+        return repr(text if len(text) <= limit else text[:limit] + "...")
+
+    start = 2  # the line the next record starts on
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return None
+            for record in reader:
+                if record and len(record) != len(header):
+                    return f"line {start} has {len(record)} fields, the header {len(header)}: {line_text(start)}"
+                start = reader.line_num + 1
+    except csv.Error as e:
+        text = line_text(start)
+        quote = "; an unbalanced quote there runs on into the next lines" if '"' in text else ""
+        return f"line {start} does not parse ({e}): {text}{quote}"
+    except OSError:
+        return None
+    return None
+
+
 def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> pl.DataFrame:
     """Keep the file columns ``names.values()`` (plus the line index), renamed to the contract."""
     missing = [v for v in names.values() if v not in df.columns]
     if missing:
         found = [c for c in df.columns if c != LINE]
+        if any(c.endswith("\r") for c in found):
+            fix = "the header ends in a carriage return (\\r): the file has \\r\\r or mixed line endings; " \
+                  "convert it to \\n or \\r\\n line endings (e.g. dos2unix) and reload"
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])

@@ -252,9 +252,27 @@ def test_malformed_tab_line(tmp_path: Path) -> None:
     raises(DataConfig(path=str(folder), format="ml-100k"), "u.data", "line 3", "'\\t'")
 
 
-def test_ragged_csv_is_wrapped(tmp_path: Path) -> None:
-    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10,extra\n")
-    raises(DataConfig(path=str(folder)), "ratings.csv", "could not be parsed as CSV")
+def test_ragged_csv_names_the_line(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0,11,extra\n")
+    raises(DataConfig(path=str(folder)), "ratings.csv", "could not be parsed as CSV",
+           "line 3 has 5 fields, the header 4: '1,2,4.0,11,extra'")
+
+
+def test_unbalanced_quote_names_the_line_it_starts_on(tmp_path: Path) -> None:
+    rows = "".join(f"1,{i},4.0,{i}\n" for i in range(3, 40_000))  # the quote swallows them all
+    folder = ml_latest(tmp_path, 'userId,movieId,rating,timestamp\n1,1,4.0,10\n"1,2,4.0,11\n' + rows)
+    raises(DataConfig(path=str(folder)), "ratings.csv", "could not be parsed as CSV", "line 3 does not parse",
+           "'\"1,2,4.0,11'", "unbalanced quote")
+
+
+def test_header_with_a_stray_carriage_return_says_so(tmp_path: Path) -> None:
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\r\r\n1,1,4.0,10\r\r\n")
+    raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "carriage return", "dos2unix")
+
+
+def test_folder_with_ratings_but_no_movies_names_the_missing_file(tmp_path: Path) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,10\n")
+    raises(DataConfig(path=str(tmp_path)), "has ratings.csv but no movies.csv")
 
 
 def test_min_rating_without_rating_column(tmp_path: Path) -> None:
