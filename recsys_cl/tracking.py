@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -41,7 +42,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """For an ``http(s)://`` tracking URI, open one TCP connection to its host and port.
 
     MLflow's own client retries a refused connection with backoff for minutes before it fails;
-    this says at once that nobody listens there. Other schemes (sqlite, file, databricks) pass.
+    this says at once that nobody listens there. Other schemes (sqlite, file, databricks) pass, and
+    so does a host reached through an HTTP(S) proxy (``$HTTPS_PROXY`` ...), which only MLflow's
+    client can test.
 
     Raises:
         TrackingError: the server cannot be reached within ``timeout_s``.
@@ -50,6 +53,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     if parsed.scheme not in ("http", "https"):
         return
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if parsed.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        return
     try:
         with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
             pass

@@ -18,12 +18,26 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nobody listens once the socket is closed
 
 
-def test_unreachable_server_fails_at_once_with_the_fix() -> None:
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_unreachable_server_fails_at_once_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_proxy(monkeypatch)
     uri = f"http://127.0.0.1:{_closed_port()}"
     t0 = time.perf_counter()
     with pytest.raises(TrackingError, match=rf"cannot reach the MLflow tracking server at {uri} .*tracking\.uri"):
         check_reachable(uri)
     assert time.perf_counter() - t0 < 5  # MLflow's client alone retries for minutes
+
+
+def test_a_server_behind_a_proxy_is_left_to_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    check_reachable(f"http://10.255.255.1:{_closed_port()}")  # no direct connection is tried
 
 
 def test_listening_server_and_local_stores_pass() -> None:

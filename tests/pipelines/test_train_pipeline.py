@@ -171,8 +171,11 @@ def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch:
     assert sorted(m.step for m in steps) == [1, 2, 3]  # trained from epoch 1 on the new data
 
 
-def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path) -> None:
+def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
