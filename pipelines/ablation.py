@@ -19,13 +19,14 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.cli import exits_on_tracking_error
+from pipelines.cli import check_output_file, exits_on_tracking_error
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import markdown_table, mean_std
 from recsys_cl.experiment import (
     prepare,
     require_warm_split,
+    resumable_run_id,
     run_baseline,
     run_two_tower,
     with_content,
@@ -50,16 +51,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_variants(path: str) -> dict[str, list[str]]:
+    """``{variant name: ["key=value", ...]}`` from a variants YAML.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, is not such a mapping, or is empty.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"variants file {path!r} does not exist or is not a file; pass --variants with a YAML file "
+                          f"such as {CONFIGS / 'ablations' / 'two_tower.yaml'}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"variants file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from e
+    shape = 'a mapping of variant name -> list of "section.key=value" overrides, e.g. {logq: [loss.logq=counting]}'
+    if not raw:
+        raise ConfigError(f"variants file {path!r} holds no variants; it must be {shape}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"variants file {path!r} must be {shape}; found a {type(raw).__name__}")
+    for name, overrides in raw.items():
+        if overrides is None:
+            raw[name] = overrides = []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ConfigError(f"variants file {path!r}: variant {name!r} must be a list of \"section.key=value\" "
+                              f"strings, found {overrides!r}")
+    return {str(k): v for k, v in raw.items()}
+
+
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    variants = yaml.safe_load(Path(args.variants).read_text()) or {}
-    if args.only:
-        missing = [v for v in args.only if v not in variants]
-        if missing:
-            raise SystemExit(f"unknown variant(s) {missing}; known: {list(variants)}")
-        variants = {k: variants[k] for k in args.only}
+    check_output_file(args.out, "--out")
     try:  # validate every run's config before training anything
+        variants = load_variants(args.variants)
+        if args.only:
+            missing = [v for v in args.only if v not in variants]
+            if missing:
+                raise ConfigError(f"unknown variant(s) {missing} in --only; known: {list(variants)}")
+            variants = {k: variants[k] for k in args.only}
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ConfigError(f"--seeds has duplicates {args.seeds}: the same seed trains the same model twice")
         base = load_config(args.config, RunConfig, overrides=args.set)
         configs = {
             (name, seed): load_config(args.config, RunConfig, overrides=[
@@ -69,6 +101,8 @@ def main(argv: list[str] | None = None) -> str:
         }
         prep = prepare(base)
         baselines = args.baselines if args.baselines is not None else list(base.baselines.models)
+        if args.baselines:  # names checked like the config's own baselines.models
+            load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(baselines)}]"])
         if prep.cold_start and args.baselines is None:
             baselines = []  # Popularity and random come with every cold-start run, on its targets
         for name in baselines:
@@ -90,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
         results = []
         for seed in args.seeds:
             cfg = configs[(name, seed)]
-            with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name, tags={"ablation": name}) as run:
+            with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name, tags={"ablation": name},
+                            run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
                 summary = run_two_tower(cfg, run, prep)
             results.append(summary["test_metrics"])
             if "baseline_metrics" in summary:  # cold start: identical for every run (same targets)

@@ -95,8 +95,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.single_backend:
         worker_main(args.single_backend, args.worker_config, args.worker_out)
         return {}
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"argument error: --{str(e).replace('_', '-')}") from None
     out = Path(args.out)
+    try:  # before the benchmark, not after its hour of work
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"output error: --out {out} cannot be created ({e.strerror or e}); pass a writable folder")
     report = run_benchmark(cfg, out)
     print(report.markdown)
     run_id = None

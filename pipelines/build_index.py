@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, exits_on_tracking_error, write_summary
+from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, log_index
 from recsys_cl.io_atomic import OutputError
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.summary_json)
     try:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
     except ConfigError as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -69,6 +70,27 @@ def load_config_or_exit(args: argparse.Namespace, cls: type[T], set_threads: boo
     if threads:
         torch.set_num_threads(threads)
     return cfg
+
+
+def check_output_file(path: str | Path | None, flag: str = "--summary-json") -> None:
+    """Exit with ``output error: ...`` unless ``path`` (None: nothing to check) can be written: run
+    before any work, so that a typo in an output path does not throw away a finished run."""
+    if path is None:
+        return
+    p = Path(path)
+    problem = None
+    if p.is_dir():
+        problem = "is a directory"
+    else:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = f"its folder cannot be created ({e.strerror or e})"
+        else:
+            if not os.access(p.parent, os.W_OK):
+                problem = f"its folder {p.parent} is not writable"
+    if problem:
+        raise SystemExit(f"output error: {flag} {path} {problem}; pass a file path in a writable folder")
 
 
 def write_summary(path: str | None, summary: Any) -> None:

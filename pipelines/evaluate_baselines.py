@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, exits_on_tracking_error, write_summary
+from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import prepare, require_warm_split, run_baseline
@@ -34,8 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    check_output_file(args.summary_json)
     try:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
+        if not cfg.baselines.models:
+            raise ConfigError("baselines.models is empty: nothing to evaluate; name some, e.g. "
+                              "--set 'baselines.models=[popularity,ease]'")
         prep = prepare(cfg)
         for name in cfg.baselines.models:
             require_warm_split(name, prep)

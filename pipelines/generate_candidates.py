@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
     active_users,
@@ -74,6 +74,7 @@ def load_run_config(args: argparse.Namespace, **flags: Any) -> RunConfig:
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.summary_json)
     try:
         run_date = parse_run_date(args.date)
         cfg = load_run_config(args, engine=args.engine, backend=args.backend,

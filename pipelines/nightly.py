@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
@@ -90,6 +90,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any) -> tuple[Path, bo
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.summary_json)
     health: dict[str, Any] = {}
     try:
         run_date = parse_run_date(args.date)

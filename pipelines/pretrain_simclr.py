@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
@@ -42,6 +42,7 @@ log = logging.getLogger("pipelines.pretrain_simclr")
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, "python -m pipelines.pretrain_simclr", __doc__, DEFAULT_CONFIG)
+    check_output_file(args.summary_json)
     cfg = load_config_or_exit(args, SimCLRConfig)
     h, w = cfg.data.image_size  # validated as [H, W] by the config
     size = (h, w)

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
@@ -50,6 +50,7 @@ log = logging.getLogger("pipelines.pretrain_simcse")
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, "python -m pipelines.pretrain_simcse", __doc__, DEFAULT_CONFIG)
+    check_output_file(args.summary_json)
     cfg = load_config_or_exit(args, SimCSEConfig)
     try:  # before the run opens: bad data or a bad model folder leaves no FAILED run behind
         data = load_simcse_data(cfg.data, cfg.eval)

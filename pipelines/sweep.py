@@ -12,7 +12,9 @@ are the cartesian product of the axes times --seeds. Every config is validated b
 trained. Children carry the full params, per-epoch metrics, test metrics and artifacts of a normal
 training run plus the tags sweep_id (the parent's run id) and sweep_point; filter them in the UI with
 tags.sweep_id = '<parent run id>'. --baselines adds baseline runs (same split and protocol) under the
-same parent. The best child is picked on validation recall@20, never on test.
+same parent. The best child is picked on validation recall@20, never on test. A killed sweep is
+rerun whole: a new parent, and children that train from scratch (train.resume=false), so that every
+child's per-epoch metrics are complete.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
-from recsys_cl.experiment import negatives_tag, prepare, run_baseline, run_two_tower
+from recsys_cl.experiment import (
+    negatives_tag,
+    prepare,
+    require_warm_split,
+    run_baseline,
+    run_two_tower,
+    with_content,
+)
 from recsys_cl.sweep import expand_grid, grid_plot, markdown, parse_grid, summary_frame
 from recsys_cl.tracking import mlflow_child_run, mlflow_run, resolve_tracking_uri
 
@@ -57,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_output_file(args.summary_json)
     try:  # everything is validated before a run opens or a model trains
         axes = parse_grid(args.grid)
         keys = [k for k, _ in axes]
@@ -64,11 +74,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"--group-by {args.group_by!r} is not a grid key; grid keys: {keys}")
         base = load_config(args.config, RunConfig, overrides=args.set)
         seeds = args.seeds if args.seeds is not None else [base.train.seed]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds has duplicates {seeds}: the same seed trains the same model twice")
         points = expand_grid(axes)
         configs = [
             (point, seed, load_config(args.config, RunConfig, overrides=[
                 *args.set, *point.overrides, f"train.seed={seed}",
-                "tracking.registered_model_name=null", "tracking.set_alias=null",
+                "tracking.registered_model_name=null", "tracking.set_alias=null", "train.resume=false",
                 f"tracking.run_name=two_tower[{point.label}]-seed{seed}",
             ]))
             for point in points for seed in seeds
@@ -80,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
         prep = prepare(base)
+        for b in baselines:
+            require_warm_split(b, prep)
+        for _, _, cfg in configs:  # content and genre errors before any training
+            with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:

@@ -93,6 +93,19 @@ class BenchConfig:
     faiss_nlist: tuple[int, ...] = (256, 1024)
     faiss_nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 
+    def __post_init__(self) -> None:
+        for name in ("users", "items", "dim", "k", "clusters", "chunk_size", "n_workers", "tune_users",
+                     "recall_users", "sweep_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seen < 0:
+            raise ValueError(f"seen must be >= 0, got {self.seen}")
+        if self.k + self.seen > self.items:
+            raise ValueError(f"k + seen ({self.k} + {self.seen}) must not exceed items ({self.items}): "
+                             "every user needs k unseen items")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 

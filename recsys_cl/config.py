@@ -412,6 +412,16 @@ class BaselinesConfig:
     itemknn_k: tuple[int, ...] = (10, 20, 50, 100)
     als_factors: int = 64
 
+    def __post_init__(self) -> None:
+        if not self.ease_lambdas or min(self.ease_lambdas) <= 0:
+            raise ConfigError(f"baselines.ease_lambdas must be a non-empty list of L2 strengths > 0 (tuned on "
+                              f"validation), got {list(self.ease_lambdas)}")
+        if not self.itemknn_k or min(self.itemknn_k) < 1:
+            raise ConfigError(f"baselines.itemknn_k must be a non-empty list of neighbour counts >= 1, "
+                              f"got {list(self.itemknn_k)}")
+        if self.als_factors < 1:
+            raise ConfigError(f"baselines.als_factors must be >= 1, got {self.als_factors}")
+
 
 @dataclass(frozen=True)
 class CandidatesConfig:

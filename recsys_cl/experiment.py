@@ -183,7 +183,18 @@ def content_key(cfg: RunConfig) -> str:
 
 def with_content(prep: Prepared, cfg: RunConfig) -> Prepared:
     """``prep`` with the content features ``cfg.item_tower`` needs (text / image encoder outputs or
-    inputs, see :func:`recsys_cl.towers.content.build_content`); unchanged when it has them."""
+    inputs, see :func:`recsys_cl.towers.content.build_content`); unchanged when it has them.
+
+    Raises:
+        DataError: the item table lacks what an encoder reads (genres for ``categorical``, a text
+            column, an image of the right shape), before any run opens or trains.
+    """
+    if "categorical" in cfg.item_tower.encoders and len(prep.spec.genres) == 0:
+        raise DataError(
+            "item_tower.encoders includes 'categorical' but the item table has no genres "
+            "(no 'genres' column, or it is empty); remove 'categorical' from "
+            "item_tower.encoders (e.g. --set 'item_tower.encoders=[id]') or provide an item table with a genres column"
+        )
     key = content_key(cfg)
     if key == prep.content_key:
         return prep

@@ -77,3 +77,24 @@ def test_spark_is_reported_as_skipped_with_the_reason(tmp_path: Path) -> None:
     assert [r["backend"] for r in summary["rows"]] == ["exact", "spark"]
     assert "trained model" in summary["rows"][1]["skipped"]
     assert "exact added" in summary["notes"][0]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"users": 0}, "users must be >= 1"),
+    ({"chunk_size": 0}, "chunk_size must be >= 1"),
+    ({"seen": -1}, "seen must be >= 0"),
+    ({"items": 50, "k": 100}, r"k \+ seen \(100 \+ 10\) must not exceed items \(50\)"),
+    ({"target_recall": 2.0}, r"target_recall must be in \(0, 1\]"),
+])
+def test_nonsense_sizes_are_refused(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        BenchConfig(**kw)
+
+
+def test_pipeline_refuses_bad_sizes_and_output_before_running(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"argument error: --chunk-size must be >= 1, got 0"):
+        benchmark_candidates.main(["--chunk-size", "0", "--no-mlflow", "--out", str(tmp_path / "o")])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"output error: --out .*afile/o cannot be created"):
+        benchmark_candidates.main(["--users", "10", "--items", "200", "--no-mlflow",
+                                   "--out", str(tmp_path / "afile" / "o")])

@@ -91,6 +91,9 @@ def test_unknown_section() -> None:
         ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),
         ("tracking.experiment=''", r"tracking\.experiment must be a name, got an empty string"),
         ("tracking.registered_model_name=''", r"tracking\.registered_model_name must be a name or null"),
+        ("baselines.ease_lambdas=[-1]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths > 0"),
+        ("baselines.ease_lambdas=[]", r"baselines\.ease_lambdas must be a non-empty list"),
+        ("baselines.itemknn_k=[0]", r"baselines\.itemknn_k must be a non-empty list of neighbour counts >= 1"),
     ],
 )
 def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:

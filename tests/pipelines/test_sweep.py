@@ -55,6 +55,14 @@ def test_every_config_is_validated_before_training(
         sweep.main(["--grid", "loss.kind=softmax", "--group-by", "train.lr", *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"baselines\.models"):
         sweep.main(["--grid", "loss.kind=softmax", "--baselines", "nope", *sweep_args(tmp_path)])
+    with pytest.raises(SystemExit, match=r"config error: --seeds has duplicates \[1, 1\]"):
+        sweep.main(["--grid", "loss.kind=softmax", "--seeds", "1", "1", *sweep_args(tmp_path)])
+    with pytest.raises(SystemExit, match=r"output error: --summary-json .* is a directory"):
+        sweep.main(["--grid", "loss.kind=softmax", "--summary-json", str(tmp_path), *sweep_args(tmp_path)])
+    with pytest.raises(SystemExit, match=r"data error: baseline 'popularity' .* cannot rank cold items"):
+        sweep.main(["--grid", "loss.temperature=0.1", "--baselines", "popularity",
+                    *sweep_args(tmp_path, "--set", "split.kind=cold_start", "--set", "split.val_quantile=0.5",
+                                "--set", "split.test_quantile=0.7")])
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 

@@ -2,6 +2,7 @@
 MLflow SQLite store in tmp_path: params, per-epoch metrics, artifacts, the registered model."""
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -136,6 +137,93 @@ def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
     variants.write_text("typo: [loss.kindd=debiased]\n")
     with pytest.raises(SystemExit, match=r"'loss\.kindd'"):
         ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, r"variants file .* does not exist or is not a file"),
+    ("", r"holds no variants; it must be a mapping of variant name"),
+    ("just a string\n", r"must be a mapping of variant name .*; found a str"),
+    ("- a\n- b\n", r"must be a mapping of variant name .*; found a list"),
+    ("foo: [loss.temperature=0.1\n", r"is not valid YAML"),
+    ("foo: [42]\n", r"variant 'foo' must be a list of \"section\.key=value\" strings, found \[42\]"),
+    ("foo: loss.temperature=0.2\n", r"variant 'foo' must be a list .*found 'loss\.temperature=0\.2'"),
+])
+def test_ablation_variants_file_is_checked_before_anything_runs(tmp_path: Path, text: str | None, match: str) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    if text is not None:
+        variants.write_text(text)
+    with pytest.raises(SystemExit, match=r"^config error: (variants file .* )?" + match):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: Path) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    base = ["--variants", str(variants), *_args(tmp_path, "ml-100k")]
+    with pytest.raises(SystemExit, match=r"config error: baselines\.models\[1\] must be one of"):
+        ablation.main([*base, "--seeds", "0", "--baselines", "popularity", "nosuch"])
+    with pytest.raises(SystemExit, match=r"config error: --seeds has duplicates \[0, 0\]"):
+        ablation.main([*base, "--seeds", "0", "0"])
+    with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
+        ablation.main([*base, "--seeds", "0", "--only", "nope"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md its folder cannot be created"):
+        ablation.main([*base, "--seeds", "0", "--out", str(tmp_path / "afile" / "ab.md")])
+    with pytest.raises(SystemExit, match=r"output error: --out .* is a directory"):
+        ablation.main([*base, "--seeds", "0", "--out", str(tmp_path)])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import ablation
+    from recsys_cl import tracking
+
+    original = tracking.Tracker.on_epoch_end
+
+    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        original(self, epoch, metrics)
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    args = ["--variants", str(variants), "--seeds", "0", "--baselines", "--out", str(tmp_path / "ab.md"),
+            *_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")]
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(args)
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+    ablation.main(args)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert len(runs) == 1 and runs["status"][0] == "FINISHED"  # resumed, not a second run
+    steps = mlflow.MlflowClient().get_metric_history(runs["run_id"][0], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]
+
+
+def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) -> None:
+    data = tmp_path / "ml"
+    shutil.copytree(FIXTURES / "ml-100k", data)
+    (data / "u.item").unlink()  # no item table: no genres for the categorical encoder
+    with pytest.raises(SystemExit, match=r"^data error: item_tower\.encoders includes 'categorical' but the item "
+                                         r"table has no genres"):
+        train_two_tower.main([*_args(tmp_path, "ml-100k"), "--set", f"data.path={data}"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unwritable_summary_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for pipeline in (train_two_tower, evaluate_baselines):
+        with pytest.raises(SystemExit, match=r"output error: --summary-json .*afile/s\.json its folder cannot be"):
+            pipeline.main(_args(tmp_path, "ml-100k", "--summary-json", str(tmp_path / "afile" / "s.json")))
+    with pytest.raises(SystemExit, match=r"config error: baselines\.models is empty: nothing to evaluate"):
+        evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[]"))
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
