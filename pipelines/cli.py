@@ -93,6 +93,18 @@ def check_output_file(path: str | Path | None, flag: str = "--summary-json") -> 
         raise SystemExit(f"output error: {flag} {path} {problem}; pass a file path in a writable folder")
 
 
+def check_output_dir(path: str | Path, key: str) -> None:
+    """Exit with ``output error: ...`` unless folder ``path`` exists or can be created, and is writable."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"output error: {key}={path} cannot be created ({e.strerror or e}); "
+                         "set it to a writable folder") from None
+    if not os.access(p, os.W_OK):
+        raise SystemExit(f"output error: {key}={path} is not writable; set it to a writable folder")
+
+
 def write_summary(path: str | None, summary: Any) -> None:
     """Write ``summary`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
     if path:

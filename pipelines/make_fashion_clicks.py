@@ -27,11 +27,13 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_clicks import (
     SEMI_SYNTHETIC,
     FashionClicksConfig,
+    check_fashion_clicks_out,
     fashion_clicks_meta,
     generate_fashion_clicks,
     write_fashion_clicks,
 )
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
+from recsys_cl.io_atomic import OutputError
 
 log = logging.getLogger("pipelines.make_fashion_clicks")
 DEFAULTS = FashionClicksConfig()
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as e:
         raise SystemExit(f"argument error: {e}") from None
     try:
-        images, labels = load_fashion_mnist(args.fashion_mnist, "train")
+        check_fashion_clicks_out(args.out)  # before the work
+    except OutputError as e:
+        raise SystemExit(f"output error: {e}") from None
+    try:
+        images, labels = load_fashion_mnist(args.fashion_mnist, "train", key="--fashion-mnist")
         clicks, items = generate_fashion_clicks(images, labels, cfg)
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None

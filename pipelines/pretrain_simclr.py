@@ -25,14 +25,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
-from recsys_cl.config import flatten
+from pipelines.cli import (
+    check_output_dir,
+    check_output_file,
+    exits_on_tracking_error,
+    load_config_or_exit,
+    parse_args,
+    write_summary,
+)
+from recsys_cl.config import ConfigError, flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
 from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCLRConfig
-from recsys_cl.pretrain.simclr import run_simclr
+from recsys_cl.pretrain.simclr import check_sizes, run_simclr
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simclr.yaml"
@@ -51,6 +58,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test_x, test_y = load_fashion_mnist(cfg.data.path, "test", size)
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
+    try:
+        for warning in check_sizes(cfg, len(train_x), len(test_x), int(train_x.shape[1])):
+            log.warning(warning)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    check_output_dir(cfg.train.out_dir, "train.out_dir")
     run_name = cfg.tracking.run_name or f"simclr-tau{cfg.train.temperature}-seed{cfg.train.seed}"
     with mlflow_run(cfg.tracking, run_name=run_name, tags={"pipeline": "pretrain_simclr"}) as run:
         run.log_params(flatten(dataclasses.asdict(cfg)))

@@ -33,14 +33,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, load_config_or_exit, parse_args, write_summary
+from pipelines.cli import (
+    check_output_dir,
+    check_output_file,
+    exits_on_tracking_error,
+    load_config_or_exit,
+    parse_args,
+    write_summary,
+)
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
-from recsys_cl.towers.text_encoder import check_model_dir, default_text_model_dir
+from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simcse.yaml"
@@ -56,10 +63,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = load_simcse_data(cfg.data, cfg.eval)
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
-    try:
-        check_model_dir(cfg.model.path if cfg.model.path is not None else default_text_model_dir())
+    try:  # a full load (1-2 s): files that exist but do not load are refused here, not mid-run
+        encoder, _ = load_text_encoder(cfg.model.path)
     except FileNotFoundError as e:
         raise SystemExit(f"model error: {e}") from None
+    if cfg.train.trainable_layers is not None:
+        try:
+            freeze_lower_layers(encoder, cfg.train.trainable_layers)  # on this throw-away copy
+        except ValueError as e:
+            raise SystemExit(f"config error: {e}") from None
+    check_output_dir(cfg.train.out_dir, "train.out_dir")
     eval_movies = data.test if cfg.eval.split == "test" else data.validation
     run_name = cfg.tracking.run_name or f"simcse-tau{cfg.train.temperature}-lr{cfg.train.lr}-seed{cfg.train.seed}"
     with mlflow_run(cfg.tracking, run_name=run_name, tags={"pipeline": "pretrain_simcse"}) as run:

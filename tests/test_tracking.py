@@ -75,3 +75,20 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path: Path, monkey
     assert (tmp_path / "store" / "mlruns" / "exp_a_b").is_dir() and not (elsewhere / "mlruns").exists()
     with mlflow_run(TrackingConfig(uri=f"sqlite:///{store}", experiment="exp a/b")):  # existing: reused
         assert mlflow.get_artifact_uri().startswith((tmp_path / "store" / "mlruns" / "exp_a_b").as_uri())
+
+
+def test_downloaded_artifacts_are_removed_when_the_process_exits(tmp_path: Path) -> None:
+    """MLflow's default download folder is never removed: each runs:/ encoder left ~90 MB in /tmp."""
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_run(TrackingConfig(uri=store, experiment="dl")) as run:
+        run.log_text("weights", "encoder/weights.txt")
+        run_id = run.run_id
+    code = ("from recsys_cl.config import TrackingConfig; from recsys_cl.tracking import resolve_model_dir; "
+            f"d = resolve_model_dir('runs:/{run_id}/encoder', TrackingConfig(uri='{store}')); "
+            "print(d); assert (d / 'weights.txt').read_text() == 'weights'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    local = Path(out.stdout.strip().splitlines()[-1])
+    assert "recsys_cl_artifact_" in str(local) and not local.exists()

@@ -400,6 +400,33 @@ def fashion_clicks_meta(
     }
 
 
+OUTPUT_FILES = ("clicks.parquet", "items.parquet", "README.md")
+
+
+def check_fashion_clicks_out(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and refuse one that is a file or holds other files than an
+    earlier output (``clicks.parquet`` with its metadata). Run it before generating.
+
+    Raises:
+        OutputError: naming the problem and the fix.
+    """
+    from recsys_cl.io_atomic import OutputError
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out {out} cannot be created ({e.strerror or e}); pass a new or empty folder") from e
+    found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    ours = (out / "clicks.parquet").is_file() and META_KEY in (pq.read_schema(out / "clicks.parquet").metadata or {})
+    if found and not (ours and set(found) <= set(OUTPUT_FILES)):
+        raise OutputError(
+            f"--out {out} already holds {found[:10]}, not (only) an earlier make_fashion_clicks output; its "
+            "README.md and Parquet files would be replaced. Pass a new or empty folder"
+        )
+    return out
+
+
 def write_fashion_clicks(
     out_dir: str | Path, clicks: pl.DataFrame, items: pl.DataFrame, meta: dict[str, Any]
 ) -> Path:
@@ -411,9 +438,12 @@ def write_fashion_clicks(
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        OutputError: ``out_dir`` is a file, cannot be created, or holds other files than an earlier
+            output of this function (its README.md would be replaced) (:func:`check_fashion_clicks_out`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_fashion_clicks_out(out_dir)
     meta_json = json.dumps(meta, sort_keys=True)
     for name, frame in (("items.parquet", items), ("clicks.parquet", clicks)):
         table = frame.to_arrow()

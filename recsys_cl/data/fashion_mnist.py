@@ -90,20 +90,24 @@ def load_fashion_mnist(
     folder: str | Path,
     split: Literal["train", "test"],
     image_size: tuple[int, int] = (28, 28),
+    key: str = "data.path",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One official split from ``folder``.
 
     Returns:
         images: uint8, shape (N, 1, H, W); labels: int64 class ids 0..9, shape (N,).
+        (``key`` is the setting that names ``folder``, quoted in errors.)
 
     Raises:
         DataError: missing/corrupt file, images not ``image_size``, or image/label counts differ.
     """
     folder = Path(folder)
     if not folder.is_dir():
+        where = "is a file, not the folder holding the four .gz files" if folder.exists() else "does not exist"
+        example = f"{key} " if key.startswith("--") else f"--set {key}="
         raise DataError(
-            f"Fashion-MNIST folder {str(folder)!r} does not exist; set data.path "
-            "(e.g. --set data.path=../shared/data/fashion-mnist)"
+            f"Fashion-MNIST folder {str(folder)!r} {where}; point {key} at the folder "
+            f"(e.g. {example}../shared/data/fashion-mnist)"
         )
     img_name, lab_name = FILES[split]
     images = read_idx_images(folder / img_name)

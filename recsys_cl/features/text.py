@@ -24,24 +24,27 @@ PLACEHOLDERS = ("", "(no genres listed)")
 """Values that carry no information and are dropped (MovieLens writes the second for no genres)."""
 
 
-def item_texts(items: pl.DataFrame, columns: Sequence[str] = DEFAULT_TEXT_COLUMNS) -> list[str]:
+def item_texts(
+    items: pl.DataFrame, columns: Sequence[str] = DEFAULT_TEXT_COLUMNS, key: str = "data.text_columns"
+) -> list[str]:
     """One text per row of ``items`` (same order), from ``columns`` in the order given.
 
     Args:
         items: the item table, e.g. ``ClickLog.items``: String and List(String) columns (other
             types are cast to String).
         columns: which columns to use; ``title`` unlabelled, the others as ``"Name: value"``.
+        key: the config key that sets ``columns``, named in errors.
 
     Raises:
         DataError: a configured column is not in the table, or ``columns`` is empty.
     """
     if not columns:
-        raise DataError(f"no text columns configured; choose data.text_columns from {items.columns}")
+        raise DataError(f"no text columns configured; choose {key} from {items.columns}")
     missing = [c for c in columns if c not in items.columns]
     if missing:
         raise DataError(
             f"item table has no column(s) {missing} configured as text (found columns {items.columns}); "
-            "choose data.text_columns from the columns found"
+            f"choose {key} from the columns found"
         )
     parts = [_labelled(c, items.schema[c]) for c in columns]
     return items.select(pl.concat_str(parts, separator=". ", ignore_nulls=True).fill_null("")).to_series().to_list()

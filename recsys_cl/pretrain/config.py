@@ -7,10 +7,18 @@ Loaded with :func:`recsys_cl.config.load_config` (``load_config(path, SimCLRConf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from recsys_cl.config import ConfigError, TrackingConfig
+
+
+def _check_lr(lr: float, weight_decay: float) -> None:
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"train.lr must be a finite number > 0, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,12 @@ class AugmentConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {v}")
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"augment.{name} is a jitter strength and must be >= 0, got {v}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
         if self.blur_kernel < 3 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"augment.blur_kernel must be an odd integer >= 3, got {self.blur_kernel}")
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
@@ -110,8 +124,7 @@ class PretrainConfig:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        _check_lr(self.lr, self.weight_decay)
         if not 0 < self.temperature <= 10:
             raise ConfigError(f"train.temperature must be in (0, 10], got {self.temperature}")
         if self.num_threads < 0:
@@ -229,10 +242,7 @@ class SimCSETrainConfig:
             raise ConfigError(f"train.trainable_layers must be >= 1 or null (all), got {self.trainable_layers}")
         if self.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check_lr(self.lr, self.weight_decay)
         if not 0 < self.temperature <= 10:
             raise ConfigError(f"train.temperature must be in (0, 10], got {self.temperature}")
         if self.num_threads < 0:

@@ -197,15 +197,57 @@ def save_encoder(encoder: ImageEncoder, cfg: SimCLRConfig, out_dir: str | Path) 
 
 
 def load_encoder(model_dir: str | Path) -> ImageEncoder:
-    """Rebuild the encoder saved by :func:`save_encoder` (eval mode)."""
+    """Rebuild the encoder saved by :func:`save_encoder` (eval mode).
+
+    Raises:
+        FileNotFoundError: the folder lacks the two files (the message lists what it holds), or they
+            do not load (damaged weights, a config that is not the one save_encoder writes).
+    """
     d = Path(model_dir)
     if not (d / ENCODER_WEIGHTS).is_file() or not (d / ENCODER_CONFIG).is_file():
-        raise FileNotFoundError(f"{d}: expected {ENCODER_WEIGHTS} and {ENCODER_CONFIG} (written by save_encoder)")
-    meta = json.loads((d / ENCODER_CONFIG).read_text())
-    m = meta["model"]
-    enc = ImageEncoder(m["in_channels"], m["widths"], m["blocks_per_stage"])
-    enc.load_state_dict(torch.load(d / ENCODER_WEIGHTS, map_location="cpu", weights_only=True))
+        found = sorted(p.name for p in d.iterdir())[:20] if d.is_dir() else []
+        hint = " (config.json + tokenizer: that is a text encoder)" if "config.json" in found else ""
+        raise FileNotFoundError(f"{d}: expected {ENCODER_WEIGHTS} and {ENCODER_CONFIG} (written by "
+                                f"pretrain_simclr's save_encoder), found {found or 'nothing'}{hint}")
+    try:
+        m = json.loads((d / ENCODER_CONFIG).read_text())["model"]
+        enc = ImageEncoder(m["in_channels"], m["widths"], m["blocks_per_stage"])
+        enc.load_state_dict(torch.load(d / ENCODER_WEIGHTS, map_location="cpu", weights_only=True))
+    except Exception as e:  # JSONDecodeError, KeyError, torch's zip / unpickling / size-mismatch errors
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise FileNotFoundError(
+            f"{d}: {ENCODER_WEIGHTS} / {ENCODER_CONFIG} do not load ({type(e).__name__}: {first}); the files are "
+            "damaged or not from pretrain_simclr: rerun it, or point at another run's encoder/"
+        ) from e
     return enc.eval()
+
+
+def check_sizes(cfg: SimCLRConfig, n_train: int, n_test: int, channels: int) -> list[str]:
+    """Check the config against the loaded data before a run opens.
+
+    Returns:
+        Warnings for sizes :func:`run_simclr` will lower to what the data has.
+
+    Raises:
+        ConfigError: the images have another channel count than ``model.in_channels``, or
+            ``eval.k`` is not below the number of test images (every image would be a neighbour).
+    """
+    from recsys_cl.config import ConfigError
+
+    if channels != cfg.model.in_channels:
+        raise ConfigError(f"model.in_channels={cfg.model.in_channels} but the images have {channels} channel(s); "
+                          f"set model.in_channels={channels}")
+    tests = min(cfg.eval.test_size, n_test)
+    if cfg.eval.k >= tests:
+        raise ConfigError(f"eval.k={cfg.eval.k} must be below the number of test images ({tests}); lower eval.k "
+                          "or raise eval.test_size")
+    trains = min(cfg.data.train_size or n_train, n_train)
+    lowered = [(key, asked, got) for key, asked, got in (
+        ("data.train_size", cfg.data.train_size, trains), ("eval.test_size", cfg.eval.test_size, tests),
+        ("eval.probe_train_size", cfg.eval.probe_train_size, min(cfg.eval.probe_train_size, trains)),
+        ("train.batch_size", cfg.train.batch_size, min(cfg.train.batch_size, trains)),
+    ) if asked and got < asked]
+    return [f"{key}={asked} is more than the data has: {got} used" for key, asked, got in lowered]
 
 
 def run_simclr(

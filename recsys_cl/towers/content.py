@@ -256,12 +256,12 @@ def _text_content(
     from recsys_cl.features.text import item_texts
     from recsys_cl.towers.text_encoder import default_text_model_dir, encode_texts, load_text_encoder
 
-    texts = item_texts(frame, cfg.columns)
+    texts = item_texts(frame, cfg.columns, key="item_tower.text.columns")
     directory = _resolve_source(cfg.pretrained, resolve, "item_tower.text.pretrained") or default_text_model_dir()
     try:
         encoder, tokenizer = load_text_encoder(directory)
     except FileNotFoundError as e:
-        raise DataError(f"item_tower.text.pretrained: {e}") from None
+        raise DataError(f"item_tower.text.pretrained={cfg.pretrained!r}: {e}") from None
     info: dict[str, Any] = {"source": cfg.pretrained, "feature_dim": int(encoder.embedding_dim),
                             "columns": list(cfg.columns), "max_length": cfg.max_length}
     if cfg.trainable:
@@ -293,12 +293,21 @@ def _image_content(
     try:
         encoder = load_encoder(directory)
     except FileNotFoundError as e:
-        raise DataError(f"item_tower.image.pretrained: {e}") from None
-    arch = json.loads((directory / ENCODER_CONFIG).read_text())["model"]
+        raise DataError(f"item_tower.image.pretrained={cfg.pretrained!r}: {e}") from None
+    saved = json.loads((directory / ENCODER_CONFIG).read_text())
+    arch = saved["model"]
     if arch["in_channels"] != cfg.shape[0]:
         raise DataError(
             f"the image encoder at {directory} reads {arch['in_channels']}-channel images but "
             f"item_tower.image.shape is {list(cfg.shape)}; use an encoder pretrained on images of that shape"
+        )
+    size = saved.get("image_size")
+    if size is not None and list(size) != list(cfg.shape[1:]):
+        raise DataError(
+            f"the image encoder at {directory} was pretrained on {size[0]}x{size[1]} images but "
+            f"item_tower.image.shape is {list(cfg.shape)} (pixels would be reshaped, scrambling the pictures); "
+            f"set item_tower.image.shape=[{cfg.shape[0]}, {size[0]}, {size[1]}] or use an encoder pretrained "
+            "on images of that shape"
         )
     info: dict[str, Any] = {"source": cfg.pretrained, "feature_dim": int(encoder.embedding_dim),
                             "model": arch, "shape": list(cfg.shape)}

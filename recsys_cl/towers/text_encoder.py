@@ -166,7 +166,10 @@ def load_text_encoder(
         ``(encoder, tokenizer)``; the encoder is in eval mode.
 
     Raises:
-        FileNotFoundError: the folder is missing or lacks config / weights / tokenizer files.
+        FileNotFoundError: the folder is missing or lacks config / weights / tokenizer files, its
+            files do not load (a config without ``model_type``, a damaged weights file), or its
+            weights lack tensors the architecture needs (they would start from random values; the
+            pooler, unused by mean pooling, may be absent).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -174,8 +177,21 @@ def load_text_encoder(
     kwargs: dict[str, Any] = {}
     if dropout is not None:
         kwargs = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    model = AutoModel.from_pretrained(d, local_files_only=True, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
+    try:
+        model, info = AutoModel.from_pretrained(d, local_files_only=True, output_loading_info=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
+    except Exception as e:  # transformers raises ValueError / OSError / safetensors errors ... for bad files
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise FileNotFoundError(
+            f"text model folder {str(d)!r} has the expected files but they do not load ({type(e).__name__}: "
+            f"{first}); {_FIX}"
+        ) from e
+    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    if missing:
+        raise FileNotFoundError(
+            f"text model folder {str(d)!r}: its weights lack {len(missing)} tensors of the {type(model).__name__} "
+            f"that config.json describes (e.g. {missing[:3]}), which would start from random values; {_FIX}"
+        )
     return TextEncoder(model).eval(), tokenizer
 
 

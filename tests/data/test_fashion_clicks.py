@@ -227,8 +227,18 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
     assert f"--set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet" in printed
     assert meta["counts"]["items"] == 40 and meta["config"]["seed"] == 3
     assert (out / "README.md").is_file()
-    with pytest.raises(SystemExit, match="data error"):
+    with pytest.raises(SystemExit, match=r"data error: .*missing' does not exist; point --fashion-mnist at"):
         make_fashion_clicks.main(["--fashion-mnist", str(tmp_path / "missing"), "--out", str(out)])
+    again = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+                                      "--num-users", "30", "--seed", "4"])  # an earlier output: replaced
+    assert again["config"]["seed"] == 4
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    with pytest.raises(SystemExit, match=r"output error: --out .*mine already holds \['README.md'\], not \(only\) "
+                                         r"an earlier make_fashion_clicks output"):
+        make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(mine)])
+    assert (mine / "README.md").read_text() == "my notes"
     with pytest.raises(SystemExit) as e:
         make_fashion_clicks.main(["--help"])
     assert e.value.code == 0 and "Examples:" in capsys.readouterr().out

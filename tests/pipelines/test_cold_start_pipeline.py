@@ -181,7 +181,7 @@ def test_image_tower_ranks_cold_items_on_a_fashion_style_log(tmp_path: Path) -> 
     them, so the image tower ranks never-clicked items of the user's preferred classes."""
     from recsys_cl.data.fashion_clicks import FashionClicksConfig, fashion_clicks_meta, generate_fashion_clicks
     from recsys_cl.data.fashion_clicks import write_fashion_clicks
-    from recsys_cl.pretrain.config import EncoderConfig, SimCLRConfig
+    from recsys_cl.pretrain.config import EncoderConfig, ImageDataConfig, SimCLRConfig
     from recsys_cl.pretrain.simclr import build_encoder, save_encoder
 
     rng = np.random.default_rng(0)
@@ -193,7 +193,7 @@ def test_image_tower_ranks_cold_items_on_a_fashion_style_log(tmp_path: Path) -> 
     data = tmp_path / "fc"
     write_fashion_clicks(data, clicks, items, fashion_clicks_meta(clicks, items, cfg, (1, 8, 8)))
     torch.manual_seed(0)
-    sim = SimCLRConfig(model=EncoderConfig(widths=(8, 16)))
+    sim = SimCLRConfig(data=ImageDataConfig(image_size=(8, 8)), model=EncoderConfig(widths=(8, 16)))
     encoder = save_encoder(build_encoder(sim.model), sim, tmp_path / "encoder")
     args = [
         "--set", "data.format=parquet", "--set", f"data.path={data / 'clicks.parquet'}",
@@ -210,6 +210,9 @@ def test_image_tower_ranks_cold_items_on_a_fashion_style_log(tmp_path: Path) -> 
     assert test["recall@20"] > 2 * rand["recall@20"], (test, rand)
     with pytest.raises(SystemExit, match=r"its image has 64 values, expected C\*H\*W = 784"):
         train_two_tower.main(args + ["--set", "item_tower.image.shape=[1,28,28]"])
+    # the same pixel count in another shape would scramble every picture
+    with pytest.raises(SystemExit, match=r"was pretrained on 8x8 images but item_tower\.image\.shape is \[1, 4, 16\]"):
+        train_two_tower.main(args + ["--set", "item_tower.image.shape=[1,4,16]"])
 
 
 def test_fine_tuned_text_encoder_trains_inside_the_tower(tmp_path: Path, cold_data: dict[str, Path]) -> None:

@@ -33,7 +33,7 @@ def test_load_split_shapes(fake_fmnist: Path) -> None:
 
 
 def test_missing_folder_and_file(tmp_path: Path, fake_fmnist: Path) -> None:
-    with pytest.raises(DataError, match="does not exist; set data.path"):
+    with pytest.raises(DataError, match="does not exist; point data.path at the folder"):
         load_fashion_mnist(tmp_path / "nope", "train")
     (fake_fmnist / FILES["test"][1]).unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: file not found"):

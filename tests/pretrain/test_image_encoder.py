@@ -37,6 +37,14 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(enc(x), again(x))
     with pytest.raises(FileNotFoundError, match="encoder.pt"):
         load_encoder(tmp_path)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"found \['config.json'\] \(config.json \+ tokenizer: that is a text"):
+        load_encoder(tmp_path / "text")
+    weights = tmp_path / "enc" / "encoder.pt"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(FileNotFoundError, match=r"encoder.pt / encoder_config.json do not load \(RuntimeError"):
+        load_encoder(tmp_path / "enc")
 
 
 def test_same_class_recall_hand_worked() -> None:

@@ -75,6 +75,31 @@ def test_unknown_key_is_rejected(tmp_path: Path, fake_fmnist: Path) -> None:
         pretrain_simclr.main([*tiny_args(tmp_path, fake_fmnist), "--set", "train.tau=0.1"])
 
 
+@pytest.mark.parametrize("override, match", [
+    ("train.lr=.nan", r"config error: train\.lr must be a finite number > 0, got nan"),
+    ("train.weight_decay=-1", r"config error: train\.weight_decay must be a finite number >= 0"),
+    ("augment.brightness=-0.5", r"config error: augment\.brightness is a jitter strength and must be >= 0"),
+    ("augment.hue=0.6", r"config error: augment\.hue must be in \[0, 0\.5\]"),
+    ("model.in_channels=3", r"config error: model\.in_channels=3 but the images have 1 channel\(s\)"),
+    ("eval.k=5000", r"config error: eval\.k=5000 must be below the number of test images"),
+])
+def test_values_the_data_or_torch_would_reject_are_config_errors(
+    tmp_path: Path, fake_fmnist: Path, override: str, match: str
+) -> None:
+    with pytest.raises(SystemExit, match=match):
+        pretrain_simclr.main([*tiny_args(tmp_path, fake_fmnist), "--set", override])
+    assert not (tmp_path / "mlflow.db").exists()  # before a run opens
+
+
+def test_sizes_beyond_the_data_are_lowered_with_a_warning() -> None:
+    from recsys_cl.pretrain.simclr import check_sizes
+
+    cfg = load_config(None, SimCLRConfig, ["data.train_size=100000", "eval.test_size=20000", "eval.k=10"])
+    warnings = check_sizes(cfg, n_train=500, n_test=300, channels=1)
+    assert "data.train_size=100000 is more than the data has: 500 used" in warnings
+    assert "eval.test_size=20000 is more than the data has: 300 used" in warnings
+
+
 def test_pretraining_is_seeded() -> None:
     from fmnist_fixture import synthetic_images as imgs
 

@@ -98,3 +98,12 @@ def test_config_errors(tmp_path: Path, inputs: dict[str, Path]) -> None:
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "model.dropout=0"])
     with pytest.raises(SystemExit, match=r"train.trainable_layers must be >= 1 or null \(all\), got 0"):
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.trainable_layers=0"])
+    with pytest.raises(SystemExit, match=r"train\.lr must be a finite number > 0, got nan"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.lr=.nan"])
+    # checked against the model before the run opens, not when training starts
+    with pytest.raises(SystemExit, match=r"config error: train\.trainable_layers=50 but the model has 2 layers"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.trainable_layers=50"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"output error: train\.out_dir=.*afile/out cannot be created"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", f"train.out_dir={tmp_path / 'afile' / 'out'}"])
+    assert not (tmp_path / "mlflow.db").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,10 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = SimCLRConfig()
     torch.manual_seed(0)
     enc = build_encoder(cfg.model)
-    return save_encoder(enc, cfg, tmp_path_factory.mktemp("img") / "encoder")
+    out = save_encoder(enc, cfg, tmp_path_factory.mktemp("img") / "encoder")
+    meta = json.loads((out / "encoder_config.json").read_text())  # the items here are 4 x 4 pictures
+    (out / "encoder_config.json").write_text(json.dumps({**meta, "image_size": [4, 4]}))
+    return out
 
 
 def _cfg(encoders: tuple[str, ...], text: Path | None = None, image: Path | None = None,
@@ -149,7 +153,7 @@ def test_clear_errors(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None
     items = Vocab.from_values(ITEMS["item_id"], name="item_id")
     with pytest.raises(DataError, match="item_tower.text.pretrained=.*cannot be loaded"):
         build_content(items, ITEMS, _cfg(("id", "text"), tmp_path / "nowhere"), _identity)
-    with pytest.raises(DataError, match=r"text_columns|columns"):
+    with pytest.raises(DataError, match=r"no column\(s\) \['genres'\].*choose item_tower\.text\.columns from"):
         build_content(items, ITEMS.drop("genres"), _cfg(("id", "text"), tiny_text), _identity)
     with pytest.raises(DataError, match="no item table"):
         build_content(items, None, _cfg(("id", "text"), tiny_text), _identity)

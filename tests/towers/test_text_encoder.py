@@ -153,3 +153,30 @@ def _model_without_layers() -> nn.Module:
         config = SimpleNamespace(hidden_size=4)
 
     return NoLayers()
+
+
+def test_files_that_exist_but_do_not_load_are_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    """Present files are not enough: a config without model_type, a cut weights file, weights of
+    other tensors (the model would silently start from random values)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    (fake / "model.safetensors").write_text("junk")
+    (fake / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(FileNotFoundError, match=r"has the expected files but they do not load \(ValueError: "):
+        load_text_encoder(fake)
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(FileNotFoundError, match=r"has the expected files but they do not load"):
+        load_text_encoder(cut)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    save_file({"foo": torch.zeros(2)}, str(other / "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"its weights lack \d+ tensors of the BertModel .*random values"):
+        load_text_encoder(other)
