@@ -30,7 +30,7 @@ demo: $(STAMP)  ## train on bundled MovieLens latest-small, then index + nightly
 baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and protocol
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)
 
-ablation: $(STAMP)  ## the README's two-tower ablation table (variants x 3 seeds + baselines)
+ablation: $(STAMP)  ## every two-tower variant x 3 seeds + the config's baselines (README's commands add ALS/BPR)
 	$(PY) -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
 
 sweep: $(STAMP)  ## loss.kind x loss.temperature grid as nested MLflow runs + baselines

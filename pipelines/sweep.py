@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parent_tags = {
         **prep.tags(base), "model": "two_tower", "sweep": "parent", "sweep_grid": json.dumps(dict(axes)),
         "loss_kind": distinct([c.loss.kind for _, _, c in configs]),
+        "logq": distinct([c.loss.logq for _, _, c in configs]),
         "negatives": distinct([negatives_tag(c) for _, _, c in configs]),
     }
     rows: list[dict[str, Any]] = []

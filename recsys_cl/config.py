@@ -628,7 +628,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML: {e}") from e
+        reason = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML ({reason or str(e).splitlines()[0]}); "
+                          "quote lists and brackets whole, e.g. --set 'item_tower.encoders=[id,text]'") from e
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -467,7 +467,7 @@ def run_baseline(
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
-    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "negatives": "none"})
+    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
     reporter.log_params({
         **{f"baseline.{k}": v for k, v in res["params"].items()},
         "baseline.name": name,

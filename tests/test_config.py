@@ -150,3 +150,9 @@ def test_null_section_in_yaml_takes_overrides(tmp_path: Path) -> None:
     p.write_text("train: null\n")
     assert load_config(p, RunConfig).train == load_config(None, RunConfig).train  # null section = defaults
     assert load_config(p, RunConfig, ["train.epochs=2"]).train.epochs == 2
+
+
+def test_a_bad_yaml_value_in_an_override_is_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, RunConfig, ["item_tower.encoders=[id,categorical"])
+    assert "\n" not in str(info.value) and "expected ',' or ']'" in str(info.value)
