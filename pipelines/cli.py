@@ -13,6 +13,8 @@ import argparse
 import functools
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -27,16 +29,30 @@ R = TypeVar("R")
 
 def exits_on_tracking_error(main: Callable[..., R]) -> Callable[..., R]:
     """``main`` with a :class:`~recsys_cl.tracking.TrackingError` (store unreachable or unusable)
-    turned into ``SystemExit("tracking error: ...")``: one line, no traceback."""
+    turned into ``SystemExit("tracking error: ...")``: one line, no traceback.
+
+    While ``main`` runs (in the main thread), SIGTERM, which cron timeouts, systemd and Kubernetes
+    send before SIGKILL, raises ``SystemExit(143)``, so the cleanup a Python exception gets still
+    runs: the MLflow run ends FAILED instead of RUNNING forever, and a half-written candidates
+    partition or index is removed. The previous handler is restored afterwards."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> R:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return main(*args, **kwargs)
         except TrackingError as e:
             raise SystemExit(f"tracking error: {e}") from None
+        finally:
+            if main_thread:  # None: a handler installed outside Python; the default is the safe guess
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def base_parser(

@@ -94,6 +94,39 @@ def test_sigkill_mid_write_keeps_the_previous_partition(tmp_path: Path, model_di
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"dt={DATE}"]  # temp dir cleaned up
 
 
+def test_sigterm_mid_write_cleans_up_and_marks_the_run_failed(tmp_path: Path, model_dir: Path) -> None:
+    """SIGTERM (a scheduler's timeout) gets the cleanup an exception gets: no temp partition left,
+    the previous partition untouched, and the MLflow run FAILED instead of RUNNING forever."""
+    import mlflow
+
+    summary = generate_candidates.main(_args(tmp_path, model_dir))
+    partition = Path(summary["partition"])
+    before = _contents(partition)
+    env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            tmps = list((tmp_path / "out").glob(f".dt={DATE}.tmp.*"))
+            if tmps and len(list(tmps[0].glob("part-*"))) >= 2:
+                break
+            assert proc.poll() is None, "the writer finished before it could be stopped"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the writer never started writing")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _contents(partition) == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"dt={DATE}"]  # temp dir removed at once
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = mlflow.search_runs(search_all_experiments=True)["status"].tolist()
+    assert sorted(statuses) == ["FAILED", "FINISHED"]
+
+
 def test_malformed_date_exits_with_the_format(tmp_path: Path, model_dir: Path) -> None:
     args = _args(tmp_path, model_dir)
     args[1] = "2024-13-01"
