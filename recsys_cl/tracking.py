@@ -74,6 +74,18 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def use_store(cfg: TrackingConfig) -> str:
+    """Point MLflow at ``cfg``'s store after :func:`check_reachable`; returns the URI.
+
+    Raises:
+        TrackingError: an http(s) store that does not answer (at once, not after MLflow's retries).
+    """
+    uri = resolve_tracking_uri(cfg)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def metric_key(name: str) -> str:
     """MLflow metric names may not contain '@': ``val/recall@20`` -> ``val/recall_at_20``."""
     return name.replace("@", "_at_")
@@ -245,7 +257,7 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
             "(runs:/<run_id>/<artifact path>, models:/<name>/<version>, models:/<name>@<alias>)"
         )
     if tracking is not None:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+        use_store(tracking)
     # a private temp folder, removed when the process exits (MLflow's default one is never removed:
     # every run that read a runs:/ encoder left ~90 MB in /tmp)
     dst = tempfile.mkdtemp(prefix="recsys_cl_artifact_")
@@ -324,7 +336,7 @@ def model_provenance(uri: str, tracking: TrackingConfig | None = None) -> dict[s
     if not uri.startswith("models:/"):
         return out
     if tracking is not None:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+        use_store(tracking)
     client = mlflow.MlflowClient()
     ref = uri[len("models:/"):].rstrip("/")
     if "@" in ref:
@@ -377,7 +389,7 @@ def resolve_model_alias(
     (``fallback_to_latest``) log a warning and use the registered model's latest version.
     """
     if tracking is not None:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking))
+        use_store(tracking)
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(name, alias)
@@ -475,7 +487,7 @@ def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:
     ``run_id``, ``params.*``, ``metrics.*``, ``tags.*``); empty when the experiment does not exist."""
     import pandas as pd
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
+    use_store(cfg)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
         return pd.DataFrame()

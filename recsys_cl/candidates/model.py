@@ -46,13 +46,15 @@ class Loaded:
 def load_model(model_uri: str, tracking: Any) -> Loaded:
     """Resolve ``model_uri`` (path, runs:/, models:/name/version, models:/name@alias) and load it."""
     from recsys_cl.index.base import embedding_hash
-    from recsys_cl.tracking import model_provenance, resolve_model_dir
+    from recsys_cl.tracking import TrackingError, model_provenance, resolve_model_dir
     from recsys_cl.train.checkpoint import load_model_dir
 
     try:
         model_dir = resolve_model_dir(model_uri, tracking)
         model, spec, model_cfg = load_model_dir(model_dir)
         prov = model_provenance(model_uri, tracking)
+    except TrackingError:  # the store, not the model: reported as such by the pipelines
+        raise
     except (FileNotFoundError, OSError) as e:
         raise CandidatesError(f"cannot load model {model_uri!r}: {e}") from e
     except Exception as e:  # mlflow's RESOURCE_DOES_NOT_EXIST and friends

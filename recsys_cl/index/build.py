@@ -287,13 +287,15 @@ def build_index_for_model(
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
         ModelNotFoundError: the model cannot be fetched or loaded.
     """
-    from recsys_cl.tracking import model_provenance, resolve_model_dir
+    from recsys_cl.tracking import TrackingError, model_provenance, resolve_model_dir
     from recsys_cl.train.checkpoint import load_model_dir
 
     check_replaceable(out_dir)
     try:
         model_dir = resolve_model_dir(model_uri, tracking)
         provenance = model_provenance(model_uri, tracking)
+    except TrackingError:  # the store, not the model: the pipeline says "tracking error"
+        raise
     except Exception as e:  # FileNotFoundError, MlflowException (unknown name/version/alias), ...
         raise ModelNotFoundError(
             f"cannot load model {model_uri!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "

@@ -69,3 +69,24 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     assert a.drop("score").equals(b.drop("score"))
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-6)
     assert spark["engine"] == "spark" and spark["rows"] == local["rows"]
+
+
+def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """They resolve the model before opening a run: the store is probed there too, not left to
+    MLflow's minutes of retries."""
+    import socket
+    import time
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*in_root.args(tmp_path / "out"), "--set", f"tracking.uri=http://127.0.0.1:{port}"]
+    for main, extra in ((nightly.main, []), (generate_candidates.main, ["--model", "models:/recsys_cl_two_tower/1"])):
+        t0 = time.perf_counter()
+        with pytest.raises(SystemExit, match=rf"tracking error: cannot reach the MLflow tracking server at "
+                                             rf"http://127\.0\.0\.1:{port}"):
+            main(["--date", LAST_DATE, *args, *extra])
+        assert time.perf_counter() - t0 < 30
