@@ -7,6 +7,7 @@
 # directly; library code goes through `recsys_cl.tracking`.
 
 # %%
+import hashlib
 import os
 
 import matplotlib.pyplot as plt
@@ -38,10 +39,24 @@ print(table.drop(columns="run_id").to_string(index=False, float_format=lambda v:
 
 # %% [markdown]
 # ## Ablation plot: test Recall@20 per configuration (mean ± std over seeds), baselines included
+#
+# A configuration is every param except the seed and bookkeeping (tracking, progress, checkpoints):
+# runs that differ in anything else (epochs, history length ...) are never averaged together. Of
+# several runs of one configuration and seed, only the newest counts, so the error bar is the spread
+# over seeds and nothing else. The bracket holds a short id of the configuration.
 
 # %%
+bookkeeping = ("params.tracking.", "params.train.seed", "params.train.progress", "params.train.checkpoint_dir",
+               "params.train.resume", "params.sweep.")
+param_cols = sorted(c for c in models.columns if c.startswith("params.") and not c.startswith(bookkeeping))
+config_id = models[param_cols].astype(object).fillna("").astype(str).agg("|".join, axis=1).map(
+    lambda s: hashlib.sha1(s.encode()).hexdigest()[:6])
+table["config_id"] = config_id.reindex(table.index)
+table["start_time"] = models["start_time"].reindex(table.index)
+table = table.sort_values("start_time", ascending=False).drop_duplicates(subset=["config_id", "seed"])
 table["config"] = table.apply(
-    lambda r: r["model"] if r["model"] != "two_tower" else f"two_tower {r['loss']} τ={r['tau']} logq={r['logq']}",
+    lambda r: (r["model"] if r["model"] != "two_tower"
+               else f"two_tower {r['loss']} τ={r['tau']} logq={r['logq']}") + f" [{r['config_id']}]",
     axis=1)
 agg = table.groupby("config")["test/recall_at_20"].agg(["mean", "std", "count"]).sort_values("mean")
 print(agg)
