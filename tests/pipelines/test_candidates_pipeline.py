@@ -61,30 +61,36 @@ def _contents(partition: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(partition.glob("part-*.parquet"))}
 
 
+def _signal_mid_write(tmp_path: Path, model_dir: Path, sig: int) -> int:
+    """Start generate_candidates in a subprocess (slowed between part files), send ``sig`` once it
+    has written some but not all parts of the new partition; its exit code."""
+    env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            tmps = list((tmp_path / "out").glob(f".dt={DATE}.tmp.*"))
+            if tmps and len(list(tmps[0].glob("part-*"))) >= 2:
+                break
+            assert proc.poll() is None, "the writer finished before the signal"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the writer never started writing")
+        proc.send_signal(sig)
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigkill_mid_write_keeps_the_previous_partition(tmp_path: Path, model_dir: Path) -> None:
     summary = generate_candidates.main(_args(tmp_path, model_dir))
     partition = Path(summary["partition"])
     before, success = _contents(partition), (partition / "_SUCCESS").read_text()
     assert len(before) == summary["users_active"] > 2
 
-    env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:  # wait until the new run has written some (not all) part files
-            tmps = list((tmp_path / "out").glob(f".dt={DATE}.tmp.*"))
-            if tmps and len(list(tmps[0].glob("part-*"))) >= 2:
-                break
-            assert proc.poll() is None, "the writer finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the writer never started writing")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_mid_write(tmp_path, model_dir, signal.SIGKILL)
     assert _contents(partition) == before and (partition / "_SUCCESS").read_text() == success
     visible = [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
     assert visible == [f"dt={DATE}"]  # the half-written run is hidden
@@ -102,24 +108,7 @@ def test_sigterm_mid_write_cleans_up_and_marks_the_run_failed(tmp_path: Path, mo
     summary = generate_candidates.main(_args(tmp_path, model_dir))
     partition = Path(summary["partition"])
     before = _contents(partition)
-    env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            tmps = list((tmp_path / "out").glob(f".dt={DATE}.tmp.*"))
-            if tmps and len(list(tmps[0].glob("part-*"))) >= 2:
-                break
-            assert proc.poll() is None, "the writer finished before it could be stopped"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the writer never started writing")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 128 + signal.SIGTERM
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert _signal_mid_write(tmp_path, model_dir, signal.SIGTERM) == 128 + signal.SIGTERM
     assert _contents(partition) == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"dt={DATE}"]  # temp dir removed at once
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

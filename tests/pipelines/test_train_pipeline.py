@@ -139,6 +139,23 @@ def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
         ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
 
 
+def _killed_in_epoch_2(main, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Run ``main(args)`` with a kill simulated during epoch 2 (after epoch 1 was checkpointed)."""
+    from recsys_cl import tracking
+
+    original = tracking.Tracker.on_epoch_end
+
+    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        original(self, epoch, metrics)
+
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+
+
 @pytest.mark.parametrize("text, match", [
     (None, r"variants file .* does not exist or is not a file"),
     ("", r"holds no variants; it must be a mapping of variant name"),
@@ -181,23 +198,12 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
 
 def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines import ablation
-    from recsys_cl import tracking
-
-    original = tracking.Tracker.on_epoch_end
-
-    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated kill during epoch 2")
-        original(self, epoch, metrics)
 
     variants = tmp_path / "v.yaml"
     variants.write_text("plain: [loss.logq=none]\n")
     args = ["--variants", str(variants), "--seeds", "0", "--baselines", "--out", str(tmp_path / "ab.md"),
             *_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")]
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        ablation.main(args)
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+    _killed_in_epoch_2(ablation.main, args, monkeypatch)
     ablation.main(args)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
@@ -229,25 +235,11 @@ def test_unwritable_summary_is_refused_before_training(tmp_path: Path) -> None:
 def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resuming is keyed by config *and* data: a checkpoint of other clicks must not continue into
     this run (one MLflow run would mix metrics of two data sets)."""
-    import shutil
-
-    from recsys_cl import tracking
-
     data = tmp_path / "ml"
     shutil.copytree(FIXTURES / "ml-100k", data)
-    original = tracking.Tracker.on_epoch_end
-
-    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated kill during epoch 2")
-        original(self, epoch, metrics)
-
     args = [*_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10"),
             "--set", f"data.path={data}"]
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_two_tower.main(args)
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
+    _killed_in_epoch_2(train_two_tower.main, args, monkeypatch)
     lines = (data / "u.data").read_text().splitlines()
     (data / "u.data").write_text("\n".join(lines[:-6]) + "\n")  # the click log changed meanwhile
     summary = train_two_tower.main(args)
@@ -274,21 +266,9 @@ def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path, monkeyp
 
 
 def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from recsys_cl import tracking
-
-    original = tracking.Tracker.on_epoch_end
-
-    def crash_at_epoch_2(self, epoch, metrics):  # type: ignore[no-untyped-def]
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated kill during epoch 2")
-        original(self, epoch, metrics)
-
     args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_two_tower.main(args)
+    _killed_in_epoch_2(train_two_tower.main, args, monkeypatch)
     assert list((tmp_path / "ck").glob("*.pt")), "epoch 1 was checkpointed"
-    monkeypatch.setattr(tracking.Tracker, "on_epoch_end", original)
     summary = train_two_tower.main(args)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
