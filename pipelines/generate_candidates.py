@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = load_model(c.model_uri, cfg.tracking)
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",
                         tags={"job": "candidates", "date": str(run_date), "engine": c.engine}) as tracker:
-            tracker.log_params({f"candidates.{k}": v for k, v in dataclasses.asdict(c).items()})
+            tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
                          extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto")
             log_result(tracker, result.manifest)
@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")
     return summary
+
+
+def candidate_params(c: Any, saved_index: bool) -> dict[str, Any]:
+    """``candidates.*`` as MLflow params. A saved index is served with its own backend (the tag
+    ``backend``), so ``candidates.backend``, which only picks the in-memory build, is left out then."""
+    return {f"candidates.{k}": v for k, v in dataclasses.asdict(c).items() if not (saved_index and k == "backend")}
 
 
 def log_result(tracker: Any, manifest: dict) -> None:

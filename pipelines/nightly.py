@@ -33,6 +33,7 @@ from pipelines.cli import check_output_file, exits_on_tracking_error, write_summ
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
+    candidate_params,
     load_run_config,
     log_result,
 )
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                         tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
                               "model_version": model["model_version"], "index_rebuilt": rebuilt,
                               "alias_fell_back": model["fell_back"]}) as tracker:
-            tracker.log_params({f"candidates.{k}": v for k, v in dataclasses.asdict(c).items()})
+            tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
             try:
                 result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
                              extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt})

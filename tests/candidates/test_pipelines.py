@@ -24,6 +24,7 @@ def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: 
     run = mlflow.get_run(out["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["rows"] == out["rows"]
     assert run.data.tags["job"] == "candidates"
+    assert run.data.params["candidates.backend"] == "exact" == run.data.tags["backend"]  # built in memory
 
 
 def test_nightly_alias_index_reuse_and_health(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -54,6 +55,8 @@ def test_nightly_alias_index_reuse_and_health(in_root, tmp_path: Path) -> None: 
     assert not (tmp_path / "out" / f"dt={LAST_DATE}").exists()
     assert read_success(tmp_path / "out" / f"dt={FIRST_DATE}") is not None
     runs = mlflow.search_runs(experiment_names=["candidates"], filter_string="tags.job = 'nightly'")
+    # the saved annoy index served: the unused candidates.backend (exact) is not logged beside the tag
+    assert set(runs["tags.backend"].dropna()) == {"annoy"} and "params.candidates.backend" not in runs.columns
     assert set(runs["status"]) == {"FINISHED", "FAILED"} and "health" in runs.columns.str.replace("tags.", "").tolist()
 
 
