@@ -12,9 +12,13 @@ are the cartesian product of the axes times --seeds. Every config is validated b
 trained. Children carry the full params, per-epoch metrics, test metrics and artifacts of a normal
 training run plus the tags sweep_id (the parent's run id) and sweep_point; filter them in the UI with
 tags.sweep_id = '<parent run id>'. --baselines adds baseline runs (same split and protocol) under the
-same parent. The best child is picked on validation recall@20, never on test. A killed sweep is
-rerun whole: a new parent, and children that train from scratch (train.resume=false), so that every
-child's per-epoch metrics are complete.
+same parent. The best child is picked on validation recall@20, never on test.
+
+A killed sweep continues where it stopped when the same command is run again (same config, --set,
+--grid, --seeds, --baselines, --name and data): the unfinished parent run is reopened, finished
+children are reused as they are, and the others train again from scratch (train.resume=false, so
+every child's per-epoch metrics are complete; a child left RUNNING by the kill is marked KILLED).
+--no-resume starts a new sweep instead.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
@@ -38,8 +42,15 @@ from recsys_cl.experiment import (
     run_two_tower,
     with_content,
 )
-from recsys_cl.sweep import expand_grid, grid_plot, markdown, parse_grid, summary_frame
-from recsys_cl.tracking import mlflow_child_run, mlflow_run, resolve_tracking_uri
+from recsys_cl.sweep import expand_grid, grid_plot, markdown, parse_grid, summary_frame, sweep_key
+from recsys_cl.tracking import (
+    SWEEP_KEY_TAG,
+    SWEEP_ROW_TAG,
+    mlflow_child_run,
+    mlflow_run,
+    resolve_tracking_uri,
+    unfinished_sweep,
+)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.sweep")
@@ -60,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group-by", metavar="KEY", help="grid key on the plot's x axis (default: the first --grid)")
     p.add_argument("--name", help="parent run name (default: sweep[<grid keys>])")
     p.add_argument("--summary-json", metavar="PATH", help="write {parent_run_id, child_run_ids, rows} to PATH")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start a new sweep even if an interrupted one with the same arguments can be continued")
     return p.parse_args(argv)
 
 
@@ -114,26 +127,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"
-    with mlflow_run(base.tracking, run_name=name, tags=parent_tags) as parent:
+    key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.fingerprint)
+    resume_id, done = (None, {}) if args.no_resume else unfinished_sweep(base.tracking, key)
+    if resume_id:
+        log.info("continuing interrupted sweep %s: %d of %d runs finished before (--no-resume starts anew)",
+                 resume_id, len(done), len(configs) + len(baselines))
+    parent_tags[SWEEP_KEY_TAG] = key
+    with mlflow_run(base.tracking, run_name=name, tags=parent_tags, run_id=resume_id) as parent:
         parent.set_tags({"sweep_id": parent.run_id})
         params = {**base.to_flat_dict(), **{k: "{" + ",".join(v) + "}" for k, v in axes},
                   "sweep.seeds": seeds, "sweep.runs": len(configs), "sweep.baselines": baselines}
         parent.log_params(params)
+
+        def child_run(run_name: str, tags: dict[str, str], tracking: Any,
+                      train: Callable[[Any], dict[str, Any]]) -> None:
+            """Reuse the finished child of an interrupted sweep, or run it; its row goes on the run."""
+            if run_name in done:
+                log.info("%s: finished before the interruption, reused", run_name)
+                rows.append(json.loads(done[run_name]))
+                return
+            with mlflow_child_run(tracking, parent.run_id, run_name, tags) as child:
+                row = train(child)
+                child.set_tags({SWEEP_ROW_TAG: json.dumps(row)})
+            rows.append(row)
+
         for point, seed, cfg in configs:
-            tags = {"sweep": "child", "sweep_point": point.label}
-            with mlflow_child_run(cfg.tracking, parent.run_id, cfg.tracking.run_name, tags) as child:
+            def train_child(child: Any, cfg: RunConfig = cfg, point: Any = point, seed: int = seed) -> dict[str, Any]:
                 s = run_two_tower(cfg, child, prep)
-            rows.append({"run_name": cfg.tracking.run_name, "run_id": s["run_id"], "model": "two_tower",
-                         **dict(point.values), "seed": seed, "best_epoch": s["best_epoch"],
-                         "val/recall@20": s["val_metrics"].get("recall@20"),
-                         **{f"test/{k}": v for k, v in s["test_metrics"].items()}})
+                return {"run_name": cfg.tracking.run_name, "run_id": s["run_id"], "model": "two_tower",
+                        **dict(point.values), "seed": seed, "best_epoch": s["best_epoch"],
+                        "val/recall@20": s["val_metrics"].get("recall@20"),
+                        **{f"test/{k}": v for k, v in s["test_metrics"].items()}}
+
+            child_run(str(cfg.tracking.run_name), {"sweep": "child", "sweep_point": point.label}, cfg.tracking,
+                      train_child)
         for b in baselines:
-            tags = {"sweep": "baseline", "sweep_point": f"baseline={b}"}
-            with mlflow_child_run(base.tracking, parent.run_id, f"baseline-{b}", tags) as child:
+            def baseline_child(child: Any, b: str = b) -> dict[str, Any]:
                 s = run_baseline(b, base, prep, child)
-            rows.append({"run_name": f"baseline-{b} {s['params'] or ''}".strip(), "run_id": s["run_id"],
-                         "model": b, **{k: "" for k in keys},
-                         **{f"test/{k}": v for k, v in s["test_metrics"].items()}})
+                return {"run_name": f"baseline-{b} {s['params'] or ''}".strip(), "run_id": s["run_id"],
+                        "model": b, **{k: "" for k in keys},
+                        **{f"test/{k}": v for k, v in s["test_metrics"].items()}}
+
+            child_run(f"baseline-{b}", {"sweep": "baseline", "sweep_point": f"baseline={b}"}, base.tracking,
+                      baseline_child)
         frame = summary_frame(rows, keys)
         table = markdown(frame, prep.protocol)
         parent.log_text(frame.to_csv(index=False), "sweep/summary.csv")
@@ -147,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parent.set_tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"]})
             parent.log_metrics({"best/val/recall@20": best["val/recall@20"],
                                 **{f"best/{m}": best[m] for m in frame.columns if m.startswith("test/")}})
-    summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]),
+    summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]), "reused_runs": len(done),
                "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
     write_summary(args.summary_json, summary)
     print(table)

@@ -11,7 +11,9 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -84,6 +86,20 @@ def expand_grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[GridPoint]:
         return [GridPoint(())]
     keys = [k for k, _ in axes]
     return [GridPoint(tuple(zip(keys, combo))) for combo in itertools.product(*(v for _, v in axes))]
+
+
+BOOKKEEPING_KEYS = ("train.progress", "train.resume", "train.checkpoint_dir")
+
+
+def sweep_key(flat_config: Mapping[str, Any], axes: Sequence[tuple[str, Sequence[str]]], seeds: Sequence[int],
+              baselines: Sequence[str], name: str, data_fingerprint: str) -> str:
+    """Identity of a sweep for resuming: the base config (``RunConfig.to_flat_dict()``; all of it but
+    :data:`BOOKKEEPING_KEYS`, so more epochs is a new sweep), the grid, the seeds, the baselines, the
+    parent run's name and the data. Any change starts a new sweep."""
+    config = sorted((k, repr(v)) for k, v in flat_config.items() if k not in BOOKKEEPING_KEYS)
+    ident = json.dumps([config, [[k, list(v)] for k, v in axes], list(seeds), list(baselines), name,
+                        data_fingerprint])
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 def summary_frame(rows: Sequence[Mapping[str, Any]], grid_keys: Sequence[str]) -> pd.DataFrame:

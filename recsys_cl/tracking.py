@@ -482,6 +482,38 @@ def mlflow_child_run(
         mlflow.end_run(status="FINISHED")
 
 
+SWEEP_KEY_TAG = "sweep_key"
+"""Tag on a sweep's parent: the identity of its arguments and data (``pipelines.sweep``). A rerun
+with the same key finds an unfinished parent and continues it."""
+SWEEP_ROW_TAG = "sweep_row"
+"""Tag on a finished sweep child: its row of the sweep summary, as JSON, so a resumed sweep
+rebuilds the table without retraining it."""
+
+
+def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[str, str]]:
+    """The newest parent run tagged ``sweep_key = key`` that did not finish, and its finished
+    children's summary rows: ``(parent_run_id, {child run name: row JSON})``; ``(None, {})`` when
+    there is none.
+
+    Children of that parent still marked RUNNING are marked KILLED: their process is gone (a
+    killed sweep cannot end them), and the rerun trains them again.
+    """
+    frame = search_runs_frame(cfg, f"tags.{SWEEP_KEY_TAG} = '{key}' and attributes.status != 'FINISHED'")
+    if frame.empty:
+        return None, {}
+    parent_id = str(frame.sort_values("start_time")["run_id"].iloc[-1])
+    children = search_runs_frame(cfg, f"tags.{SWEEP_PARENT_TAG} = '{parent_id}'")
+    children = children[children["run_id"] != parent_id]
+    client = mlflow.MlflowClient()
+    for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
+        client.set_terminated(run_id, status="KILLED")
+    row_col = f"tags.{SWEEP_ROW_TAG}"
+    if row_col not in children.columns:
+        return parent_id, {}
+    done = children[(children["status"] == "FINISHED") & children[row_col].notna()]
+    return parent_id, dict(zip(done["tags.mlflow.runName"], done[row_col]))
+
+
 def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:
     """All runs of ``cfg.experiment`` as a pandas DataFrame (``mlflow.search_runs`` columns:
     ``run_id``, ``params.*``, ``metrics.*``, ``tags.*``); empty when the experiment does not exist."""

@@ -35,6 +35,24 @@ def test_bad_grid_spec(spec: str, message: str) -> None:
         parse_grid([spec])
 
 
+def test_sweep_key_changes_with_what_the_runs_depend_on() -> None:
+    from recsys_cl.sweep import sweep_key
+
+    flat = {"train.epochs": 5, "train.progress": True, "loss.kind": "softmax"}
+    axes = [("loss.temperature", ["0.05", "0.1"])]
+    key = sweep_key(flat, axes, [0], ["ease"], "sweep[x]", "fp")
+    assert sweep_key({**flat, "train.progress": False}, axes, [0], ["ease"], "sweep[x]", "fp") == key
+    for changed in [
+        sweep_key({**flat, "train.epochs": 6}, axes, [0], ["ease"], "sweep[x]", "fp"),  # more epochs: new sweep
+        sweep_key(flat, [("loss.temperature", ["0.05"])], [0], ["ease"], "sweep[x]", "fp"),
+        sweep_key(flat, axes, [0, 1], ["ease"], "sweep[x]", "fp"),
+        sweep_key(flat, axes, [0], [], "sweep[x]", "fp"),
+        sweep_key(flat, axes, [0], ["ease"], "other", "fp"),
+        sweep_key(flat, axes, [0], ["ease"], "sweep[x]", "other data"),
+    ]:
+        assert changed != key
+
+
 def test_repeated_grid_key_is_rejected() -> None:
     with pytest.raises(ConfigError, match="given twice"):
         parse_grid(["loss.kind=softmax", "loss.kind=debiased"])
@@ -105,3 +123,60 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     md = (local / "summary.md").read_text()
     assert md.startswith("Protocol: `full_ranking") and md.count("\n| two_tower[") == 2
     assert (local / "grid_test_recall_at_20.png").stat().st_size > 5000
+
+
+def test_a_killed_sweep_continues_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_args  # type: ignore[no-untyped-def]
+) -> None:
+    """Rerunning the same command reopens the parent, reuses the finished child as it is, marks a
+    child left RUNNING by the kill as KILLED and trains only what is missing; --no-resume starts anew."""
+    from pipelines import sweep
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--grid", "loss.kind=softmax,debiased", "--baselines", "popularity", *sweep_args(tmp_path)]
+    real = sweep.run_two_tower
+    trained: list[str] = []
+
+    def killed_on_the_second(cfg, reporter, prep):  # type: ignore[no-untyped-def]
+        if trained:
+            raise KeyboardInterrupt  # the kill arrives while the second child trains
+        trained.append(cfg.loss.kind)
+        return real(cfg, reporter, prep)
+
+    monkeypatch.setattr(sweep, "run_two_tower", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main(args)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = mlflow.search_runs(experiment_names=["tiny"])
+    parent_id = first.loc[first["tags.sweep"] == "parent", "run_id"].item()
+    assert dict(zip(first["tags.mlflow.runName"], first["status"])) == {
+        "sweep[loss.kind]": "FAILED", "two_tower[loss.kind=softmax]-seed0": "FINISHED",
+        "two_tower[loss.kind=debiased]-seed0": "FAILED"}
+    done_id = first.loc[first["tags.mlflow.runName"] == "two_tower[loss.kind=softmax]-seed0", "run_id"].item()
+    # a SIGKILL leaves no FAILED status: a child of the parent still RUNNING
+    client = mlflow.MlflowClient()
+    stale = client.create_run(first["experiment_id"].iloc[0], run_name="two_tower[loss.kind=debiased]-seed0",
+                              tags={"sweep_id": parent_id, "mlflow.parentRunId": parent_id}).info.run_id
+
+    def counting(cfg, reporter, prep):  # type: ignore[no-untyped-def]
+        trained.append(cfg.loss.kind)
+        return real(cfg, reporter, prep)
+
+    monkeypatch.setattr(sweep, "run_two_tower", counting)
+    fresh = sweep.main([*args, "--no-resume"])
+    assert fresh["parent_run_id"] != parent_id and fresh["reused_runs"] == 0
+    assert trained == ["softmax", "softmax", "debiased"]
+    trained.clear()
+    summary = sweep.main(args)
+    assert trained == ["debiased"]  # the softmax child was not trained again
+    assert summary["parent_run_id"] == parent_id and summary["reused_runs"] == 1
+    assert done_id in summary["child_run_ids"] and len(summary["rows"]) == 3
+    reused = next(r for r in summary["rows"] if r["run_id"] == done_id)
+    assert reused["test/recall@20"] == client.get_run(done_id).data.metrics["test/recall_at_20"]
+    assert client.get_run(parent_id).info.status == "FINISHED" and client.get_run(stale).info.status == "KILLED"
+    table = pd.read_csv(Path(client.download_artifacts(parent_id, "sweep/summary.csv", str(tmp_path))))
+    assert set(table["run_id"]) == set(summary["child_run_ids"])
+
+    # finished: the same command now starts a new sweep
+    assert sweep.main(args)["parent_run_id"] not in (parent_id, fresh["parent_run_id"])
+    assert trained == ["debiased", "softmax", "debiased"]
