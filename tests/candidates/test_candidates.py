@@ -272,3 +272,33 @@ def test_sampled_recall_is_measured_on_the_delivered_lists(loaded, clicks) -> No
     r = sampled_recall(rec, hist, users, loaded.history_length, len(users), seed=0)
     assert r["sample_users"] == len(users) and r["measured_on"].startswith("delivered")
     assert r["recall_at_k"] < 0.9  # every user has seen items among their raw top 4
+
+
+def test_users_per_s_leaves_the_engine_start_up_out(  # type: ignore[no-untyped-def]
+    tmp_path: Path, loaded, clicks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine runner (Spark's, here a stand-in that writes the same parts) reports its start-up;
+    the manifest keeps it in ``timings`` and divides users only by the serving time."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from recsys_cl.candidates import job
+
+    def stand_in(model_dir, index_dir, master):  # type: ignore[no-untyped-def]
+        def runner(*, rec, histories, users, length, cfg, out_dir):  # type: ignore[no-untyped-def]
+            time.sleep(0.3)  # a session starting
+            pq.write_table(rec.recommend(histories.batch(users, length)), out_dir / "part-00000.parquet")
+            return {"engine_startup_s": 0.3}
+        return runner
+
+    monkeypatch.setattr(job, "make_spark_runner", stand_in)
+    d = parse_run_date(LAST_DATE)
+    out = run(_cfg(tmp_path / "s", engine="spark"), clicks, loaded, d)
+    local = run(_cfg(tmp_path / "l"), clicks, loaded, d)
+    assert_same_candidates(read_partition(out.partition), read_partition(local.partition))
+    t, users = out.manifest["timings"], out.manifest["users_active"]
+    assert t["engine_startup_s"] == 0.3 and t["generate_s"] > 0.3
+    assert out.manifest["users_per_s"] == pytest.approx(users / (t["generate_s"] - 0.3))
+    assert "engine_startup_s" not in local.manifest["timings"]
+    assert local.manifest["users_per_s"] == pytest.approx(users / local.manifest["timings"]["generate_s"])

@@ -72,6 +72,9 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     assert a.drop("score").equals(b.drop("score"))
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-6)
     assert spark["engine"] == "spark" and spark["rows"] == local["rows"]
+    t = spark["timings"]  # users/s leaves Spark's start-up out; the start-up is reported beside it
+    assert 0 < t["engine_startup_s"] < t["generate_s"]
+    assert spark["users_per_s"] == pytest.approx(spark["users_active"] / (t["generate_s"] - t["engine_startup_s"]))
 
 
 def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Path,  # type: ignore[no-untyped-def]
