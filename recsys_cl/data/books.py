@@ -26,6 +26,17 @@ def load_book_titles(path: str | Path) -> list[str]:
     Raises:
         DataError: the file is missing or unreadable, or has no ``title`` column.
     """
+    return read_book_table(path)["text"].to_list()
+
+
+def read_book_table(path: str | Path) -> pl.DataFrame:
+    """``load_book_titles`` as a table: ``title`` (the file's title, stripped) and ``text``, in file order.
+
+    The raw title lets a caller drop rows that name something held out (``load_simcse_data``).
+
+    Raises:
+        DataError: the file is missing or unreadable, or has no ``title`` column.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(
@@ -50,7 +61,6 @@ def load_book_titles(path: str | Path) -> list[str]:
     parts = [title]
     if "authors" in books.columns:
         parts.append(pl.lit("Authors: ") + pl.col("authors").str.strip_chars())
-    texts = books.filter(pl.col("title").str.strip_chars().str.len_chars() > 0).select(
-        pl.concat_str(parts, separator=". ", ignore_nulls=True)
+    return books.filter(pl.col("title").str.strip_chars().str.len_chars() > 0).select(
+        pl.col("title").str.strip_chars(), pl.concat_str(parts, separator=". ", ignore_nulls=True).alias("text")
     )
-    return texts.to_series().to_list()

@@ -52,7 +52,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from recsys_cl.config import DataConfig
-from recsys_cl.data.books import load_book_titles
+from recsys_cl.data.books import read_book_table
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.eval.bootstrap import interval_verdict, paired_bootstrap
@@ -91,7 +91,8 @@ class SimCSEData:
     Attributes:
         texts: movie texts of the non-held-out movies, then the extra texts (book titles).
         validation, test: held-out movies (item-table rows, each with at least one genre).
-        sizes: counts for logging (``movie_texts``, ``extra_texts``, ``validation``, ``test``).
+        sizes: counts for logging (``movie_texts``, ``extra_texts``, ``extra_texts_held_out_dropped``,
+            ``validation``, ``test``).
     """
 
     texts: list[str]
@@ -103,6 +104,9 @@ class SimCSEData:
 def load_simcse_data(data: TextDataConfig, ev: TextEvalConfig) -> SimCSEData:
     """Read the MovieLens item table (+ extra texts), hold out test and validation movies.
 
+    Extra-text rows whose title is a held-out movie's title are dropped with a warning (a movies file
+    given as ``data.extra_text`` would otherwise put the evaluation movies into training).
+
     Raises:
         DataError: missing files or columns, or too few movies with genres for ``eval.eval_size``.
     """
@@ -111,10 +115,25 @@ def load_simcse_data(data: TextDataConfig, ev: TextEvalConfig) -> SimCSEData:
         raise DataError(f"{data.path}: no item table (movies.csv) found; SimCSE needs movie titles and genres")
     test, validation, train = split_held_out(items, ev.eval_size, ev.seed)
     movie_texts = item_texts(train, data.text_columns)
-    extra = load_book_titles(data.extra_text) if data.extra_text else []
+    extra, dropped = [], 0
+    if data.extra_text:
+        books = read_book_table(data.extra_text)
+        if "title" in items.columns:
+            held_out = pl.concat([test["title"], validation["title"]]).str.strip_chars().drop_nulls()
+            leaked = books["title"].is_in(held_out.implode())
+        else:
+            leaked = pl.repeat(False, books.height, eager=True)
+        dropped = int(leaked.sum())
+        if dropped:
+            hint = " Most rows: is it a movies file rather than book titles?" if 2 * dropped > books.height else ""
+            log.warning(
+                "data.extra_text %s: dropped %d of %d rows whose title is a held-out movie's (e.g. %r), so no "
+                "evaluation movie's title is trained on.%s",
+                data.extra_text, dropped, books.height, books.filter(leaked)["title"][0], hint)
+        extra = books.filter(~leaked)["text"].to_list()
     texts = [t for t in movie_texts + extra if t.strip()]
-    sizes = {"movie_texts": len(movie_texts), "extra_texts": len(extra), "validation": validation.height,
-             "test": test.height}
+    sizes = {"movie_texts": len(movie_texts), "extra_texts": len(extra), "extra_texts_held_out_dropped": dropped,
+             "validation": validation.height, "test": test.height}
     return SimCSEData(texts=texts, validation=validation, test=test, sizes=sizes)
 
 

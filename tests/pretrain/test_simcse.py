@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from text_fixture import synthetic_movies
+from text_fixture import synthetic_movies, write_fake_books, write_fake_movielens
 
 from recsys_cl.config import load_config
 from recsys_cl.data.errors import DataError
@@ -164,3 +164,25 @@ def test_trainable_layers_keeps_the_lower_layers_as_loaded(
     pretrain_simcse(enc, tok, item_texts(movies_split[2]), cfg.train, 16)
     changed = {n for n, p in enc.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("model.encoder.layer.1.") for n in changed)
+
+
+def test_extra_text_rows_naming_held_out_movies_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A movies file given as data.extra_text would train on the evaluation movies' titles."""
+    from recsys_cl.pretrain.config import TextDataConfig, TextEvalConfig
+    from recsys_cl.pretrain.simcse import load_simcse_data
+
+    folder = write_fake_movielens(tmp_path / "ml", n=120)
+    books = write_fake_books(tmp_path / "books.csv", n=10)
+    ev = TextEvalConfig(eval_size=20)
+    clean = load_simcse_data(TextDataConfig(path=str(folder), extra_text=str(books)), ev)
+    assert clean.sizes["extra_texts"] == 10 and clean.sizes["extra_texts_held_out_dropped"] == 0
+
+    leaky = load_simcse_data(TextDataConfig(path=str(folder), extra_text=str(folder / "movies.csv")), ev)
+    held_out = set(leaky.test["title"]) | set(leaky.validation["title"])
+    naming_held_out = sum(t in held_out for t in synthetic_movies(120)["title"])  # 40 + trained twins
+    assert naming_held_out >= 40
+    assert leaky.sizes["extra_texts_held_out_dropped"] == naming_held_out
+    assert leaky.sizes["extra_texts"] == 120 - naming_held_out
+    assert not held_out & set(leaky.texts)  # movies.csv rows become their bare titles
+    assert f"dropped {naming_held_out} of 120 rows whose title is a held-out movie's" in caplog.text
+    assert "Most rows: is it a movies file" not in caplog.text  # a third of the rows here
