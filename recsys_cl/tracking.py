@@ -207,10 +207,28 @@ def mlflow_run(
         tracker.set_tags({"git_commit": git_commit(), **dict(tags or {})})
         yield tracker
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        end_active_run(uri, "FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        end_active_run(uri, "FINISHED")
+
+
+def end_active_run(uri: str, status: str) -> None:
+    """End the active run with ``status``, telling the store ``uri`` first through a client bound to it.
+
+    ``mlflow.end_run`` builds a client that asks an active Spark session for a registry URI. When a
+    SIGTERM has also ended Spark's JVM (``--engine spark``), that call fails, and a killed job would
+    leave its run RUNNING; here the status is written before ``end_run`` is tried.
+    """
+    run = mlflow.active_run()
+    if run is not None:
+        registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry).set_terminated(run.info.run_id, status)
+    try:
+        mlflow.end_run(status=status)
+    except Exception as e:  # the status is already stored; only MLflow's in-process run stack is left
+        log.warning("run %s is %s in %s, but mlflow.end_run failed: %s: %s",
+                    None if run is None else run.info.run_id, status, uri, type(e).__name__, e)
 
 
 def sqlite_artifact_root(uri: str) -> Path | None:
@@ -476,10 +494,10 @@ def mlflow_child_run(
         tracker.set_tags({"git_commit": git_commit(), SWEEP_PARENT_TAG: parent_run_id, **dict(tags or {})})
         yield tracker
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        end_active_run(uri, "FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        end_active_run(uri, "FINISHED")
 
 
 SWEEP_KEY_TAG = "sweep_key"

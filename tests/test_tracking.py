@@ -92,3 +92,27 @@ def test_downloaded_artifacts_are_removed_when_the_process_exits(tmp_path: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     local = Path(out.stdout.strip().splitlines()[-1])
     assert "recsys_cl_artifact_" in str(local) and not local.exists()
+
+
+def test_a_killed_run_is_marked_failed_even_when_mlflow_end_run_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --engine spark a SIGTERM also ends Spark's JVM, and mlflow.end_run's client then fails
+    asking the dead Spark session for a registry URI; the run must still end FAILED, and the
+    job's own exception (the SystemExit of the signal) must be what propagates."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def dead_jvm() -> None:
+        raise KeyError("c")  # what py4j raised in the reproduction
+
+    with pytest.raises(SystemExit, match="143"):
+        with mlflow_run(TrackingConfig(uri=uri, experiment="spark_term")) as run:
+            monkeypatch.setattr(registry_utils, "_get_registry_uri_from_spark_session", dead_jvm)
+            raise SystemExit(143)
+    monkeypatch.undo()
+    assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run.run_id).info.status == "FAILED"
+    mlflow.end_run("FAILED")  # the stack entry end_run could not pop
