@@ -189,6 +189,7 @@ def mlflow_run(
     try:
         mlflow.set_tracking_uri(uri)
         _set_experiment(cfg.experiment, uri)
+        mark_dead_runs(uri, cfg.experiment)
         if run_id is not None:
             try:
                 mlflow.get_run(run_id)
@@ -204,13 +205,75 @@ def mlflow_run(
         ) from e
     try:
         tracker = Tracker(run)
-        tracker.set_tags({"git_commit": git_commit(), **dict(tags or {})})
+        tracker.set_tags({"git_commit": git_commit(), PROCESS_TAG: process_tag(), **dict(tags or {})})
         yield tracker
     except BaseException:
         end_active_run(uri, "FAILED")
         raise
     else:
         end_active_run(uri, "FINISHED")
+
+
+PROCESS_TAG = "process"
+"""Tag on every run: ``<host>:<pid>:<process start time>`` of the process that runs it, so that a
+later job can tell a run whose process was killed (SIGKILL, OOM, a lost node) from one still going."""
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc/<pid>/stat`` field 22), None if it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid()) or '?'}"
+
+
+def _process_gone(tag: str) -> bool:
+    """True when the process named by a :data:`PROCESS_TAG` value on this host no longer exists
+    (a reused pid has another start time); False when it may still run."""
+    _, pid_text, ticks = tag.rsplit(":", 2)
+    pid = int(pid_text)
+    if ticks != "?":
+        return _start_ticks(pid) != ticks
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def mark_dead_runs(uri: str, experiment: str) -> list[str]:
+    """Mark KILLED the runs of ``experiment`` that are RUNNING but whose process, on this host, is
+    gone; a SIGKILLed job cannot end its own run. Runs of other hosts are left alone. Returns their
+    ids. Never raises: a store that refuses is only logged."""
+    try:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        host = socket.gethostname()
+        runs = mlflow.search_runs(
+            [exp.experiment_id], output_format="list",
+            filter_string=f"attributes.status = 'RUNNING' and tags.{PROCESS_TAG} LIKE '{host.replace(chr(39), '')}:%'")
+        dead = [r for r in runs if r.data.tags[PROCESS_TAG].rsplit(":", 2)[0] == host
+                and _process_gone(r.data.tags[PROCESS_TAG])]
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+        for r in dead:
+            client.set_tag(r.info.run_id, "killed_because",
+                           f"its process ({r.data.tags[PROCESS_TAG]}) was gone when {process_tag()} started a run")
+            client.set_terminated(r.info.run_id, status="KILLED")
+            log.warning("run %s (%s) was RUNNING but its process is gone: marked KILLED",
+                        r.info.run_id, r.data.tags.get("mlflow.runName"))
+        return [r.info.run_id for r in dead]
+    except Exception as e:  # housekeeping must not stop a job
+        log.warning("could not look for runs left RUNNING by killed jobs in %s: %s: %s", uri, type(e).__name__, e)
+        return []
 
 
 def end_active_run(uri: str, status: str) -> None:
@@ -491,7 +554,8 @@ def mlflow_child_run(
     run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)
     try:
         tracker = Tracker(run)
-        tracker.set_tags({"git_commit": git_commit(), SWEEP_PARENT_TAG: parent_run_id, **dict(tags or {})})
+        tracker.set_tags({"git_commit": git_commit(), PROCESS_TAG: process_tag(), SWEEP_PARENT_TAG: parent_run_id,
+                          **dict(tags or {})})
         yield tracker
     except BaseException:
         end_active_run(uri, "FAILED")

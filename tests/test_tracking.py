@@ -116,3 +116,47 @@ def test_a_killed_run_is_marked_failed_even_when_mlflow_end_run_breaks(
     monkeypatch.undo()
     assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run.run_id).info.status == "FAILED"
     mlflow.end_run("FAILED")  # the stack entry end_run could not pop
+
+
+def test_runs_whose_process_is_gone_are_marked_killed(tmp_path: Path) -> None:
+    """A SIGKILLed job cannot end its run; the next run started in the experiment on the same host
+    marks it KILLED. Live processes, reused pids and other hosts are told apart by the process tag."""
+    import os
+    import signal
+    import subprocess
+
+    import mlflow
+
+    from recsys_cl.tracking import PROCESS_TAG, _start_ticks
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrackingConfig(uri=uri, experiment="dead_runs")
+    with mlflow_run(cfg, run_name="first") as first:
+        assert mlflow.get_run(first.run_id).data.tags[PROCESS_TAG] == (
+            f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp_id = mlflow.get_experiment_by_name("dead_runs").experiment_id
+    host = socket.gethostname()
+    killed = subprocess.Popen(["sleep", "30"])
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        killed_tag = f"{host}:{killed.pid}:{_start_ticks(killed.pid)}"
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        tags = {
+            "sigkilled": killed_tag,
+            "still_running": f"{host}:{alive.pid}:{_start_ticks(alive.pid)}",
+            "pid_reused": f"{host}:{os.getpid()}:0",  # this pid, but a process that started at another time
+            "other_host": f"not-{host}:{killed.pid}:1",
+        }
+        ids = {name: client.create_run(exp_id, run_name=name, tags={PROCESS_TAG: tag}).info.run_id
+               for name, tag in tags.items()}
+        with mlflow_run(cfg, run_name="next"):
+            pass  # opening it is what checks
+        status = {name: client.get_run(i).info.status for name, i in ids.items()}
+        assert status == {"sigkilled": "KILLED", "still_running": "RUNNING", "pid_reused": "KILLED",
+                          "other_host": "RUNNING"}
+        assert killed_tag in client.get_run(ids["sigkilled"]).data.tags["killed_because"]
+    finally:
+        alive.kill()
+        alive.wait()
