@@ -234,8 +234,11 @@ def process_tag() -> str:
 def _process_gone(tag: str) -> bool:
     """True when the process named by a :data:`PROCESS_TAG` value on this host no longer exists
     (a reused pid has another start time); False when it may still run."""
-    _, pid_text, ticks = tag.rsplit(":", 2)
-    pid = int(pid_text)
+    try:
+        _, pid_text, ticks = tag.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:  # not written by process_tag: leave the run alone
+        return False
     if ticks != "?":
         return _start_ticks(pid) != ticks
     if pid == os.getpid():
@@ -247,6 +250,14 @@ def _process_gone(tag: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _run_process_gone(row: Any) -> bool:
+    """For a ``search_runs`` row: its ``process`` tag names a process of this host that is gone."""
+    tag = row.get(f"tags.{PROCESS_TAG}")
+    if not isinstance(tag, str) or tag.rsplit(":", 2)[0] != socket.gethostname():
+        return False
+    return _process_gone(tag)
 
 
 def mark_dead_runs(uri: str, experiment: str) -> list[str]:
@@ -580,15 +591,20 @@ def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[st
     Children of that parent still marked RUNNING are marked KILLED: their process is gone (a
     killed sweep cannot end them), and the rerun trains them again.
     """
-    frame = search_runs_frame(cfg, f"tags.{SWEEP_KEY_TAG} = '{key}' and attributes.status != 'FINISHED'")
+    frame = search_runs_frame(cfg, f"tags.{SWEEP_KEY_TAG} = '{key}'")
     if frame.empty:
         return None, {}
-    parent_id = str(frame.sort_values("start_time")["run_id"].iloc[-1])
+    newest = frame.sort_values("start_time").iloc[-1]  # an older unfinished one was given up on
+    if newest["status"] == "FINISHED" or (newest["status"] == "RUNNING" and not _run_process_gone(newest)):
+        return None, {}  # done, or still running in another process (or on another host): a new sweep
+    parent_id = str(newest["run_id"])
     children = search_runs_frame(cfg, f"tags.{SWEEP_PARENT_TAG} = '{parent_id}'")
     children = children[children["run_id"] != parent_id]
     client = mlflow.MlflowClient()
-    for run_id in children.loc[children["status"] == "RUNNING", "run_id"]:
-        client.set_terminated(run_id, status="KILLED")
+    for _, child in children[children["status"] == "RUNNING"].iterrows():
+        if _run_process_gone(child):
+            client.set_tag(child["run_id"], "killed_because", "its sweep was continued by a new process")
+            client.set_terminated(child["run_id"], status="KILLED")
     row_col = f"tags.{SWEEP_ROW_TAG}"
     if row_col not in children.columns:
         return parent_id, {}

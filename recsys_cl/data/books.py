@@ -30,7 +30,8 @@ def load_book_titles(path: str | Path) -> list[str]:
 
 
 def read_book_table(path: str | Path) -> pl.DataFrame:
-    """``load_book_titles`` as a table: ``title`` (the file's title, stripped) and ``text``, in file order.
+    """``load_book_titles`` as a table, in file order: ``title`` (the file's title, stripped), ``heading``
+    (title and year, as the text starts) and ``text``.
 
     The raw title lets a caller drop rows that name something held out (``load_simcse_data``).
 
@@ -62,5 +63,6 @@ def read_book_table(path: str | Path) -> pl.DataFrame:
     if "authors" in books.columns:
         parts.append(pl.lit("Authors: ") + pl.col("authors").str.strip_chars())
     return books.filter(pl.col("title").str.strip_chars().str.len_chars() > 0).select(
-        pl.col("title").str.strip_chars(), pl.concat_str(parts, separator=". ", ignore_nulls=True).alias("text")
+        pl.col("title").str.strip_chars(), title.alias("heading"),
+        pl.concat_str(parts, separator=". ", ignore_nulls=True).alias("text"),
     )

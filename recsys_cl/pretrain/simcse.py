@@ -119,8 +119,13 @@ def load_simcse_data(data: TextDataConfig, ev: TextEvalConfig) -> SimCSEData:
     if data.extra_text:
         books = read_book_table(data.extra_text)
         if "title" in items.columns:
-            held_out = pl.concat([test["title"], validation["title"]]).str.strip_chars().drop_nulls()
-            leaked = books["title"].is_in(held_out.implode())
+            def norm(c: pl.Expr) -> pl.Expr:  # case and runs of spaces do not make another title
+                return c.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+
+            held_out = pl.concat([test["title"], validation["title"]]).drop_nulls().to_frame("t")
+            held_out = held_out.select(norm(pl.col("t")))
+            names = held_out.to_series().implode()
+            leaked = books.select(norm(pl.col("title")).is_in(names) | norm(pl.col("heading")).is_in(names)).to_series()
         else:
             leaked = pl.repeat(False, books.height, eager=True)
         dropped = int(leaked.sum())

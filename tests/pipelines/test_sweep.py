@@ -155,17 +155,32 @@ def test_a_killed_sweep_continues_where_it_stopped(
     done_id = first.loc[first["tags.mlflow.runName"] == "two_tower[loss.kind=softmax]-seed0", "run_id"].item()
     # a SIGKILL leaves no FAILED status: a child of the parent still RUNNING
     client = mlflow.MlflowClient()
+    import os
+    import socket
+
+    gone = f"{socket.gethostname()}:{os.getpid()}:0"  # this pid, another start time: that process is gone
     stale = client.create_run(first["experiment_id"].iloc[0], run_name="two_tower[loss.kind=debiased]-seed0",
-                              tags={"sweep_id": parent_id, "mlflow.parentRunId": parent_id}).info.run_id
+                              tags={"sweep_id": parent_id, "mlflow.parentRunId": parent_id,
+                                    "process": gone}).info.run_id
 
     def counting(cfg, reporter, prep):  # type: ignore[no-untyped-def]
         trained.append(cfg.loss.kind)
         return real(cfg, reporter, prep)
 
     monkeypatch.setattr(sweep, "run_two_tower", counting)
-    fresh = sweep.main([*args, "--no-resume"])
-    assert fresh["parent_run_id"] != parent_id and fresh["reused_runs"] == 0
-    assert trained == ["softmax", "softmax", "debiased"]
+    # a parent RUNNING in a live process (this one) is another sweep going on: not taken over
+    from recsys_cl.config import TrackingConfig
+    from recsys_cl.tracking import process_tag, unfinished_sweep
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tiny")
+    key = client.get_run(parent_id).data.tags["sweep_key"]
+    client.set_tag(parent_id, "process", process_tag())
+    client.update_run(parent_id, status="RUNNING")
+    assert unfinished_sweep(tracking, key) == (None, {})
+    client.set_tag(parent_id, "process", gone)
+    assert unfinished_sweep(tracking, key)[0] == parent_id
+    client.set_terminated(parent_id, status="FAILED")
+
     trained.clear()
     summary = sweep.main(args)
     assert trained == ["debiased"]  # the softmax child was not trained again
@@ -177,6 +192,9 @@ def test_a_killed_sweep_continues_where_it_stopped(
     table = pd.read_csv(Path(client.download_artifacts(parent_id, "sweep/summary.csv", str(tmp_path))))
     assert set(table["run_id"]) == set(summary["child_run_ids"])
 
-    # finished: the same command now starts a new sweep
-    assert sweep.main(args)["parent_run_id"] not in (parent_id, fresh["parent_run_id"])
+    # --no-resume gives the interrupted sweep up: the next plain run starts anew after it
+    fresh = sweep.main([*args, "--no-resume"])
+    assert fresh["parent_run_id"] != parent_id and fresh["reused_runs"] == 0
     assert trained == ["debiased", "softmax", "debiased"]
+    again = sweep.main(args)
+    assert again["parent_run_id"] not in (parent_id, fresh["parent_run_id"]) and again["reused_runs"] == 0

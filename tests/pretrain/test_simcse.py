@@ -186,3 +186,15 @@ def test_extra_text_rows_naming_held_out_movies_are_dropped(tmp_path: Path, capl
     assert not held_out & set(leaky.texts)  # movies.csv rows become their bare titles
     assert f"dropped {naming_held_out} of 120 rows whose title is a held-out movie's" in caplog.text
     assert "Most rows: is it a movies file" not in caplog.text  # a third of the rows here
+
+    # a book whose title + year, case or spacing aside, is a held-out movie's title is dropped too
+    title = clean.test["title"][0]  # e.g. "Kiss Heart (1951)"
+    bare, year = title.rsplit(" (", 1)
+    variants = tmp_path / "variants.csv"
+    variants.write_text("book_id,authors,original_publication_year,title\n"
+                        f"1,A,{year.rstrip(')')}.0,{bare}\n"
+                        f"2,B,,{title.upper()}\n"
+                        f"3,C,,{title.replace(' ', '  ')}\n"
+                        "4,D,1900.0,Nothing Held Out\n")
+    kept = load_simcse_data(TextDataConfig(path=str(folder), extra_text=str(variants)), ev)
+    assert kept.sizes["extra_texts_held_out_dropped"] == 3 and kept.texts[-1] == "Nothing Held Out (1900). Authors: D"
