@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
     write_summary(args.summary_json, summary)
     print(table)
-    print(f"\nparent run: {parent.run_id}  ({len(rows)} child runs; filter: tags.sweep_id = '{parent.run_id}')")
+    hint = f"tags.sweep_id = '{parent.run_id}'" + (" and attributes.status = 'FINISHED'" if resume_id else "")
+    print(f"\nparent run: {parent.run_id}  ({len(rows)} child runs; filter: {hint})")  # resumed: hide killed tries
     print(f"open the UI:  mlflow ui --backend-store-uri {resolve_tracking_uri(base.tracking)}")
     return summary
 

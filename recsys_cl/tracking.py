@@ -197,6 +197,8 @@ def mlflow_run(
                 log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
                 run_id = None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name))
+        if run_id is not None and KILLED_TAG in run.data.tags:  # resumed: no longer a killed run
+            _client(uri).delete_tag(run_id, KILLED_TAG)
     except Exception as e:  # sqlalchemy, OSError, MlflowException ...: all mean "this store will not open"
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise TrackingError(
@@ -260,6 +262,18 @@ def _run_process_gone(row: Any) -> bool:
     return _process_gone(tag)
 
 
+def _client(uri: str) -> Any:
+    """An ``MlflowClient`` bound to the store ``uri`` (registry: ``MLFLOW_REGISTRY_URI`` or the same
+    store). Built explicitly so that it never asks an active Spark session for a registry URI, which
+    fails once a SIGTERM has ended Spark's JVM (see :func:`end_active_run`)."""
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+KILLED_TAG = "killed_because"
+"""Tag on a run marked KILLED by a later job: why (its process was gone). Removed when the run is
+resumed (``mlflow_run(run_id=...)``), since it no longer describes the run."""
+
+
 def mark_dead_runs(uri: str, experiment: str) -> list[str]:
     """Mark KILLED the runs of ``experiment`` that are RUNNING but whose process, on this host, is
     gone; a SIGKILLed job cannot end its own run. Runs of other hosts are left alone. Returns their
@@ -274,9 +288,9 @@ def mark_dead_runs(uri: str, experiment: str) -> list[str]:
             filter_string=f"attributes.status = 'RUNNING' and tags.{PROCESS_TAG} LIKE '{host.replace(chr(39), '')}:%'")
         dead = [r for r in runs if r.data.tags[PROCESS_TAG].rsplit(":", 2)[0] == host
                 and _process_gone(r.data.tags[PROCESS_TAG])]
-        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+        client = _client(uri)
         for r in dead:
-            client.set_tag(r.info.run_id, "killed_because",
+            client.set_tag(r.info.run_id, KILLED_TAG,
                            f"its process ({r.data.tags[PROCESS_TAG]}) was gone when {process_tag()} started a run")
             client.set_terminated(r.info.run_id, status="KILLED")
             log.warning("run %s (%s) was RUNNING but its process is gone: marked KILLED",
@@ -296,8 +310,7 @@ def end_active_run(uri: str, status: str) -> None:
     """
     run = mlflow.active_run()
     if run is not None:
-        registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
-        mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry).set_terminated(run.info.run_id, status)
+        _client(uri).set_terminated(run.info.run_id, status)
     try:
         mlflow.end_run(status=status)
     except Exception as e:  # the status is already stored; only MLflow's in-process run stack is left
@@ -600,10 +613,10 @@ def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[st
     parent_id = str(newest["run_id"])
     children = search_runs_frame(cfg, f"tags.{SWEEP_PARENT_TAG} = '{parent_id}'")
     children = children[children["run_id"] != parent_id]
-    client = mlflow.MlflowClient()
+    client = _client(resolve_tracking_uri(cfg))
     for _, child in children[children["status"] == "RUNNING"].iterrows():
         if _run_process_gone(child):
-            client.set_tag(child["run_id"], "killed_because", "its sweep was continued by a new process")
+            client.set_tag(child["run_id"], KILLED_TAG, "its sweep was continued by a new process")
             client.set_terminated(child["run_id"], status="KILLED")
     row_col = f"tags.{SWEEP_ROW_TAG}"
     if row_col not in children.columns:

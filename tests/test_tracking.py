@@ -157,6 +157,10 @@ def test_runs_whose_process_is_gone_are_marked_killed(tmp_path: Path) -> None:
         assert status == {"sigkilled": "KILLED", "still_running": "RUNNING", "pid_reused": "KILLED",
                           "other_host": "RUNNING"}
         assert killed_tag in client.get_run(ids["sigkilled"]).data.tags["killed_because"]
+        with mlflow_run(cfg, run_id=ids["sigkilled"]):  # resumed (a checkpoint, a sweep): no longer killed
+            pass
+        resumed = client.get_run(ids["sigkilled"])
+        assert resumed.info.status == "FINISHED" and "killed_because" not in resumed.data.tags
     finally:
         alive.kill()
         alive.wait()

@@ -126,7 +126,8 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
 
 
 def test_a_killed_sweep_continues_where_it_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_args  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    sweep_args,  # type: ignore[no-untyped-def]
 ) -> None:
     """Rerunning the same command reopens the parent, reuses the finished child as it is, marks a
     child left RUNNING by the kill as KILLED and trains only what is missing; --no-resume starts anew."""
@@ -191,6 +192,10 @@ def test_a_killed_sweep_continues_where_it_stopped(
     assert client.get_run(parent_id).info.status == "FINISHED" and client.get_run(stale).info.status == "KILLED"
     table = pd.read_csv(Path(client.download_artifacts(parent_id, "sweep/summary.csv", str(tmp_path))))
     assert set(table["run_id"]) == set(summary["child_run_ids"])
+    # the printed UI filter shows the sweep's runs, not the tries the kill left behind
+    hint = capsys.readouterr().out.split("filter: ")[-1].split(")\n")[0]
+    shown = mlflow.search_runs(experiment_names=["tiny"], filter_string=hint)
+    assert set(shown["run_id"]) == {parent_id, *summary["child_run_ids"]}
 
     # --no-resume gives the interrupted sweep up: the next plain run starts anew after it
     fresh = sweep.main([*args, "--no-resume"])
