@@ -27,6 +27,7 @@ from recsys_cl.candidates import (
     active_users,
     clicks_up_to,
     load_model,
+    open_index,
     parse_run_date,
     run,
 )
@@ -83,11 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
+        # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
+        opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",
                         tags={"job": "candidates", "date": str(run_date), "engine": c.engine}) as tracker:
             tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
-                         extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto")
+                         extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto",
+                         opened=opened)
             log_result(tracker, result.manifest)
     except INPUT_ERRORS as e:
         raise SystemExit(f"candidates error: {e}") from None

@@ -30,12 +30,14 @@ def run(
     validate: Callable[[Path, dict[str, Any]], None] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     index_backend: str = "auto",
+    opened: tuple[Any, str, str] | None = None,
 ) -> CandidatesResult:
     """Index (loaded and checked, or built in memory) -> candidates for ``run_date`` -> published partition.
 
     ``cfg.backend`` / ``cfg.engine`` choose the backend built in memory and the engine; the manifest
     records the choice and why. A saved ``index_dir`` is used with its own backend, which must be
-    ``index_backend`` unless that is ``auto``.
+    ``index_backend`` unless that is ``auto``. ``opened`` is ``open_index(index_dir, ...)``'s result
+    when the caller already opened and checked it (to fail before opening an MLflow run).
     """
     import tempfile
 
@@ -46,7 +48,7 @@ def run(
     if index_dir is not None:
         # a saved index is used with its own backend (candidates.backend only picks what to build
         # in memory); the manifest is still checked against the model
-        index, index_id, reason = open_index(index_dir, loaded, index_backend)
+        index, index_id, reason = opened or open_index(index_dir, loaded, index_backend)
     else:
         sample = np.random.default_rng(cfg.seed).choice(users, size=min(len(users), 1000), replace=False)
         hist = UserHistories(history.filter(pl.col("user_id").is_in(sample)), loaded.spec)

@@ -167,6 +167,11 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
             _args(tmp_path, model_dir, "--index", str(index_dir), "--backend", "annoy",
                   "--set", "candidates.output_dir=o3")
         )
+    # both refusals came before an MLflow run was opened: no FAILED runs to clean up
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FINISHED"]
 
 
 @pytest.mark.parametrize("damage", ["missing", "no_manifest", "corrupt_vectors", "bad_json"])
