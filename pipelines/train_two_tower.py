@@ -89,13 +89,20 @@ def _print_summary(summary: dict, uri: str) -> None:
         for k, v in summary["test_metrics"].items():
             print(f"  {k:>14s}  {v:.4f}")
     else:  # cold start: the model next to Popularity and random on the same cold targets
-        print(f"test metrics on cold items ({summary['baseline_name']} and random on the same targets):")
-        print(f"  {'':>14s}  {'model':>8s}  {'popular':>8s}  {'random':>8s}")
+        fold = summary.get("fold_in_metrics") or {}
+        print(f"test metrics on cold items ({summary['baseline_name']} and random on the same targets"
+              + ("; folded = the model with each cold item's clicks before the test period folded in" if fold else "")
+              + "):")
+        header = f"  {'':>14s}  {'model':>8s}" + (f"  {'folded':>8s}" if fold else "")
+        print(header + f"  {'popular':>8s}  {'random':>8s}")
         for k, v in summary["test_metrics"].items():
-            print(f"  {k:>14s}  {v:8.4f}  {base.get(k, float('nan')):8.4f}  {rand.get(k, float('nan')):8.4f}")
-        d = summary["delta_vs_baseline"]
-        print(f"model - {summary['baseline_name']} {d['metric']}: {d['delta']:+.4f}, 95% paired bootstrap over the "
-              f"{d['n_users']} test users [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
+            print(f"  {k:>14s}  {v:8.4f}" + (f"  {fold.get(k, float('nan')):8.4f}" if fold else "")
+                  + f"  {base.get(k, float('nan')):8.4f}  {rand.get(k, float('nan')):8.4f}")
+        for label, key in (("model", "delta_vs_baseline"), ("folded", "fold_in_delta_vs_baseline")):
+            if key in summary:
+                d = summary[key]
+                print(f"{label} - {summary['baseline_name']} {d['metric']}: {d['delta']:+.4f}, 95% paired bootstrap "
+                      f"over the {d['n_users']} test users [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
     print(f"run: {summary['run_id']}   model: {summary['model_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

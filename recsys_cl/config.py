@@ -169,8 +169,14 @@ class ItemTowerConfig:
     cache_dir: str | None = "runs/cache/content"
     """Frozen text/image encoder outputs are cached here, keyed by encoder weights and inputs
     (``null``: recompute every run)."""
+    fold_in_step: float = 1.0
+    """Cold start: a cold item's vector plus ``fold_in_step`` x the user vectors of the people who
+    clicked it after the training cutoff (``recsys_cl.towers.fold_in``). Cold-start runs evaluate it
+    next to the content-only vectors, on the same targets; 0 turns it off."""
 
     def __post_init__(self) -> None:
+        if not self.fold_in_step >= 0:
+            raise ConfigError(f"item_tower.fold_in_step must be >= 0 (0 = off), got {self.fold_in_step}")
         if not self.encoders:
             raise ConfigError("item_tower.encoders must name at least one of [id, categorical, text, image]")
         if len(set(self.encoders)) != len(self.encoders):

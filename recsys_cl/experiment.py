@@ -43,7 +43,7 @@ from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretr
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
 from recsys_cl.train.loop import FitResult, fit
-from recsys_cl.train.steps import embed_items, embed_users
+from recsys_cl.train.steps import embed_items, embed_users, fold_in_history
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
 
@@ -241,16 +241,21 @@ def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
 
 def two_tower_score_fn(
     model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int,
-    ranked: np.ndarray | None = None,
+    ranked: np.ndarray | None = None, fold_in_step: float = 0.0,
 ) -> ScoreFn:
     """Scores (b, M_r) for rows of ``eval_set``: user embeddings from each user's last ``length``
     clicks in ``history`` (all strictly before their targets) against every ranked item
-    (``ranked``: indices into ``spec.items``; default the training catalogue)."""
+    (``ranked``: indices into ``spec.items``; default the training catalogue).
+
+    ``fold_in_step`` > 0 (cold start only: every ranked item must lack training clicks) first folds
+    the ranked items' clicks in ``history`` into their vectors (:func:`fold_in_history`)."""
     seq = Sequences.from_clicks(history, spec.items, spec.users)
     windows = seq.last_windows(eval_set.user_ids, length)  # (U, L)
     users = embed_users(model, windows, spec.users.encode(eval_set.user_ids))  # (U, D)
     ranked = spec.catalogue if ranked is None else ranked
     items = embed_items(model, spec.num_items)[torch.from_numpy(ranked)]  # (M_r, D)
+    if fold_in_step > 0:
+        items = fold_in_history(model, spec, history, items, ranked, length, fold_in_step)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return (users[torch.as_tensor(rows)] @ items.T).numpy()
@@ -292,6 +297,8 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     reporter.log_metrics({"best_epoch": result.best_epoch})
     baselines: dict[str, dict[str, float]] = {}
     delta: dict[str, Any] = {}
+    fold_in: dict[str, float] = {}
+    fold_delta: dict[str, Any] = {}
     if prep.cold_start:  # the reference points on the same cold targets, in the same run
         baselines = cold_start_baselines(prep, ks, cfg.eval.batch_size)
         for name, values in baselines.items():
@@ -303,6 +310,18 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         reporter.log_metrics(interval_metrics(f"delta_vs_popularity/recall@{COLD_START_K}", delta))
         delta = {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
                  "verdict": interval_verdict(delta)}
+        if cfg.item_tower.fold_in_step > 0:  # the same model, cold items' first clicks folded in
+            fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
+                                         prep.ranked, fold_in_step=cfg.item_tower.fold_in_step)
+            fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
+            reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
+            fold_delta = paired_bootstrap(
+                per_user_recall(fold_fn, prep.test_set, COLD_START_K, cfg.eval.batch_size),
+                per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, cfg.eval.batch_size),
+            )
+            reporter.log_metrics(interval_metrics(f"delta_fold_in_vs_popularity/recall@{COLD_START_K}", fold_delta))
+            fold_delta = {"metric": f"recall@{COLD_START_K}", **fold_delta, "n_users": prep.test_set.n_users,
+                          "verdict": interval_verdict(fold_delta)}
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
@@ -325,6 +344,9 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         summary["baseline_name"] = "popularity"
         summary["random_metrics"] = headline["random"]
         summary["delta_vs_baseline"] = delta
+        if fold_in:
+            summary["fold_in_metrics"] = {k: v for k, v in fold_in.items() if _is_headline(k, cfg.eval.ks)}
+            summary["fold_in_delta_vs_baseline"] = fold_delta
     return summary
 
 

@@ -89,6 +89,8 @@ def test_unknown_section() -> None:
         ("item_tower.dropout=2", r"item_tower\.dropout must be in \[0, 1\), got 2"),
         ("user_tower.hidden_dims=[32, 0]", r"user_tower\.hidden_dims entries .* must be >= 1, got \[32, 0\]"),
         ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),
+        ("item_tower.fold_in_step=-1", r"item_tower\.fold_in_step must be >= 0 \(0 = off\), got -1"),
+        ("item_tower.fold_in_step=.nan", r"item_tower\.fold_in_step must be >= 0"),
         ("tracking.experiment=''", r"tracking\.experiment must be a name, got an empty string"),
         ("tracking.registered_model_name=''", r"tracking\.registered_model_name must be a name or null"),
         ("baselines.ease_lambdas=[-1]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths > 0"),

@@ -51,3 +51,52 @@ def test_a_log_too_small_to_rank_or_evaluate_is_refused(tmp_path: Path) -> None:
     (folder / "movies.csv").write_text("movieId,title,genres\n1,A (2000),Drama\n2,B (2000),Drama\n3,C (2000),Drama\n")
     with pytest.raises(DataError, match=r"only 1 items with training clicks to rank .*needs at least 2"):
         prepare(RunConfig(data=DataConfig(path=str(folder))))
+
+
+def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: Path) -> None:
+    """two_tower_score_fn(fold_in_step=s) scores the ranked cold items with s x the user vectors of
+    everyone who clicked them in the history added (checked click by click against a loop); an ID-only
+    tower, which leaves cold items all tied at 0 without it, then ranks by those clicks."""
+    import numpy as np
+    import torch
+
+    from recsys_cl.config import ItemTowerConfig
+    from recsys_cl.data.synthetic import generate_click_log
+    from recsys_cl.experiment import two_tower_score_fn
+    from recsys_cl.features.sequences import Sequences
+    from recsys_cl.towers.two_tower import build_two_tower
+    from recsys_cl.train.steps import embed_users
+
+    log = generate_click_log(400, 1500, n_clusters=8, clicks_per_user=25, seed=1)
+    log.clicks.select("user_id", "item_id", "timestamp").write_parquet(tmp_path / "clicks.parquet")
+    assert log.items is not None
+    log.items.write_parquet(tmp_path / "items.parquet")
+    cfg = RunConfig(data=DataConfig(format="parquet", path=str(tmp_path / "clicks.parquet"),
+                                    items_path=str(tmp_path / "items.parquet")),
+                    split=SplitConfig(kind="cold_start"), item_tower=ItemTowerConfig(encoders=("id",)))
+    prep = prepare(cfg)
+    torch.manual_seed(0)
+    model = build_two_tower(prep.spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    spec, hist, L = prep.spec, prep.split.test_history(), cfg.user_tower.history_length
+    rows = np.arange(prep.test_set.n_users)
+    plain = two_tower_score_fn(model, spec, hist, prep.test_set, L, prep.ranked)(rows)
+    assert not plain.any()  # ID only: every cold item is a zero vector
+    folded = two_tower_score_fn(model, spec, hist, prep.test_set, L, prep.ranked, fold_in_step=0.5)(rows)
+
+    seq = Sequences.from_clicks(hist, spec.items, spec.users)
+    column = {int(item): j for j, item in enumerate(spec.items.ids[prep.ranked])}
+    expected_items = torch.zeros(len(prep.ranked), cfg.model.embedding_dim)
+    n_clicks = 0
+    for user, item in zip(hist["user_id"].to_list(), hist["item_id"].to_list()):
+        if int(item) in column:  # a click on a cold item (validation period)
+            q = embed_users(model, seq.last_windows(np.array([user]), L), spec.users.encode(np.array([user])))[0]
+            expected_items[column[int(item)]] += 0.5 * q
+            n_clicks += 1
+    assert n_clicks > 10
+    users = embed_users(model, seq.last_windows(prep.test_set.user_ids, L), spec.users.encode(prep.test_set.user_ids))
+    np.testing.assert_allclose(folded, (users @ expected_items.T).numpy(), atol=1e-5)
+    assert (folded != 0).any(axis=0).sum() == len({column[int(i)] for i in hist["item_id"].to_list()
+                                                   if int(i) in column})
+
+    with pytest.raises(ValueError, match=r"fold-in is for items without training clicks, but \d+ of the"):
+        two_tower_score_fn(model, spec, prep.split.train, prep.val_set, L, spec.catalogue, fold_in_step=1.0)

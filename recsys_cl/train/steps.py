@@ -19,6 +19,7 @@ batch and the loss is the single-process loss of that batch. Without a process g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,11 @@ from recsys_cl.losses import (
 )
 from recsys_cl.towers.two_tower import TwoTower
 from recsys_cl.utils import dist
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from recsys_cl.features.spec import FeatureSpec
 
 
 @dataclass
@@ -216,3 +222,35 @@ def embed_users(
         out.append(model.user_tower(h, u))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.item_tower.dim)
+
+
+def fold_in_history(
+    model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, items: Tensor, rows: np.ndarray, length: int,
+    step: float,
+) -> Tensor:
+    """(R, D) ``items`` (the vectors of items ``rows``, indices into ``spec.items``) with their clicks
+    in ``history`` folded in (:func:`recsys_cl.towers.fold_in.fold_in_clicks`): each clicker's user
+    vector, from their last ``length`` clicks in ``history``, times ``step``, added once per click.
+
+    Raises:
+        ValueError: one of ``rows`` has training clicks (its ID vector has learned from them already).
+    """
+    from recsys_cl.features.sequences import Sequences
+    from recsys_cl.features.vocab import Vocab
+    from recsys_cl.towers.fold_in import fold_in_clicks
+
+    warm = ~np.isin(rows, spec.cold_items)
+    if warm.any():
+        raise ValueError(
+            f"fold-in is for items without training clicks, but {int(warm.sum())} of the {len(rows)} items "
+            "given have some (their ID vectors learned from those clicks); fold in only items the model has "
+            "no ID vector for (split.kind=cold_start, or items new since training)"
+        )
+    col = Vocab(spec.items.ids[rows], name=spec.items.name).encode(history["item_id"])  # (N,) -1: other items
+    hit = col >= 0
+    if not hit.any():
+        return items
+    clickers, click_user = np.unique(history["user_id"].to_numpy()[hit], return_inverse=True)
+    windows = Sequences.from_clicks(history, spec.items, spec.users).last_windows(clickers, length)
+    vectors = embed_users(model, windows, spec.users.encode(clickers))  # (C, D)
+    return fold_in_clicks(items, vectors, torch.from_numpy(col[hit]).long(), torch.from_numpy(click_user).long(), step)

@@ -76,6 +76,10 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     test, rand = summary["test_metrics"], summary["random_metrics"]
     # the cluster named in each cold item's text is the signal: far above chance
     assert test["recall@20"] > 2 * rand["recall@20"], (test, rand)
+    # the same model with the cold items' clicks before the test period folded in, side by side
+    fold, fd = summary["fold_in_metrics"], summary["fold_in_delta_vs_baseline"]
+    assert set(fold) == set(test) and fold != test
+    assert fd["delta"] == pytest.approx(fold["recall@20"] - summary["baseline_metrics"]["recall@20"])
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(summary["run_id"])
@@ -83,6 +87,8 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     assert run.data.params["item_tower.encoders"] == "['id', 'text']"
     assert any(k.startswith("baseline/popularity/") for k in run.data.metrics)
     assert run.data.metrics["delta_vs_popularity/recall_at_20_low"] == pytest.approx(d["low"])
+    assert run.data.metrics["test_fold_in/recall_at_20"] == pytest.approx(fold["recall@20"])
+    assert run.data.metrics["delta_fold_in_vs_popularity/recall_at_20_high"] == pytest.approx(fd["high"])
 
     model_dir = resolve_model_dir(summary["model_uri"], None)
     model, spec, cfg = load_model_dir(model_dir)
@@ -95,7 +101,8 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
 
 def test_id_only_cannot_rank_cold_items(tmp_path: Path, cold_data: dict[str, Path]) -> None:
     summary = train_two_tower.main(_args(tmp_path, cold_data, "--set", "item_tower.encoders=[id]",
-                                         "--set", "train.epochs=1"))
+                                         "--set", "train.epochs=1", "--set", "item_tower.fold_in_step=0"))
+    assert "fold_in_metrics" not in summary and "fold_in_delta_vs_baseline" not in summary  # 0 = off
     emb_dir = resolve_model_dir(summary["model_uri"], None)
     model, spec, _ = load_model_dir(emb_dir)
     cold = torch.from_numpy(spec.cold_items)
@@ -167,7 +174,8 @@ def test_cold_start_ablation_table_has_the_reference_rows(tmp_path: Path, cold_d
     lines = table.splitlines()
     assert "catalogue=cold_items" in lines[0]
     names = [line.split("|")[1].strip() for line in lines[4:]]
-    assert names == ["two-tower: ID only", "two-tower: ID + text", "Popularity (clicks before the test period)",
+    assert names == ["two-tower: ID only", "two-tower: ID only, first clicks folded in", "two-tower: ID + text",
+                     "two-tower: ID + text, first clicks folded in", "Popularity (clicks before the test period)",
                      "random ranking (exact expectation)"]
     assert "n/a" in lines[-1]  # random: no MRR / coverage
     bad = tmp_path / "bad.yaml"
