@@ -5,6 +5,7 @@ Examples:
     python -m pipelines.build_index --model models:/recsys_cl_two_tower/3 --set index.backend=annoy \\
         --set index.n_trees=50 --out runs/index/v3
     python -m pipelines.build_index --model runs/demo_model_dir --set index.backend=exact
+    python -m pipelines.build_index --model models:/recsys_cl_two_tower@champion --fold-in-until 2018-09-24
 
 Runs the item tower over every item of the model's catalogue, builds ``index.backend``
 (exact | annoy | faiss | auto), tunes Annoy's search_k / faiss's nprobe until recall@``index.k``
@@ -25,7 +26,10 @@ import sys
 from pathlib import Path
 
 from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
+from recsys_cl.candidates import CandidatesError, clicks_up_to, parse_run_date
 from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.data.errors import DataError
+from recsys_cl.data.io import load_click_log
 from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, log_index
 from recsys_cl.io_atomic import OutputError
 
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="index directory: new, empty or an index to replace "
                                  "(default: index.output_dir from the config, runs/index/latest)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--fold-in-until", metavar="YYYY-MM-DD",
+                   help="fold the clicks up to this date (data.* click log) on items without training clicks into "
+                        "their vectors, as generate_candidates --date does with candidates.fold_in (default: none)")
     return p.parse_args(argv)
 
 
@@ -54,8 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"config error: {e}") from None
     out = Path(args.out or cfg.index.output_dir)
     try:
-        build = build_index_for_model(args.model, cfg.index, out, cfg.tracking)
-    except (ModelNotFoundError, ImportError, OutputError) as e:
+        fold_in = None
+        if args.fold_in_until:  # the same clicks generate_candidates folds in for that date
+            until = parse_run_date(args.fold_in_until, "--fold-in-until")
+            fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until))
+        build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in)
+    except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None
     run_id = None if args.no_mlflow else log_index(build, cfg.tracking, cfg.index)
     m = build.manifest
@@ -67,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"recall@{m.recall_k} vs exact: {m.recall_at_k:.3f} on {m.recall_sample_size} {m.recall_sample_source}"
               f"   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
     print(f"why: {m.chosen_reason}")
+    if m.fold_in:
+        print(f"folded in: {m.fold_in['clicks']} clicks up to {m.fold_in['clicks_until']} on {m.fold_in['items']} "
+              "items without training clicks")
     if run_id:
         print(f"run: {run_id}")
     return summary

@@ -26,6 +26,7 @@ from recsys_cl.candidates import (
     CandidatesError,
     active_users,
     clicks_up_to,
+    fold_in_new_clicks,
     load_model,
     open_index,
     parse_run_date,
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
+        if c.fold_in:  # new items' clicks so far, into their vectors
+            loaded = fold_in_new_clicks(loaded, clicks_up_to(clicks, run_date), str(run_date))
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",
@@ -118,6 +121,7 @@ def log_result(tracker: Any, manifest: dict) -> None:
         "catalogue_coverage": manifest["catalogue_coverage"], "users_per_s": manifest["users_per_s"],
         "ann_recall_at_k": manifest["ann_recall"]["recall_at_k"],
         **{f"time/{k}": v for k, v in manifest["timings"].items()},
+        **{f"fold_in/{k}": v for k, v in (manifest.get("fold_in") or {}).items() if k in ("clicks", "items")},
     })
     tracker.log_dict(manifest, "candidates_manifest.json")
 

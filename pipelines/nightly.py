@@ -10,7 +10,9 @@ Examples:
    ``candidates.fallback_to_latest=true`` (then: a warning and the latest version).
 2. Reuse ``<candidates.index_root>/<name>/v<version>`` when it exists and matches the model;
    otherwise build it (``recsys_cl.index.build``, settings under ``index.*``) and log it to MLflow.
-   So the index is rebuilt only when the model version changes.
+   So the index is rebuilt when the model version changes, and, with ``candidates.fold_in``
+   (default true), when items without training clicks got new clicks: those clicks are folded into
+   their vectors (``recsys_cl.towers.fold_in``), so a new item is served from who clicked it.
 3. Generate the date's candidates (same code as pipelines.generate_candidates).
 4. Health against the previous published partition: overlap@K per user (checked only when the
    model version is unchanged), catalogue coverage, share of active users served, sampled ANN
@@ -41,6 +43,7 @@ from recsys_cl.candidates import (
     HealthCheckError,
     active_users,
     clicks_up_to,
+    fold_in_new_clicks,
     health_check,
     load_model,
     parse_run_date,
@@ -68,8 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any) -> tuple[Path, bool]:
-    """The index directory for this model version, built only when missing or not matching."""
+def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str] | None = None,
+                 ) -> tuple[Path, bool]:
+    """The index directory for this model version, built only when missing or not matching
+    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until)`` builds the
+    same vectors, so the index is rebuilt when those clicks changed)."""
     from recsys_cl.index.build import build_index_for_model, log_index
 
     directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
@@ -77,13 +83,14 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any) -> tuple[Path, bo
         manifest = load_index(directory).manifest
         assert manifest is not None
         check_compatible(manifest, model_version=model["model_version"], model_run_id=model["model_run_id"],
-                         embedding_dim=int(loaded.item_vectors.shape[1]), embedding_hash=loaded.embedding_hash)
+                         embedding_dim=int(loaded.item_vectors.shape[1]), embedding_hash=loaded.embedding_hash,
+                         fold_in=loaded.fold_in)
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
         return directory, False
     except (IndexLoadError, IndexMismatchError) as e:
         log.info("building the index for %s (%s)", model["uri"], e)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking)
+    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking, fold_in=fold_in)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 
@@ -104,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(str(model["uri"]), cfg.tracking)
-        index_dir, rebuilt = ensure_index(cfg, model, loaded)
+        fold_in = (clicks_up_to(clicks, run_date), str(run_date)) if c.fold_in else None
+        if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
+            loaded = fold_in_new_clicks(loaded, *fold_in)
+        index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:

@@ -450,6 +450,11 @@ class CandidatesConfig:
     index (``index_dir``, or nightly's per-version index) is used with its own backend."""
     index_dir: str | None = None
     """A saved index (``pipelines.build_index``); null = build an exact index in memory."""
+    fold_in: bool = True
+    """Fold each item without training clicks' clicks up to the run date into its vector (the model's
+    ``item_tower.fold_in_step``), so new items are served from who clicked them, not only from their
+    content. A saved index must have been built with the same clicks (``build_index --fold-in-until``;
+    nightly rebuilds its index when they change)."""
     model_uri: str = "models:/recsys_cl_two_tower@champion"
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"

@@ -68,6 +68,7 @@ def run(
         "model_name": loaded.provenance.get("model_name"),
         "model_run_id": loaded.provenance.get("model_run_id"),
         "embedding_hash": loaded.embedding_hash,
+        "fold_in": loaded.fold_in,
         "index_dir": None if index_dir is None else str(index_dir),
         "index_setup_s": time.perf_counter() - t0,
         **(extra_manifest or {}),

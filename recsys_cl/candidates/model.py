@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class Loaded:
     provenance: dict[str, Any]
     item_vectors: np.ndarray  # (M, D) float32
     embedding_hash: str
+    fold_in_step: float = 0.0
+    """The model's ``item_tower.fold_in_step``."""
+    fold_in: dict[str, Any] = field(default_factory=dict)
+    """What :func:`fold_in_new_clicks` folded into ``item_vectors``; empty before it runs."""
 
     @property
     def version_label(self) -> str:
@@ -66,7 +71,23 @@ def load_model(model_uri: str, tracking: Any) -> Loaded:
     if Path(model_uri).exists():  # a local path: compared with the index manifest's absolute path
         model_uri = str(Path(model_uri).absolute())
     return Loaded(model, spec, model_cfg.user_tower.history_length, Path(model_dir), model_uri, prov,
-                  vectors, embedding_hash(vectors, spec.items.ids))
+                  vectors, embedding_hash(vectors, spec.items.ids), model_cfg.item_tower.fold_in_step)
+
+
+def fold_in_new_clicks(loaded: Loaded, history: Any, until: str) -> Loaded:
+    """``loaded`` with the clicks in ``history`` (clicks up to the date ``until``) on items without
+    training clicks folded into their vectors (``recsys_cl.index.build.fold_in_catalogue``); its
+    ``embedding_hash`` is that of the new vectors, and ``fold_in`` says what was folded."""
+    from recsys_cl.index.base import embedding_hash
+    from recsys_cl.index.build import fold_in_catalogue
+
+    vectors, info = fold_in_catalogue(loaded.model, loaded.spec, loaded.item_vectors, history,
+                                      loaded.history_length, loaded.fold_in_step, until)
+    if info["clicks"]:
+        log.info("folded %d clicks up to %s into %d items without training clicks", info["clicks"], until,
+                 info["items"])
+    return dataclasses.replace(loaded, item_vectors=vectors, fold_in=info,
+                               embedding_hash=embedding_hash(vectors, loaded.spec.items.ids))
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:
@@ -88,6 +109,7 @@ def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> 
         model_run_id=loaded.provenance.get("model_run_id"),
         embedding_dim=int(loaded.item_vectors.shape[1]),
         embedding_hash=loaded.embedding_hash,
+        fold_in=loaded.fold_in,
     )
     index_id = m.index_id or f"{m.backend}-{(m.embedding_hash or loaded.embedding_hash)[:12]}"
     return index, index_id, f"loaded {m.backend} index from {index_dir} (manifest checked against the model)"

@@ -24,15 +24,15 @@ class CandidatesError(ValueError):
     """Bad input to candidate generation (date, window, data); the message says what and how to fix it."""
 
 
-def parse_run_date(text: str) -> date:
-    """``YYYY-MM-DD`` -> date; anything else raises :class:`CandidatesError` naming the format."""
+def parse_run_date(text: str, flag: str = "--date") -> date:
+    """``YYYY-MM-DD`` -> date; anything else raises :class:`CandidatesError` naming ``flag`` and the format."""
     try:
         if not _DATE_RE.match(text):
             raise ValueError("wrong shape")
         return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         raise CandidatesError(
-            f"--date {text!r} is not a valid calendar date; expected YYYY-MM-DD (e.g. 2024-05-01)"
+            f"{flag} {text!r} is not a valid calendar date; expected YYYY-MM-DD (e.g. 2024-05-01)"
         ) from None
 
 

@@ -89,6 +89,9 @@ class Manifest:
     """Why this backend (``auto``), or which backend was requested."""
     index_id: str = ""
     """Short id of this build: derived from the embedding hash, backend and params."""
+    fold_in: dict[str, Any] = field(default_factory=dict)
+    """Cold items' clicks folded into the vectors (``recsys_cl.index.build.fold_in_catalogue``):
+    ``{"clicks_until", "step", "clicks", "items"}``; empty when none were (older manifests too)."""
     files_sha256: dict[str, str] = field(default_factory=dict)
     """sha256 of each backend file, checked by :meth:`Index.load` so that a damaged file whose
     header still parses is refused instead of serving wrong scores (empty in older manifests)."""
@@ -375,6 +378,16 @@ def load_index(directory: str | Path) -> Index:
     return backend_class(manifest.backend).load(directory)
 
 
+def _fold_in_difference(index: dict[str, Any], job: dict[str, Any] | None) -> str:
+    """What differs when the index and the job folded in different clicks ('' if nothing does)."""
+    def what(f: dict[str, Any] | None) -> str:
+        return f"{f['clicks']} clicks up to {f['clicks_until']}" if f and f.get("clicks") else "no clicks"
+
+    if job is None or what(index) == what(job):
+        return ""
+    return f" (clicks on items without training clicks folded in: index {what(index)}, this job {what(job)})"
+
+
 def check_compatible(
     manifest: Manifest,
     *,
@@ -383,13 +396,16 @@ def check_compatible(
     model_run_id: str | None = None,
     embedding_dim: int | None = None,
     embedding_hash: str | None = None,
+    fold_in: dict[str, Any] | None = None,
 ) -> None:
     """Refuse an index built from another model: raise :class:`IndexMismatchError` naming the field.
 
     Only the arguments given are checked. ``model_uri`` is compared only when the manifest has no
     run id / version to compare (URIs such as ``models:/x@champion`` are aliases, not identities).
+    ``fold_in`` (what the job folded into its vectors) only explains an ``embedding_hash`` mismatch.
     """
     problems: list[str] = []
+    fold_in_differs = bool(_fold_in_difference(manifest.fold_in, fold_in))
     if embedding_dim is not None and manifest.embedding_dim != embedding_dim:
         problems.append(f"embedding_dim: index has {manifest.embedding_dim}, model has {embedding_dim}")
     if model_run_id is not None and manifest.model_run_id is not None and manifest.model_run_id != model_run_id:
@@ -411,10 +427,12 @@ def check_compatible(
     if embedding_hash is not None and manifest.embedding_hash and manifest.embedding_hash != embedding_hash:
         problems.append(
             f"embedding_hash: index {manifest.embedding_hash[:12]}..., model's item embeddings {embedding_hash[:12]}..."
+            + _fold_in_difference(manifest.fold_in, fold_in)
         )
     if problems:
-        raise IndexMismatchError(
-            "the index does not match the model: "
-            + "; ".join(problems)
-            + f". Fix: {REBUILD_HINT.replace('<model uri or path>', model_uri or '<model uri or path>')}"
-        )
+        fix = REBUILD_HINT.replace("<model uri or path>", model_uri or "<model uri or path>")
+        until = (fold_in or {}).get("clicks_until") if (fold_in or {}).get("clicks") else None
+        if fold_in_differs and len(problems) == 1 and until:  # same model, other clicks: build for this date
+            fix = (fix.replace("--out <dir>", f"--fold-in-until {until} --out <dir>")
+                   + ", or serve without them: --set candidates.fold_in=false")
+        raise IndexMismatchError("the index does not match the model: " + "; ".join(problems) + f". Fix: {fix}")

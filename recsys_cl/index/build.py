@@ -68,6 +68,29 @@ def embed_catalogue(model: Any, spec: Any, batch_size: int = 8192) -> ItemEmbedd
     return ItemEmbeddings(vectors, np.asarray(spec.items.ids), bool(np.allclose(norms, 1.0, atol=1e-3)))
 
 
+def fold_in_catalogue(
+    model: Any, spec: Any, vectors: np.ndarray, history: Any, length: int, step: float, until: str,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(M, D) catalogue vectors with the clicks in ``history`` (a click frame) on items without
+    training clicks folded in (:func:`recsys_cl.train.steps.fold_in_history`), and what was folded:
+    ``{"clicks_until", "step", "clicks", "items"}``. Items with training clicks keep their vectors.
+    The same inputs give bit-identical vectors, so an index built with them matches the job's model."""
+    import torch
+
+    from recsys_cl.train.steps import fold_in_history
+
+    cold = np.asarray(spec.cold_items)
+    idx = spec.items.encode(history["item_id"])
+    on_cold = np.isin(idx, cold) if step > 0 else np.zeros(len(idx), dtype=bool)
+    info = {"clicks_until": until, "step": float(step), "clicks": int(on_cold.sum()),
+            "items": int(len(np.unique(idx[on_cold])))}
+    if not info["clicks"]:
+        return vectors, info
+    out = vectors.copy()
+    out[cold] = fold_in_history(model, spec, history, torch.from_numpy(vectors[cold]), cold, length, step).numpy()
+    return out, info
+
+
 def sample_user_queries(model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0) -> np.ndarray | None:
     """(U, D) user-tower embeddings of up to ``n_users`` training users from their last clicks.
 
@@ -280,8 +303,13 @@ def build_index_for_model(
     index_cfg: IndexConfig,
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
+    fold_in: tuple[Any, str] | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
+
+    ``fold_in = (clicks, until)``: fold the clicks (a frame of clicks up to the date ``until``) on
+    items without training clicks into their vectors first (:func:`fold_in_catalogue`, with the
+    model's ``item_tower.fold_in_step``); the manifest records it under ``fold_in``.
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -307,6 +335,13 @@ def build_index_for_model(
     start = time.perf_counter()
     emb = embed_catalogue(model, spec, index_cfg.embed_batch_size)
     log.info("embedded %d items (dim %d) in %.1f s", len(emb.ids), emb.vectors.shape[1], time.perf_counter() - start)
+    folded: dict[str, Any] = {}
+    if fold_in is not None:
+        vectors, folded = fold_in_catalogue(model, spec, emb.vectors, fold_in[0], model_cfg.user_tower.history_length,
+                                            model_cfg.item_tower.fold_in_step, fold_in[1])
+        emb = ItemEmbeddings(vectors, emb.ids, emb.normalized and not folded["clicks"])
+        log.info("folded %d clicks up to %s into %d items without training clicks",
+                 folded["clicks"], folded["clicks_until"], folded["items"])
 
     queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed)
     source = "users"
@@ -321,6 +356,7 @@ def build_index_for_model(
         embedding_hash=embedding_hash(emb.vectors, emb.ids),
         built_at=utc_now_iso(),
         recall_sample_source=source,
+        fold_in=folded,
         **measured,
     )
     manifest = manifest.replace(index_id=f"{manifest.embedding_hash[:12]}-{index.name}")

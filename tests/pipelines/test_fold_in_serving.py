@@ -1,0 +1,133 @@
+"""Serving new items from their first clicks (``candidates.fold_in``): generate_candidates folds the
+clicks up to the run date on items without training clicks into their vectors; a saved index must
+hold the same vectors (build_index --fold-in-until), and nightly rebuilds its index when they change.
+
+The model is trained-free (seeded init) with a spec from the fixture's clicks before 1997-09-22 23:43
+UTC, so items 8 and 10 (first clicked on 1997-09-23) have no training clicks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines import build_index, generate_candidates, nightly
+from recsys_cl.candidates import clicks_up_to, fold_in_new_clicks, load_model, parse_run_date
+from recsys_cl.config import IndexConfig, RunConfig, TrackingConfig, load_config
+from recsys_cl.data.io import load_click_log
+from recsys_cl.features.spec import build_feature_spec
+from recsys_cl.index.base import load_index
+from recsys_cl.index.build import build_index_for_model
+from recsys_cl.towers.two_tower import build_two_tower
+from recsys_cl.train.checkpoint import save_model_dir
+
+DATA = Path(__file__).parents[1] / "fixtures" / "ml-100k"
+CUTOFF = 874973000  # 1997-09-22 23:43:20 UTC
+DAY_BEFORE, DATE = "1997-09-22", "1997-09-23"
+COLD = {8, 10}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(None, RunConfig, overrides=[f"data.path={DATA}", "model.embedding_dim=8",
+                                                  "user_tower.history_length=4"])
+    log = load_click_log(cfg.data)
+    spec = build_feature_spec(log.clicks.filter(pl.col("timestamp") < CUTOFF), log.items)
+    assert set(spec.items.ids[spec.cold_items]) >= COLD
+    import torch
+
+    torch.manual_seed(0)
+    model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
+    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, spec, cfg)
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _common(tmp: Path, out: str = "out") -> list[str]:
+    return ["--set", f"data.path={DATA}", "--set", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            "--set", f"candidates.output_dir={tmp / out}", "--set", "candidates.k=5",
+            "--set", "index.backend=exact", "--set", "index.recall_sample_users=4"]
+
+
+def _clicks_until(date: str) -> pl.DataFrame:
+    return clicks_up_to(load_click_log(load_config(None, RunConfig, overrides=[f"data.path={DATA}"]).data).clicks,
+                        parse_run_date(date))
+
+
+def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path, model_dir: Path) -> None:
+    loaded = load_model(str(model_dir), TrackingConfig(uri=f"sqlite:///{tmp_path / 'db'}"))
+    folded = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE)
+    assert folded.fold_in == {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
+    ids = loaded.spec.items.ids
+    moved = ~np.all(folded.item_vectors == loaded.item_vectors, axis=1)
+    assert set(ids[moved]) == COLD  # only the two cold items that were clicked move
+    assert folded.embedding_hash != loaded.embedding_hash
+
+    build = build_index_for_model(str(model_dir), IndexConfig(backend="exact", recall_sample_users=4),
+                                  tmp_path / "index", fold_in=(_clicks_until(DATE), DATE))
+    assert build.manifest.fold_in == folded.fold_in
+    assert build.manifest.embedding_hash == folded.embedding_hash  # bit-identical vectors
+
+    before = fold_in_new_clicks(loaded, _clicks_until(DAY_BEFORE), DAY_BEFORE)  # no cold clicks yet
+    assert before.fold_in["clicks"] == 0 and before.embedding_hash == loaded.embedding_hash
+
+
+def test_generate_refuses_an_index_without_the_dates_clicks_and_says_how(tmp_path: Path, model_dir: Path) -> None:
+    build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "plain"), "--no-mlflow", *_common(tmp_path)])
+    args = ["--date", DATE, "--model", str(model_dir), *_common(tmp_path)]
+    with pytest.raises(SystemExit, match=(
+        r"embedding_hash: .*\(clicks on items without training clicks folded in: index no clicks, this job 4 clicks "
+        r"up to 1997-09-23\)\. Fix: .*build_index --model .* --fold-in-until 1997-09-23 --out <dir>`, or serve "
+        r"without them: --set candidates.fold_in=false"
+    )):
+        generate_candidates.main([*args, "--index", str(tmp_path / "plain")])
+    assert not (tmp_path / "out").exists()
+
+    # the index for the date (what the message says) is accepted, and so is the plain one without fold-in
+    build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "dated"), "--no-mlflow",
+                      "--fold-in-until", DATE, *_common(tmp_path)])
+    assert load_index(tmp_path / "dated").manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
+    served = generate_candidates.main([*args, "--index", str(tmp_path / "dated")])
+    assert served["fold_in"]["clicks"] == 4
+    plain = generate_candidates.main([*args, "--index", str(tmp_path / "plain"), "--set", "candidates.fold_in=false",
+                                      "--set", f"candidates.output_dir={tmp_path / 'out2'}"])
+    assert plain["fold_in"] == {}
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
+    assert list(runs["status"]) == ["FINISHED", "FINISHED"]  # the refusal opened no run
+    assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1]
+
+
+def test_fold_in_until_must_be_a_date(tmp_path: Path, model_dir: Path) -> None:
+    with pytest.raises(SystemExit, match=r"index error: --fold-in-until '23-09-1997' is not a valid calendar date; "
+                                         r"expected YYYY-MM-DD"):
+        build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "i"), "--no-mlflow",
+                          "--fold-in-until", "23-09-1997", *_common(tmp_path)])
+    assert not (tmp_path / "i").exists()
+
+
+def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, model_dir: Path) -> None:
+    cfg = load_config(None, RunConfig, overrides=_common(tmp_path)[1::2]
+                      + [f"candidates.index_root={tmp_path / 'index'}"])
+    model = {"model_name": "m", "model_version": "1", "model_run_id": None, "uri": str(model_dir)}
+    loaded = load_model(str(model_dir), cfg.tracking)
+
+    def ensure(date: str) -> bool:
+        fold_in = (_clicks_until(date), date)
+        return nightly.ensure_index(cfg, model, fold_in_new_clicks(loaded, *fold_in), fold_in)[1]
+
+    assert ensure(DAY_BEFORE) is True  # first build
+    assert ensure(DAY_BEFORE) is False  # same vectors: reused
+    assert ensure(DATE) is True  # items 8 and 10 got their first clicks: rebuilt with them
+    assert load_index(tmp_path / "index" / "m" / "v1").manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
+    assert ensure(DATE) is False
