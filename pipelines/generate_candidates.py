@@ -26,7 +26,7 @@ from recsys_cl.candidates import (
     CandidatesError,
     active_users,
     clicks_up_to,
-    fold_in_new_clicks,
+    fold_in_for_run,
     load_model,
     open_index,
     parse_run_date,
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
-        if c.fold_in:  # new items' clicks so far, into their vectors
-            loaded = fold_in_new_clicks(loaded, clicks_up_to(clicks, run_date), str(run_date))
+        if c.fold_in:  # new items' clicks so far (or as of the saved index), into their vectors
+            loaded = fold_in_for_run(loaded, clicks, run_date, c.index_dir)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",

@@ -453,8 +453,8 @@ class CandidatesConfig:
     fold_in: bool = True
     """Fold each item without training clicks' clicks up to the run date into its vector (the model's
     ``item_tower.fold_in_step``), so new items are served from who clicked them, not only from their
-    content. A saved index must have been built with the same clicks (``build_index --fold-in-until``;
-    nightly rebuilds its index when they change)."""
+    content. A saved index (``index_dir``) fixes the vectors: the job folds in what it was built with
+    (``build_index --fold-in-until``; none without it). Nightly rebuilds its index when they change."""
     model_uri: str = "models:/recsys_cl_two_tower@champion"
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"

@@ -49,6 +49,7 @@ from recsys_cl.candidates.job import run
 from recsys_cl.candidates.model import (
     Loaded,
     build_index_in_memory,
+    fold_in_for_run,
     fold_in_new_clicks,
     load_model,
     open_index,
@@ -82,6 +83,7 @@ __all__ = [
     "chunks",
     "clicks_up_to",
     "day_start",
+    "fold_in_for_run",
     "fold_in_new_clicks",
     "generate_candidates",
     "health_check",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import dataclasses
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys_cl.candidates.window import CandidatesError
+from recsys_cl.candidates.window import CandidatesError, clicks_up_to, parse_run_date
 from recsys_cl.features.spec import FeatureSpec
 from recsys_cl.index.base import Index
 from recsys_cl.towers.two_tower import TwoTower
@@ -88,6 +89,39 @@ def fold_in_new_clicks(loaded: Loaded, history: Any, until: str) -> Loaded:
                  info["items"])
     return dataclasses.replace(loaded, item_vectors=vectors, fold_in=info,
                                embedding_hash=embedding_hash(vectors, loaded.spec.items.ids))
+
+
+def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, index_dir: str | Path | None = None) -> Loaded:
+    """:func:`fold_in_new_clicks` for a job on ``run_date`` (``clicks``: the whole click log).
+
+    Without a saved index: the clicks up to the run date. With one (``index_dir``), the index fixes
+    the item vectors, so the job folds in what the index did (its manifest's ``fold_in``): nothing
+    for an index built without it, the clicks up to its ``--fold-in-until`` date otherwise.
+
+    Raises:
+        CandidatesError: the index folded in clicks after the run date (a backfill would read the future).
+    """
+    from recsys_cl.index.base import Manifest
+
+    until = run_date
+    if index_dir is not None:
+        built = Manifest.read(index_dir).fold_in  # IndexLoadError: missing / corrupt, as open_index
+        if not built:
+            log.info("the index %s was built without new items' clicks: serving it as built (build it with "
+                     "python -m pipelines.build_index --fold-in-until %s to serve them)", index_dir, run_date)
+            return loaded
+        until = parse_run_date(str(built["clicks_until"]), f"{index_dir} manifest fold_in.clicks_until")
+        if until > run_date:
+            raise CandidatesError(
+                f"the index {index_dir} folds in new items' clicks up to {until}, after the run date {run_date}: "
+                f"its vectors would read the future of this run; build one for the date (python -m "
+                f"pipelines.build_index --fold-in-until {run_date} ...) or pass an index built without "
+                "--fold-in-until"
+            )
+        if until < run_date:
+            log.info("serving the index's fold-in (clicks up to %s); clicks since then are not in the item "
+                     "vectors until the index is rebuilt", until)
+    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until))
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:

@@ -433,6 +433,7 @@ def check_compatible(
         fix = REBUILD_HINT.replace("<model uri or path>", model_uri or "<model uri or path>")
         until = (fold_in or {}).get("clicks_until") if (fold_in or {}).get("clicks") else None
         if fold_in_differs and len(problems) == 1 and until:  # same model, other clicks: build for this date
-            fix = (fix.replace("--out <dir>", f"--fold-in-until {until} --out <dir>")
-                   + ", or serve without them: --set candidates.fold_in=false")
+            fix = fix.replace("--out <dir>", f"--fold-in-until {until} --out <dir>")
+        elif fold_in_differs and len(problems) == 1:  # the index has clicks the job did not fold in
+            fix += ", or serve the index's fold-in: candidates.fold_in=true (the default)"
         raise IndexMismatchError("the index does not match the model: " + "; ".join(problems) + f". Fix: {fix}")

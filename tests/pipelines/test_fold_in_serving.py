@@ -1,6 +1,6 @@
 """Serving new items from their first clicks (``candidates.fold_in``): generate_candidates folds the
-clicks up to the run date on items without training clicks into their vectors; a saved index must
-hold the same vectors (build_index --fold-in-until), and nightly rebuilds its index when they change.
+clicks up to the run date on items without training clicks into their vectors, or, with a saved
+index, what the index folded in (build_index --fold-in-until); nightly rebuilds its index when they change.
 
 The model is trained-free (seeded init) with a spec from the fixture's clicks before 1997-09-22 23:43
 UTC, so items 8 and 10 (first clicked on 1997-09-23) have no training clicks.
@@ -79,33 +79,56 @@ def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path
     assert before.fold_in["clicks"] == 0 and before.embedding_hash == loaded.embedding_hash
 
 
-def test_generate_refuses_an_index_without_the_dates_clicks_and_says_how(tmp_path: Path, model_dir: Path) -> None:
-    build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "plain"), "--no-mlflow", *_common(tmp_path)])
-    args = ["--date", DATE, "--model", str(model_dir), *_common(tmp_path)]
-    with pytest.raises(SystemExit, match=(
-        r"embedding_hash: .*\(clicks on items without training clicks folded in: index no clicks, this job 4 clicks "
-        r"up to 1997-09-23\)\. Fix: .*build_index --model .* --fold-in-until 1997-09-23 --out <dir>`, or serve "
-        r"without them: --set candidates.fold_in=false"
-    )):
-        generate_candidates.main([*args, "--index", str(tmp_path / "plain")])
-    assert not (tmp_path / "out").exists()
+def _build(tmp: Path, model_dir: Path, name: str, *extra: str) -> Path:
+    build_index.main(["--model", str(model_dir), "--out", str(tmp / name), "--no-mlflow", *extra, *_common(tmp)])
+    return tmp / name
 
-    # the index for the date (what the message says) is accepted, and so is the plain one without fold-in
-    build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "dated"), "--no-mlflow",
-                      "--fold-in-until", DATE, *_common(tmp_path)])
-    assert load_index(tmp_path / "dated").manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
-    served = generate_candidates.main([*args, "--index", str(tmp_path / "dated")])
-    assert served["fold_in"]["clicks"] == 4
-    plain = generate_candidates.main([*args, "--index", str(tmp_path / "plain"), "--set", "candidates.fold_in=false",
-                                      "--set", f"candidates.output_dir={tmp_path / 'out2'}"])
-    assert plain["fold_in"] == {}
+
+def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, model_dir: Path) -> None:
+    plain = _build(tmp_path, model_dir, "plain")
+    dated = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE)
+    assert load_index(dated).manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
+    early = _build(tmp_path, model_dir, "early", "--fold-in-until", DAY_BEFORE)
+
+    def serve(index: Path, date: str = DATE, *extra: str) -> dict:
+        out = f"out-{index.name}-{date}-{len(extra)}"
+        return generate_candidates.main(["--date", date, "--model", str(model_dir), "--index", str(index),
+                                         *_common(tmp_path, out), *extra])
+
+    assert serve(dated)["fold_in"]["clicks"] == 4
+    assert serve(plain)["fold_in"] == {}  # built without new items' clicks: served as built
+    assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "step": 1.0, "clicks": 0, "items": 0}
+    with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
+                                         r"run date 1997-09-22: .*build_index --fold-in-until 1997-09-22"):
+        serve(dated, DAY_BEFORE)  # a backfill must not read the future through the item vectors
+    with pytest.raises(SystemExit, match=(
+        r"embedding_hash: .*\(clicks on items without training clicks folded in: index 4 clicks up to 1997-09-23, "
+        r"this job no clicks\)\. Fix: .*build_index .*, or serve the index's fold-in: candidates.fold_in=true"
+    )):
+        serve(dated, DATE, "--set", "candidates.fold_in=false")
 
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
-    assert list(runs["status"]) == ["FINISHED", "FINISHED"]  # the refusal opened no run
-    assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1]
+    assert list(runs["status"]) == ["FINISHED"] * 3  # the refusals opened no run
+    assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1, 0]
+
+
+def test_mismatch_from_other_clicks_names_both_and_the_build_for_the_date() -> None:
+    from recsys_cl.index.base import IndexMismatchError, Manifest, check_compatible
+
+    m = Manifest(backend="exact", item_count=3, embedding_dim=2, embedding_hash="a" * 64,
+                 fold_in={"clicks_until": DAY_BEFORE, "step": 1.0, "clicks": 1, "items": 1})
+    job = {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
+    with pytest.raises(IndexMismatchError, match=(
+        r"folded in: index 1 clicks up to 1997-09-22, this job 4 clicks up to 1997-09-23\)\. Fix: rebuild it with "
+        r"`python -m pipelines.build_index --model m --fold-in-until 1997-09-23 --out <dir>`$"
+    )):
+        check_compatible(m, model_uri="m", embedding_hash="b" * 64, fold_in=job)
+    check_compatible(m, model_uri="m", embedding_hash="a" * 64, fold_in=job)  # same vectors: accepted
+    with pytest.raises(IndexMismatchError, match=r"embedding_hash: index aaaa[^(]*$"):  # same clicks: no fold-in note
+        check_compatible(m, model_uri="m", embedding_hash="b" * 64, fold_in=m.fold_in)
 
 
 def test_fold_in_until_must_be_a_date(tmp_path: Path, model_dir: Path) -> None:
