@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"tracking.run_name={name} seed={seed}"])
             for name, overrides in variants.items() for seed in args.seeds
         }
-        prep = prepare(base)
+        prep = prepare(base, content=False)  # each run's content: with_content below
         baselines = args.baselines if args.baselines is not None else list(base.baselines.models)
         if args.baselines:  # names checked like the config's own baselines.models
             load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(baselines)}]"])

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models = f"baselines.models=[{','.join(names)}]"
             checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
-        prep = prepare(base)
+        prep = prepare(base, content=False)  # each run's content: with_content below
         for b in baselines:
             require_warm_split(b, prep)
         for _, _, cfg in configs:  # content and genre errors before any training

@@ -122,8 +122,12 @@ def artifact_resolver(tracking: TrackingConfig) -> Callable[[str], Path]:
     return resolve
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load and validate the click log, split it in time, build features and evaluation sets."""
+def prepare(cfg: RunConfig, content: bool = True) -> Prepared:
+    """Load and validate the click log, split it in time, build features and evaluation sets.
+
+    ``content=False`` leaves out ``cfg.item_tower``'s content features and checks: for callers that
+    run several configs on one preparation and apply each one's with :func:`with_content`
+    (ablation, sweep), so the base config's encoders need not suit the data."""
     t0 = time.perf_counter()
     data = load_click_log(cfg.data)
     split = split_clicks(data.clicks, cfg.split)
@@ -156,7 +160,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         len(val_set.user_ids), len(test_set.user_ids), time.perf_counter() - t0,
     )
     prep = Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
-    return with_content(prep, cfg)
+    return with_content(prep, cfg) if content else prep
 
 
 def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:

@@ -203,3 +203,24 @@ def test_a_killed_sweep_continues_where_it_stopped(
     assert trained == ["debiased", "softmax", "debiased"]
     again = sweep.main(args)
     assert again["parent_run_id"] not in (parent_id, fresh["parent_run_id"]) and again["reused_runs"] == 0
+
+
+def test_a_grid_over_encoders_needs_only_its_own_encoders_to_suit_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_args  # type: ignore[no-untyped-def]
+) -> None:
+    """No item table (no genres) and the default encoders [id, categorical]: a grid that sets the
+    encoders runs; a grid value with categorical is refused before training."""
+    from pipelines import sweep
+    from recsys_cl.config import DataConfig
+    from recsys_cl.data.io import load_click_log
+
+    monkeypatch.chdir(tmp_path)
+    clicks = tmp_path / "clicks.parquet"
+    fixture = Path(__file__).parents[1] / "fixtures" / "ml-100k"
+    load_click_log(DataConfig(path=str(fixture))).clicks.select("user_id", "item_id", "timestamp").write_parquet(clicks)
+    args = sweep_args(tmp_path, "--set", "data.format=parquet", "--set", f"data.path={clicks}")
+    with pytest.raises(SystemExit, match=r"data error: item_tower\.encoders includes 'categorical'"):
+        sweep.main(["--grid", "item_tower.encoders=[id],[id,categorical]", *args])
+    assert not (tmp_path / "mlflow.db").exists()
+    summary = sweep.main(["--grid", "item_tower.encoders=[id]", *args])
+    assert len(summary["child_run_ids"]) == 1

@@ -278,3 +278,24 @@ def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]
     assert not list((tmp_path / "ck").glob("*.pt")), "a finished run leaves no checkpoint"
+
+
+def test_ablation_base_encoders_need_not_suit_the_data(tmp_path: Path) -> None:
+    """A click log without an item table (no genres) with the default encoders [id, categorical]:
+    each variant's encoders are checked, not the base config's (the fashion cold-start command)."""
+    from pipelines import ablation
+    from recsys_cl.config import DataConfig
+    from recsys_cl.data.io import load_click_log
+
+    clicks = tmp_path / "clicks.parquet"
+    load_click_log(DataConfig(path=str(FIXTURES / "ml-100k"))).clicks.select(
+        "user_id", "item_id", "timestamp").write_parquet(clicks)
+    variants = tmp_path / "v.yaml"
+    variants.write_text('"ID only": ["item_tower.encoders=[id]"]\n')
+    args = [*_args(tmp_path, "ml-100k"), "--set", "data.format=parquet", "--set", f"data.path={clicks}"]
+    table = ablation.main(["--variants", str(variants), "--seeds", "0", *args])
+    assert "| two-tower: ID only | 1 |" in table
+    variants.write_text('"ID only": ["item_tower.encoders=[id]"]\n"genres": ["item_tower.encoders=[id,categorical]"]\n')
+    with pytest.raises(SystemExit, match=r"data error: item_tower\.encoders includes 'categorical' but the item "
+                                         r"table has no genres"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *args])
