@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
+from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, print_fold_in, write_summary
 from recsys_cl.candidates import CandidatesError, clicks_up_to, parse_run_date
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"recall@{m.recall_k} vs exact: {m.recall_at_k:.3f} on {m.recall_sample_size} {m.recall_sample_source}"
               f"   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
     print(f"why: {m.chosen_reason}")
-    if m.fold_in:
-        print(f"folded in: {m.fold_in['clicks']} clicks up to {m.fold_in['clicks_until']} on {m.fold_in['items']} "
-              "items without training clicks")
+    print_fold_in(m.fold_in)
     if run_id:
         print(f"run: {run_id}")
     return summary

@@ -126,3 +126,10 @@ def write_summary(path: str | None, summary: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(summary, indent=2, default=str))
+
+
+def print_fold_in(info: dict[str, Any] | None) -> None:
+    """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any."""
+    if info and info.get("clicks"):
+        print(f"new items: {info['clicks']} clicks up to {info['clicks_until']} folded into the vectors of "
+              f"{info['items']} items without training clicks (item_tower.fold_in_step {info['step']:g})")

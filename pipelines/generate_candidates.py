@@ -10,6 +10,11 @@ Reads clicks up to the end of --date (UTC) only; a user is active with >= 1 clic
 candidates.lookback_days days. Output: <candidates.output_dir>/dt=<date>/part-*.parquet + _SUCCESS
 (user_id, item_id, rank, score, model_version, index_id). Without --index an exact index is built
 in memory from the model. An index built from another model is refused.
+
+New items (no training clicks) are served from their clicks up to --date, folded into their
+vectors (candidates.fold_in, default true; item_tower.fold_in_step of the model). A saved --index
+fixes the item vectors: its own fold-in is served (build_index --fold-in-until <date>), none if
+it was built without one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, print_fold_in, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
     active_users,
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"candidates: {result.partition}  ({summary['rows']} rows for {summary['users_served']} of "
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")
+    print_fold_in(summary.get("fold_in"))
     return summary
 
 

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, exits_on_tracking_error, print_fold_in, write_summary
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
+    print_fold_in(summary.get("fold_in"))
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))
     return summary

@@ -84,7 +84,8 @@ def _build(tmp: Path, model_dir: Path, name: str, *extra: str) -> Path:
     return tmp / name
 
 
-def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, model_dir: Path) -> None:
+def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, model_dir: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
     plain = _build(tmp_path, model_dir, "plain")
     dated = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE)
     assert load_index(dated).manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
@@ -95,7 +96,10 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
         return generate_candidates.main(["--date", date, "--model", str(model_dir), "--index", str(index),
                                          *_common(tmp_path, out), *extra])
 
+    capsys.readouterr()
     assert serve(dated)["fold_in"]["clicks"] == 4
+    assert ("new items: 4 clicks up to 1997-09-23 folded into the vectors of 2 items without training clicks "
+            "(item_tower.fold_in_step 1)") in capsys.readouterr().out
     assert serve(plain)["fold_in"] == {}  # built without new items' clicks: served as built
     assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "step": 1.0, "clicks": 0, "items": 0}
     with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
