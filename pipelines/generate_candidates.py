@@ -11,10 +11,10 @@ candidates.lookback_days days. Output: <candidates.output_dir>/dt=<date>/part-*.
 (user_id, item_id, rank, score, model_version, index_id). Without --index an exact index is built
 in memory from the model. An index built from another model is refused.
 
-New items (no training clicks) are served from their clicks up to --date, folded into their
-vectors (candidates.fold_in, default true; item_tower.fold_in_step of the model). A saved --index
-fixes the item vectors: its own fold-in is served (build_index --fold-in-until <date>), none if
-it was built without one.
+--set candidates.fold_in=true folds new items' (no training clicks) clicks up to --date into their
+vectors (item_tower.fold_in_step of the model; off by default, see docs/content_and_cold_start.md).
+A saved --index fixes the item vectors: the fold-in it was built with is served
+(build_index --fold-in-until <date>), none if it was built without one.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
-        if c.fold_in:  # new items' clicks so far (or as of the saved index), into their vectors
+        if c.fold_in or c.index_dir is not None:  # new items' clicks so far, or what the saved index holds
             loaded = fold_in_for_run(loaded, clicks, run_date, c.index_dir)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")

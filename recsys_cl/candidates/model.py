@@ -107,8 +107,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, index_dir: str 
     if index_dir is not None:
         built = Manifest.read(index_dir).fold_in  # IndexLoadError: missing / corrupt, as open_index
         if not built:
-            log.info("the index %s was built without new items' clicks: serving it as built (build it with "
-                     "python -m pipelines.build_index --fold-in-until %s to serve them)", index_dir, run_date)
+            log.debug("the index %s was built without new items' clicks folded in: serving it as built", index_dir)
             return loaded
         until = parse_run_date(str(built["clicks_until"]), f"{index_dir} manifest fold_in.clicks_until")
         if until > run_date:

@@ -434,6 +434,4 @@ def check_compatible(
         until = (fold_in or {}).get("clicks_until") if (fold_in or {}).get("clicks") else None
         if fold_in_differs and len(problems) == 1 and until:  # same model, other clicks: build for this date
             fix = fix.replace("--out <dir>", f"--fold-in-until {until} --out <dir>")
-        elif fold_in_differs and len(problems) == 1:  # the index has clicks the job did not fold in
-            fix += ", or serve the index's fold-in: candidates.fold_in=true (the default)"
         raise IndexMismatchError("the index does not match the model: " + "; ".join(problems) + f". Fix: {fix}")

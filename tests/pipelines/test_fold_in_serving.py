@@ -1,6 +1,7 @@
-"""Serving new items from their first clicks (``candidates.fold_in``): generate_candidates folds the
-clicks up to the run date on items without training clicks into their vectors, or, with a saved
-index, what the index folded in (build_index --fold-in-until); nightly rebuilds its index when they change.
+"""Serving new items from their first clicks (``candidates.fold_in=true``, off by default):
+generate_candidates folds the clicks up to the run date on items without training clicks into their
+vectors; with a saved index, the index decides (build_index --fold-in-until); nightly rebuilds its
+index when they change.
 
 The model is trained-free (seeded init) with a spec from the fixture's clicks before 1997-09-22 23:43
 UTC, so items 8 and 10 (first clicked on 1997-09-23) have no training clicks.
@@ -105,18 +106,21 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
     with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
                                          r"run date 1997-09-22: .*build_index --fold-in-until 1997-09-22"):
         serve(dated, DAY_BEFORE)  # a backfill must not read the future through the item vectors
-    with pytest.raises(SystemExit, match=(
-        r"embedding_hash: .*\(clicks on items without training clicks folded in: index 4 clicks up to 1997-09-23, "
-        r"this job no clicks\)\. Fix: .*build_index .*, or serve the index's fold-in: candidates.fold_in=true"
-    )):
-        serve(dated, DATE, "--set", "candidates.fold_in=false")
+    assert serve(dated, DATE, "--set", "candidates.fold_in=false")["fold_in"]["clicks"] == 4  # the index decides
 
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
-    assert list(runs["status"]) == ["FINISHED"] * 3  # the refusals opened no run
-    assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1, 0]
+    assert list(runs["status"]) == ["FINISHED"] * 4  # the refusal opened no run
+    assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1, 0, 4]
+
+
+def test_without_a_saved_index_fold_in_is_opt_in(tmp_path: Path, model_dir: Path) -> None:
+    args = ["--date", DATE, "--model", str(model_dir)]
+    assert generate_candidates.main([*args, *_common(tmp_path, "a")])["fold_in"] == {}  # default: off
+    on = generate_candidates.main([*args, *_common(tmp_path, "b"), "--set", "candidates.fold_in=true"])
+    assert on["fold_in"] == {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
 
 
 def test_mismatch_from_other_clicks_names_both_and_the_build_for_the_date() -> None:
