@@ -267,6 +267,19 @@ def two_tower_score_fn(
     return score
 
 
+def _delta_vs_popularity(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, name: str,
+                         batch_size: int) -> dict[str, Any]:
+    """Cold start: ``score_fn`` - Popularity Recall@20 with a 95% paired bootstrap over the test
+    users, logged as ``<name>/recall@20_{delta,low,high}``; returned with the metric, n_users and verdict."""
+    delta = paired_bootstrap(
+        per_user_recall(score_fn, prep.test_set, COLD_START_K, batch_size),
+        per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, batch_size),
+    )
+    reporter.log_metrics(interval_metrics(f"{name}/recall@{COLD_START_K}", delta))
+    return {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
+            "verdict": interval_verdict(delta)}
+
+
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
     """Train, select on validation, test once, log everything. Returns the run summary."""
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
@@ -307,25 +320,14 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         baselines = cold_start_baselines(prep, ks, cfg.eval.batch_size)
         for name, values in baselines.items():
             reporter.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items()})
-        delta = paired_bootstrap(
-            per_user_recall(score_fn, prep.test_set, COLD_START_K, cfg.eval.batch_size),
-            per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, cfg.eval.batch_size),
-        )
-        reporter.log_metrics(interval_metrics(f"delta_vs_popularity/recall@{COLD_START_K}", delta))
-        delta = {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
-                 "verdict": interval_verdict(delta)}
+        delta = _delta_vs_popularity(reporter, prep, score_fn, "delta_vs_popularity", cfg.eval.batch_size)
         if cfg.item_tower.fold_in_step > 0:  # the same model, cold items' first clicks folded in
             fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
                                          prep.ranked, fold_in_step=cfg.item_tower.fold_in_step)
             fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
             reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
-            fold_delta = paired_bootstrap(
-                per_user_recall(fold_fn, prep.test_set, COLD_START_K, cfg.eval.batch_size),
-                per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, cfg.eval.batch_size),
-            )
-            reporter.log_metrics(interval_metrics(f"delta_fold_in_vs_popularity/recall@{COLD_START_K}", fold_delta))
-            fold_delta = {"metric": f"recall@{COLD_START_K}", **fold_delta, "n_users": prep.test_set.n_users,
-                          "verdict": interval_verdict(fold_delta)}
+            fold_delta = _delta_vs_popularity(reporter, prep, fold_fn, "delta_fold_in_vs_popularity",
+                                              cfg.eval.batch_size)
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
