@@ -8,18 +8,18 @@
 # without), the user's history masked, and three versions of the items without training clicks:
 #
 # * content only (what the model gives them: the ID vector is zero),
-# * clicks folded in (`v + step * sum of clickers' user vectors`, what `candidates.fold_in` serves),
-# * clicks folded in, then L2-normalised like every other item vector.
+# * summed (`item_tower.fold_in_method: sum`: `v + step * sum of clickers' user vectors`),
+# * summed, then L2-normalised like every other item vector,
+# * fitted (`fold_in_method: fit`: the new items' vectors fitted to the validation period's clicks
+#   under the training loss, every other item fixed as a negative).
 #
 # Run it from the repository root: `python notebooks/06_fold_in_mixed_catalogue.py`
-# (about 2 minutes on 2 cores with the bundled data). Knobs: RECSYS_CL_DATA, RECSYS_CL_EPOCHS, RECSYS_CL_SEED.
-# Measured 2026-11-29 with the bundled MovieLens latest-small, seeds 0 and 1 (20 test users, 35% of
-# their test clicks on items without training clicks): Recall@20 over all targets 0.081 / 0.079
-# content only, 0.056 / 0.058 folded, 0.063 / 0.066 folded + normalised; folded new items took 78% /
-# 76% of the top-20 slots (normalised: 48% / 44%), so warm recall fell from 0.118 / 0.109 to
-# 0.043 / 0.037. Few users, so noisy; the share of slots is the structural problem.
+# (about 2 minutes on 2 cores with the bundled data). Knobs: RECSYS_CL_DATA, RECSYS_CL_EPOCHS,
+# RECSYS_CL_SEED, RECSYS_CL_OVERRIDES (more `key=value` overrides, separated by spaces).
+# Measured results are in docs/content_and_cold_start.md ("Ranked among all items").
 
 # %%
+import dataclasses
 import os
 
 import numpy as np
@@ -32,13 +32,14 @@ from recsys_cl.features.sequences import Sequences
 from recsys_cl.towers.content import load_pretrained_weights
 from recsys_cl.towers.two_tower import build_two_tower
 from recsys_cl.train.loop import fit
-from recsys_cl.train.steps import embed_items, embed_users, fold_in_history
+from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 
 seed = int(os.environ.get("RECSYS_CL_SEED", "0"))
 cfg = load_config(None, RunConfig, overrides=[
     f"data.path={os.environ.get('RECSYS_CL_DATA', 'data/ml-latest-small')}",
     f"train.epochs={os.environ.get('RECSYS_CL_EPOCHS', '30')}",
     "split.kind=temporal", "train.progress=false", f"train.seed={seed}",
+    *os.environ.get("RECSYS_CL_OVERRIDES", "").split(),
 ])
 prep = prepare(cfg)
 spec, L = prep.spec, cfg.user_tower.history_length
@@ -73,13 +74,18 @@ subsets = {"all targets": targets, "warm targets": targets.filter(~is_cold),
            "new-item targets": targets.filter(is_cold)}
 
 plain = embed_items(model, spec.num_items)
-folded = plain.clone()
-folded[cold] = fold_in_history(model, spec, history, plain[cold], cold, L, cfg.item_tower.fold_in_step)
+fold = FoldIn.from_config(cfg)
+folded, _ = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="sum"))
 normalised = folded.clone()
 normalised[cold] = torch.nn.functional.normalize(folded[cold], dim=-1)
+# fit: to the validation period's clicks (the recent window), as serving fits to its active-user window
+fitted, info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),
+                             since=prep.split.train_end)
+print(f"fit: {info['window_clicks']} clicks in the window, {info['clicks']} of them on {info['items']} new items")
 
 seq = Sequences.from_clicks(history, spec.items, spec.users)
-for name, items in {"content only": plain, "folded": folded, "folded + normalised": normalised}.items():
+variants = {"content only": plain, "summed": folded, "summed + normalised": normalised, "fitted": fitted}
+for name, items in variants.items():
     line = []
     for label, frame in subsets.items():
         if frame.height == 0:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, print_fold_in, write_summary
-from recsys_cl.candidates import CandidatesError, clicks_up_to, parse_run_date
+from recsys_cl.candidates import CandidatesError, Window, clicks_up_to, parse_run_date
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         fold_in = None
         if args.fold_in_until:  # the same clicks generate_candidates folds in for that date
             until = parse_run_date(args.fold_in_until, "--fold-in-until")
-            fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until))
+            fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until),
+                       Window(until, cfg.candidates.lookback_days).start)
         build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in)
     except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None

@@ -131,5 +131,7 @@ def write_summary(path: str | None, summary: Any) -> None:
 def print_fold_in(info: dict[str, Any] | None) -> None:
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any."""
     if info and info.get("clicks"):
-        print(f"new items: {info['clicks']} clicks up to {info['clicks_until']} folded into the vectors of "
-              f"{info['items']} items without training clicks (item_tower.fold_in_step {info['step']:g})")
+        how = (f"fit to the window's {info['window_clicks']} clicks" if info.get("method") == "fit"
+               else f"summed, item_tower.fold_in_step {info.get('step', 1.0):g}")
+        print(f"new items: {info['clicks']} clicks up to {info['clicks_until']} taken into the vectors of "
+              f"{info['items']} items without training clicks ({how})")

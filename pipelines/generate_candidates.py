@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
         if c.fold_in or c.index_dir is not None:  # new items' clicks so far, or what the saved index holds
-            loaded = fold_in_for_run(loaded, clicks, run_date, c.index_dir)
+            loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.index_dir)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",

@@ -41,6 +41,7 @@ from pipelines.generate_candidates import (
 )
 from recsys_cl.candidates import (
     HealthCheckError,
+    Window,
     active_users,
     clicks_up_to,
     fold_in_new_clicks,
@@ -71,10 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str] | None = None,
+def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str, int] | None = None,
                  ) -> tuple[Path, bool]:
     """The index directory for this model version, built only when missing or not matching
-    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until)`` builds the
+    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until, since)`` builds the
     same vectors, so the index is rebuilt when those clicks changed)."""
     from recsys_cl.index.build import build_index_for_model, log_index
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(str(model["uri"]), cfg.tracking)
-        fold_in = (clicks_up_to(clicks, run_date), str(run_date)) if c.fold_in else None
+        fold_in = (clicks_up_to(clicks, run_date), str(run_date), Window(run_date, c.lookback_days).start) \
+            if c.fold_in else None
         if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, *fold_in)
         index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in)

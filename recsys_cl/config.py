@@ -169,10 +169,15 @@ class ItemTowerConfig:
     cache_dir: str | None = "runs/cache/content"
     """Frozen text/image encoder outputs are cached here, keyed by encoder weights and inputs
     (``null``: recompute every run)."""
+    fold_in_method: Literal["sum", "fit"] = "sum"
+    """How items without training clicks take in their first clicks (``recsys_cl.towers.fold_in``):
+    ``sum`` adds ``fold_in_step`` x the user vectors of the people who clicked them (ranks new items
+    among themselves well, but the vectors grow with every click and crowd lists of all items);
+    ``fit`` fits their vectors to the recent clicks under the training loss, the other items fixed
+    as negatives (comparable with trained items). Cold-start runs evaluate it next to the
+    content-only vectors, on the same targets."""
     fold_in_step: float = 1.0
-    """Cold start: a cold item's vector plus ``fold_in_step`` x the user vectors of the people who
-    clicked it after the training cutoff (``recsys_cl.towers.fold_in``). Cold-start runs evaluate it
-    next to the content-only vectors, on the same targets; 0 turns it off."""
+    """``fold_in_method: sum``: the weight of one click; 0 turns the sum off."""
 
     def __post_init__(self) -> None:
         if not self.fold_in_step >= 0:

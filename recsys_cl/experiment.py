@@ -43,7 +43,7 @@ from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretr
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
 from recsys_cl.train.loop import FitResult, fit
-from recsys_cl.train.steps import embed_items, embed_users, fold_in_history
+from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
 
@@ -245,21 +245,22 @@ def training_data(prep: Prepared, cfg: RunConfig) -> TrainingData:
 
 def two_tower_score_fn(
     model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, eval_set: EvalSet, length: int,
-    ranked: np.ndarray | None = None, fold_in_step: float = 0.0,
+    ranked: np.ndarray | None = None, fold: FoldIn | None = None, since: int | None = None,
 ) -> ScoreFn:
     """Scores (b, M_r) for rows of ``eval_set``: user embeddings from each user's last ``length``
     clicks in ``history`` (all strictly before their targets) against every ranked item
     (``ranked``: indices into ``spec.items``; default the training catalogue).
 
-    ``fold_in_step`` > 0 (cold start only: every ranked item must lack training clicks) first folds
-    the ranked items' clicks in ``history`` into their vectors (:func:`fold_in_history`)."""
+    ``fold`` (cold start): first take the clicks in ``history`` on items without training clicks
+    into their vectors (:func:`fold_in_items`; ``fit`` reads the clicks at or after ``since``)."""
     seq = Sequences.from_clicks(history, spec.items, spec.users)
     windows = seq.last_windows(eval_set.user_ids, length)  # (U, L)
     users = embed_users(model, windows, spec.users.encode(eval_set.user_ids))  # (U, D)
     ranked = spec.catalogue if ranked is None else ranked
-    items = embed_items(model, spec.num_items)[torch.from_numpy(ranked)]  # (M_r, D)
-    if fold_in_step > 0:
-        items = fold_in_history(model, spec, history, items, ranked, length, fold_in_step)
+    every = embed_items(model, spec.num_items)  # (M, D)
+    if fold is not None and fold.active:
+        every, _ = fold_in_items(model, spec, history, every, length, fold, since)
+    items = every[torch.from_numpy(ranked)]  # (M_r, D)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return (users[torch.as_tensor(rows)] @ items.T).numpy()
@@ -321,9 +322,10 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         for name, values in baselines.items():
             reporter.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items()})
         delta = _delta_vs_popularity(reporter, prep, score_fn, "delta_vs_popularity", cfg.eval.batch_size)
-        if cfg.item_tower.fold_in_step > 0:  # the same model, cold items' first clicks folded in
+        fold = FoldIn.from_config(cfg)
+        if fold.active:  # the same model, cold items' clicks before the test period taken in
             fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
-                                         prep.ranked, fold_in_step=cfg.item_tower.fold_in_step)
+                                         prep.ranked, fold, since=prep.split.train_end)
             fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
             reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
             fold_delta = _delta_vs_popularity(reporter, prep, fold_fn, "delta_fold_in_vs_popularity",

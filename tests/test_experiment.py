@@ -54,7 +54,7 @@ def test_a_log_too_small_to_rank_or_evaluate_is_refused(tmp_path: Path) -> None:
 
 
 def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: Path) -> None:
-    """two_tower_score_fn(fold_in_step=s) scores the ranked cold items with s x the user vectors of
+    """two_tower_score_fn(fold=FoldIn(step=s)) scores the ranked cold items with s x the user vectors of
     everyone who clicked them in the history added (checked click by click against a loop); an ID-only
     tower, which leaves cold items all tied at 0 without it, then ranks by those clicks."""
     import numpy as np
@@ -65,7 +65,7 @@ def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: 
     from recsys_cl.experiment import two_tower_score_fn
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.towers.two_tower import build_two_tower
-    from recsys_cl.train.steps import embed_users
+    from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_history, fold_in_items
 
     log = generate_click_log(400, 1500, n_clusters=8, clicks_per_user=25, seed=1)
     log.clicks.select("user_id", "item_id", "timestamp").write_parquet(tmp_path / "clicks.parquet")
@@ -81,7 +81,7 @@ def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: 
     rows = np.arange(prep.test_set.n_users)
     plain = two_tower_score_fn(model, spec, hist, prep.test_set, L, prep.ranked)(rows)
     assert not plain.any()  # ID only: every cold item is a zero vector
-    folded = two_tower_score_fn(model, spec, hist, prep.test_set, L, prep.ranked, fold_in_step=0.5)(rows)
+    folded = two_tower_score_fn(model, spec, hist, prep.test_set, L, prep.ranked, FoldIn(step=0.5))(rows)
 
     seq = Sequences.from_clicks(hist, spec.items, spec.users)
     column = {int(item): j for j, item in enumerate(spec.items.ids[prep.ranked])}
@@ -98,5 +98,16 @@ def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: 
     assert (folded != 0).any(axis=0).sum() == len({column[int(i)] for i in hist["item_id"].to_list()
                                                    if int(i) in column})
 
+    every = embed_items(model, spec.num_items)
     with pytest.raises(ValueError, match=r"fold-in is for items without training clicks, but \d+ of the"):
-        two_tower_score_fn(model, spec, prep.split.train, prep.val_set, L, spec.catalogue, fold_in_step=1.0)
+        fold_in_history(model, spec, hist, every[spec.catalogue], spec.catalogue, L, 1.0)
+
+    # fit: only the cold items clicked at or after `since` move, to unit vectors; warm items stay
+    since = prep.split.train_end
+    fitted, info = fold_in_items(model, spec, hist, every, L, FoldIn(method="fit"), since)
+    moved = np.nonzero((fitted != every).any(dim=1).numpy())[0]
+    window = hist.filter(hist["timestamp"] >= since)
+    clicked_cold = set(spec.items.encode(window["item_id"])) & set(spec.cold_items.tolist())
+    assert set(moved.tolist()) == clicked_cold and info["items"] == len(clicked_cold) > 0
+    assert info["window_clicks"] == window.height
+    torch.testing.assert_close(fitted[moved].norm(dim=1), torch.ones(len(moved)))

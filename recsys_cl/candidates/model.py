@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from recsys_cl.candidates.window import CandidatesError, clicks_up_to, parse_run_date
+from recsys_cl.candidates.window import CandidatesError, Window, clicks_up_to, parse_run_date
 from recsys_cl.features.spec import FeatureSpec
 from recsys_cl.index.base import Index
 from recsys_cl.towers.two_tower import TwoTower
-from recsys_cl.train.steps import embed_items
+from recsys_cl.train.steps import FoldIn, embed_items
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Loaded:
     provenance: dict[str, Any]
     item_vectors: np.ndarray  # (M, D) float32
     embedding_hash: str
-    fold_in_step: float = 0.0
-    """The model's ``item_tower.fold_in_step``."""
+    fold: FoldIn = field(default_factory=FoldIn)
+    """The model's ``item_tower.fold_in_*`` settings."""
     fold_in: dict[str, Any] = field(default_factory=dict)
     """What :func:`fold_in_new_clicks` folded into ``item_vectors``; empty before it runs."""
 
@@ -72,29 +72,32 @@ def load_model(model_uri: str, tracking: Any) -> Loaded:
     if Path(model_uri).exists():  # a local path: compared with the index manifest's absolute path
         model_uri = str(Path(model_uri).absolute())
     return Loaded(model, spec, model_cfg.user_tower.history_length, Path(model_dir), model_uri, prov,
-                  vectors, embedding_hash(vectors, spec.items.ids), model_cfg.item_tower.fold_in_step)
+                  vectors, embedding_hash(vectors, spec.items.ids), FoldIn.from_config(model_cfg))
 
 
-def fold_in_new_clicks(loaded: Loaded, history: Any, until: str) -> Loaded:
-    """``loaded`` with the clicks in ``history`` (clicks up to the date ``until``) on items without
-    training clicks folded into their vectors (``recsys_cl.index.build.fold_in_catalogue``); its
-    ``embedding_hash`` is that of the new vectors, and ``fold_in`` says what was folded."""
+def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | None = None) -> Loaded:
+    """``loaded`` with the clicks in ``history`` (clicks up to the date ``until``; the model's
+    ``fit`` reads those at or after ``since``) on items without training clicks taken into their
+    vectors (``recsys_cl.index.build.fold_in_catalogue``); its ``embedding_hash`` is that of the new
+    vectors, and ``fold_in`` says what was folded."""
     from recsys_cl.index.base import embedding_hash
     from recsys_cl.index.build import fold_in_catalogue
 
     vectors, info = fold_in_catalogue(loaded.model, loaded.spec, loaded.item_vectors, history,
-                                      loaded.history_length, loaded.fold_in_step, until)
+                                      loaded.history_length, loaded.fold, until, since)
     if info["clicks"]:
-        log.info("folded %d clicks up to %s into %d items without training clicks", info["clicks"], until,
-                 info["items"])
+        log.info("fold-in (%s): %d clicks up to %s on %d items without training clicks", info["method"],
+                 info["clicks"], until, info["items"])
     return dataclasses.replace(loaded, item_vectors=vectors, fold_in=info,
                                embedding_hash=embedding_hash(vectors, loaded.spec.items.ids))
 
 
-def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, index_dir: str | Path | None = None) -> Loaded:
+def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: int,
+                    index_dir: str | Path | None = None) -> Loaded:
     """:func:`fold_in_new_clicks` for a job on ``run_date`` (``clicks``: the whole click log).
 
-    Without a saved index: the clicks up to the run date. With one (``index_dir``), the index fixes
+    Without a saved index: the clicks up to the run date (``fit``: those of the run's active-user
+    window, ``lookback_days``). With one (``index_dir``), the index fixes
     the item vectors, so the job folds in what the index did (its manifest's ``fold_in``): nothing
     for an index built without it, the clicks up to its ``--fold-in-until`` date otherwise.
 
@@ -104,12 +107,14 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, index_dir: str 
     from recsys_cl.index.base import Manifest
 
     until = run_date
+    since: int | None = Window(run_date, lookback_days).start
     if index_dir is not None:
         built = Manifest.read(index_dir).fold_in  # IndexLoadError: missing / corrupt, as open_index
         if not built:
             log.debug("the index %s was built without new items' clicks folded in: serving it as built", index_dir)
             return loaded
         until = parse_run_date(str(built["clicks_until"]), f"{index_dir} manifest fold_in.clicks_until")
+        since = built.get("clicks_since")
         if until > run_date:
             raise CandidatesError(
                 f"the index {index_dir} folds in new items' clicks up to {until}, after the run date {run_date}: "
@@ -120,7 +125,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, index_dir: str 
         if until < run_date:
             log.info("serving the index's fold-in (clicks up to %s); clicks since then are not in the item "
                      "vectors until the index is rebuilt", until)
-    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until))
+    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until), since)
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:

@@ -69,26 +69,22 @@ def embed_catalogue(model: Any, spec: Any, batch_size: int = 8192) -> ItemEmbedd
 
 
 def fold_in_catalogue(
-    model: Any, spec: Any, vectors: np.ndarray, history: Any, length: int, step: float, until: str,
+    model: Any, spec: Any, vectors: np.ndarray, history: Any, length: int, fold: Any, until: str,
+    since: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """(M, D) catalogue vectors with the clicks in ``history`` (a click frame) on items without
-    training clicks folded in (:func:`recsys_cl.train.steps.fold_in_history`), and what was folded:
-    ``{"clicks_until", "step", "clicks", "items"}``. Items with training clicks keep their vectors.
-    The same inputs give bit-identical vectors, so an index built with them matches the job's model."""
+    """(M, D) catalogue vectors with the clicks in ``history`` (clicks up to the date ``until``) on
+    items without training clicks taken in (:func:`recsys_cl.train.steps.fold_in_items` with ``fold``,
+    a :class:`~recsys_cl.train.steps.FoldIn`; ``fit`` reads the clicks at or after ``since``), and
+    what was: ``{"clicks_until", "method", "clicks", "items", ...}`` (``"clicks_since"`` for fit).
+    Items with training clicks keep their vectors. The same inputs give bit-identical vectors, so an
+    index built with them matches the job's model."""
     import torch
 
-    from recsys_cl.train.steps import fold_in_history
+    from recsys_cl.train.steps import fold_in_items
 
-    cold = np.asarray(spec.cold_items)
-    idx = spec.items.encode(history["item_id"])
-    on_cold = np.isin(idx, cold) if step > 0 else np.zeros(len(idx), dtype=bool)
-    info = {"clicks_until": until, "step": float(step), "clicks": int(on_cold.sum()),
-            "items": int(len(np.unique(idx[on_cold])))}
-    if not info["clicks"]:
-        return vectors, info
-    out = vectors.copy()
-    out[cold] = fold_in_history(model, spec, history, torch.from_numpy(vectors[cold]), cold, length, step).numpy()
-    return out, info
+    out, info = fold_in_items(model, spec, history, torch.from_numpy(vectors), length, fold, since)
+    info = {"clicks_until": until, **info, **({"clicks_since": since} if fold.method == "fit" else {})}
+    return (out.numpy() if info["items"] else vectors), info
 
 
 def sample_user_queries(model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0) -> np.ndarray | None:
@@ -303,13 +299,14 @@ def build_index_for_model(
     index_cfg: IndexConfig,
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
-    fold_in: tuple[Any, str] | None = None,
+    fold_in: tuple[Any, str, int | None] | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
 
-    ``fold_in = (clicks, until)``: fold the clicks (a frame of clicks up to the date ``until``) on
-    items without training clicks into their vectors first (:func:`fold_in_catalogue`, with the
-    model's ``item_tower.fold_in_step``); the manifest records it under ``fold_in``.
+    ``fold_in = (clicks, until, since)``: take the clicks (a frame of clicks up to the date ``until``;
+    ``fit`` reads those at or after ``since``) on items without training clicks into their vectors
+    first (:func:`fold_in_catalogue`, with the model's ``item_tower.fold_in_*``); the manifest
+    records it under ``fold_in``.
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -337,8 +334,10 @@ def build_index_for_model(
     log.info("embedded %d items (dim %d) in %.1f s", len(emb.ids), emb.vectors.shape[1], time.perf_counter() - start)
     folded: dict[str, Any] = {}
     if fold_in is not None:
+        from recsys_cl.train.steps import FoldIn
+
         vectors, folded = fold_in_catalogue(model, spec, emb.vectors, fold_in[0], model_cfg.user_tower.history_length,
-                                            model_cfg.item_tower.fold_in_step, fold_in[1])
+                                            FoldIn.from_config(model_cfg), fold_in[1], fold_in[2])
         emb = ItemEmbeddings(vectors, emb.ids, emb.normalized and not folded["clicks"])
         log.info("folded %d clicks up to %s into %d items without training clicks",
                  folded["clicks"], folded["clicks_until"], folded["items"])

@@ -64,3 +64,109 @@ def fold_in_clicks(
     if click_items.numel():
         out.index_add_(0, click_items.long(), user_vectors[click_users.long()].to(out.dtype), alpha=step)
     return out
+
+
+def softmax_gradient(
+    item_vectors: torch.Tensor,
+    rows: torch.Tensor,
+    user_vectors: torch.Tensor,
+    click_items: torch.Tensor,
+    click_users: torch.Tensor,
+    temperature: float,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, float]:
+    """Gradient of the mean full-softmax cross-entropy of the clicks w.r.t. the vectors of ``rows``.
+
+    ``L = -1/N sum_n log softmax_j(q_{u_n} . v_j / temperature)[i_n]`` over all M items, so
+    ``dL/dv_r = 1/(N temperature) sum_n (p_n(r) - [i_n = r]) q_{u_n}``.
+
+    Args:
+        item_vectors: (M, D) every item's vector (the softmax runs over all of them).
+        rows: (R,) int64 distinct rows of ``item_vectors`` to differentiate.
+        user_vectors: (U, D); click_items, click_users: (N,) int64 rows of items / users, one per click.
+        chunk_size: clicks per (chunk, M) logits block (memory bound).
+
+    Returns:
+        ((R, D) gradient, the loss L as a float); ((R, D) zeros, 0.0) without clicks.
+    """
+    where = torch.full((item_vectors.shape[0],), -1, dtype=torch.long)
+    where[rows] = torch.arange(len(rows))
+    grad = torch.zeros(len(rows), item_vectors.shape[1], dtype=item_vectors.dtype)
+    total = 0.0
+    n = int(click_items.numel())
+    for s in range(0, n, chunk_size):
+        q = user_vectors[click_users[s : s + chunk_size]]  # (c, D)
+        target = click_items[s : s + chunk_size]  # (c,)
+        log_p = torch.log_softmax(q @ item_vectors.T / temperature, dim=1)  # (c, M)
+        total -= float(log_p.gather(1, target[:, None]).sum())
+        coef = log_p[:, rows].exp()  # (c, R): p_n(r)
+        hit = where[target] >= 0
+        coef[torch.nonzero(hit).squeeze(1), where[target[hit]]] -= 1.0
+        grad += coef.T @ q
+    if n == 0:
+        return grad, 0.0
+    return grad / (n * temperature), total / n
+
+
+def fit_new_items(
+    item_vectors: torch.Tensor,
+    rows: torch.Tensor,
+    user_vectors: torch.Tensor,
+    click_items: torch.Tensor,
+    click_users: torch.Tensor,
+    temperature: float,
+    normalize: bool = True,
+    steps: int = 100,
+    lr: float = 0.05,
+) -> torch.Tensor:
+    """Fit the vectors of ``rows`` (new items) to recent clicks under the model's own objective.
+
+    Minimises the full-softmax cross-entropy of the clicks (:func:`softmax_gradient`) over the vectors
+    of ``rows`` only; every other item keeps its vector and acts as a negative. Unlike the summed
+    fold-in (:func:`fold_in_clicks`), whose vector grows with every click and outranks trained items,
+    the fitted vector competes with them the way a trained item does: the clicks should include the
+    other items' clicks of the same period (they push the new items away from users who clicked
+    something else). Adam from the current vectors (a zero vector starts at a tiny fixed random
+    direction); with ``normalize`` the vectors stay on the unit sphere, like an L2-normalised tower's.
+
+    Args:
+        item_vectors: (M, D) every item's vector; rows: (R,) int64 distinct rows to fit.
+        user_vectors: (U, D); click_items, click_users: (N,) int64, one per click (any item).
+        temperature: the training loss's softmax temperature (``loss.temperature``).
+
+    Returns:
+        (R, D) fitted vectors (``item_vectors`` is not changed).
+
+    Raises:
+        ValueError: shapes that do not fit together, rows or clicks out of range, steps < 0,
+            temperature or lr not > 0.
+    """
+    fold_in_clicks(item_vectors, user_vectors, click_items, click_users, 0.0)  # shape and range checks
+    if rows.dim() != 1 or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= item_vectors.shape[0])):
+        raise ValueError(
+            f"fit_new_items: rows must be (R,) in [0, {item_vectors.shape[0]}); got {rows.tolist()[:5]}..."
+        )
+    if not (temperature > 0 and lr > 0 and steps >= 0):
+        raise ValueError(f"fit_new_items needs temperature > 0, lr > 0, steps >= 0; got {temperature}, {lr}, {steps}")
+    rows = rows.long()
+    vectors = item_vectors.clone()
+    p = vectors[rows].clone()
+    zero = p.norm(dim=1) < 1e-12
+    if zero.any():  # no content: start from a tiny fixed direction (the gradient of 0 / |0| is undefined)
+        p[zero] = 1e-3 * torch.randn(int(zero.sum()), p.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def place(p: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(p, dim=1) if normalize else p
+
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t in range(1, steps + 1):
+        vectors[rows] = place(p)
+        g, _ = softmax_gradient(vectors, rows, user_vectors, click_items.long(), click_users.long(), temperature)
+        if normalize:  # through v = p / |p|: the tangent part, divided by |p|
+            norm = p.norm(dim=1, keepdim=True)
+            unit = p / norm
+            g = (g - (g * unit).sum(1, keepdim=True) * unit) / norm
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        p = p - lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    return place(p)

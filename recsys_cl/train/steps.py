@@ -19,7 +19,7 @@ batch and the loss is the single-process loss of that batch. Without a process g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -254,3 +254,80 @@ def fold_in_history(
     windows = Sequences.from_clicks(history, spec.items, spec.users).last_windows(clickers, length)
     vectors = embed_users(model, windows, spec.users.encode(clickers))  # (C, D)
     return fold_in_clicks(items, vectors, torch.from_numpy(col[hit]).long(), torch.from_numpy(click_user).long(), step)
+
+
+FIT_MAX_CLICKS = 20_000
+"""``fold_in: fit`` uses at most this many clicks of its window (a uniform, seeded sample)."""
+
+
+@dataclass(frozen=True)
+class FoldIn:
+    """How items without training clicks take in their clicks (``item_tower.fold_in_*``)."""
+
+    method: str = "sum"
+    """``sum``: :func:`recsys_cl.towers.fold_in.fold_in_clicks`; ``fit``:
+    :func:`recsys_cl.towers.fold_in.fit_new_items`."""
+    step: float = 1.0
+    """``sum`` only: the weight of one click (0 = off)."""
+    temperature: float = 0.1
+    """``fit`` only: the training loss's softmax temperature."""
+    normalize: bool = True
+    """``fit`` only: keep fitted vectors unit-length (``model.normalize``)."""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FoldIn:
+        it = cfg.item_tower
+        return cls(it.fold_in_method, it.fold_in_step, cfg.loss.temperature, cfg.model.normalize)
+
+    @property
+    def active(self) -> bool:
+        return self.method == "fit" or self.step > 0
+
+
+def fold_in_items(
+    model: TwoTower, spec: FeatureSpec, history: pl.DataFrame, vectors: Tensor, length: int, fold: FoldIn,
+    since: int | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """(M, D) item ``vectors`` with the clicks in ``history`` on items without training clicks taken
+    in (``fold``), and what was: ``{"method", "clicks", "items"}`` (+ ``"step"`` for sum,
+    ``"window_clicks"`` for fit). Items with training clicks keep their vectors; so do cold items without clicks.
+
+    ``sum`` adds the clickers' user vectors (all of ``history``). ``fit`` fits the clicked cold
+    items' vectors to the clicks at or after ``since`` (epoch seconds; None: all of ``history``), all
+    items' clicks, so the others act as negatives (at most :data:`FIT_MAX_CLICKS`, sampled).
+    User vectors come from each clicker's last ``length`` clicks in ``history``.
+    """
+    import polars as pl  # noqa: F811 (a runtime import of the TYPE_CHECKING name)
+
+    from recsys_cl.features.sequences import Sequences
+    from recsys_cl.towers.fold_in import fit_new_items
+
+    cold = spec.cold_items
+    out = vectors.clone()
+    if fold.method == "sum":
+        idx = spec.items.encode(history["item_id"])
+        on_cold = np.isin(idx, cold) if fold.step > 0 else np.zeros(len(idx), dtype=bool)
+        info: dict[str, Any] = {"method": "sum", "step": float(fold.step), "clicks": int(on_cold.sum()),
+                                "items": int(len(np.unique(idx[on_cold])))}
+        if info["clicks"]:
+            out[cold] = fold_in_history(model, spec, history, vectors[cold], cold, length, fold.step)
+        return out, info
+    window = history if since is None else history.filter(pl.col("timestamp") >= since)
+    idx = spec.items.encode(window["item_id"])
+    keep = np.nonzero(idx >= 0)[0]
+    if len(keep) > FIT_MAX_CLICKS:
+        keep = np.sort(np.random.default_rng(0).choice(keep, FIT_MAX_CLICKS, replace=False))
+    idx = idx[keep]
+    rows = np.unique(idx[np.isin(idx, cold)])
+    info = {"method": "fit", "window_clicks": int(len(idx)), "clicks": int(np.isin(idx, cold).sum()),
+            "items": int(len(rows))}
+    if not len(rows):
+        return out, info
+    clickers, click_user = np.unique(window["user_id"].to_numpy()[keep], return_inverse=True)
+    windows = Sequences.from_clicks(history, spec.items, spec.users).last_windows(clickers, length)
+    users = embed_users(model, windows, spec.users.encode(clickers))  # (C, D)
+    out[torch.from_numpy(rows)] = fit_new_items(
+        vectors, torch.from_numpy(rows), users, torch.from_numpy(idx).long(), torch.from_numpy(click_user).long(),
+        fold.temperature, fold.normalize,
+    )
+    return out, info

@@ -31,10 +31,9 @@ DAY_BEFORE, DATE = "1997-09-22", "1997-09-23"
 COLD = {8, 10}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _model_dir(root: Path, *extra: str) -> Path:
     cfg = load_config(None, RunConfig, overrides=[f"data.path={DATA}", "model.embedding_dim=8",
-                                                  "user_tower.history_length=4"])
+                                                  "user_tower.history_length=4", *extra])
     log = load_click_log(cfg.data)
     spec = build_feature_spec(log.clicks.filter(pl.col("timestamp") < CUTOFF), log.items)
     assert set(spec.items.ids[spec.cold_items]) >= COLD
@@ -42,7 +41,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
-    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, spec, cfg)
+    return save_model_dir(root / "model", model, spec, cfg)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _model_dir(tmp_path_factory.mktemp("m"))
 
 
 @pytest.fixture(autouse=True)
@@ -65,14 +69,14 @@ def _clicks_until(date: str) -> pl.DataFrame:
 def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path, model_dir: Path) -> None:
     loaded = load_model(str(model_dir), TrackingConfig(uri=f"sqlite:///{tmp_path / 'db'}"))
     folded = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE)
-    assert folded.fold_in == {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
+    assert folded.fold_in == {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
     ids = loaded.spec.items.ids
     moved = ~np.all(folded.item_vectors == loaded.item_vectors, axis=1)
     assert set(ids[moved]) == COLD  # only the two cold items that were clicked move
     assert folded.embedding_hash != loaded.embedding_hash
 
     build = build_index_for_model(str(model_dir), IndexConfig(backend="exact", recall_sample_users=4),
-                                  tmp_path / "index", fold_in=(_clicks_until(DATE), DATE))
+                                  tmp_path / "index", fold_in=(_clicks_until(DATE), DATE, None))
     assert build.manifest.fold_in == folded.fold_in
     assert build.manifest.embedding_hash == folded.embedding_hash  # bit-identical vectors
 
@@ -99,10 +103,11 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
 
     capsys.readouterr()
     assert serve(dated)["fold_in"]["clicks"] == 4
-    assert ("new items: 4 clicks up to 1997-09-23 folded into the vectors of 2 items without training clicks "
-            "(item_tower.fold_in_step 1)") in capsys.readouterr().out
+    assert ("new items: 4 clicks up to 1997-09-23 taken into the vectors of 2 items without training clicks "
+            "(summed, item_tower.fold_in_step 1)") in capsys.readouterr().out
     assert serve(plain)["fold_in"] == {}  # built without new items' clicks: served as built
-    assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "step": 1.0, "clicks": 0, "items": 0}
+    assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "method": "sum", "step": 1.0, "clicks": 0,
+                                       "items": 0}
     with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
                                          r"run date 1997-09-22: .*build_index --fold-in-until 1997-09-22"):
         serve(dated, DAY_BEFORE)  # a backfill must not read the future through the item vectors
@@ -120,7 +125,7 @@ def test_without_a_saved_index_fold_in_is_opt_in(tmp_path: Path, model_dir: Path
     args = ["--date", DATE, "--model", str(model_dir)]
     assert generate_candidates.main([*args, *_common(tmp_path, "a")])["fold_in"] == {}  # default: off
     on = generate_candidates.main([*args, *_common(tmp_path, "b"), "--set", "candidates.fold_in=true"])
-    assert on["fold_in"] == {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
+    assert on["fold_in"] == {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
 
 
 def test_mismatch_from_other_clicks_names_both_and_the_build_for_the_date() -> None:
@@ -128,7 +133,7 @@ def test_mismatch_from_other_clicks_names_both_and_the_build_for_the_date() -> N
 
     m = Manifest(backend="exact", item_count=3, embedding_dim=2, embedding_hash="a" * 64,
                  fold_in={"clicks_until": DAY_BEFORE, "step": 1.0, "clicks": 1, "items": 1})
-    job = {"clicks_until": DATE, "step": 1.0, "clicks": 4, "items": 2}
+    job = {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
     with pytest.raises(IndexMismatchError, match=(
         r"folded in: index 1 clicks up to 1997-09-22, this job 4 clicks up to 1997-09-23\)\. Fix: rebuild it with "
         r"`python -m pipelines.build_index --model m --fold-in-until 1997-09-23 --out <dir>`$"
@@ -154,7 +159,7 @@ def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, mo
     loaded = load_model(str(model_dir), cfg.tracking)
 
     def ensure(date: str) -> bool:
-        fold_in = (_clicks_until(date), date)
+        fold_in = (_clicks_until(date), date, None)
         return nightly.ensure_index(cfg, model, fold_in_new_clicks(loaded, *fold_in), fold_in)[1]
 
     assert ensure(DAY_BEFORE) is True  # first build
@@ -162,3 +167,26 @@ def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, mo
     assert ensure(DATE) is True  # items 8 and 10 got their first clicks: rebuilt with them
     assert load_index(tmp_path / "index" / "m" / "v1").manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
     assert ensure(DATE) is False
+
+
+def test_fit_method_serves_the_same_vectors_from_a_dated_index(tmp_path: Path) -> None:
+    """item_tower.fold_in_method=fit: the clicked new items get unit vectors fitted to the run's
+    window; build_index --fold-in-until records the window, and generate_candidates --index serves it."""
+    model_dir = _model_dir(tmp_path, "item_tower.fold_in_method=fit")
+    args = ["--date", DATE, "--model", str(model_dir)]
+    served = generate_candidates.main([*args, *_common(tmp_path, "a"), "--set", "candidates.fold_in=true"])
+    info = served["fold_in"]
+    assert info["method"] == "fit" and info["items"] == 2 and info["clicks"] == 4
+    assert info["clicks_since"] == 874972800 - 29 * 86400  # 1997-09-23 00:00 UTC minus lookback_days - 1
+    assert info["window_clicks"] == _clicks_until(DATE).filter(pl.col("timestamp") >= info["clicks_since"]).height
+
+    loaded = load_model(str(model_dir), TrackingConfig(uri=f"sqlite:///{tmp_path / 'db'}"))
+    fitted = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE, info["clicks_since"])
+    moved = ~np.all(fitted.item_vectors == loaded.item_vectors, axis=1)
+    assert set(loaded.spec.items.ids[moved]) == COLD
+    np.testing.assert_allclose(np.linalg.norm(fitted.item_vectors[moved], axis=1), 1.0, rtol=1e-5)
+
+    index = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE)
+    assert load_index(index).manifest.fold_in == info  # type: ignore[union-attr]
+    again = generate_candidates.main([*args, "--index", str(index), *_common(tmp_path, "b")])
+    assert again["fold_in"] == info and again["embedding_hash"] == served["embedding_hash"]

@@ -1,11 +1,13 @@
-"""fold_in_clicks: a hand-worked case, a slow loop reference, and its errors."""
+"""fold_in_clicks and fit_new_items: hand-worked cases, slow loop references, behaviour, errors."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from recsys_cl.towers.fold_in import fold_in_clicks
+from recsys_cl.towers.fold_in import fit_new_items, fold_in_clicks, softmax_gradient
 
 
 def _loop_reference(items: torch.Tensor, users: torch.Tensor, ci: torch.Tensor, cu: torch.Tensor,
@@ -64,3 +66,88 @@ def test_errors_say_what_was_expected(bad: dict, message: str) -> None:
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         fold_in_clicks(args["items"], args["users"], args["ci"], args["cu"], args["step"])
+
+
+def _loop_gradient(items: torch.Tensor, rows: list[int], users: torch.Tensor, ci: list[int], cu: list[int],
+                   tau: float) -> torch.Tensor:
+    grad = torch.zeros(len(rows), items.shape[1], dtype=torch.float64)
+    for i, u in zip(ci, cu):
+        scores = [float(users[u] @ items[j]) / tau for j in range(items.shape[0])]
+        z = sum(math.exp(s) for s in scores)
+        for k, r in enumerate(rows):
+            p = math.exp(scores[r]) / z
+            grad[k] += (p - (1.0 if i == r else 0.0)) * users[u].double() / tau
+    return grad / len(ci)
+
+
+def test_softmax_gradient_matches_a_loop_and_autograd() -> None:
+    g = torch.Generator().manual_seed(1)
+    items = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    users = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    rows, ci, cu = [5, 2], [2, 0, 5, 5, 6], [0, 1, 1, 3, 2]
+    grad, loss = softmax_gradient(items, torch.tensor(rows), users, torch.tensor(ci), torch.tensor(cu), 0.5,
+                                  chunk_size=2)
+    torch.testing.assert_close(grad, _loop_gradient(items, rows, users, ci, cu, 0.5))
+    leaf = items.clone().requires_grad_()
+    ce = torch.nn.functional.cross_entropy(users[torch.tensor(cu)] @ leaf.T / 0.5, torch.tensor(ci))
+    ce.backward()
+    assert leaf.grad is not None
+    torch.testing.assert_close(grad, leaf.grad[rows])
+    assert abs(loss - float(ce.detach())) < 1e-9
+
+
+def test_hand_worked_softmax_gradient() -> None:
+    # two items e1, e2 and one user q = e1 who clicked item 1 (e2), temperature 1:
+    # p = softmax([1, 0]) = [e/(e+1), 1/(e+1)]; dL/dv_1 = (p_1 - 1) q = -(e/(e+1)) e1
+    items, users = torch.eye(2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    grad, loss = softmax_gradient(items, torch.tensor([1]), users, torch.tensor([1]), torch.tensor([0]), 1.0)
+    e = math.e
+    torch.testing.assert_close(grad, torch.tensor([[-e / (e + 1), 0.0]], dtype=torch.float64))
+    assert abs(loss - math.log(e + 1)) < 1e-12
+
+
+def test_fitted_new_item_goes_to_its_clickers_and_stays_a_unit_vector() -> None:
+    # warm items along the axes; two user groups: group A (near e1) clicks the new item 3 and item 0,
+    # group B (near e2) clicks item 1. The new item starts with no content (zero vector).
+    items = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    users = torch.tensor([[0.9, 0.1, 0.3], [0.8, -0.1, 0.4], [0.0, 1.0, 0.0], [0.1, 0.9, -0.1]])
+    users = torch.nn.functional.normalize(users, dim=1)
+    ci, cu = torch.tensor([3, 3, 0, 1, 1]), torch.tensor([0, 1, 0, 2, 3])
+    fitted = fit_new_items(items, torch.tensor([3]), users, ci, cu, temperature=0.1, steps=200)
+    torch.testing.assert_close(fitted.norm(dim=1), torch.ones(1))
+    scores = users @ fitted[0]
+    assert scores[:2].min() > scores[2:].max()  # ranks for its clickers, not for the others
+    after_items = items.clone()
+    after_items[3] = fitted[0]
+    _, loss_after = softmax_gradient(after_items, torch.tensor([3]), users, ci, cu, 0.1)
+    _, loss_before = softmax_gradient(torch.cat([items[:3], torch.tensor([[1e-3, 0, 0]])]), torch.tensor([3]),
+                                      users, ci, cu, 0.1)
+    assert loss_after < loss_before
+    torch.testing.assert_close(items[3], torch.zeros(3))  # input kept
+
+
+def test_fitted_vector_does_not_grow_with_clicks_like_the_sum() -> None:
+    # 50 clicks by one user: the sum outranks every warm item for an unrelated user, the fit does not
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    users = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    ci = torch.tensor([2] * 50 + [0] * 50)
+    cu = torch.tensor([0] * 50 + [1] * 50)
+    summed = fold_in_clicks(items, users, ci[:50], cu[:50], 1.0)
+    fitted = items.clone()
+    fitted[2] = fit_new_items(items, torch.tensor([2]), users, ci, cu, temperature=0.1, steps=200)[0]
+    other = users[1]  # clicked item 0 only
+    assert int((other @ summed.T).argmax()) == 2
+    assert int((other @ fitted.T).argmax()) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rows=torch.tensor([9])), r"rows must be \(R,\) in \[0, 4\)"),
+    (dict(temperature=0.0), r"temperature > 0"),
+    (dict(steps=-1), r"steps >= 0"),
+])
+def test_fit_errors_say_what_was_expected(kwargs: dict, message: str) -> None:
+    args = dict(item_vectors=torch.zeros(4, 3), rows=torch.tensor([3]), user_vectors=torch.ones(2, 3),
+                click_items=torch.tensor([3]), click_users=torch.tensor([1]), temperature=0.1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        fit_new_items(**args)  # type: ignore[arg-type]
