@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from recsys_cl.config import RunConfig, load_config
-from recsys_cl.eval.protocol import build_eval_set, evaluate
+from recsys_cl.eval.bootstrap import paired_bootstrap
+from recsys_cl.eval.protocol import build_eval_set, evaluate, per_user_recall
 from recsys_cl.experiment import artifact_resolver, prepare, training_data, two_tower_score_fn
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.towers.content import load_pretrained_weights
@@ -85,6 +86,7 @@ print(f"fit: {info['window_clicks']} clicks in the window, {info['clicks']} of t
 
 seq = Sequences.from_clicks(history, spec.items, spec.users)
 variants = {"content only": plain, "summed": folded, "summed + normalised": normalised, "fitted": fitted}
+per_user = {}
 for name, items in variants.items():
     line = []
     for label, frame in subsets.items():
@@ -100,7 +102,18 @@ for name, items in variants.items():
         m = evaluate(score, es, ks=(20,), batch_size=1024)
         line.append(f"{label} R@20 {m['recall@20']:.4f} ({len(es.user_ids)} users)")
         if label == "all targets":
+            per_user[name] = per_user_recall(score, es, 20)
             k = min(20, spec.num_items - 1)
             top = np.argpartition(-score(np.arange(len(es.user_ids))), k, axis=1)[:, :k]
             line.append(f"new items in the top {k}: {np.isin(top, cold).mean():.0%}")
     print(f"{name:>20s}: " + "; ".join(line))
+
+# %% [markdown]
+# Each way of taking in the clicks against content only, Recall@20 over all targets, with a 95%
+# paired bootstrap over the test users.
+
+# %%
+for name in ("summed", "summed + normalised", "fitted"):
+    if name in per_user:
+        d = paired_bootstrap(per_user[name], per_user["content only"])
+        print(f"{name} - content only, R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")

@@ -46,8 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  "(default: index.output_dir from the config, runs/index/latest)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     p.add_argument("--fold-in-until", metavar="YYYY-MM-DD",
-                   help="fold the clicks up to this date (data.* click log) on items without training clicks into "
+                   help="take the clicks up to this date (data.* click log) on items without training clicks into "
                         "their vectors, as generate_candidates --date does with candidates.fold_in (default: none)")
+    p.add_argument("--fold-in", choices=["fit", "sum"], default="fit",
+                   help="with --fold-in-until: fit the new items' vectors to the active-user window's clicks under "
+                        "the training loss (default), or sum their clickers' vectors")
     return p.parse_args(argv)
 
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.fold_in_until:  # the same clicks generate_candidates folds in for that date
             until = parse_run_date(args.fold_in_until, "--fold-in-until")
             fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until),
-                       Window(until, cfg.candidates.lookback_days).start)
+                       Window(until, cfg.candidates.lookback_days).start, args.fold_in)
         build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in)
     except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None

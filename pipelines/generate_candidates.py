@@ -11,8 +11,9 @@ candidates.lookback_days days. Output: <candidates.output_dir>/dt=<date>/part-*.
 (user_id, item_id, rank, score, model_version, index_id). Without --index an exact index is built
 in memory from the model. An index built from another model is refused.
 
---set candidates.fold_in=true folds new items' (no training clicks) clicks up to --date into their
-vectors (item_tower.fold_in_step of the model; off by default, see docs/content_and_cold_start.md).
+--set candidates.fold_in=fit takes new items' (no training clicks) clicks up to --date into their
+vectors, fitted under the training loss so they compete with trained items (sum: add their clickers'
+vectors; off by default, see docs/content_and_cold_start.md).
 A saved --index fixes the item vectors: the fold-in it was built with is served
 (build_index --fold-in-until <date>), none if it was built without one.
 """
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
-        if c.fold_in or c.index_dir is not None:  # new items' clicks so far, or what the saved index holds
-            loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.index_dir)
+        if c.fold_in != "none" or c.index_dir is not None:  # new items' clicks so far, or the saved index's
+            loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",

@@ -10,8 +10,8 @@ Examples:
    ``candidates.fallback_to_latest=true`` (then: a warning and the latest version).
 2. Reuse ``<candidates.index_root>/<name>/v<version>`` when it exists and matches the model;
    otherwise build it (``recsys_cl.index.build``, settings under ``index.*``) and log it to MLflow.
-   So the index is rebuilt when the model version changes, and, with ``candidates.fold_in=true``
-   (default false), when items without training clicks got new clicks: those clicks are folded into
+   So the index is rebuilt when the model version changes, and, with ``candidates.fold_in`` fit or
+   sum (default off), when items without training clicks got new clicks: those clicks are folded into
    their vectors (``recsys_cl.towers.fold_in``), so a new item is served from who clicked it.
 3. Generate the date's candidates (same code as pipelines.generate_candidates).
 4. Health against the previous published partition: overlap@K per user (checked only when the
@@ -72,10 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str, int] | None = None,
+def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str, int, str] | None = None,
                  ) -> tuple[Path, bool]:
     """The index directory for this model version, built only when missing or not matching
-    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until, since)`` builds the
+    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until, since, method)`` builds the
     same vectors, so the index is rebuilt when those clicks changed)."""
     from recsys_cl.index.build import build_index_for_model, log_index
 
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(str(model["uri"]), cfg.tracking)
-        fold_in = (clicks_up_to(clicks, run_date), str(run_date), Window(run_date, c.lookback_days).start) \
-            if c.fold_in else None
+        fold_in = None if c.fold_in == "none" else (
+            clicks_up_to(clicks, run_date), str(run_date), Window(run_date, c.lookback_days).start, c.fold_in)
         if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, *fold_in)
         index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in)

@@ -170,14 +170,14 @@ class ItemTowerConfig:
     """Frozen text/image encoder outputs are cached here, keyed by encoder weights and inputs
     (``null``: recompute every run)."""
     fold_in_method: Literal["sum", "fit"] = "sum"
-    """How items without training clicks take in their first clicks (``recsys_cl.towers.fold_in``):
-    ``sum`` adds ``fold_in_step`` x the user vectors of the people who clicked them (ranks new items
-    among themselves well, but the vectors grow with every click and crowd lists of all items);
-    ``fit`` fits their vectors to the recent clicks under the training loss, the other items fixed
-    as negatives (comparable with trained items). Cold-start runs evaluate it next to the
-    content-only vectors, on the same targets."""
+    """How cold-start runs take cold items' first clicks into their vectors (``recsys_cl.towers.fold_in``),
+    evaluated next to the content-only vectors on the same targets: ``sum`` adds ``fold_in_step`` x
+    the user vectors of the people who clicked them (best for ranking new items among themselves, but
+    the vectors grow with every click); ``fit`` fits them to the recent clicks under the training
+    loss, every other item fixed as a negative (comparable with trained items: what serving wants,
+    ``candidates.fold_in: fit``)."""
     fold_in_step: float = 1.0
-    """``fold_in_method: sum``: the weight of one click; 0 turns the sum off."""
+    """``sum``: the weight of one click; 0 turns the sum off."""
 
     def __post_init__(self) -> None:
         if not self.fold_in_step >= 0:
@@ -455,14 +455,16 @@ class CandidatesConfig:
     index (``index_dir``, or nightly's per-version index) is used with its own backend."""
     index_dir: str | None = None
     """A saved index (``pipelines.build_index``); null = build an exact index in memory."""
-    fold_in: bool = False
-    """Fold each item without training clicks' clicks up to the run date into its vector (the model's
-    ``item_tower.fold_in_step``) in the index the job builds in memory and in nightly's index (rebuilt
-    when those clicks change). A saved index (``index_dir``) fixes the vectors: the job serves the
-    fold-in it was built with (``build_index --fold-in-until``), whatever this says. Off by default:
-    ranking folded new items *among the warm ones* is not calibrated yet (they took 78% of the top-20
-    slots in a temporal MovieLens check, docs/content_and_cold_start.md); it is measured only for
-    ranking new items among themselves."""
+    fold_in: Literal["none", "sum", "fit"] = "none"
+    """Take items without training clicks' clicks into their vectors before ranking, in the index
+    the job builds in memory and in nightly's index (rebuilt when those clicks change): ``fit`` fits
+    them to the clicks of the active-user window under the training loss, the trained items fixed
+    (they then compete with trained items as equals: recommended); ``sum`` adds their clickers' user
+    vectors (``item_tower.fold_in_step``; they grow with every click and crowd the lists). A saved
+    index (``index_dir``) fixes the vectors: the job serves the fold-in it was built with
+    (``build_index --fold-in-until``), whatever this says. Off by default: ``fit`` costs 100 passes
+    over (window clicks, at most 20,000) x (items), and its gain was measured on a semi-synthetic
+    log and 20 MovieLens users only (docs/content_and_cold_start.md)."""
     model_uri: str = "models:/recsys_cl_two_tower@champion"
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"

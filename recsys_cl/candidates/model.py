@@ -75,16 +75,19 @@ def load_model(model_uri: str, tracking: Any) -> Loaded:
                   vectors, embedding_hash(vectors, spec.items.ids), FoldIn.from_config(model_cfg))
 
 
-def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | None = None) -> Loaded:
+def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | None = None,
+                       method: str | None = None) -> Loaded:
     """``loaded`` with the clicks in ``history`` (clicks up to the date ``until``; the model's
     ``fit`` reads those at or after ``since``) on items without training clicks taken into their
     vectors (``recsys_cl.index.build.fold_in_catalogue``); its ``embedding_hash`` is that of the new
-    vectors, and ``fold_in`` says what was folded."""
+    vectors, and ``fold_in`` says what was folded. ``method`` (sum | fit) overrides the model's
+    ``item_tower.fold_in_method``."""
     from recsys_cl.index.base import embedding_hash
     from recsys_cl.index.build import fold_in_catalogue
 
+    fold = loaded.fold if method is None else dataclasses.replace(loaded.fold, method=method)
     vectors, info = fold_in_catalogue(loaded.model, loaded.spec, loaded.item_vectors, history,
-                                      loaded.history_length, loaded.fold, until, since)
+                                      loaded.history_length, fold, until, since)
     if info["clicks"]:
         log.info("fold-in (%s): %d clicks up to %s on %d items without training clicks", info["method"],
                  info["clicks"], until, info["items"])
@@ -92,12 +95,12 @@ def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | No
                                embedding_hash=embedding_hash(vectors, loaded.spec.items.ids))
 
 
-def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: int,
+def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: int, method: str,
                     index_dir: str | Path | None = None) -> Loaded:
     """:func:`fold_in_new_clicks` for a job on ``run_date`` (``clicks``: the whole click log).
 
-    Without a saved index: the clicks up to the run date (``fit``: those of the run's active-user
-    window, ``lookback_days``). With one (``index_dir``), the index fixes
+    Without a saved index: the clicks up to the run date, by ``method`` (sum | fit; ``fit`` reads the
+    run's active-user window, ``lookback_days``). With one (``index_dir``), the index fixes
     the item vectors, so the job folds in what the index did (its manifest's ``fold_in``): nothing
     for an index built without it, the clicks up to its ``--fold-in-until`` date otherwise.
 
@@ -114,7 +117,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
             log.debug("the index %s was built without new items' clicks folded in: serving it as built", index_dir)
             return loaded
         until = parse_run_date(str(built["clicks_until"]), f"{index_dir} manifest fold_in.clicks_until")
-        since = built.get("clicks_since")
+        since, method = built.get("clicks_since"), str(built.get("method", "sum"))
         if until > run_date:
             raise CandidatesError(
                 f"the index {index_dir} folds in new items' clicks up to {until}, after the run date {run_date}: "
@@ -125,7 +128,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
         if until < run_date:
             log.info("serving the index's fold-in (clicks up to %s); clicks since then are not in the item "
                      "vectors until the index is rebuilt", until)
-    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until), since)
+    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until), since, method)
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:

@@ -433,5 +433,7 @@ def check_compatible(
         fix = REBUILD_HINT.replace("<model uri or path>", model_uri or "<model uri or path>")
         until = (fold_in or {}).get("clicks_until") if (fold_in or {}).get("clicks") else None
         if fold_in_differs and len(problems) == 1 and until:  # same model, other clicks: build for this date
-            fix = fix.replace("--out <dir>", f"--fold-in-until {until} --out <dir>")
+            method = (fold_in or {}).get("method")
+            flags = f"--fold-in-until {until}" + (f" --fold-in {method}" if method else "")
+            fix = fix.replace("--out <dir>", f"{flags} --out <dir>")
         raise IndexMismatchError("the index does not match the model: " + "; ".join(problems) + f". Fix: {fix}")

@@ -15,6 +15,7 @@ MLflow logging is a separate step (:func:`log_index`), so the library can build 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -299,14 +300,14 @@ def build_index_for_model(
     index_cfg: IndexConfig,
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
-    fold_in: tuple[Any, str, int | None] | None = None,
+    fold_in: tuple[Any, str, int | None, str] | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
 
-    ``fold_in = (clicks, until, since)``: take the clicks (a frame of clicks up to the date ``until``;
-    ``fit`` reads those at or after ``since``) on items without training clicks into their vectors
-    first (:func:`fold_in_catalogue`, with the model's ``item_tower.fold_in_*``); the manifest
-    records it under ``fold_in``.
+    ``fold_in = (clicks, until, since, method)``: take the clicks (a frame of clicks up to the date
+    ``until``; ``fit`` reads those at or after ``since``) on items without training clicks into their
+    vectors first, by ``method`` (sum | fit; :func:`fold_in_catalogue`, the model's
+    ``item_tower.fold_in_step``); the manifest records it under ``fold_in``.
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -337,7 +338,8 @@ def build_index_for_model(
         from recsys_cl.train.steps import FoldIn
 
         vectors, folded = fold_in_catalogue(model, spec, emb.vectors, fold_in[0], model_cfg.user_tower.history_length,
-                                            FoldIn.from_config(model_cfg), fold_in[1], fold_in[2])
+                                            dataclasses.replace(FoldIn.from_config(model_cfg), method=fold_in[3]),
+                                            fold_in[1], fold_in[2])
         emb = ItemEmbeddings(vectors, emb.ids, emb.normalized and not folded["clicks"])
         log.info("folded %d clicks up to %s into %d items without training clicks",
                  folded["clicks"], folded["clicks_until"], folded["items"])

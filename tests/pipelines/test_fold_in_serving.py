@@ -76,7 +76,7 @@ def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path
     assert folded.embedding_hash != loaded.embedding_hash
 
     build = build_index_for_model(str(model_dir), IndexConfig(backend="exact", recall_sample_users=4),
-                                  tmp_path / "index", fold_in=(_clicks_until(DATE), DATE, None))
+                                  tmp_path / "index", fold_in=(_clicks_until(DATE), DATE, None, "sum"))
     assert build.manifest.fold_in == folded.fold_in
     assert build.manifest.embedding_hash == folded.embedding_hash  # bit-identical vectors
 
@@ -92,9 +92,9 @@ def _build(tmp: Path, model_dir: Path, name: str, *extra: str) -> Path:
 def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, model_dir: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     plain = _build(tmp_path, model_dir, "plain")
-    dated = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE)
+    dated = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE, "--fold-in", "sum")
     assert load_index(dated).manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
-    early = _build(tmp_path, model_dir, "early", "--fold-in-until", DAY_BEFORE)
+    early = _build(tmp_path, model_dir, "early", "--fold-in-until", DAY_BEFORE, "--fold-in", "sum")
 
     def serve(index: Path, date: str = DATE, *extra: str) -> dict:
         out = f"out-{index.name}-{date}-{len(extra)}"
@@ -111,7 +111,7 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
     with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
                                          r"run date 1997-09-22: .*build_index --fold-in-until 1997-09-22"):
         serve(dated, DAY_BEFORE)  # a backfill must not read the future through the item vectors
-    assert serve(dated, DATE, "--set", "candidates.fold_in=false")["fold_in"]["clicks"] == 4  # the index decides
+    assert serve(dated, DATE, "--set", "candidates.fold_in=none")["fold_in"]["clicks"] == 4  # the index decides
 
     import mlflow
 
@@ -124,7 +124,7 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
 def test_without_a_saved_index_fold_in_is_opt_in(tmp_path: Path, model_dir: Path) -> None:
     args = ["--date", DATE, "--model", str(model_dir)]
     assert generate_candidates.main([*args, *_common(tmp_path, "a")])["fold_in"] == {}  # default: off
-    on = generate_candidates.main([*args, *_common(tmp_path, "b"), "--set", "candidates.fold_in=true"])
+    on = generate_candidates.main([*args, *_common(tmp_path, "b"), "--set", "candidates.fold_in=sum"])
     assert on["fold_in"] == {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
 
 
@@ -136,7 +136,7 @@ def test_mismatch_from_other_clicks_names_both_and_the_build_for_the_date() -> N
     job = {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
     with pytest.raises(IndexMismatchError, match=(
         r"folded in: index 1 clicks up to 1997-09-22, this job 4 clicks up to 1997-09-23\)\. Fix: rebuild it with "
-        r"`python -m pipelines.build_index --model m --fold-in-until 1997-09-23 --out <dir>`$"
+        r"`python -m pipelines.build_index --model m --fold-in-until 1997-09-23 --fold-in sum --out <dir>`$"
     )):
         check_compatible(m, model_uri="m", embedding_hash="b" * 64, fold_in=job)
     check_compatible(m, model_uri="m", embedding_hash="a" * 64, fold_in=job)  # same vectors: accepted
@@ -159,7 +159,7 @@ def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, mo
     loaded = load_model(str(model_dir), cfg.tracking)
 
     def ensure(date: str) -> bool:
-        fold_in = (_clicks_until(date), date, None)
+        fold_in = (_clicks_until(date), date, None, "sum")
         return nightly.ensure_index(cfg, model, fold_in_new_clicks(loaded, *fold_in), fold_in)[1]
 
     assert ensure(DAY_BEFORE) is True  # first build
@@ -170,18 +170,19 @@ def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, mo
 
 
 def test_fit_method_serves_the_same_vectors_from_a_dated_index(tmp_path: Path) -> None:
-    """item_tower.fold_in_method=fit: the clicked new items get unit vectors fitted to the run's
-    window; build_index --fold-in-until records the window, and generate_candidates --index serves it."""
-    model_dir = _model_dir(tmp_path, "item_tower.fold_in_method=fit")
+    """candidates.fold_in=fit: the clicked new items get unit vectors fitted to the run's window;
+    build_index --fold-in-until (fit by default) records the window, and generate_candidates --index
+    serves the same vectors."""
+    model_dir = _model_dir(tmp_path)
     args = ["--date", DATE, "--model", str(model_dir)]
-    served = generate_candidates.main([*args, *_common(tmp_path, "a"), "--set", "candidates.fold_in=true"])
+    served = generate_candidates.main([*args, *_common(tmp_path, "a"), "--set", "candidates.fold_in=fit"])
     info = served["fold_in"]
     assert info["method"] == "fit" and info["items"] == 2 and info["clicks"] == 4
     assert info["clicks_since"] == 874972800 - 29 * 86400  # 1997-09-23 00:00 UTC minus lookback_days - 1
     assert info["window_clicks"] == _clicks_until(DATE).filter(pl.col("timestamp") >= info["clicks_since"]).height
 
     loaded = load_model(str(model_dir), TrackingConfig(uri=f"sqlite:///{tmp_path / 'db'}"))
-    fitted = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE, info["clicks_since"])
+    fitted = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE, info["clicks_since"], "fit")
     moved = ~np.all(fitted.item_vectors == loaded.item_vectors, axis=1)
     assert set(loaded.spec.items.ids[moved]) == COLD
     np.testing.assert_allclose(np.linalg.norm(fitted.item_vectors[moved], axis=1), 1.0, rtol=1e-5)
