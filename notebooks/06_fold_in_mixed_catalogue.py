@@ -1,16 +1,16 @@
 # %% [markdown]
-# # Folded-in new items among the warm ones: why `candidates.fold_in` is off by default
+# # New items' first clicks, ranked among all items: sum vs fit (`candidates.fold_in`)
 #
 # The cold-start protocol (`split.kind=cold_start`) ranks new items **among themselves**, and there
 # folding in their first clicks (`recsys_cl.towers.fold_in`) beats Popularity. Serving ranks them
 # **together with** the items the model was trained on. This notebook measures that mixed ranking:
 # a time-ordered split, every item of the item table ranked (items with training clicks and
-# without), the user's history masked, and three versions of the items without training clicks:
+# without), the user's history masked, and four versions of the items without training clicks:
 #
 # * content only (what the model gives them: the ID vector is zero),
-# * summed (`item_tower.fold_in_method: sum`: `v + step * sum of clickers' user vectors`),
+# * summed (`sum`: `v + step * sum of clickers' user vectors`),
 # * summed, then L2-normalised like every other item vector,
-# * fitted (`fold_in_method: fit`: the new items' vectors fitted to the validation period's clicks
+# * fitted (`candidates.fold_in: fit`: the new items' vectors fitted to the validation period's clicks
 #   under the training loss, every other item fixed as a negative).
 #
 # Run it from the repository root: `python notebooks/06_fold_in_mixed_catalogue.py`
