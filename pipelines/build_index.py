@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fold-in-until", metavar="YYYY-MM-DD",
                    help="take the clicks up to this date (data.* click log) on items without training clicks into "
                         "their vectors, as generate_candidates --date does with candidates.fold_in (default: none)")
-    p.add_argument("--fold-in", choices=["fit", "sum"], default="fit",
+    p.add_argument("--fold-in", choices=["fit", "sum"],
                    help="with --fold-in-until: fit the new items' vectors to the active-user window's clicks under "
                         "the training loss (default), or sum their clickers' vectors")
     return p.parse_args(argv)
@@ -65,10 +65,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or cfg.index.output_dir)
     try:
         fold_in = None
+        if args.fold_in and not args.fold_in_until:
+            raise SystemExit(f"config error: --fold-in {args.fold_in} needs --fold-in-until YYYY-MM-DD (the date "
+                             "whose clicks to take in)")
         if args.fold_in_until:  # the same clicks generate_candidates folds in for that date
             until = parse_run_date(args.fold_in_until, "--fold-in-until")
             fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until),
-                       Window(until, cfg.candidates.lookback_days).start, args.fold_in)
+                       Window(until, cfg.candidates.lookback_days).start, args.fold_in or "fit")
         build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in)
     except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None

@@ -13,7 +13,7 @@ in memory from the model. An index built from another model is refused.
 
 --set candidates.fold_in=fit takes new items' (no training clicks) clicks up to --date into their
 vectors, fitted under the training loss so they compete with trained items (sum: add their clickers'
-vectors; off by default, see docs/content_and_cold_start.md).
+vectors; none by default, see docs/content_and_cold_start.md).
 A saved --index fixes the item vectors: the fold-in it was built with is served
 (build_index --fold-in-until <date>), none if it was built without one.
 """

@@ -11,7 +11,7 @@ Examples:
 2. Reuse ``<candidates.index_root>/<name>/v<version>`` when it exists and matches the model;
    otherwise build it (``recsys_cl.index.build``, settings under ``index.*``) and log it to MLflow.
    So the index is rebuilt when the model version changes, and, with ``candidates.fold_in`` fit or
-   sum (default off), when items without training clicks got new clicks: those clicks are folded into
+   sum (default none), when items without training clicks got new clicks: those clicks are folded into
    their vectors (``recsys_cl.towers.fold_in``), so a new item is served from who clicked it.
 3. Generate the date's candidates (same code as pipelines.generate_candidates).
 4. Health against the previous published partition: overlap@K per user (checked only when the

@@ -90,8 +90,9 @@ class Manifest:
     index_id: str = ""
     """Short id of this build: derived from the embedding hash, backend and params."""
     fold_in: dict[str, Any] = field(default_factory=dict)
-    """Cold items' clicks folded into the vectors (``recsys_cl.index.build.fold_in_catalogue``):
-    ``{"clicks_until", "step", "clicks", "items"}``; empty when none were (older manifests too)."""
+    """New items' clicks taken into the vectors (``recsys_cl.index.build.fold_in_catalogue``):
+    ``{"clicks_until", "method", "clicks", "items"}`` plus ``"step"`` (sum) or ``"clicks_since"``,
+    ``"window_clicks"`` (fit); empty when none were (older manifests too)."""
     files_sha256: dict[str, str] = field(default_factory=dict)
     """sha256 of each backend file, checked by :meth:`Index.load` so that a damaged file whose
     header still parses is refused instead of serving wrong scores (empty in older manifests)."""
@@ -405,7 +406,7 @@ def check_compatible(
     ``fold_in`` (what the job folded into its vectors) only explains an ``embedding_hash`` mismatch.
     """
     problems: list[str] = []
-    fold_in_differs = bool(_fold_in_difference(manifest.fold_in, fold_in))
+    fold_note = _fold_in_difference(manifest.fold_in, fold_in)
     if embedding_dim is not None and manifest.embedding_dim != embedding_dim:
         problems.append(f"embedding_dim: index has {manifest.embedding_dim}, model has {embedding_dim}")
     if model_run_id is not None and manifest.model_run_id is not None and manifest.model_run_id != model_run_id:
@@ -427,12 +428,12 @@ def check_compatible(
     if embedding_hash is not None and manifest.embedding_hash and manifest.embedding_hash != embedding_hash:
         problems.append(
             f"embedding_hash: index {manifest.embedding_hash[:12]}..., model's item embeddings {embedding_hash[:12]}..."
-            + _fold_in_difference(manifest.fold_in, fold_in)
+            + fold_note
         )
     if problems:
         fix = REBUILD_HINT.replace("<model uri or path>", model_uri or "<model uri or path>")
         until = (fold_in or {}).get("clicks_until") if (fold_in or {}).get("clicks") else None
-        if fold_in_differs and len(problems) == 1 and until:  # same model, other clicks: build for this date
+        if fold_note and len(problems) == 1 and until:  # same model, other clicks: build for this date
             method = (fold_in or {}).get("method")
             flags = f"--fold-in-until {until}" + (f" --fold-in {method}" if method else "")
             fix = fix.replace("--out <dir>", f"{flags} --out <dir>")

@@ -297,8 +297,6 @@ def fold_in_items(
     items' clicks, so the others act as negatives (at most :data:`FIT_MAX_CLICKS`, sampled).
     User vectors come from each clicker's last ``length`` clicks in ``history``.
     """
-    import polars as pl  # noqa: F811 (a runtime import of the TYPE_CHECKING name)
-
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.towers.fold_in import fit_new_items
 
@@ -312,7 +310,7 @@ def fold_in_items(
         if info["clicks"]:
             out[cold] = fold_in_history(model, spec, history, vectors[cold], cold, length, fold.step)
         return out, info
-    window = history if since is None else history.filter(pl.col("timestamp") >= since)
+    window = history if since is None else history.filter(history["timestamp"] >= since)
     idx = spec.items.encode(window["item_id"])
     keep = np.nonzero(idx >= 0)[0]
     if len(keep) > FIT_MAX_CLICKS:

@@ -149,6 +149,9 @@ def test_fold_in_until_must_be_a_date(tmp_path: Path, model_dir: Path) -> None:
                                          r"expected YYYY-MM-DD"):
         build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "i"), "--no-mlflow",
                           "--fold-in-until", "23-09-1997", *_common(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--fold-in sum needs --fold-in-until YYYY-MM-DD"):
+        build_index.main(["--model", str(model_dir), "--out", str(tmp_path / "i"), "--no-mlflow",
+                          "--fold-in", "sum", *_common(tmp_path)])
     assert not (tmp_path / "i").exists()
 
 
