@@ -22,7 +22,7 @@ import yaml
 from pipelines.cli import check_output_file, exits_on_tracking_error
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.eval.report import markdown_table, mean_std
+from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
 from recsys_cl.experiment import (
     prepare,
     require_warm_split,
@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> str:
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     rows, raw = [], {}
+    # all items ranked: how much of the top 20 new items take is part of the answer
+    keys = (*TABLE_METRICS, "new_item_share@20") if prep.all_items else TABLE_METRICS
     for name in baselines:
         with mlflow_run(base.tracking, run_name=f"baseline-{name}", tags={"ablation": "baseline"}) as run:
             s = run_baseline(name, base, prep, run)
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
-        rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]]), 1))
+        rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
     reference: dict[str, dict[str, float]] = {}
     folded: dict[str, list[dict[str, float]]] = {}
     for name in variants:
@@ -135,14 +137,14 @@ def main(argv: list[str] | None = None) -> str:
                 reference = {"Popularity (clicks before the test period)": summary["baseline_metrics"],
                              "random ranking (exact expectation)": summary["random_metrics"]}
         raw[name] = results
-        rows.append((f"two-tower: {name}", mean_std(results), len(results)))
-        if name in folded:  # cold start: the same runs, cold items' clicks before the test period folded in
+        rows.append((f"two-tower: {name}", mean_std(results, keys), len(results)))
+        if name in folded:  # the same runs, new items' clicks before the test period folded in
             raw[f"{name}, first clicks folded in"] = folded[name]
-            rows.append((f"two-tower: {name}, first clicks folded in", mean_std(folded[name]), len(folded[name])))
+            rows.append((f"two-tower: {name}, first clicks folded in", mean_std(folded[name], keys), len(folded[name])))
     for label, values in reference.items():
         raw[label] = [values]
-        rows.append((label, mean_std([values]), 1))
-    table = f"Protocol: `{prep.protocol}`\n\n" + markdown_table(rows)
+        rows.append((label, mean_std([values], keys), 1))
+    table = f"Protocol: `{prep.protocol}`\n\n" + markdown_table(rows, keys)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")

@@ -83,26 +83,33 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_summary(summary: dict, uri: str) -> None:
     print(f"\nprotocol: {summary['protocol']}")
     print(f"best epoch (validation recall@20): {summary['best_epoch']}")
-    base, rand = summary.get("baseline_metrics"), summary.get("random_metrics") or {}
-    if base is None:
+    columns = {"model": summary["test_metrics"]}
+    notes = []
+    if "fold_in_metrics" in summary:
+        columns["folded"] = summary["fold_in_metrics"]
+        notes.append(f"folded = the same model with the {summary['fold_in_method']} fold-in of the clicks before "
+                     "the test period on items without training clicks")
+    if "baseline_metrics" in summary:  # cold start: Popularity and random on the same cold targets
+        columns.update({"popular": summary["baseline_metrics"], "random": summary.get("random_metrics") or {}})
+        notes.append(f"{summary['baseline_name']} and random on the same targets")
+    w = max(14, *(len(k) for k in summary["test_metrics"]))
+    if len(columns) == 1:
         print("test metrics:")
         for k, v in summary["test_metrics"].items():
-            print(f"  {k:>14s}  {v:.4f}")
-    else:  # cold start: the model next to Popularity and random on the same cold targets
-        fold = summary.get("fold_in_metrics") or {}
-        print(f"test metrics on cold items ({summary['baseline_name']} and random on the same targets"
-              + ("; folded = the model with each cold item's clicks before the test period folded in" if fold else "")
-              + "):")
-        header = f"  {'':>14s}  {'model':>8s}" + (f"  {'folded':>8s}" if fold else "")
-        print(header + f"  {'popular':>8s}  {'random':>8s}")
-        for k, v in summary["test_metrics"].items():
-            print(f"  {k:>14s}  {v:8.4f}" + (f"  {fold.get(k, float('nan')):8.4f}" if fold else "")
-                  + f"  {base.get(k, float('nan')):8.4f}  {rand.get(k, float('nan')):8.4f}")
-        for label, key in (("model", "delta_vs_baseline"), ("folded", "fold_in_delta_vs_baseline")):
-            if key in summary:
-                d = summary[key]
-                print(f"{label} - {summary['baseline_name']} {d['metric']}: {d['delta']:+.4f}, 95% paired bootstrap "
-                      f"over the {d['n_users']} test users [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
+            print(f"  {k:>{w}s}  {v:.4f}")
+    else:
+        what = "cold items" if "baseline_metrics" in summary else "all items ranked"
+        print(f"test metrics, {what} ({'; '.join(notes)}):")
+        print(f"  {'':>{w}s}" + "".join(f"  {name:>8s}" for name in columns))
+        for k in summary["test_metrics"]:
+            print(f"  {k:>{w}s}" + "".join(f"  {c.get(k, float('nan')):8.4f}" for c in columns.values()))
+    versus = summary.get("baseline_name", "no fold-in")
+    for label, key in (("model", "delta_vs_baseline"), ("folded", "fold_in_delta_vs_baseline"),
+                       ("folded", "fold_in_delta_vs_none")):
+        if key in summary:
+            d = summary[key]
+            print(f"{label} - {versus} {d['metric']}: {d['delta']:+.4f}, 95% paired bootstrap "
+                  f"over the {d['n_users']} test users [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}")
     print(f"run: {summary['run_id']}   model: {summary['model_uri']}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}")
 

@@ -377,6 +377,12 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 20, 50)
     batch_size: int = 1024
     """Users scored per block in full ranking."""
+    catalogue: Literal["train_items", "all_items"] = "train_items"
+    """The items the protocol ranks: ``train_items`` (every item with a training click; the others
+    cannot be recommended and their targets count as misses) or ``all_items`` (every item of the item
+    table too, as the served index holds them: new items compete with trained ones on content, and
+    with ``item_tower.fold_in_method`` on their first clicks; logged as ``test_fold_in/*``).
+    ``split.kind=cold_start`` ranks its own set (the cold items) and takes neither."""
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -571,6 +577,12 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
+        if self.split.kind == "cold_start" and self.eval.catalogue != "train_items":
+            raise ConfigError(
+                f"eval.catalogue={self.eval.catalogue} does not apply to split.kind=cold_start, which ranks "
+                "the cold items among themselves; to rank new items together with trained ones use "
+                "split.kind=temporal with eval.catalogue=all_items"
+            )
         if self.loss.kind == "debiased" and not self.model.normalize:
             raise ConfigError(
                 "loss.kind=debiased needs cosine scores (its clamp assumes cos >= -1); "

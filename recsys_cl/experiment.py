@@ -27,6 +27,7 @@ from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_bootstrap
 from recsys_cl.eval.protocol import (
+    ALL_CATALOGUE,
     COLD_CATALOGUE,
     EvalSet,
     build_eval_set,
@@ -74,8 +75,8 @@ class Prepared:
     """Data, split and evaluation sets: identical for the two-tower model and every baseline.
 
     ``ranked`` (indices into ``spec.items``) is the item set the protocol ranks, column j of the
-    eval sets = item ``ranked[j]``: the training catalogue, or for ``split.kind=cold_start`` the
-    cold items (no training click).
+    eval sets = item ``ranked[j]``: the training catalogue, every item (``eval.catalogue=all_items``),
+    or for ``split.kind=cold_start`` the cold items (no training click).
     """
 
     clicks: ClickLog
@@ -92,6 +93,16 @@ class Prepared:
     @property
     def cold_start(self) -> bool:
         return self.split.cold_items is not None
+
+    @property
+    def ranked_vocab(self) -> Vocab:
+        """Vocabulary of the ranked items; its index j is ``spec.items`` index ``ranked[j]``."""
+        return Vocab(self.spec.items.ids[self.ranked], name=self.spec.items.name)
+
+    @property
+    def all_items(self) -> bool:
+        """``eval.catalogue=all_items``: items without training clicks are ranked with the trained ones."""
+        return ALL_CATALOGUE in self.protocol
 
     def tags(self, cfg: RunConfig) -> dict[str, str]:
         return {
@@ -141,6 +152,9 @@ def prepare(cfg: RunConfig, content: bool = True) -> Prepared:
             )
         ranked = spec.cold_items
         protocol = protocol_name(split.protocol, catalogue=COLD_CATALOGUE)
+    elif cfg.eval.catalogue == "all_items":
+        ranked = np.arange(spec.num_items)
+        protocol = protocol_name(split.protocol, catalogue=ALL_CATALOGUE)
     else:
         ranked = spec.catalogue
         protocol = protocol_name(split.protocol)
@@ -268,17 +282,25 @@ def two_tower_score_fn(
     return score
 
 
-def _delta_vs_popularity(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, name: str,
-                         batch_size: int) -> dict[str, Any]:
-    """Cold start: ``score_fn`` - Popularity Recall@20 with a 95% paired bootstrap over the test
-    users, logged as ``<name>/recall@20_{delta,low,high}``; returned with the metric, n_users and verdict."""
+def _paired_delta(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, reference: ScoreFn, name: str,
+                  batch_size: int) -> dict[str, Any]:
+    """``score_fn`` - ``reference`` Recall@20 on the test users with a 95% paired bootstrap, logged as
+    ``<name>/recall@20_{delta,low,high}``; returned with the metric, n_users and verdict."""
     delta = paired_bootstrap(
         per_user_recall(score_fn, prep.test_set, COLD_START_K, batch_size),
-        per_user_recall(cold_start_popularity(prep), prep.test_set, COLD_START_K, batch_size),
+        per_user_recall(reference, prep.test_set, COLD_START_K, batch_size),
     )
     reporter.log_metrics(interval_metrics(f"{name}/recall@{COLD_START_K}", delta))
     return {"metric": f"recall@{COLD_START_K}", **delta, "n_users": prep.test_set.n_users,
             "verdict": interval_verdict(delta)}
+
+
+def new_item_share(score_fn: ScoreFn, prep: Prepared, k: int = COLD_START_K, batch_size: int = 1024) -> float:
+    """Of the test users' top-``k`` slots, the share held by items without training clicks."""
+    top = top_k_items(score_fn, prep.test_set, k, batch_size)  # (U, k) columns of ranked, -1 = empty
+    is_new = np.append(np.isin(prep.ranked, prep.spec.cold_items), False)  # index -1 -> False
+    filled = top >= 0
+    return float(is_new[top][filled].mean()) if filled.any() else 0.0
 
 
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
@@ -321,15 +343,26 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         baselines = cold_start_baselines(prep, ks, cfg.eval.batch_size)
         for name, values in baselines.items():
             reporter.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items()})
-        delta = _delta_vs_popularity(reporter, prep, score_fn, "delta_vs_popularity", cfg.eval.batch_size)
-        fold = FoldIn.from_config(cfg)
-        if fold.active:  # the same model, cold items' clicks before the test period taken in
-            fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
-                                         prep.ranked, fold, since=prep.split.train_end)
-            fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
-            reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
-            fold_delta = _delta_vs_popularity(reporter, prep, fold_fn, "delta_fold_in_vs_popularity",
-                                              cfg.eval.batch_size)
+        delta = _paired_delta(reporter, prep, score_fn, cold_start_popularity(prep), "delta_vs_popularity",
+                              cfg.eval.batch_size)
+    fold = FoldIn.from_config(cfg)
+    if (prep.cold_start or prep.all_items) and fold.active:
+        # the same model, the clicks on items without training clicks before the test period taken in
+        fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
+                                     prep.ranked, fold, since=prep.split.train_end)
+        fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
+        if prep.cold_start:
+            fold_delta = _paired_delta(reporter, prep, fold_fn, cold_start_popularity(prep),
+                                       "delta_fold_in_vs_popularity", cfg.eval.batch_size)
+        else:  # all items ranked: does taking the clicks in beat leaving new items on content alone?
+            fold_in[f"new_item_share@{COLD_START_K}"] = new_item_share(fold_fn, prep, batch_size=cfg.eval.batch_size)
+            fold_delta = _paired_delta(reporter, prep, fold_fn, score_fn, "delta_fold_in_vs_none",
+                                       cfg.eval.batch_size)
+        reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
+    if prep.all_items:
+        share = {f"new_item_share@{COLD_START_K}": new_item_share(score_fn, prep, batch_size=cfg.eval.batch_size)}
+        test.update(share)
+        reporter.log_metrics({f"test/{k}": v for k, v in share.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
@@ -352,9 +385,10 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         summary["baseline_name"] = "popularity"
         summary["random_metrics"] = headline["random"]
         summary["delta_vs_baseline"] = delta
-        if fold_in:
-            summary["fold_in_metrics"] = {k: v for k, v in fold_in.items() if _is_headline(k, cfg.eval.ks)}
-            summary["fold_in_delta_vs_baseline"] = fold_delta
+    if fold_in:
+        summary["fold_in_method"] = fold.method
+        summary["fold_in_metrics"] = {k: v for k, v in fold_in.items() if _is_headline(k, cfg.eval.ks)}
+        summary["fold_in_delta_vs_" + ("baseline" if baselines else "none")] = fold_delta
     return summary
 
 
@@ -375,8 +409,7 @@ def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 
 def cold_start_popularity(prep: Prepared) -> ScoreFn:
     """Popularity's scores (b, M_r) over the ranked cold items: their clicks before the test
     period, ties broken at random (seed 0); see :func:`cold_start_baselines`."""
-    ranked_vocab = Vocab(prep.spec.items.ids[prep.ranked], name=prep.spec.items.name)
-    idx = ranked_vocab.encode(prep.split.test_history()["item_id"])
+    idx = prep.ranked_vocab.encode(prep.split.test_history()["item_id"])
     counts = np.bincount(idx[idx >= 0], minlength=len(prep.ranked)).astype(np.float64)
     scores = counts + np.random.default_rng(0).random(len(counts)) * 0.5  # (M_r,) ties -> random order
 
@@ -493,9 +526,15 @@ def run_baseline(
         "als": {"factors": [cfg.baselines.als_factors]},
         "bpr": {"factors": [cfg.baselines.als_factors]},
     }
-    train = interaction_matrix(prep.split.train, prep.spec.users, prep.spec.catalogue_vocab)
+    # the ranked items' columns: with eval.catalogue=all_items the new items' are empty (score 0 or
+    # the model's prior), as they would be for these models in serving
+    train = interaction_matrix(prep.split.train, prep.spec.users, prep.ranked_vocab)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
+    if prep.all_items:
+        from recsys_cl.baselines.tuning import score_fn_for
+
+        res["test"][f"new_item_share@{COLD_START_K}"] = new_item_share(score_fn_for(res["model"], prep.test_set), prep)
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
     reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
     reporter.log_params({

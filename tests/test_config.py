@@ -109,6 +109,16 @@ def test_cross_field_check_debiased_needs_cosine() -> None:
         load_config(None, RunConfig, ["loss.kind=debiased", "model.normalize=false"])
 
 
+def test_all_items_catalogue_is_for_warm_splits_only() -> None:
+    with pytest.raises(ConfigError, match=r"eval\.catalogue=all_items does not apply to split\.kind=cold_start.*"
+                                          r"use split\.kind=temporal with eval\.catalogue=all_items"):
+        load_config(None, RunConfig, ["split.kind=cold_start", "eval.catalogue=all_items"])
+    cfg = load_config(None, RunConfig, ["split.kind=temporal", "eval.catalogue=all_items"])
+    assert cfg.eval.catalogue == "all_items"
+    with pytest.raises(ConfigError, match=r"eval\.catalogue must be one of \['train_items', 'all_items'\], got 'ev"):
+        load_config(None, RunConfig, ["eval.catalogue=every"])
+
+
 def test_config_is_frozen_and_round_trips(tmp_path: Path) -> None:
     cfg = load_config(None, RunConfig, ["train.epochs=7", "user_tower.hidden_dims=[32]"])
     with pytest.raises(Exception):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_cl.config import DataConfig, RunConfig, SplitConfig
+from recsys_cl.config import DataConfig, EvalConfig, RunConfig, SplitConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import prepare
 
@@ -111,3 +111,44 @@ def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: 
     assert set(moved.tolist()) == clicked_cold and info["items"] == len(clicked_cold) > 0
     assert info["window_clicks"] == window.height
     torch.testing.assert_close(fitted[moved].norm(dim=1), torch.ones(len(moved)))
+
+
+def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(tmp_path: Path) -> None:
+    """eval.catalogue=all_items: column j of the eval sets is item j of the item table, items without
+    training clicks included; new_item_share counts their share of the filled top-k slots."""
+    import numpy as np
+
+    from recsys_cl.experiment import new_item_share
+
+    folder = tmp_path / "ml4"
+    folder.mkdir()
+    # train: odd users click item 1, even users item 2; validation: everyone item 3; test: everyone item 4
+    rows = [f"{u},{1 + u % 2},4.0,{u}" for u in range(1, 7)]
+    rows += [f"{u},3,4.0,{10 + u}" for u in range(1, 7)] + [f"{u},4,4.0,{20 + u}" for u in range(1, 7)]
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    movies = "".join(f"{i},M{i} (2000),Drama\n" for i in range(1, 5))
+    (folder / "movies.csv").write_text("movieId,title,genres\n" + movies)
+    data = DataConfig(path=str(folder))
+    split = SplitConfig(kind="temporal", val_quantile=0.36, test_quantile=0.72)  # cutoffs 11, 21
+    warm = prepare(RunConfig(data=data, split=split))
+    prep = prepare(RunConfig(data=data, split=split, eval=EvalConfig(catalogue="all_items")))
+    assert not warm.all_items and prep.all_items and not prep.cold_start
+    assert "|catalogue=all_items|" in prep.protocol and "|catalogue=train_items|" in warm.protocol
+    np.testing.assert_array_equal(prep.ranked, np.arange(prep.spec.num_items))
+    assert prep.test_set.n_items == prep.spec.num_items == 4 and warm.test_set.n_items == 2
+    assert sorted(prep.spec.items.ids[prep.spec.cold_items].tolist()) == [3, 4]
+    # every test target is item 4: outside the ranked set under train_items, rankable under all_items
+    assert prep.test_set.targets.nnz == prep.test_set.n_users == 6 and warm.test_set.targets.nnz == 0
+
+    column = {int(item): j for j, item in enumerate(prep.spec.items.ids)}
+    scores = np.zeros(4)
+    scores[[column[1], column[2], column[4]]] = [3.0, 2.0, 1.0]  # item 1 > item 2 > item 4 > item 3
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.tile(scores, (len(rows), 1))
+
+    # top 1: item 1, or item 2 where item 1 is in the history; both trained
+    assert new_item_share(score, prep, k=1) == 0.0
+    # top 20: each user has two items left after masking (the other trained item and item 4), one new
+    assert new_item_share(score, prep, k=20) == pytest.approx(0.5)
+    assert new_item_share(lambda rows: -score(rows), prep, k=1) == 1.0  # item 4 first

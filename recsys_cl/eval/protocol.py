@@ -7,6 +7,8 @@ Protocol (logged with every number through :func:`protocol_name`):
 * **history masked**: for each evaluated user, the catalogue items in their history (all their
   clicks strictly before the target) get score ``-inf`` and cannot be recommended;
 * **targets outside the catalogue stay in the denominator** (``n_targets``) and count as misses;
+  ``eval.catalogue=all_items`` ranks every item of the item table instead (:data:`ALL_CATALOGUE`), and
+  the cold-start split only the items without training clicks (:data:`COLD_CATALOGUE`);
 * validation: history = train clicks, targets = val frame; test: history = train + val clicks,
   targets = test frame (the caller concatenates; :class:`EvalSet` carries the result);
 * users without any catalogue item in their history are skipped and counted (``n_skipped_users``).
@@ -28,6 +30,7 @@ from recsys_cl.features.vocab import Vocab
 
 CATALOGUE = "catalogue=train_items"
 COLD_CATALOGUE = "catalogue=cold_items"
+ALL_CATALOGUE = "catalogue=all_items"
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
 
 
@@ -36,8 +39,9 @@ def protocol_name(split_protocol: str, stage: str | None = None, catalogue: str 
     ``full_ranking|catalogue=train_items|history_masked|split=leave_last_out(ties=row_order)``.
 
     ``stage`` ("val" or "test") appends which clicks form the history. ``catalogue`` names the
-    ranked item set: :data:`CATALOGUE` (items with training clicks) or :data:`COLD_CATALOGUE`
-    (the cold-start split: items without any, ranked only among themselves).
+    ranked item set: :data:`CATALOGUE` (items with training clicks), :data:`COLD_CATALOGUE`
+    (the cold-start split: items without any, ranked only among themselves) or :data:`ALL_CATALOGUE`
+    (``eval.catalogue=all_items``: both together, as served).
     """
     name = f"full_ranking|{catalogue}|history_masked|split={split_protocol}"
     if stage is None:

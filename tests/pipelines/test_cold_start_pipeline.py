@@ -99,6 +99,39 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     assert len(list((tmp_path / "cache").glob("text-*.npy"))) == 1
 
 
+def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, cold_data: dict[str, Path]) -> None:
+    """eval.catalogue=all_items (temporal split): every item of the item table is ranked, as the served
+    index holds them; the run logs the share of new items in the lists and, with fold-in, the same
+    model with the new items' clicks before the test period taken in, paired against it."""
+    from pipelines import evaluate_baselines
+
+    args = _args(tmp_path, cold_data, "--set", "split.kind=temporal", "--set", "eval.catalogue=all_items",
+                 "--set", "item_tower.encoders=[id,text]", "--set", "item_tower.id_dropout=0.5",
+                 "--set", f"item_tower.text.pretrained={cold_data['encoder']}")
+    summary = train_two_tower.main([*args, "--set", "item_tower.fold_in_method=fit"])
+    assert summary["protocol"].startswith("full_ranking|catalogue=all_items|history_masked|split=temporal(")
+    assert "baseline_metrics" not in summary
+    test, fold, fd = summary["test_metrics"], summary["fold_in_metrics"], summary["fold_in_delta_vs_none"]
+    assert summary["fold_in_method"] == "fit"
+    assert 0 <= test["new_item_share@20"] <= 1 and 0 < fold["new_item_share@20"] <= 1
+    assert fd["delta"] == pytest.approx(fold["recall@20"] - test["recall@20"])
+    assert fd["low"] <= fd["delta"] <= fd["high"] and fd["n_users"] == test["n_users"]
+
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.tags["protocol"] == summary["protocol"]
+    assert run.data.params["eval.catalogue"] == "all_items"
+    assert run.data.metrics["test/new_item_share_at_20"] == pytest.approx(test["new_item_share@20"])
+    assert run.data.metrics["test_fold_in/recall_at_20"] == pytest.approx(fold["recall@20"])
+    assert run.data.metrics["delta_fold_in_vs_none/recall_at_20_delta"] == pytest.approx(fd["delta"])
+
+    # the click baselines rank the same items under the same protocol, for the same users
+    baselines = evaluate_baselines.main([*args, "--set", "baselines.models=[popularity,ease]"])
+    assert {b["protocol"] for b in baselines} == {summary["protocol"]}
+    assert all(b["test_metrics"]["n_users"] == test["n_users"] for b in baselines)
+    # Popularity counts training clicks only, so new items (none) never make its lists
+    assert [b["test_metrics"]["new_item_share@20"] for b in baselines][0] == 0.0
+
+
 def test_id_only_cannot_rank_cold_items(tmp_path: Path, cold_data: dict[str, Path]) -> None:
     summary = train_two_tower.main(_args(tmp_path, cold_data, "--set", "item_tower.encoders=[id]",
                                          "--set", "train.epochs=1", "--set", "item_tower.fold_in_step=0"))
