@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ runs top to bottom (as a percent-format script) on a tiny fixture.
 
-01 trains its own model in a throwaway store, 06 one without MLflow; 02-05 read the session's ``tiny_store`` (a real 2x1
+01 trains its own model in a throwaway store, 06 one without MLflow, 07 times fold-in fits on
+synthetic vectors; 02-05 read the session's ``tiny_store`` (a real 2x1
 sweep + a popularity baseline on the ml-100k fixture, see tests/conftest.py) through the
 RECSYS_CL_* environment variables, exactly as a user points them at their own store.
 """
@@ -22,6 +23,7 @@ EXPECTED = {
     "05_item_embeddings.py": ["PCA explained variance", "neighbours of"],
     "06_fold_in_mixed_catalogue.py": ["items without training clicks;", "summed + normalised: all targets R@20",
                                       "fitted: all targets R@20", "fitted - content only, R@20 all targets:"],
+    "07_fold_in_fit_cost.py": ["| 2,000 | 300 | 20 |", "| 3,000 | 400 | 30 |", "(2 steps timed, x 50)"],
 }
 
 
@@ -37,10 +39,13 @@ def test_notebook_runs(
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder lands here
     monkeypatch.setenv("RECSYS_CL_DATA", str(ROOT / "tests" / "fixtures" / "ml-100k"))
     monkeypatch.setenv("RECSYS_CL_EPOCHS", "1")
+    monkeypatch.setenv("RECSYS_CL_FIT_SIZES", "2000x300,3000x400")  # 07: the second one above FULL_MAX
+    monkeypatch.setenv("RECSYS_CL_FIT_FULL_MAX", "1e6")
+    monkeypatch.setenv("RECSYS_CL_FIT_FULL_STEPS", "2")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.setenv("MPLBACKEND", "Agg")  # plt.show() is a no-op
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    if not path.name.startswith(("01_", "06_")):  # these train their own model
+    if not path.name.startswith(("01_", "06_", "07_")):  # these train their own model / need none
         store = request.getfixturevalue("tiny_store")
         monkeypatch.setenv("RECSYS_CL_TRACKING_URI", store.tracking_uri)
         monkeypatch.setenv("RECSYS_CL_EXPERIMENT", store.experiment)

@@ -21,6 +21,14 @@ from __future__ import annotations
 
 import torch
 
+LOGITS_BUDGET = 2**25
+"""Logits held at once when scoring clicks against many items (128 MB in float32): a block is
+``LOGITS_BUDGET // M`` clicks, so memory stays flat as the catalogue grows."""
+
+
+def _block(chunk_size: int | None, width: int) -> int:
+    return chunk_size if chunk_size is not None else max(1, LOGITS_BUDGET // max(width, 1))
+
 
 def fold_in_clicks(
     item_vectors: torch.Tensor,
@@ -66,6 +74,37 @@ def fold_in_clicks(
     return out
 
 
+def fixed_log_partition(
+    item_vectors: torch.Tensor,
+    rows: torch.Tensor,
+    user_vectors: torch.Tensor,
+    click_users: torch.Tensor,
+    temperature: float,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The part of each click's softmax normaliser that fitting ``rows`` does not change.
+
+    ``A_n = log sum_{j not in rows} exp(q_{u_n} . v_j / temperature)``; ``-inf`` when every item is in ``rows``.
+
+    Args:
+        item_vectors: (M, D); rows: (R,) int64 distinct rows left out (the vectors being fitted).
+        user_vectors: (U, D); click_users: (N,) int64 row of the clicker of each click.
+        chunk_size: clicks per (chunk, M) logits block; None: :data:`LOGITS_BUDGET` // M.
+
+    Returns:
+        (N,) float, computed in one pass over the M items.
+    """
+    fixed = torch.ones(item_vectors.shape[0], dtype=torch.bool)
+    fixed[rows] = False
+    others = item_vectors[fixed]  # (M - R, D)
+    out = torch.empty(int(click_users.numel()), dtype=item_vectors.dtype)
+    block = _block(chunk_size, len(others))
+    for s in range(0, len(out), block):
+        q = user_vectors[click_users[s : s + block]]  # (c, D)
+        out[s : s + block] = torch.logsumexp(q @ others.T / temperature, dim=1)
+    return out
+
+
 def softmax_gradient(
     item_vectors: torch.Tensor,
     rows: torch.Tensor,
@@ -73,7 +112,8 @@ def softmax_gradient(
     click_items: torch.Tensor,
     click_users: torch.Tensor,
     temperature: float,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
+    fixed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Gradient of the mean full-softmax cross-entropy of the clicks w.r.t. the vectors of ``rows``.
 
@@ -84,7 +124,10 @@ def softmax_gradient(
         item_vectors: (M, D) every item's vector (the softmax runs over all of them).
         rows: (R,) int64 distinct rows of ``item_vectors`` to differentiate.
         user_vectors: (U, D); click_items, click_users: (N,) int64 rows of items / users, one per click.
-        chunk_size: clicks per (chunk, M) logits block (memory bound).
+        chunk_size: clicks per logits block, (chunk, M) or with ``fixed`` (chunk, R); None: the
+            :data:`LOGITS_BUDGET` over that width.
+        fixed: (N,) :func:`fixed_log_partition` of the same vectors outside ``rows``, when known: then
+            each step scores only the R rows, ``O(N R D)`` instead of ``O(N M D)``, with the same result.
 
     Returns:
         ((R, D) gradient, the loss L as a float); ((R, D) zeros, 0.0) without clicks.
@@ -94,12 +137,19 @@ def softmax_gradient(
     grad = torch.zeros(len(rows), item_vectors.shape[1], dtype=item_vectors.dtype)
     total = 0.0
     n = int(click_items.numel())
-    for s in range(0, n, chunk_size):
-        q = user_vectors[click_users[s : s + chunk_size]]  # (c, D)
-        target = click_items[s : s + chunk_size]  # (c,)
-        log_p = torch.log_softmax(q @ item_vectors.T / temperature, dim=1)  # (c, M)
-        total -= float(log_p.gather(1, target[:, None]).sum())
-        coef = log_p[:, rows].exp()  # (c, R): p_n(r)
+    block = _block(chunk_size, item_vectors.shape[0] if fixed is None else len(rows))
+    for s in range(0, n, block):
+        q = user_vectors[click_users[s : s + block]]  # (c, D)
+        target = click_items[s : s + block]  # (c,)
+        if fixed is None:
+            log_p = torch.log_softmax(q @ item_vectors.T / temperature, dim=1)  # (c, M)
+            total -= float(log_p.gather(1, target[:, None]).sum())
+            coef = log_p[:, rows].exp()  # (c, R): p_n(r)
+        else:
+            logits = q @ item_vectors[rows].T / temperature  # (c, R)
+            log_z = torch.logaddexp(fixed[s : s + block], torch.logsumexp(logits, dim=1))  # (c,)
+            total -= float(((q * item_vectors[target]).sum(1) / temperature - log_z).sum())
+            coef = (logits - log_z[:, None]).exp()  # (c, R): p_n(r)
         hit = where[target] >= 0
         coef[torch.nonzero(hit).squeeze(1), where[target[hit]]] -= 1.0
         grad += coef.T @ q
@@ -118,11 +168,14 @@ def fit_new_items(
     normalize: bool = True,
     steps: int = 100,
     lr: float = 0.05,
+    reuse_fixed: bool = True,
 ) -> torch.Tensor:
     """Fit the vectors of ``rows`` (new items) to recent clicks under the model's own objective.
 
     Minimises the full-softmax cross-entropy of the clicks (:func:`softmax_gradient`) over the vectors
-    of ``rows`` only; every other item keeps its vector and acts as a negative. Unlike the summed
+    of ``rows`` only; every other item keeps its vector and acts as a negative. Their part of each
+    click's normaliser is computed once (:func:`fixed_log_partition`), so a step costs ``O(N R D)``,
+    not ``O(N M D)``: exact, and cheap at any catalogue size. Unlike the summed
     fold-in (:func:`fold_in_clicks`), whose vector grows with every click and outranks trained items,
     the fitted vector competes with them the way a trained item does: the clicks should include the
     other items' clicks of the same period (they push the new items away from users who clicked
@@ -133,6 +186,8 @@ def fit_new_items(
         item_vectors: (M, D) every item's vector; rows: (R,) int64 distinct rows to fit.
         user_vectors: (U, D); click_items, click_users: (N,) int64, one per click (any item).
         temperature: the training loss's softmax temperature (``loss.temperature``).
+        reuse_fixed: False rescores all M items at every step (``O(N M D)``), the reference the
+            benchmark (``notebooks/07_fold_in_fit_cost.py``) times the default against.
 
     Returns:
         (R, D) fitted vectors (``item_vectors`` is not changed).
@@ -158,10 +213,13 @@ def fit_new_items(
     def place(p: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(p, dim=1) if normalize else p
 
+    click_items, click_users = click_items.long(), click_users.long()
+    # only the R fitted rows change: the other items' share of each normaliser is computed once
+    fixed = fixed_log_partition(vectors, rows, user_vectors, click_users, temperature) if reuse_fixed else None
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     for t in range(1, steps + 1):
         vectors[rows] = place(p)
-        g, _ = softmax_gradient(vectors, rows, user_vectors, click_items.long(), click_users.long(), temperature)
+        g, _ = softmax_gradient(vectors, rows, user_vectors, click_items, click_users, temperature, fixed=fixed)
         if normalize:  # through v = p / |p|: the tangent part, divided by |p|
             norm = p.norm(dim=1, keepdim=True)
             unit = p / norm

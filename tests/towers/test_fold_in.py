@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recsys_cl.towers.fold_in import fit_new_items, fold_in_clicks, softmax_gradient
+from recsys_cl.towers.fold_in import fit_new_items, fixed_log_partition, fold_in_clicks, softmax_gradient
 
 
 def _loop_reference(items: torch.Tensor, users: torch.Tensor, ci: torch.Tensor, cu: torch.Tensor,
@@ -94,6 +94,29 @@ def test_softmax_gradient_matches_a_loop_and_autograd() -> None:
     assert leaf.grad is not None
     torch.testing.assert_close(grad, leaf.grad[rows])
     assert abs(loss - float(ce.detach())) < 1e-9
+
+
+def test_fixed_log_partition_gives_the_same_gradient_scoring_only_the_fitted_rows() -> None:
+    """With the other items' part of the normaliser computed once, the gradient and loss are those of
+    the full softmax (loop and autograd above), for clicks on fitted and on fixed items alike."""
+    g = torch.Generator().manual_seed(2)
+    items = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    users = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    rows, ci, cu = torch.tensor([7, 1, 4]), torch.tensor([1, 0, 7, 7, 8, 4, 3]), torch.tensor([0, 1, 1, 3, 2, 4, 0])
+    fixed = fixed_log_partition(items, rows, users, cu, 0.3, chunk_size=3)
+    others = torch.tensor([j for j in range(9) if j not in rows.tolist()])
+    torch.testing.assert_close(fixed, torch.logsumexp(users[cu] @ items[others].T / 0.3, dim=1))
+    full = softmax_gradient(items, rows, users, ci, cu, 0.3)
+    fast = softmax_gradient(items, rows, users, ci, cu, 0.3, chunk_size=2, fixed=fixed)
+    torch.testing.assert_close(fast[0], full[0])
+    assert abs(fast[1] - full[1]) < 1e-12
+    torch.testing.assert_close(fast[0], _loop_gradient(items, rows.tolist(), users, ci.tolist(), cu.tolist(), 0.3))
+    # every item fitted: nothing fixed, the normaliser is the fitted rows' alone
+    every = torch.arange(9)
+    assert bool(torch.isneginf(fixed_log_partition(items, every, users, cu, 0.3)).all())
+    full = softmax_gradient(items, every, users, ci, cu, 0.3)
+    fast = softmax_gradient(items, every, users, ci, cu, 0.3, fixed=fixed_log_partition(items, every, users, cu, 0.3))
+    torch.testing.assert_close(fast[0], full[0])
 
 
 def test_hand_worked_softmax_gradient() -> None:
