@@ -27,7 +27,7 @@ import torch
 
 from recsys_cl.config import RunConfig, load_config
 from recsys_cl.eval.bootstrap import paired_bootstrap
-from recsys_cl.eval.protocol import build_eval_set, evaluate, per_user_recall
+from recsys_cl.eval.protocol import build_eval_set, evaluate, per_user_recall, top_k_items
 from recsys_cl.experiment import artifact_resolver, prepare, training_data, two_tower_score_fn
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.towers.content import load_pretrained_weights
@@ -103,9 +103,8 @@ for name, items in variants.items():
         line.append(f"{label} R@20 {m['recall@20']:.4f} ({len(es.user_ids)} users)")
         if label == "all targets":
             per_user[name] = per_user_recall(score, es, 20)
-            k = min(20, spec.num_items - 1)
-            top = np.argpartition(-score(np.arange(len(es.user_ids))), k, axis=1)[:, :k]
-            line.append(f"new items in the top {k}: {np.isin(top, cold).mean():.0%}")
+            top = top_k_items(score, es, 20)  # history masked, as the metrics and the served lists
+            line.append(f"new items in the top 20: {np.isin(top[top >= 0], cold).mean():.0%}")
     print(f"{name:>20s}: " + "; ".join(line))
 
 # %% [markdown]

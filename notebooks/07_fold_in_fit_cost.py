@@ -82,5 +82,5 @@ for m, n in sizes:
     else:  # its steps cost the same each: time a few, multiply out
         _, few_s = timed(**args, steps=full_steps, reuse_fixed=False)
         ref_s, diff = few_s * STEPS / full_steps, "not compared"
-        how = f" ({full_steps} steps timed, x {STEPS / full_steps:g})"
+        how = f" ({full_steps} steps timed, x {STEPS / full_steps:.1f})"
     print(f"| {m:,d} | {n:,d} | {len(rows):,d} | {fast_s:.2f} | {ref_s:.1f}{how} | {ref_s / fast_s:.0f}x | {diff} |")
