@@ -13,6 +13,12 @@ Content and cold start (items never clicked in training are ranked from their te
     Popularity Recall@20 with a 95% paired bootstrap interval over the test users; the run's
     tracking.uri is where runs:/ URIs are looked up)
 
+New items ranked together with trained ones, as the served index ranks them:
+    python -m pipelines.train_two_tower --set split.kind=temporal --set eval.catalogue=all_items \\
+        --set item_tower.fold_in_method=fit
+    (test metrics over every item of the item table, the share of new items in the top 20, and the
+    same model with the new items' clicks before the test period fitted in, paired against it)
+
 Several processes (DistributedDataParallel; in-batch negatives are the global batch, whose size is
 train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
     torchrun --standalone --nproc_per_node=2 -m pipelines.train_two_tower --set train.num_threads=1

@@ -103,6 +103,7 @@ def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
         train_two_tower.main(["--help"])
     text = capsys.readouterr().out
     assert "--set" in text and "--summary-json" in text and "MovieLens" in text
+    assert "eval.catalogue=all_items" in text and "split.kind=cold_start" in text
 
 
 def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
