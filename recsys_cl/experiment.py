@@ -35,6 +35,7 @@ from recsys_cl.eval.protocol import (
     per_user_recall,
     protocol_name,
     random_expected_metrics,
+    restrict_targets,
     top_k_items,
 )
 from recsys_cl.features.sequences import Sequences
@@ -303,6 +304,26 @@ def new_item_share(score_fn: ScoreFn, prep: Prepared, k: int = COLD_START_K, bat
     return float(is_new[top][filled].mean()) if filled.any() else 0.0
 
 
+def new_item_metrics(score_fn: ScoreFn, prep: Prepared, batch_size: int = 1024) -> dict[str, float]:
+    """``eval.catalogue=all_items``: where the new items (no training clicks) stand in the lists.
+
+    ``new_item_share@20`` (:func:`new_item_share`), and Recall@20 on the test targets that are new
+    items and on those that are not, each over the users who have such targets
+    (``{new,warm}_targets/recall@20``, ``{new,warm}_targets/n_users``)."""
+    out = {f"new_item_share@{COLD_START_K}": new_item_share(score_fn, prep, batch_size=batch_size)}
+    is_new = np.isin(prep.ranked, prep.spec.cold_items)
+    for name, columns in (("new_targets", is_new), ("warm_targets", ~is_new)):
+        part, rows = restrict_targets(prep.test_set, columns)
+        out[f"{name}/n_users"] = float(part.n_users)
+        if part.n_users:
+            def on_part(r: np.ndarray, rows: np.ndarray = rows) -> Any:
+                return score_fn(rows[r])
+
+            recall = per_user_recall(on_part, part, COLD_START_K, batch_size)
+            out[f"{name}/recall@{COLD_START_K}"] = float(recall.mean())
+    return out
+
+
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
     """Train, select on validation, test once, log everything. Returns the run summary."""
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
@@ -355,14 +376,14 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
             fold_delta = _paired_delta(reporter, prep, fold_fn, cold_start_popularity(prep),
                                        "delta_fold_in_vs_popularity", cfg.eval.batch_size)
         else:  # all items ranked: does taking the clicks in beat leaving new items on content alone?
-            fold_in[f"new_item_share@{COLD_START_K}"] = new_item_share(fold_fn, prep, batch_size=cfg.eval.batch_size)
+            fold_in.update(new_item_metrics(fold_fn, prep, cfg.eval.batch_size))
             fold_delta = _paired_delta(reporter, prep, fold_fn, score_fn, "delta_fold_in_vs_none",
                                        cfg.eval.batch_size)
         reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
     if prep.all_items:
-        share = {f"new_item_share@{COLD_START_K}": new_item_share(score_fn, prep, batch_size=cfg.eval.batch_size)}
-        test.update(share)
-        reporter.log_metrics({f"test/{k}": v for k, v in share.items()})
+        parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size)
+        test.update(parts)
+        reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
@@ -534,7 +555,7 @@ def run_baseline(
     if prep.all_items:
         from recsys_cl.baselines.tuning import score_fn_for
 
-        res["test"][f"new_item_share@{COLD_START_K}"] = new_item_share(score_fn_for(res["model"], prep.test_set), prep)
+        res["test"].update(new_item_metrics(score_fn_for(res["model"], prep.test_set), prep))
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
     reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
     reporter.log_params({

@@ -118,7 +118,7 @@ def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(
     training clicks included; new_item_share counts their share of the filled top-k slots."""
     import numpy as np
 
-    from recsys_cl.experiment import new_item_share
+    from recsys_cl.experiment import new_item_metrics, new_item_share
 
     folder = tmp_path / "ml4"
     folder.mkdir()
@@ -152,3 +152,7 @@ def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(
     # top 20: each user has two items left after masking (the other trained item and item 4), one new
     assert new_item_share(score, prep, k=20) == pytest.approx(0.5)
     assert new_item_share(lambda rows: -score(rows), prep, k=1) == 1.0  # item 4 first
+    parts = new_item_metrics(score, prep)
+    assert parts["new_item_share@20"] == pytest.approx(0.5)
+    assert parts["new_targets/n_users"] == 6 and parts["new_targets/recall@20"] == 1.0  # item 4 in every list
+    assert parts["warm_targets/n_users"] == 0 and "warm_targets/recall@20" not in parts  # no warm target

@@ -95,6 +95,29 @@ class EvalSet:
         return int(self.history.shape[1])
 
 
+def restrict_targets(eval_set: EvalSet, columns: np.ndarray) -> tuple[EvalSet, np.ndarray]:
+    """The same users and histories with only the targets in ``columns``, e.g. new items' targets.
+
+    Args:
+        columns: (M,) bool, the ranked columns whose targets are kept.
+    Returns:
+        (the EvalSet of the users with at least one such target, their rows in ``eval_set``): score
+        it with ``lambda rows: score_fn(kept_rows[rows])``. ``n_targets`` counts the kept targets only;
+        targets outside the ranked set belong to no part and are dropped.
+    """
+    if np.shape(columns) != (eval_set.n_items,):
+        raise ValueError(f"columns must be a ({eval_set.n_items},) bool mask, got shape {np.shape(columns)}")
+    targets = (eval_set.targets @ sp.diags(np.asarray(columns, dtype=np.float32))).tocsr()
+    targets.eliminate_zeros()
+    n_targets = np.diff(targets.indptr).astype(np.int64)
+    rows = np.flatnonzero(n_targets)
+    part = EvalSet(
+        user_ids=eval_set.user_ids[rows], user_index=eval_set.user_index[rows], history=eval_set.history[rows],
+        targets=targets[rows], n_targets=n_targets[rows], protocol=eval_set.protocol,
+    )
+    return part, rows
+
+
 def _require_columns(frame: pl.DataFrame, what: str, columns: Iterable[str]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

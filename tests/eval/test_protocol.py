@@ -12,6 +12,7 @@ from recsys_cl.eval.protocol import (
     masked_top_k,
     per_user_recall,
     protocol_name,
+    restrict_targets,
 )
 from recsys_cl.features.vocab import Vocab
 
@@ -235,3 +236,27 @@ def test_per_user_recall_averages_to_evaluates_recall():
         per_user = per_user_recall(fn, es, k, batch_size=8)
         assert per_user.shape == (37,)
         assert per_user.mean() == pytest.approx(out[f"recall@{k}"])
+
+
+def test_restrict_targets_keeps_the_users_and_targets_of_some_columns_by_hand():
+    """u1 targets items 1 and 4, u2 item 2, u3 item 4; keep the targets on items 3-5 ("new"): u1 with
+    one target (4), u3 with one (4); u2 drops out. Scored through the parent's rows."""
+    train = clicks([("u1", 2), ("u2", 3), ("u3", 5), ("u1", 3)])
+    targets = clicks([("u1", 1), ("u1", 4), ("u2", 2), ("u3", 4)])
+    items = Vocab.from_values(pl.Series([1, 2, 3, 4, 5]), "item_id")
+    users = Vocab.from_values(train["user_id"], "user_id")
+    es = build_eval_set(train, targets, items, users, "p")
+    new = np.array([False, False, True, True, True])
+    part, rows = restrict_targets(es, new)
+    assert list(part.user_ids) == ["u1", "u3"] and rows.tolist() == [0, 2]
+    np.testing.assert_array_equal(part.n_targets, [1, 1])
+    assert part.targets.toarray().tolist() == [[0, 0, 0, 1, 0], [0, 0, 0, 1, 0]]
+    assert (part.history != es.history[[0, 2]]).nnz == 0 and part.protocol == "p"
+    # a score that differs per parent row: u1 ranks item 1 first, u3 item 4 first (history masked)
+    per_row = np.array([[9, 1, 1, 2, 1], [1, 9, 1, 1, 1], [1, 1, 1, 9, 1]], dtype=np.float32)
+    out = evaluate(lambda r: per_row[rows[r]], part, ks=(1, 2))
+    assert out["recall@1"] == pytest.approx(0.5) and out["recall@2"] == pytest.approx(1.0)  # u1's item 4 is 2nd
+    warm, warm_rows = restrict_targets(es, ~new)
+    assert list(warm.user_ids) == ["u1", "u2"] and warm_rows.tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"columns must be a \(5,\) bool mask, got shape \(4,\)"):
+        restrict_targets(es, new[:4])

@@ -114,6 +114,10 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
     test, fold, fd = summary["test_metrics"], summary["fold_in_metrics"], summary["fold_in_delta_vs_none"]
     assert summary["fold_in_method"] == "fit"
     assert 0 <= test["new_item_share@20"] <= 1 and 0 < fold["new_item_share@20"] <= 1
+    for part in ("new_targets", "warm_targets"):  # recall on each kind of target, same users either way
+        assert test[f"{part}/n_users"] == fold[f"{part}/n_users"] > 0
+        assert 0 <= test[f"{part}/recall@20"] <= 1 and 0 <= fold[f"{part}/recall@20"] <= 1
+    assert test["new_targets/n_users"] + test["warm_targets/n_users"] >= test["n_users"]
     assert fd["delta"] == pytest.approx(fold["recall@20"] - test["recall@20"])
     assert fd["low"] <= fd["delta"] <= fd["high"] and fd["n_users"] == test["n_users"]
 
@@ -121,6 +125,7 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
     assert run.data.tags["protocol"] == summary["protocol"]
     assert run.data.params["eval.catalogue"] == "all_items"
     assert run.data.metrics["test/new_item_share_at_20"] == pytest.approx(test["new_item_share@20"])
+    assert run.data.metrics["test_fold_in/new_targets/recall_at_20"] == pytest.approx(fold["new_targets/recall@20"])
     assert run.data.metrics["test_fold_in/recall_at_20"] == pytest.approx(fold["recall@20"])
     assert run.data.metrics["delta_fold_in_vs_none/recall_at_20_delta"] == pytest.approx(fd["delta"])
 
@@ -128,8 +133,10 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
     baselines = evaluate_baselines.main([*args, "--set", "baselines.models=[popularity,ease]"])
     assert {b["protocol"] for b in baselines} == {summary["protocol"]}
     assert all(b["test_metrics"]["n_users"] == test["n_users"] for b in baselines)
-    # Popularity counts training clicks only, so new items (none) never make its lists
-    assert [b["test_metrics"]["new_item_share@20"] for b in baselines][0] == 0.0
+    # Popularity counts training clicks only, so new items never make its lists nor hit their targets
+    popularity = baselines[0]["test_metrics"]
+    assert popularity["new_item_share@20"] == 0.0 and popularity["new_targets/recall@20"] == 0.0
+    assert popularity["warm_targets/recall@20"] > 0
 
 
 def test_id_only_cannot_rank_cold_items(tmp_path: Path, cold_data: dict[str, Path]) -> None:
