@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"data error: {e}") from None
     rows, raw = [], {}
     # all items ranked: how much of the top 20 new items take is part of the answer
-    keys = (*TABLE_METRICS, "new_item_share@20") if prep.all_items else TABLE_METRICS
+    keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
+        if prep.all_items else TABLE_METRICS
     for name in baselines:
         with mlflow_run(base.tracking, run_name=f"baseline-{name}", tags={"ablation": "baseline"}) as run:
             s = run_baseline(name, base, prep, run)
