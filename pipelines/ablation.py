@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import yaml
 
-from pipelines.cli import check_output_file, exits_on_tracking_error
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
@@ -155,5 +154,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

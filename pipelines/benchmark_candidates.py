@@ -28,6 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipelines.cli import configure_logging
 from recsys_cl.bench import (
     BACKENDS,
     BenchConfig,
@@ -128,5 +129,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

@@ -25,7 +25,14 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, print_fold_in, write_summary
+from pipelines.cli import (
+    base_parser,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    print_fold_in,
+    write_summary,
+)
 from recsys_cl.candidates import CandidatesError, Window, clicks_up_to, parse_run_date
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
@@ -92,5 +99,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import signal
 import threading
@@ -25,6 +26,17 @@ from recsys_cl.tracking import TrackingError
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+QUIET_LOGGERS = ("faiss.loader",)
+"""Third-party loggers held to WARNING: faiss.loader reports every CPU-specific build it could not
+load (AVX512, AVX2) at INFO, with a ModuleNotFoundError each, before loading the generic one."""
+
+
+def configure_logging() -> None:
+    """The pipelines' log format on stderr at INFO, without third-party start-up noise."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def exits_on_tracking_error(main: Callable[..., R]) -> Callable[..., R]:

@@ -12,11 +12,10 @@ Hyperparameters (EASE lambda, ItemKNN k) are chosen on validation NDCG@10, never
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
+from pipelines.cli import base_parser, check_output_file, configure_logging, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import prepare, require_warm_split, run_baseline
@@ -61,5 +60,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

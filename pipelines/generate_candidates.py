@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, print_fold_in, write_summary
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
     active_users,
@@ -134,5 +134,5 @@ def log_result(tracker: Any, manifest: dict) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

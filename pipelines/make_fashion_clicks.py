@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
+from pipelines.cli import configure_logging
 from recsys_cl.config import SplitConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_clicks import (
@@ -103,5 +103,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    configure_logging()
     main()

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, exits_on_tracking_error, print_fold_in, write_summary
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
@@ -168,5 +168,5 @@ def log_health(tracker: Any, health: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

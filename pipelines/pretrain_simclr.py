@@ -28,6 +28,7 @@ from typing import Any
 from pipelines.cli import (
     check_output_dir,
     check_output_file,
+    configure_logging,
     exits_on_tracking_error,
     load_config_or_exit,
     parse_args,
@@ -107,5 +108,5 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])

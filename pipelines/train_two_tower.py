@@ -36,7 +36,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, exits_on_tracking_error, write_summary
+from pipelines.cli import base_parser, check_output_file, configure_logging, exits_on_tracking_error, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
@@ -121,5 +121,5 @@ def _print_summary(summary: dict, uri: str) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(sys.argv[1:])
