@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"candidates: {result.partition}  ({summary['rows']} rows for {summary['users_served']} of "
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")
-    print_fold_in(summary.get("fold_in"))
+    print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     return summary
 
 
@@ -126,6 +126,7 @@ def log_result(tracker: Any, manifest: dict) -> None:
         "rows": manifest["rows"], "users_active": manifest["users_active"],
         "users_served": manifest["users_served"], "served_share": manifest["served_share"],
         "catalogue_coverage": manifest["catalogue_coverage"], "users_per_s": manifest["users_per_s"],
+        "new_item_share": manifest["new_item_share"],
         "ann_recall_at_k": manifest["ann_recall"]["recall_at_k"],
         **{f"time/{k}": v for k, v in manifest["timings"].items()},
         **{f"fold_in/{k}": v for k, v in (manifest.get("fold_in") or {}).items() if k in ("clicks", "items")},

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
-    print_fold_in(summary.get("fold_in"))
+    print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))
     return summary

@@ -72,19 +72,26 @@ def sampled_recall(
             "measured_on": "delivered lists (seen items dropped)"}
 
 
-def partition_stats(part_dir: Path, catalogue_size: int) -> dict[str, Any]:
-    """Row count, users served and catalogue coverage of the part files in ``part_dir``."""
+def partition_stats(part_dir: Path, catalogue_size: int, new_items: np.ndarray | None = None) -> dict[str, Any]:
+    """Row count, users served and catalogue coverage of the part files in ``part_dir``; with
+    ``new_items`` (ids of the items without training clicks) also ``new_item_share``: the share of
+    rows that recommend one of them, what ``eval.catalogue=all_items`` measures offline."""
     files = sorted(part_dir.glob("*.parquet"))
-    if not files:
-        return {"rows": 0, "users_served": 0, "distinct_items": 0, "catalogue_coverage": 0.0}
-    lf = pl.scan_parquet([str(f) for f in files])
-    s = lf.select(
-        pl.len().alias("rows"),
-        pl.col("user_id").n_unique().alias("users_served"),
-        pl.col("item_id").n_unique().alias("distinct_items"),
-    ).collect().row(0, named=True)
-    s = {k: int(v) for k, v in s.items()}
+    s: dict[str, Any] = {"rows": 0, "users_served": 0, "distinct_items": 0, "new_item_rows": 0}
+    if files:
+        lf = pl.scan_parquet([str(f) for f in files])
+        new = pl.Series([] if new_items is None else np.asarray(new_items)).cast(lf.collect_schema()["item_id"])
+        s = lf.select(
+            pl.len().alias("rows"),
+            pl.col("user_id").n_unique().alias("users_served"),
+            pl.col("item_id").n_unique().alias("distinct_items"),
+            pl.col("item_id").is_in(new.implode()).sum().alias("new_item_rows"),
+        ).collect().row(0, named=True)
+        s = {k: int(v) for k, v in s.items()}
     s["catalogue_coverage"] = s["distinct_items"] / max(catalogue_size, 1)
+    new_rows = s.pop("new_item_rows")
+    if new_items is not None:
+        s["new_item_share"] = new_rows / max(s["rows"], 1)
     return s
 
 
@@ -129,7 +136,7 @@ def generate_candidates(
             for s, e in chunks(len(users), cfg.chunk_size):
                 writer.write_part(rec.recommend(histories.batch(users[s:e], history_length)))
         t["generate"] = time.perf_counter()
-        stats = partition_stats(writer.temp_dir, rec.spec.num_items)
+        stats = partition_stats(writer.temp_dir, rec.spec.num_items, rec.spec.items.ids[rec.spec.cold_items])
         recall = sampled_recall(rec, histories, users, history_length, cfg.recall_sample, cfg.seed)
         t["check"] = time.perf_counter()
         timings = {

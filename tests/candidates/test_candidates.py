@@ -18,6 +18,7 @@ from recsys_cl.candidates import (
     check_clicks,
     clicks_up_to,
     parse_run_date,
+    partition_stats,
     read_partition,
     run,
     topk_unseen,
@@ -302,3 +303,15 @@ def test_users_per_s_leaves_the_engine_start_up_out(  # type: ignore[no-untyped-
     assert out.manifest["users_per_s"] == pytest.approx(users / (t["generate_s"] - 0.3))
     assert "engine_startup_s" not in local.manifest["timings"]
     assert local.manifest["users_per_s"] == pytest.approx(users / local.manifest["timings"]["generate_s"])
+
+
+def test_partition_stats_counts_rows_on_new_items(tmp_path: Path) -> None:
+    pl.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 11, 10, 12]}).write_parquet(tmp_path / "part-0.parquet")
+    pl.DataFrame({"user_id": [3, 3], "item_id": [12, 13]}).write_parquet(tmp_path / "part-1.parquet")
+    s = partition_stats(tmp_path, catalogue_size=8, new_items=np.array([12, 99]))
+    assert s == {"rows": 6, "users_served": 3, "distinct_items": 4, "catalogue_coverage": 0.5,
+                 "new_item_share": pytest.approx(2 / 6)}
+    assert "new_item_share" not in partition_stats(tmp_path, catalogue_size=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert partition_stats(empty, 8, np.array([12]))["new_item_share"] == 0.0

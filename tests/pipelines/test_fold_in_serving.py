@@ -102,9 +102,17 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
                                          *_common(tmp_path, out), *extra])
 
     capsys.readouterr()
-    assert serve(dated)["fold_in"]["clicks"] == 4
+    summary = serve(dated)
+    assert summary["fold_in"]["clicks"] == 4
+    # the share of written rows that recommend items without training clicks, checked on the files
+    rows = pl.read_parquet(Path(summary["partition"]) / "*.parquet")
+    new_ids = load_model(str(model_dir), None).spec
+    new_ids = new_ids.items.ids[new_ids.cold_items].tolist()
+    share = rows["item_id"].is_in(new_ids).mean()
+    assert 0 < share < 1 and summary["new_item_share"] == pytest.approx(share)
     assert ("new items: 4 clicks up to 1997-09-23 taken into the vectors of 2 items without training clicks "
-            "(summed, item_tower.fold_in_step 1)") in capsys.readouterr().out
+            f"(summed, item_tower.fold_in_step 1); new items are {share:.1%} of the rows written") \
+        in capsys.readouterr().out
     assert serve(plain)["fold_in"] == {}  # built without new items' clicks: served as built
     assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "method": "sum", "step": 1.0, "clicks": 0,
                                        "items": 0}
@@ -119,6 +127,7 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
     runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
     assert list(runs["status"]) == ["FINISHED"] * 4  # the refusal opened no run
     assert list(runs["metrics.fold_in/clicks"].fillna(-1)) == [4, -1, 0, 4]
+    assert runs["metrics.new_item_share"].iloc[0] == pytest.approx(summary["new_item_share"])
 
 
 def test_without_a_saved_index_fold_in_is_opt_in(tmp_path: Path, model_dir: Path) -> None:
