@@ -169,13 +169,15 @@ class ItemTowerConfig:
     cache_dir: str | None = "runs/cache/content"
     """Frozen text/image encoder outputs are cached here, keyed by encoder weights and inputs
     (``null``: recompute every run)."""
-    fold_in_method: Literal["sum", "fit"] = "sum"
-    """How cold-start runs take cold items' first clicks into their vectors (``recsys_cl.towers.fold_in``),
-    evaluated next to the content-only vectors on the same targets: ``sum`` adds ``fold_in_step`` x
-    the user vectors of the people who clicked them (best for ranking new items among themselves, but
-    the vectors grow with every click); ``fit`` fits them to the recent clicks under the training
-    loss, every other item fixed as a negative (comparable with trained items: what serving wants,
-    ``candidates.fold_in: fit``)."""
+    fold_in_method: Literal["auto", "sum", "fit"] = "auto"
+    """How evaluation takes the first clicks of items without training clicks into their vectors
+    (``recsys_cl.towers.fold_in``), reported next to the content-only vectors on the same targets:
+    ``sum`` adds ``fold_in_step`` x the user vectors of the people who clicked them (best for ranking
+    new items among themselves, but the vectors grow with every click); ``fit`` fits them to the
+    recent clicks under the training loss, every other item fixed as a negative (comparable with
+    trained items: what serving wants, ``candidates.fold_in: fit``). ``auto``: ``sum`` under
+    ``split.kind=cold_start``, ``fit`` otherwise (``eval.catalogue=all_items``), each the method
+    measured best for what that protocol ranks."""
     fold_in_step: float = 1.0
     """``sum``: the weight of one click; 0 turns the sum off."""
 

@@ -91,7 +91,8 @@ def test_unknown_section() -> None:
         ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),
         ("item_tower.fold_in_step=-1", r"item_tower\.fold_in_step must be >= 0 \(0 = off\), got -1"),
         ("item_tower.fold_in_step=.nan", r"item_tower\.fold_in_step must be >= 0"),
-        ("item_tower.fold_in_method=avg", r"item_tower\.fold_in_method must be one of \['sum', 'fit'\], got 'avg'"),
+        ("item_tower.fold_in_method=avg", r"item_tower\.fold_in_method must be one of \['auto', 'sum', 'fit'\], "
+                                          r"got 'avg'"),
         ("tracking.experiment=''", r"tracking\.experiment must be a name, got an empty string"),
         ("tracking.registered_model_name=''", r"tracking\.registered_model_name must be a name or null"),
         ("baselines.ease_lambdas=[-1]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths > 0"),

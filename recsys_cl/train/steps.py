@@ -276,8 +276,13 @@ class FoldIn:
 
     @classmethod
     def from_config(cls, cfg: Any) -> FoldIn:
+        """From a :class:`~recsys_cl.config.RunConfig`; ``auto`` is ``sum`` under ``split.kind=cold_start``
+        (new items ranked among themselves), else ``fit`` (ranked with the trained items)."""
         it = cfg.item_tower
-        return cls(it.fold_in_method, it.fold_in_step, cfg.loss.temperature, cfg.model.normalize)
+        method = it.fold_in_method
+        if method == "auto":
+            method = "sum" if cfg.split.kind == "cold_start" else "fit"
+        return cls(method, it.fold_in_step, cfg.loss.temperature, cfg.model.normalize)
 
     @property
     def active(self) -> bool:

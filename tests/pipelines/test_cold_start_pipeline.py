@@ -108,7 +108,7 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
     args = _args(tmp_path, cold_data, "--set", "split.kind=temporal", "--set", "eval.catalogue=all_items",
                  "--set", "item_tower.encoders=[id,text]", "--set", "item_tower.id_dropout=0.5",
                  "--set", f"item_tower.text.pretrained={cold_data['encoder']}")
-    summary = train_two_tower.main([*args, "--set", "item_tower.fold_in_method=fit"])
+    summary = train_two_tower.main(args)  # item_tower.fold_in_method auto: fit, as items are ranked together
     assert summary["protocol"].startswith("full_ranking|catalogue=all_items|history_masked|split=temporal(")
     assert "baseline_metrics" not in summary
     test, fold, fd = summary["test_metrics"], summary["fold_in_metrics"], summary["fold_in_delta_vs_none"]

@@ -68,7 +68,8 @@ def _clicks_until(date: str) -> pl.DataFrame:
 
 def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path, model_dir: Path) -> None:
     loaded = load_model(str(model_dir), TrackingConfig(uri=f"sqlite:///{tmp_path / 'db'}"))
-    folded = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE)
+    assert loaded.fold.method == "fit"  # the model's item_tower.fold_in_method auto, trained on leave_last_out
+    folded = fold_in_new_clicks(loaded, _clicks_until(DATE), DATE, method="sum")
     assert folded.fold_in == {"clicks_until": DATE, "method": "sum", "step": 1.0, "clicks": 4, "items": 2}
     ids = loaded.spec.items.ids
     moved = ~np.all(folded.item_vectors == loaded.item_vectors, axis=1)
@@ -80,7 +81,7 @@ def test_index_built_with_the_dates_clicks_holds_the_jobs_vectors(tmp_path: Path
     assert build.manifest.fold_in == folded.fold_in
     assert build.manifest.embedding_hash == folded.embedding_hash  # bit-identical vectors
 
-    before = fold_in_new_clicks(loaded, _clicks_until(DAY_BEFORE), DAY_BEFORE)  # no cold clicks yet
+    before = fold_in_new_clicks(loaded, _clicks_until(DAY_BEFORE), DAY_BEFORE, method="sum")  # no cold clicks yet
     assert before.fold_in["clicks"] == 0 and before.embedding_hash == loaded.embedding_hash
 
 

@@ -112,3 +112,19 @@ def test_batch_loss_matches_manual_recipe(kind: str) -> None:
                 rows.append(-math.log(pos / (pos + sneg)))
         want = sum(rows) / 3
     assert got.item() == pytest.approx(float(want), rel=1e-4)
+
+
+def test_fold_in_auto_is_sum_for_cold_start_and_fit_otherwise() -> None:
+    from recsys_cl.config import RunConfig, load_config
+    from recsys_cl.train.steps import FoldIn
+
+    def method(*overrides: str) -> str:
+        return FoldIn.from_config(load_config(None, RunConfig, list(overrides))).method
+
+    assert method("split.kind=cold_start") == "sum"
+    assert method("split.kind=temporal", "eval.catalogue=all_items") == "fit"
+    assert method() == "fit"  # leave_last_out (serving overrides it with candidates.fold_in anyway)
+    assert method("split.kind=cold_start", "item_tower.fold_in_method=fit") == "fit"  # explicit wins
+    assert method("split.kind=temporal", "item_tower.fold_in_method=sum") == "sum"
+    fold = FoldIn.from_config(load_config(None, RunConfig, ["loss.temperature=0.2", "item_tower.fold_in_step=0.5"]))
+    assert (fold.temperature, fold.step, fold.normalize) == (0.2, 0.5, True)
