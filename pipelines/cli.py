@@ -143,11 +143,11 @@ def write_summary(path: str | None, summary: Any) -> None:
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any,
     and on the share of the written rows that recommend new items, when there are any."""
-    share = "" if not new_item_share else f"; new items are {new_item_share:.1%} of the rows written"
     if info and info.get("clicks"):
         how = (f"fit to the window's {info['window_clicks']} clicks" if info.get("method") == "fit"
                else f"summed, item_tower.fold_in_step {info.get('step', 1.0):g}")
+        share = "" if new_item_share is None else f"; they are {new_item_share:.1%} of the rows written"
         print(f"new items: {info['clicks']} clicks up to {info['clicks_until']} taken into the vectors of "
               f"{info['items']} items without training clicks ({how}){share}")
-    elif share:
-        print(f"new items (no training clicks, content only){share}")
+    elif new_item_share:
+        print(f"new items (no training clicks, ranked on content alone): {new_item_share:.1%} of the rows written")

@@ -112,9 +112,15 @@ def test_generate_serves_a_saved_index_with_its_own_fold_in(tmp_path: Path, mode
     share = rows["item_id"].is_in(new_ids).mean()
     assert 0 < share < 1 and summary["new_item_share"] == pytest.approx(share)
     assert ("new items: 4 clicks up to 1997-09-23 taken into the vectors of 2 items without training clicks "
-            f"(summed, item_tower.fold_in_step 1); new items are {share:.1%} of the rows written") \
+            f"(summed, item_tower.fold_in_step 1); they are {share:.1%} of the rows written") \
         in capsys.readouterr().out
-    assert serve(plain)["fold_in"] == {}  # built without new items' clicks: served as built
+    plain_summary = serve(plain)
+    assert plain_summary["fold_in"] == {}  # built without new items' clicks: served as built
+    out = capsys.readouterr().out
+    if plain_summary["new_item_share"]:  # the content vectors of new items can make the lists too
+        assert f"ranked on content alone): {plain_summary['new_item_share']:.1%} of the rows written" in out
+    else:
+        assert "new items" not in out
     assert serve(early)["fold_in"] == {"clicks_until": DAY_BEFORE, "method": "sum", "step": 1.0, "clicks": 0,
                                        "items": 0}
     with pytest.raises(SystemExit, match=r"the index .*dated folds in new items' clicks up to 1997-09-23, after the "
