@@ -144,8 +144,13 @@ def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = No
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any,
     and on the share of the written rows that recommend new items, when there are any."""
     if info and info.get("clicks"):
-        how = (f"fit to the window's {info['window_clicks']} clicks" if info.get("method") == "fit"
-               else f"summed, item_tower.fold_in_step {info.get('step', 1.0):g}")
+        if info.get("method") != "fit":
+            how = f"summed, item_tower.fold_in_step {info.get('step', 1.0):g}"
+        elif "fit_clicks" in info:
+            how = (f"fit to {info['fit_clicks']:,} of the window's {info['window_clicks']:,} clicks: the new "
+                   "items' and a weighted sample of the others")
+        else:
+            how = f"fit to the window's {info['window_clicks']:,} clicks"
         share = "" if new_item_share is None else f"; they are {new_item_share:.1%} of the rows written"
         print(f"new items: {info['clicks']} clicks up to {info['clicks_until']} taken into the vectors of "
               f"{info['items']} items without training clicks ({how}){share}")

@@ -92,7 +92,8 @@ class Manifest:
     fold_in: dict[str, Any] = field(default_factory=dict)
     """New items' clicks taken into the vectors (``recsys_cl.index.build.fold_in_catalogue``):
     ``{"clicks_until", "method", "clicks", "items"}`` plus ``"step"`` (sum) or ``"clicks_since"``,
-    ``"window_clicks"`` (fit); empty when none were (older manifests too)."""
+    ``"window_clicks"`` and, when the window was sampled, ``"fit_clicks"`` (fit); empty when none were
+    (older manifests too)."""
     files_sha256: dict[str, str] = field(default_factory=dict)
     """sha256 of each backend file, checked by :meth:`Index.load` so that a damaged file whose
     header still parses is refused instead of serving wrong scores (empty in older manifests)."""

@@ -114,11 +114,13 @@ def softmax_gradient(
     temperature: float,
     chunk_size: int | None = None,
     fixed: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Gradient of the mean full-softmax cross-entropy of the clicks w.r.t. the vectors of ``rows``.
 
-    ``L = -1/N sum_n log softmax_j(q_{u_n} . v_j / temperature)[i_n]`` over all M items, so
-    ``dL/dv_r = 1/(N temperature) sum_n (p_n(r) - [i_n = r]) q_{u_n}``.
+    ``L = -1/W sum_n w_n log softmax_j(q_{u_n} . v_j / temperature)[i_n]`` over all M items, so
+    ``dL/dv_r = 1/(W temperature) sum_n w_n (p_n(r) - [i_n = r]) q_{u_n}``, with ``W = sum_n w_n``
+    (every ``w_n`` = 1 without ``weights``: the plain mean over the N clicks).
 
     Args:
         item_vectors: (M, D) every item's vector (the softmax runs over all of them).
@@ -128,6 +130,7 @@ def softmax_gradient(
             :data:`LOGITS_BUDGET` over that width.
         fixed: (N,) :func:`fixed_log_partition` of the same vectors outside ``rows``, when known: then
             each step scores only the R rows, ``O(N R D)`` instead of ``O(N M D)``, with the same result.
+        weights: (N,) float >= 0, each click's weight (e.g. the inverse of its sampling rate); None: 1 each.
 
     Returns:
         ((R, D) gradient, the loss L as a float); ((R, D) zeros, 0.0) without clicks.
@@ -141,21 +144,28 @@ def softmax_gradient(
     for s in range(0, n, block):
         q = user_vectors[click_users[s : s + block]]  # (c, D)
         target = click_items[s : s + block]  # (c,)
+        w = None if weights is None else weights[s : s + block].to(q.dtype)  # (c,)
         if fixed is None:
             log_p = torch.log_softmax(q @ item_vectors.T / temperature, dim=1)  # (c, M)
-            total -= float(log_p.gather(1, target[:, None]).sum())
+            log_p_click = log_p.gather(1, target[:, None]).squeeze(1)  # (c,)
             coef = log_p[:, rows].exp()  # (c, R): p_n(r)
         else:
             logits = q @ item_vectors[rows].T / temperature  # (c, R)
             log_z = torch.logaddexp(fixed[s : s + block], torch.logsumexp(logits, dim=1))  # (c,)
-            total -= float(((q * item_vectors[target]).sum(1) / temperature - log_z).sum())
+            log_p_click = (q * item_vectors[target]).sum(1) / temperature - log_z
             coef = (logits - log_z[:, None]).exp()  # (c, R): p_n(r)
         hit = where[target] >= 0
         coef[torch.nonzero(hit).squeeze(1), where[target[hit]]] -= 1.0
-        grad += coef.T @ q
-    if n == 0:
+        if w is None:
+            total -= float(log_p_click.sum())
+            grad += coef.T @ q
+        else:
+            total -= float((w * log_p_click).sum())
+            grad += coef.T @ (w[:, None] * q)
+    mass = float(n) if weights is None else float(weights.sum())
+    if n == 0 or mass <= 0:
         return grad, 0.0
-    return grad / (n * temperature), total / n
+    return grad / (mass * temperature), total / mass
 
 
 def fit_new_items(
@@ -169,6 +179,7 @@ def fit_new_items(
     steps: int = 100,
     lr: float = 0.05,
     reuse_fixed: bool = True,
+    click_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fit the vectors of ``rows`` (new items) to recent clicks under the model's own objective.
 
@@ -188,6 +199,9 @@ def fit_new_items(
         temperature: the training loss's softmax temperature (``loss.temperature``).
         reuse_fixed: False rescores all M items at every step (``O(N M D)``), the reference the
             benchmark (``notebooks/07_fold_in_fit_cost.py``) times the default against.
+        click_weights: (N,) float >= 0 per click (the loss is their weighted mean); None: 1 each. When the
+            other items' clicks are a sample, weighting them by the inverse sampling rate keeps the
+            objective that of all the clicks.
 
     Returns:
         (R, D) fitted vectors (``item_vectors`` is not changed).
@@ -203,6 +217,14 @@ def fit_new_items(
         )
     if not (temperature > 0 and lr > 0 and steps >= 0):
         raise ValueError(f"fit_new_items needs temperature > 0, lr > 0, steps >= 0; got {temperature}, {lr}, {steps}")
+    if click_weights is not None and (
+        click_weights.shape != click_items.shape or not bool(torch.isfinite(click_weights).all())
+        or (click_weights.numel() and float(click_weights.min()) < 0)
+    ):
+        raise ValueError(
+            f"fit_new_items: click_weights must be (N,) = {tuple(click_items.shape)}, finite and >= 0; got shape "
+            f"{tuple(click_weights.shape)}"
+        )
     rows = rows.long()
     vectors = item_vectors.clone()
     p = vectors[rows].clone()
@@ -219,7 +241,8 @@ def fit_new_items(
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     for t in range(1, steps + 1):
         vectors[rows] = place(p)
-        g, _ = softmax_gradient(vectors, rows, user_vectors, click_items, click_users, temperature, fixed=fixed)
+        g, _ = softmax_gradient(vectors, rows, user_vectors, click_items, click_users, temperature, fixed=fixed,
+                                weights=click_weights)
         if normalize:  # through v = p / |p|: the tangent part, divided by |p|
             norm = p.norm(dim=1, keepdim=True)
             unit = p / norm

@@ -257,7 +257,39 @@ def fold_in_history(
 
 
 FIT_MAX_CLICKS = 20_000
-"""``fold_in: fit`` uses at most this many clicks of its window (a uniform, seeded sample)."""
+"""``fold_in: fit`` uses at most this many clicks of its window (:func:`fit_click_sample`)."""
+
+
+def fit_click_sample(on_new: np.ndarray, cap: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a window's clicks ``fit`` uses, and their weights, so that it reads at most ``cap``.
+
+    Clicks on new items are what the fit learns from, and a new item may have one: all of them are
+    kept (while they fill at most half of ``cap``; beyond that a uniform sample of them). The other
+    items' clicks only act as negatives: a uniform, seeded sample fills the rest. Each kept click is
+    weighted by the inverse of its group's sampling rate, so the weighted loss estimates the loss on
+    every click of the window without bias. A window of at most ``cap`` clicks is kept whole, weights 1.
+
+    Args:
+        on_new: (N,) bool, whether each click of the window is on a new item.
+
+    Returns:
+        ((K,) sorted positions of the kept clicks, (K,) float64 weights), K <= max(cap, 1).
+    """
+    cap = max(int(cap), 1)
+    new, other = np.nonzero(on_new)[0], np.nonzero(~on_new)[0]
+    k_new = min(len(new), max(cap // 2, cap - len(other)))
+    k_other = min(len(other), cap - k_new)
+    rng = np.random.default_rng(seed)
+    keep, weights = [], []
+    for group, k in ((new, k_new), (other, k_other)):
+        if k:
+            keep.append(group if k == len(group) else rng.choice(group, k, replace=False))
+            weights.append(np.full(k, len(group) / k))
+    if not keep:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    pos, w = np.concatenate(keep), np.concatenate(weights)
+    order = np.argsort(pos, kind="stable")
+    return pos[order], w[order]
 
 
 @dataclass(frozen=True)
@@ -299,8 +331,10 @@ def fold_in_items(
 
     ``sum`` adds the clickers' user vectors (all of ``history``). ``fit`` fits the clicked cold
     items' vectors to the clicks at or after ``since`` (epoch seconds; None: all of ``history``), all
-    items' clicks, so the others act as negatives (at most :data:`FIT_MAX_CLICKS`, sampled).
-    User vectors come from each clicker's last ``length`` clicks in ``history``.
+    items' clicks, so the others act as negatives; above :data:`FIT_MAX_CLICKS` clicks it keeps the
+    new items' clicks and a weighted sample of the others (:func:`fit_click_sample`), and the info
+    adds ``"fit_clicks"``, the clicks it read. User vectors come from each clicker's last ``length``
+    clicks in ``history``.
     """
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.towers.fold_in import fit_new_items
@@ -317,13 +351,15 @@ def fold_in_items(
         return out, info
     window = history if since is None else history.filter(history["timestamp"] >= since)
     idx = spec.items.encode(window["item_id"])
-    keep = np.nonzero(idx >= 0)[0]
-    if len(keep) > FIT_MAX_CLICKS:
-        keep = np.sort(np.random.default_rng(0).choice(keep, FIT_MAX_CLICKS, replace=False))
-    idx = idx[keep]
-    rows = np.unique(idx[np.isin(idx, cold)])
-    info = {"method": "fit", "window_clicks": int(len(idx)), "clicks": int(np.isin(idx, cold).sum()),
-            "items": int(len(rows))}
+    known = np.nonzero(idx >= 0)[0]
+    on_new = np.isin(idx[known], cold)
+    info = {"method": "fit", "window_clicks": int(len(known)), "clicks": int(on_new.sum())}
+    sample, weights = fit_click_sample(on_new, FIT_MAX_CLICKS)
+    keep, idx = known[sample], idx[known[sample]]
+    rows = np.unique(idx[on_new[sample]])
+    info["items"] = int(len(rows))
+    if len(keep) < len(known):
+        info["fit_clicks"] = int(len(keep))
     if not len(rows):
         return out, info
     clickers, click_user = np.unique(window["user_id"].to_numpy()[keep], return_inverse=True)
@@ -332,5 +368,6 @@ def fold_in_items(
     out[torch.from_numpy(rows)] = fit_new_items(
         vectors, torch.from_numpy(rows), users, torch.from_numpy(idx).long(), torch.from_numpy(click_user).long(),
         fold.temperature, fold.normalize,
+        click_weights=None if len(keep) == len(known) else torch.from_numpy(weights).to(vectors.dtype),
     )
     return out, info

@@ -26,3 +26,24 @@ def test_faiss_loader_noise_is_held_back_and_our_info_lines_are_not() -> None:
     ours = _stderr_of(code.format(setup="from pipelines.cli import configure_logging; configure_logging()"))
     assert "faiss.loader" not in ours and "ModuleNotFoundError" not in ours
     assert "INFO recsys_cl.x: our line" in ours
+
+
+def test_print_fold_in_says_how_the_clicks_were_taken_in(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import print_fold_in
+
+    base = {"clicks": 12, "clicks_until": "2018-09-24", "items": 4}
+    print_fold_in({**base, "method": "sum", "step": 0.5}, 0.031)
+    print_fold_in({**base, "method": "fit", "window_clicks": 877})
+    print_fold_in({**base, "method": "fit", "window_clicks": 1_250_000, "fit_clicks": 20_000})
+    print_fold_in({}, 0.02)
+    print_fold_in({}, 0.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "new items: 12 clicks up to 2018-09-24 taken into the vectors of 4 items without training clicks "
+        "(summed, item_tower.fold_in_step 0.5); they are 3.1% of the rows written",
+        "new items: 12 clicks up to 2018-09-24 taken into the vectors of 4 items without training clicks "
+        "(fit to the window's 877 clicks)",
+        "new items: 12 clicks up to 2018-09-24 taken into the vectors of 4 items without training clicks "
+        "(fit to 20,000 of the window's 1,250,000 clicks: the new items' and a weighted sample of the others)",
+        "new items (no training clicks, ranked on content alone): 2.0% of the rows written",
+    ]

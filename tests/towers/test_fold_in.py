@@ -174,3 +174,61 @@ def test_fit_errors_say_what_was_expected(kwargs: dict, message: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         fit_new_items(**args)  # type: ignore[arg-type]
+
+
+def _loop_weighted_gradient(items: torch.Tensor, rows: list[int], users: torch.Tensor, ci: list[int], cu: list[int],
+                            w: list[float], tau: float) -> tuple[torch.Tensor, float]:
+    grad = torch.zeros(len(rows), items.shape[1], dtype=torch.float64)
+    loss = 0.0
+    for i, u, wn in zip(ci, cu, w):
+        scores = [float(users[u] @ items[j]) / tau for j in range(items.shape[0])]
+        z = sum(math.exp(s) for s in scores)
+        loss -= wn * (scores[i] - math.log(z))
+        for k, r in enumerate(rows):
+            grad[k] += wn * (math.exp(scores[r]) / z - (1.0 if i == r else 0.0)) * users[u].double() / tau
+    return grad / sum(w), loss / sum(w)
+
+
+def test_weighted_softmax_gradient_matches_a_loop_and_counts_a_weight_of_k_as_k_clicks() -> None:
+    g = torch.Generator().manual_seed(3)
+    items = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    users = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    rows, ci, cu = torch.tensor([6, 2]), torch.tensor([2, 0, 6, 4, 7, 6]), torch.tensor([0, 1, 1, 3, 2, 4])
+    w = torch.tensor([1.0, 3.0, 1.0, 2.5, 0.0, 1.0], dtype=torch.float64)
+    want_grad, want_loss = _loop_weighted_gradient(items, rows.tolist(), users, ci.tolist(), cu.tolist(), w.tolist(),
+                                                   0.4)
+    fixed = fixed_log_partition(items, rows, users, cu, 0.4)
+    for kwargs in (dict(chunk_size=4), dict(chunk_size=2, fixed=fixed)):
+        grad, loss = softmax_gradient(items, rows, users, ci, cu, 0.4, weights=w, **kwargs)  # type: ignore[arg-type]
+        torch.testing.assert_close(grad, want_grad)
+        assert abs(loss - want_loss) < 1e-10
+    # hand check: weight 3 on a click is that click three times, weight 0 drops it
+    reps = torch.tensor([1, 3, 1, 0, 0, 1])
+    dup_i, dup_u = ci.repeat_interleave(reps), cu.repeat_interleave(reps)
+    half = torch.tensor([1.0, 3.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(softmax_gradient(items, rows, users, ci, cu, 0.4, weights=half)[0],
+                               softmax_gradient(items, rows, users, dup_i, dup_u, 0.4)[0])
+    # all-ones weights are the plain mean
+    torch.testing.assert_close(softmax_gradient(items, rows, users, ci, cu, 0.4, weights=torch.ones(6).double())[0],
+                               softmax_gradient(items, rows, users, ci, cu, 0.4)[0])
+
+
+def test_fit_with_integer_weights_equals_fitting_to_repeated_clicks() -> None:
+    g = torch.Generator().manual_seed(4)
+    items = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=1)
+    users = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    ci, cu = torch.tensor([5, 0, 1, 5, 2]), torch.tensor([0, 1, 2, 3, 4])
+    reps = torch.tensor([1, 2, 4, 1, 3])
+    weighted = fit_new_items(items, torch.tensor([5]), users, ci, cu, 0.1, steps=50, click_weights=reps.float())
+    repeated = fit_new_items(items, torch.tensor([5]), users, ci.repeat_interleave(reps), cu.repeat_interleave(reps),
+                             0.1, steps=50)
+    torch.testing.assert_close(weighted, repeated, atol=1e-5, rtol=1e-5)
+    plain = fit_new_items(items, torch.tensor([5]), users, ci, cu, 0.1, steps=50)
+    assert (weighted - plain).abs().max() > 1e-3  # the weights do change the fit
+
+
+@pytest.mark.parametrize("weights", [torch.ones(2), torch.tensor([-1.0]), torch.tensor([float("nan")])])
+def test_fit_refuses_bad_click_weights(weights: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"click_weights must be \(N,\) = \(1,\), finite and >= 0"):
+        fit_new_items(torch.zeros(4, 3), torch.tensor([3]), torch.ones(2, 3), torch.tensor([3]), torch.tensor([1]),
+                      0.1, click_weights=weights)

@@ -128,3 +128,34 @@ def test_fold_in_auto_is_sum_for_cold_start_and_fit_otherwise() -> None:
     assert method("split.kind=temporal", "item_tower.fold_in_method=sum") == "sum"
     fold = FoldIn.from_config(load_config(None, RunConfig, ["loss.temperature=0.2", "item_tower.fold_in_step=0.5"]))
     assert (fold.temperature, fold.step, fold.normalize) == (0.2, 0.5, True)
+
+
+def test_fit_click_sample_keeps_every_new_item_click_and_weights_the_sampled_others() -> None:
+    from recsys_cl.train.steps import fit_click_sample
+
+    # under the cap: everything, weight 1
+    on_new = np.array([False, True, False, False, True])
+    keep, w = fit_click_sample(on_new, cap=5)
+    np.testing.assert_array_equal(keep, np.arange(5))
+    np.testing.assert_array_equal(w, np.ones(5))
+    # 3 new-item clicks among 1,000: all 3 kept (weight 1); 97 of the 997 others, weight 997 / 97 each
+    on_new = np.zeros(1000, dtype=bool)
+    on_new[[10, 500, 999]] = True
+    keep, w = fit_click_sample(on_new, cap=100)
+    assert len(keep) == 100 and np.all(np.diff(keep) > 0)
+    assert set(np.nonzero(on_new)[0]) <= set(keep.tolist())
+    np.testing.assert_array_equal(w[on_new[keep]], np.ones(3))
+    np.testing.assert_allclose(w[~on_new[keep]], np.full(97, 997 / 97))
+    assert w[~on_new[keep]].sum() == pytest.approx(997)  # each group's weights add up to its clicks
+    # seeded: the same sample again
+    np.testing.assert_array_equal(fit_click_sample(on_new, cap=100)[0], keep)
+    # new-item clicks beyond half the cap are sampled too, so the others still fill half
+    on_new = np.arange(1000) < 700
+    keep, w = fit_click_sample(on_new, cap=100)
+    assert on_new[keep].sum() == 50 and (~on_new[keep]).sum() == 50
+    np.testing.assert_allclose(w[on_new[keep]], np.full(50, 700 / 50))
+    np.testing.assert_allclose(w[~on_new[keep]], np.full(50, 300 / 50))
+    # only new-item clicks: they take the whole cap
+    keep, w = fit_click_sample(np.ones(300, dtype=bool), cap=100)
+    assert len(keep) == 100 and np.allclose(w, 3.0)
+    assert fit_click_sample(np.zeros(0, dtype=bool), cap=10)[0].shape == (0,)
