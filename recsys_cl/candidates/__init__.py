@@ -32,10 +32,12 @@ Example::
 
 from recsys_cl.candidates.generate import (
     CandidatesResult,
+    RunWindow,
     chunks,
     generate_candidates,
     partition_stats,
     read_partition,
+    read_window,
     sampled_recall,
 )
 from recsys_cl.candidates.health import (
@@ -74,6 +76,7 @@ __all__ = [
     "HealthCheckError",
     "Loaded",
     "Recommender",
+    "RunWindow",
     "UserBatch",
     "UserHistories",
     "Window",
@@ -95,6 +98,7 @@ __all__ = [
     "partition_stats",
     "previous_partition",
     "read_partition",
+    "read_window",
     "run",
     "sampled_recall",
     "spark_session",

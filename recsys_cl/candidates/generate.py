@@ -33,6 +33,32 @@ from recsys_cl.train.steps import embed_items
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RunWindow:
+    """The clicks a run reads, checked once: what :func:`read_window` returns."""
+
+    window: Window
+    history: pl.DataFrame
+    """Every click up to the end of the run date (nothing later is ever read)."""
+    users: np.ndarray
+    """(U,) sorted ids of the users active in the window."""
+    clicks_read: dict[str, float]
+    """:func:`recsys_cl.candidates.histories.check_clicks` of the window."""
+
+
+def read_window(clicks: pl.DataFrame, spec: Any, run_date: date, lookback_days: int) -> RunWindow:
+    """Clicks up to ``run_date``, its active users and what the model can read of them.
+
+    Raises:
+        CandidatesError: no active user in the window, ids of another type, or no window click on a
+            known item (see :func:`~recsys_cl.candidates.window.active_users` and ``check_clicks``).
+    """
+    history = clicks_up_to(clicks, run_date)  # nothing after the run date from here on
+    users = active_users(history, run_date, lookback_days)
+    window = Window(run_date, lookback_days)
+    return RunWindow(window, history, users, check_clicks(history, spec, window))
+
+
 @dataclass
 class CandidatesResult:
     partition: Path
@@ -105,19 +131,20 @@ def generate_candidates(
     extra_manifest: dict[str, Any] | None = None,
     validate: Callable[[Path, dict[str, Any]], None] | None = None,
     spark_runner: Callable[..., dict[str, float] | None] | None = None,
+    read: RunWindow | None = None,
 ) -> CandidatesResult:
     """Compute and atomically publish ``<cfg.output_dir>/dt=<run_date>``.
 
     ``validate(temp_dir, manifest)`` runs before publishing (the nightly health checks); if it
     raises, nothing is published. ``spark_runner`` (from :func:`recsys_cl.candidates.spark.make_spark_runner`)
     replaces the local chunk loop; the engine's start-up time it reports (``engine_startup_s``) is
-    in ``timings`` but not in ``users_per_s``.
+    in ``timings`` but not in ``users_per_s``. ``read``: :func:`read_window` of the same clicks and
+    date when the caller has it already (``job.run`` reads the window before it builds an index).
     """
     t = {"start": time.perf_counter()}
-    history = clicks_up_to(clicks, run_date)  # nothing after the run date from here on
-    users = active_users(history, run_date, cfg.lookback_days)
-    window = Window(run_date, cfg.lookback_days)
-    clicks_read = check_clicks(history, rec.spec, window)
+    if read is None:
+        read = read_window(clicks, rec.spec, run_date, cfg.lookback_days)
+    history, users, window, clicks_read = read.history, read.users, read.window, read.clicks_read
     if clicks_read["known_item_share"] < 0.9:
         log.warning("%.1f%% of the window's clicks are on items the model does not know; their users' "
                     "histories are shorter than they are", 100 * (1 - clicks_read["known_item_share"]))

@@ -10,12 +10,11 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from recsys_cl.candidates.generate import CandidatesResult, generate_candidates
-from recsys_cl.candidates.histories import UserBatch, UserHistories, check_clicks
+from recsys_cl.candidates.generate import CandidatesResult, generate_candidates, read_window
+from recsys_cl.candidates.histories import UserBatch, UserHistories
 from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
 from recsys_cl.candidates.scoring import Recommender
 from recsys_cl.candidates.spark import make_spark_runner
-from recsys_cl.candidates.window import Window, active_users, clicks_up_to
 from recsys_cl.config import CandidatesConfig
 from recsys_cl.train.steps import embed_users
 
@@ -42,9 +41,8 @@ def run(
     import tempfile
 
     t0 = time.perf_counter()
-    history = clicks_up_to(clicks, run_date)
-    users = active_users(history, run_date, cfg.lookback_days)  # fail early on an empty window
-    check_clicks(history, loaded.spec, Window(run_date, cfg.lookback_days))  # ... or foreign ids
+    read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days)  # fail early: no users, foreign ids
+    history, users = read.history, read.users
     if index_dir is not None:
         # a saved index is used with its own backend (candidates.backend only picks what to build
         # in memory); the manifest is still checked against the model
@@ -75,12 +73,12 @@ def run(
     }
     if cfg.engine == "local":
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
-                                   extra_manifest=extra, validate=validate)
+                                   extra_manifest=extra, validate=validate, read=read)
     with tempfile.TemporaryDirectory(prefix="recsys_cl_spark_index_") as tmp:
         ship = Path(index_dir) if index_dir is not None else index.save(Path(tmp) / "index")
         runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master)
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
-                                   extra_manifest=extra, validate=validate, spark_runner=runner)
+                                   extra_manifest=extra, validate=validate, spark_runner=runner, read=read)
 
 
 def _windows_and_index(batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:

@@ -241,6 +241,32 @@ def test_annoy_backend_reports_recall_and_reason(  # type: ignore[no-untyped-def
     assert "fastest backend" in auto.manifest["backend_reason"]
 
 
+def test_a_run_reads_and_checks_the_window_once(  # type: ignore[no-untyped-def]
+    tmp_path: Path, loaded, clicks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """job.run reads the window before it builds an index (to fail early) and hands it on, so the
+    clicks are filtered and checked once; the output is that of generate_candidates reading them itself."""
+    import recsys_cl.candidates.generate as generate
+    import recsys_cl.candidates.job as job
+    from recsys_cl.candidates import build_index_in_memory, generate_candidates
+    from recsys_cl.candidates.histories import check_clicks
+    from recsys_cl.candidates.scoring import Recommender
+
+    calls = []
+    for module in (generate, job):  # wherever a run might check the clicks
+        monkeypatch.setattr(module, "check_clicks", lambda *a: calls.append(1) or check_clicks(*a), raising=False)
+    d = parse_run_date(LAST_DATE)
+    via_run = run(_cfg(tmp_path / "a", backend="exact"), clicks, loaded, d)
+    assert len(calls) == 1
+    index, index_id, _ = build_index_in_memory("exact", loaded, np.zeros((0, 0)), 5)
+    cfg = _cfg(tmp_path / "b", backend="exact")
+    rec = Recommender(loaded.model, loaded.spec, index, cfg.k, cfg.max_extra_fetch, loaded.version_label, index_id)
+    direct = generate_candidates(clicks, rec, d, cfg, loaded.history_length)
+    assert len(calls) == 2
+    assert_same_candidates(read_partition(via_run.partition), read_partition(direct.partition))
+    assert direct.manifest["window_clicks"] == via_run.manifest["window_clicks"] > 0
+
+
 def test_no_clicks_in_window_is_a_clear_error(tmp_path: Path, loaded, clicks) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CandidatesError, match=r"no clicks in the window .* spans 1997-09-22 \.\. 1997-09-23"):
         run(_cfg(tmp_path), clicks, loaded, date(2001, 1, 1))
