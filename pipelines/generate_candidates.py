@@ -30,12 +30,11 @@ from typing import Any
 from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
-    active_users,
-    clicks_up_to,
     fold_in_for_run,
     load_model,
     open_index,
     parse_run_date,
+    read_window,
     run,
 )
 from recsys_cl.config import ConfigError, RunConfig, load_config
@@ -89,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
                               model_uri=args.model, index_dir=args.index)
         c = cfg.candidates
         clicks = load_click_log(cfg.data).clicks
-        active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(c.model_uri, cfg.tracking)
+        read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
         if c.fold_in != "none" or c.index_dir is not None:  # new items' clicks so far, or the saved index's
             loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
                          extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto",
-                         opened=opened)
+                         opened=opened, read=read)
             log_result(tracker, result.manifest)
     except INPUT_ERRORS as e:
         raise SystemExit(f"candidates error: {e}") from None

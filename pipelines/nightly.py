@@ -41,14 +41,12 @@ from pipelines.generate_candidates import (
 )
 from recsys_cl.candidates import (
     HealthCheckError,
-    Window,
-    active_users,
-    clicks_up_to,
     fold_in_new_clicks,
     health_check,
     load_model,
     parse_run_date,
     previous_partition,
+    read_window,
     run,
 )
 from recsys_cl.data.io import load_click_log
@@ -110,10 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("nightly error: tracking.registered_model_name is null; name the registered model")
         model = resolve_model_alias(name, c.alias, cfg.tracking, c.fallback_to_latest)
         clicks = load_click_log(cfg.data).clicks
-        active_users(clicks_up_to(clicks, run_date), run_date, c.lookback_days)  # fail before MLflow
         loaded = load_model(str(model["uri"]), cfg.tracking)
-        fold_in = None if c.fold_in == "none" else (
-            clicks_up_to(clicks, run_date), str(run_date), Window(run_date, c.lookback_days).start, c.fold_in)
+        read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
+        fold_in = None if c.fold_in == "none" else (read.history, str(run_date), read.window.start, c.fold_in)
         if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, *fold_in)
         index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in)
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
             try:
                 result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
-                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt})
+                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read)
             finally:
                 log_health(tracker, health)
             log_result(tracker, result.manifest)

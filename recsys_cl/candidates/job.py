@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from recsys_cl.candidates.generate import CandidatesResult, generate_candidates, read_window
+from recsys_cl.candidates.generate import CandidatesResult, RunWindow, generate_candidates, read_window
 from recsys_cl.candidates.histories import UserBatch, UserHistories
 from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
 from recsys_cl.candidates.scoring import Recommender
@@ -30,18 +30,21 @@ def run(
     extra_manifest: dict[str, Any] | None = None,
     index_backend: str = "auto",
     opened: tuple[Any, str, str] | None = None,
+    read: RunWindow | None = None,
 ) -> CandidatesResult:
     """Index (loaded and checked, or built in memory) -> candidates for ``run_date`` -> published partition.
 
     ``cfg.backend`` / ``cfg.engine`` choose the backend built in memory and the engine; the manifest
     records the choice and why. A saved ``index_dir`` is used with its own backend, which must be
     ``index_backend`` unless that is ``auto``. ``opened`` is ``open_index(index_dir, ...)``'s result
-    when the caller already opened and checked it (to fail before opening an MLflow run).
+    when the caller already opened and checked it (to fail before opening an MLflow run); ``read``
+    likewise is :func:`~recsys_cl.candidates.generate.read_window` of ``clicks`` on ``run_date``.
     """
     import tempfile
 
     t0 = time.perf_counter()
-    read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days)  # fail early: no users, foreign ids
+    if read is None:  # fail early: no active user, foreign ids
+        read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days)
     history, users = read.history, read.users
     if index_dir is not None:
         # a saved index is used with its own backend (candidates.backend only picks what to build

@@ -188,3 +188,21 @@ def test_missing_or_corrupt_index_exits_clearly(tmp_path: Path, model_dir: Path,
     with pytest.raises(SystemExit, match=r"candidates error: .*(does not exist|missing|unreadable|not valid JSON)"):
         generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir)))
     assert not (tmp_path / "out").exists()
+
+
+def test_clicks_from_another_id_space_exit_before_an_mlflow_run(tmp_path: Path, model_dir: Path) -> None:
+    """No window click on an item the model knows (ids of another catalogue): the job says so before it
+    opens an MLflow run, so no FAILED run is left behind."""
+    import mlflow
+    import polars as pl
+
+    clicks = load_click_log(load_config(None, RunConfig, overrides=[f"data.path={DATA}"]).data).clicks
+    foreign = tmp_path / "foreign.parquet"
+    clicks.select("user_id", pl.col("item_id") + 1_000_000, "timestamp").write_parquet(foreign)
+    args = _args(tmp_path, model_dir, "--set", "data.format=parquet", "--set", f"data.path={foreign}")
+    with pytest.raises(SystemExit, match=r"candidates error: none of the \d+ clicks in the window .* is on an item "
+                                         r"the model knows .*check data.path"):
+        generate_candidates.main(args)
+    assert not (tmp_path / "out").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert mlflow.search_runs(search_all_experiments=True).empty
