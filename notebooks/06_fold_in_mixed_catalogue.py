@@ -14,8 +14,9 @@
 #   under the training loss, every other item fixed as a negative).
 #
 # Run it from the repository root: `python notebooks/06_fold_in_mixed_catalogue.py`
-# (about 2 minutes on 2 cores with the bundled data). Knobs: RECSYS_CL_DATA, RECSYS_CL_EPOCHS,
-# RECSYS_CL_SEED, RECSYS_CL_OVERRIDES (more `key=value` overrides, separated by spaces).
+# (about a minute on 2 cores with the bundled data). Knobs: RECSYS_CL_DATA, RECSYS_CL_EPOCHS,
+# RECSYS_CL_SEED, RECSYS_CL_OVERRIDES (more `key=value` overrides, separated by spaces),
+# RECSYS_CL_FIT_CAP (the last cell: `fit` on a window sampled down to this many clicks).
 # Measured results are in docs/content_and_cold_start.md ("Ranked among all items").
 
 # %%
@@ -85,9 +86,11 @@ fitted, info = fold_in_items(model, spec, history, plain, L, dataclasses.replace
 print(f"fit: {info['window_clicks']} clicks in the window, {info['clicks']} of them on {info['items']} new items")
 
 seq = Sequences.from_clicks(history, spec.items, spec.users)
-variants = {"content only": plain, "summed": folded, "summed + normalised": normalised, "fitted": fitted}
 per_user = {}
-for name, items in variants.items():
+
+
+def report(name, items):  # type: ignore[no-untyped-def]
+    """Recall@20 of these item vectors on each subset of targets; per-user recall kept for the deltas."""
     line = []
     for label, frame in subsets.items():
         if frame.height == 0:
@@ -107,6 +110,11 @@ for name, items in variants.items():
             line.append(f"new items in the top 20: {np.isin(top[top >= 0], cold).mean():.0%}")
     print(f"{name:>20s}: " + "; ".join(line))
 
+
+variants = {"content only": plain, "summed": folded, "summed + normalised": normalised, "fitted": fitted}
+for name, items in variants.items():
+    report(name, items)
+
 # %% [markdown]
 # Each way of taking in the clicks against content only, Recall@20 over all targets, with a 95%
 # paired bootstrap over the test users.
@@ -116,3 +124,50 @@ for name in ("summed", "summed + normalised", "fitted"):
     if name in per_user:
         d = paired_bootstrap(per_user[name], per_user["content only"])
         print(f"{name} - content only, R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+
+# %% [markdown]
+# ## A window larger than `fit` reads
+# Above `FIT_MAX_CLICKS` (20,000) clicks in its window, `fit` reads a sample
+# (`recsys_cl.train.steps.fit_click_sample`): every click on a new item, and a uniform sample of the
+# other items' clicks, each weighted by the inverse of its sampling rate, so the loss estimates the
+# whole window's. Until 2026-11-29 it read a uniform sample of the window, so a new item's few
+# clicks were mostly dropped. Set `RECSYS_CL_FIT_CAP` below this window's size to compare, in the same
+# run, the whole window, that uniform sample, and the sample `fit` reads now.
+
+# %%
+cap = int(os.environ.get("RECSYS_CL_FIT_CAP", "0"))
+if cap:
+    import recsys_cl.train.steps as steps
+    from recsys_cl.towers.fold_in import fit_new_items
+
+    window = history.filter(history["timestamp"] >= prep.split.train_end)
+    idx = spec.items.encode(window["item_id"])
+    known = np.nonzero(idx >= 0)[0]
+    if cap >= len(known):
+        print(f"RECSYS_CL_FIT_CAP={cap} is not below the window's {len(known)} clicks: set a smaller cap")
+        cap = max(len(known) // 4, 1)
+        print(f"using {cap}")
+    uniform = np.sort(np.random.default_rng(0).choice(known, min(cap, len(known)), replace=False))
+    rows = np.unique(idx[uniform][np.isin(idx[uniform], cold)])
+    clickers, click_user = np.unique(window["user_id"].to_numpy()[uniform], return_inverse=True)
+    clicker_vectors = embed_users(model, seq.last_windows(clickers, L), spec.users.encode(clickers))
+    uniform_items = plain.clone()
+    uniform_items[torch.from_numpy(rows)] = fit_new_items(
+        plain, torch.from_numpy(rows), clicker_vectors, torch.from_numpy(idx[uniform]).long(),
+        torch.from_numpy(click_user).long(), fold.temperature, fold.normalize)
+    steps.FIT_MAX_CLICKS, default_cap = cap, steps.FIT_MAX_CLICKS
+    sampled, sampled_info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),
+                                          since=prep.split.train_end)
+    steps.FIT_MAX_CLICKS = default_cap
+    on_new = np.isin(idx[known], cold)
+    kept = int(on_new[steps.fit_click_sample(on_new, cap)[0]].sum())
+    print(f"cap {cap} of the window's {len(known)} clicks: the uniform sample holds "
+          f"{int(np.isin(idx[uniform], cold).sum())} of the {info['clicks']} clicks on new items and moves "
+          f"{len(rows)} of the {info['items']} new items; fit's sample holds {kept} of them (all, up to half the cap), "
+          f"moving {sampled_info['items']}")
+    report(f"fit, uniform {cap}", uniform_items)
+    report(f"fit, sample {cap}", sampled)
+    for a, b in ((f"fit, sample {cap}", f"fit, uniform {cap}"), (f"fit, sample {cap}", "fitted"),
+                 (f"fit, uniform {cap}", "fitted")):
+        d = paired_bootstrap(per_user[a], per_user[b])
+        print(f"{a} - {b}, R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
