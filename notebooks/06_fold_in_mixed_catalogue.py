@@ -132,7 +132,8 @@ for name in ("summed", "summed + normalised", "fitted"):
 # other items' clicks, each weighted by the inverse of its sampling rate, so the loss estimates the
 # whole window's. Until 2026-11-29 it read a uniform sample of the window, so a new item's few
 # clicks were mostly dropped. Set `RECSYS_CL_FIT_CAP` below this window's size to compare, in the same
-# run, the whole window, that uniform sample, and the sample `fit` reads now.
+# run, the whole window, that uniform sample, the sample `fit` reads now, and the same sample without
+# its weights (which over-counts the new items' clicks).
 
 # %%
 cap = int(os.environ.get("RECSYS_CL_FIT_CAP", "0"))
@@ -148,26 +149,34 @@ if cap:
         cap = max(len(known) // 4, 1)
         print(f"using {cap}")
     uniform = np.sort(np.random.default_rng(0).choice(known, min(cap, len(known)), replace=False))
-    rows = np.unique(idx[uniform][np.isin(idx[uniform], cold)])
-    clickers, click_user = np.unique(window["user_id"].to_numpy()[uniform], return_inverse=True)
-    clicker_vectors = embed_users(model, seq.last_windows(clickers, L), spec.users.encode(clickers))
-    uniform_items = plain.clone()
-    uniform_items[torch.from_numpy(rows)] = fit_new_items(
-        plain, torch.from_numpy(rows), clicker_vectors, torch.from_numpy(idx[uniform]).long(),
-        torch.from_numpy(click_user).long(), fold.temperature, fold.normalize)
+
+    def fit_on(sel):  # type: ignore[no-untyped-def]
+        """The new items clicked among the window's clicks ``sel`` fitted to those clicks, unweighted."""
+        rows = np.unique(idx[sel][np.isin(idx[sel], cold)])
+        clickers, click_user = np.unique(window["user_id"].to_numpy()[sel], return_inverse=True)
+        clicker_vectors = embed_users(model, seq.last_windows(clickers, L), spec.users.encode(clickers))
+        out = plain.clone()
+        out[torch.from_numpy(rows)] = fit_new_items(
+            plain, torch.from_numpy(rows), clicker_vectors, torch.from_numpy(idx[sel]).long(),
+            torch.from_numpy(click_user).long(), fold.temperature, fold.normalize)
+        return out, len(rows)
+
+    uniform_items, uniform_rows = fit_on(uniform)
+    on_new = np.isin(idx[known], cold)
+    chosen, _ = steps.fit_click_sample(on_new, cap)
+    unweighted_items, _ = fit_on(known[chosen])  # fit's sample without its weights: new items over-counted
     steps.FIT_MAX_CLICKS, default_cap = cap, steps.FIT_MAX_CLICKS
     sampled, sampled_info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),
                                           since=prep.split.train_end)
     steps.FIT_MAX_CLICKS = default_cap
-    on_new = np.isin(idx[known], cold)
-    kept = int(on_new[steps.fit_click_sample(on_new, cap)[0]].sum())
     print(f"cap {cap} of the window's {len(known)} clicks: the uniform sample holds "
           f"{int(np.isin(idx[uniform], cold).sum())} of the {info['clicks']} clicks on new items and moves "
-          f"{len(rows)} of the {info['items']} new items; fit's sample holds {kept} of them (all, up to half the cap), "
-          f"moving {sampled_info['items']}")
+          f"{uniform_rows} of the {info['items']} new items; fit's sample holds {int(on_new[chosen].sum())} of them "
+          f"(all, up to half the cap), moving {sampled_info['items']}")
     report(f"fit, uniform {cap}", uniform_items)
     report(f"fit, sample {cap}", sampled)
+    report(f"unweighted {cap}", unweighted_items)
     for a, b in ((f"fit, sample {cap}", f"fit, uniform {cap}"), (f"fit, sample {cap}", "fitted"),
-                 (f"fit, uniform {cap}", "fitted")):
+                 (f"fit, uniform {cap}", "fitted"), (f"unweighted {cap}", "fitted")):
         d = paired_bootstrap(per_user[a], per_user[b])
         print(f"{a} - {b}, R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")

@@ -23,7 +23,7 @@ EXPECTED = {
     "05_item_embeddings.py": ["PCA explained variance", "neighbours of"],
     "06_fold_in_mixed_catalogue.py": ["items without training clicks;", "summed + normalised: all targets R@20",
                                       "fitted: all targets R@20", "fitted - content only, R@20 all targets:",
-                                      "fit's sample holds", "fit, sample 3 - fit, uniform 3, R@20"],
+                                      "fit's sample holds", "fit, sample 3 - fit, uniform 3, R@20", "unweighted 3 - fitted, R@20"],
     "07_fold_in_fit_cost.py": ["| 2,000 | 300 | 20 |", "| 3,000 | 400 | 30 |", "(2 steps timed, x 50.0)"],
 }
 
