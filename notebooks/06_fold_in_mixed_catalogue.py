@@ -16,7 +16,8 @@
 # Run it from the repository root: `python notebooks/06_fold_in_mixed_catalogue.py`
 # (about a minute on 2 cores with the bundled data). Knobs: RECSYS_CL_DATA, RECSYS_CL_EPOCHS,
 # RECSYS_CL_SEED, RECSYS_CL_OVERRIDES (more `key=value` overrides, separated by spaces),
-# RECSYS_CL_FIT_CAP (the last cell: `fit` on a window sampled down to this many clicks).
+# RECSYS_CL_FIT_CAP (`fit` on a window sampled down to this many clicks), RECSYS_CL_FIT_GRID (`fit`
+# with other steps and learning rates).
 # Measured results are in docs/content_and_cold_start.md ("Ranked among all items").
 
 # %%
@@ -180,3 +181,28 @@ if cap:
                  (f"fit, uniform {cap}", "fitted"), (f"unweighted {cap}", "fitted")):
         d = paired_bootstrap(per_user[a], per_user[b])
         print(f"{a} - {b}, R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+
+# %% [markdown]
+# ## How much `fit`'s steps and learning rate matter
+# `fit` runs 100 Adam steps at lr 0.05, fixed a priori. Set `RECSYS_CL_FIT_GRID` to `steps x lr`
+# pairs (e.g. `"30x0.05 300x0.05 100x0.01 100x0.2"`) to refit with each and compare with the default in
+# the same run. This reads test targets: a sensitivity check, not a way to choose them.
+
+# %%
+import functools  # noqa: E402
+
+import recsys_cl.towers.fold_in as fold_in_module  # noqa: E402
+
+default_fit = fold_in_module.fit_new_items
+for pair in os.environ.get("RECSYS_CL_FIT_GRID", "").split():
+    n_steps, lr = pair.split("x")
+    fold_in_module.fit_new_items = functools.partial(default_fit, steps=int(n_steps), lr=float(lr))
+    try:
+        refit, _ = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),
+                                 since=prep.split.train_end)
+    finally:
+        fold_in_module.fit_new_items = default_fit
+    name = f"fit, {n_steps} steps lr {lr}"
+    report(name, refit)
+    d = paired_bootstrap(per_user[name], per_user["fitted"])
+    print(f"{name} - fitted (100 steps lr 0.05), R@20 all targets: {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")

@@ -23,7 +23,9 @@ EXPECTED = {
     "05_item_embeddings.py": ["PCA explained variance", "neighbours of"],
     "06_fold_in_mixed_catalogue.py": ["items without training clicks;", "summed + normalised: all targets R@20",
                                       "fitted: all targets R@20", "fitted - content only, R@20 all targets:",
-                                      "fit's sample holds", "fit, sample 3 - fit, uniform 3, R@20", "unweighted 3 - fitted, R@20"],
+                                      "fit's sample holds", "fit, sample 3 - fit, uniform 3, R@20",
+                                      "unweighted 3 - fitted, R@20",
+                                      "fit, 5 steps lr 0.1 - fitted (100 steps lr 0.05), R@20 all targets:"],
     "07_fold_in_fit_cost.py": ["| 2,000 | 300 | 20 |", "| 3,000 | 400 | 30 |", "(2 steps timed, x 50.0)"],
 }
 
@@ -44,6 +46,7 @@ def test_notebook_runs(
     monkeypatch.setenv("RECSYS_CL_FIT_FULL_MAX", "1e6")
     monkeypatch.setenv("RECSYS_CL_FIT_FULL_STEPS", "2")
     monkeypatch.setenv("RECSYS_CL_FIT_CAP", "3")  # 06: below the fixture's window
+    monkeypatch.setenv("RECSYS_CL_FIT_GRID", "5x0.1")  # 06
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.setenv("MPLBACKEND", "Agg")  # plt.show() is a no-op
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
