@@ -128,7 +128,8 @@ def log_result(tracker: Any, manifest: dict) -> None:
         "new_item_share": manifest["new_item_share"],
         "ann_recall_at_k": manifest["ann_recall"]["recall_at_k"],
         **{f"time/{k}": v for k, v in manifest["timings"].items()},
-        **{f"fold_in/{k}": v for k, v in (manifest.get("fold_in") or {}).items() if k in ("clicks", "items")},
+        **{f"fold_in/{k}": v for k, v in (manifest.get("fold_in") or {}).items()
+           if k in ("clicks", "items", "window_clicks", "fit_clicks")},
     })
     tracker.log_dict(manifest, "candidates_manifest.json")
 

@@ -206,6 +206,13 @@ def test_fit_method_serves_the_same_vectors_from_a_dated_index(tmp_path: Path) -
     assert set(loaded.spec.items.ids[moved]) == COLD
     np.testing.assert_allclose(np.linalg.norm(fitted.item_vectors[moved], axis=1), 1.0, rtol=1e-5)
 
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    assert (run["metrics.fold_in/clicks"], run["metrics.fold_in/window_clicks"]) == (4, info["window_clicks"])
+    assert "metrics.fold_in/fit_clicks" not in run  # the window was read whole
+
     index = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE)
     assert load_index(index).manifest.fold_in == info  # type: ignore[union-attr]
     again = generate_candidates.main([*args, "--index", str(index), *_common(tmp_path, "b")])
