@@ -61,6 +61,7 @@ def health_check(
         "ann_recall": manifest["ann_recall"]["recall_at_k"],
         "known_item_share": manifest["known_item_share"],
         "clicks_on_run_date": manifest["clicks_on_run_date"],
+        "new_item_share": manifest.get("new_item_share", 0.0),
         "previous_partition": None if previous is None else str(previous),
     }
     failures = []
@@ -79,6 +80,13 @@ def health_check(
     if cfg.require_clicks_on_run_date and health["clicks_on_run_date"] == 0:
         failures.append(f"no click on the run date {manifest['date']} itself: the click log looks late "
                         "(candidates.require_clicks_on_run_date)")
+    if health["new_item_share"] > cfg.max_new_item_share:
+        how = manifest.get("fold_in") or {}
+        cause = ("candidates.fold_in=sum grows their vectors with every click: use fit"
+                 if how.get("method") == "sum" and how.get("clicks") else
+                 "their vectors outrank the trained items': retrain the model on recent clicks")
+        failures.append(f"{health['new_item_share']:.3f} of the rows recommend items without training clicks > "
+                        f"candidates.max_new_item_share {cfg.max_new_item_share} ({cause})")
     if previous is not None:
         prev_manifest = read_success(previous) or {}
         same_model = prev_manifest.get("model_version") == manifest["model_version"]

@@ -134,6 +134,25 @@ def test_health_fails_on_foreign_clicks_and_a_late_log(tmp_path: Path) -> None:
     assert health_check(tmp_path, manifest, relaxed, None)[1] == []
 
 
+def test_health_fails_when_new_items_crowd_the_lists(tmp_path: Path) -> None:
+    from recsys_cl.candidates.health import health_check
+
+    manifest = {"date": "2023-11-15", "served_share": 1.0, "catalogue_coverage": 1.0,
+                "ann_recall": {"recall_at_k": 1.0}, "known_item_share": 1.0, "clicks_on_run_date": 5,
+                "new_item_share": 0.3}
+    health, failures = health_check(tmp_path, manifest, CandidatesConfig(), None)
+    assert failures == [] and health["new_item_share"] == 0.3
+    summed = {**manifest, "new_item_share": 0.97, "fold_in": {"method": "sum", "clicks": 40, "items": 9}}
+    _, failures = health_check(tmp_path, summed, CandidatesConfig(), None)
+    assert failures == ["0.970 of the rows recommend items without training clicks > candidates.max_new_item_share "
+                        "0.5 (candidates.fold_in=sum grows their vectors with every click: use fit)"]
+    _, failures = health_check(tmp_path, {**manifest, "new_item_share": 0.6}, CandidatesConfig(), None)
+    assert len(failures) == 1 and "retrain the model on recent clicks" in failures[0]
+    assert health_check(tmp_path, summed, CandidatesConfig(max_new_item_share=1.0), None)[1] == []
+    assert health_check(tmp_path, {k: v for k, v in manifest.items() if k != "new_item_share"},
+                        CandidatesConfig(), None)[1] == []  # an older manifest without the figure
+
+
 def test_user_batch_matches_sequences_last_windows() -> None:
     rng = np.random.default_rng(0)
     n = 300
