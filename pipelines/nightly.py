@@ -17,9 +17,10 @@ Examples:
 4. Health against the previous published partition: overlap@K per user (checked only when the
    model version is unchanged), catalogue coverage, share of active users served, sampled ANN
    recall, share of the window's clicks on items the model knows, a click on the run date itself
-   (else the click log is late). A crossed threshold (candidates.min_*) publishes nothing, keeps the previous
-   partitions, marks the MLflow run FAILED and exits non-zero (--publish-unhealthy publishes
-   anyway, still exiting non-zero).
+   (else the click log is late), share of rows on items without training clicks (at most
+   candidates.max_new_item_share). A crossed threshold (candidates.min_* / max_*) publishes
+   nothing, keeps the previous partitions, marks the MLflow run FAILED and exits non-zero
+   (--publish-unhealthy publishes anyway, still exiting non-zero).
 """
 
 from __future__ import annotations
