@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str, int, str] | None = None,
-                 ) -> tuple[Path, bool]:
+                 clicks: Any = None) -> tuple[Path, bool]:
     """The index directory for this model version, built only when missing or not matching
     ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until, since, method)`` builds the
-    same vectors, so the index is rebuilt when those clicks changed)."""
+    same vectors, so the index is rebuilt when those clicks changed). ``clicks``: the job's clicks,
+    for the build's recall queries (None: the model's own click log is read again)."""
     from recsys_cl.index.build import build_index_for_model, log_index
 
     directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
@@ -90,7 +91,8 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[An
     except (IndexLoadError, IndexMismatchError) as e:
         log.info("building the index for %s (%s)", model["uri"], e)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking, fold_in=fold_in)
+    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking, fold_in=fold_in,
+                                  clicks=clicks)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         fold_in = None if c.fold_in == "none" else (read.history, str(run_date), read.window.start, c.fold_in)
         if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, *fold_in)
-        index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in)
+        index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in, read.history)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:

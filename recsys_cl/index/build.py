@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from recsys_cl.config import IndexConfig, TrackingConfig
 from recsys_cl.index.base import MANIFEST_FILE, Index, Manifest, backend_class, embedding_hash, utc_now_iso
@@ -88,26 +89,32 @@ def fold_in_catalogue(
     return (out.numpy() if info["items"] else vectors), info
 
 
-def sample_user_queries(model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0) -> np.ndarray | None:
+def sample_user_queries(
+    model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0, clicks: pl.DataFrame | None = None,
+) -> np.ndarray | None:
     """(U, D) user-tower embeddings of up to ``n_users`` training users from their last clicks.
 
-    Reads the model's own click log (``cfg.data``); returns None (with a warning) when it is gone.
+    The clicks come from ``clicks`` when given (a job that holds the log already), else from the
+    model's own click log (``cfg.data``); None (with a warning) when that is gone. Only the sampled
+    users' clicks are turned into sequences.
     """
     from recsys_cl.data.errors import DataError
     from recsys_cl.data.io import load_click_log
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.train.steps import embed_users
 
-    try:
-        clicks = load_click_log(cfg.data).clicks
-    except (DataError, OSError) as e:
-        log.warning("cannot read the model's click log for recall queries (%s); using item vectors", e)
-        return None
     users = np.asarray(spec.users.ids)
     if len(users) == 0:
         return None
+    if clicks is None:
+        try:
+            clicks = load_click_log(cfg.data).clicks
+        except (DataError, OSError) as e:
+            log.warning("cannot read the model's click log for recall queries (%s); using item vectors", e)
+            return None
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(users, size=min(n_users, len(users)), replace=False))
+    clicks = clicks.filter(pl.col("user_id").is_in(chosen.tolist()))
     seqs = Sequences.from_clicks(clicks, spec.items, spec.users)
     history = seqs.last_windows(chosen, cfg.user_tower.history_length)  # (U, L)
     user_index = spec.users.encode(chosen)
@@ -301,13 +308,16 @@ def build_index_for_model(
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
     fold_in: tuple[Any, str, int | None, str] | None = None,
+    clicks: pl.DataFrame | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
 
     ``fold_in = (clicks, until, since, method)``: take the clicks (a frame of clicks up to the date
     ``until``; ``fit`` reads those at or after ``since``) on items without training clicks into their
     vectors first, by ``method`` (sum | fit; :func:`fold_in_catalogue`, the model's
-    ``item_tower.fold_in_step``); the manifest records it under ``fold_in``.
+    ``item_tower.fold_in_step``); the manifest records it under ``fold_in``. ``clicks``: where the
+    recall queries' user histories come from (default: ``fold_in``'s clicks, else the model's own
+    click log, read again; :func:`sample_user_queries`).
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -344,7 +354,9 @@ def build_index_for_model(
         log.info("folded %d clicks up to %s into %d items without training clicks",
                  folded["clicks"], folded["clicks_until"], folded["items"])
 
-    queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed)
+    if clicks is None and fold_in is not None:
+        clicks = fold_in[0]
+    queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
     source = "users"
     if queries is None or len(queries) == 0:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"

@@ -360,3 +360,28 @@ def test_partition_stats_counts_rows_on_new_items(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert partition_stats(empty, 8, np.array([12]))["new_item_share"] == 0.0
+
+
+def test_recall_queries_from_given_clicks_match_reading_the_models_log(  # type: ignore[no-untyped-def]
+    loaded, clicks
+) -> None:
+    """sample_user_queries with the job's clicks (nightly passes them, so the log is not read twice)
+    gives the queries it computes from the model's own click log, and only the sampled users'
+    clicks are turned into sequences: the same as the windows built from every click."""
+    import dataclasses
+
+    from recsys_cl.config import DataConfig
+    from recsys_cl.features.sequences import Sequences
+    from recsys_cl.index.build import sample_user_queries
+    from recsys_cl.train.checkpoint import load_model_dir
+    from recsys_cl.train.steps import embed_users
+
+    model, spec, cfg = load_model_dir(loaded.model_dir)
+    cfg = dataclasses.replace(cfg, data=DataConfig(path=str(Path(__file__).parents[1] / "fixtures" / "ml-100k")))
+    read = sample_user_queries(model, spec, cfg, 5, seed=3)
+    given = sample_user_queries(model, spec, cfg, 5, seed=3, clicks=clicks)
+    assert read is not None and given is not None and read.shape == (5, cfg.model.embedding_dim)
+    np.testing.assert_array_equal(read, given)
+    chosen = np.sort(np.random.default_rng(3).choice(np.asarray(spec.users.ids), 5, replace=False))
+    windows = Sequences.from_clicks(clicks, spec.items, spec.users).last_windows(chosen, cfg.user_tower.history_length)
+    np.testing.assert_allclose(given, embed_users(model, windows, spec.users.encode(chosen)).numpy(), atol=1e-6)

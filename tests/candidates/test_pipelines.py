@@ -27,7 +27,9 @@ def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: 
     assert run.data.params["candidates.backend"] == "exact" == run.data.tags["backend"]  # built in memory
 
 
-def test_nightly_alias_index_reuse_and_health(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = [*in_root.args(tmp_path / "out"), "--set", f"candidates.index_root={tmp_path / 'index'}",
             "--set", "index.recall_sample_users=8",
             # an approximate index with the default candidates.backend (exact): the saved index wins
@@ -41,8 +43,14 @@ def test_nightly_alias_index_reuse_and_health(in_root, tmp_path: Path) -> None: 
         nightly.main(["--date", FIRST_DATE, *args])
     client.set_registered_model_alias("recsys_cl_two_tower", "champion", 1)
 
+    import recsys_cl.data.io
+
+    reads = []
+    real_load = recsys_cl.data.io.load_click_log
+    monkeypatch.setattr(recsys_cl.data.io, "load_click_log", lambda *a, **kw: reads.append(1) or real_load(*a, **kw))
     first = nightly.main(["--date", FIRST_DATE, *args])
     assert first["index_rebuilt"] is True and first["health"]["previous_partition"] is None
+    assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])
     assert second["index_rebuilt"] is False  # same model version: index reused
     h = second["health"]
