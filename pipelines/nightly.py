@@ -71,13 +71,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[Any, str, int, str] | None = None,
-                 clicks: Any = None) -> tuple[Path, bool]:
+def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = None) -> tuple[Path, bool]:
     """The index directory for this model version, built only when missing or not matching
-    ``loaded`` (whose vectors may hold new items' clicks: ``fold_in = (clicks, until, since, method)`` builds the
-    same vectors, so the index is rebuilt when those clicks changed). ``clicks``: the job's clicks,
-    for the build's recall queries (None: the model's own click log is read again)."""
-    from recsys_cl.index.build import build_index_for_model, log_index
+    ``loaded``, from ``loaded``'s own item vectors (which may hold new items' clicks, its
+    ``fold_in``: the index is then rebuilt whenever those clicks changed). Nothing is loaded,
+    embedded or folded in again. ``clicks``: the job's clicks, for the build's recall queries (None:
+    the model's own click log is read)."""
+    import numpy as np
+
+    from recsys_cl.index.build import ItemEmbeddings, build_index_for_vectors, log_index
 
     directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
     try:
@@ -91,8 +93,11 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, fold_in: tuple[An
     except (IndexLoadError, IndexMismatchError) as e:
         log.info("building the index for %s (%s)", model["uri"], e)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    build = build_index_for_model(str(model["uri"]), index_cfg, directory, cfg.tracking, fold_in=fold_in,
-                                  clicks=clicks)
+    unit = bool(np.allclose(np.linalg.norm(loaded.item_vectors, axis=1), 1.0, atol=1e-3))
+    emb = ItemEmbeddings(loaded.item_vectors, np.asarray(loaded.spec.items.ids),
+                         unit and not loaded.fold_in.get("clicks"))
+    build = build_index_for_vectors(loaded.model, loaded.spec, loaded.config, loaded.model_uri, loaded.provenance,
+                                    emb, loaded.fold_in, index_cfg, directory, clicks)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 
@@ -113,10 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         loaded = load_model(str(model["uri"]), cfg.tracking)
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
-        fold_in = None if c.fold_in == "none" else (read.history, str(run_date), read.window.start, c.fold_in)
-        if fold_in is not None:  # new items' clicks so far, into their vectors (and the index's)
-            loaded = fold_in_new_clicks(loaded, *fold_in)
-        index_dir, rebuilt = ensure_index(cfg, model, loaded, fold_in, read.history)
+        if c.fold_in != "none":  # new items' clicks so far, into their vectors (and the index's)
+            loaded = fold_in_new_clicks(loaded, read.history, str(run_date), read.window.start, c.fold_in)
+        index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:

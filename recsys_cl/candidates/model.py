@@ -36,6 +36,8 @@ class Loaded:
     """The model's ``item_tower.fold_in_*`` settings."""
     fold_in: dict[str, Any] = field(default_factory=dict)
     """What :func:`fold_in_new_clicks` folded into ``item_vectors``; empty before it runs."""
+    config: Any = None
+    """The model's own :class:`~recsys_cl.config.RunConfig` (as saved with it)."""
 
     @property
     def version_label(self) -> str:
@@ -72,7 +74,7 @@ def load_model(model_uri: str, tracking: Any) -> Loaded:
     if Path(model_uri).exists():  # a local path: compared with the index manifest's absolute path
         model_uri = str(Path(model_uri).absolute())
     return Loaded(model, spec, model_cfg.user_tower.history_length, Path(model_dir), model_uri, prov,
-                  vectors, embedding_hash(vectors, spec.items.ids), FoldIn.from_config(model_cfg))
+                  vectors, embedding_hash(vectors, spec.items.ids), FoldIn.from_config(model_cfg), config=model_cfg)
 
 
 def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | None = None,

@@ -356,6 +356,26 @@ def build_index_for_model(
 
     if clicks is None and fold_in is not None:
         clicks = fold_in[0]
+    model_uri = model_uri if not Path(model_uri).exists() else str(Path(model_uri).absolute())
+    return build_index_for_vectors(model, spec, model_cfg, model_uri, provenance, emb, folded, index_cfg, out_dir,
+                                   clicks)
+
+
+def build_index_for_vectors(
+    model: Any, spec: Any, model_cfg: Any, model_uri: str, provenance: dict[str, Any], emb: ItemEmbeddings,
+    folded: dict[str, Any], index_cfg: IndexConfig, out_dir: str | Path, clicks: pl.DataFrame | None = None,
+) -> IndexBuild:
+    """Build + tune ``index_cfg.backend`` on item vectors already embedded (and with ``folded``, the
+    ``fold_in`` info, new items' clicks already taken in), write ``out_dir`` atomically.
+
+    :func:`build_index_for_model` calls it after loading and embedding; a job that holds the model and
+    its vectors already (nightly) calls it directly, so nothing is loaded, embedded or fitted twice.
+    ``clicks``: where the recall queries' user histories come from (:func:`sample_user_queries`).
+
+    Raises:
+        OutputError: ``out_dir`` holds something other than an index.
+    """
+    check_replaceable(out_dir)
     queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
     source = "users"
     if queries is None or len(queries) == 0:
@@ -363,7 +383,7 @@ def build_index_for_model(
 
     index, measured = build_and_tune(emb, queries, index_cfg)
     manifest = index.default_manifest(
-        model_uri=model_uri if not Path(model_uri).exists() else str(Path(model_uri).absolute()),
+        model_uri=model_uri,
         **provenance,
         normalized=bool(model_cfg.model.normalize and emb.normalized),
         embedding_hash=embedding_hash(emb.vectors, emb.ids),

@@ -9,6 +9,7 @@ UTC, so items 8 and 10 (first clicked on 1997-09-23) have no training clicks.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -171,21 +172,41 @@ def test_fold_in_until_must_be_a_date(tmp_path: Path, model_dir: Path) -> None:
     assert not (tmp_path / "i").exists()
 
 
-def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, model_dir: Path) -> None:
+def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensure_index builds from the job's own (folded) vectors: the index equals what build_index_for_model
+    builds from the model with the same clicks, and nothing is folded in a second time."""
+    import recsys_cl.index.build as build_module
+
     cfg = load_config(None, RunConfig, overrides=_common(tmp_path)[1::2]
                       + [f"candidates.index_root={tmp_path / 'index'}"])
     model = {"model_name": "m", "model_version": "1", "model_run_id": None, "uri": str(model_dir)}
     loaded = load_model(str(model_dir), cfg.tracking)
+    folds = []
+    real_fold = build_module.fold_in_catalogue
 
-    def ensure(date: str) -> bool:
-        fold_in = (_clicks_until(date), date, None, "sum")
-        return nightly.ensure_index(cfg, model, fold_in_new_clicks(loaded, *fold_in), fold_in)[1]
+    def ensure(date: str, method: str = "sum") -> bool:
+        fold_in = (_clicks_until(date), date, None if method == "sum" else 874972800 - 29 * 86400, method)
+        job = fold_in_new_clicks(loaded, *fold_in)
+        monkeypatch.setattr(build_module, "fold_in_catalogue", lambda *a: folds.append(1) or real_fold(*a))
+        try:
+            return nightly.ensure_index(cfg, model, job, fold_in[0])[1]
+        finally:
+            monkeypatch.setattr(build_module, "fold_in_catalogue", real_fold)
 
     assert ensure(DAY_BEFORE) is True  # first build
     assert ensure(DAY_BEFORE) is False  # same vectors: reused
     assert ensure(DATE) is True  # items 8 and 10 got their first clicks: rebuilt with them
     assert load_index(tmp_path / "index" / "m" / "v1").manifest.fold_in["clicks"] == 4  # type: ignore[union-attr]
     assert ensure(DATE) is False
+    assert ensure(DATE, "fit") is True and folds == []  # the job's fit, not a second one
+    nightly_manifest = load_index(tmp_path / "index" / "m" / "v1").manifest
+    fold_in = (_clicks_until(DATE), DATE, 874972800 - 29 * 86400, "fit")
+    index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
+    alone = build_index_for_model(str(model_dir), index_cfg, tmp_path / "alone", fold_in=fold_in).manifest
+    assert nightly_manifest is not None and alone.fold_in == nightly_manifest.fold_in
+    for key in ("embedding_hash", "normalized", "model_uri", "item_count", "embedding_dim", "index_id"):
+        assert getattr(alone, key) == getattr(nightly_manifest, key), key
 
 
 def test_fit_method_serves_the_same_vectors_from_a_dated_index(tmp_path: Path) -> None:
