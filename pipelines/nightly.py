@@ -52,6 +52,7 @@ from recsys_cl.candidates import (
 )
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import (
+    REBUILD_HINT,
     IndexLoadError,
     IndexMismatchError,
     check_compatible,
@@ -91,7 +92,8 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
         return directory, False
     except (IndexLoadError, IndexMismatchError) as e:
-        log.info("building the index for %s (%s)", model["uri"], e)
+        why = str(e).split(f"; {REBUILD_HINT}")[0].split(". Fix: ")[0]  # the problem, not the manual fix
+        log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
     unit = bool(np.allclose(np.linalg.norm(loaded.item_vectors, axis=1), 1.0, atol=1e-3))
     emb = ItemEmbeddings(loaded.item_vectors, np.asarray(loaded.spec.items.ids),
