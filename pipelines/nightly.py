@@ -42,6 +42,7 @@ from pipelines.generate_candidates import (
 )
 from recsys_cl.candidates import (
     HealthCheckError,
+    build_index_for_loaded,
     fold_in_new_clicks,
     health_check,
     load_model,
@@ -78,9 +79,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
     ``fold_in``: the index is then rebuilt whenever those clicks changed). Nothing is loaded,
     embedded or folded in again. ``clicks``: the job's clicks, for the build's recall queries (None:
     the model's own click log is read)."""
-    import numpy as np
-
-    from recsys_cl.index.build import ItemEmbeddings, build_index_for_vectors, log_index
+    from recsys_cl.index.build import log_index
 
     directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
     try:
@@ -95,11 +94,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
         why = str(e).split(f"; {REBUILD_HINT}")[0].split(". Fix: ")[0]  # the problem, not the manual fix
         log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    unit = bool(np.allclose(np.linalg.norm(loaded.item_vectors, axis=1), 1.0, atol=1e-3))
-    emb = ItemEmbeddings(loaded.item_vectors, np.asarray(loaded.spec.items.ids),
-                         unit and not loaded.fold_in.get("clicks"))
-    build = build_index_for_vectors(loaded.model, loaded.spec, loaded.config, loaded.model_uri, loaded.provenance,
-                                    emb, loaded.fold_in, index_cfg, directory, clicks)
+    build = build_index_for_loaded(loaded, index_cfg, directory, clicks)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 

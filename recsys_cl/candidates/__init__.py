@@ -50,6 +50,7 @@ from recsys_cl.candidates.histories import UserBatch, UserHistories, check_click
 from recsys_cl.candidates.job import run
 from recsys_cl.candidates.model import (
     Loaded,
+    build_index_for_loaded,
     build_index_in_memory,
     fold_in_for_run,
     fold_in_new_clicks,
@@ -81,6 +82,7 @@ __all__ = [
     "UserHistories",
     "Window",
     "active_users",
+    "build_index_for_loaded",
     "build_index_in_memory",
     "check_clicks",
     "chunks",
