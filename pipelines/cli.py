@@ -147,8 +147,8 @@ def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = No
         if info.get("method") != "fit":
             how = f"summed, item_tower.fold_in_step {info.get('step', 1.0):g}"
         elif "fit_clicks" in info:
-            how = (f"fit to {info['fit_clicks']:,} of the window's {info['window_clicks']:,} clicks: the new "
-                   "items' and a weighted sample of the others")
+            how = (f"fit to a weighted sample of {info['fit_clicks']:,} of the window's {info['window_clicks']:,} "
+                   "clicks, new items' clicks first")
         else:
             how = f"fit to the window's {info['window_clicks']:,} clicks"
         share = "" if new_item_share is None else f"; they are {new_item_share:.1%} of the rows written"

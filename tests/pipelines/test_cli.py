@@ -44,6 +44,6 @@ def test_print_fold_in_says_how_the_clicks_were_taken_in(capsys: pytest.CaptureF
         "new items: 12 clicks up to 2018-09-24 taken into the vectors of 4 items without training clicks "
         "(fit to the window's 877 clicks)",
         "new items: 12 clicks up to 2018-09-24 taken into the vectors of 4 items without training clicks "
-        "(fit to 20,000 of the window's 1,250,000 clicks: the new items' and a weighted sample of the others)",
+        "(fit to a weighted sample of 20,000 of the window's 1,250,000 clicks, new items' clicks first)",
         "new items (no training clicks, ranked on content alone): 2.0% of the rows written",
     ]
