@@ -232,3 +232,20 @@ def test_fit_refuses_bad_click_weights(weights: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"click_weights must be \(N,\) = \(1,\), finite and >= 0"):
         fit_new_items(torch.zeros(4, 3), torch.tensor([3]), torch.ones(2, 3), torch.tensor([3]), torch.tensor([1]),
                       0.1, click_weights=weights)
+
+
+def test_fit_without_normalize_lowers_the_loss_with_free_length_vectors() -> None:
+    """model.normalize=false: the fitted vector is not put on the sphere; it still ranks for its
+    clickers and lowers the clicks' loss, and gradient descent on the plain vector is what moves it."""
+    items = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    users = torch.nn.functional.normalize(torch.tensor([[0.9, 0.1, 0.3], [0.8, -0.1, 0.4], [0.0, 1.0, 0.0]]), dim=1)
+    ci, cu = torch.tensor([3, 3, 1]), torch.tensor([0, 1, 2])
+    fitted = fit_new_items(items, torch.tensor([3]), users, ci, cu, temperature=0.5, normalize=False, steps=200)
+    assert abs(float(fitted.norm()) - 1.0) > 0.05  # not projected to unit length
+    scores = users @ fitted[0]
+    assert scores[:2].min() > scores[2]
+    after = items.clone()
+    after[3] = fitted[0]
+    start = torch.cat([items[:3], torch.tensor([[1e-3, 0, 0]])])
+    assert softmax_gradient(after, torch.tensor([3]), users, ci, cu, 0.5)[1] < \
+        softmax_gradient(start, torch.tensor([3]), users, ci, cu, 0.5)[1]
