@@ -89,20 +89,22 @@ def fixed_log_partition(
     Args:
         item_vectors: (M, D); rows: (R,) int64 distinct rows left out (the vectors being fitted).
         user_vectors: (U, D); click_users: (N,) int64 row of the clicker of each click.
-        chunk_size: clicks per (chunk, M) logits block; None: :data:`LOGITS_BUDGET` // M.
+        chunk_size: users per (chunk, M) logits block; None: :data:`LOGITS_BUDGET` // M.
 
     Returns:
-        (N,) float, computed in one pass over the M items.
+        (N,) float, computed in one pass over the M items for each distinct clicker (a user's clicks
+        share one value), so it costs (distinct clickers) x M, not N x M.
     """
     fixed = torch.ones(item_vectors.shape[0], dtype=torch.bool)
     fixed[rows] = False
     others = item_vectors[fixed]  # (M - R, D)
-    out = torch.empty(int(click_users.numel()), dtype=item_vectors.dtype)
+    users, inverse = torch.unique(click_users, return_inverse=True)  # (C,), (N,)
+    per_user = torch.empty(len(users), dtype=item_vectors.dtype)
     block = _block(chunk_size, len(others))
-    for s in range(0, len(out), block):
-        q = user_vectors[click_users[s : s + block]]  # (c, D)
-        out[s : s + block] = torch.logsumexp(q @ others.T / temperature, dim=1)
-    return out
+    for s in range(0, len(users), block):
+        q = user_vectors[users[s : s + block]]  # (c, D)
+        per_user[s : s + block] = torch.logsumexp(q @ others.T / temperature, dim=1)
+    return per_user[inverse]
 
 
 def softmax_gradient(
@@ -122,14 +124,19 @@ def softmax_gradient(
     ``dL/dv_r = 1/(W temperature) sum_n w_n (p_n(r) - [i_n = r]) q_{u_n}``, with ``W = sum_n w_n``
     (every ``w_n`` = 1 without ``weights``: the plain mean over the N clicks).
 
+    The softmax depends on the clicker only, so it is computed once per distinct clicker, weighted
+    by that user's clicks: ``sum_u c_u p_u(r) q_u`` with ``c_u = sum_{n: u_n = u} w_n``. A user with
+    five clicks in the window costs one row of logits, not five.
+
     Args:
         item_vectors: (M, D) every item's vector (the softmax runs over all of them).
         rows: (R,) int64 distinct rows of ``item_vectors`` to differentiate.
         user_vectors: (U, D); click_items, click_users: (N,) int64 rows of items / users, one per click.
-        chunk_size: clicks per logits block, (chunk, M) or with ``fixed`` (chunk, R); None: the
-            :data:`LOGITS_BUDGET` over that width.
+        chunk_size: distinct clickers per logits block, (chunk, M) or with ``fixed`` (chunk, R); None:
+            the :data:`LOGITS_BUDGET` over that width.
         fixed: (N,) :func:`fixed_log_partition` of the same vectors outside ``rows``, when known: then
-            each step scores only the R rows, ``O(N R D)`` instead of ``O(N M D)``, with the same result.
+            each step scores only the R rows, ``O(C R D)`` for C distinct clickers instead of ``O(C M D)``,
+            with the same result.
         weights: (N,) float >= 0, each click's weight (e.g. the inverse of its sampling rate); None: 1 each.
 
     Returns:
@@ -138,34 +145,35 @@ def softmax_gradient(
     where = torch.full((item_vectors.shape[0],), -1, dtype=torch.long)
     where[rows] = torch.arange(len(rows))
     grad = torch.zeros(len(rows), item_vectors.shape[1], dtype=item_vectors.dtype)
-    total = 0.0
     n = int(click_items.numel())
+    w = torch.ones(n, dtype=item_vectors.dtype) if weights is None else weights.to(item_vectors.dtype)  # (N,)
+    total_weight = float(w.sum()) if n else 0.0
+    if n == 0 or total_weight <= 0:
+        return grad, 0.0
+    users, inverse = torch.unique(click_users, return_inverse=True)  # (C,), (N,)
+    mass = torch.zeros(len(users), dtype=w.dtype).index_add_(0, inverse, w)  # (C,): c_u
+    fixed_u = None if fixed is None else torch.empty(len(users), dtype=fixed.dtype).scatter_(0, inverse, fixed)
+    total = 0.0
     block = _block(chunk_size, item_vectors.shape[0] if fixed is None else len(rows))
-    for s in range(0, n, block):
-        q = user_vectors[click_users[s : s + block]]  # (c, D)
-        target = click_items[s : s + block]  # (c,)
-        w = None if weights is None else weights[s : s + block].to(q.dtype)  # (c,)
-        if fixed is None:
-            log_p = torch.log_softmax(q @ item_vectors.T / temperature, dim=1)  # (c, M)
-            log_p_click = log_p.gather(1, target[:, None]).squeeze(1)  # (c,)
-            coef = log_p[:, rows].exp()  # (c, R): p_n(r)
+    for s in range(0, len(users), block):
+        q = user_vectors[users[s : s + block]]  # (c, D)
+        if fixed_u is None:
+            logits = q @ item_vectors.T / temperature  # (c, M)
+            log_z = torch.logsumexp(logits, dim=1)  # (c,)
+            coef = (logits[:, rows] - log_z[:, None]).exp()  # (c, R): p_u(r)
         else:
             logits = q @ item_vectors[rows].T / temperature  # (c, R)
-            log_z = torch.logaddexp(fixed[s : s + block], torch.logsumexp(logits, dim=1))  # (c,)
-            log_p_click = (q * item_vectors[target]).sum(1) / temperature - log_z
-            coef = (logits - log_z[:, None]).exp()  # (c, R): p_n(r)
-        hit = where[target] >= 0
-        coef[torch.nonzero(hit).squeeze(1), where[target[hit]]] -= 1.0
-        if w is None:
-            total -= float(log_p_click.sum())
-            grad += coef.T @ q
-        else:
-            total -= float((w * log_p_click).sum())
-            grad += coef.T @ (w[:, None] * q)
-    mass = float(n) if weights is None else float(weights.sum())
-    if n == 0 or mass <= 0:
-        return grad, 0.0
-    return grad / (mass * temperature), total / mass
+            log_z = torch.logaddexp(fixed_u[s : s + block], torch.logsumexp(logits, dim=1))  # (c,)
+            coef = (logits - log_z[:, None]).exp()  # (c, R): p_u(r)
+        c = mass[s : s + block]
+        total += float((c * log_z).sum())
+        grad += coef.T @ (c[:, None] * q)
+    # each click's own item: - w_n q_{u_n} on the fitted rows, - w_n s_n in the loss
+    q_click = user_vectors[click_users]  # (N, D)
+    total -= float((w * (q_click * item_vectors[click_items]).sum(1)).sum()) / temperature
+    hit = where[click_items] >= 0
+    grad.index_add_(0, where[click_items[hit]], w[hit, None] * q_click[hit], alpha=-1.0)
+    return grad / (total_weight * temperature), total / total_weight
 
 
 def fit_new_items(
@@ -230,7 +238,8 @@ def fit_new_items(
     p = vectors[rows].clone()
     zero = p.norm(dim=1) < 1e-12
     if zero.any():  # no content: start from a tiny fixed direction (the gradient of 0 / |0| is undefined)
-        p[zero] = 1e-3 * torch.randn(int(zero.sum()), p.shape[1], generator=torch.Generator().manual_seed(0))
+        p[zero] = 1e-3 * torch.randn(int(zero.sum()), p.shape[1], generator=torch.Generator().manual_seed(0),
+                                     dtype=p.dtype)
 
     def place(p: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(p, dim=1) if normalize else p

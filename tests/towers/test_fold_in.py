@@ -249,3 +249,21 @@ def test_fit_without_normalize_lowers_the_loss_with_free_length_vectors() -> Non
     start = torch.cat([items[:3], torch.tensor([[1e-3, 0, 0]])])
     assert softmax_gradient(after, torch.tensor([3]), users, ci, cu, 0.5)[1] < \
         softmax_gradient(start, torch.tensor([3]), users, ci, cu, 0.5)[1]
+
+
+def test_fit_is_exact_per_distinct_clicker_in_float64() -> None:
+    """Users with several clicks: the per-clicker softmax and the fixed normaliser give the fit that
+    rescores all M items at every step (reuse_fixed=False), to float64 precision; zero (no-content)
+    rows start in the vectors' own dtype."""
+    g = torch.Generator().manual_seed(5)
+    items = torch.nn.functional.normalize(torch.randn(40, 6, generator=g, dtype=torch.float64), dim=1)
+    users = torch.nn.functional.normalize(torch.randn(7, 6, generator=g, dtype=torch.float64), dim=1)
+    rows = torch.tensor([37, 38, 39])
+    items[rows] = 0.0
+    ci = torch.randint(0, 40, (60,), generator=g)
+    cu = torch.randint(0, 7, (60,), generator=g)  # about 9 clicks per user
+    w = torch.rand(60, generator=g, dtype=torch.float64)
+    fast = fit_new_items(items, rows, users, ci, cu, 0.2, steps=30, click_weights=w)
+    slow = fit_new_items(items, rows, users, ci, cu, 0.2, steps=30, click_weights=w, reuse_fixed=False)
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)
