@@ -4,11 +4,11 @@
 # `fit` (`recsys_cl.towers.fold_in.fit_new_items`) fits the vectors of the R new items clicked in a
 # window to those N clicks under the full-softmax training loss over all M items, every other item
 # fixed. Only the R rows move, so the other items' share of each click's softmax normaliser is
-# computed once (`fixed_log_partition`, one pass over N x M) and each of the 100 steps scores only
-# N x R. The reference is the same fit rescoring all M items at every step (`reuse_fixed=False`),
-# timed in the same run, on the same vectors.
+# computed once (`fixed_log_partition`, one pass over C x M for the C distinct clickers) and each of
+# the 100 steps scores only C x R. The reference is the same fit rescoring all M items at every step
+# (`reuse_fixed=False`), timed in the same run, on the same vectors.
 #
-# Synthetic, seeded: M unit item vectors around 50 cluster centres, D = 64; N clicks by users near a
+# Synthetic, seeded: M unit item vectors around 50 cluster centres, D = 64; N clicks by N / 5 users near a
 # cluster, 10% of them on R new items (zero vectors: no content), the rest on trained items of the
 # clicker's cluster. 2 threads by default (the machine this project targets).
 #

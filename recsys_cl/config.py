@@ -471,8 +471,9 @@ class CandidatesConfig:
     vectors (``item_tower.fold_in_step``; they grow with every click and crowd the lists). A saved
     index (``index_dir``) fixes the vectors: the job serves the fold-in it was built with
     (``build_index --fold-in-until``), whatever this says. Off by default: ``fit`` costs 100 passes
-    over (window clicks, at most 20,000) x (new items) after one over (window clicks) x (items), and its
-    gain was measured on a semi-synthetic log and 20 MovieLens users only (docs/content_and_cold_start.md)."""
+    over (distinct clickers of at most 20,000 window clicks) x (new items) after one over (distinct
+    clickers) x (items), and its gain was measured on a semi-synthetic log and 20 MovieLens users
+    only (docs/content_and_cold_start.md)."""
     model_uri: str = "models:/recsys_cl_two_tower@champion"
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"
