@@ -308,16 +308,15 @@ def build_index_for_model(
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
     fold_in: tuple[Any, str, int | None, str] | None = None,
-    clicks: pl.DataFrame | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
 
     ``fold_in = (clicks, until, since, method)``: take the clicks (a frame of clicks up to the date
     ``until``; ``fit`` reads those at or after ``since``) on items without training clicks into their
     vectors first, by ``method`` (sum | fit; :func:`fold_in_catalogue`, the model's
-    ``item_tower.fold_in_step``); the manifest records it under ``fold_in``. ``clicks``: where the
-    recall queries' user histories come from (default: ``fold_in``'s clicks, else the model's own
-    click log, read again; :func:`sample_user_queries`).
+    ``item_tower.fold_in_step``); the manifest records it under ``fold_in``. The recall queries' user
+    histories come from ``fold_in``'s clicks when given, else from the model's own click log
+    (:func:`sample_user_queries`).
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -354,11 +353,9 @@ def build_index_for_model(
         log.info("folded %d clicks up to %s into %d items without training clicks",
                  folded["clicks"], folded["clicks_until"], folded["items"])
 
-    if clicks is None and fold_in is not None:
-        clicks = fold_in[0]
     model_uri = model_uri if not Path(model_uri).exists() else str(Path(model_uri).absolute())
     return build_index_for_vectors(model, spec, model_cfg, model_uri, provenance, emb, folded, index_cfg, out_dir,
-                                   clicks)
+                                   None if fold_in is None else fold_in[0])
 
 
 def build_index_for_vectors(
