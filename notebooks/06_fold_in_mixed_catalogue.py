@@ -129,9 +129,9 @@ for name in ("summed", "summed + normalised", "fitted"):
 # %% [markdown]
 # ## A window larger than `fit` reads
 # Above `FIT_MAX_CLICKS` (20,000) clicks in its window, `fit` reads a sample
-# (`recsys_cl.train.steps.fit_click_sample`): every click on a new item, and a uniform sample of the
-# other items' clicks, each weighted by the inverse of its sampling rate, so the loss estimates the
-# whole window's. Until 2026-11-29 it read a uniform sample of the window, so a new item's few
+# (`recsys_cl.train.steps.fit_click_sample`): every click on a new item, and the other items' clicks
+# of a uniform sample of their users, each weighted by the inverse of its sampling rate, so the loss
+# estimates the whole window's. Until 2026-11-29 it read a uniform sample of the window, so a new item's few
 # clicks were mostly dropped. Set `RECSYS_CL_FIT_CAP` below this window's size to compare, in the same
 # run, the whole window, that uniform sample, the sample `fit` reads now, and the same sample without
 # its weights (which over-counts the new items' clicks).
@@ -164,7 +164,7 @@ if cap:
 
     uniform_items, uniform_rows = fit_on(uniform)
     on_new = np.isin(idx[known], cold)
-    chosen, _ = steps.fit_click_sample(on_new, cap)
+    chosen, _ = steps.fit_click_sample(on_new, cap, users=window["user_id"].to_numpy()[known])
     unweighted_items, _ = fit_on(known[chosen])  # fit's sample without its weights: new items over-counted
     steps.FIT_MAX_CLICKS, default_cap = cap, steps.FIT_MAX_CLICKS
     sampled, sampled_info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),

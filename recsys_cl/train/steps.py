@@ -257,34 +257,55 @@ def fold_in_history(
 
 
 FIT_MAX_CLICKS = 20_000
-"""``fold_in: fit`` uses at most this many clicks of its window (:func:`fit_click_sample`)."""
+"""``fold_in: fit`` reads about this many clicks of its window (:func:`fit_click_sample`)."""
 
 
-def fit_click_sample(on_new: np.ndarray, cap: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Which of a window's clicks ``fit`` uses, and their weights, so that it reads at most ``cap``.
+def fit_click_sample(
+    on_new: np.ndarray, cap: int, seed: int = 0, users: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a window's clicks ``fit`` uses, and their weights, when it has more than ``cap``.
 
     Clicks on new items are what the fit learns from, and a new item may have one: all of them are
     kept (while they fill at most half of ``cap``; beyond that a uniform sample of them). The other
-    items' clicks only act as negatives: a uniform, seeded sample fills the rest. Each kept click is
-    weighted by the inverse of its group's sampling rate, so the weighted loss estimates the loss on
-    every click of the window without bias. A window of at most ``cap`` clicks is kept whole, weights 1.
+    items' clicks only act as negatives and fill the rest, ``budget`` clicks: a seeded uniform sample
+    of clicks or, with ``users``, of users (``budget`` x users / clicks of them, each with all their
+    other clicks). ``fit`` costs per distinct clicker (:func:`recsys_cl.towers.fold_in.softmax_gradient`),
+    so the same number of clicks costs less as whole users. Each kept click is weighted by the inverse
+    of its group's sampling rate (of clicks, or of users), so the weighted loss is an unbiased
+    estimate of the loss on every click of the window. A window of at most ``cap`` clicks is kept
+    whole, weights 1.
 
     Args:
         on_new: (N,) bool, whether each click of the window is on a new item.
+        users: (N,) the clicker of each click (any ids): sample the other clicks by user.
 
     Returns:
-        ((K,) sorted positions of the kept clicks, (K,) float64 weights), K <= max(cap, 1).
+        ((K,) sorted positions of the kept clicks, (K,) float64 weights). K <= max(cap, 1) when
+        sampling clicks; by user, K is ``cap`` in expectation and the sample's clickers are at most
+        ``cap``.
     """
     cap = max(int(cap), 1)
     new, other = np.nonzero(on_new)[0], np.nonzero(~on_new)[0]
     k_new = min(len(new), max(cap // 2, cap - len(other)))
-    k_other = min(len(other), cap - k_new)
+    budget = cap - k_new
     rng = np.random.default_rng(seed)
     keep, weights = [], []
-    for group, k in ((new, k_new), (other, k_other)):
-        if k:
-            keep.append(group if k == len(group) else rng.choice(group, k, replace=False))
-            weights.append(np.full(k, len(group) / k))
+    if k_new:
+        keep.append(new if k_new == len(new) else rng.choice(new, k_new, replace=False))
+        weights.append(np.full(k_new, len(new) / k_new))
+    if budget and len(other):
+        if len(other) <= budget:
+            chosen, weight = other, 1.0
+        elif users is None:
+            chosen, weight = rng.choice(other, budget, replace=False), len(other) / budget
+        else:  # m users drawn uniformly: each user in the sample with probability m / n_users
+            user_of = np.unique(users[other], return_inverse=True)[1].reshape(-1)
+            n_users = int(user_of.max()) + 1
+            m = min(max(round(budget * n_users / len(other)), 1), n_users)
+            chosen = other[np.isin(user_of, rng.choice(n_users, m, replace=False))]
+            weight = n_users / m
+        keep.append(chosen)
+        weights.append(np.full(len(chosen), weight))
     if not keep:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     pos, w = np.concatenate(keep), np.concatenate(weights)
@@ -332,8 +353,8 @@ def fold_in_items(
     ``sum`` adds the clickers' user vectors (all of ``history``). ``fit`` fits the clicked cold
     items' vectors to the clicks at or after ``since`` (epoch seconds; None: all of ``history``), all
     items' clicks, so the others act as negatives; above :data:`FIT_MAX_CLICKS` clicks it keeps the
-    new items' clicks and a weighted sample of the others (:func:`fit_click_sample`), and the info
-    adds ``"fit_clicks"``, the clicks it read. User vectors come from each clicker's last ``length``
+    new items' clicks and a weighted sample of the other clicks' users (:func:`fit_click_sample`), and
+    the info adds ``"fit_clicks"``, the clicks it read. User vectors come from each clicker's last ``length``
     clicks in ``history``.
     """
     from recsys_cl.features.sequences import Sequences
@@ -354,7 +375,7 @@ def fold_in_items(
     known = np.nonzero(idx >= 0)[0]
     on_new = np.isin(idx[known], cold)
     info = {"method": "fit", "window_clicks": int(len(known)), "clicks": int(on_new.sum())}
-    sample, weights = fit_click_sample(on_new, FIT_MAX_CLICKS)
+    sample, weights = fit_click_sample(on_new, FIT_MAX_CLICKS, users=window["user_id"].to_numpy()[known])
     keep, idx = known[sample], idx[known[sample]]
     rows = np.unique(idx[on_new[sample]])
     info["items"] = int(len(rows))

@@ -159,3 +159,30 @@ def test_fit_click_sample_keeps_every_new_item_click_and_weights_the_sampled_oth
     keep, w = fit_click_sample(np.ones(300, dtype=bool), cap=100)
     assert len(keep) == 100 and np.allclose(w, 3.0)
     assert fit_click_sample(np.zeros(0, dtype=bool), cap=10)[0].shape == (0,)
+
+
+def test_fit_click_sample_by_user_keeps_whole_users_and_is_unbiased() -> None:
+    from recsys_cl.train.steps import fit_click_sample
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 400, 3000)  # about 7.5 clicks per user, unevenly
+    on_new = np.zeros(3000, dtype=bool)
+    on_new[:20] = True
+    keep, w = fit_click_sample(on_new, cap=500, users=users)
+    assert set(range(20)) <= set(keep.tolist()) and np.all(w[:20] == 1.0)  # new items' clicks: all, weight 1
+    others = keep[~on_new[keep]]
+    kept_users = np.unique(users[others])
+    other_users = np.unique(users[~on_new])
+    m = round(480 * len(other_users) / 2980)
+    assert len(kept_users) == m  # m users drawn ...
+    np.testing.assert_array_equal(np.sort(others), np.nonzero(~on_new & np.isin(users, kept_users))[0])  # ... whole
+    np.testing.assert_allclose(w[~on_new[keep]], len(other_users) / m)
+    # unbiased: over seeds, the weighted count of the other clicks averages the true 2,980
+    totals = []
+    for seed in range(300):
+        keep, w = fit_click_sample(on_new, 500, seed=seed, users=users)
+        totals.append(w[~on_new[keep]].sum())
+    assert abs(np.mean(totals) / 2980 - 1) < 0.01 and np.std(totals) > 10  # random, right on average
+    # a window within the cap is kept whole, by user or not
+    keep, w = fit_click_sample(on_new, cap=5000, users=users)
+    assert len(keep) == 3000 and np.all(w == 1.0)
