@@ -164,7 +164,7 @@ if cap:
 
     uniform_items, uniform_rows = fit_on(uniform)
     on_new = np.isin(idx[known], cold)
-    chosen, _ = steps.fit_click_sample(on_new, cap, users=window["user_id"].to_numpy()[known])
+    chosen, _ = steps.fit_click_sample(on_new, window["user_id"].to_numpy()[known], cap)
     unweighted_items, _ = fit_on(known[chosen])  # fit's sample without its weights: new items over-counted
     steps.FIT_MAX_CLICKS, default_cap = cap, steps.FIT_MAX_CLICKS
     sampled, sampled_info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),

@@ -260,29 +260,26 @@ FIT_MAX_CLICKS = 20_000
 """``fold_in: fit`` reads about this many clicks of its window (:func:`fit_click_sample`)."""
 
 
-def fit_click_sample(
-    on_new: np.ndarray, cap: int, seed: int = 0, users: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def fit_click_sample(on_new: np.ndarray, users: np.ndarray, cap: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Which of a window's clicks ``fit`` uses, and their weights, when it has more than ``cap``.
 
     Clicks on new items are what the fit learns from, and a new item may have one: all of them are
     kept (while they fill at most half of ``cap``; beyond that a uniform sample of them). The other
-    items' clicks only act as negatives and fill the rest, ``budget`` clicks: a seeded uniform sample
-    of clicks or, with ``users``, of users (``budget`` x users / clicks of them, each with all their
-    other clicks). ``fit`` costs per distinct clicker (:func:`recsys_cl.towers.fold_in.softmax_gradient`),
-    so the same number of clicks costs less as whole users. Each kept click is weighted by the inverse
+    items' clicks only act as negatives and fill the rest, ``budget`` clicks on average: a seeded
+    uniform sample of their users (``budget`` x users / clicks of them), each with all their other
+    clicks. ``fit`` costs per distinct clicker (:func:`recsys_cl.towers.fold_in.softmax_gradient`), so
+    the same number of clicks costs less as whole users. Each kept click is weighted by the inverse
     of its group's sampling rate (of clicks, or of users), so the weighted loss is an unbiased
     estimate of the loss on every click of the window. A window of at most ``cap`` clicks is kept
     whole, weights 1.
 
     Args:
         on_new: (N,) bool, whether each click of the window is on a new item.
-        users: (N,) the clicker of each click (any ids): sample the other clicks by user.
+        users: (N,) the clicker of each click (any ids).
 
     Returns:
-        ((K,) sorted positions of the kept clicks, (K,) float64 weights). K <= max(cap, 1) when
-        sampling clicks; by user, K is ``cap`` in expectation and the sample's clickers are at most
-        ``cap``.
+        ((K,) sorted positions of the kept clicks, (K,) float64 weights); K is about ``cap`` (exactly
+        when the new items' clicks fill it), and the sample's distinct clickers are at most ``cap``.
     """
     cap = max(int(cap), 1)
     new, other = np.nonzero(on_new)[0], np.nonzero(~on_new)[0]
@@ -296,8 +293,6 @@ def fit_click_sample(
     if budget and len(other):
         if len(other) <= budget:
             chosen, weight = other, 1.0
-        elif users is None:
-            chosen, weight = rng.choice(other, budget, replace=False), len(other) / budget
         else:  # m users drawn uniformly: each user in the sample with probability m / n_users
             user_of = np.unique(users[other], return_inverse=True)[1].reshape(-1)
             n_users = int(user_of.max()) + 1
@@ -375,7 +370,7 @@ def fold_in_items(
     known = np.nonzero(idx >= 0)[0]
     on_new = np.isin(idx[known], cold)
     info = {"method": "fit", "window_clicks": int(len(known)), "clicks": int(on_new.sum())}
-    sample, weights = fit_click_sample(on_new, FIT_MAX_CLICKS, users=window["user_id"].to_numpy()[known])
+    sample, weights = fit_click_sample(on_new, window["user_id"].to_numpy()[known], FIT_MAX_CLICKS)
     keep, idx = known[sample], idx[known[sample]]
     rows = np.unique(idx[on_new[sample]])
     info["items"] = int(len(rows))

@@ -131,34 +131,36 @@ def test_fold_in_auto_is_sum_for_cold_start_and_fit_otherwise() -> None:
 
 
 def test_fit_click_sample_keeps_every_new_item_click_and_weights_the_sampled_others() -> None:
+    """One click per user: the user sample is a sample of clicks, with the same counts and weights."""
     from recsys_cl.train.steps import fit_click_sample
 
     # under the cap: everything, weight 1
     on_new = np.array([False, True, False, False, True])
-    keep, w = fit_click_sample(on_new, cap=5)
+    keep, w = fit_click_sample(on_new, np.arange(5), cap=5)
     np.testing.assert_array_equal(keep, np.arange(5))
     np.testing.assert_array_equal(w, np.ones(5))
     # 3 new-item clicks among 1,000: all 3 kept (weight 1); 97 of the 997 others, weight 997 / 97 each
     on_new = np.zeros(1000, dtype=bool)
     on_new[[10, 500, 999]] = True
-    keep, w = fit_click_sample(on_new, cap=100)
+    users = np.arange(1000)
+    keep, w = fit_click_sample(on_new, users, cap=100)
     assert len(keep) == 100 and np.all(np.diff(keep) > 0)
     assert set(np.nonzero(on_new)[0]) <= set(keep.tolist())
     np.testing.assert_array_equal(w[on_new[keep]], np.ones(3))
     np.testing.assert_allclose(w[~on_new[keep]], np.full(97, 997 / 97))
     assert w[~on_new[keep]].sum() == pytest.approx(997)  # each group's weights add up to its clicks
     # seeded: the same sample again
-    np.testing.assert_array_equal(fit_click_sample(on_new, cap=100)[0], keep)
+    np.testing.assert_array_equal(fit_click_sample(on_new, users, cap=100)[0], keep)
     # new-item clicks beyond half the cap are sampled too, so the others still fill half
     on_new = np.arange(1000) < 700
-    keep, w = fit_click_sample(on_new, cap=100)
+    keep, w = fit_click_sample(on_new, users, cap=100)
     assert on_new[keep].sum() == 50 and (~on_new[keep]).sum() == 50
     np.testing.assert_allclose(w[on_new[keep]], np.full(50, 700 / 50))
     np.testing.assert_allclose(w[~on_new[keep]], np.full(50, 300 / 50))
     # only new-item clicks: they take the whole cap
-    keep, w = fit_click_sample(np.ones(300, dtype=bool), cap=100)
+    keep, w = fit_click_sample(np.ones(300, dtype=bool), np.arange(300), cap=100)
     assert len(keep) == 100 and np.allclose(w, 3.0)
-    assert fit_click_sample(np.zeros(0, dtype=bool), cap=10)[0].shape == (0,)
+    assert fit_click_sample(np.zeros(0, dtype=bool), np.zeros(0, dtype=int), cap=10)[0].shape == (0,)
 
 
 def test_fit_click_sample_by_user_keeps_whole_users_and_is_unbiased() -> None:
@@ -168,7 +170,7 @@ def test_fit_click_sample_by_user_keeps_whole_users_and_is_unbiased() -> None:
     users = rng.integers(0, 400, 3000)  # about 7.5 clicks per user, unevenly
     on_new = np.zeros(3000, dtype=bool)
     on_new[:20] = True
-    keep, w = fit_click_sample(on_new, cap=500, users=users)
+    keep, w = fit_click_sample(on_new, users, cap=500)
     assert set(range(20)) <= set(keep.tolist()) and np.all(w[:20] == 1.0)  # new items' clicks: all, weight 1
     others = keep[~on_new[keep]]
     kept_users = np.unique(users[others])
@@ -180,9 +182,9 @@ def test_fit_click_sample_by_user_keeps_whole_users_and_is_unbiased() -> None:
     # unbiased: over seeds, the weighted count of the other clicks averages the true 2,980
     totals = []
     for seed in range(300):
-        keep, w = fit_click_sample(on_new, 500, seed=seed, users=users)
+        keep, w = fit_click_sample(on_new, users, 500, seed=seed)
         totals.append(w[~on_new[keep]].sum())
     assert abs(np.mean(totals) / 2980 - 1) < 0.01 and np.std(totals) > 10  # random, right on average
     # a window within the cap is kept whole, by user or not
-    keep, w = fit_click_sample(on_new, cap=5000, users=users)
+    keep, w = fit_click_sample(on_new, users, cap=5000)
     assert len(keep) == 3000 and np.all(w == 1.0)
