@@ -31,7 +31,7 @@ baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and pro
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)
 
 ablation: $(STAMP)  ## every two-tower variant x 3 seeds + the config's baselines (README's commands add ALS/BPR)
-	$(PY) -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
+	$(PY) -m pipelines.ablation --config $(CONFIG) --seeds 0 1 2 --out runs/ablation.md
 
 sweep: $(STAMP)  ## loss.kind x loss.temperature grid as nested MLflow runs + baselines
 	$(PY) -m pipelines.sweep --config $(CONFIG) --grid loss.kind=softmax,debiased \

@@ -3,7 +3,7 @@ table (mean ± std over seeds for the two-tower rows) and log every run to MLflo
 
 Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
-    python -m pipelines.ablation --only "+ logQ (counting)" --seeds 0 --set train.epochs=5
+    python -m pipelines.ablation --only "+ logQ (counting)" --seeds 0 --set train.epochs=5 --no-baselines
 
 Variants live in pipelines/configs/ablations/two_tower.yaml (name -> list of --set overrides). All overrides
 are validated before any training starts.
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error
-from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
 from recsys_cl.experiment import (
@@ -43,8 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="variants YAML (default: %(default)s)")
     p.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default: 0 1 2)")
-    p.add_argument("--baselines", nargs="*", default=None,
-                   help="baselines to include (default: the config's baselines.models)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--baselines", nargs="*", default=None, metavar="NAME",
+                   help="baselines to include (no names, or no flag: the config's baselines.models; none on a "
+                        "cold-start split, whose runs carry Popularity and random on their own targets)")
+    g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
     return p.parse_args(argv)
@@ -62,8 +65,10 @@ def load_variants(path: str) -> dict[str, list[str]]:
                           f"such as {CONFIGS / 'ablations' / 'two_tower.yaml'}")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"variants file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"variants file {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"variants file {path!r} is not valid YAML: {yaml_error_reason(e)}") from e
     shape = 'a mapping of variant name -> list of "section.key=value" overrides, e.g. {logq: [loss.logq=counting]}'
     if not raw:
         raise ConfigError(f"variants file {path!r} holds no variants; it must be {shape}")
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> str:
         if len(set(args.seeds)) != len(args.seeds):
             raise ConfigError(f"--seeds has duplicates {args.seeds}: the same seed trains the same model twice")
         base = load_config(args.config, RunConfig, overrides=args.set)
+        if args.baselines:  # names checked like the config's own baselines.models, before any data is read
+            load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(args.baselines)}]"])
         configs = {
             (name, seed): load_config(args.config, RunConfig, overrides=[
                 *args.set, *overrides, f"train.seed={seed}", "tracking.registered_model_name=null",
@@ -99,11 +106,12 @@ def main(argv: list[str] | None = None) -> str:
             for name, overrides in variants.items() for seed in args.seeds
         }
         prep = prepare(base, content=False)  # each run's content: with_content below
-        baselines = args.baselines if args.baselines is not None else list(base.baselines.models)
-        if args.baselines:  # names checked like the config's own baselines.models
-            load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(baselines)}]"])
-        if prep.cold_start and args.baselines is None:
-            baselines = []  # Popularity and random come with every cold-start run, on its targets
+        if args.no_baselines:
+            baselines: list[str] = []
+        elif args.baselines:
+            baselines = args.baselines
+        else:  # on a cold-start split Popularity and random come with every run, on its targets
+            baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
         for cfg in configs.values():  # content errors (missing encoder, text column) before any training

@@ -30,8 +30,10 @@ from typing import Any
 from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
 from recsys_cl.candidates import (
     CandidatesError,
+    check_saved_index,
     fold_in_for_run,
     load_model,
+    model_uri_for_run,
     open_index,
     parse_run_date,
     read_window,
@@ -42,11 +44,12 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import IndexLoadError, IndexMismatchError
 from recsys_cl.io_atomic import OutputError
-from recsys_cl.tracking import mlflow_run
+from recsys_cl.tracking import AliasNotFoundError, mlflow_run
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.generate_candidates")
-INPUT_ERRORS = (CandidatesError, ConfigError, DataError, IndexLoadError, IndexMismatchError, OutputError)
+INPUT_ERRORS = (AliasNotFoundError, CandidatesError, ConfigError, DataError, IndexLoadError, IndexMismatchError,
+                OutputError)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.generate_candidates", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--model", help="model URI or directory (default: candidates.model_uri)")
+    p.add_argument("--model", help="model URI or directory (default: candidates.model_uri; when null, the "
+                                   "registry's models:/<tracking.registered_model_name>@<candidates.alias>, "
+                                   "i.e. models:/recsys_cl_two_tower@champion)")
     p.add_argument("--index", help="index directory from pipelines.build_index (default: candidates.index_dir)")
     p.add_argument("--backend", choices=["exact", "annoy", "faiss", "auto"],
                    help="index built in memory (default: candidates.backend); with --index, the saved "
@@ -87,8 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_run_config(args, engine=args.engine, backend=args.backend,
                               model_uri=args.model, index_dir=args.index)
         c = cfg.candidates
+        if c.index_dir is not None:  # a missing index or another backend fails before anything is read
+            check_saved_index(c.index_dir, args.backend or "auto")
+        loaded = load_model(model_uri_for_run(c.model_uri, c.alias, cfg.tracking, c.fallback_to_latest),
+                            cfg.tracking)
         clicks = load_click_log(cfg.data).clicks
-        loaded = load_model(c.model_uri, cfg.tracking)
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
         if c.fold_in != "none" or c.index_dir is not None:  # new items' clicks so far, or the saved index's
             loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir)

@@ -59,7 +59,7 @@ from recsys_cl.index.base import (
     check_compatible,
     load_index,
 )
-from recsys_cl.tracking import AliasNotFoundError, mlflow_run, resolve_model_alias
+from recsys_cl.tracking import mlflow_run, resolve_model_alias
 
 log = logging.getLogger("pipelines.nightly")
 
@@ -143,8 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
             f"nightly health check FAILED for {args.date}: {e}. Nothing was published; earlier partitions "
             "are untouched. Investigate, or rerun with --publish-unhealthy."
         ) from None
-    except AliasNotFoundError as e:
-        raise SystemExit(f"nightly error: {e}") from None
     except INPUT_ERRORS as e:
         raise SystemExit(f"nightly error: {e}") from None
     summary = {**result.manifest, "partition": str(result.partition)}

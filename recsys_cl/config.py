@@ -474,7 +474,10 @@ class CandidatesConfig:
     over (distinct clickers of at most 20,000 window clicks) x (new items) after one over (distinct
     clickers) x (items), and its gain was measured on a semi-synthetic log and 20 MovieLens users
     only (docs/content_and_cold_start.md)."""
-    model_uri: str = "models:/recsys_cl_two_tower@champion"
+    model_uri: str | None = None
+    """Model ``generate_candidates`` serves (``--model``): a directory, ``runs:/<id>/model``,
+    ``models:/<name>/<version>`` or ``models:/<name>@<alias>``. Null = the registry version behind
+    ``models:/<tracking.registered_model_name>@<candidates.alias>``, as the nightly job serves it."""
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"
     recall_sample: int = 500
@@ -482,7 +485,8 @@ class CandidatesConfig:
     seed: int = 0
     # --- nightly ---
     alias: str = "champion"
-    """Registry alias the nightly job resolves (``models:/<name>@<alias>``)."""
+    """Registry alias the nightly job (and ``generate_candidates`` without ``--model``) resolves
+    (``models:/<tracking.registered_model_name>@<alias>``)."""
     fallback_to_latest: bool = False
     """When the alias is missing: false = fail with the command that sets it; true = warn, use latest."""
     index_root: str = "runs/index"
@@ -625,6 +629,23 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def yaml_error_reason(e: yaml.YAMLError) -> str:
+    """A PyYAML error on one line: the problem, where (1-based) and what was being parsed from where,
+    e.g. ``expected ',' or ']', but got '<stream end>' at line 3, column 1 (while parsing a flow
+    sequence from line 2, column 9)``. PyYAML's own message spans several lines with the source."""
+    def where(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    problem_mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    if not problem:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = problem + (f" at {where(problem_mark)}" if problem_mark is not None else "")
+    if context:
+        text += f" ({context}" + (f" from {where(context_mark)}" if context_mark is not None else "") + ")"
+    return text
+
+
 def load_config(
     path: str | Path | None,
     cls: type[T] = RunConfig,  # type: ignore[assignment]
@@ -648,7 +669,8 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
                               "pass --config with a YAML file") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_reason(e)}; fix the "
+                              "file there (quote values that contain ': ', '#' or brackets)") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -669,8 +691,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
-        reason = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
-        raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML ({reason or str(e).splitlines()[0]}); "
+        raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML ({yaml_error_reason(e)}); "
                           "quote lists and brackets whole, e.g. --set 'item_tower.encoders=[id,text]'") from e
     node = raw
     parts = key.split(".")

@@ -138,8 +138,15 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml", RunConfig)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("data:\n  path: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(bad, RunConfig)
+    message = str(err.value)  # one line: the problem, where, and what was open since where
+    assert "\n" not in message and "<unicode string>" not in message
+    assert "expected ',' or ']', but got '<stream end>' at line 3, column 1" in message
+    assert "(while parsing a flow sequence from line 2, column 9)" in message
+    bad.write_text("data:\n  path: a: b\n")
+    with pytest.raises(ConfigError, match=r"mapping values are not allowed here at line 2, column 10; fix"):
         load_config(bad, RunConfig)
 
 

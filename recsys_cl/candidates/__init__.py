@@ -52,9 +52,11 @@ from recsys_cl.candidates.model import (
     Loaded,
     build_index_for_loaded,
     build_index_in_memory,
+    check_saved_index,
     fold_in_for_run,
     fold_in_new_clicks,
     load_model,
+    model_uri_for_run,
     open_index,
 )
 from recsys_cl.candidates.scoring import OUTPUT_SCHEMA_FIELDS, Recommender, topk_unseen
@@ -85,6 +87,7 @@ __all__ = [
     "build_index_for_loaded",
     "build_index_in_memory",
     "check_clicks",
+    "check_saved_index",
     "chunks",
     "clicks_up_to",
     "day_start",
@@ -94,6 +97,7 @@ __all__ = [
     "health_check",
     "load_model",
     "make_spark_runner",
+    "model_uri_for_run",
     "open_index",
     "overlap_at_k",
     "parse_run_date",

@@ -147,18 +147,47 @@ def build_index_for_loaded(loaded: Loaded, index_cfg: Any, out_dir: str | Path, 
                                    emb, loaded.fold_in, index_cfg, out_dir, clicks)
 
 
+def model_uri_for_run(model_uri: str | None, alias: str, tracking: Any, fallback_to_latest: bool = False) -> str:
+    """``model_uri`` when given, else the registry version behind
+    ``models:/<tracking.registered_model_name>@<alias>`` (``models:/<name>/<version>``), as the nightly
+    job resolves it. Raises :class:`~recsys_cl.tracking.AliasNotFoundError` with the command that sets
+    a missing alias (or, with ``fallback_to_latest``, takes the latest version)."""
+    if model_uri is not None:
+        return model_uri
+    from recsys_cl.tracking import resolve_model_alias
+
+    name = tracking.registered_model_name
+    if not name:
+        raise CandidatesError(
+            "no model to serve: candidates.model_uri and tracking.registered_model_name are both null; pass "
+            "--model with a model URI or directory, or name the registered model"
+        )
+    return str(resolve_model_alias(name, alias, tracking, fallback_to_latest)["uri"])
+
+
+def check_saved_index(index_dir: str | Path, backend: str = "auto") -> Any:
+    """The saved index's manifest, read before anything heavier: a missing directory or manifest
+    (:class:`~recsys_cl.index.base.IndexLoadError`) or an index of another backend than ``backend``
+    fails here, before the click log and the model are read."""
+    from recsys_cl.index.base import Manifest
+
+    m = Manifest.read(index_dir)
+    if backend not in ("auto", m.backend):
+        raise CandidatesError(
+            f"--backend {backend} but {index_dir} holds an index of backend '{m.backend}'; pass --backend "
+            f"{m.backend} (or auto), or build the other backend with pipelines.build_index"
+        )
+    return m
+
+
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:
     """Load a saved index and refuse it unless its manifest matches the model. -> (index, index_id, reason)."""
     from recsys_cl.index.base import check_compatible, load_index
 
+    check_saved_index(index_dir, backend)
     index = load_index(index_dir)  # IndexLoadError: missing / corrupt
     m = index.manifest
     assert m is not None
-    if backend not in ("auto", m.backend):
-        raise CandidatesError(
-            f"--backend {backend} but {index_dir} holds a '{m.backend}' index; pass --backend {m.backend} "
-            "(or auto), or build the other backend with pipelines.build_index"
-        )
     check_compatible(  # IndexMismatchError naming the field
         m,
         model_uri=loaded.model_uri,

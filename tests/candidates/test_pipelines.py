@@ -27,6 +27,28 @@ def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: 
     assert run.data.params["candidates.backend"] == "exact" == run.data.tags["backend"]  # built in memory
 
 
+def test_generate_without_model_serves_the_configured_registry_alias(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path
+) -> None:
+    """Without --model: models:/<tracking.registered_model_name>@<candidates.alias>, as nightly resolves
+    it, with the same message for a missing alias; a missing --index is reported before any model."""
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias("recsys_cl_two_tower", "challenger", 1)
+    args = ["--date", LAST_DATE, *in_root.args(tmp_path / "out")]
+    out = generate_candidates.main([*args, "--set", "candidates.alias=challenger"])
+    assert out["model_uri"] == "models:/recsys_cl_two_tower/1" and out["model_version"] == "1"
+    with pytest.raises(SystemExit, match=r"candidates error: registered model 'recsys_cl_two_tower' has no alias "
+                                         r"'nosuch' \(latest version is 1\).*set_registered_model_alias\("
+                                         r"'recsys_cl_two_tower', 'nosuch', 1\)"):
+        generate_candidates.main([*args, "--set", "candidates.alias=nosuch"])
+    with pytest.raises(SystemExit, match=r"candidates error: registered model 'other' does not exist"):
+        generate_candidates.main([*args, "--set", "tracking.registered_model_name=other"])
+    with pytest.raises(SystemExit, match=r"candidates error: index directory .*noindex does not exist"):
+        generate_candidates.main([*args, "--set", "candidates.alias=nosuch", "--index", str(tmp_path / "noindex")])
+    with pytest.raises(SystemExit, match=r"model_uri and tracking.registered_model_name are both null"):
+        generate_candidates.main([*args, "--set", "tracking.registered_model_name=null"])
+
+
 def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -162,9 +162,10 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
             _args(tmp_path, model_dir, "--index", str(index_dir), "--set", "candidates.output_dir=o2")
         )
     assert not (tmp_path / "o2").exists()
-    with pytest.raises(SystemExit, match=r"--backend annoy but .* holds a 'exact' index; pass --backend exact"):
-        generate_candidates.main(
-            _args(tmp_path, model_dir, "--index", str(index_dir), "--backend", "annoy",
+    with pytest.raises(SystemExit, match=r"--backend annoy but .* holds an index of backend 'exact'; pass --backend "
+                                         r"exact"):  # read from the manifest before the model: a bad --model
+        generate_candidates.main(              # is not what is reported
+            _args(tmp_path, tmp_path / "nomodel", "--index", str(index_dir), "--backend", "annoy",
                   "--set", "candidates.output_dir=o3")
         )
     # both refusals came before an MLflow run was opened: no FAILED runs to clean up

@@ -131,6 +131,21 @@ def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
     assert table.startswith("Protocol: `full_ranking")
 
 
+def test_ablation_bare_baselines_flag_is_the_configs_list_and_no_baselines_is_none(tmp_path: Path) -> None:
+    """As in pipelines.sweep: ``--baselines`` without names means the config's baselines.models."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    base = ["--variants", str(variants), "--seeds", "0", "--out", str(tmp_path / "ab.md"),
+            *_args(tmp_path, "ml-100k", "--set", "baselines.models=[popularity]")]
+    assert "| popularity | 1 |" in ablation.main([*base, "--baselines"])
+    table = ablation.main([*base, "--no-baselines"])
+    assert "| two-tower: plain | 1 |" in table and "popularity" not in table
+    with pytest.raises(SystemExit):  # one or the other
+        ablation.main([*base, "--baselines", "--no-baselines"])
+
+
 def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
     from pipelines import ablation
 
@@ -185,6 +200,8 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
     base = ["--variants", str(variants), *_args(tmp_path, "ml-100k")]
     with pytest.raises(SystemExit, match=r"config error: baselines\.models\[1\] must be one of"):
         ablation.main([*base, "--seeds", "0", "--baselines", "popularity", "nosuch"])
+    with pytest.raises(SystemExit, match=r"config error: baselines\.models\[1\] must be one of"):  # before the data
+        ablation.main([*base, "--seeds", "0", "--baselines", "popularity", "nosuch", "--set", "data.path=/nonexistent"])
     with pytest.raises(SystemExit, match=r"config error: --seeds has duplicates \[0, 0\]"):
         ablation.main([*base, "--seeds", "0", "0"])
     with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
@@ -202,7 +219,7 @@ def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
 
     variants = tmp_path / "v.yaml"
     variants.write_text("plain: [loss.logq=none]\n")
-    args = ["--variants", str(variants), "--seeds", "0", "--baselines", "--out", str(tmp_path / "ab.md"),
+    args = ["--variants", str(variants), "--seeds", "0", "--no-baselines", "--out", str(tmp_path / "ab.md"),
             *_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")]
     _killed_in_epoch_2(ablation.main, args, monkeypatch)
     ablation.main(args)
