@@ -361,6 +361,8 @@ class TrainConfig:
     resume: bool = True
     """Resume from ``checkpoint_dir`` when it holds a checkpoint of the same config."""
     progress: bool = True
+    """Progress bar (loss, examples/s) while an epoch runs, shown only on a terminal: piped into a log
+    file (cron, a scheduler) the per-epoch log lines carry the same figures without the bar's updates."""
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "patience"):

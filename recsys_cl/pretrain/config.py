@@ -229,7 +229,7 @@ class SimCSETrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (null = run all epochs)."""
     progress: bool = True
-    """Show tqdm progress bars."""
+    """Show tqdm progress bars (on a terminal only; not when the output goes to a pipe or a log file)."""
     trainable_layers: int | None = 2
     """Train only the top N transformer layers; the token embeddings and the lower layers stay as
     loaded (null = train everything, as in the paper). 2 of MiniLM's 6 was chosen on the validation

@@ -251,7 +251,7 @@ def pretrain_simcse(
         t0, running, steps = time.perf_counter(), 0.0, 0
         perm = torch.randperm(n, generator=gen).tolist()
         bar = tqdm(total=min(per_epoch, total - step), desc=f"SimCSE epoch {epoch}", unit="step",
-                   disable=not cfg.progress)
+                   disable=True if not cfg.progress else None)  # None: off when not a terminal
         for start in range(0, per_epoch * bs, bs):
             if step >= total:
                 break

@@ -244,7 +244,7 @@ def encode_texts(
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="encode", unit="batch")
+        starts = tqdm(starts, desc="encode", unit="batch", disable=None)  # off when not a terminal
     for start in starts:
         rows = order[start:start + batch_size]
         batch = tokenize(tokenizer, [texts[i] for i in rows], max_length, device)

@@ -116,7 +116,7 @@ def fit(
             data.batches(cfg.batch_size, generator, start_step=(epoch - 1) * steps_per_epoch),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not cfg.progress or not dist.is_main(),
+            disable=True if not cfg.progress or not dist.is_main() else None,  # None: off when not a terminal
             leave=False,
         )
         for batch in bar:

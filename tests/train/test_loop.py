@@ -1,5 +1,7 @@
 """fit(): learns planted structure, is deterministic by seed, resumes after a crash."""
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,18 @@ def test_resume_after_crash_gives_identical_result(tmp_path: Path) -> None:
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in straight.history], rel=1e-6
     )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.progress=true: the bar on a terminal; piped into a log file (cron), no carriage-return updates."""
+    clicks = _planted_clicks(60, 30, 8)
+    for stream, drawn in ((io.StringIO(), False), (_Terminal(), True)):
+        spec, seq, data, model = _setup(clicks)
+        monkeypatch.setattr(sys, "stderr", stream)
+        fit(model, data, _cfg(epochs=1, progress=True), LossConfig(), lambda m: {"recall@20": 0.1})
+        assert ("epoch 1/1" in stream.getvalue()) is drawn
