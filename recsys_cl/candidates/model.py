@@ -165,8 +165,8 @@ def model_uri_for_run(model_uri: str | None, alias: str, tracking: Any, fallback
     return str(resolve_model_alias(name, alias, tracking, fallback_to_latest)["uri"])
 
 
-def check_saved_index(index_dir: str | Path, backend: str = "auto") -> Any:
-    """The saved index's manifest, read before anything heavier: a missing directory or manifest
+def check_saved_index(index_dir: str | Path, backend: str = "auto") -> None:
+    """Read only the saved index's manifest, before anything heavier: a missing directory or manifest
     (:class:`~recsys_cl.index.base.IndexLoadError`) or an index of another backend than ``backend``
     fails here, before the click log and the model are read."""
     from recsys_cl.index.base import Manifest
@@ -177,7 +177,6 @@ def check_saved_index(index_dir: str | Path, backend: str = "auto") -> Any:
             f"--backend {backend} but {index_dir} holds an index of backend '{m.backend}'; pass --backend "
             f"{m.backend} (or auto), or build the other backend with pipelines.build_index"
         )
-    return m
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:
