@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path
 from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
@@ -38,9 +38,10 @@ CONFIGS = Path(__file__).parent / "configs"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(CONFIGS / "two_tower.yaml"), help="base config (default: %(default)s)")
+    p.add_argument("--config", default=str(CONFIGS / "two_tower.yaml"),
+                   help=f"base config (default: {shown_path(CONFIGS / 'two_tower.yaml')})")
     p.add_argument("--variants", default=str(CONFIGS / "ablations" / "two_tower.yaml"),
-                   help="variants YAML (default: %(default)s)")
+                   help=f"variants YAML (default: {shown_path(CONFIGS / 'ablations' / 'two_tower.yaml')})")
     p.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default: 0 1 2)")
     g = p.add_mutually_exclusive_group()

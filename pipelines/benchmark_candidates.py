@@ -3,7 +3,12 @@
 Examples:
     python -m pipelines.benchmark_candidates                                   # 1M users x 100k items
     python -m pipelines.benchmark_candidates --users 100000 --backends exact faiss --sweep
-    python -m pipelines.benchmark_candidates --tracking-uri sqlite:///mlflow.db --out runs/bench
+    python -m pipelines.benchmark_candidates --set tracking.uri=sqlite:///mlflow.db --out runs/bench
+    python -m pipelines.benchmark_candidates --set bench.item_noise=0.5 --summary-json runs/bench.json
+
+Settings come from --config (pipelines/configs/benchmark_candidates.yaml: section bench, every key
+explained there, and tracking) and --set; the flags below are shortcuts for the bench keys named in
+their help and win over --set.
 
 Items and users are seeded, clustered 64-d unit vectors (users near item clusters, each with
 --seen items of its cluster already clicked). For every backend, in a fresh process: the index is
@@ -24,54 +29,69 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
-from pipelines.cli import configure_logging
+from pipelines.cli import (
+    base_parser,
+    check_output_file,
+    configure_logging,
+    load_config_or_exit,
+    write_summary,
+)
 from recsys_cl.bench import (
     BACKENDS,
     BenchConfig,
+    BenchRunConfig,
     report_metrics,
     run_benchmark,
     worker_main,
 )
 
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "benchmark_candidates.yaml"
 log = logging.getLogger("pipelines.benchmark_candidates")
 
 
+SHORTCUTS = {
+    "users": "users to score", "items": "catalogue size", "dim": "embedding dimension",
+    "k": "candidates per user", "clusters": "item clusters", "seen": "seen items per user, filtered out",
+    "chunk_size": "users per chunk", "n_workers": "Annoy query threads, as candidates.n_workers",
+    "target_recall": "recall@K annoy/faiss/auto are tuned to",
+    "recall_users": "users whose candidates are compared with exact's",
+    "sweep_queries": "queries per point of the --sweep table", "seed": "seed of the synthetic data",
+    "annoy_trees": "--sweep: Annoy n_trees values", "annoy_search_k": "--sweep: Annoy search_k values",
+    "faiss_nlist": "--sweep: faiss nlist values", "faiss_nprobe": "--sweep: faiss nprobe values",
+}
+"""Flags that set ``bench.<key>`` (``--chunk-size`` for ``chunk_size``); every other key via ``--set``."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = BenchConfig()
-    p = argparse.ArgumentParser(prog="python -m pipelines.benchmark_candidates", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=d.users, help="users to score (default: %(default)s)")
-    p.add_argument("--items", type=int, default=d.items, help="catalogue size (default: %(default)s)")
-    p.add_argument("--dim", type=int, default=d.dim, help="embedding dimension (default: %(default)s)")
-    p.add_argument("--k", type=int, default=d.k, help="candidates per user (default: %(default)s)")
-    p.add_argument("--clusters", type=int, default=d.clusters, help="item clusters (default: %(default)s)")
-    p.add_argument("--seen", type=int, default=d.seen, help="seen items per user, filtered out (default: %(default)s)")
-    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(d.backends),
-                   help="backends to run; exact always runs first as the reference (default: all)")
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size, help="users per chunk (default: %(default)s)")
-    p.add_argument("--n-workers", type=int, default=d.n_workers,
-                   help="Annoy query threads, as candidates.n_workers (default: %(default)s)")
-    p.add_argument("--target-recall", type=float, default=d.target_recall,
-                   help="recall@K annoy/faiss/auto are tuned to (default: %(default)s)")
-    p.add_argument("--recall-users", type=int, default=d.recall_users,
-                   help="users whose candidates are compared with exact's (default: %(default)s)")
-    p.add_argument("--no-write", action="store_true", help="materialise the Arrow rows but skip the Parquet writes")
-    p.add_argument("--sweep", action="store_true", help="add the recall vs queries/s table over each backend's knobs")
-    p.add_argument("--sweep-queries", type=int, default=d.sweep_queries, help="(default: %(default)s)")
-    p.add_argument("--annoy-trees", type=int, nargs="+", default=list(d.annoy_trees), help="sweep: n_trees values")
-    p.add_argument("--annoy-search-k", type=int, nargs="+", default=list(d.annoy_search_k),
-                   help="sweep: search_k values")
-    p.add_argument("--faiss-nlist", type=int, nargs="+", default=list(d.faiss_nlist), help="sweep: nlist values")
-    p.add_argument("--faiss-nprobe", type=int, nargs="+", default=list(d.faiss_nprobe), help="sweep: nprobe values")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p = base_parser("python -m pipelines.benchmark_candidates", __doc__, DEFAULT_CONFIG,
+                    "write the report (rows, machine, notes) + mlflow_run_id to PATH",
+                    set_example="bench.users=100000")
+    hints = typing.get_type_hints(BenchConfig)
+    for key, text in SHORTCUTS.items():
+        many = typing.get_origin(hints[key]) is tuple
+        elem = typing.get_args(hints[key])[0] if many else hints[key]
+        p.add_argument(f"--{key.replace('_', '-')}", type=elem, nargs="+" if many else None,
+                       metavar="N" if elem is int else "X",
+                       help=f"{text} (bench.{key})")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, metavar="NAME",
+                   help=f"backends to run, of {', '.join(BACKENDS)}; exact always runs first as the reference "
+                        "(bench.backends)")
+    p.add_argument("--sweep", action="store_const", const=True,
+                   help="add the recall vs queries/s table over each backend's knobs (bench.sweep=true)")
+    p.add_argument("--no-write", action="store_const", const=True,
+                   help="materialise the Arrow rows but skip the Parquet writes (bench.write=false)")
     p.add_argument("--out", default="runs/benchmark_candidates",
                    help="directory for benchmark.md and benchmark.json (default: %(default)s)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="recsys_cl_benchmarks", help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (tracking.uri; default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="MLflow experiment (tracking.experiment; default: recsys_cl_benchmarks)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     # internal: one backend in this process (the parent starts one per backend)
     p.add_argument("--single-backend", choices=BACKENDS, help=argparse.SUPPRESS)
@@ -80,15 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        users=args.users, items=args.items, dim=args.dim, k=args.k, clusters=args.clusters, seen=args.seen,
-        backends=tuple(args.backends), chunk_size=args.chunk_size, n_workers=args.n_workers,
-        target_recall=args.target_recall, recall_users=args.recall_users, write=not args.no_write,
-        seed=args.seed, sweep=args.sweep, sweep_queries=args.sweep_queries,
-        annoy_trees=tuple(args.annoy_trees), annoy_search_k=tuple(args.annoy_search_k),
-        faiss_nlist=tuple(args.faiss_nlist), faiss_nprobe=tuple(args.faiss_nprobe),
-    )
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags given, as ``--set`` overrides applied after the user's own (a flag wins)."""
+    values: dict[str, object] = {f"bench.{k}": getattr(args, k) for k in (*SHORTCUTS, "backends")}
+    values["bench.sweep"] = args.sweep
+    values["bench.write"] = None if args.no_write is None else False
+    values["tracking.uri"] = args.tracking_uri
+    values["tracking.experiment"] = args.experiment
+    return [f"{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,10 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.single_backend:
         worker_main(args.single_backend, args.worker_config, args.worker_out)
         return {}
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        raise SystemExit(f"argument error: --{str(e).replace('_', '-')}") from None
+    check_output_file(args.summary_json)
+    args.set = [*args.set, *flag_overrides(args)]
+    run_cfg = load_config_or_exit(args, BenchRunConfig, set_threads=False)
+    cfg = run_cfg.bench
     out = Path(args.out)
     try:  # before the benchmark, not after its hour of work
         out.mkdir(parents=True, exist_ok=True)
@@ -109,12 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(report.markdown)
     run_id = None
     if not args.no_mlflow:
-        from recsys_cl.config import TrackingConfig
         from recsys_cl.tracking import TrackingError, log_benchmark_run
 
         try:
             run_id = log_benchmark_run(
-                TrackingConfig(uri=args.tracking_uri, experiment=args.experiment, registered_model_name=None),
+                run_cfg.tracking,
                 params={f"bench.{k}": v for k, v in dataclasses.asdict(cfg).items()},
                 metrics=report_metrics(report),
                 tags={"job": "benchmark_candidates", "machine.cpus": report.machine["cpus"],
@@ -125,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"tracking error: {e} (the report is saved in {out})") from None
         print(f"mlflow run: {run_id}")
     print(f"report: {out / 'benchmark.md'}")
-    return {**report.to_dict(), "mlflow_run_id": run_id, "out": str(out)}
+    summary = {**report.to_dict(), "mlflow_run_id": run_id, "out": str(out)}
+    write_summary(args.summary_json, summary)
+    return summary
 
 
 if __name__ == "__main__":

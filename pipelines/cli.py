@@ -67,6 +67,16 @@ def _terminated(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as ``--help`` shows it: relative to the working directory when it lies under it (the
+    usual case, run from the checkout), so that argparse does not wrap a long absolute path mid-word."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def base_parser(
     prog: str, doc: str | None, default_config: Path,
     summary_help: str = "write the run summary (JSON) to PATH",
@@ -74,7 +84,8 @@ def base_parser(
 ) -> argparse.ArgumentParser:
     """A parser with ``--config``, ``--set`` and ``--summary-json``; add the pipeline's own flags to it."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(default_config), help="YAML config (default: %(default)s)")
+    p.add_argument("--config", default=str(default_config),
+                   help=f"YAML config (default: {shown_path(default_config)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config key, e.g. --set {set_example} (repeatable)")
     p.add_argument("--summary-json", metavar="PATH", help=summary_help)

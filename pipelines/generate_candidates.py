@@ -27,7 +27,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
+from pipelines.cli import (
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    print_fold_in,
+    shown_path,
+    write_summary,
+)
 from recsys_cl.candidates import (
     CandidatesError,
     check_saved_index,
@@ -54,7 +61,8 @@ INPUT_ERRORS = (AliasNotFoundError, CandidatesError, ConfigError, DataError, Ind
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date", required=True, help="run date, YYYY-MM-DD (UTC)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML run config (default: %(default)s)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help=f"YAML run config (default: {shown_path(DEFAULT_CONFIG)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set candidates.k=50 (repeatable)")
     p.add_argument("--engine", choices=["local", "spark"], help="default: candidates.engine")

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, write_summary
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
@@ -59,7 +59,8 @@ log = logging.getLogger("pipelines.sweep")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base YAML config (default: %(default)s)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help=f"base YAML config (default: {shown_path(DEFAULT_CONFIG)})")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="one grid axis, e.g. --grid loss.temperature=0.05,0.1 (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,

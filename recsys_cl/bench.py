@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys_cl.config import TrackingConfig
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("exact", "annoy", "faiss", "auto", "spark")
@@ -114,6 +116,22 @@ class BenchConfig:
         raw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
         return cls(**raw)
 
+
+@dataclass(frozen=True)
+class BenchTrackingConfig(TrackingConfig):
+    """``tracking`` for benchmarks: their own experiment, and nothing is registered."""
+
+    experiment: str = "recsys_cl_benchmarks"
+    registered_model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchRunConfig:
+    """What ``pipelines.benchmark_candidates`` loads from ``--config`` + ``--set``
+    (``pipelines/configs/benchmark_candidates.yaml``)."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    tracking: BenchTrackingConfig = field(default_factory=BenchTrackingConfig)
 
 # --------------------------------------------------------------------------------------------
 # Synthetic embeddings

@@ -92,9 +92,44 @@ def test_nonsense_sizes_are_refused(kw: dict, match: str) -> None:
 
 
 def test_pipeline_refuses_bad_sizes_and_output_before_running(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"argument error: --chunk-size must be >= 1, got 0"):
+    with pytest.raises(SystemExit, match=r"config error: bench: chunk_size must be >= 1, got 0"):
         benchmark_candidates.main(["--chunk-size", "0", "--no-mlflow", "--out", str(tmp_path / "o")])
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit, match=r"output error: --out .*afile/o cannot be created"):
         benchmark_candidates.main(["--users", "10", "--items", "200", "--no-mlflow",
                                    "--out", str(tmp_path / "afile" / "o")])
+
+
+def test_shipped_config_is_the_defaults() -> None:
+    from recsys_cl.bench import BenchRunConfig
+    from recsys_cl.config import load_config
+
+    cfg = load_config(benchmark_candidates.DEFAULT_CONFIG, BenchRunConfig)
+    assert cfg == BenchRunConfig()
+    assert cfg.tracking.experiment == "recsys_cl_benchmarks" and cfg.tracking.registered_model_name is None
+
+
+def test_settings_come_from_config_set_and_flags_in_that_order(tmp_path: Path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text("bench:\n  users: 300\n  items: 400\n  k: 5\n  clusters: 10\n  recall_users: 100\n"
+                      "  backends: [spark]\n  write: false\n")
+    summary_json = tmp_path / "s" / "summary.json"
+    summary = benchmark_candidates.main([
+        "--config", str(config), "--set", "bench.k=7", "--set", "bench.users=250", "--users", "200",
+        "--out", str(tmp_path / "r"), "--no-mlflow", "--summary-json", str(summary_json),
+    ])
+    c = summary["config"]
+    assert (c["users"], c["items"], c["k"], c["write"]) == (200, 400, 7, False)  # flag > --set > file
+    assert json.loads(summary_json.read_text())["config"]["users"] == 200
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--set", "bench.userz=5"], "unknown config key 'bench.userz'"),
+    (["--users", "0"], "bench: users must be >= 1, got 0"),
+    (["--experiment", " "], "tracking.experiment must be a name"),
+])
+def test_bad_settings_exit_before_any_work(tmp_path: Path, argv: list[str], expected: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        benchmark_candidates.main([*argv, "--out", str(tmp_path / "r"), "--no-mlflow"])
+    assert str(e.value).startswith("config error: ") and expected in str(e.value)
+    assert not (tmp_path / "r").exists()

@@ -47,3 +47,15 @@ def test_print_fold_in_says_how_the_clicks_were_taken_in(capsys: pytest.CaptureF
         "(fit to a weighted sample of 20,000 of the window's 1,250,000 clicks, new items' clicks first)",
         "new items (no training clicks, ranked on content alone): 2.0% of the rows written",
     ]
+
+
+def test_help_shows_the_default_config_relative_to_the_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from pipelines.cli import shown_path
+
+    default = ROOT / "pipelines" / "configs" / "two_tower.yaml"
+    monkeypatch.chdir(ROOT)
+    assert shown_path(default) == "pipelines/configs/two_tower.yaml"  # not wrapped mid-word by argparse
+    monkeypatch.chdir(tmp_path)  # run from elsewhere: the full path, which is the one that works there
+    assert shown_path(default) == str(default)
