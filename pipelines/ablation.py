@@ -4,6 +4,7 @@ table (mean ± std over seeds for the two-tower rows) and log every run to MLflo
 Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
     python -m pipelines.ablation --only "+ logQ (counting)" --seeds 0 --set train.epochs=5 --no-baselines
+    python -m pipelines.ablation --variants pipelines/configs/ablations/negatives.yaml --summary-json runs/neg.json
 
 Variants live in pipelines/configs/ablations/two_tower.yaml (name -> list of --set overrides). All overrides
 are validated before any training starts.
@@ -15,10 +16,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path
+from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
@@ -33,6 +35,9 @@ from recsys_cl.experiment import (
 from recsys_cl.tracking import mlflow_run
 
 CONFIGS = Path(__file__).parent / "configs"
+RUN_KEYS = ("run_id", "best_epoch", "val_metrics", "test_metrics", "baseline_metrics", "random_metrics",
+            "fold_in_metrics")
+"""What ``--summary-json`` keeps of each two-tower run's summary."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
+    p.add_argument("--summary-json", metavar="PATH",
+                   help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
+                        "test_metrics}], baselines} to PATH: every run's validation metrics, on which a "
+                        "variant is chosen, beside its test metrics")
     return p.parse_args(argv)
 
 
@@ -88,6 +97,7 @@ def load_variants(path: str) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     check_output_file(args.out, "--out")
+    check_output_file(args.summary_json)
     try:  # validate every run's config before training anything
         variants = load_variants(args.variants)
         if args.only:
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> str:
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     rows, raw = [], {}
+    runs: list[dict[str, Any]] = []
+    baseline_runs: dict[str, dict[str, Any]] = {}
     # all items ranked: how much of the top 20 new items take is part of the answer
     keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
         if prep.all_items else TABLE_METRICS
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> str:
         with mlflow_run(base.tracking, run_name=f"baseline-{name}", tags={"ablation": "baseline"}) as run:
             s = run_baseline(name, base, prep, run)
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
+        baseline_runs[name] = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
         rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
     reference: dict[str, dict[str, float]] = {}
     folded: dict[str, list[dict[str, float]]] = {}
@@ -140,6 +153,7 @@ def main(argv: list[str] | None = None) -> str:
                             run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
                 summary = run_two_tower(cfg, run, prep)
             results.append(summary["test_metrics"])
+            runs.append({"variant": name, "seed": seed, **{k: summary[k] for k in RUN_KEYS if k in summary}})
             if "fold_in_metrics" in summary:
                 folded.setdefault(name, []).append(summary["fold_in_metrics"])
             if "baseline_metrics" in summary:  # cold start: identical for every run (same targets)
@@ -158,6 +172,8 @@ def main(argv: list[str] | None = None) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    write_summary(args.summary_json, {"protocol": prep.protocol, "table": str(out), "runs": runs,
+                                      "baselines": baseline_runs})
     print(table)
     return table
 

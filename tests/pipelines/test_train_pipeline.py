@@ -123,12 +123,24 @@ def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
     variants = tmp_path / "v.yaml"
     variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
     out = tmp_path / "ab.md"
+    summary_json = tmp_path / "s" / "ab.json"
     table = ablation.main(["--variants", str(variants), "--seeds", "0", "1", "--baselines", "popularity",
-                           "--out", str(out), *_args(tmp_path, "ml-100k")])
+                           "--out", str(out), "--summary-json", str(summary_json), *_args(tmp_path, "ml-100k")])
     assert out.read_text().strip() == table.strip()
     assert "| two-tower: plain | 2 |" in table and "| two-tower: debiased | 2 |" in table
     assert "| popularity | 1 |" in table and "±" in table
     assert table.startswith("Protocol: `full_ranking")
+    summary = json.loads(summary_json.read_text())
+    assert summary["protocol"].startswith("full_ranking") and summary["table"] == str(out)
+    assert [(r["variant"], r["seed"]) for r in summary["runs"]] == [("plain", 0), ("plain", 1), ("debiased", 0),
+                                                                    ("debiased", 1)]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for r in summary["runs"]:  # each run's own numbers: validation (what selects) beside test
+        logged = mlflow.get_run(r["run_id"]).data.metrics
+        assert r["test_metrics"]["recall@20"] == pytest.approx(logged["test/recall_at_20"])
+        assert 0 < r["val_metrics"]["recall@20"] <= 1 and r["best_epoch"] >= 1
+    assert set(summary["baselines"]) == {"popularity"}
+    assert summary["baselines"]["popularity"]["test_metrics"]["recall@20"] > 0
 
 
 def test_ablation_bare_baselines_flag_is_the_configs_list_and_no_baselines_is_none(tmp_path: Path) -> None:
