@@ -39,6 +39,10 @@ log = logging.getLogger("pipelines.make_fashion_clicks")
 DEFAULTS = FashionClicksConfig()
 
 
+FLAGS = ("num_items", "num_users", "clicks_per_user", "cold_fraction", "seed")
+"""FashionClicksConfig fields this pipeline sets from a flag of the same name."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pipelines.make_fashion_clicks",
@@ -69,8 +73,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             num_items=args.num_items, num_users=args.num_users, clicks_per_user=args.clicks_per_user,
             cold_fraction=args.cold_fraction, seed=args.seed,
         )
-    except ValueError as e:
-        raise SystemExit(f"argument error: {e}") from None
+    except ValueError as e:  # named by its flag: "--num-users must be >= 1, got 0"
+        message = str(e)
+        for name in FLAGS:
+            message = message.replace(f"{name} must", f"--{name.replace('_', '-')} must")
+        raise SystemExit(f"argument error: {message}") from None
     try:
         check_fashion_clicks_out(args.out)  # before the work
     except OutputError as e:

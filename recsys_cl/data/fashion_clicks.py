@@ -125,27 +125,22 @@ class FashionClicksConfig:
     """Length of the log in days."""
 
     def __post_init__(self) -> None:
-        checks = {
-            "num_items": self.num_items >= 1,
-            "num_users": self.num_users >= 1,
-            "clicks_per_user": self.clicks_per_user >= 1,
-            "class_concentration": self.class_concentration > 0,
-            "noise": 0 <= self.noise <= 1,
-            "popularity_exponent": self.popularity_exponent >= 0,
-            "cold_fraction": 0 <= self.cold_fraction < 1,
-            "release_quantile": 0 < self.release_quantile < 1,
-            "new_item_boost": self.new_item_boost > 0,
-            "start": self.start >= 0,
-            "span_days": self.span_days >= 1,
+        checks = {  # field: (holds, what it must be)
+            "num_items": (self.num_items >= 1, ">= 1"),
+            "num_users": (self.num_users >= 1, ">= 1"),
+            "clicks_per_user": (self.clicks_per_user >= 1, ">= 1"),
+            "class_concentration": (self.class_concentration > 0, "> 0"),
+            "noise": (0 <= self.noise <= 1, "in [0, 1]"),
+            "popularity_exponent": (self.popularity_exponent >= 0, ">= 0"),
+            "cold_fraction": (0 <= self.cold_fraction < 1, "in [0, 1)"),
+            "release_quantile": (0 < self.release_quantile < 1, "in (0, 1)"),
+            "new_item_boost": (self.new_item_boost > 0, "> 0"),
+            "start": (self.start >= 0, ">= 0"),
+            "span_days": (self.span_days >= 1, ">= 1"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [f"{k} must be {need}, got {getattr(self, k)!r}" for k, (ok, need) in checks.items() if not ok]
         if bad:
-            shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-            raise ValueError(
-                f"FashionClicksConfig: invalid {shown}; need num_items, num_users, span_days >= 1, "
-                "clicks_per_user >= 1, class_concentration > 0, 0 <= noise <= 1, popularity_exponent >= 0, "
-                "0 <= cold_fraction < 1, 0 < release_quantile < 1, new_item_boost > 0, start >= 0"
-            )
+            raise ValueError("; ".join(bad))
 
     @property
     def end(self) -> int:

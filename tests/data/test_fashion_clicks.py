@@ -153,7 +153,7 @@ def test_bad_inputs(tiny: tuple[np.ndarray, np.ndarray]) -> None:
         generate_fashion_clicks(images, labels, FashionClicksConfig(num_items=61))
     with pytest.raises(DataError, match="class ids 0..9"):
         generate_fashion_clicks(images, labels + 1, SMALL)
-    with pytest.raises(ValueError, match="cold_fraction=1.0"):
+    with pytest.raises(ValueError, match=r"^cold_fraction must be in \[0, 1\), got 1.0$"):
         FashionClicksConfig(cold_fraction=1.0)
 
 
@@ -239,6 +239,11 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
                                          r"an earlier make_fashion_clicks output"):
         make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(mine)])
     assert (mine / "README.md").read_text() == "my notes"
+    with pytest.raises(SystemExit) as e:  # named by the flags given, only the broken ones
+        make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-users", "0",
+                                  "--cold-fraction", "1"])
+    assert str(e.value) == ("argument error: --num-users must be >= 1, got 0; "
+                            "--cold-fraction must be in [0, 1), got 1.0")
     with pytest.raises(SystemExit) as e:
         make_fashion_clicks.main(["--help"])
     assert e.value.code == 0 and "Examples:" in capsys.readouterr().out
