@@ -86,6 +86,33 @@ def use_store(cfg: TrackingConfig) -> str:
     return uri
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or ``sqlite:////absolute``); None for any
+    other store and for an in-memory database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def use_existing_store(cfg: TrackingConfig) -> str:
+    """:func:`use_store` for jobs that only read (resolve an alias, load a model): a SQLite store
+    whose file does not exist is an error here, not a new empty database left behind.
+
+    Raises:
+        TrackingError: the SQLite file is missing, or an http(s) store does not answer.
+    """
+    uri = resolve_tracking_uri(cfg)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(
+            f"there is no MLflow store at {uri} (no file {db.resolve()}): nothing was logged there, so "
+            "there is no model to read; run the job that logs it first (python -m pipelines.train_two_tower, "
+            f"or pipelines.pretrain_simclr / pretrain_simcse for an encoder) or {STORE_FIX}"
+        )
+    return use_store(cfg)
+
+
 def metric_key(name: str) -> str:
     """MLflow metric names may not contain '@': ``val/recall@20`` -> ``val/recall_at_20``."""
     return name.replace("@", "_at_")
@@ -361,8 +388,8 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
             f"{uri!r} is neither an existing directory nor an MLflow URI "
             "(runs:/<run_id>/<artifact path>, models:/<name>/<version>, models:/<name>@<alias>)"
         )
-    if tracking is not None:
-        use_store(tracking)
+    if tracking is not None:  # runs:/ and models:/ live in the store: a missing SQLite file is an error
+        use_existing_store(tracking) if uri.startswith(("runs:/", "models:/")) else use_store(tracking)
     # a private temp folder, removed when the process exits (MLflow's default one is never removed:
     # every run that read a runs:/ encoder left ~90 MB in /tmp)
     dst = tempfile.mkdtemp(prefix="recsys_cl_artifact_")
@@ -441,7 +468,7 @@ def model_provenance(uri: str, tracking: TrackingConfig | None = None) -> dict[s
     if not uri.startswith("models:/"):
         return out
     if tracking is not None:
-        use_store(tracking)
+        use_existing_store(tracking)
     client = mlflow.MlflowClient()
     ref = uri[len("models:/"):].rstrip("/")
     if "@" in ref:
@@ -494,7 +521,7 @@ def resolve_model_alias(
     (``fallback_to_latest``) log a warning and use the registered model's latest version.
     """
     if tracking is not None:
-        use_store(tracking)
+        use_existing_store(tracking)
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(name, alias)

@@ -164,3 +164,29 @@ def test_runs_whose_process_is_gone_are_marked_killed(tmp_path: Path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("uri, path", [
+    ("sqlite:///mlflow.db", "mlflow.db"), ("sqlite:////abs/m.db", "/abs/m.db"), ("sqlite:///m.db?timeout=5", "m.db"),
+    ("sqlite:///:memory:", None), ("http://localhost:5000", None), ("file:///tmp/mlruns", None),
+])
+def test_sqlite_path_of_a_tracking_uri(uri: str, path: str | None) -> None:
+    from recsys_cl.tracking import sqlite_path
+
+    assert sqlite_path(uri) == (None if path is None else Path(path))
+
+
+def test_reading_a_model_from_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """nightly / generate_candidates against a missing SQLite file: one clear error, no empty database
+    left behind (MLflow would create one and then report that the model has no versions)."""
+    from recsys_cl.tracking import model_provenance, resolve_model_alias, resolve_model_dir
+
+    db = tmp_path / "nope" / "mlflow.db"
+    cfg = TrackingConfig(uri=f"sqlite:///{db}")
+    for read in (lambda: resolve_model_alias("recsys_cl_two_tower", "champion", cfg),
+                 lambda: model_provenance("models:/recsys_cl_two_tower/1", cfg),
+                 lambda: resolve_model_dir("runs:/abc/model", cfg)):
+        with pytest.raises(TrackingError, match=rf"no MLflow store at sqlite:///{db} \(no file {db}\).*"
+                                                r"python -m pipelines.train_two_tower"):
+            read()
+    assert not db.exists() and not db.parent.exists()
