@@ -8,12 +8,18 @@ Examples:
 
 Variants live in pipelines/configs/ablations/two_tower.yaml (name -> list of --set overrides). All overrides
 are validated before any training starts.
+
+A killed ablation continues where it stopped when the same command is run again (same config, --set,
+variants, seeds, baselines and data): its finished runs are reused as they are (their MLflow runs carry
+the tag ablation_row), the run it was in resumes from its last epoch's checkpoint, and the rest train.
+Once an ablation completes, the same command trains everything anew; --no-resume does so at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,9 +38,17 @@ from recsys_cl.experiment import (
     run_two_tower,
     with_content,
 )
-from recsys_cl.tracking import mlflow_run
+from recsys_cl.sweep import ablation_key
+from recsys_cl.tracking import (
+    ABLATION_KEY_TAG,
+    ABLATION_ROW_TAG,
+    mark_ablation_done,
+    mlflow_run,
+    unfinished_ablation,
+)
 
 CONFIGS = Path(__file__).parent / "configs"
+log = logging.getLogger("pipelines.ablation")
 RUN_KEYS = ("run_id", "best_epoch", "val_metrics", "test_metrics", "baseline_metrics", "random_metrics",
             "fold_in_metrics")
 """What ``--summary-json`` keeps of each two-tower run's summary."""
@@ -56,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
                    help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
                         "test_metrics}], baselines} to PATH: every run's validation metrics, on which a "
@@ -137,11 +153,30 @@ def main(argv: list[str] | None = None) -> str:
     # all items ranked: how much of the top 20 new items take is part of the answer
     keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
         if prep.all_items else TABLE_METRICS
+    key = ablation_key({cfg.tracking.run_name or "": cfg.to_flat_dict() for cfg in configs.values()}, baselines,
+                       prep.fingerprint)
+    done = {} if args.no_resume else unfinished_ablation(base.tracking, key)
+    if done:
+        log.info("continuing an interrupted ablation: %d of its %d runs finished before and are reused "
+                 "(--no-resume trains them all again)", len(done), len(configs) + len(baselines))
+    run_ids: list[str] = []
+
+    def finish(run: Any, row: dict[str, Any]) -> None:
+        run.set_tags({ABLATION_ROW_TAG: json.dumps(row)})
+        run_ids.append(run.run_id)
+
     for name in baselines:
-        with mlflow_run(base.tracking, run_name=f"baseline-{name}", tags={"ablation": "baseline"}) as run:
-            s = run_baseline(name, base, prep, run)
+        s = done.get(f"baseline-{name}")
+        if s is None:
+            with mlflow_run(base.tracking, run_name=f"baseline-{name}",
+                            tags={"ablation": "baseline", ABLATION_KEY_TAG: key}) as run:
+                s = run_baseline(name, base, prep, run)
+                s = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
+                finish(run, {k: v for k, v in s.items() if k != "run_id"})
+        else:
+            run_ids.append(s["run_id"])
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
-        baseline_runs[name] = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
+        baseline_runs[name] = s
         rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
     reference: dict[str, dict[str, float]] = {}
     folded: dict[str, list[dict[str, float]]] = {}
@@ -149,11 +184,17 @@ def main(argv: list[str] | None = None) -> str:
         results = []
         for seed in args.seeds:
             cfg = configs[(name, seed)]
-            with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name, tags={"ablation": name},
-                            run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
-                summary = run_two_tower(cfg, run, prep)
+            summary = done.get(cfg.tracking.run_name or "")
+            if summary is None:
+                with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
+                                tags={"ablation": name, ABLATION_KEY_TAG: key},
+                                run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
+                    summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
+                    finish(run, {k: v for k, v in summary.items() if k != "run_id"})
+            else:
+                run_ids.append(summary["run_id"])
             results.append(summary["test_metrics"])
-            runs.append({"variant": name, "seed": seed, **{k: summary[k] for k in RUN_KEYS if k in summary}})
+            runs.append({"variant": name, "seed": seed, **summary})
             if "fold_in_metrics" in summary:
                 folded.setdefault(name, []).append(summary["fold_in_metrics"])
             if "baseline_metrics" in summary:  # cold start: identical for every run (same targets)
@@ -173,7 +214,8 @@ def main(argv: list[str] | None = None) -> str:
     out.write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
     write_summary(args.summary_json, {"protocol": prep.protocol, "table": str(out), "runs": runs,
-                                      "baselines": baseline_runs})
+                                      "baselines": baseline_runs, "reused_runs": len(done)})
+    mark_ablation_done(base.tracking, run_ids)  # complete: the same command again trains anew
     print(table)
     return table
 

@@ -102,6 +102,16 @@ def sweep_key(flat_config: Mapping[str, Any], axes: Sequence[tuple[str, Sequence
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+def ablation_key(flat_configs: Mapping[str, Mapping[str, Any]], baselines: Sequence[str],
+                 data_fingerprint: str) -> str:
+    """Identity of an ablation for resuming: every run's config (``{run name: flat config}``, all of
+    it but :data:`BOOKKEEPING_KEYS`), the baselines and the data. Any change starts a new ablation."""
+    configs = {name: sorted((k, repr(v)) for k, v in flat.items() if k not in BOOKKEEPING_KEYS)
+               for name, flat in sorted(flat_configs.items())}
+    ident = json.dumps([configs, list(baselines), data_fingerprint])
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
 def summary_frame(rows: Sequence[Mapping[str, Any]], grid_keys: Sequence[str]) -> pd.DataFrame:
     """One row per run: ``run_name``, ``run_id``, ``model``, the grid keys, ``seed``, ``best_epoch``
     and :data:`SUMMARY_METRICS` (NaN where a run lacks one, e.g. baselines have no best epoch)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import mlflow
 import mlflow.pyfunc
@@ -650,6 +651,39 @@ def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[st
         return parent_id, {}
     done = children[(children["status"] == "FINISHED") & children[row_col].notna()]
     return parent_id, dict(zip(done["tags.mlflow.runName"], done[row_col]))
+
+
+ABLATION_KEY_TAG = "ablation_key"
+"""Tag on every run of an ablation (``pipelines.ablation``): the identity of its configs, baselines
+and data (:func:`recsys_cl.sweep.ablation_key`)."""
+ABLATION_ROW_TAG = "ablation_row"
+"""Tag on a finished ablation run: what the table needs of it, as JSON, so that a rerun of an
+interrupted ablation reuses it instead of training it again."""
+ABLATION_DONE_TAG = "ablation_done"
+"""Set on all the runs of an ablation that finished: a later rerun starts anew instead of reusing them."""
+
+
+def unfinished_ablation(cfg: TrackingConfig, key: str) -> dict[str, dict[str, Any]]:
+    """``{run name: row}`` of the finished runs of an interrupted ablation with ``key``: runs tagged
+    with it, FINISHED, and not of an ablation that completed (:data:`ABLATION_DONE_TAG`); the newest
+    run of a name wins. Empty when there are none."""
+    frame = search_runs_frame(cfg, f"tags.{ABLATION_KEY_TAG} = '{key}'")
+    row_col, done_col = f"tags.{ABLATION_ROW_TAG}", f"tags.{ABLATION_DONE_TAG}"
+    if frame.empty or row_col not in frame.columns:
+        return {}
+    keep = (frame["status"] == "FINISHED") & frame[row_col].notna()
+    if done_col in frame.columns:
+        keep &= frame[done_col].isna()
+    rows = frame[keep].sort_values("start_time")
+    return {str(name): {**json.loads(row), "run_id": str(run_id)}
+            for name, row, run_id in zip(rows["tags.mlflow.runName"], rows[row_col], rows["run_id"])}
+
+
+def mark_ablation_done(cfg: TrackingConfig, run_ids: Sequence[str]) -> None:
+    """Tag ``run_ids`` as runs of a completed ablation: reruns of it train anew."""
+    client = _client(resolve_tracking_uri(cfg))
+    for run_id in run_ids:
+        client.set_tag(run_id, ABLATION_DONE_TAG, "true")
 
 
 def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:

@@ -329,3 +329,55 @@ def test_ablation_base_encoders_need_not_suit_the_data(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"data error: item_tower\.encoders includes 'categorical' but the item "
                                          r"table has no genres"):
         ablation.main(["--variants", str(variants), "--seeds", "0", *args])
+
+
+def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same command after a crash reuses the finished runs (numbers included) and trains the rest;
+    after a complete ablation, or with --no-resume, everything trains again."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
+    base = ["--variants", str(variants), "--seeds", "0", "1", "--baselines", "popularity",
+            "--out", str(tmp_path / "ab.md"), *_args(tmp_path, "ml-100k")]
+    real, trained = ablation.run_two_tower, []
+
+    def crashing(cfg, run, prep):  # type: ignore[no-untyped-def]
+        if len(trained) == 3:
+            raise KeyboardInterrupt("killed")  # the 4th run of 4: debiased seed=1
+        trained.append(cfg.tracking.run_name)
+        return real(cfg, run, prep)
+
+    monkeypatch.setattr(ablation, "run_two_tower", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(base)
+    assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0"]
+
+    def counting(cfg, run, prep):  # type: ignore[no-untyped-def]
+        trained.append(cfg.tracking.run_name)
+        return real(cfg, run, prep)
+
+    monkeypatch.setattr(ablation, "run_two_tower", counting)
+    trained.clear()
+    summary_json = tmp_path / "ab.json"
+    table = ablation.main([*base, "--summary-json", str(summary_json)])
+    assert trained == ["debiased seed=1"]  # popularity and three two-tower runs were reused
+    summary = json.loads(summary_json.read_text())
+    assert summary["reused_runs"] == 4 and "| two-tower: debiased | 2 |" in table
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for r in summary["runs"]:  # reused rows are the numbers their runs logged
+        assert r["test_metrics"]["recall@20"] == pytest.approx(
+            mlflow.get_run(r["run_id"]).data.metrics["test/recall_at_20"])
+
+    trained.clear()  # that ablation completed: the same command is a new one
+    ablation.main(base)
+    assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
+
+    monkeypatch.setattr(ablation, "run_two_tower", crashing)
+    trained.clear()
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(base)
+    monkeypatch.setattr(ablation, "run_two_tower", counting)
+    trained.clear()
+    ablation.main([*base, "--no-resume"])  # an interrupted one, but all of it trains again
+    assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
