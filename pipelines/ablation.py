@@ -159,12 +159,6 @@ def main(argv: list[str] | None = None) -> str:
     if done:
         log.info("continuing an interrupted ablation: %d of its %d runs finished before and are reused "
                  "(--no-resume trains them all again)", len(done), len(configs) + len(baselines))
-    run_ids: list[str] = []
-
-    def finish(run: Any, row: dict[str, Any]) -> None:
-        run.set_tags({ABLATION_ROW_TAG: json.dumps(row)})
-        run_ids.append(run.run_id)
-
     for name in baselines:
         s = done.get(f"baseline-{name}")
         if s is None:
@@ -172,9 +166,7 @@ def main(argv: list[str] | None = None) -> str:
                             tags={"ablation": "baseline", ABLATION_KEY_TAG: key}) as run:
                 s = run_baseline(name, base, prep, run)
                 s = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
-                finish(run, {k: v for k, v in s.items() if k != "run_id"})
-        else:
-            run_ids.append(s["run_id"])
+                run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in s.items() if k != "run_id"})})
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
         baseline_runs[name] = s
         rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
@@ -190,9 +182,7 @@ def main(argv: list[str] | None = None) -> str:
                                 tags={"ablation": name, ABLATION_KEY_TAG: key},
                                 run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
                     summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
-                    finish(run, {k: v for k, v in summary.items() if k != "run_id"})
-            else:
-                run_ids.append(summary["run_id"])
+                    run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in summary.items() if k != "run_id"})})
             results.append(summary["test_metrics"])
             runs.append({"variant": name, "seed": seed, **summary})
             if "fold_in_metrics" in summary:
@@ -215,7 +205,7 @@ def main(argv: list[str] | None = None) -> str:
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
     write_summary(args.summary_json, {"protocol": prep.protocol, "table": str(out), "runs": runs,
                                       "baselines": baseline_runs, "reused_runs": len(done)})
-    mark_ablation_done(base.tracking, run_ids)  # complete: the same command again trains anew
+    mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew
     print(table)
     return table
 

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import mlflow
 import mlflow.pyfunc
@@ -679,11 +679,13 @@ def unfinished_ablation(cfg: TrackingConfig, key: str) -> dict[str, dict[str, An
             for name, row, run_id in zip(rows["tags.mlflow.runName"], rows[row_col], rows["run_id"])}
 
 
-def mark_ablation_done(cfg: TrackingConfig, run_ids: Sequence[str]) -> None:
-    """Tag ``run_ids`` as runs of a completed ablation: reruns of it train anew."""
+def mark_ablation_done(cfg: TrackingConfig, key: str) -> None:
+    """Tag every run of the ablation ``key`` (reused ones, and any left over from earlier attempts) as
+    runs of a completed ablation: the same command afterwards trains anew."""
+    frame = search_runs_frame(cfg, f"tags.{ABLATION_KEY_TAG} = '{key}'")
     client = _client(resolve_tracking_uri(cfg))
-    for run_id in run_ids:
-        client.set_tag(run_id, ABLATION_DONE_TAG, "true")
+    for run_id in ([] if frame.empty else frame["run_id"]):
+        client.set_tag(str(run_id), ABLATION_DONE_TAG, "true")
 
 
 def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:

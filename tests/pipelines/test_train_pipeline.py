@@ -381,3 +381,6 @@ def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monke
     trained.clear()
     ablation.main([*base, "--no-resume"])  # an interrupted one, but all of it trains again
     assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
+    trained.clear()  # complete again: the interrupted attempt's finished runs are not picked up either
+    ablation.main(base)
+    assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
