@@ -29,7 +29,8 @@ import yaml
 from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
 from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
-from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std
+from recsys_cl.eval.protocol import ALL_CATALOGUE
+from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
     prepare,
     require_warm_split,
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
+    p.add_argument("--merge", nargs="+", metavar="SUMMARY",
+                   help="train nothing: write the tables of these --summary-json files together (e.g. seeds run "
+                        "in separate processes), to --out and --summary-json")
     p.add_argument("--no-resume", action="store_true",
                    help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     check_output_file(args.out, "--out")
     check_output_file(args.summary_json)
+    if args.merge:
+        return merge(args)
     try:  # validate every run's config before training anything
         variants = load_variants(args.variants)
         if args.only:
@@ -147,12 +153,8 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
-    rows, raw = [], {}
     runs: list[dict[str, Any]] = []
     baseline_runs: dict[str, dict[str, Any]] = {}
-    # all items ranked: how much of the top 20 new items take is part of the answer
-    keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
-        if prep.all_items else TABLE_METRICS
     key = ablation_key({cfg.tracking.run_name or "": cfg.to_flat_dict() for cfg in configs.values()}, baselines,
                        prep.fingerprint)
     done = {} if args.no_resume else unfinished_ablation(base.tracking, key)
@@ -167,13 +169,8 @@ def main(argv: list[str] | None = None) -> str:
                 s = run_baseline(name, base, prep, run)
                 s = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
                 run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in s.items() if k != "run_id"})})
-        raw[f"{name} {s['params']}"] = [s["test_metrics"]]
         baseline_runs[name] = s
-        rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
-    reference: dict[str, dict[str, float]] = {}
-    folded: dict[str, list[dict[str, float]]] = {}
     for name in variants:
-        results = []
         for seed in args.seeds:
             cfg = configs[(name, seed)]
             summary = done.get(cfg.tracking.run_name or "")
@@ -183,31 +180,84 @@ def main(argv: list[str] | None = None) -> str:
                                 run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
                     summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
                     run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in summary.items() if k != "run_id"})})
-            results.append(summary["test_metrics"])
             runs.append({"variant": name, "seed": seed, **summary})
-            if "fold_in_metrics" in summary:
-                folded.setdefault(name, []).append(summary["fold_in_metrics"])
-            if "baseline_metrics" in summary:  # cold start: identical for every run (same targets)
-                reference = {"Popularity (clicks before the test period)": summary["baseline_metrics"],
-                             "random ranking (exact expectation)": summary["random_metrics"]}
-        raw[name] = results
-        rows.append((f"two-tower: {name}", mean_std(results, keys), len(results)))
-        if name in folded:  # the same runs, new items' clicks before the test period folded in
-            raw[f"{name}, first clicks folded in"] = folded[name]
-            rows.append((f"two-tower: {name}, first clicks folded in", mean_std(folded[name], keys), len(folded[name])))
+    table = write_outputs(args, prep.protocol, baseline_runs, runs, {"reused_runs": len(done)})
+    mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew
+    return table
+
+
+def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[str, dict[str, Any]],
+                  runs: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    """Render the tables (test, then validation), write ``--out`` (+ ``.json`` of every row's runs) and
+    ``--summary-json``, print the tables; returns them."""
+    # all items ranked: how much of the top 20 new items take is part of the answer
+    keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
+        if ALL_CATALOGUE in protocol.split("|") else TABLE_METRICS
+    rows, raw = [], {}
+    for name, s in baseline_runs.items():
+        raw[f"{name} {s['params']}"] = [s["test_metrics"]]
+        rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
+    reference: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == name]
+        raw[name] = [r["test_metrics"] for r in mine]
+        rows.append((f"two-tower: {name}", mean_std(raw[name], keys), len(mine)))
+        folded = [r["fold_in_metrics"] for r in mine if "fold_in_metrics" in r]
+        if folded:  # the same runs, new items' clicks before the test period folded in
+            raw[f"{name}, first clicks folded in"] = folded
+            rows.append((f"two-tower: {name}, first clicks folded in", mean_std(folded, keys), len(folded)))
+        for r in mine:
+            if "baseline_metrics" in r:  # cold start: identical for every run (same targets)
+                reference = {"Popularity (clicks before the test period)": r["baseline_metrics"],
+                             "random ranking (exact expectation)": r["random_metrics"]}
     for label, values in reference.items():
         raw[label] = [values]
         rows.append((label, mean_std([values], keys), 1))
-    table = f"Protocol: `{prep.protocol}`\n\n" + markdown_table(rows, keys)
+    table = f"Protocol: `{protocol}`\n\n" + markdown_table(rows, keys)
+    if runs:
+        table += "\n\nValidation, on which a variant is chosen (never on test):\n\n" + validation_table(runs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
-    write_summary(args.summary_json, {"protocol": prep.protocol, "table": str(out), "runs": runs,
-                                      "baselines": baseline_runs, "reused_runs": len(done)})
-    mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew
+    write_summary(args.summary_json, {"protocol": protocol, "table": str(out), "runs": runs,
+                                      "baselines": baseline_runs, **extra})
     print(table)
     return table
+
+
+def merge(args: argparse.Namespace) -> str:
+    """``--merge``: the tables of several ablations' ``--summary-json`` files (e.g. seeds split over
+    processes) as if one ablation had run them all. Nothing is trained or logged."""
+    summaries = []
+    for path in args.merge:
+        try:
+            summary = json.loads(Path(path).read_text(encoding="utf-8"))
+            summaries.append((path, summary["protocol"], summary["runs"], summary.get("baselines", {})))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = e.strerror if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            raise SystemExit(f"merge error: {path} is not an ablation --summary-json file ({why}); pass the "
+                             "files written by python -m pipelines.ablation ... --summary-json PATH") from None
+    protocols = {protocol for _, protocol, _, _ in summaries}
+    if len(protocols) > 1:
+        raise SystemExit(f"merge error: the summaries were measured under different protocols {sorted(protocols)}; "
+                         "merge only runs of the same split and protocol")
+    runs: list[dict[str, Any]] = []
+    baselines: dict[str, dict[str, Any]] = {}
+    seen: dict[tuple[str, int], str] = {}
+    for path, _, file_runs, file_baselines in summaries:
+        for r in file_runs:
+            pair = (r["variant"], r["seed"])
+            if pair in seen:
+                raise SystemExit(f"merge error: variant {pair[0]!r} seed {pair[1]} is in both {seen[pair]} and "
+                                 f"{path}; a seed would count twice")
+            seen[pair] = path
+            runs.append(r)
+        for name, b in file_baselines.items():
+            baselines.setdefault(name, b)  # deterministic baselines: the first file's run
+    order = list(dict.fromkeys(r["variant"] for r in runs))
+    runs.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
+    return write_outputs(args, protocols.pop(), baselines, runs, {"merged": list(args.merge)})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -34,4 +34,18 @@ def markdown_table(
             for k in keys
         ]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def validation_table(runs: Sequence[Mapping[str, Any]], metric: str = "recall@20") -> str:
+    """One row per variant (in first-seen order) of ablation runs ``{"variant", "seed", "val_metrics",
+    "best_epoch"}``: validation ``metric`` (mean ± sample std over seeds), what a variant is chosen on,
+    and each seed's best epoch."""
+    lines = [f"| variant | seeds | validation {metric} | best epochs |", "|---|---|---|---|"]
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == name]
+        mean, std = mean_std([r.get("val_metrics", {}) for r in mine], [metric])[metric]
+        value = "n/a" if np.isnan(mean) else f"{mean:.4f}" + (f" ± {std:.4f}" if len(mine) > 1 else "")
+        epochs = ", ".join(str(r.get("best_epoch", "?")) for r in mine)
+        lines.append(f"| {name} | {len(mine)} | {value} | {epochs} |")
     return "\n".join(lines)

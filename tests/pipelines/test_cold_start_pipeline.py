@@ -211,8 +211,10 @@ def test_cold_start_ablation_table_has_the_reference_rows(tmp_path: Path, cold_d
     args = [a for a in _args(tmp_path, cold_data, "--set", "train.epochs=1") if a != "--set"]
     table = ablation.main(["--variants", str(variants), "--seeds", "0", "--out", str(tmp_path / "t.md"),
                            *[x for a in args for x in ("--set", a)]])
-    lines = table.splitlines()
+    test_table, validation = table.split("\n\nValidation, on which a variant is chosen (never on test):\n\n")
+    lines = test_table.splitlines()
     assert "catalogue=cold_items" in lines[0]
+    assert [line.split("|")[1].strip() for line in validation.splitlines()[2:]] == ["ID only", "ID + text"]
     names = [line.split("|")[1].strip() for line in lines[4:]]
     assert names == ["two-tower: ID only", "two-tower: ID only, first clicks folded in", "two-tower: ID + text",
                      "two-tower: ID + text, first clicks folded in", "Popularity (clicks before the test period)",

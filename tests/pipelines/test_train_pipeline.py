@@ -384,3 +384,32 @@ def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monke
     trained.clear()  # complete again: the interrupted attempt's finished runs are not picked up either
     ablation.main(base)
     assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
+
+
+def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path: Path) -> None:
+    """Seeds run in separate processes, then --merge: the same table (and validation table) as one
+    process running every seed, without training anything."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
+    common = ["--variants", str(variants), "--no-baselines", *_args(tmp_path, "ml-100k")]
+    whole = ablation.main([*common, "--seeds", "0", "1", "--no-resume", "--out", str(tmp_path / "all.md")])
+    for seed in ("0", "1"):
+        ablation.main([*common, "--seeds", seed, "--no-resume", "--out", str(tmp_path / f"s{seed}.md"),
+                       "--summary-json", str(tmp_path / f"s{seed}.json")])
+    merged = ablation.main(["--merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"),
+                            "--out", str(tmp_path / "merged.md"), "--summary-json", str(tmp_path / "m.json")])
+    assert merged == whole  # runs in variant order, seeds sorted, whichever file came first
+    assert "| plain | 2 |" in merged and (tmp_path / "merged.md").read_text().strip() == merged
+    s0, s1, x = str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), str(tmp_path / "x.md")
+    assert json.loads((tmp_path / "m.json").read_text())["merged"] == [s1, s0]
+    with pytest.raises(SystemExit, match=r"merge error: variant 'plain' seed 0 is in both .*s0.json and .*s0.json"):
+        ablation.main(["--merge", s0, s0, "--out", x])
+    (tmp_path / "bad.json").write_text('{"runs": []}')
+    with pytest.raises(SystemExit, match=r"merge error: .*bad.json is not an ablation --summary-json file \(KeyError"):
+        ablation.main(["--merge", str(tmp_path / "bad.json"), "--out", x])
+    other = json.loads((tmp_path / "s1.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**other, "protocol": "full_ranking|catalogue=all_items"}))
+    with pytest.raises(SystemExit, match="different protocols"):
+        ablation.main(["--merge", s0, str(tmp_path / "other.json"), "--out", x])
