@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> str:
     check_output_file(args.out, "--out")
     check_output_file(args.summary_json)
     if args.merge:
+        given = [flag for flag, value in (("--only", args.only), ("--set", args.set), ("--no-resume", args.no_resume),
+                                          ("--baselines", args.baselines is not None),
+                                          ("--no-baselines", args.no_baselines)) if value]
+        if given:
+            raise SystemExit(f"argument error: --merge trains nothing, so {', '.join(given)} would be ignored; "
+                             "drop them (the merged files hold the runs' results as they were)")
         return merge(args)
     try:  # validate every run's config before training anything
         variants = load_variants(args.variants)

@@ -411,5 +411,7 @@ def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path:
         ablation.main(["--merge", str(tmp_path / "bad.json"), "--out", x])
     other = json.loads((tmp_path / "s1.json").read_text())
     (tmp_path / "other.json").write_text(json.dumps({**other, "protocol": "full_ranking|catalogue=all_items"}))
+    with pytest.raises(SystemExit, match=r"--merge trains nothing, so --only, --set would be ignored"):
+        ablation.main(["--merge", s0, "--only", "plain", "--set", "train.epochs=9", "--out", x])
     with pytest.raises(SystemExit, match="different protocols"):
         ablation.main(["--merge", s0, str(tmp_path / "other.json"), "--out", x])
