@@ -128,7 +128,8 @@ for name in ("summed", "summed + normalised", "fitted"):
 
 # %% [markdown]
 # ## A window larger than `fit` reads
-# Above `FIT_MAX_CLICKS` (20,000) clicks in its window, `fit` reads a sample
+# Above `FoldIn.max_clicks` (20,000 by default; `candidates.fold_in_max_clicks` in the candidates
+# jobs) clicks in its window, `fit` reads a sample
 # (`recsys_cl.train.steps.fit_click_sample`): every click on a new item, and the other items' clicks
 # of a uniform sample of their users, each weighted by the inverse of its sampling rate, so the loss
 # estimates the whole window's. Until 2026-11-29 it read a uniform sample of the window, so a new item's few
@@ -166,10 +167,9 @@ if cap:
     on_new = np.isin(idx[known], cold)
     chosen, _ = steps.fit_click_sample(on_new, window["user_id"].to_numpy()[known], cap)
     unweighted_items, _ = fit_on(known[chosen])  # fit's sample without its weights: new items over-counted
-    steps.FIT_MAX_CLICKS, default_cap = cap, steps.FIT_MAX_CLICKS
-    sampled, sampled_info = fold_in_items(model, spec, history, plain, L, dataclasses.replace(fold, method="fit"),
+    sampled, sampled_info = fold_in_items(model, spec, history, plain, L,
+                                          dataclasses.replace(fold, method="fit", max_clicks=cap),
                                           since=prep.split.train_end)
-    steps.FIT_MAX_CLICKS = default_cap
     print(f"cap {cap} of the window's {len(known)} clicks: the uniform sample holds "
           f"{int(np.isin(idx[uniform], cold).sum())} of the {info['clicks']} clicks on new items and moves "
           f"{uniform_rows} of the {info['items']} new items; fit's sample holds {int(on_new[chosen].sum())} of them "

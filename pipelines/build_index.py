@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
             until = parse_run_date(args.fold_in_until, "--fold-in-until")
             fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until),
                        Window(until, cfg.candidates.lookback_days).start, args.fold_in or "fit")
-        build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in)
+        build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in,
+                                      fold_in_max_clicks=cfg.candidates.fold_in_max_clicks)
     except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None
     run_id = None if args.no_mlflow else log_index(build, cfg.tracking, cfg.index)

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         clicks = load_click_log(cfg.data).clicks
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
         if c.fold_in != "none" or c.index_dir is not None:  # new items' clicks so far, or the saved index's
-            loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir)
+            loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir,
+                                     c.fold_in_max_clicks)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",

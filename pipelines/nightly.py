@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = load_model(str(model["uri"]), cfg.tracking)
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
         if c.fold_in != "none":  # new items' clicks so far, into their vectors (and the index's)
-            loaded = fold_in_new_clicks(loaded, read.history, str(run_date), read.window.start, c.fold_in)
+            loaded = fold_in_new_clicks(loaded, read.history, str(run_date), read.window.start, c.fold_in,
+                                        c.fold_in_max_clicks)
         index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history)
         previous = previous_partition(c.output_dir, run_date)
 

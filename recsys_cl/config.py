@@ -473,9 +473,14 @@ class CandidatesConfig:
     vectors (``item_tower.fold_in_step``; they grow with every click and crowd the lists). A saved
     index (``index_dir``) fixes the vectors: the job serves the fold-in it was built with
     (``build_index --fold-in-until``), whatever this says. Off by default: ``fit`` costs 100 passes
-    over (distinct clickers of at most 20,000 window clicks) x (new items) after one over (distinct
-    clickers) x (items), and its gain was measured on a semi-synthetic log and 20 MovieLens users
-    only (docs/content_and_cold_start.md)."""
+    over (distinct clickers of at most ``fold_in_max_clicks`` window clicks) x (new items) after one
+    over (distinct clickers) x (items), and its gain was measured on a semi-synthetic log and 20
+    MovieLens users only (docs/content_and_cold_start.md)."""
+    fold_in_max_clicks: int = 20_000
+    """``fold_in: fit`` (and ``build_index --fold-in-until``): a window with more clicks is fitted to a
+    weighted sample of about this many, every click on a new item kept while they fill half of it
+    (``recsys_cl.train.steps.fit_click_sample``). Raise it for more of a large window, at a cost
+    linear in its distinct clickers. A saved index keeps the value it was built with."""
     model_uri: str | None = None
     """Model ``generate_candidates`` serves (``--model``): a directory, ``runs:/<id>/model``,
     ``models:/<name>/<version>`` or ``models:/<name>@<alias>``. Null = the registry version behind
@@ -514,6 +519,9 @@ class CandidatesConfig:
         for key in ("k", "lookback_days", "chunk_size", "n_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"candidates.{key} must be >= 1, got {getattr(self, key)}")
+        if self.fold_in_max_clicks < 2:
+            raise ConfigError(f"candidates.fold_in_max_clicks must be >= 2 (half of it for new items' clicks), "
+                              f"got {self.fold_in_max_clicks}")
         if self.max_extra_fetch < 0 or self.recall_sample < 0:
             raise ConfigError("candidates.max_extra_fetch and candidates.recall_sample must be >= 0")
         for key in ("min_overlap", "min_coverage", "min_served_share", "min_ann_recall", "min_known_item_share",

@@ -53,9 +53,7 @@ def test_a_log_too_small_to_rank_or_evaluate_is_refused(tmp_path: Path) -> None:
         prepare(RunConfig(data=DataConfig(path=str(folder))))
 
 
-def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(tmp_path: Path) -> None:
     """two_tower_score_fn(fold=FoldIn(step=s)) scores the ranked cold items with s x the user vectors of
     everyone who clicked them in the history added (checked click by click against a loop); an ID-only
     tower, which leaves cold items all tied at 0 without it, then ranks by those clicks."""
@@ -111,20 +109,17 @@ def test_fold_in_adds_each_cold_items_clickers_and_refuses_warm_items(
     window = hist.filter(hist["timestamp"] >= since)
     clicked_cold = set(spec.items.encode(window["item_id"])) & set(spec.cold_items.tolist())
     assert set(moved.tolist()) == clicked_cold and info["items"] == len(clicked_cold) > 0
-    assert info["window_clicks"] == window.height and "fit_clicks" not in info
+    assert info["window_clicks"] == window.height and "fit_clicks" not in info and info["max_clicks"] == 20_000
     torch.testing.assert_close(fitted[moved].norm(dim=1), torch.ones(len(moved)))
 
     # a window above the cap: every click on a cold item still counts, only the others are sampled
-    import recsys_cl.train.steps as steps
-
     on_cold = np.isin(spec.items.encode(window["item_id"]), spec.cold_items)
     cap = 2 * int(on_cold.sum()) + 10
     assert window.height > 2 * cap
-    monkeypatch.setattr(steps, "FIT_MAX_CLICKS", cap)
-    capped, info = fold_in_items(model, spec, hist, every, L, FoldIn(method="fit"), since)
+    capped, info = fold_in_items(model, spec, hist, every, L, FoldIn(method="fit", max_clicks=cap), since)
     assert int(on_cold.sum()) < info.pop("fit_clicks") < window.height // 2  # about the cap (whole users)
     assert info == {"method": "fit", "window_clicks": window.height, "clicks": int(on_cold.sum()),
-                    "items": len(clicked_cold)}
+                    "items": len(clicked_cold), "max_clicks": cap}
     assert set(np.nonzero((capped != every).any(dim=1).numpy())[0].tolist()) == clicked_cold
 
 

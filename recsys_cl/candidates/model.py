@@ -78,16 +78,18 @@ def load_model(model_uri: str, tracking: Any) -> Loaded:
 
 
 def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | None = None,
-                       method: str | None = None) -> Loaded:
+                       method: str | None = None, max_clicks: int | None = None) -> Loaded:
     """``loaded`` with the clicks in ``history`` (clicks up to the date ``until``; the model's
     ``fit`` reads those at or after ``since``) on items without training clicks taken into their
     vectors (``recsys_cl.index.build.fold_in_catalogue``); its ``embedding_hash`` is that of the new
     vectors, and ``fold_in`` says what was folded. ``method`` (sum | fit) overrides the model's
-    ``item_tower.fold_in_method``."""
+    ``item_tower.fold_in_method``; ``max_clicks`` the size ``fit`` samples a larger window down to."""
     from recsys_cl.index.base import embedding_hash
     from recsys_cl.index.build import fold_in_catalogue
 
     fold = loaded.fold if method is None else dataclasses.replace(loaded.fold, method=method)
+    if max_clicks is not None:
+        fold = dataclasses.replace(fold, max_clicks=max_clicks)
     vectors, info = fold_in_catalogue(loaded.model, loaded.spec, loaded.item_vectors, history,
                                       loaded.history_length, fold, until, since)
     if info["clicks"]:
@@ -98,13 +100,14 @@ def fold_in_new_clicks(loaded: Loaded, history: Any, until: str, since: int | No
 
 
 def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: int, method: str,
-                    index_dir: str | Path | None = None) -> Loaded:
+                    index_dir: str | Path | None = None, max_clicks: int | None = None) -> Loaded:
     """:func:`fold_in_new_clicks` for a job on ``run_date`` (``clicks``: the whole click log).
 
     Without a saved index: the clicks up to the run date, by ``method`` (sum | fit; ``fit`` reads the
-    run's active-user window, ``lookback_days``). With one (``index_dir``), the index fixes
-    the item vectors, so the job folds in what the index did (its manifest's ``fold_in``): nothing
-    for an index built without it, the clicks up to its ``--fold-in-until`` date otherwise.
+    run's active-user window, ``lookback_days``, sampled down to ``max_clicks``). With one
+    (``index_dir``), the index fixes the item vectors, so the job folds in what the index did (its
+    manifest's ``fold_in``, its sample size included): nothing for an index built without it, the
+    clicks up to its ``--fold-in-until`` date otherwise.
 
     Raises:
         CandidatesError: the index folded in clicks after the run date (a backfill would read the future).
@@ -120,6 +123,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
             return loaded
         until = parse_run_date(str(built["clicks_until"]), f"{index_dir} manifest fold_in.clicks_until")
         since, method = built.get("clicks_since"), str(built.get("method", "sum"))
+        max_clicks = built.get("max_clicks")  # None: an index from before it was recorded (20,000 then)
         if until > run_date:
             raise CandidatesError(
                 f"the index {index_dir} folds in new items' clicks up to {until}, after the run date {run_date}: "
@@ -130,7 +134,7 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
         if until < run_date:
             log.info("serving the index's fold-in (clicks up to %s); clicks since then are not in the item "
                      "vectors until the index is rebuilt", until)
-    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until), since, method)
+    return fold_in_new_clicks(loaded, clicks_up_to(clicks, until), str(until), since, method, max_clicks)
 
 
 def build_index_for_loaded(loaded: Loaded, index_cfg: Any, out_dir: str | Path, clicks: Any = None) -> Any:

@@ -308,6 +308,7 @@ def build_index_for_model(
     out_dir: str | Path,
     tracking: TrackingConfig | None = None,
     fold_in: tuple[Any, str, int | None, str] | None = None,
+    fold_in_max_clicks: int | None = None,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
 
@@ -316,7 +317,8 @@ def build_index_for_model(
     vectors first, by ``method`` (sum | fit; :func:`fold_in_catalogue`, the model's
     ``item_tower.fold_in_step``); the manifest records it under ``fold_in``. The recall queries' user
     histories come from ``fold_in``'s clicks when given, else from the model's own click log
-    (:func:`sample_user_queries`).
+    (:func:`sample_user_queries`). ``fold_in_max_clicks``: ``fit``'s sample size for a larger window
+    (None: :data:`recsys_cl.train.steps.FIT_MAX_CLICKS`).
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index (checked before any work).
@@ -344,10 +346,11 @@ def build_index_for_model(
     log.info("embedded %d items (dim %d) in %.1f s", len(emb.ids), emb.vectors.shape[1], time.perf_counter() - start)
     folded: dict[str, Any] = {}
     if fold_in is not None:
-        from recsys_cl.train.steps import FoldIn
+        from recsys_cl.train.steps import FIT_MAX_CLICKS, FoldIn
 
         vectors, folded = fold_in_catalogue(model, spec, emb.vectors, fold_in[0], model_cfg.user_tower.history_length,
-                                            dataclasses.replace(FoldIn.from_config(model_cfg), method=fold_in[3]),
+                                            dataclasses.replace(FoldIn.from_config(model_cfg), method=fold_in[3],
+                                                                max_clicks=fold_in_max_clicks or FIT_MAX_CLICKS),
                                             fold_in[1], fold_in[2])
         emb = ItemEmbeddings(vectors, emb.ids, emb.normalized and not folded["clicks"])
         log.info("folded %d clicks up to %s into %d items without training clicks",

@@ -257,7 +257,8 @@ def fold_in_history(
 
 
 FIT_MAX_CLICKS = 20_000
-"""``fold_in: fit`` reads about this many clicks of its window (:func:`fit_click_sample`)."""
+"""``fold_in: fit`` reads about this many clicks of its window (:func:`fit_click_sample`) unless told
+otherwise (:attr:`FoldIn.max_clicks`; the candidates jobs' ``candidates.fold_in_max_clicks``)."""
 
 
 def fit_click_sample(on_new: np.ndarray, users: np.ndarray, cap: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -321,6 +322,8 @@ class FoldIn:
     """``fit`` only: the training loss's softmax temperature."""
     normalize: bool = True
     """``fit`` only: keep fitted vectors unit-length (``model.normalize``)."""
+    max_clicks: int = FIT_MAX_CLICKS
+    """``fit`` only: a window with more clicks is sampled down to about this many (:func:`fit_click_sample`)."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> FoldIn:
@@ -347,10 +350,11 @@ def fold_in_items(
 
     ``sum`` adds the clickers' user vectors (all of ``history``). ``fit`` fits the clicked cold
     items' vectors to the clicks at or after ``since`` (epoch seconds; None: all of ``history``), all
-    items' clicks, so the others act as negatives; above :data:`FIT_MAX_CLICKS` clicks it keeps the
+    items' clicks, so the others act as negatives; above ``fold.max_clicks`` clicks it keeps the
     new items' clicks and a weighted sample of the other clicks' users (:func:`fit_click_sample`), and
-    the info adds ``"fit_clicks"``, the clicks it read. User vectors come from each clicker's last ``length``
-    clicks in ``history``.
+    the info adds ``"fit_clicks"``, the clicks it read (``"max_clicks"``, the cap, is always there for
+    ``fit``, so that a saved index's fold-in can be redone). User vectors come from each clicker's
+    last ``length`` clicks in ``history``.
     """
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.towers.fold_in import fit_new_items
@@ -369,8 +373,9 @@ def fold_in_items(
     idx = spec.items.encode(window["item_id"])
     known = np.nonzero(idx >= 0)[0]
     on_new = np.isin(idx[known], cold)
-    info = {"method": "fit", "window_clicks": int(len(known)), "clicks": int(on_new.sum())}
-    sample, weights = fit_click_sample(on_new, window["user_id"].to_numpy()[known], FIT_MAX_CLICKS)
+    info = {"method": "fit", "window_clicks": int(len(known)), "clicks": int(on_new.sum()),
+            "max_clicks": int(fold.max_clicks)}
+    sample, weights = fit_click_sample(on_new, window["user_id"].to_numpy()[known], fold.max_clicks)
     keep, idx = known[sample], idx[known[sample]]
     rows = np.unique(idx[on_new[sample]])
     info["items"] = int(len(rows))

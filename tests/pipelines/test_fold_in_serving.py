@@ -238,3 +238,26 @@ def test_fit_method_serves_the_same_vectors_from_a_dated_index(tmp_path: Path) -
     assert load_index(index).manifest.fold_in == info  # type: ignore[union-attr]
     again = generate_candidates.main([*args, "--index", str(index), *_common(tmp_path, "b")])
     assert again["fold_in"] == info and again["embedding_hash"] == served["embedding_hash"]
+
+
+def test_fit_sample_size_is_a_setting_and_a_saved_index_keeps_its_own(tmp_path: Path) -> None:
+    """candidates.fold_in_max_clicks below the window: fit reads a sample of that size (every click on a
+    new item kept); an index built with it records the cap, and generate_candidates --index redoes the
+    same fold-in under the default cap, so it serves the index's vectors."""
+    model_dir = _model_dir(tmp_path)
+    args = ["--date", DATE, "--model", str(model_dir)]
+    whole = generate_candidates.main([*args, *_common(tmp_path, "a"), "--set", "candidates.fold_in=fit"])["fold_in"]
+    cap = whole["window_clicks"] // 3
+    assert cap > 2 * whole["clicks"] and whole["max_clicks"] == 20_000 and "fit_clicks" not in whole
+    small = ["--set", "candidates.fold_in=fit", "--set", f"candidates.fold_in_max_clicks={cap}"]
+    served = generate_candidates.main([*args, *_common(tmp_path, "b"), *small])
+    info = served["fold_in"]
+    assert info["max_clicks"] == cap and info["clicks"] == whole["clicks"] < info["fit_clicks"] < whole["window_clicks"]
+
+    index = _build(tmp_path, model_dir, "dated", "--fold-in-until", DATE,
+                   "--set", f"candidates.fold_in_max_clicks={cap}")
+    assert load_index(index).manifest.fold_in == info  # type: ignore[union-attr]
+    again = generate_candidates.main([*args, "--index", str(index), *_common(tmp_path, "c")])
+    assert again["fold_in"] == info and again["embedding_hash"] == served["embedding_hash"]
+    with pytest.raises(SystemExit, match=r"candidates.fold_in_max_clicks must be >= 2"):
+        generate_candidates.main([*args, *_common(tmp_path, "d"), "--set", "candidates.fold_in_max_clicks=1"])
