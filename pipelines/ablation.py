@@ -42,7 +42,7 @@ from recsys_cl.experiment import (
 from recsys_cl.sweep import ablation_key
 from recsys_cl.tracking import (
     ABLATION_KEY_TAG,
-    ABLATION_ROW_TAG,
+    ablation_row_tag,
     mark_ablation_done,
     mlflow_run,
     unfinished_ablation,
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> str:
                             tags={"ablation": "baseline", ABLATION_KEY_TAG: key}) as run:
                 s = run_baseline(name, base, prep, run)
                 s = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
-                run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in s.items() if k != "run_id"})})
+                run.set_tags(ablation_row_tag(s))
         baseline_runs[name] = s
     for name in variants:
         for seed in args.seeds:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> str:
                                 tags={"ablation": name, ABLATION_KEY_TAG: key},
                                 run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
                     summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
-                    run.set_tags({ABLATION_ROW_TAG: json.dumps({k: v for k, v in summary.items() if k != "run_id"})})
+                    run.set_tags(ablation_row_tag(summary))
             runs.append({"variant": name, "seed": seed, **summary})
     table = write_outputs(args, prep.protocol, baseline_runs, runs, {"reused_runs": len(done)})
     mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew

@@ -96,18 +96,21 @@ def sweep_key(flat_config: Mapping[str, Any], axes: Sequence[tuple[str, Sequence
     """Identity of a sweep for resuming: the base config (``RunConfig.to_flat_dict()``; all of it but
     :data:`BOOKKEEPING_KEYS`, so more epochs is a new sweep), the grid, the seeds, the baselines, the
     parent run's name and the data. Any change starts a new sweep."""
-    config = sorted((k, repr(v)) for k, v in flat_config.items() if k not in BOOKKEEPING_KEYS)
-    ident = json.dumps([config, [[k, list(v)] for k, v in axes], list(seeds), list(baselines), name,
-                        data_fingerprint])
+    ident = json.dumps([_identity(flat_config), [[k, list(v)] for k, v in axes], list(seeds), list(baselines),
+                        name, data_fingerprint])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _identity(flat_config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A flat config as sorted ``(key, repr(value))`` pairs, :data:`BOOKKEEPING_KEYS` left out."""
+    return sorted((k, repr(v)) for k, v in flat_config.items() if k not in BOOKKEEPING_KEYS)
 
 
 def ablation_key(flat_configs: Mapping[str, Mapping[str, Any]], baselines: Sequence[str],
                  data_fingerprint: str) -> str:
     """Identity of an ablation for resuming: every run's config (``{run name: flat config}``, all of
     it but :data:`BOOKKEEPING_KEYS`), the baselines and the data. Any change starts a new ablation."""
-    configs = {name: sorted((k, repr(v)) for k, v in flat.items() if k not in BOOKKEEPING_KEYS)
-               for name, flat in sorted(flat_configs.items())}
+    configs = {name: _identity(flat) for name, flat in sorted(flat_configs.items())}
     ident = json.dumps([configs, list(baselines), data_fingerprint])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 

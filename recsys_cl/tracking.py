@@ -663,6 +663,20 @@ ABLATION_DONE_TAG = "ablation_done"
 """Set on all the runs of an ablation that finished: a later rerun starts anew instead of reusing them."""
 
 
+def ablation_row_tag(row: Mapping[str, Any]) -> dict[str, str]:
+    """``{ABLATION_ROW_TAG: row as JSON}`` for a finished run (``run_id`` left out: the run has its own);
+    empty, with a warning, when the JSON is longer than MLflow keeps in a tag: the run is then trained
+    again by a resumed ablation rather than failing at its end."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    text = json.dumps({k: v for k, v in row.items() if k != "run_id"})
+    if len(text) > MAX_TAG_VAL_LENGTH:
+        log.warning("this run's ablation row is %d characters, over MLflow's %d for a tag: a resumed ablation "
+                    "will train it again", len(text), MAX_TAG_VAL_LENGTH)
+        return {}
+    return {ABLATION_ROW_TAG: text}
+
+
 def unfinished_ablation(cfg: TrackingConfig, key: str) -> dict[str, dict[str, Any]]:
     """``{run name: row}`` of the finished runs of an interrupted ablation with ``key``: runs tagged
     with it, FINISHED, and not of an ablation that completed (:data:`ABLATION_DONE_TAG`); the newest

@@ -190,3 +190,14 @@ def test_reading_a_model_from_a_store_that_does_not_exist_says_so_and_creates_no
                                                 r"python -m pipelines.train_two_tower"):
             read()
     assert not db.exists() and not db.parent.exists()
+
+
+def test_ablation_row_tag_leaves_out_the_run_id_and_a_row_too_long_for_a_tag(caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from recsys_cl.tracking import ABLATION_ROW_TAG, ablation_row_tag
+
+    tag = ablation_row_tag({"run_id": "abc", "test_metrics": {"recall@20": 0.2}})
+    assert json.loads(tag[ABLATION_ROW_TAG]) == {"test_metrics": {"recall@20": 0.2}}
+    assert ablation_row_tag({"test_metrics": {f"m{i}": 0.1 for i in range(1000)}}) == {}  # ~10k characters
+    assert "will train it again" in caplog.text
