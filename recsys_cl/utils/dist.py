@@ -13,6 +13,7 @@ thus receives ``sum_s dL_s / dx_r``; DistributedDataParallel then averages param
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import pickle
 from typing import Any
@@ -72,7 +73,11 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
 
 
 def destroy() -> None:
+    """Destroy the default process group, after collecting garbage: DDP wrappers left in reference
+    cycles would otherwise free their reducers (and gloo work) after the group is gone, at interpreter
+    exit, which can abort the process ("terminate called without an active exception")."""
     if is_initialized():
+        gc.collect()
         tdist.destroy_process_group()
 
 

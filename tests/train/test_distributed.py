@@ -97,8 +97,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             losses, state = _train(variant)
             torch.save({"losses": losses, "state": state}, Path(out) / f"{variant}-{rank}.pt")
         torch.save(_first_step_gradients(), Path(out) / f"grads-{rank}.pt")
+        tdist.barrier()  # both ranks done with every collective before either tears the group down
     finally:
-        tdist.destroy_process_group()
+        dist.destroy()
 
 
 def _free_port() -> int:
