@@ -23,3 +23,22 @@ def brute_force_topk(items: np.ndarray, ids: np.ndarray, queries: np.ndarray, k:
     """The known answer: full sort of every score (slow reference)."""
     scores = queries.astype(np.float64) @ items.astype(np.float64).T
     return ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+
+
+def assert_exact_topk(got_ids: np.ndarray, items: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int,
+                      atol: float = 1e-6) -> None:
+    """``got_ids`` (Q, k) is the exact top k: at every rank its item scores what the full sort's does.
+
+    Float32 search may swap two items whose float64 scores differ by less than float32 rounding
+    (about 1e-7 here), so a near-tie may come in either order; any other difference fails.
+    """
+    truth = brute_force_topk(items, ids, queries, k)
+    assert got_ids.shape == truth.shape, (got_ids.shape, truth.shape)
+    row_of = {int(v): i for i, v in enumerate(ids)}
+    rows = np.vectorize(row_of.__getitem__)(got_ids)  # (Q, k) item rows
+    scores = queries.astype(np.float64) @ items.astype(np.float64).T  # (Q, M)
+    got = np.take_along_axis(scores, rows, axis=1)
+    want = -np.sort(-scores, axis=1)[:, :k]
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    twice = (np.diff(np.sort(got_ids, axis=1), axis=1) == 0).any(axis=1)
+    assert not twice.any(), f"queries {np.flatnonzero(twice)[:5].tolist()} got an item twice"

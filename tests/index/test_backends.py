@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_fixtures import brute_force_topk, clustered
+from index_fixtures import assert_exact_topk, brute_force_topk, clustered
 
 from recsys_cl.index import (
     SENTINEL_ID,
@@ -154,7 +154,7 @@ class TestExactIndex(IndexSuite):
 
     def test_exact_matches_full_sort(self, built: Index, data: tuple) -> None:
         items, ids, queries = data
-        np.testing.assert_array_equal(built.query(queries, 50)[0], brute_force_topk(items, ids, queries, 50))
+        assert_exact_topk(built.query(queries, 50)[0], items, ids, queries, 50)
 
 
 class TestAnnoyIndex(IndexSuite):
