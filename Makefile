@@ -4,21 +4,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= pipelines/configs/two_tower.yaml
+EXTRAS := test,ann,spark,baselines,image,text
 
-.PHONY: demo test test-all baselines ablation sweep screenshots venv clean help
+.PHONY: demo test test-all baselines ablation sweep screenshots venv lock clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(STAMP): setup.cfg
+$(STAMP): setup.cfg constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build on local disk; an unpinned torch pulls several GB of CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,ann,spark,baselines,image,text]'
+	# constraints.txt: the exact versions CI last passed with (setup.cfg has the supported ranges).
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the project
+
+lock:  ## refresh constraints.txt: newest versions setup.cfg allows, in a scratch venv (then run make test)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet torch==2.13.0 -e '.[$(EXTRAS)]'
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 DEMO_DATE ?= 2018-09-24  # the last day of the bundled MovieLens latest-small
 
