@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import polars as pl
 import pytest
 
 from pipelines import generate_candidates, nightly
@@ -102,6 +103,12 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     assert a.drop("score").equals(b.drop("score"))
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-6)
     assert spark["engine"] == "spark" and spark["rows"] == local["rows"]
+    # each part file is sorted by (user_id, rank) as written and holds the next id range
+    parts = [pl.read_parquet(f) for f in sorted(Path(spark["partition"]).glob("part-*.parquet"))]
+    assert len(parts) > 1
+    for p in parts:
+        assert p.select("user_id", "rank").equals(p.select("user_id", "rank").sort("user_id", "rank"))
+    assert all(x["user_id"].max() < y["user_id"].min() for x, y in zip(parts, parts[1:]))
     t = spark["timings"]  # users/s leaves Spark's start-up out; the start-up is reported beside it
     assert 0 < t["engine_startup_s"] < t["generate_s"]
     assert spark["users_per_s"] == pytest.approx(spark["users_active"] / (t["generate_s"] - t["engine_startup_s"]))
