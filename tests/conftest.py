@@ -25,28 +25,32 @@ def _migrated_mlflow_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     MLflow creates a new store's tables by running its ~60 Alembic migrations, about 2 s each time
     on 2 cores: 41 stores took 94 of the suite's 410 s (measured 2026-12-07). The real migrations
-    run once here, into a template with the tables only; each new store then gets the template's
-    pages through SQLite's backup API, and MLflow goes on as for any fresh store (default
-    experiment with that store's artifact root, schema check). Other databases and the stores
+    run once, for the first store, into a template with the tables only; each new store then gets
+    the template's pages through SQLite's backup API, and MLflow goes on as for any fresh store
+    (default experiment with that store's artifact root, schema check). Other databases and the stores
     of subprocesses migrate as usual."""
     import sqlite3
+    from contextlib import closing
 
     import mlflow.store.db.utils as db_utils
     import mlflow.store.model_registry.sqlalchemy_store as registry_store
     import sqlalchemy
 
     migrate = db_utils._initialize_tables
-    template = tmp_path_factory.mktemp("mlflow_schema") / "schema.db"
-    engine = sqlalchemy.create_engine(f"sqlite:///{template}")
-    migrate(engine)
-    engine.dispose()
+    template = tmp_path_factory.getbasetemp() / "mlflow_schema.db"  # migrated on first use only
 
     def from_template(engine: Any) -> None:
         if engine.dialect.name != "sqlite":
             return migrate(engine)
+        if not template.exists():
+            partial = template.with_suffix(".partial")  # a failed migration leaves no template
+            scratch = sqlalchemy.create_engine(f"sqlite:///{partial}")
+            migrate(scratch)
+            scratch.dispose()
+            partial.rename(template)
         raw = engine.raw_connection()
         try:
-            with sqlite3.connect(template) as src:
+            with closing(sqlite3.connect(template)) as src:
                 src.backup(raw.driver_connection)
         finally:
             raw.close()
