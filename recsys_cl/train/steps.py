@@ -217,8 +217,10 @@ def embed_users(
     model.eval()
     out = []
     for s in range(0, len(history), batch_size):
-        h = torch.from_numpy(history[s : s + batch_size])
-        u = torch.from_numpy(user_index[s : s + batch_size])
+        # torch.tensor copies: the arrays may be read-only views (Arrow buffers on Spark executors),
+        # which torch.from_numpy accepts only with a warning. A block is (batch_size, L) ints.
+        h = torch.tensor(history[s : s + batch_size])
+        u = torch.tensor(user_index[s : s + batch_size])
         out.append(model.user_tower(h, u))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.item_tower.dim)

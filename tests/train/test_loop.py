@@ -133,3 +133,21 @@ def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(sys, "stderr", stream)
         fit(model, data, _cfg(epochs=1, progress=True), LossConfig(), lambda m: {"recall@20": 0.1})
         assert ("epoch 1/1" in stream.getvalue()) is drawn
+
+
+def test_embed_users_accepts_read_only_arrays_without_warning() -> None:
+    """Arrow hands Spark executors read-only buffers; embed_users must not warn or differ on them."""
+    import warnings
+
+    spec, seq, _, model = _setup(_planted_clicks(n_users=20))
+    users = np.unique(seq.user_ids)
+    hist = seq.last_windows(users, 3)
+    index = spec.users.encode(users)
+    want = embed_users(model, hist, index, batch_size=7)
+    hist_ro, index_ro = hist.copy(), index.copy()
+    hist_ro.flags.writeable = False
+    index_ro.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = embed_users(model, hist_ro, index_ro, batch_size=7)
+    torch.testing.assert_close(got, want)
