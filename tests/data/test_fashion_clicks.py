@@ -5,7 +5,6 @@ Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -254,9 +253,7 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_default_config_on_real_fashion_mnist() -> None:
     images, labels = load_fashion_mnist(SHARED_FASHION_MNIST, "train")
     cfg = FashionClicksConfig()
-    t0 = time.perf_counter()
     clicks, items = generate_fashion_clicks(images, labels, cfg)
-    assert time.perf_counter() - t0 < 5.0
     meta = fashion_clicks_meta(clicks, items, cfg, images.shape[1:])
     counts = meta["counts"]
     assert counts["items"] == 3000 and counts["users"] == 2000 and counts["late_items"] == 600

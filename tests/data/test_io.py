@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import polars as pl
@@ -53,9 +52,7 @@ def raises(cfg: DataConfig, *fragments: str) -> str:
 
 @pytest.mark.skipif(not ML_LATEST_SMALL.exists(), reason="data/ml-latest-small not present")
 def test_bundled_ml_latest_small() -> None:
-    t0 = time.perf_counter()
     log = load_click_log(DataConfig(path=str(ML_LATEST_SMALL)))
-    assert time.perf_counter() - t0 < 5.0
     assert isinstance(log, ClickLog) and log.source.startswith("movielens-latest:")
     c = log.clicks
     assert dict(c.schema) == CONTRACT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import polars as pl
 import pytest
@@ -42,10 +41,8 @@ def test_deterministic_by_seed() -> None:
     assert not a.clicks.equals(c.clicks)
 
 
-def test_planted_structure_is_recoverable_and_fast() -> None:
-    t0 = time.perf_counter()
+def test_planted_structure_is_recoverable() -> None:
     log = generate_click_log(20_000, 5_000, n_clusters=20, clicks_per_user=20, seed=1)
-    assert time.perf_counter() - t0 < 5.0
     per_user = log.clicks.group_by("user_id").len()["len"]
     assert per_user.min() >= 1 and 17 < per_user.mean() < 23  # type: ignore[operator]
     clicks = cluster_of_clicks(log)
