@@ -209,3 +209,41 @@ def test_readme_table_of_main_keys_shows_the_default_config() -> None:
                 assert shown == actual, f"README says {key} defaults to {shown!r}, the config has {actual!r}"
             checked += 1
     assert checked >= 15
+
+
+def _doc_matches(pattern: str) -> list[tuple[str, re.Match[str]]]:
+    out = []
+    for f in DOCS:
+        text = f.read_text()
+        out += [(f"{f.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}", m)
+                for m in re.finditer(pattern, text)]
+    return out
+
+
+def test_documented_paths_and_symbols_exist() -> None:
+    """`recsys_cl/x.py`, `recsys_cl/x.py::name` and `recsys_cl.x.name` in the docs point at real code."""
+    missing = []
+    paths = _doc_matches(r"`((?:recsys_cl|pipelines|tests|docs|notebooks|data|\.ci)/[\w./-]*)(?:::(\w+))?")
+    for where, m in paths:
+        path, symbol = ROOT / m.group(1).rstrip("/"), m.group(2)
+        if not path.exists():
+            missing.append(f"{where}: {m.group(1)} does not exist")
+        elif symbol and not re.search(rf"^\s*(def|class)\s+{symbol}\b|^{symbol}\s*[:=]", path.read_text(), re.M):
+            missing.append(f"{where}: {m.group(1)} defines no {symbol}")
+    dotted = _doc_matches(r"`((?:recsys_cl|pipelines)(?:\.\w+)+)")
+    for where, m in dotted:
+        parts = m.group(1).split(".")
+        obj: Any = None
+        for k in range(len(parts), 0, -1):  # the longest prefix that imports is the module
+            try:
+                obj = importlib.import_module(".".join(parts[:k]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                missing.append(f"{where}: {m.group(1)} (no {attr} in {getattr(obj, '__name__', obj)})")
+                break
+            obj = getattr(obj, attr)
+    assert len(paths) >= 40 and len(dotted) >= 15
+    assert not missing, "the docs name code that is not there:\n" + "\n".join(missing)
