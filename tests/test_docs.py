@@ -29,6 +29,7 @@ from recsys_cl.pretrain.config import SimCLRConfig, SimCSEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_TEXTS = {f.relative_to(ROOT).as_posix(): f.read_text() for f in DOCS}  # read once
 TWO_TOWER_YAML = ROOT / "pipelines" / "configs" / "two_tower.yaml"
 
 CONFIG_CLASS: dict[str, type] = {
@@ -64,6 +65,16 @@ def _tokens(command: str) -> list[str]:
     return out
 
 
+def _line(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _doc_matches(pattern: str) -> list[tuple[str, re.Match[str]]]:
+    """Every match of ``pattern`` in the docs, with its ``file:line``."""
+    return [(f"{name}:{_line(text, m.start())}", m)
+            for name, text in DOC_TEXTS.items() for m in re.finditer(pattern, text)]
+
+
 def _commands_in(text: str, name: str) -> list[DocCommand]:
     found: list[DocCommand] = []
 
@@ -76,7 +87,7 @@ def _commands_in(text: str, name: str) -> list[DocCommand]:
                                     tuple(tokens[i + 2:]), output))
 
     for block in re.finditer(r"```[a-z]*\n(.*?)```", text, re.S):
-        first = text.count("\n", 0, block.start(1)) + 1
+        first = _line(text, block.start(1))
         lines = block.group(1).splitlines()
         i = 0
         while i < len(lines):
@@ -93,12 +104,12 @@ def _commands_in(text: str, name: str) -> list[DocCommand]:
                 add(first + start, line, output)
             i += 1
     for m in re.finditer(r"(?<!`)`([^`\n]*-m pipelines\.[^`\n]*)`(?!`)", text):
-        add(text.count("\n", 0, m.start()) + 1, m.group(1))
+        add(_line(text, m.start()), m.group(1))
     return found
 
 
 def doc_commands() -> list[DocCommand]:
-    return [c for f in DOCS for c in _commands_in(f.read_text(), f.relative_to(ROOT).as_posix())]
+    return [c for name, text in DOC_TEXTS.items() for c in _commands_in(text, name)]
 
 
 @cache
@@ -125,7 +136,7 @@ COMMANDS = doc_commands()
 def test_the_docs_show_commands_of_every_pipeline_with_a_config() -> None:
     """The parser finds what it is meant to: a broken regex would leave the tests below with nothing."""
     assert len(COMMANDS) >= 30
-    assert {c.module for c in COMMANDS} >= set(CONFIG_CLASS) - {"evaluate_baselines"} | {"make_fashion_clicks"}
+    assert {c.module for c in COMMANDS} >= set(CONFIG_CLASS) | {"make_fashion_clicks"}
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=str)
@@ -140,8 +151,7 @@ def test_documented_flags_exist(cmd: DocCommand) -> None:
 def test_documented_overrides_load(cmd: DocCommand) -> None:
     cls = CONFIG_CLASS[cmd.module]
     module = importlib.import_module(f"pipelines.{cmd.module}")
-    config = _option_values(cmd.args, "--config")
-    config = [c for c in config if not PLACEHOLDER.search(c)]
+    config = [c for c in _option_values(cmd.args, "--config") if not PLACEHOLDER.search(c)]
     path = ROOT / config[-1] if config else Path(getattr(module, "DEFAULT_CONFIG", TWO_TOWER_YAML))
     concrete, overrides = [], [*_option_values(cmd.args, "--set")]
     for grid in _option_values(cmd.args, "--grid"):  # sweep: key=a,b,c is one run per value
@@ -176,12 +186,8 @@ def test_shown_config_errors_are_what_the_loader_says(cmd: DocCommand) -> None:
 def test_inline_overrides_name_real_keys() -> None:
     keys = frozenset().union(*(known_keys(c) for c in set(CONFIG_CLASS.values())))
     shown_wrong = {o.partition("=")[0] for c in COMMANDS if c.output for o in _option_values(c.args, "--set")}
-    unknown = []
-    for f in DOCS:
-        text = f.read_text()
-        for m in re.finditer(r"--set '?([a-z_][\w.]*)=", text):
-            if m.group(1) not in keys | GENERIC_KEYS | shown_wrong:
-                unknown.append(f"{f.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)}")
+    unknown = [f"{where}: {m.group(1)}" for where, m in _doc_matches(r"--set '?([a-z_][\w.]*)=")
+               if m.group(1) not in keys | GENERIC_KEYS | shown_wrong]
     assert not unknown, "the docs --set keys no config has:\n" + "\n".join(unknown)
 
 
@@ -191,8 +197,7 @@ def _doc_value(cell: str) -> Any:
 
 
 def test_readme_table_of_main_keys_shows_the_default_config() -> None:
-    text = (ROOT / "README.md").read_text()
-    table = text.split("the main keys:", 1)[1].split("\n\n", 2)[1]
+    table = DOC_TEXTS["README.md"].split("the main keys:", 1)[1].split("\n\n", 2)[1]
     defaults = flatten(dataclasses.asdict(load_config(TWO_TOWER_YAML, RunConfig)))
     checked = 0
     for row in table.splitlines()[2:]:
@@ -209,15 +214,6 @@ def test_readme_table_of_main_keys_shows_the_default_config() -> None:
                 assert shown == actual, f"README says {key} defaults to {shown!r}, the config has {actual!r}"
             checked += 1
     assert checked >= 15
-
-
-def _doc_matches(pattern: str) -> list[tuple[str, re.Match[str]]]:
-    out = []
-    for f in DOCS:
-        text = f.read_text()
-        out += [(f"{f.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}", m)
-                for m in re.finditer(pattern, text)]
-    return out
 
 
 def test_documented_paths_and_symbols_exist() -> None:
