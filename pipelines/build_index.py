@@ -20,6 +20,7 @@ manifest.json); anything else is refused before any work and left untouched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
-    out = Path(args.out or cfg.index.output_dir)
+    if args.out:  # the logged params say where the index went
+        cfg = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, output_dir=args.out))
+    out = Path(cfg.index.output_dir)
     try:
         fold_in = None
         if args.fold_in and not args.fold_in_until:
@@ -90,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nindex: {build.directory}   backend: {m.backend} {m.params}")
     print(f"items: {m.item_count}   dim: {m.embedding_dim}   model: {m.model_uri} (version {m.model_version})")
     if m.recall_at_k is not None:
+        depth = (f" (index.k {(m.recall_k or 0) - m.recall_fetch_extra} + median {m.recall_fetch_extra} seen items: the "
+                 "depth the candidate job fetches before dropping them)") if m.recall_fetch_extra else ""
         print(f"recall@{m.recall_k} vs exact: {m.recall_at_k:.3f} on {m.recall_sample_size} {m.recall_sample_source}"
-              f"   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
+              f"{depth}   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
     print(f"why: {m.chosen_reason}")
     print_fold_in(m.fold_in)
     if run_id:

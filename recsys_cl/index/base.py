@@ -78,6 +78,11 @@ class Manifest:
     recall_at_k: float | None = None
     """Measured recall@K against exact search on a sample of user embeddings (tuning fills it)."""
     recall_k: int | None = None
+    """The depth recall was tuned and measured at: ``index.k`` + ``recall_fetch_extra``."""
+    recall_fetch_extra: int = 0
+    """Median number of seen items of the query users, added to ``index.k``: the candidate job
+    fetches K + |seen| and drops the seen items, so the delivered lists reach that deep (0 in older
+    manifests, and with item-vector queries)."""
     queries_per_s: float | None = None
     exact_queries_per_s: float | None = None
     recall_sample_size: int | None = None

@@ -91,8 +91,10 @@ def fold_in_catalogue(
 
 def sample_user_queries(
     model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0, clicks: pl.DataFrame | None = None,
-) -> np.ndarray | None:
-    """(U, D) user-tower embeddings of up to ``n_users`` training users from their last clicks.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(queries, seen)``: (U, D) user-tower embeddings of up to ``n_users`` training users from
+    their last clicks, and (U,) how many distinct items each has clicked (what the candidate job
+    drops from their lists).
 
     The clicks come from ``clicks`` when given (a job that holds the log already), else from the
     model's own click log (``cfg.data``); None (with a warning) when that is gone. Only the sampled
@@ -118,7 +120,9 @@ def sample_user_queries(
     seqs = Sequences.from_clicks(clicks, spec.items, spec.users)
     history = seqs.last_windows(chosen, cfg.user_tower.history_length)  # (U, L)
     user_index = spec.users.encode(chosen)
-    return embed_users(model, history, user_index).numpy().astype(np.float32)
+    counts = clicks.group_by("user_id").agg(pl.col("item_id").n_unique().alias("n"))
+    seen = pl.DataFrame({"user_id": chosen}).join(counts, on="user_id", how="left")["n"].fill_null(0).to_numpy()
+    return embed_users(model, history, user_index).numpy().astype(np.float32), seen
 
 
 def item_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -156,12 +160,18 @@ def _needs_tuning(index: Index, cfg: IndexConfig) -> bool:
 
 
 def build_and_tune(
-    emb: ItemEmbeddings, queries: np.ndarray, cfg: IndexConfig
+    emb: ItemEmbeddings, queries: np.ndarray, cfg: IndexConfig, fetch_extra: int = 0,
 ) -> tuple[Index, dict[str, Any]]:
     """Build ``cfg.backend`` (``auto``: every available backend in ``cfg.auto_backends``), tune each
-    approximate one to ``cfg.target_recall`` at ``cfg.k`` on ``queries`` and, for ``auto``, keep the
-    fastest that meets it. Returns the index and the manifest fields describing the measurement."""
-    k = min(cfg.k, len(emb.ids))
+    approximate one to ``cfg.target_recall`` on ``queries`` and, for ``auto``, keep the fastest that
+    meets it. Returns the index and the manifest fields describing the measurement.
+
+    Recall is tuned and measured at the depth the candidate job fetches, ``cfg.k + fetch_extra``
+    (``fetch_extra``: the typical number of seen items it drops afterwards, e.g. the median over the
+    query users), as :func:`recsys_cl.candidates.model.build_index_in_memory` does: tuned at ``k``
+    alone, the delivered unseen top K reaches deeper into the ranking, where approximate recall is
+    lower."""
+    k = min(cfg.k + max(fetch_extra, 0), len(emb.ids))
     exact = ExactIndex()
     exact.build(emb.vectors, emb.ids)
     exact_ids = exact.query(queries, k)[0]
@@ -192,17 +202,24 @@ def build_and_tune(
         index, reason, table = choice.index, choice.reason, choice.table
         if skipped:
             reason += f"; not considered: {skipped} (faiss-cpu not installed: pip install 'recsys_cl[ann]')"
+        # the numbers the choice was made on, so the printout and the reason agree
+        row = next(r for r in table if r["backend"] == index.name)
+        recall, qps = row["recall"], row["queries_per_s"]
+        exact_qps = next(r["queries_per_s"] for r in table if r["backend"] == "exact")
     else:
         index = built[0]
         table = []
         reason = f"{index.name}: requested (index.backend={cfg.backend})"
+        recall = 1.0 if index.is_exact else recall_at_k(index.query(queries, k)[0], exact_ids)
+        qps = measure(index, queries, k, min_seconds=0.2)
+        exact_qps = qps if index.is_exact else measure(exact, queries, k, min_seconds=0.2)
 
-    ids, _ = index.query(queries, k)
     fields: dict[str, Any] = {
-        "recall_at_k": 1.0 if index.is_exact else recall_at_k(ids, exact_ids),
+        "recall_at_k": recall,
         "recall_k": k,
-        "queries_per_s": measure(index, queries, k, min_seconds=0.2),
-        "exact_queries_per_s": measure(exact, queries, k, min_seconds=0.2),
+        "recall_fetch_extra": k - min(cfg.k, len(emb.ids)),
+        "queries_per_s": qps,
+        "exact_queries_per_s": exact_qps,
         "recall_sample_size": len(queries),
         "tuning": table + sweeps,
         "chosen_reason": reason,
@@ -376,12 +393,15 @@ def build_index_for_vectors(
         OutputError: ``out_dir`` holds something other than an index.
     """
     check_replaceable(out_dir)
-    queries = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
-    source = "users"
-    if queries is None or len(queries) == 0:
+    sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
+    if sampled is not None and len(sampled[0]):
+        queries, source = sampled[0], "users"
+        fetch_extra = int(np.median(sampled[1]))  # the job fetches K + |seen| and drops the seen items
+    else:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
+        fetch_extra = 0
 
-    index, measured = build_and_tune(emb, queries, index_cfg)
+    index, measured = build_and_tune(emb, queries, index_cfg, fetch_extra)
     manifest = index.default_manifest(
         model_uri=model_uri,
         **provenance,
@@ -404,7 +424,8 @@ def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfi
 
     m = build.manifest
     params = {**flatten({"index": vars(index_cfg)}), **{f"built.{k}": v for k, v in m.params.items()},
-              "built.backend": m.backend, "item_count": m.item_count, "embedding_dim": m.embedding_dim}
+              "built.backend": m.backend, "item_count": m.item_count, "embedding_dim": m.embedding_dim,
+              "recall_fetch_extra": m.recall_fetch_extra}
     metrics = {f"recall@{m.recall_k}": m.recall_at_k, "queries_per_s": m.queries_per_s,
                "exact_queries_per_s": m.exact_queries_per_s}
     tags = {"kind": "index", "model_uri": m.model_uri, "model_name": m.model_name,

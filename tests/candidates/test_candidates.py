@@ -379,10 +379,15 @@ def test_recall_queries_from_given_clicks_match_reading_the_models_log(  # type:
     model, spec, cfg = load_model_dir(loaded.model_dir)
     cfg = dataclasses.replace(cfg, data=DataConfig(path=str(Path(__file__).parents[1] / "fixtures" / "ml-100k")))
     read = sample_user_queries(model, spec, cfg, 5, seed=3)
-    given = sample_user_queries(model, spec, cfg, 5, seed=3, clicks=clicks)
-    assert read is not None and given is not None and read.shape == (5, cfg.model.embedding_dim)
-    np.testing.assert_array_equal(read, given)
+    sampled = sample_user_queries(model, spec, cfg, 5, seed=3, clicks=clicks)
+    assert read is not None and sampled is not None and read[0].shape == (5, cfg.model.embedding_dim)
+    given, seen = sampled
+    np.testing.assert_array_equal(read[0], given)
+    np.testing.assert_array_equal(read[1], seen)
     chosen = np.sort(np.random.default_rng(3).choice(np.asarray(spec.users.ids), 5, replace=False))
+    # seen: each sampled user's distinct clicked items (what the candidate job drops from their list)
+    expected = [clicks.filter(pl.col("user_id") == u)["item_id"].n_unique() for u in chosen]
+    np.testing.assert_array_equal(seen, expected)
     windows = Sequences.from_clicks(clicks, spec.items, spec.users).last_windows(chosen, cfg.user_tower.history_length)
     np.testing.assert_allclose(given, embed_users(model, windows, spec.users.encode(chosen)).numpy(), atol=1e-6)
 

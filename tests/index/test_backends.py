@@ -303,3 +303,40 @@ def test_auto_never_chooses_a_backend_below_target() -> None:
     bad.build(items, ids)
     choice = choose_backend([exact, bad], queries, K, target_recall=0.99, min_seconds=0.01)
     assert choice.index is exact and "annoy recall" in choice.reason
+
+
+def test_build_and_tune_meets_the_target_at_the_fetch_depth() -> None:
+    """The candidate job fetches K + |seen| and drops the seen items, so the index is tuned at that
+    depth: recall@(K + extra) meets the target, and an index tuned at K alone does not go as deep."""
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import ItemEmbeddings, build_and_tune
+
+    items, ids, queries = clustered()
+    emb = ItemEmbeddings(items, ids, normalized=True)
+    cfg = IndexConfig(backend="annoy", k=K, n_trees=2, target_recall=0.95)
+    at_k, fields_k = build_and_tune(emb, queries, cfg)
+    deep, fields = build_and_tune(emb, queries, cfg, fetch_extra=90)
+    assert (fields_k["recall_k"], fields_k["recall_fetch_extra"]) == (K, 0)
+    assert (fields["recall_k"], fields["recall_fetch_extra"]) == (K + 90, 90)
+    truth = brute_force_topk(items, ids, queries, K + 90)
+    for index, f in ((deep, fields), (at_k, fields_k)):
+        got = index.query(queries, K + 90)[0]
+        recall = np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])  # slow reference
+        if index is deep:
+            assert f["recall_at_k"] == pytest.approx(recall) and recall >= 0.95
+        else:
+            assert recall < 0.95  # tuned at K, it misses the target at the depth the job reads
+    assert deep.params()["search_k"] > at_k.params()["search_k"]
+
+
+def test_build_and_tune_reports_the_numbers_auto_chose_on() -> None:
+    """The printout's recall and queries/s are the ones in the reason auto gives, not a second measurement."""
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import ItemEmbeddings, build_and_tune
+
+    items, ids, queries = clustered()
+    index, fields = build_and_tune(ItemEmbeddings(items, ids, True), queries,
+                                   IndexConfig(backend="auto", k=K, auto_backends=("exact", "annoy")))
+    row = next(r for r in fields["tuning"] if r["backend"] == index.name and "qualifies" in r)
+    assert (fields["recall_at_k"], fields["queries_per_s"]) == (row["recall"], row["queries_per_s"])
+    assert f"{row['queries_per_s']:,.0f} q/s" in fields["chosen_reason"]
