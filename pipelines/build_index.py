@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nindex: {build.directory}   backend: {m.backend} {m.params}")
     print(f"items: {m.item_count}   dim: {m.embedding_dim}   model: {m.model_uri} (version {m.model_version})")
     if m.recall_at_k is not None:
-        depth = (f" (index.k {(m.recall_k or 0) - m.recall_fetch_extra} + median {m.recall_fetch_extra} seen items: the "
-                 "depth the candidate job fetches before dropping them)") if m.recall_fetch_extra else ""
+        base_k = (m.recall_k or 0) - m.recall_fetch_extra
+        depth = (f" (index.k {base_k} + median {m.recall_fetch_extra} seen items: the depth the candidate job "
+                 "fetches before dropping them)") if m.recall_fetch_extra else ""
         print(f"recall@{m.recall_k} vs exact: {m.recall_at_k:.3f} on {m.recall_sample_size} {m.recall_sample_source}"
               f"{depth}   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
     print(f"why: {m.chosen_reason}")

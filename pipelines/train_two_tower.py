@@ -5,6 +5,9 @@ Examples:
     python -m pipelines.train_two_tower --config pipelines/configs/two_tower.yaml \\
         --set train.epochs=3 --set loss.kind=debiased --summary-json runs/summary.json
     python -m pipelines.train_two_tower --set data.path=/data/ml-1m     # MovieLens 1M folder
+    python -m pipelines.train_two_tower --set tracking.set_alias=champion
+        (registers the model as always and points the registry alias champion at the new version:
+        what build_index --model models:/recsys_cl_two_tower@champion and the nightly job serve)
 
 Content and cold start (items never clicked in training are ranked from their text):
     python -m pipelines.train_two_tower --set split.kind=cold_start --set 'item_tower.encoders=[id,text]' \\
@@ -49,7 +52,7 @@ log = logging.getLogger("pipelines.train_two_tower")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = base_parser("python -m pipelines.train_two_tower", __doc__, DEFAULT_CONFIG,
-                    "write {run_id, model_uri, protocol, test_metrics, ...} to PATH", "loss.temperature=0.1")
+                    "write {run_id, model_uri, protocol, test_metrics, ...} to PATH", "loss.temperature=0.05")
     return p.parse_args(argv)
 
 

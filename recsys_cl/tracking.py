@@ -399,6 +399,12 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
     except (mlflow.exceptions.MlflowException, OSError) as e:
         shutil.rmtree(dst, ignore_errors=True)
+        name, at, alias = uri.removeprefix("models:/").partition("@")
+        if uri.startswith("models:/") and at and "/" not in name:  # say what the registry has and how to set it
+            try:
+                resolve_model_alias(name, alias, fallback_hint=False)
+            except AliasNotFoundError as missing:
+                raise FileNotFoundError(f"{uri}: {missing}") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(
             f"{uri} could not be fetched from the MLflow store {mlflow.get_tracking_uri()} ({first}); "
@@ -514,12 +520,14 @@ class AliasNotFoundError(LookupError):
 
 
 def resolve_model_alias(
-    name: str, alias: str, tracking: TrackingConfig | None = None, fallback_to_latest: bool = False
+    name: str, alias: str, tracking: TrackingConfig | None = None, fallback_to_latest: bool = False,
+    fallback_hint: bool = True,
 ) -> dict[str, str | bool | None]:
     """``{"model_name", "model_version", "model_run_id", "uri", "fell_back"}`` for ``models:/name@alias``.
 
     When the alias is missing: raise :class:`AliasNotFoundError` with the command that sets it, or
     (``fallback_to_latest``) log a warning and use the registered model's latest version.
+    ``fallback_hint``: the message also names ``candidates.fallback_to_latest`` (jobs that read it).
     """
     if tracking is not None:
         use_existing_store(tracking)
@@ -542,10 +550,13 @@ def resolve_model_alias(
         latest = max(versions, key=lambda v: int(v.version))
         if not fallback_to_latest:
             raise AliasNotFoundError(
-                f"registered model {name!r} has no alias {alias!r} (latest version is {latest.version}). "
-                f"Set it with: python -c \"import mlflow; mlflow.set_tracking_uri('{mlflow.get_tracking_uri()}'); "
-                f"mlflow.MlflowClient().set_registered_model_alias('{name}', '{alias}', {latest.version})\" "
-                "or run with --set candidates.fallback_to_latest=true"
+                f"registered model {name!r} has no alias {alias!r} (versions: "
+                f"{', '.join(sorted((str(v.version) for v in versions), key=int))}; latest {latest.version}). "
+                "Train with "
+                f"--set tracking.set_alias={alias} to point it at the new version (make demo does), or set it now: "
+                f"python -c \"import mlflow; mlflow.set_tracking_uri('{mlflow.get_tracking_uri()}'); "
+                f"mlflow.MlflowClient().set_registered_model_alias('{name}', '{alias}', {latest.version})\""
+                + (" or run with --set candidates.fallback_to_latest=true" if fallback_hint else "")
             ) from e
         log.warning("model %s has no alias %r; falling back to the latest version %s", name, alias, latest.version)
         mv, fell_back = latest, True

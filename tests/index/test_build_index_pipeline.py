@@ -106,6 +106,11 @@ def test_failed_write_leaves_the_previous_index(env: dict, monkeypatch: pytest.M
 def test_unknown_model_is_a_clear_error(env: dict) -> None:
     with pytest.raises(SystemExit, match=r"index error: cannot load model 'models:/nope/1'.*models:/<name>@<alias>"):
         build_index.main(_args(env, "models:/nope/1"))
+    # a missing alias says which versions exist and how to point the alias (train_two_tower
+    # registers a version but moves no alias unless tracking.set_alias is given)
+    with pytest.raises(SystemExit, match=r"index error: .*has no alias 'nosuch' \(versions: 1; latest 1\)\. "
+                                         r"Train with --set tracking.set_alias=nosuch .*set_registered_model_alias\("):
+        build_index.main(_args(env, "models:/recsys_cl_two_tower@nosuch"))
     with pytest.raises(SystemExit, match="config error: unknown config key 'index.backnd'"):
         build_index.main(_args(env, "x", "--set", "index.backnd=exact"))
     assert not env["out"].exists()
