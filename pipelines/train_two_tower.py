@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def _number(key: str, value: float) -> str:
+    """Counts (``n_users``, ``n_skipped_users``) as integers, metrics to 4 decimals."""
+    return f"{value:.0f}" if key.startswith("n_") and value == value else f"{value:.4f}"
+
+
 def _print_summary(summary: dict, uri: str) -> None:
     print(f"\nprotocol: {summary['protocol']}")
     print(f"best epoch (validation recall@20): {summary['best_epoch']}")
@@ -105,13 +110,13 @@ def _print_summary(summary: dict, uri: str) -> None:
     if len(columns) == 1:
         print("test metrics:")
         for k, v in summary["test_metrics"].items():
-            print(f"  {k:>{w}s}  {v:.4f}")
+            print(f"  {k:>{w}s}  {_number(k, v)}")
     else:
         what = "cold items" if "baseline_metrics" in summary else "all items ranked"
         print(f"test metrics, {what} ({'; '.join(notes)}):")
         print(f"  {'':>{w}s}" + "".join(f"  {name:>8s}" for name in columns))
         for k in summary["test_metrics"]:
-            print(f"  {k:>{w}s}" + "".join(f"  {c.get(k, float('nan')):8.4f}" for c in columns.values()))
+            print(f"  {k:>{w}s}" + "".join(f"  {_number(k, c.get(k, float('nan'))):>8s}" for c in columns.values()))
     versus = summary.get("baseline_name", "no fold-in")
     for label, key in (("model", "delta_vs_baseline"), ("folded", "fold_in_delta_vs_baseline"),
                        ("folded", "fold_in_delta_vs_none")):

@@ -415,3 +415,16 @@ def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path:
         ablation.main(["--merge", s0, "--only", "plain", "--set", "train.epochs=9", "--out", x])
     with pytest.raises(SystemExit, match="different protocols"):
         ablation.main(["--merge", s0, str(tmp_path / "other.json"), "--out", x])
+
+
+def test_printed_summary_shows_counts_as_integers(capsys: pytest.CaptureFixture[str]) -> None:
+    """The printout: metrics to 4 decimals, n_users / n_skipped_users as counts, in both layouts."""
+    summary = {"protocol": "p", "best_epoch": 3, "run_id": "r", "model_uri": "m",
+               "test_metrics": {"recall@20": 0.20821, "n_users": 610.0, "n_skipped_users": 0.0}}
+    train_two_tower._print_summary(summary, "sqlite:///mlflow.db")
+    out = capsys.readouterr().out
+    assert "recall@20  0.2082" in out and "n_users  610\n" in out and "n_skipped_users  0\n" in out
+    train_two_tower._print_summary({**summary, "baseline_name": "popularity", "baseline_metrics":
+                                    {"recall@20": 0.1, "n_users": 17.0}}, "sqlite:///mlflow.db")
+    out = capsys.readouterr().out
+    assert "0.2082    0.1000" in out and "610        17" in out
