@@ -50,6 +50,7 @@ from recsys_cl.bench import (
     run_benchmark,
     worker_main,
 )
+from recsys_cl.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "benchmark_candidates.yaml"
 log = logging.getLogger("pipelines.benchmark_candidates")
@@ -73,12 +74,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "write the report (rows, machine, notes) + mlflow_run_id to PATH",
                     set_example="bench.users=100000")
     hints = typing.get_type_hints(BenchConfig)
+    defaults = load_config(DEFAULT_CONFIG, BenchRunConfig).bench  # what a plain run uses
     for key, text in SHORTCUTS.items():
         many = typing.get_origin(hints[key]) is tuple
         elem = typing.get_args(hints[key])[0] if many else hints[key]
+        value = getattr(defaults, key)
+        shown = " ".join(map(str, value)) if many else f"{value:,}" if elem is int else str(value)
         p.add_argument(f"--{key.replace('_', '-')}", type=elem, nargs="+" if many else None,
                        metavar="N" if elem is int else "X",
-                       help=f"{text} (bench.{key})")
+                       help=f"{text} (bench.{key}; default config: {shown})")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, metavar="NAME",
                    help=f"backends to run, of {', '.join(BACKENDS)}; exact always runs first as the reference "
                         "(bench.backends)")
