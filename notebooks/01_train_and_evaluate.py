@@ -20,7 +20,8 @@ from recsys_cl.eval.protocol import evaluate, interaction_matrix
 from recsys_cl.experiment import prepare, run_two_tower
 from recsys_cl.tracking import mlflow_run
 
-tmp = tempfile.mkdtemp()
+_scratch = tempfile.TemporaryDirectory(prefix="recsys_cl_nb01_")  # removed when the kernel exits
+tmp = _scratch.name
 cfg = load_config(Path(pipelines.__file__).parent / "configs" / "two_tower.yaml", overrides=[
     f"data.path={os.environ.get('RECSYS_CL_DATA', 'data/ml-latest-small')}",
     f"train.epochs={os.environ.get('RECSYS_CL_EPOCHS', '10')}",

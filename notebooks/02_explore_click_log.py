@@ -42,7 +42,9 @@ by_month = (
     clicks.with_columns(pl.from_epoch("timestamp", time_unit="s").dt.truncate("1mo").alias("month"))
     .group_by("month").len().sort("month")
 )
-print(f"{by_month['month'].min()} .. {by_month['month'].max()} ({by_month.height} months with clicks)")
+first, last = pl.from_epoch(clicks["timestamp"], time_unit="s").dt.date().min(), \
+    pl.from_epoch(clicks["timestamp"], time_unit="s").dt.date().max()
+print(f"{first} .. {last} ({by_month.height} months with clicks)")
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.plot(by_month["month"].to_list(), by_month["len"].to_list(), marker=".")
 ax.set(ylabel="clicks", title="Clicks per month")

@@ -28,8 +28,9 @@ run_id = os.environ.get("RECSYS_CL_RUN_ID") or mlflow.search_runs(
     experiment_names=[os.environ.get("RECSYS_CL_EXPERIMENT", "recsys_cl")],
     filter_string="tags.model = 'two_tower'", order_by=["metrics.`val/recall_at_20` DESC"], max_results=1,
 )["run_id"][0]
+_scratch = tempfile.TemporaryDirectory(prefix="recsys_cl_nb05_")  # removed when the kernel exits
 local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="item_embeddings",
-                                            dst_path=tempfile.mkdtemp())
+                                            dst_path=_scratch.name)
 emb = pl.read_parquet(Path(local) / "item_embeddings.parquet")
 data = load_click_log(cfg.data)
 items = data.items
