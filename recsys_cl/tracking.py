@@ -191,9 +191,18 @@ class Tracker:
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 
     def _log_pyfunc(self, model_dir: str | Path, registered_model_name: str | None) -> Any:
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Array, ColSpec, Schema
+
+        # the UI and `mlflow models serve` show (and check) what predict takes and returns
+        signature = ModelSignature(
+            inputs=Schema([ColSpec(Array("long"), "history")]),
+            outputs=Schema([ColSpec(Array("long"), "item_ids"), ColSpec(Array("float"), "scores")]),
+        )
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=TwoTowerPyfunc(),
+            signature=signature,
             artifacts={"model_dir": str(model_dir)},
             pip_requirements=["torch==2.13.0", "numpy", "polars", "pyarrow", "pyyaml"],
             registered_model_name=registered_model_name,

@@ -86,6 +86,10 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     recommended = list(pred["item_ids"][0])
     assert len(recommended) == min(10, spec.num_items - 3)
     assert not set(first_items) & set(recommended)  # the history is never recommended
+    # the signature says (and MLflow checks) what predict takes
+    assert pyfunc.metadata.get_input_schema().input_names() == ["history"]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="history"):
+        pyfunc.predict(pd.DataFrame({"items": [first_items]}))
 
 
 def test_bad_config_key_exits_with_the_key(tmp_path: Path) -> None:
