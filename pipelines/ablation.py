@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="baselines to include (no names, or no flag: the config's baselines.models; none on a "
                         "cold-start split, whose runs carry Popularity and random on their own targets)")
     g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every run, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
     p.add_argument("--merge", nargs="+", metavar="SUMMARY",
                    help="train nothing: write the tables of these --summary-json files together (e.g. seeds run "
