@@ -33,6 +33,21 @@ def _check_layer_sizes(key: str, dims: tuple[int, ...]) -> None:
         raise ConfigError(f"{key} entries are hidden layer widths and must be >= 1, got {list(dims)}")
 
 
+MAX_SEED = 2**31 - 1
+"""Seeds reach Annoy and faiss, which take a 32-bit signed integer (numpy rejects negative seeds)."""
+
+
+def _check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{key} must be an integer in [0, {MAX_SEED}], got {seed}; set it to e.g. 0")
+
+
+def _check_named(key: str, value: str | None, what: str) -> None:
+    """An empty ``value`` would silently mean the current directory (or no name at all)."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{key} must name {what}, got an empty string")
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -69,6 +84,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("data.path must name a folder or file, got an empty string")
+        _check_named("data.items_path", self.items_path, "an item table file or be null")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ConfigError(f"data.min_rating must be a finite number or null (every rating is a click), "
+                              f"got {self.min_rating}")
 
 
 @dataclass(frozen=True)
@@ -182,8 +201,10 @@ class ItemTowerConfig:
     """``sum``: the weight of one click; 0 turns the sum off."""
 
     def __post_init__(self) -> None:
-        if not self.fold_in_step >= 0:
-            raise ConfigError(f"item_tower.fold_in_step must be >= 0 (0 = off), got {self.fold_in_step}")
+        if not (math.isfinite(self.fold_in_step) and self.fold_in_step >= 0):
+            raise ConfigError(f"item_tower.fold_in_step must be a finite number >= 0 (0 = off), "
+                              f"got {self.fold_in_step}")
+        _check_named("item_tower.cache_dir", self.cache_dir, "a folder or be null (no cache)")
         if not self.encoders:
             raise ConfigError("item_tower.encoders must name at least one of [id, categorical, text, image]")
         if len(set(self.encoders)) != len(self.encoders):
@@ -212,6 +233,13 @@ class ModelConfig:
             raise ConfigError(f"model.embedding_dim must be >= 1, got {self.embedding_dim}")
 
 
+MAX_STREAMING_BUCKETS = 1 << 32
+"""The estimator's multiply-shift hash maps to [0, 2**32) (``StreamingFrequencyEstimator``)."""
+STREAMING_BYTES_PER_BUCKET = 12
+"""Last step seen (int64) + mean gap (float32) per bucket and hash."""
+MAX_STREAMING_STATE_BYTES = 4 << 30
+
+
 @dataclass(frozen=True)
 class LossConfig:
     kind: Literal["softmax", "debiased", "triplet"] = "softmax"
@@ -231,18 +259,34 @@ class LossConfig:
     margin: float = 0.2
     """Triplet loss only: margin on cosine scores."""
     streaming_alpha: float = 0.05
+    """``streaming`` only: learning rate of the estimator's moving average, in (0, 1]."""
     streaming_buckets: int = 1 << 20
+    """``streaming`` only: buckets per hash array, in [1, 2**32]."""
     streaming_hashes: int = 2
+    """``streaming`` only: hash arrays; the state is buckets x hashes x 12 bytes (at most 4 GiB)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"loss.temperature must be in (0, 10], got {self.temperature}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise ConfigError(f"loss.tau_plus must be in [0, 1), got {self.tau_plus}")
-        if self.margin < 0:
-            raise ConfigError(f"loss.margin must be >= 0, got {self.margin}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ConfigError(f"loss.margin must be a finite number >= 0, got {self.margin}")
         if not 0.0 < self.streaming_alpha <= 1.0:
             raise ConfigError(f"loss.streaming_alpha must be in (0, 1], got {self.streaming_alpha}")
+        if not 1 <= self.streaming_buckets <= MAX_STREAMING_BUCKETS:
+            raise ConfigError(f"loss.streaming_buckets must be in [1, 2**32] (buckets per hash array), "
+                              f"got {self.streaming_buckets}")
+        if self.streaming_hashes < 1:
+            raise ConfigError(f"loss.streaming_hashes must be >= 1, got {self.streaming_hashes}")
+        state = self.streaming_buckets * self.streaming_hashes * STREAMING_BYTES_PER_BUCKET
+        if state > MAX_STREAMING_STATE_BYTES:
+            raise ConfigError(
+                f"loss.streaming_buckets x loss.streaming_hashes = {self.streaming_buckets} x "
+                f"{self.streaming_hashes} buckets need {state / 2**30:.1f} GiB of estimator state "
+                f"({STREAMING_BYTES_PER_BUCKET} bytes each), over the {MAX_STREAMING_STATE_BYTES // 2**30} GiB "
+                "allowed; lower them (default 1048576 x 2 = 24 MiB)"
+            )
 
 
 MAX_QUEUE_SIZE = 65536
@@ -343,6 +387,9 @@ class NegativesConfig:
             )
         if self.num_sampled < 1:
             raise ConfigError(f"negatives.num_sampled must be >= 1, got {self.num_sampled}")
+        if not (math.isfinite(self.popularity_alpha) and self.popularity_alpha >= 0):
+            raise ConfigError(f"negatives.popularity_alpha must be a finite number >= 0 (0 = uniform, "
+                              f"1 = click counts), got {self.popularity_alpha}")
 
 
 @dataclass(frozen=True)
@@ -374,6 +421,8 @@ class TrainConfig:
             raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        _check_seed("train.seed", self.seed)
+        _check_named("train.checkpoint_dir", self.checkpoint_dir, "a folder")
 
 
 @dataclass(frozen=True)
@@ -434,7 +483,7 @@ class BaselinesConfig:
     als_factors: int = 64
 
     def __post_init__(self) -> None:
-        if not self.ease_lambdas or min(self.ease_lambdas) <= 0:
+        if not self.ease_lambdas or not all(math.isfinite(x) and x > 0 for x in self.ease_lambdas):
             raise ConfigError(f"baselines.ease_lambdas must be a non-empty list of L2 strengths > 0 (tuned on "
                               f"validation), got {list(self.ease_lambdas)}")
         if not self.itemknn_k or min(self.itemknn_k) < 1:
@@ -528,6 +577,11 @@ class CandidatesConfig:
                     "max_new_item_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"candidates.{key} must be in [0, 1], got {getattr(self, key)}")
+        _check_seed("candidates.seed", self.seed)
+        for key, what in (("output_dir", "a folder"), ("index_root", "a folder"),
+                          ("index_dir", "an index folder or be null"), ("model_uri", "a model or be null"),
+                          ("alias", "a registry alias"), ("spark_master", "a Spark master URL, e.g. local[2]")):
+            _check_named(f"candidates.{key}", getattr(self, key), what)
 
 
 @dataclass(frozen=True)
@@ -580,6 +634,11 @@ class IndexConfig:
             raise ConfigError(f"index.n_jobs must be >= 1, got {self.n_jobs}")
         if not self.auto_backends or "exact" not in self.auto_backends:
             raise ConfigError(f"index.auto_backends must include 'exact' (the oracle), got {list(self.auto_backends)}")
+        if self.embed_batch_size < 1:
+            raise ConfigError(f"index.embed_batch_size must be >= 1 (items embedded per batch), "
+                              f"got {self.embed_batch_size}")
+        _check_seed("index.seed", self.seed)
+        _check_named("index.output_dir", self.output_dir, "a folder")
 
 
 @dataclass(frozen=True)
