@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
-from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
+from recsys_cl.config import ConfigError, DuplicateKeyError, RunConfig, UniqueKeyLoader, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
@@ -94,9 +94,11 @@ def load_variants(path: str) -> dict[str, list[str]]:
         raise ConfigError(f"variants file {path!r} does not exist or is not a file; pass --variants with a YAML file "
                           f"such as {CONFIGS / 'ablations' / 'two_tower.yaml'}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"variants file {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except DuplicateKeyError as e:  # the last of two same-named variants would run alone
+        raise ConfigError(f"variants file {path!r} gives {e.key} twice, {e.where}; rename or delete one") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"variants file {path!r} is not valid YAML: {yaml_error_reason(e)}") from e
     shape = 'a mapping of variant name -> list of "section.key=value" overrides, e.g. {logq: [loss.logq=counting]}'

@@ -715,6 +715,51 @@ def yaml_error_reason(e: yaml.YAMLError) -> str:
     return text
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives the same key twice (which YAML forbids); PyYAML would keep the last silently."""
+
+    def __init__(self, key: str, first_line: int, line: int, section: bool = False) -> None:
+        self.key, self.section = key, section
+        self.where = f"on line {line}" if line == first_line else f"on lines {first_line} and {line}"
+        super().__init__(f"{key} is given twice {self.where}")
+
+
+def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+    """Raise :class:`DuplicateKeyError` for the first key given twice in a mapping under ``node``,
+    named by its full dotted path (``train.epochs``); ``<<`` merge keys may override, as designed."""
+    if id(node) in seen:  # an alias (*name) of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                _check_unique_keys(value_node, prefix, seen)
+                continue
+            name, line = prefix + str(key_node.value), key_node.start_mark.line + 1
+            if name in first:
+                raise DuplicateKeyError(name, first[name], line, isinstance(value_node, yaml.MappingNode))
+            first[name] = line
+            _check_unique_keys(value_node, name + ".", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            _check_unique_keys(child, f"{prefix.rstrip('.')}[{i}].", seen)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (``train:`` twice, or
+    ``epochs:`` twice under it) with :class:`DuplicateKeyError`, instead of keeping the last value.
+
+    Example::
+
+        yaml.load(text, Loader=UniqueKeyLoader)
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+
 def load_config(
     path: str | Path | None,
     cls: type[T] = RunConfig,  # type: ignore[assignment]
@@ -733,10 +778,14 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML path")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
         except UnicodeDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
                               "pass --config with a YAML file") from e
+        except DuplicateKeyError as e:
+            fix = "merge the two sections into one" if e.section else "delete one of them"
+            raise ConfigError(f"config file {str(p)!r} gives {e.key} twice, {e.where}; YAML would silently keep "
+                              f"only the last one: {fix}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_reason(e)}; fix the "
                               "file there (quote values that contain ': ', '#' or brackets)") from e
@@ -758,7 +807,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, _, text = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml.load(text, Loader=UniqueKeyLoader) if text.strip() else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {item!r} gives {key}.{e.key} twice; give each key once") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML ({yaml_error_reason(e)}); "
                           "quote lists and brackets whole, e.g. --set 'item_tower.encoders=[id,text]'") from e

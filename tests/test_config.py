@@ -204,3 +204,32 @@ def test_a_bad_yaml_value_in_an_override_is_one_line() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, RunConfig, ["item_tower.encoders=[id,categorical"])
     assert "\n" not in str(info.value) and "expected ',' or ']'" in str(info.value)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("train:\n  epochs: 0\n  epochs: 1\n", r"gives train\.epochs twice, on lines 2 and 3; .*delete one of them"),
+    ("train:\n  epochs: 2\nloss:\n  kind: softmax\ntrain:\n  lr: 0.1\n",
+     r"gives train twice, on lines 1 and 5; .*merge the two sections into one"),
+    ("item_tower:\n  text:\n    max_length: 8\n  text: {max_length: 16}\n",
+     r"gives item_tower\.text twice, on lines 2 and 4"),
+    ("train: {epochs: 1, epochs: 2}\n", r"gives train\.epochs twice, on line 1;"),
+])
+def test_a_key_given_twice_in_a_file_is_refused_with_its_lines(tmp_path: Path, text: str, match: str) -> None:
+    """PyYAML keeps the last of two same keys silently: epochs 0 then 1 trained 1 epoch, no word said."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"^config file '.*c\.yaml' " + match) as info:
+        load_config(p, RunConfig)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 3\n")  # a merge is meant to be overridden
+    cfg = load_config(p, RunConfig)
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
+
+
+def test_a_key_given_twice_in_an_override_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"override 'train=\{epochs: 1, epochs: 2\}' gives train\.epochs twice"):
+        load_config(None, RunConfig, ["train={epochs: 1, epochs: 2}"])

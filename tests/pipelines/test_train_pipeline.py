@@ -192,6 +192,8 @@ def _killed_in_epoch_2(main, args: list[str], monkeypatch: pytest.MonkeyPatch) -
     ("foo: [loss.temperature=0.1\n", r"is not valid YAML"),
     ("foo: [42]\n", r"variant 'foo' must be a list of \"section\.key=value\" strings, found \[42\]"),
     ("foo: loss.temperature=0.2\n", r"variant 'foo' must be a list .*found 'loss\.temperature=0\.2'"),
+    ("foo: [loss.temperature=0.1]\nbar: []\nfoo: [loss.temperature=0.2]\n",
+     r"gives foo twice, on lines 1 and 3; rename or delete one"),
 ])
 def test_ablation_variants_file_is_checked_before_anything_runs(tmp_path: Path, text: str | None, match: str) -> None:
     from pipelines import ablation
