@@ -221,7 +221,8 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
     with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
         ablation.main([*base, "--seeds", "0", "--only", "nope"])
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md its folder cannot be created"):
+    with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md cannot be written: "
+                                         r".*afile on its path is a file"):
         ablation.main([*base, "--seeds", "0", "--out", str(tmp_path / "afile" / "ab.md")])
     with pytest.raises(SystemExit, match=r"output error: --out .* is a directory"):
         ablation.main([*base, "--seeds", "0", "--out", str(tmp_path)])
@@ -257,7 +258,8 @@ def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) 
 def test_unwritable_summary_is_refused_before_training(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     for pipeline in (train_two_tower, evaluate_baselines):
-        with pytest.raises(SystemExit, match=r"output error: --summary-json .*afile/s\.json its folder cannot be"):
+        with pytest.raises(SystemExit, match=r"output error: --summary-json .*afile/s\.json cannot be written: "
+                                             r".*afile on its path is a file, not a folder"):
             pipeline.main(_args(tmp_path, "ml-100k", "--summary-json", str(tmp_path / "afile" / "s.json")))
     with pytest.raises(SystemExit, match=r"config error: baselines\.models is empty: nothing to evaluate"):
         evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[]"))
