@@ -26,7 +26,14 @@ from typing import Any
 
 import yaml
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
+from pipelines.cli import (
+    check_output_dir,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    shown_path,
+    write_summary,
+)
 from recsys_cl.config import ConfigError, DuplicateKeyError, RunConfig, UniqueKeyLoader, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None) -> str:
                 f"tracking.run_name={name} seed={seed}"])
             for name, overrides in variants.items() for seed in args.seeds
         }
+        for folder in dict.fromkeys(cfg.train.checkpoint_dir for cfg in configs.values()):  # else found after an epoch
+            check_output_dir(folder, "train.checkpoint_dir")
         prep = prepare(base, content=False)  # each run's content: with_content below
         if args.no_baselines:
             baselines: list[str] = []

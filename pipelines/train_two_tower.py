@@ -39,7 +39,14 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, configure_logging, exits_on_tracking_error, write_summary
+from pipelines.cli import (
+    base_parser,
+    check_output_dir,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    write_summary,
+)
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
+    check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
     distributed = dist.init_from_env()  # torchrun sets RANK / WORLD_SIZE; otherwise one process
     is_main = dist.is_main()

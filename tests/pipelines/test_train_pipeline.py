@@ -266,6 +266,25 @@ def test_unwritable_summary_is_refused_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_training(tmp_path: Path) -> None:
+    """It was found after the first epoch (FileExistsError in atomic_torch_save), the MLflow run FAILED."""
+    from pipelines import ablation
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for folder, problem in ((afile, "is a file, not a folder"),
+                            (afile / "ck", f"cannot be created: {afile} on its path is a file, not a folder")):
+        with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={folder} {problem}; "
+                                             r"set it to a writable folder$"):
+            train_two_tower.main(_args(tmp_path, "ml-100k", "--set", f"train.checkpoint_dir={folder}"))
+    variants = tmp_path / "v.yaml"
+    variants.write_text("a: []\n")
+    with pytest.raises(SystemExit, match=r"^output error: train\.checkpoint_dir=.*afile is a file"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "--no-baselines",
+                       *_args(tmp_path, "ml-100k", "--set", f"train.checkpoint_dir={afile}")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resuming is keyed by config *and* data: a checkpoint of other clicks must not continue into
     this run (one MLflow run would mix metrics of two data sets)."""
