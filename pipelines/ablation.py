@@ -54,6 +54,7 @@ from recsys_cl.tracking import (
     mlflow_run,
     unfinished_ablation,
 )
+from recsys_cl.train.checkpoint import CheckpointError
 
 CONFIGS = Path(__file__).parent / "configs"
 log = logging.getLogger("pipelines.ablation")
@@ -192,9 +193,12 @@ def main(argv: list[str] | None = None) -> str:
             cfg = configs[(name, seed)]
             summary = done.get(cfg.tracking.run_name or "")
             if summary is None:
+                try:
+                    run_id = resumable_run_id(cfg, prep.fingerprint)  # a killed run resumes
+                except CheckpointError as e:
+                    raise SystemExit(f"checkpoint error: {e}") from None
                 with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
-                                tags={"ablation": name, ABLATION_KEY_TAG: key},
-                                run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
+                                tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
                     summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
                     run.set_tags(ablation_row_tag(summary))
             runs.append({"variant": name, "seed": seed, **summary})

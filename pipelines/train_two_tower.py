@@ -51,6 +51,7 @@ from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
+from recsys_cl.train.checkpoint import CheckpointError
 from recsys_cl.utils import dist
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None
         if is_main:
-            with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg, prep.fingerprint)) as run:
+            try:
+                run_id = resumable_run_id(cfg, prep.fingerprint)
+            except CheckpointError as e:
+                raise SystemExit(f"checkpoint error: {e}") from None
+            with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
                 summary = run_two_tower(cfg, run, prep)
         else:  # only rank 0 talks to MLflow and writes files
             summary = run_two_tower(cfg, NullReporter(), prep)

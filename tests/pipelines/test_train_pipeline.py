@@ -333,6 +333,44 @@ def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     assert not list((tmp_path / "ck").glob("*.pt")), "a finished run leaves no checkpoint"
 
 
+def test_an_unreadable_checkpoint_is_one_line_with_the_fixes_and_opens_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A truncated checkpoint blocked every rerun with a torch.load traceback; train.resume=false, which
+    the message names, trains from the first epoch."""
+    args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
+    _killed_in_epoch_2(train_two_tower.main, args, monkeypatch)
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: the checkpoint {ckpt} of an interrupted run with "
+                                         r"this config cannot be read \(.+\); delete it to train from the first "
+                                         r"epoch, or rerun with --set train\.resume=false"):
+        train_two_tower.main(args)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 1, "no run opened for the refused rerun"
+
+    summary = train_two_tower.main([*args, "--set", "train.resume=false"])
+    steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]  # a new run, trained from the first epoch
+    assert not ckpt.exists()
+
+
+def test_an_unreadable_checkpoint_stops_an_ablation_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    args = ["--variants", str(variants), "--seeds", "0", "--no-baselines", "--out", str(tmp_path / "ab.md"),
+            *_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")]
+    _killed_in_epoch_2(ablation.main, args, monkeypatch)
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: the checkpoint {ckpt} .* cannot be read \(EOFError"):
+        ablation.main(args)
+
+
 def test_ablation_base_encoders_need_not_suit_the_data(tmp_path: Path) -> None:
     """A click log without an item table (no genres) with the default encoders [id, categorical]:
     each variant's encoders are checked, not the base config's (the fashion cold-start command)."""
