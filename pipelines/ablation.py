@@ -39,6 +39,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
+    check_history_length,
     prepare,
     require_warm_split,
     resumable_run_id,
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> str:
             baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
-        for cfg in configs.values():  # content errors (missing encoder, text column) before any training
+        for cfg in configs.values():  # history length, content errors (encoder, text column) before any training
+            check_history_length(cfg, prep)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

@@ -42,6 +42,7 @@ from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
+    check_history_length,
     negatives_tag,
     prepare,
     require_warm_split,
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prep = prepare(base, content=False)  # each run's content: with_content below
         for b in baselines:
             require_warm_split(b, prep)
-        for _, _, cfg in configs:  # content and genre errors before any training
+        for _, _, cfg in configs:  # history length, content and genre errors before any training
+            check_history_length(cfg, prep)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

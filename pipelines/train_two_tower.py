@@ -49,7 +49,14 @@ from pipelines.cli import (
 )
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
+from recsys_cl.experiment import (
+    NullReporter,
+    check_history_length,
+    prepare,
+    resumable_run_id,
+    run_two_tower,
+    with_content,
+)
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 from recsys_cl.train.checkpoint import CheckpointError
 from recsys_cl.utils import dist
@@ -79,10 +86,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        try:
-            prep = prepare(cfg)  # before the run opens: bad data leaves no FAILED run behind
+        try:  # before the run opens: bad data leaves no FAILED run behind
+            prep = prepare(cfg, content=False)
+            check_history_length(cfg, prep)  # before any (users, L) array or encoder output is made
+            prep = with_content(prep, cfg)
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None
+        except ConfigError as e:
+            raise SystemExit(f"config error: {e}") from None
         if is_main:
             try:
                 run_id = resumable_run_id(cfg, prep.fingerprint)

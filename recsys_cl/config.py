@@ -108,10 +108,18 @@ class SplitConfig:
             )
 
 
+MAX_HISTORY_LENGTH = 10_000
+"""Bound on ``user_tower.history_length`` (L), checked before any data is read. Memory grows with L:
+the position table (L, D), every batch's (B, L, D) history activations and the (users, L) evaluation
+windows; at L = 10,000, B = 1024 and D = 64 one activation is 2.6 GB. The pipelines also refuse an L
+longer than the longest user history in the click log (:func:`recsys_cl.experiment.check_history_length`)."""
+
+
 @dataclass(frozen=True)
 class UserTowerConfig:
     history_length: int = 50
-    """How many of the user's most recent clicks feed the tower (L)."""
+    """How many of the user's most recent clicks feed the tower (L), in [1, 10000] and at most the
+    longest user history in the click log."""
     pooling: Literal["mean", "attention"] = "attention"
     """``mean``: average of history embeddings; ``attention``: learned attention over
     history + recency (position) embeddings, plus the mean."""
@@ -123,8 +131,9 @@ class UserTowerConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.history_length < 1:
-            raise ConfigError(f"user_tower.history_length must be >= 1, got {self.history_length}")
+        if not 1 <= self.history_length <= MAX_HISTORY_LENGTH:
+            raise ConfigError(f"user_tower.history_length must be in [1, {MAX_HISTORY_LENGTH}] (the user's last L "
+                              f"clicks; memory grows with L), got {self.history_length}")
         _check_layer_sizes("user_tower.hidden_dims", self.hidden_dims)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"user_tower.dropout must be in [0, 1), got {self.dropout}")

@@ -124,6 +124,8 @@ def test_unknown_section() -> None:
         ("data.items_path=''", r"data\.items_path must name an item table file or be null"),
         ("data.min_rating=.nan", r"data\.min_rating must be a finite number or null"),
         ("item_tower.fold_in_step=.inf", r"item_tower\.fold_in_step must be a finite number >= 0"),
+        ("user_tower.history_length=100000000", r"user_tower\.history_length must be in \[1, 10000\] .*got 100000000"),
+        ("user_tower.history_length=0", r"user_tower\.history_length must be in \[1, 10000\]"),
         ("baselines.ease_lambdas=[10, .nan]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths"),
     ],
 )

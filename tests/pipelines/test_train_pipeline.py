@@ -285,6 +285,22 @@ def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_training(tmp_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_history_length_beyond_the_longest_history_is_refused_before_a_run(tmp_path: Path) -> None:
+    """user_tower.history_length=100000000 allocated 24 GB and was killed without a word; an L past the
+    longest history (6 clicks in the fixture) only adds padding, and is refused with that number."""
+    from pipelines import ablation
+
+    fix = r"set it to at most 6, e\.g\. --set user_tower\.history_length=6$"
+    with pytest.raises(SystemExit, match=r"^config error: user_tower\.history_length=7 is longer than the longest "
+                                         r"user history in the click log \(6 clicks\).*" + fix):
+        train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "user_tower.history_length=7"))
+    variants = tmp_path / "v.yaml"
+    variants.write_text("short: []\nlong: [user_tower.history_length=50]\n")
+    with pytest.raises(SystemExit, match=r"^config error: user_tower\.history_length=50 is longer .*" + fix):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "--no-baselines", *_args(tmp_path, "ml-100k")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resuming is keyed by config *and* data: a checkpoint of other clicks must not continue into
     this run (one MLflow run would mix metrics of two data sets)."""
