@@ -26,12 +26,20 @@ from typing import Any
 
 import yaml
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
-from recsys_cl.config import ConfigError, RunConfig, load_config, yaml_error_reason
+from pipelines.cli import (
+    check_output_dir,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    shown_path,
+    write_summary,
+)
+from recsys_cl.config import ConfigError, DuplicateKeyError, RunConfig, UniqueKeyLoader, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
+    check_history_length,
     prepare,
     require_warm_split,
     resumable_run_id,
@@ -47,6 +55,7 @@ from recsys_cl.tracking import (
     mlflow_run,
     unfinished_ablation,
 )
+from recsys_cl.train.checkpoint import CheckpointError
 
 CONFIGS = Path(__file__).parent / "configs"
 log = logging.getLogger("pipelines.ablation")
@@ -95,9 +104,11 @@ def load_variants(path: str) -> dict[str, list[str]]:
         raise ConfigError(f"variants file {path!r} does not exist or is not a file; pass --variants with a YAML file "
                           f"such as {CONFIGS / 'ablations' / 'two_tower.yaml'}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"variants file {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except DuplicateKeyError as e:  # the last of two same-named variants would run alone
+        raise ConfigError(f"variants file {path!r} gives {e.key} twice, {e.where}; rename or delete one") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"variants file {path!r} is not valid YAML: {yaml_error_reason(e)}") from e
     shape = 'a mapping of variant name -> list of "section.key=value" overrides, e.g. {logq: [loss.logq=counting]}'
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> str:
                 f"tracking.run_name={name} seed={seed}"])
             for name, overrides in variants.items() for seed in args.seeds
         }
+        for folder in dict.fromkeys(cfg.train.checkpoint_dir for cfg in configs.values()):  # else found after an epoch
+            check_output_dir(folder, "train.checkpoint_dir")
         prep = prepare(base, content=False)  # each run's content: with_content below
         if args.no_baselines:
             baselines: list[str] = []
@@ -154,7 +167,8 @@ def main(argv: list[str] | None = None) -> str:
             baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
-        for cfg in configs.values():  # content errors (missing encoder, text column) before any training
+        for cfg in configs.values():  # history length, content errors (encoder, text column) before any training
+            check_history_length(cfg, prep)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
@@ -182,9 +196,12 @@ def main(argv: list[str] | None = None) -> str:
             cfg = configs[(name, seed)]
             summary = done.get(cfg.tracking.run_name or "")
             if summary is None:
+                try:
+                    run_id = resumable_run_id(cfg, prep.fingerprint)  # a killed run resumes
+                except CheckpointError as e:
+                    raise SystemExit(f"checkpoint error: {e}") from None
                 with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
-                                tags={"ablation": name, ABLATION_KEY_TAG: key},
-                                run_id=resumable_run_id(cfg, prep.fingerprint)) as run:  # a killed run resumes
+                                tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
                     summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
                     run.set_tags(ablation_row_tag(summary))
             runs.append({"variant": name, "seed": seed, **summary})

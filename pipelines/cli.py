@@ -120,6 +120,8 @@ def check_output_file(path: str | Path | None, flag: str = "--summary-json") -> 
     problem = None
     if p.is_dir():
         problem = "is a directory"
+    elif (blocker := file_in_the_way(p.parent)) is not None:
+        problem = f"cannot be written: {blocker} on its path is a file, not a folder"
     else:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +134,22 @@ def check_output_file(path: str | Path | None, flag: str = "--summary-json") -> 
         raise SystemExit(f"output error: {flag} {path} {problem}; pass a file path in a writable folder")
 
 
+def file_in_the_way(folder: str | Path) -> Path | None:
+    """The nearest existing one of ``folder`` and its parents when it is a file (so ``folder`` cannot be
+    created), else None: ``mkdir`` only says "File exists" or "Not a directory", without naming it."""
+    for q in (Path(folder), *Path(folder).parents):
+        if q.exists():
+            return None if q.is_dir() else q
+    return None
+
+
 def check_output_dir(path: str | Path, key: str) -> None:
     """Exit with ``output error: ...`` unless folder ``path`` exists or can be created, and is writable."""
     p = Path(path)
+    blocker = file_in_the_way(p)
+    if blocker is not None:
+        where = "is a file" if blocker == p else f"cannot be created: {blocker} on its path is a file"
+        raise SystemExit(f"output error: {key}={path} {where}, not a folder; set it to a writable folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:

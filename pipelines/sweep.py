@@ -30,11 +30,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, shown_path, write_summary
+from pipelines.cli import (
+    check_output_dir,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    shown_path,
+    write_summary,
+)
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
+    check_history_length,
     negatives_tag,
     prepare,
     require_warm_split,
@@ -105,10 +113,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models = f"baselines.models=[{','.join(names)}]"
             checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
+        for folder in dict.fromkeys(cfg.train.checkpoint_dir for _, _, cfg in configs):  # else found after an epoch
+            check_output_dir(folder, "train.checkpoint_dir")
         prep = prepare(base, content=False)  # each run's content: with_content below
         for b in baselines:
             require_warm_split(b, prep)
-        for _, _, cfg in configs:  # content and genre errors before any training
+        for _, _, cfg in configs:  # history length, content and genre errors before any training
+            check_history_length(cfg, prep)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

@@ -39,11 +39,26 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.cli import base_parser, check_output_file, configure_logging, exits_on_tracking_error, write_summary
+from pipelines.cli import (
+    base_parser,
+    check_output_dir,
+    check_output_file,
+    configure_logging,
+    exits_on_tracking_error,
+    write_summary,
+)
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
-from recsys_cl.experiment import NullReporter, prepare, resumable_run_id, run_two_tower
+from recsys_cl.experiment import (
+    NullReporter,
+    check_history_length,
+    prepare,
+    resumable_run_id,
+    run_two_tower,
+    with_content,
+)
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
+from recsys_cl.train.checkpoint import CheckpointError
 from recsys_cl.utils import dist
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -64,18 +79,27 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, RunConfig, overrides=args.set)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
+    check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
     distributed = dist.init_from_env()  # torchrun sets RANK / WORLD_SIZE; otherwise one process
     is_main = dist.is_main()
     if not is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        try:
-            prep = prepare(cfg)  # before the run opens: bad data leaves no FAILED run behind
+        try:  # before the run opens: bad data leaves no FAILED run behind
+            prep = prepare(cfg, content=False)
+            check_history_length(cfg, prep)  # before any (users, L) array or encoder output is made
+            prep = with_content(prep, cfg)
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None
+        except ConfigError as e:
+            raise SystemExit(f"config error: {e}") from None
         if is_main:
-            with mlflow_run(cfg.tracking, run_name=run_name, run_id=resumable_run_id(cfg, prep.fingerprint)) as run:
+            try:
+                run_id = resumable_run_id(cfg, prep.fingerprint)
+            except CheckpointError as e:
+                raise SystemExit(f"checkpoint error: {e}") from None
+            with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
                 summary = run_two_tower(cfg, run, prep)
         else:  # only rank 0 talks to MLflow and writes files
             summary = run_two_tower(cfg, NullReporter(), prep)

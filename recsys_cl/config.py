@@ -33,6 +33,21 @@ def _check_layer_sizes(key: str, dims: tuple[int, ...]) -> None:
         raise ConfigError(f"{key} entries are hidden layer widths and must be >= 1, got {list(dims)}")
 
 
+MAX_SEED = 2**31 - 1
+"""Seeds reach Annoy and faiss, which take a 32-bit signed integer (numpy rejects negative seeds)."""
+
+
+def _check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{key} must be an integer in [0, {MAX_SEED}], got {seed}; set it to e.g. 0")
+
+
+def _check_named(key: str, value: str | None, what: str) -> None:
+    """An empty ``value`` would silently mean the current directory (or no name at all)."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{key} must name {what}, got an empty string")
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -69,6 +84,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("data.path must name a folder or file, got an empty string")
+        _check_named("data.items_path", self.items_path, "an item table file or be null")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ConfigError(f"data.min_rating must be a finite number or null (every rating is a click), "
+                              f"got {self.min_rating}")
 
 
 @dataclass(frozen=True)
@@ -89,10 +108,18 @@ class SplitConfig:
             )
 
 
+MAX_HISTORY_LENGTH = 10_000
+"""Bound on ``user_tower.history_length`` (L), checked before any data is read. Memory grows with L:
+the position table (L, D), every batch's (B, L, D) history activations and the (users, L) evaluation
+windows; at L = 10,000, B = 1024 and D = 64 one activation is 2.6 GB. The pipelines also refuse an L
+longer than the longest user history in the click log (:func:`recsys_cl.experiment.check_history_length`)."""
+
+
 @dataclass(frozen=True)
 class UserTowerConfig:
     history_length: int = 50
-    """How many of the user's most recent clicks feed the tower (L)."""
+    """How many of the user's most recent clicks feed the tower (L), in [1, 10000] and at most the
+    longest user history in the click log."""
     pooling: Literal["mean", "attention"] = "attention"
     """``mean``: average of history embeddings; ``attention``: learned attention over
     history + recency (position) embeddings, plus the mean."""
@@ -104,8 +131,9 @@ class UserTowerConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.history_length < 1:
-            raise ConfigError(f"user_tower.history_length must be >= 1, got {self.history_length}")
+        if not 1 <= self.history_length <= MAX_HISTORY_LENGTH:
+            raise ConfigError(f"user_tower.history_length must be in [1, {MAX_HISTORY_LENGTH}] (the user's last L "
+                              f"clicks; memory grows with L), got {self.history_length}")
         _check_layer_sizes("user_tower.hidden_dims", self.hidden_dims)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"user_tower.dropout must be in [0, 1), got {self.dropout}")
@@ -182,8 +210,10 @@ class ItemTowerConfig:
     """``sum``: the weight of one click; 0 turns the sum off."""
 
     def __post_init__(self) -> None:
-        if not self.fold_in_step >= 0:
-            raise ConfigError(f"item_tower.fold_in_step must be >= 0 (0 = off), got {self.fold_in_step}")
+        if not (math.isfinite(self.fold_in_step) and self.fold_in_step >= 0):
+            raise ConfigError(f"item_tower.fold_in_step must be a finite number >= 0 (0 = off), "
+                              f"got {self.fold_in_step}")
+        _check_named("item_tower.cache_dir", self.cache_dir, "a folder or be null (no cache)")
         if not self.encoders:
             raise ConfigError("item_tower.encoders must name at least one of [id, categorical, text, image]")
         if len(set(self.encoders)) != len(self.encoders):
@@ -212,6 +242,13 @@ class ModelConfig:
             raise ConfigError(f"model.embedding_dim must be >= 1, got {self.embedding_dim}")
 
 
+MAX_STREAMING_BUCKETS = 1 << 32
+"""The estimator's multiply-shift hash maps to [0, 2**32) (``StreamingFrequencyEstimator``)."""
+STREAMING_BYTES_PER_BUCKET = 12
+"""Last step seen (int64) + mean gap (float32) per bucket and hash."""
+MAX_STREAMING_STATE_BYTES = 4 << 30
+
+
 @dataclass(frozen=True)
 class LossConfig:
     kind: Literal["softmax", "debiased", "triplet"] = "softmax"
@@ -231,18 +268,34 @@ class LossConfig:
     margin: float = 0.2
     """Triplet loss only: margin on cosine scores."""
     streaming_alpha: float = 0.05
+    """``streaming`` only: learning rate of the estimator's moving average, in (0, 1]."""
     streaming_buckets: int = 1 << 20
+    """``streaming`` only: buckets per hash array, in [1, 2**32]."""
     streaming_hashes: int = 2
+    """``streaming`` only: hash arrays; the state is buckets x hashes x 12 bytes (at most 4 GiB)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
             raise ConfigError(f"loss.temperature must be in (0, 10], got {self.temperature}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise ConfigError(f"loss.tau_plus must be in [0, 1), got {self.tau_plus}")
-        if self.margin < 0:
-            raise ConfigError(f"loss.margin must be >= 0, got {self.margin}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ConfigError(f"loss.margin must be a finite number >= 0, got {self.margin}")
         if not 0.0 < self.streaming_alpha <= 1.0:
             raise ConfigError(f"loss.streaming_alpha must be in (0, 1], got {self.streaming_alpha}")
+        if not 1 <= self.streaming_buckets <= MAX_STREAMING_BUCKETS:
+            raise ConfigError(f"loss.streaming_buckets must be in [1, 2**32] (buckets per hash array), "
+                              f"got {self.streaming_buckets}")
+        if self.streaming_hashes < 1:
+            raise ConfigError(f"loss.streaming_hashes must be >= 1, got {self.streaming_hashes}")
+        state = self.streaming_buckets * self.streaming_hashes * STREAMING_BYTES_PER_BUCKET
+        if state > MAX_STREAMING_STATE_BYTES:
+            raise ConfigError(
+                f"loss.streaming_buckets x loss.streaming_hashes = {self.streaming_buckets} x "
+                f"{self.streaming_hashes} buckets need {state / 2**30:.1f} GiB of estimator state "
+                f"({STREAMING_BYTES_PER_BUCKET} bytes each), over the {MAX_STREAMING_STATE_BYTES // 2**30} GiB "
+                "allowed; lower them (default 1048576 x 2 = 24 MiB)"
+            )
 
 
 MAX_QUEUE_SIZE = 65536
@@ -343,6 +396,9 @@ class NegativesConfig:
             )
         if self.num_sampled < 1:
             raise ConfigError(f"negatives.num_sampled must be >= 1, got {self.num_sampled}")
+        if not (math.isfinite(self.popularity_alpha) and self.popularity_alpha >= 0):
+            raise ConfigError(f"negatives.popularity_alpha must be a finite number >= 0 (0 = uniform, "
+                              f"1 = click counts), got {self.popularity_alpha}")
 
 
 @dataclass(frozen=True)
@@ -374,6 +430,8 @@ class TrainConfig:
             raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        _check_seed("train.seed", self.seed)
+        _check_named("train.checkpoint_dir", self.checkpoint_dir, "a folder")
 
 
 @dataclass(frozen=True)
@@ -434,7 +492,7 @@ class BaselinesConfig:
     als_factors: int = 64
 
     def __post_init__(self) -> None:
-        if not self.ease_lambdas or min(self.ease_lambdas) <= 0:
+        if not self.ease_lambdas or not all(math.isfinite(x) and x > 0 for x in self.ease_lambdas):
             raise ConfigError(f"baselines.ease_lambdas must be a non-empty list of L2 strengths > 0 (tuned on "
                               f"validation), got {list(self.ease_lambdas)}")
         if not self.itemknn_k or min(self.itemknn_k) < 1:
@@ -528,6 +586,11 @@ class CandidatesConfig:
                     "max_new_item_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"candidates.{key} must be in [0, 1], got {getattr(self, key)}")
+        _check_seed("candidates.seed", self.seed)
+        for key, what in (("output_dir", "a folder"), ("index_root", "a folder"),
+                          ("index_dir", "an index folder or be null"), ("model_uri", "a model or be null"),
+                          ("alias", "a registry alias"), ("spark_master", "a Spark master URL, e.g. local[2]")):
+            _check_named(f"candidates.{key}", getattr(self, key), what)
 
 
 @dataclass(frozen=True)
@@ -580,6 +643,11 @@ class IndexConfig:
             raise ConfigError(f"index.n_jobs must be >= 1, got {self.n_jobs}")
         if not self.auto_backends or "exact" not in self.auto_backends:
             raise ConfigError(f"index.auto_backends must include 'exact' (the oracle), got {list(self.auto_backends)}")
+        if self.embed_batch_size < 1:
+            raise ConfigError(f"index.embed_batch_size must be >= 1 (items embedded per batch), "
+                              f"got {self.embed_batch_size}")
+        _check_seed("index.seed", self.seed)
+        _check_named("index.output_dir", self.output_dir, "a folder")
 
 
 @dataclass(frozen=True)
@@ -656,6 +724,51 @@ def yaml_error_reason(e: yaml.YAMLError) -> str:
     return text
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives the same key twice (which YAML forbids); PyYAML would keep the last silently."""
+
+    def __init__(self, key: str, first_line: int, line: int, section: bool = False) -> None:
+        self.key, self.section = key, section
+        self.where = f"on line {line}" if line == first_line else f"on lines {first_line} and {line}"
+        super().__init__(f"{key} is given twice {self.where}")
+
+
+def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+    """Raise :class:`DuplicateKeyError` for the first key given twice in a mapping under ``node``,
+    named by its full dotted path (``train.epochs``); ``<<`` merge keys may override, as designed."""
+    if id(node) in seen:  # an alias (*name) of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                _check_unique_keys(value_node, prefix, seen)
+                continue
+            name, line = prefix + str(key_node.value), key_node.start_mark.line + 1
+            if name in first:
+                raise DuplicateKeyError(name, first[name], line, isinstance(value_node, yaml.MappingNode))
+            first[name] = line
+            _check_unique_keys(value_node, name + ".", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            _check_unique_keys(child, f"{prefix.rstrip('.')}[{i}].", seen)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (``train:`` twice, or
+    ``epochs:`` twice under it) with :class:`DuplicateKeyError`, instead of keeping the last value.
+
+    Example::
+
+        yaml.load(text, Loader=UniqueKeyLoader)
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+
 def load_config(
     path: str | Path | None,
     cls: type[T] = RunConfig,  # type: ignore[assignment]
@@ -674,10 +787,14 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML path")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
         except UnicodeDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
                               "pass --config with a YAML file") from e
+        except DuplicateKeyError as e:
+            fix = "merge the two sections into one" if e.section else "delete one of them"
+            raise ConfigError(f"config file {str(p)!r} gives {e.key} twice, {e.where}; YAML would silently keep "
+                              f"only the last one: {fix}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_reason(e)}; fix the "
                               "file there (quote values that contain ': ', '#' or brackets)") from e
@@ -699,7 +816,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, _, text = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml.load(text, Loader=UniqueKeyLoader) if text.strip() else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {item!r} gives {key}.{e.key} twice; give each key once") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value {text!r} is not valid YAML ({yaml_error_reason(e)}); "
                           "quote lists and brackets whole, e.g. --set 'item_tower.encoders=[id,text]'") from e

@@ -6,6 +6,7 @@ object, so tests can run it against a real MLflow store in a temp folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import tempfile
@@ -18,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_cl.config import RunConfig, TrackingConfig
+from recsys_cl.config import ConfigError, RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
@@ -90,6 +91,12 @@ class Prepared:
     ranked: np.ndarray
     content_key: str = "[]"
     """:func:`content_key` of the config the spec's content features were built for."""
+
+    @functools.cached_property
+    def longest_history(self) -> int:
+        """Clicks of the user with the most clicks in the whole log: no history window ever holds more."""
+        per_user = self.clicks.clicks.group_by("user_id").len()["len"].to_numpy()  # (users,)
+        return int(per_user.max()) if len(per_user) else 0
 
     @property
     def cold_start(self) -> bool:
@@ -176,6 +183,31 @@ def prepare(cfg: RunConfig, content: bool = True) -> Prepared:
     )
     prep = Prepared(data, split, spec, val_set, test_set, protocol, fingerprint(data.clicks), ranked)
     return with_content(prep, cfg) if content else prep
+
+
+def check_history_length(cfg: RunConfig, prep: Prepared) -> None:
+    """Refuse a ``user_tower.history_length`` (L) longer than the longest user history in the click log.
+
+    Every position past it holds padding in every window, yet the position table (L, D), each batch's
+    (B, L, D) activations and the (users, L) evaluation windows are allocated at L: a typo such as
+    100000000 allocated 24 GB and was killed without a message. Not capped to the longest history in
+    silence: that changes the model (the position table's size, the initialisation of every layer drawn
+    after it, the L that serving reads from the saved config), so the user picks the value.
+
+    The training pipelines (train_two_tower, sweep, ablation) call it before a run opens;
+    :func:`run_two_tower` does not, so that a notebook may run the shipped config (L = 50) on a tiny
+    fixture. There, ``user_tower.history_length <= MAX_HISTORY_LENGTH`` bounds the cost.
+
+    Raises:
+        ConfigError: naming the key, the value and the longest history; before any allocation.
+    """
+    L, longest = cfg.user_tower.history_length, prep.longest_history
+    if L > longest:
+        raise ConfigError(
+            f"user_tower.history_length={L} is longer than the longest user history in the click log "
+            f"({longest} clicks), so the extra positions would only ever hold padding while memory grows with L; "
+            f"set it to at most {longest}, e.g. --set user_tower.history_length={min(longest, 50)}"
+        )
 
 
 def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:

@@ -92,8 +92,8 @@ def test_unknown_section() -> None:
         ("item_tower.dropout=2", r"item_tower\.dropout must be in \[0, 1\), got 2"),
         ("user_tower.hidden_dims=[32, 0]", r"user_tower\.hidden_dims entries .* must be >= 1, got \[32, 0\]"),
         ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),
-        ("item_tower.fold_in_step=-1", r"item_tower\.fold_in_step must be >= 0 \(0 = off\), got -1"),
-        ("item_tower.fold_in_step=.nan", r"item_tower\.fold_in_step must be >= 0"),
+        ("item_tower.fold_in_step=-1", r"item_tower\.fold_in_step must be a finite number >= 0 \(0 = off\), got -1"),
+        ("item_tower.fold_in_step=.nan", r"item_tower\.fold_in_step must be a finite number >= 0"),
         ("item_tower.fold_in_method=avg", r"item_tower\.fold_in_method must be one of \['auto', 'sum', 'fit'\], "
                                           r"got 'avg'"),
         ("tracking.experiment=''", r"tracking\.experiment must be a name, got an empty string"),
@@ -101,6 +101,32 @@ def test_unknown_section() -> None:
         ("baselines.ease_lambdas=[-1]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths > 0"),
         ("baselines.ease_lambdas=[]", r"baselines\.ease_lambdas must be a non-empty list"),
         ("baselines.itemknn_k=[0]", r"baselines\.itemknn_k must be a non-empty list of neighbour counts >= 1"),
+        # values that passed here and then crashed after the MLflow run opened (or wrote into the cwd)
+        ("loss.streaming_buckets=0", r"loss\.streaming_buckets must be in \[1, 2\*\*32\].*got 0"),
+        ("loss.streaming_hashes=0", r"loss\.streaming_hashes must be >= 1, got 0"),
+        ("loss.streaming_buckets=4294967296", r"loss\.streaming_buckets x loss\.streaming_hashes = 4294967296 x 2 "
+                                              r"buckets need 96\.0 GiB .* over the 4 GiB allowed"),
+        ("loss.margin=.nan", r"loss\.margin must be a finite number >= 0, got nan"),
+        ("negatives.popularity_alpha=.nan", r"negatives\.popularity_alpha must be a finite number >= 0 .*got nan"),
+        ("negatives.popularity_alpha=-1", r"negatives\.popularity_alpha must be a finite number >= 0 .*got -1"),
+        ("index.embed_batch_size=0", r"index\.embed_batch_size must be >= 1 .*got 0"),
+        ("index.embed_batch_size=-5", r"index\.embed_batch_size must be >= 1 .*got -5"),
+        ("index.seed=-1", r"index\.seed must be an integer in \[0, 2147483647\], got -1"),
+        ("candidates.seed=-1", r"candidates\.seed must be an integer in \[0, 2147483647\], got -1"),
+        ("train.seed=-1", r"train\.seed must be an integer in \[0, 2147483647\], got -1"),
+        ("index.seed=2147483648", r"index\.seed must be an integer in \[0, 2147483647\], got 2147483648"),
+        ("candidates.index_root=''", r"candidates\.index_root must name a folder, got an empty string"),
+        ("candidates.output_dir=' '", r"candidates\.output_dir must name a folder, got an empty string"),
+        ("candidates.index_dir=''", r"candidates\.index_dir must name an index folder or be null"),
+        ("index.output_dir=''", r"index\.output_dir must name a folder, got an empty string"),
+        ("train.checkpoint_dir=''", r"train\.checkpoint_dir must name a folder, got an empty string"),
+        ("item_tower.cache_dir=''", r"item_tower\.cache_dir must name a folder or be null"),
+        ("data.items_path=''", r"data\.items_path must name an item table file or be null"),
+        ("data.min_rating=.nan", r"data\.min_rating must be a finite number or null"),
+        ("item_tower.fold_in_step=.inf", r"item_tower\.fold_in_step must be a finite number >= 0"),
+        ("user_tower.history_length=100000000", r"user_tower\.history_length must be in \[1, 10000\] .*got 100000000"),
+        ("user_tower.history_length=0", r"user_tower\.history_length must be in \[1, 10000\]"),
+        ("baselines.ease_lambdas=[10, .nan]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths"),
     ],
 )
 def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:
@@ -180,3 +206,32 @@ def test_a_bad_yaml_value_in_an_override_is_one_line() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, RunConfig, ["item_tower.encoders=[id,categorical"])
     assert "\n" not in str(info.value) and "expected ',' or ']'" in str(info.value)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("train:\n  epochs: 0\n  epochs: 1\n", r"gives train\.epochs twice, on lines 2 and 3; .*delete one of them"),
+    ("train:\n  epochs: 2\nloss:\n  kind: softmax\ntrain:\n  lr: 0.1\n",
+     r"gives train twice, on lines 1 and 5; .*merge the two sections into one"),
+    ("item_tower:\n  text:\n    max_length: 8\n  text: {max_length: 16}\n",
+     r"gives item_tower\.text twice, on lines 2 and 4"),
+    ("train: {epochs: 1, epochs: 2}\n", r"gives train\.epochs twice, on line 1;"),
+])
+def test_a_key_given_twice_in_a_file_is_refused_with_its_lines(tmp_path: Path, text: str, match: str) -> None:
+    """PyYAML keeps the last of two same keys silently: epochs 0 then 1 trained 1 epoch, no word said."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"^config file '.*c\.yaml' " + match) as info:
+        load_config(p, RunConfig)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 3\n")  # a merge is meant to be overridden
+    cfg = load_config(p, RunConfig)
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
+
+
+def test_a_key_given_twice_in_an_override_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"override 'train=\{epochs: 1, epochs: 2\}' gives train\.epochs twice"):
+        load_config(None, RunConfig, ["train={epochs: 1, epochs: 2}"])

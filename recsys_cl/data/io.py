@@ -392,6 +392,25 @@ def _first_bad_line(path: Path, limit: int = 200) -> str | None:
     return None
 
 
+SEPARATORS = {";": "semicolons (;)", "\t": "tabs (\\t)", "|": "pipes (|)"}
+"""Field separators other than the comma that a one-column header gives away."""
+
+
+def _one_column_hint(header: str, file: str) -> str | None:
+    """Why a file read as CSV has the single column ``header``, when that shows: another separator
+    (``user_id;item_id;timestamp``), or a header quoted whole (``"user_id,item_id,timestamp"``)."""
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    sep = max(counts, key=lambda k: counts[k])
+    if counts[sep]:
+        return (f"the file looks separated by {SEPARATORS[sep]}, but it is read as comma-separated CSV: convert it, "
+                f"e.g. python -c \"import polars as pl; pl.read_csv({file!r}, separator={sep!r})"
+                f".write_csv('clicks.csv')\", and point data.path at the result")
+    if "," in header:
+        return ("the header is one field holding commas: its lines look quoted whole (\"a,b,c\"); remove the quotes "
+                "around each line")
+    return None
+
+
 def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> pl.DataFrame:
     """Keep the file columns ``names.values()`` (plus the line index), renamed to the contract."""
     missing = [v for v in names.values() if v not in df.columns]
@@ -400,6 +419,8 @@ def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> 
         if any(c.endswith("\r") for c in found):
             fix = "the header ends in a carriage return (\\r): the file has \\r\\r or mixed line endings; " \
                   "convert it to \\n or \\r\\n line endings (e.g. dos2unix) and reload"
+        elif len(found) == 1 and (hint := _one_column_hint(found[0], file)):
+            fix = hint
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])

@@ -33,11 +33,34 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+class CheckpointError(Exception):
+    """A training checkpoint exists but cannot be read; the message names the file and the fixes."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The state :func:`recsys_cl.train.loop.fit` saved at ``path``, or None when there is no file.
+
+    Raises:
+        CheckpointError: the file cannot be read (truncated, overwritten, unreadable). It is not set
+            aside to train afresh: a read error may be passing (a network disk, permissions) and the
+            file hold epochs of work, so a person decides, with the two fixes the message names.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch.load raises EOFError, RuntimeError, OSError, UnpicklingError, ...
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0] if str(e) else 'no message'}"
+        raise CheckpointError(_unreadable(path, reason)) from e
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise CheckpointError(_unreadable(path, f"it holds a {type(state).__name__}, not a training checkpoint"))
+    return state
+
+
+def _unreadable(path: Path, reason: str) -> str:
+    return (f"the checkpoint {path} of an interrupted run with this config cannot be read ({reason}); delete it "
+            "to train from the first epoch, or rerun with --set train.resume=false (its first epoch replaces it)")
 
 
 def save_model_dir(directory: str | Path, model: TwoTower, spec: FeatureSpec, cfg: RunConfig) -> Path:

@@ -267,6 +267,24 @@ def test_header_with_a_stray_carriage_return_says_so(tmp_path: Path) -> None:
     raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "carriage return", "dos2unix")
 
 
+@pytest.mark.parametrize("sep, what", [(";", "semicolons (;)"), ("\t", "tabs (\\t)"), ("|", "pipes (|)")])
+def test_a_file_separated_by_another_character_says_so(tmp_path: Path, sep: str, what: str) -> None:
+    """It said only 'set data.columns.*', which cannot help: the whole header is one column."""
+    text = sep.join(["user_id", "item_id", "rating", "timestamp"]) + "\n" + sep.join(["1", "2", "4", "10"]) + "\n"
+    cfg = generic(tmp_path, text)
+    msg = raises(cfg, "missing column(s) ['user_id', 'item_id', 'timestamp']",
+                 f"the file looks separated by {what}, but it is read as comma-separated CSV",
+                 f"pl.read_csv({cfg.path!r}, separator={sep!r}).write_csv('clicks.csv')")
+    assert "data.columns" not in msg
+    raises(DataConfig(path=str(ml_latest(tmp_path, text.replace("user_id", "userId").replace("item_id", "movieId")))),
+           "ratings.csv", f"looks separated by {what}")
+
+
+def test_a_header_quoted_whole_says_so(tmp_path: Path) -> None:
+    raises(generic(tmp_path, '"user_id,item_id,timestamp"\n"1,2,10"\n'), "found columns ['user_id,item_id,timestamp']",
+           "the header is one field holding commas: its lines look quoted whole", "remove the quotes around each line")
+
+
 def test_folder_with_ratings_but_no_movies_names_the_missing_file(tmp_path: Path) -> None:
     write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,10\n")
     raises(DataConfig(path=str(tmp_path)), "has ratings.csv but no movies.csv")

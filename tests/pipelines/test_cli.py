@@ -59,3 +59,25 @@ def test_help_shows_the_default_config_relative_to_the_checkout(
     assert shown_path(default) == "pipelines/configs/two_tower.yaml"  # not wrapped mid-word by argparse
     monkeypatch.chdir(tmp_path)  # run from elsewhere: the full path, which is the one that works there
     assert shown_path(default) == str(default)
+
+
+def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
+    """mkdir said only '(File exists)' or '(Not a directory)', after the path that could not be written."""
+    from pipelines.cli import check_output_dir, check_output_file
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for path in (afile / "x.json", afile / "sub" / "x.json"):
+        with pytest.raises(SystemExit) as info:
+            check_output_file(path)
+        assert str(info.value) == (f"output error: --summary-json {path} cannot be written: {afile} on its path is a "
+                                   "file, not a folder; pass a file path in a writable folder")
+    check_output_file(afile)  # an existing file is overwritten
+    with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={afile} is a file, not a folder; "
+                                         r"set it to a writable folder$"):
+        check_output_dir(afile, "train.checkpoint_dir")
+    with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={afile}/ck cannot be created: "
+                                         rf"{afile} on its path is a file, not a folder; set it to a writable folder$"):
+        check_output_dir(afile / "ck", "train.checkpoint_dir")
+    check_output_dir(tmp_path / "new" / "ck", "train.checkpoint_dir")
+    assert (tmp_path / "new" / "ck").is_dir()

@@ -196,6 +196,8 @@ def _killed_in_epoch_2(main, args: list[str], monkeypatch: pytest.MonkeyPatch) -
     ("foo: [loss.temperature=0.1\n", r"is not valid YAML"),
     ("foo: [42]\n", r"variant 'foo' must be a list of \"section\.key=value\" strings, found \[42\]"),
     ("foo: loss.temperature=0.2\n", r"variant 'foo' must be a list .*found 'loss\.temperature=0\.2'"),
+    ("foo: [loss.temperature=0.1]\nbar: []\nfoo: [loss.temperature=0.2]\n",
+     r"gives foo twice, on lines 1 and 3; rename or delete one"),
 ])
 def test_ablation_variants_file_is_checked_before_anything_runs(tmp_path: Path, text: str | None, match: str) -> None:
     from pipelines import ablation
@@ -223,7 +225,8 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
     with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
         ablation.main([*base, "--seeds", "0", "--only", "nope"])
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md its folder cannot be created"):
+    with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md cannot be written: "
+                                         r".*afile on its path is a file"):
         ablation.main([*base, "--seeds", "0", "--out", str(tmp_path / "afile" / "ab.md")])
     with pytest.raises(SystemExit, match=r"output error: --out .* is a directory"):
         ablation.main([*base, "--seeds", "0", "--out", str(tmp_path)])
@@ -259,10 +262,46 @@ def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) 
 def test_unwritable_summary_is_refused_before_training(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     for pipeline in (train_two_tower, evaluate_baselines):
-        with pytest.raises(SystemExit, match=r"output error: --summary-json .*afile/s\.json its folder cannot be"):
+        with pytest.raises(SystemExit, match=r"output error: --summary-json .*afile/s\.json cannot be written: "
+                                             r".*afile on its path is a file, not a folder"):
             pipeline.main(_args(tmp_path, "ml-100k", "--summary-json", str(tmp_path / "afile" / "s.json")))
     with pytest.raises(SystemExit, match=r"config error: baselines\.models is empty: nothing to evaluate"):
         evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[]"))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_training(tmp_path: Path) -> None:
+    """It was found after the first epoch (FileExistsError in atomic_torch_save), the MLflow run FAILED."""
+    from pipelines import ablation
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for folder, problem in ((afile, "is a file, not a folder"),
+                            (afile / "ck", f"cannot be created: {afile} on its path is a file, not a folder")):
+        with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={folder} {problem}; "
+                                             r"set it to a writable folder$"):
+            train_two_tower.main(_args(tmp_path, "ml-100k", "--set", f"train.checkpoint_dir={folder}"))
+    variants = tmp_path / "v.yaml"
+    variants.write_text("a: []\n")
+    with pytest.raises(SystemExit, match=r"^output error: train\.checkpoint_dir=.*afile is a file"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "--no-baselines",
+                       *_args(tmp_path, "ml-100k", "--set", f"train.checkpoint_dir={afile}")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_history_length_beyond_the_longest_history_is_refused_before_a_run(tmp_path: Path) -> None:
+    """user_tower.history_length=100000000 allocated 24 GB and was killed without a word; an L past the
+    longest history (6 clicks in the fixture) only adds padding, and is refused with that number."""
+    from pipelines import ablation
+
+    fix = r"set it to at most 6, e\.g\. --set user_tower\.history_length=6$"
+    with pytest.raises(SystemExit, match=r"^config error: user_tower\.history_length=7 is longer than the longest "
+                                         r"user history in the click log \(6 clicks\).*" + fix):
+        train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "user_tower.history_length=7"))
+    variants = tmp_path / "v.yaml"
+    variants.write_text("short: []\nlong: [user_tower.history_length=50]\n")
+    with pytest.raises(SystemExit, match=r"^config error: user_tower\.history_length=50 is longer .*" + fix):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "--no-baselines", *_args(tmp_path, "ml-100k")])
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -312,6 +351,44 @@ def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]
     assert not list((tmp_path / "ck").glob("*.pt")), "a finished run leaves no checkpoint"
+
+
+def test_an_unreadable_checkpoint_is_one_line_with_the_fixes_and_opens_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A truncated checkpoint blocked every rerun with a torch.load traceback; train.resume=false, which
+    the message names, trains from the first epoch."""
+    args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
+    _killed_in_epoch_2(train_two_tower.main, args, monkeypatch)
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: the checkpoint {ckpt} of an interrupted run with "
+                                         r"this config cannot be read \(.+\); delete it to train from the first "
+                                         r"epoch, or rerun with --set train\.resume=false"):
+        train_two_tower.main(args)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 1, "no run opened for the refused rerun"
+
+    summary = train_two_tower.main([*args, "--set", "train.resume=false"])
+    steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]  # a new run, trained from the first epoch
+    assert not ckpt.exists()
+
+
+def test_an_unreadable_checkpoint_stops_an_ablation_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    args = ["--variants", str(variants), "--seeds", "0", "--no-baselines", "--out", str(tmp_path / "ab.md"),
+            *_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")]
+    _killed_in_epoch_2(ablation.main, args, monkeypatch)
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: the checkpoint {ckpt} .* cannot be read \(EOFError"):
+        ablation.main(args)
 
 
 def test_ablation_base_encoders_need_not_suit_the_data(tmp_path: Path) -> None:
