@@ -13,8 +13,9 @@ against exact search reaches ``index.target_recall`` on a sample of real user em
 the index directory (backend files + manifest.json) atomically. ``auto`` keeps the fastest backend
 meeting the target; the manifest says what it chose and why.
 
-The output directory is replaced whole, so it must be absent, empty or an earlier index (with its
-manifest.json); anything else is refused before any work and left untouched.
+The output directory is replaced whole, so it must be absent, empty or an earlier index (an index
+manifest.json and its backend's files, nothing else); anything else is refused before any work and
+left untouched.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class AnnoyIndex(Index):
     name: ClassVar[str] = "annoy"
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = "search_k"
+    files: ClassVar[tuple[str, ...]] = (ANN_FILE, VECTORS_FILE, IDS_FILE)
 
     def __init__(self, n_trees: int = 10, search_k: int = -1, n_jobs: int = 1, seed: int = 0) -> None:
         super().__init__()

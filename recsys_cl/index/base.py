@@ -261,6 +261,10 @@ class Index(ABC):
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = ""
     """Approximate indexes: the speed/recall knob :func:`recsys_cl.index.tuning.tune` raises."""
+    files: ClassVar[tuple[str, ...]] = ()
+    """The file names :meth:`_save_files` writes (the manifest aside): all an index directory of this
+    backend holds, so that a build replaces only such a directory
+    (:func:`recsys_cl.index.build.check_replaceable`)."""
 
     def __init__(self) -> None:
         self.manifest: Manifest | None = None

@@ -29,7 +29,15 @@ import numpy as np
 import polars as pl
 
 from recsys_cl.config import IndexConfig, TrackingConfig
-from recsys_cl.index.base import MANIFEST_FILE, Index, Manifest, backend_class, embedding_hash, utc_now_iso
+from recsys_cl.index.base import (
+    MANIFEST_FILE,
+    REBUILD_HINT,
+    Index,
+    Manifest,
+    backend_class,
+    embedding_hash,
+    utc_now_iso,
+)
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
 from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
@@ -266,28 +274,51 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     return target
 
 
-def check_replaceable(target: str | Path) -> None:
+def check_replaceable(target: str | Path, setting: str = "--out (index.output_dir)") -> None:
     """An index build replaces its target directory whole; refuse unless the target is absent,
-    empty, or an index (it has ``manifest.json``), so that ``--out`` pointed at the wrong folder
-    (a nightly index root, a home directory) deletes nothing.
+    empty, or an index: its ``manifest.json`` reads as a :class:`Manifest` and it holds nothing but
+    the files its backend writes (:attr:`Index.files`). So ``--out`` pointed at the wrong folder (a
+    nightly index root, a home directory, a web app with its own ``manifest.json``) deletes nothing.
+    ``setting``: the flag or config key that chose ``target``, named in the message.
 
     Raises:
         OutputError: naming what is there and how to fix it.
     """
     target = Path(target)
-    if not target.exists() or (target.is_dir() and (target / MANIFEST_FILE).is_file()):
+    fix = f"pass {setting} a new or empty directory, or an index directory to replace"
+    if not target.exists():
         return
     if not target.is_dir():
-        raise OutputError(f"index output {target} is a file, not a directory; pass --out (index.output_dir) "
-                          "a new or empty directory, or an index directory to replace")
+        raise OutputError(f"index output {target} is a file, not a directory; {fix}")
     entries = sorted(p.name for p in target.iterdir())
-    if entries:
-        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    problem = _not_an_index(target, entries) if entries else ""
+    if problem:
         raise OutputError(
-            f"index output {target} exists and is not an index directory (no {MANIFEST_FILE}; it holds {shown}); "
-            "a build replaces its target whole, so it will not delete this. Pass --out (index.output_dir) "
-            "a new or empty directory, or an index directory to replace"
+            f"index output {target} exists and is not an index directory ({problem}); "
+            f"a build replaces its target whole, so it will not delete this; {fix}"
         )
+
+
+def _not_an_index(directory: Path, entries: list[str]) -> str:
+    """Why the non-empty ``directory`` (holding ``entries``) is not an index a build may replace
+    ('' when it is one)."""
+    if MANIFEST_FILE not in entries:
+        return f"no {MANIFEST_FILE}; it holds {_shown(entries)}"
+    try:
+        manifest = Manifest.read(directory)
+        backend = backend_class(manifest.backend)
+    except (ValueError, OSError) as e:  # IndexLoadError, an unknown backend, an unreadable file
+        return f"its {MANIFEST_FILE} is not an index manifest: {str(e).split(f'; {REBUILD_HINT}')[0]}"
+    allowed = {MANIFEST_FILE, *backend.files}
+    extra = [name for name in entries if name not in allowed or not (directory / name).is_file()]
+    if extra:
+        return f"besides a {manifest.backend} index it holds {_shown(extra)}, which no index build writes"
+    return ""
+
+
+def _shown(entries: list[str]) -> str:
+    """The first few names of ``entries`` for a message, with the count when there are more."""
+    return ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
 
 
 def _remove_stale(target: Path) -> None:

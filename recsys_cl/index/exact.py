@@ -51,6 +51,7 @@ class ExactIndex(Index):
 
     name: ClassVar[str] = "exact"
     is_exact: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = (VECTORS_FILE, IDS_FILE)
 
     def __init__(self, max_block_bytes: int = 64 << 20) -> None:
         super().__init__()

@@ -65,6 +65,7 @@ class FaissIndex(Index):
     name: ClassVar[str] = "faiss"
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = "nprobe"
+    files: ClassVar[tuple[str, ...]] = (FAISS_FILE, IDS_FILE)
 
     def __init__(self, nlist: int = 1024, nprobe: int = 16, seed: int = 0) -> None:
         super().__init__()

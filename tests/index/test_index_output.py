@@ -1,0 +1,78 @@
+"""Where an index build may write: :func:`recsys_cl.index.build.check_replaceable` and the atomic writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_cl.index import load_index
+from recsys_cl.index.base import MANIFEST_FILE, Index, backend_class
+from recsys_cl.index.build import check_replaceable, write_index_atomically
+from recsys_cl.index.exact import ExactIndex
+from recsys_cl.io_atomic import OutputError
+from tests.index.index_fixtures import clustered
+
+
+def _index() -> ExactIndex:
+    items, ids, _ = clustered(m=30, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    return index
+
+
+def _write(index: Index, target: Path) -> Path:
+    return write_index_atomically(index, index.default_manifest(), target)
+
+
+@pytest.mark.parametrize("backend", ["exact", "annoy", "faiss"])
+def test_a_saved_index_holds_exactly_its_declared_files(backend: str, tmp_path: Path) -> None:
+    """``Index.files`` is what the replace check allows: it must name every file ``save`` writes."""
+    items, ids, _ = clustered(m=200, clusters=4, q=1)
+    index = backend_class(backend)()
+    index.build(items, ids)
+    index.save(tmp_path / "idx")
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted({MANIFEST_FILE, *index.files})
+
+
+def test_a_folder_with_a_foreign_manifest_json_is_never_replaced(tmp_path: Path) -> None:
+    """A web app (or anything else) with its own manifest.json is not an index: refused, untouched."""
+    webapp = tmp_path / "webapp"
+    (webapp / "src").mkdir(parents=True)
+    (webapp / MANIFEST_FILE).write_text('{"name": "my-pwa"}')
+    (webapp / "src" / "app.js").write_text("x")
+    with pytest.raises(OutputError, match=r"webapp exists and is not an index directory \(its manifest\.json is not "
+                                          r"an index manifest: .*missing required keys .*will not delete this; pass "
+                                          r"--out \(index\.output_dir\) a new or empty directory"):
+        _write(_index(), webapp)
+    assert (webapp / "src" / "app.js").read_text() == "x"
+    assert json.loads((webapp / MANIFEST_FILE).read_text()) == {"name": "my-pwa"}
+
+
+def test_an_index_folder_holding_other_files_is_never_replaced(tmp_path: Path) -> None:
+    target = _write(_index(), tmp_path / "idx")
+    (target / "notes.txt").write_text("mine")
+    (target / "sub").mkdir()
+    with pytest.raises(OutputError, match=r"besides a exact index it holds notes\.txt, sub, which no index build "
+                                          r"writes"):
+        check_replaceable(target)
+    with pytest.raises(OutputError, match="not an index directory"):
+        _write(_index(), target)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_folder_or_an_index_folder_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "idx").mkdir()
+    target = _write(_index(), tmp_path / "idx")
+    _write(_index(), target)
+    assert load_index(target).size == 30
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp or old sibling left
+
+
+def test_the_message_names_the_setting_that_chose_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "x").write_text("x")
+    with pytest.raises(OutputError, match=r"pass candidates\.index_root a new or empty") as e:
+        check_replaceable(tmp_path / "v1", "candidates.index_root")
+    assert "--out" not in str(e.value)
