@@ -81,7 +81,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
     the model's own click log is read)."""
     from recsys_cl.index.build import log_index
 
-    directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
+    directory = index_dir_for(cfg, model)
     try:
         manifest = load_index(directory).manifest
         assert manifest is not None
@@ -99,6 +99,26 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
     return directory, True
 
 
+def index_dir_for(cfg: Any, model: dict[str, Any]) -> Path:
+    """``<candidates.index_root>/<name>/v<version>``: where nightly keeps the index of a model version."""
+    return Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
+
+
+def check_index_dir(directory: Path) -> None:
+    """Refuse, before any work, a per-version index folder that a build could not write or must not
+    replace (:func:`recsys_cl.index.build.check_replaceable`), naming nightly's own setting.
+
+    Raises:
+        OutputError: naming what is there and how to fix it.
+    """
+    from recsys_cl.index.build import check_replaceable
+
+    check_replaceable(directory, fix=(
+        f"nightly keeps each model version's index in <candidates.index_root>/<name>/v<version>, so set "
+        f"candidates.index_root to another folder, or move what is in {directory} away"
+    ))
+
+
 @exits_on_tracking_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
@@ -112,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not name:
             raise SystemExit("nightly error: tracking.registered_model_name is null; name the registered model")
         model = resolve_model_alias(name, c.alias, cfg.tracking, c.fallback_to_latest)
+        check_index_dir(index_dir_for(cfg, model))  # a bad candidates.index_root fails before any work
         clicks = load_click_log(cfg.data).clicks
         loaded = load_model(str(model["uri"]), cfg.tracking)
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -249,8 +250,8 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     the old one under ``.<name>.old-*``, which the next build removes). Returns ``target``.
 
     Raises:
-        OutputError: ``target`` exists and is neither an index directory nor empty
-            (:func:`check_replaceable`): it is never deleted.
+        OutputError: ``target`` exists and is neither an index directory nor empty, or cannot
+            be created (:func:`check_replaceable`): it is never deleted.
     """
     target = Path(target).absolute()
     check_replaceable(target)
@@ -274,18 +275,23 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     return target
 
 
-def check_replaceable(target: str | Path, setting: str = "--out (index.output_dir)") -> None:
+OUT_FIX = "pass --out (index.output_dir) a new or empty directory, or an index directory to replace"
+"""How to fix a refused index output of ``build_index`` (nightly names its own setting)."""
+
+
+def check_replaceable(target: str | Path, fix: str = OUT_FIX) -> None:
     """An index build replaces its target directory whole; refuse unless the target is absent,
     empty, or an index: its ``manifest.json`` reads as a :class:`Manifest` and it holds nothing but
     the files its backend writes (:attr:`Index.files`). So ``--out`` pointed at the wrong folder (a
     nightly index root, a home directory, a web app with its own ``manifest.json``) deletes nothing.
-    ``setting``: the flag or config key that chose ``target``, named in the message.
+    The folder it goes in must be creatable and writable (:func:`_check_creatable`), so that a bad
+    path fails here, before any work. ``fix``: how to choose another target, ending the message.
 
     Raises:
         OutputError: naming what is there and how to fix it.
     """
     target = Path(target)
-    fix = f"pass {setting} a new or empty directory, or an index directory to replace"
+    _check_creatable(target, fix)
     if not target.exists():
         return
     if not target.is_dir():
@@ -297,6 +303,23 @@ def check_replaceable(target: str | Path, setting: str = "--out (index.output_di
             f"index output {target} exists and is not an index directory ({problem}); "
             f"a build replaces its target whole, so it will not delete this; {fix}"
         )
+
+
+def _check_creatable(target: Path, fix: str) -> None:
+    """Refuse ``target`` when the folder it is written in cannot be made: a file on its path, or a
+    nearest existing folder in which nothing can be created (read-only, ``/proc``). Probed by
+    creating and removing a hidden temp folder there, which is what the writer does first."""
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"index output {target} cannot be created: {folder} is a file, not a directory; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.tmp-probe-", dir=folder))
+    except OSError as e:
+        raise OutputError(
+            f"index output {target} cannot be created: nothing can be written in {folder} ({e.strerror or e}); {fix}"
+        ) from None
 
 
 def _not_an_index(directory: Path, entries: list[str]) -> str:
@@ -369,7 +392,8 @@ def build_index_for_model(
     (None: :data:`recsys_cl.train.steps.FIT_MAX_CLICKS`).
 
     Raises:
-        OutputError: ``out_dir`` holds something other than an index (checked before any work).
+        OutputError: ``out_dir`` holds something other than an index, or cannot be created (checked
+            before any work).
         ModelNotFoundError: the model cannot be fetched or loaded.
     """
     from recsys_cl.tracking import TrackingError, model_provenance, resolve_model_dir
@@ -379,6 +403,7 @@ def build_index_for_model(
     try:
         model_dir = resolve_model_dir(model_uri, tracking)
         provenance = model_provenance(model_uri, tracking)
+        model, spec, model_cfg = load_model_dir(model_dir)  # a folder that is not a model: FileNotFoundError
     except TrackingError:  # the store, not the model: the pipeline says "tracking error"
         raise
     except Exception as e:  # FileNotFoundError, MlflowException (unknown name/version/alias), ...
@@ -387,7 +412,6 @@ def build_index_for_model(
             "Pass an existing model directory or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>, "
             "models:/<name>@<alias>) and check tracking.uri points at the right store"
         ) from e
-    model, spec, model_cfg = load_model_dir(model_dir)
 
     start = time.perf_counter()
     emb = embed_catalogue(model, spec, index_cfg.embed_batch_size)
@@ -421,7 +445,7 @@ def build_index_for_vectors(
     ``clicks``: where the recall queries' user histories come from (:func:`sample_user_queries`).
 
     Raises:
-        OutputError: ``out_dir`` holds something other than an index.
+        OutputError: ``out_dir`` holds something other than an index, or cannot be created.
     """
     check_replaceable(out_dir)
     sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)

@@ -133,3 +133,27 @@ def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Pat
                                              rf"http://127\.0\.0\.1:{port}"):
             main(["--date", LAST_DATE, *args, *extra])
         assert time.perf_counter() - t0 < 30
+
+
+def test_nightly_refuses_a_bad_index_folder_before_any_work(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """candidates.index_root under a file, or a v<version> folder that is not an index: one line naming
+    nightly's own setting (nightly has no --out), before the click log is read; nothing is deleted."""
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias("recsys_cl_two_tower", "champion", 1)
+    monkeypatch.setattr(nightly, "load_click_log", lambda *a, **kw: pytest.fail("read the click log"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"^nightly error: index output .*afile/recsys_cl_two_tower/v1 cannot be "
+                                         r"created: .*afile is a file, not a directory; .*set candidates\.index_root"):
+        nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
+                      "--set", f"candidates.index_root={tmp_path / 'afile'}"])
+    v1 = tmp_path / "index" / "recsys_cl_two_tower" / "v1"
+    v1.mkdir(parents=True)
+    (v1 / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"^nightly error: index output .*v1 exists and is not an index "
+                                         r"directory \(no manifest\.json; it holds notes\.txt\).*set "
+                                         r"candidates\.index_root") as e:
+        nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
+                      "--set", f"candidates.index_root={tmp_path / 'index'}"])
+    assert "--out" not in str(e.value) and (v1 / "notes.txt").read_text() == "mine"

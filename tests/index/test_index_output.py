@@ -70,9 +70,26 @@ def test_an_empty_folder_or_an_index_folder_is_replaced(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp or old sibling left
 
 
-def test_the_message_names_the_setting_that_chose_the_folder(tmp_path: Path) -> None:
+def test_the_message_ends_with_the_callers_fix(tmp_path: Path) -> None:
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "x").write_text("x")
-    with pytest.raises(OutputError, match=r"pass candidates\.index_root a new or empty") as e:
-        check_replaceable(tmp_path / "v1", "candidates.index_root")
+    with pytest.raises(OutputError, match=r"will not delete this; set candidates\.index_root elsewhere$") as e:
+        check_replaceable(tmp_path / "v1", "set candidates.index_root elsewhere")
     assert "--out" not in str(e.value)
+
+
+def test_a_target_that_cannot_be_created_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match=r"index output .*afile/sub/idx cannot be created: .*afile is a file, not "
+                                          r"a directory; pass --out"):
+        check_replaceable(tmp_path / "afile" / "sub" / "idx")
+    with pytest.raises(OutputError, match="cannot be created"):
+        _write(_index(), tmp_path / "afile" / "sub")
+    assert (tmp_path / "afile").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the probe left nothing
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_folder_nothing_can_be_written_in_is_refused() -> None:
+    with pytest.raises(OutputError, match=r"index output /proc/idx cannot be created: nothing can be written in /proc"):
+        check_replaceable("/proc/idx")
