@@ -125,6 +125,7 @@ class Manifest:
             raise IndexLoadError(
                 f"{source}: unknown keys {unknown} (written by a newer recsys_cl?); {REBUILD_HINT}"
             )
+        _check_field_types(raw, source)
         return cls(**raw)
 
     def write(self, directory: str | Path) -> Path:
@@ -148,6 +149,37 @@ class Manifest:
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
+
+
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "backend": (str, "a string"),
+    "item_count": (int, "a positive integer"),
+    "embedding_dim": (int, "a positive integer"),
+    "manifest_version": (int, "a positive integer"),
+    "recall_fetch_extra": (int, "an integer"),
+    "embedding_hash": (str, "a string"),
+    "params": (dict, "a JSON object"),
+    "fold_in": (dict, "a JSON object"),
+    "files_sha256": (dict, "a JSON object"),
+}
+"""Manifest fields the code computes with or compares, and the JSON type each must have."""
+
+
+def _check_field_types(raw: dict[str, Any], source: str) -> None:
+    """Raise :class:`IndexLoadError` naming the first field of ``raw`` (a parsed manifest) whose JSON
+    type is wrong, e.g. ``"embedding_dim": "32"``, which would otherwise fail later and obscurely."""
+    for key, (kind, expected) in _FIELD_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and expected.startswith("a positive"):
+            ok = value >= 1
+        if not ok:
+            raise IndexLoadError(
+                f"{source}: {key} must be {expected}, found {json.dumps(value)} ({type(value).__name__}); the "
+                f"manifest was edited or damaged, {REBUILD_HINT}"
+            )
 
 
 def _json_default(value: Any) -> Any:

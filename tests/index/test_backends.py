@@ -268,6 +268,26 @@ def test_manifest_count_mismatch_is_corruption(tmp_path: Path) -> None:
         load_index(tmp_path)
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("embedding_dim", "16", r"embedding_dim must be a positive integer, found \"16\" \(str\)"),
+    ("item_count", 0, r"item_count must be a positive integer, found 0 \(int\)"),
+    ("item_count", True, r"item_count must be a positive integer, found true \(bool\)"),
+    ("backend", 1, r"backend must be a string, found 1 \(int\)"),
+    ("files_sha256", [], r"files_sha256 must be a JSON object, found \[\] \(list\)"),
+])
+def test_manifest_field_of_the_wrong_type_is_named(tmp_path: Path, key: str, value: object, expected: str) -> None:
+    """``"embedding_dim": "32"`` used to pass and then fail as "32 dims but the files hold ... x 32"."""
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path, index.default_manifest())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, key: value}))
+    with pytest.raises(IndexLoadError, match=rf"manifest\.json: {expected}; the manifest was edited or damaged, "
+                                             r"rebuild it with `python -m pipelines\.build_index"):
+        load_index(tmp_path)
+
+
 def test_embedding_hash_depends_on_vectors_and_ids() -> None:
     items, ids, _ = clustered(m=50, clusters=2, q=1)
     h = embedding_hash(items, ids)
