@@ -56,6 +56,7 @@ from recsys_cl.index.base import (
     REBUILD_HINT,
     IndexLoadError,
     IndexMismatchError,
+    Manifest,
     check_compatible,
     load_index,
 )
@@ -83,11 +84,10 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
 
     directory = index_dir_for(cfg, model)
     try:
-        manifest = load_index(directory).manifest
-        assert manifest is not None
-        check_compatible(manifest, model_version=model["model_version"], model_run_id=model["model_run_id"],
-                         embedding_dim=int(loaded.item_vectors.shape[1]), embedding_hash=loaded.embedding_hash,
-                         fold_in=loaded.fold_in)
+        check_compatible(Manifest.read(directory), model_version=model["model_version"],
+                         model_run_id=model["model_run_id"], embedding_dim=int(loaded.item_vectors.shape[1]),
+                         embedding_hash=loaded.embedding_hash, fold_in=loaded.fold_in)
+        load_index(directory)  # its files match its manifest
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
         return directory, False
     except (IndexLoadError, IndexMismatchError) as e:

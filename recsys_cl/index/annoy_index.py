@@ -175,6 +175,10 @@ class AnnoyIndex(Index):
         p = manifest.params
         return cls(n_trees=int(p.get("n_trees", 10)), search_k=int(p.get("search_k", -1)), seed=int(p.get("seed", 0)))
 
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        _, vectors, ids = self._require_built()
+        return vectors, ids
+
     def _save_files(self, directory: Path) -> None:
         ann, vectors, ids = self._require_built()
         ann.save(str(directory / ANN_FILE))

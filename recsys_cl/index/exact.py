@@ -117,6 +117,9 @@ class ExactIndex(Index):
         return {}
 
     # -- persistence ----------------------------------------------------------------------------
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._require_built()
+
     def _save_files(self, directory: Path) -> None:
         vectors, ids = self._require_built()
         np.save(directory / VECTORS_FILE, vectors)

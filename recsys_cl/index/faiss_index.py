@@ -153,6 +153,11 @@ class FaissIndex(Index):
         index.note = str(p.get("note", ""))
         return index
 
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-Flat keeps the vectors unquantised in its lists: reconstructed in row order."""
+        index, ids = self._require_built()
+        return index.reconstruct_n(0, index.ntotal), ids
+
     def _save_files(self, directory: Path) -> None:
         faiss = import_faiss()
         index, ids = self._require_built()

@@ -12,7 +12,7 @@ from recsys_cl.index.base import MANIFEST_FILE, Index, backend_class
 from recsys_cl.index.build import check_replaceable, write_index_atomically
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.io_atomic import OutputError
-from tests.index.index_fixtures import clustered
+from index_fixtures import clustered
 
 
 def _index() -> ExactIndex:
