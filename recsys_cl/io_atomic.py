@@ -132,6 +132,16 @@ class PartitionWriter:
         self.committed = False
 
     def __enter__(self) -> PartitionWriter:
+        """Create the temp dir (removing dead writers' ones first).
+
+        Raises:
+            OutputError: ``root`` cannot be written, or a file stands where the partition folder goes.
+        """
+        if self.target.exists() and not self.target.is_dir():  # the swap would hide it as a temp file
+            raise OutputError(
+                f"candidates output {self.target} is a file where the partition folder for {self.dt} goes; it is "
+                "not replaced: move or delete it, or set candidates.output_dir to another folder"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             cleanup_stale(self.root)
