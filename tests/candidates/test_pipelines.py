@@ -157,3 +157,17 @@ def test_nightly_refuses_a_bad_index_folder_before_any_work(  # type: ignore[no-
         nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
                       "--set", f"candidates.index_root={tmp_path / 'index'}"])
     assert "--out" not in str(e.value) and (v1 / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/README.md", "foo://bar"])
+def test_serving_jobs_report_a_store_that_will_not_open_in_one_line(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, uri: str
+) -> None:
+    """As train_two_tower does: `tracking error: ...`, not a sqlalchemy / MLflow traceback."""
+    (tmp_path / "README.md").write_text("# not a database\n")
+    args = [*in_root.args(tmp_path / "out"), "--set", f"tracking.uri={uri.format(tmp=tmp_path)}"]
+    for main, extra in ((nightly.main, []), (generate_candidates.main, []),
+                        (generate_candidates.main, ["--model", "models:/recsys_cl_two_tower/1"])):
+        with pytest.raises(SystemExit, match=r"^tracking error: could not read the MLflow store .*check tracking\.uri"):
+            main(["--date", LAST_DATE, *args, *extra])
+    assert not (tmp_path / "out").exists()
