@@ -37,6 +37,7 @@ from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
     candidate_params,
+    defaults_epilog,
     load_run_config,
     log_result,
 )
@@ -67,6 +68,7 @@ log = logging.getLogger("pipelines.nightly")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.nightly", description=__doc__,
+                                epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_root", "alias"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--publish-unhealthy", action="store_true",
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
+    print(f"run: {summary['mlflow_run_id']}")
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))
     return summary

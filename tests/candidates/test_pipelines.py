@@ -17,9 +17,12 @@ from recsys_cl.io_atomic import read_success
 FIRST_DATE, LAST_DATE = "1997-09-22", "1997-09-23"
 
 
-def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_generate_logs_an_mlflow_run(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
                                     *in_root.args(tmp_path / "out")])
+    assert capsys.readouterr().out.splitlines()[-1] == f"run: {out['mlflow_run_id']}"  # as build_index prints it
     assert out["model_version"] == "1" and out["backend"] == "exact"
     mlflow.set_tracking_uri(in_root.tracking_uri)
     run = mlflow.get_run(out["mlflow_run_id"])
@@ -51,7 +54,7 @@ def test_generate_without_model_serves_the_configured_registry_alias(  # type: i
 
 
 def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
-    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     args = [*in_root.args(tmp_path / "out"), "--set", f"candidates.index_root={tmp_path / 'index'}",
             "--set", "index.recall_sample_users=8",
@@ -73,6 +76,7 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     monkeypatch.setattr(recsys_cl.data.io, "load_click_log", lambda *a, **kw: reads.append(1) or real_load(*a, **kw))
     first = nightly.main(["--date", FIRST_DATE, *args])
     assert first["index_rebuilt"] is True and first["health"]["previous_partition"] is None
+    assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])
     assert second["index_rebuilt"] is False  # same model version: index reused
