@@ -91,7 +91,7 @@ def cleanup_stale(root: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths (Linux renameat2). False when unsupported."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
@@ -188,7 +188,7 @@ class PartitionWriter:
         fsync_path(success)
         fsync_path(tmp)
         if self.target.exists():
-            if _exchange(tmp, self.target):  # tmp now holds the old partition
+            if exchange(tmp, self.target):  # tmp now holds the old partition
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 old = self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}"

@@ -42,7 +42,7 @@ from recsys_cl.index.base import (
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
 from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
-from recsys_cl.io_atomic import OutputError
+from recsys_cl.io_atomic import OutputError, exchange
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +245,12 @@ def build_and_tune(
 def write_index_atomically(index: Index, manifest: Manifest, target: str | Path) -> Path:
     """Save into a hidden temp directory beside ``target``, then rename it into place.
 
-    An existing index at ``target`` is moved aside and deleted only after the new one is in
-    place, so a reader sees the old or the new directory (a crash between the two renames leaves
-    the old one under ``.<name>.old-*``, which the next build removes). Returns ``target``.
+    An existing index at ``target`` is swapped with the new one in one atomic
+    ``renameat2(RENAME_EXCHANGE)`` (Linux, :func:`recsys_cl.io_atomic.exchange`), so a reader
+    always finds an index there, the old or the new one; the old one is then deleted. Where that
+    call is missing it is moved aside first and deleted once the new one is in place (a reader may
+    then find no index for an instant; a crash between the two renames leaves the old one under
+    ``.<name>.old-*``, which the next build puts back or removes). Returns ``target``.
 
     Raises:
         OutputError: ``target`` exists and is neither an index directory nor empty, or cannot
@@ -261,7 +264,9 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     try:
         index.save(tmp, manifest)
         _fsync_dir(tmp)
-        if target.exists():
+        if target.exists() and exchange(tmp, target):  # tmp now holds the old index
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(target, old)
             os.rename(tmp, target)

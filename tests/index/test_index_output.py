@@ -93,3 +93,28 @@ def test_a_target_that_cannot_be_created_is_refused_before_any_work(tmp_path: Pa
 def test_a_folder_nothing_can_be_written_in_is_refused() -> None:
     with pytest.raises(OutputError, match=r"index output /proc/idx cannot be created: nothing can be written in /proc"):
         check_replaceable("/proc/idx")
+
+
+def test_an_index_is_replaced_in_one_atomic_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never moved aside first: a reader of the directory finds the old index or the new one."""
+    import os
+
+    import recsys_cl.index.build
+    from recsys_cl.io_atomic import exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if not exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no renameat2(RENAME_EXCHANGE) on this system: the two-rename fallback is used")
+    target = _write(_index(), tmp_path / "idx")
+    moved: list[str] = []
+    real_rename = os.rename
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        moved.append(str(src))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(recsys_cl.index.build.os, "rename", rename)
+    _write(_index(), target)
+    assert str(target) not in moved and load_index(target).size == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "idx"]  # the old index is gone
