@@ -13,8 +13,9 @@ against exact search reaches ``index.target_recall`` on a sample of real user em
 the index directory (backend files + manifest.json) atomically. ``auto`` keeps the fastest backend
 meeting the target; the manifest says what it chose and why.
 
-The output directory is replaced whole, so it must be absent, empty or an earlier index (with its
-manifest.json); anything else is refused before any work and left untouched.
+The output directory is replaced whole, so it must be absent, empty or an earlier index (an index
+manifest.json and its backend's files, nothing else); anything else is refused before any work and
+left untouched.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from recsys_cl.candidates import CandidatesError, Window, clicks_up_to, parse_ru
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
-from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, log_index
+from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, check_replaceable, log_index
 from recsys_cl.io_atomic import OutputError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, output_dir=args.out))
     out = Path(cfg.index.output_dir)
     try:
+        check_replaceable(out)  # before the click log is read for --fold-in-until
         fold_in = None
         if args.fold_in and not args.fold_in_until:
             raise SystemExit(f"config error: --fold-in {args.fold_in} needs --fold-in-until YYYY-MM-DD (the date "

@@ -46,7 +46,7 @@ from recsys_cl.candidates import (
     read_window,
     run,
 )
-from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.config import CandidatesConfig, ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import IndexLoadError, IndexMismatchError
@@ -57,6 +57,27 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.generate_candidates")
 INPUT_ERRORS = (AliasNotFoundError, CandidatesError, ConfigError, DataError, IndexLoadError, IndexMismatchError,
                 OutputError)
+
+
+CANDIDATE_KEYS = {
+    "k": "candidates kept per user (seen items dropped)",
+    "lookback_days": "active users: a click in the last this many days up to --date",
+    "output_dir": "partitions land in <output_dir>/dt=<date>/",
+    "index_dir": "a saved index (--index); null = built in memory from the model",
+    "alias": "models:/<tracking.registered_model_name>@<alias> is served",
+    "index_root": "one index per model version: <index_root>/<name>/v<version>",
+}
+"""What the ``candidates.*`` keys a ``--help`` lists (:func:`defaults_epilog`) do."""
+
+
+def defaults_epilog(*keys: str) -> str:
+    """The closing lines of a ``--help``: the defaults of the ``candidates.*`` ``keys``, read from
+    :class:`~recsys_cl.config.CandidatesConfig` (the default --config sets none of them)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(CandidatesConfig)}
+    shown = {key: f"candidates.{key}={'null' if defaults[key] is None else defaults[key]}" for key in keys}
+    width = max(len(v) for v in shown.values())
+    lines = [f"  {shown[key]:<{width}}  {CANDIDATE_KEYS[key]}" for key in keys]
+    return "defaults (change them with --set KEY=VALUE):\n" + "\n".join(lines)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -71,6 +92,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.generate_candidates", description=__doc__,
+                                epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_dir", "alias"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--model", help="model URI or directory (default: candidates.model_uri; when null, the "
@@ -126,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
+    print(f"run: {summary['mlflow_run_id']}")
     return summary
 
 

@@ -37,6 +37,7 @@ from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
     candidate_params,
+    defaults_epilog,
     load_run_config,
     log_result,
 )
@@ -56,6 +57,7 @@ from recsys_cl.index.base import (
     REBUILD_HINT,
     IndexLoadError,
     IndexMismatchError,
+    Manifest,
     check_compatible,
     load_index,
 )
@@ -66,6 +68,7 @@ log = logging.getLogger("pipelines.nightly")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.nightly", description=__doc__,
+                                epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_root", "alias"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--publish-unhealthy", action="store_true",
@@ -81,13 +84,12 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
     the model's own click log is read)."""
     from recsys_cl.index.build import log_index
 
-    directory = Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
+    directory = index_dir_for(cfg, model)
     try:
-        manifest = load_index(directory).manifest
-        assert manifest is not None
-        check_compatible(manifest, model_version=model["model_version"], model_run_id=model["model_run_id"],
-                         embedding_dim=int(loaded.item_vectors.shape[1]), embedding_hash=loaded.embedding_hash,
-                         fold_in=loaded.fold_in)
+        check_compatible(Manifest.read(directory), model_version=model["model_version"],
+                         model_run_id=model["model_run_id"], embedding_dim=int(loaded.item_vectors.shape[1]),
+                         embedding_hash=loaded.embedding_hash, fold_in=loaded.fold_in)
+        load_index(directory)  # its files match its manifest
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
         return directory, False
     except (IndexLoadError, IndexMismatchError) as e:
@@ -97,6 +99,26 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
     build = build_index_for_loaded(loaded, index_cfg, directory, clicks)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
+
+
+def index_dir_for(cfg: Any, model: dict[str, Any]) -> Path:
+    """``<candidates.index_root>/<name>/v<version>``: where nightly keeps the index of a model version."""
+    return Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
+
+
+def check_index_dir(directory: Path) -> None:
+    """Refuse, before any work, a per-version index folder that a build could not write or must not
+    replace (:func:`recsys_cl.index.build.check_replaceable`), naming nightly's own setting.
+
+    Raises:
+        OutputError: naming what is there and how to fix it.
+    """
+    from recsys_cl.index.build import check_replaceable
+
+    check_replaceable(directory, fix=(
+        f"nightly keeps each model version's index in <candidates.index_root>/<name>/v<version>, so set "
+        f"candidates.index_root to another folder, or move what is in {directory} away"
+    ))
 
 
 @exits_on_tracking_error
@@ -112,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not name:
             raise SystemExit("nightly error: tracking.registered_model_name is null; name the registered model")
         model = resolve_model_alias(name, c.alias, cfg.tracking, c.fallback_to_latest)
+        check_index_dir(index_dir_for(cfg, model))  # a bad candidates.index_root fails before any work
         clicks = load_click_log(cfg.data).clicks
         loaded = load_model(str(model["uri"]), cfg.tracking)
         read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
@@ -152,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
+    print(f"run: {summary['mlflow_run_id']}")
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))
     return summary

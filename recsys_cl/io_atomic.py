@@ -91,7 +91,7 @@ def cleanup_stale(root: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths (Linux renameat2). False when unsupported."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
@@ -132,6 +132,16 @@ class PartitionWriter:
         self.committed = False
 
     def __enter__(self) -> PartitionWriter:
+        """Create the temp dir (removing dead writers' ones first).
+
+        Raises:
+            OutputError: ``root`` cannot be written, or a file stands where the partition folder goes.
+        """
+        if self.target.exists() and not self.target.is_dir():  # the swap would hide it as a temp file
+            raise OutputError(
+                f"candidates output {self.target} is a file where the partition folder for {self.dt} goes; it is "
+                "not replaced: move or delete it, or set candidates.output_dir to another folder"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             cleanup_stale(self.root)
@@ -178,7 +188,7 @@ class PartitionWriter:
         fsync_path(success)
         fsync_path(tmp)
         if self.target.exists():
-            if _exchange(tmp, self.target):  # tmp now holds the old partition
+            if exchange(tmp, self.target):  # tmp now holds the old partition
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 old = self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}"

@@ -98,10 +98,13 @@ def sqlite_path(uri: str) -> Path | None:
 
 def use_existing_store(cfg: TrackingConfig) -> str:
     """:func:`use_store` for jobs that only read (resolve an alias, load a model): a SQLite store
-    whose file does not exist is an error here, not a new empty database left behind.
+    whose file does not exist is an error here, not a new empty database left behind; a store that
+    will not open (a file that is not a database, an unsupported scheme) is one too, rather than a
+    sqlalchemy or MLflow traceback from the first registry call (:func:`_check_opens`).
 
     Raises:
-        TrackingError: the SQLite file is missing, or an http(s) store does not answer.
+        TrackingError: the SQLite file is missing, the store will not open, or an http(s) store does
+            not answer.
     """
     uri = resolve_tracking_uri(cfg)
     db = sqlite_path(uri)
@@ -111,7 +114,24 @@ def use_existing_store(cfg: TrackingConfig) -> str:
             "there is no model to read; run the job that logs it first (python -m pipelines.train_two_tower, "
             f"or pipelines.pretrain_simclr / pretrain_simcse for an encoder) or {STORE_FIX}"
         )
-    return use_store(cfg)
+    use_store(cfg)
+    _check_opens(uri)
+    return uri
+
+
+def _check_opens(uri: str) -> None:
+    """Open the store at ``uri`` (tracking and registry) with one cheap query.
+
+    Raises:
+        TrackingError: it will not open, naming the store and the underlying error.
+    """
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as e:  # sqlalchemy DatabaseError, UnsupportedModelRegistryStoreURIException, ...
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise TrackingError(
+            f"could not read the MLflow store {uri}: {type(e).__name__}: {first}; {STORE_FIX}"
+        ) from e
 
 
 def metric_key(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -190,6 +191,24 @@ def test_reading_a_model_from_a_store_that_does_not_exist_says_so_and_creates_no
                                                 r"python -m pipelines.train_two_tower"):
             read()
     assert not db.exists() and not db.parent.exists()
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/README.md", "foo://bar"])
+def test_reading_a_model_from_a_store_that_will_not_open_names_the_store(tmp_path: Path, uri: str) -> None:
+    """A text file as the SQLite store, or a scheme MLflow has no store for: one TrackingError (the
+    pipelines print it as `tracking error: ...`), not a sqlalchemy / MLflow traceback."""
+    from recsys_cl.tracking import model_provenance, resolve_model_alias, resolve_model_dir
+
+    (tmp_path / "README.md").write_text("# not a database\n")
+    uri = uri.format(tmp=tmp_path)
+    cfg = TrackingConfig(uri=uri)
+    for read in (lambda: resolve_model_alias("recsys_cl_two_tower", "champion", cfg),
+                 lambda: model_provenance("models:/recsys_cl_two_tower/1", cfg),
+                 lambda: resolve_model_dir("runs:/abc/model", cfg)):
+        with pytest.raises(TrackingError, match=rf"^could not read the MLflow store {re.escape(uri)}: \w+: .*check "
+                                                r"tracking\.uri"):
+            read()
+    assert (tmp_path / "README.md").read_text() == "# not a database\n"
 
 
 def test_ablation_row_tag_leaves_out_the_run_id_and_a_row_too_long_for_a_tag(caplog: pytest.LogCaptureFixture) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from recsys_cl.candidates.window import CandidatesError, Window, clicks_up_to, parse_run_date
 from recsys_cl.features.spec import FeatureSpec
-from recsys_cl.index.base import Index
+from recsys_cl.index.base import Index, Manifest
 from recsys_cl.towers.two_tower import TwoTower
 from recsys_cl.train.steps import FoldIn, embed_items
 
@@ -112,8 +112,6 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
     Raises:
         CandidatesError: the index folded in clicks after the run date (a backfill would read the future).
     """
-    from recsys_cl.index.base import Manifest
-
     until = run_date
     since: int | None = Window(run_date, lookback_days).start
     if index_dir is not None:
@@ -169,28 +167,26 @@ def model_uri_for_run(model_uri: str | None, alias: str, tracking: Any, fallback
     return str(resolve_model_alias(name, alias, tracking, fallback_to_latest)["uri"])
 
 
-def check_saved_index(index_dir: str | Path, backend: str = "auto") -> None:
+def check_saved_index(index_dir: str | Path, backend: str = "auto") -> Manifest:
     """Read only the saved index's manifest, before anything heavier: a missing directory or manifest
     (:class:`~recsys_cl.index.base.IndexLoadError`) or an index of another backend than ``backend``
-    fails here, before the click log and the model are read."""
-    from recsys_cl.index.base import Manifest
-
+    fails here, before the click log and the model are read. Returns the manifest."""
     m = Manifest.read(index_dir)
     if backend not in ("auto", m.backend):
         raise CandidatesError(
             f"--backend {backend} but {index_dir} holds an index of backend '{m.backend}'; pass --backend "
             f"{m.backend} (or auto), or build the other backend with pipelines.build_index"
         )
+    return m
 
 
 def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> tuple[Index, str, str]:
-    """Load a saved index and refuse it unless its manifest matches the model. -> (index, index_id, reason)."""
+    """Load a saved index and refuse it unless its manifest matches the model (checked first, so a
+    foreign index is reported as such before its files are read), then its files match the manifest.
+    -> (index, index_id, reason)."""
     from recsys_cl.index.base import check_compatible, load_index
 
-    check_saved_index(index_dir, backend)
-    index = load_index(index_dir)  # IndexLoadError: missing / corrupt
-    m = index.manifest
-    assert m is not None
+    m = check_saved_index(index_dir, backend)
     check_compatible(  # IndexMismatchError naming the field
         m,
         model_uri=loaded.model_uri,
@@ -200,6 +196,7 @@ def open_index(index_dir: str | Path, loaded: Loaded, backend: str = "auto") -> 
         embedding_hash=loaded.embedding_hash,
         fold_in=loaded.fold_in,
     )
+    index = load_index(index_dir)  # IndexLoadError: missing / corrupt files
     index_id = m.index_id or f"{m.backend}-{(m.embedding_hash or loaded.embedding_hash)[:12]}"
     return index, index_id, f"loaded {m.backend} index from {index_dir} (manifest checked against the model)"
 

@@ -68,6 +68,7 @@ class AnnoyIndex(Index):
     name: ClassVar[str] = "annoy"
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = "search_k"
+    files: ClassVar[tuple[str, ...]] = (ANN_FILE, VECTORS_FILE, IDS_FILE)
 
     def __init__(self, n_trees: int = 10, search_k: int = -1, n_jobs: int = 1, seed: int = 0) -> None:
         super().__init__()
@@ -173,6 +174,10 @@ class AnnoyIndex(Index):
     def _from_manifest(cls, manifest: Manifest) -> AnnoyIndex:
         p = manifest.params
         return cls(n_trees=int(p.get("n_trees", 10)), search_k=int(p.get("search_k", -1)), seed=int(p.get("seed", 0)))
+
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        _, vectors, ids = self._require_built()
+        return vectors, ids
 
     def _save_files(self, directory: Path) -> None:
         ann, vectors, ids = self._require_built()

@@ -125,6 +125,13 @@ class Manifest:
             raise IndexLoadError(
                 f"{source}: unknown keys {unknown} (written by a newer recsys_cl?); {REBUILD_HINT}"
             )
+        _check_field_types(raw, source)
+        version = raw.get("manifest_version", MANIFEST_VERSION)
+        if version > MANIFEST_VERSION:
+            raise IndexLoadError(
+                f"{source}: manifest_version {version} is newer than this recsys_cl reads ({MANIFEST_VERSION}): the "
+                f"index was written by a newer recsys_cl; upgrade recsys_cl, or {REBUILD_HINT}"
+            )
         return cls(**raw)
 
     def write(self, directory: str | Path) -> Path:
@@ -148,6 +155,37 @@ class Manifest:
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
+
+
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "backend": (str, "a string"),
+    "item_count": (int, "a positive integer"),
+    "embedding_dim": (int, "a positive integer"),
+    "manifest_version": (int, "a positive integer"),
+    "recall_fetch_extra": (int, "an integer"),
+    "embedding_hash": (str, "a string"),
+    "params": (dict, "a JSON object"),
+    "fold_in": (dict, "a JSON object"),
+    "files_sha256": (dict, "a JSON object"),
+}
+"""Manifest fields the code computes with or compares, and the JSON type each must have."""
+
+
+def _check_field_types(raw: dict[str, Any], source: str) -> None:
+    """Raise :class:`IndexLoadError` naming the first field of ``raw`` (a parsed manifest) whose JSON
+    type is wrong, e.g. ``"embedding_dim": "32"``, which would otherwise fail later and obscurely."""
+    for key, (kind, expected) in _FIELD_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and expected.startswith("a positive"):
+            ok = value >= 1
+        if not ok:
+            raise IndexLoadError(
+                f"{source}: {key} must be {expected}, found {json.dumps(value)} ({type(value).__name__}); the "
+                f"manifest was edited or damaged, {REBUILD_HINT}"
+            )
 
 
 def _json_default(value: Any) -> Any:
@@ -178,6 +216,23 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"{path} does not match the checksum recorded in {MANIFEST_FILE} when the index was built: "
                 f"the file was damaged or replaced, so the index is corrupt; {REBUILD_HINT}"
             )
+
+
+def verify_embedding_hash(directory: Path, manifest: Manifest, index: Index) -> None:
+    """Raise :class:`IndexLoadError` when the vectors and ids ``index`` loaded from ``directory`` do
+    not hash to ``manifest.embedding_hash`` (a reordered ``item_ids.npy``, another model's vectors),
+    also when the manifest lists no file checksums. A manifest without an embedding hash, or a
+    backend that cannot give its vectors back (:meth:`Index.stored_items`), passes."""
+    stored = index.stored_items() if manifest.embedding_hash else None
+    if stored is None:
+        return
+    found = embedding_hash(*stored)
+    if found != manifest.embedding_hash:
+        raise IndexLoadError(
+            f"{directory}: the stored item vectors and ids hash to {found[:12]}..., not to the embedding_hash "
+            f"{manifest.embedding_hash[:12]}... in {MANIFEST_FILE}: a file was replaced or reordered after the "
+            f"build, so the index is corrupt; {REBUILD_HINT}"
+        )
 
 
 def utc_now_iso() -> str:
@@ -261,6 +316,10 @@ class Index(ABC):
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = ""
     """Approximate indexes: the speed/recall knob :func:`recsys_cl.index.tuning.tune` raises."""
+    files: ClassVar[tuple[str, ...]] = ()
+    """The file names :meth:`_save_files` writes (the manifest aside): all an index directory of this
+    backend holds, so that a build replaces only such a directory
+    (:func:`recsys_cl.index.build.check_replaceable`)."""
 
     def __init__(self) -> None:
         self.manifest: Manifest | None = None
@@ -287,6 +346,12 @@ class Index(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Backend parameters recorded in the manifest."""
+
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(vectors (M, D) float32, ids (M,))`` as the index holds them, row by row, for
+        :meth:`load` to check against the manifest's ``embedding_hash``; None when the backend cannot
+        give its vectors back."""
+        return None
 
     @abstractmethod
     def _save_files(self, directory: Path) -> None:
@@ -340,6 +405,7 @@ class Index(ABC):
                 f"{directory}: manifest says {manifest.item_count} items x {manifest.embedding_dim} dims but "
                 f"the files hold {index.size} x {index.dim}; the directory is corrupt, {REBUILD_HINT}"
             )
+        verify_embedding_hash(directory, manifest, index)
         index.manifest = manifest
         return index
 
@@ -410,6 +476,8 @@ def check_compatible(
     Only the arguments given are checked. ``model_uri`` is compared only when the manifest has no
     run id / version to compare (URIs such as ``models:/x@champion`` are aliases, not identities).
     ``fold_in`` (what the job folded into its vectors) only explains an ``embedding_hash`` mismatch.
+    With ``embedding_hash`` given, a manifest without one is refused: the other identity fields are
+    optional (a local model has no run id or version), so nothing else would tie the index to the model.
     """
     problems: list[str] = []
     fold_note = _fold_in_difference(manifest.fold_in, fold_in)
@@ -431,7 +499,10 @@ def check_compatible(
         and model_version is None
     ):
         problems.append(f"model_uri: index was built from {manifest.model_uri}, model is {model_uri}")
-    if embedding_hash is not None and manifest.embedding_hash and manifest.embedding_hash != embedding_hash:
+    if embedding_hash is not None and not manifest.embedding_hash:
+        problems.append("embedding_hash: the index manifest has none, so nothing ties the index to this model's "
+                        "item embeddings")
+    elif embedding_hash is not None and manifest.embedding_hash != embedding_hash:
         problems.append(
             f"embedding_hash: index {manifest.embedding_hash[:12]}..., model's item embeddings {embedding_hash[:12]}..."
             + fold_note

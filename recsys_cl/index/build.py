@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,11 +30,19 @@ import numpy as np
 import polars as pl
 
 from recsys_cl.config import IndexConfig, TrackingConfig
-from recsys_cl.index.base import MANIFEST_FILE, Index, Manifest, backend_class, embedding_hash, utc_now_iso
+from recsys_cl.index.base import (
+    MANIFEST_FILE,
+    REBUILD_HINT,
+    Index,
+    Manifest,
+    backend_class,
+    embedding_hash,
+    utc_now_iso,
+)
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
 from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
-from recsys_cl.io_atomic import OutputError
+from recsys_cl.io_atomic import OutputError, exchange
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +245,16 @@ def build_and_tune(
 def write_index_atomically(index: Index, manifest: Manifest, target: str | Path) -> Path:
     """Save into a hidden temp directory beside ``target``, then rename it into place.
 
-    An existing index at ``target`` is moved aside and deleted only after the new one is in
-    place, so a reader sees the old or the new directory (a crash between the two renames leaves
-    the old one under ``.<name>.old-*``, which the next build removes). Returns ``target``.
+    An existing index at ``target`` is swapped with the new one in one atomic
+    ``renameat2(RENAME_EXCHANGE)`` (Linux, :func:`recsys_cl.io_atomic.exchange`), so a reader
+    always finds an index there, the old or the new one; the old one is then deleted. Where that
+    call is missing it is moved aside first and deleted once the new one is in place (a reader may
+    then find no index for an instant; a crash between the two renames leaves the old one under
+    ``.<name>.old-*``, which the next build puts back or removes). Returns ``target``.
 
     Raises:
-        OutputError: ``target`` exists and is neither an index directory nor empty
-            (:func:`check_replaceable`): it is never deleted.
+        OutputError: ``target`` exists and is neither an index directory nor empty, or cannot
+            be created (:func:`check_replaceable`): it is never deleted.
     """
     target = Path(target).absolute()
     check_replaceable(target)
@@ -252,7 +264,9 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     try:
         index.save(tmp, manifest)
         _fsync_dir(tmp)
-        if target.exists():
+        if target.exists() and exchange(tmp, target):  # tmp now holds the old index
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(target, old)
             os.rename(tmp, target)
@@ -266,28 +280,73 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     return target
 
 
-def check_replaceable(target: str | Path) -> None:
+OUT_FIX = "pass --out (index.output_dir) a new or empty directory, or an index directory to replace"
+"""How to fix a refused index output of ``build_index`` (nightly names its own setting)."""
+
+
+def check_replaceable(target: str | Path, fix: str = OUT_FIX) -> None:
     """An index build replaces its target directory whole; refuse unless the target is absent,
-    empty, or an index (it has ``manifest.json``), so that ``--out`` pointed at the wrong folder
-    (a nightly index root, a home directory) deletes nothing.
+    empty, or an index: its ``manifest.json`` reads as a :class:`Manifest` and it holds nothing but
+    the files its backend writes (:attr:`Index.files`). So ``--out`` pointed at the wrong folder (a
+    nightly index root, a home directory, a web app with its own ``manifest.json``) deletes nothing.
+    The folder it goes in must be creatable and writable (:func:`_check_creatable`), so that a bad
+    path fails here, before any work. ``fix``: how to choose another target, ending the message.
 
     Raises:
         OutputError: naming what is there and how to fix it.
     """
     target = Path(target)
-    if not target.exists() or (target.is_dir() and (target / MANIFEST_FILE).is_file()):
+    _check_creatable(target, fix)
+    if not target.exists():
         return
     if not target.is_dir():
-        raise OutputError(f"index output {target} is a file, not a directory; pass --out (index.output_dir) "
-                          "a new or empty directory, or an index directory to replace")
+        raise OutputError(f"index output {target} is a file, not a directory; {fix}")
     entries = sorted(p.name for p in target.iterdir())
-    if entries:
-        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    problem = _not_an_index(target, entries) if entries else ""
+    if problem:
         raise OutputError(
-            f"index output {target} exists and is not an index directory (no {MANIFEST_FILE}; it holds {shown}); "
-            "a build replaces its target whole, so it will not delete this. Pass --out (index.output_dir) "
-            "a new or empty directory, or an index directory to replace"
+            f"index output {target} exists and is not an index directory ({problem}); "
+            f"a build replaces its target whole, so it will not delete this; {fix}"
         )
+
+
+def _check_creatable(target: Path, fix: str) -> None:
+    """Refuse ``target`` when the folder it is written in cannot be made: a file on its path, or a
+    nearest existing folder in which nothing can be created (read-only, ``/proc``). Probed by
+    creating and removing a hidden temp folder there, which is what the writer does first."""
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"index output {target} cannot be created: {folder} is a file, not a directory; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.tmp-probe-", dir=folder))
+    except OSError as e:
+        raise OutputError(
+            f"index output {target} cannot be created: nothing can be written in {folder} ({e.strerror or e}); {fix}"
+        ) from None
+
+
+def _not_an_index(directory: Path, entries: list[str]) -> str:
+    """Why the non-empty ``directory`` (holding ``entries``) is not an index a build may replace
+    ('' when it is one)."""
+    if MANIFEST_FILE not in entries:
+        return f"no {MANIFEST_FILE}; it holds {_shown(entries)}"
+    try:
+        manifest = Manifest.read(directory)
+        backend = backend_class(manifest.backend)
+    except (ValueError, OSError) as e:  # IndexLoadError, an unknown backend, an unreadable file
+        return f"its {MANIFEST_FILE} is not an index manifest: {str(e).split(f'; {REBUILD_HINT}')[0]}"
+    allowed = {MANIFEST_FILE, *backend.files}
+    extra = [name for name in entries if name not in allowed or not (directory / name).is_file()]
+    if extra:
+        return f"besides a {manifest.backend} index it holds {_shown(extra)}, which no index build writes"
+    return ""
+
+
+def _shown(entries: list[str]) -> str:
+    """The first few names of ``entries`` for a message, with the count when there are more."""
+    return ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
 
 
 def _remove_stale(target: Path) -> None:
@@ -338,7 +397,8 @@ def build_index_for_model(
     (None: :data:`recsys_cl.train.steps.FIT_MAX_CLICKS`).
 
     Raises:
-        OutputError: ``out_dir`` holds something other than an index (checked before any work).
+        OutputError: ``out_dir`` holds something other than an index, or cannot be created (checked
+            before any work).
         ModelNotFoundError: the model cannot be fetched or loaded.
     """
     from recsys_cl.tracking import TrackingError, model_provenance, resolve_model_dir
@@ -348,6 +408,7 @@ def build_index_for_model(
     try:
         model_dir = resolve_model_dir(model_uri, tracking)
         provenance = model_provenance(model_uri, tracking)
+        model, spec, model_cfg = load_model_dir(model_dir)  # a folder that is not a model: FileNotFoundError
     except TrackingError:  # the store, not the model: the pipeline says "tracking error"
         raise
     except Exception as e:  # FileNotFoundError, MlflowException (unknown name/version/alias), ...
@@ -356,7 +417,6 @@ def build_index_for_model(
             "Pass an existing model directory or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>, "
             "models:/<name>@<alias>) and check tracking.uri points at the right store"
         ) from e
-    model, spec, model_cfg = load_model_dir(model_dir)
 
     start = time.perf_counter()
     emb = embed_catalogue(model, spec, index_cfg.embed_batch_size)
@@ -390,7 +450,7 @@ def build_index_for_vectors(
     ``clicks``: where the recall queries' user histories come from (:func:`sample_user_queries`).
 
     Raises:
-        OutputError: ``out_dir`` holds something other than an index.
+        OutputError: ``out_dir`` holds something other than an index, or cannot be created.
     """
     check_replaceable(out_dir)
     sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)

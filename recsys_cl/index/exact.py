@@ -51,6 +51,7 @@ class ExactIndex(Index):
 
     name: ClassVar[str] = "exact"
     is_exact: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = (VECTORS_FILE, IDS_FILE)
 
     def __init__(self, max_block_bytes: int = 64 << 20) -> None:
         super().__init__()
@@ -116,6 +117,9 @@ class ExactIndex(Index):
         return {}
 
     # -- persistence ----------------------------------------------------------------------------
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._require_built()
+
     def _save_files(self, directory: Path) -> None:
         vectors, ids = self._require_built()
         np.save(directory / VECTORS_FILE, vectors)

@@ -65,6 +65,7 @@ class FaissIndex(Index):
     name: ClassVar[str] = "faiss"
     is_exact: ClassVar[bool] = False
     tuning_knob: ClassVar[str] = "nprobe"
+    files: ClassVar[tuple[str, ...]] = (FAISS_FILE, IDS_FILE)
 
     def __init__(self, nlist: int = 1024, nprobe: int = 16, seed: int = 0) -> None:
         super().__init__()
@@ -151,6 +152,11 @@ class FaissIndex(Index):
         index = cls(nlist=int(p.get("nlist", 1024)), nprobe=int(p.get("nprobe", 16)), seed=int(p.get("seed", 0)))
         index.note = str(p.get("note", ""))
         return index
+
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-Flat keeps the vectors unquantised in its lists: reconstructed in row order."""
+        index, ids = self._require_built()
+        return index.reconstruct_n(0, index.ntotal), ids
 
     def _save_files(self, directory: Path) -> None:
         faiss = import_faiss()

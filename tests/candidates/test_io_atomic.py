@@ -79,3 +79,13 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"cannot write candidates under .*candidates\.output_dir"):
         with PartitionWriter(blocker / "candidates", "2024-01-01"):
             pass
+
+
+def test_a_file_where_the_partition_goes_is_refused_and_kept(tmp_path: Path) -> None:
+    """The swap would exchange it with the temp dir and leave it hidden as .dt=....tmp.* forever."""
+    (tmp_path / "dt=2024-01-01").write_text("mine")
+    with pytest.raises(OutputError, match=r"candidates output .*dt=2024-01-01 is a file where the partition folder "
+                                          r"for 2024-01-01 goes; it is not replaced: move or delete it"):
+        _publish(tmp_path, 1)
+    assert (tmp_path / "dt=2024-01-01").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dt=2024-01-01"]

@@ -17,9 +17,12 @@ from recsys_cl.io_atomic import read_success
 FIRST_DATE, LAST_DATE = "1997-09-22", "1997-09-23"
 
 
-def test_generate_logs_an_mlflow_run(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_generate_logs_an_mlflow_run(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
                                     *in_root.args(tmp_path / "out")])
+    assert capsys.readouterr().out.splitlines()[-1] == f"run: {out['mlflow_run_id']}"  # as build_index prints it
     assert out["model_version"] == "1" and out["backend"] == "exact"
     mlflow.set_tracking_uri(in_root.tracking_uri)
     run = mlflow.get_run(out["mlflow_run_id"])
@@ -51,7 +54,7 @@ def test_generate_without_model_serves_the_configured_registry_alias(  # type: i
 
 
 def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
-    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     args = [*in_root.args(tmp_path / "out"), "--set", f"candidates.index_root={tmp_path / 'index'}",
             "--set", "index.recall_sample_users=8",
@@ -73,6 +76,7 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     monkeypatch.setattr(recsys_cl.data.io, "load_click_log", lambda *a, **kw: reads.append(1) or real_load(*a, **kw))
     first = nightly.main(["--date", FIRST_DATE, *args])
     assert first["index_rebuilt"] is True and first["health"]["previous_partition"] is None
+    assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])
     assert second["index_rebuilt"] is False  # same model version: index reused
@@ -133,3 +137,41 @@ def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Pat
                                              rf"http://127\.0\.0\.1:{port}"):
             main(["--date", LAST_DATE, *args, *extra])
         assert time.perf_counter() - t0 < 30
+
+
+def test_nightly_refuses_a_bad_index_folder_before_any_work(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """candidates.index_root under a file, or a v<version> folder that is not an index: one line naming
+    nightly's own setting (nightly has no --out), before the click log is read; nothing is deleted."""
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias("recsys_cl_two_tower", "champion", 1)
+    monkeypatch.setattr(nightly, "load_click_log", lambda *a, **kw: pytest.fail("read the click log"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"^nightly error: index output .*afile/recsys_cl_two_tower/v1 cannot be "
+                                         r"created: .*afile is a file, not a directory; .*set candidates\.index_root"):
+        nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
+                      "--set", f"candidates.index_root={tmp_path / 'afile'}"])
+    v1 = tmp_path / "index" / "recsys_cl_two_tower" / "v1"
+    v1.mkdir(parents=True)
+    (v1 / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"^nightly error: index output .*v1 exists and is not an index "
+                                         r"directory \(no manifest\.json; it holds notes\.txt\).*set "
+                                         r"candidates\.index_root") as e:
+        nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
+                      "--set", f"candidates.index_root={tmp_path / 'index'}"])
+    assert "--out" not in str(e.value) and (v1 / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/README.md", "foo://bar"])
+def test_serving_jobs_report_a_store_that_will_not_open_in_one_line(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, uri: str
+) -> None:
+    """As train_two_tower does: `tracking error: ...`, not a sqlalchemy / MLflow traceback."""
+    (tmp_path / "README.md").write_text("# not a database\n")
+    args = [*in_root.args(tmp_path / "out"), "--set", f"tracking.uri={uri.format(tmp=tmp_path)}"]
+    for main, extra in ((nightly.main, []), (generate_candidates.main, []),
+                        (generate_candidates.main, ["--model", "models:/recsys_cl_two_tower/1"])):
+        with pytest.raises(SystemExit, match=r"^tracking error: could not read the MLflow store .*check tracking\.uri"):
+            main(["--date", LAST_DATE, *args, *extra])
+    assert not (tmp_path / "out").exists()

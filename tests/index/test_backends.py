@@ -143,6 +143,22 @@ class IndexSuite:
         (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
         assert load_index(tmp_path / "idx").size == built.size
 
+    def test_files_that_do_not_hash_to_the_embedding_hash_are_refused(
+        self, built: Index, data: tuple, tmp_path: Path
+    ) -> None:
+        """Without per-file checksums (an older or edited manifest), a reordered item_ids.npy would
+        serve every item under another's id; the embedding hash (vectors + ids) still catches it."""
+        items, ids, _ = data
+        built.save(tmp_path / "idx", built.default_manifest(embedding_hash=embedding_hash(items, ids)))
+        manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+        del manifest["files_sha256"]
+        (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+        assert load_index(tmp_path / "idx").size == len(ids)  # the stored items hash as built
+        np.save(tmp_path / "idx" / "item_ids.npy", np.roll(ids, 1))
+        with pytest.raises(IndexLoadError, match=r"the stored item vectors and ids hash to [0-9a-f]{12}\.\.\., not to "
+                                                 r"the embedding_hash .*corrupt; rebuild it"):
+            load_index(tmp_path / "idx")
+
     def test_bad_queries_are_rejected(self, built: Index) -> None:
         with pytest.raises(ValueError, match=r"\(Q, 16\)"):
             built.query(np.zeros((2, 3), dtype=np.float32), K)
@@ -234,6 +250,28 @@ def test_check_compatible_refuses_another_model(kw: dict, field: str) -> None:
         check_compatible(_manifest(), **kw)
 
 
+def test_check_compatible_refuses_a_manifest_without_embedding_hash() -> None:
+    """Identity keys removed from another model's manifest: nothing ties it to this model."""
+    bare = _manifest(embedding_hash="", model_run_id=None, model_version=None, model_name=None, model_uri=None)
+    with pytest.raises(IndexMismatchError, match=r"embedding_hash: the index manifest has none.*Fix: rebuild it "
+                                                 r"with `python -m pipelines\.build_index --model runs:/x/model"):
+        check_compatible(bare, model_uri="runs:/x/model", model_run_id="x", embedding_dim=8,
+                         embedding_hash="f" * 64)
+    check_compatible(bare, embedding_dim=8)  # no model to check against: nothing to refuse
+
+
+def test_a_manifest_from_a_newer_recsys_cl_is_refused(tmp_path: Path) -> None:
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path, index.default_manifest())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, "manifest_version": 99}))
+    with pytest.raises(IndexLoadError, match=r"manifest_version 99 is newer than this recsys_cl reads \(1\).*upgrade "
+                                             r"recsys_cl, or rebuild it"):
+        load_index(tmp_path)
+
+
 def test_missing_directory_and_manifest(tmp_path: Path) -> None:
     with pytest.raises(IndexLoadError, match="does not exist.*build_index"):
         load_index(tmp_path / "nope")
@@ -265,6 +303,26 @@ def test_manifest_count_mismatch_is_corruption(tmp_path: Path) -> None:
     m["item_count"] = 49
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexLoadError, match="corrupt"):
+        load_index(tmp_path)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("embedding_dim", "16", r"embedding_dim must be a positive integer, found \"16\" \(str\)"),
+    ("item_count", 0, r"item_count must be a positive integer, found 0 \(int\)"),
+    ("item_count", True, r"item_count must be a positive integer, found true \(bool\)"),
+    ("backend", 1, r"backend must be a string, found 1 \(int\)"),
+    ("files_sha256", [], r"files_sha256 must be a JSON object, found \[\] \(list\)"),
+])
+def test_manifest_field_of_the_wrong_type_is_named(tmp_path: Path, key: str, value: object, expected: str) -> None:
+    """``"embedding_dim": "32"`` used to pass and then fail as "32 dims but the files hold ... x 32"."""
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path, index.default_manifest())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, key: value}))
+    with pytest.raises(IndexLoadError, match=rf"manifest\.json: {expected}; the manifest was edited or damaged, "
+                                             r"rebuild it with `python -m pipelines\.build_index"):
         load_index(tmp_path)
 
 

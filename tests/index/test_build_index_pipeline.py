@@ -151,3 +151,35 @@ def _build_elsewhere(env: dict, model_dir: Path) -> Path:
     args[args.index("--out") + 1] = str(out)
     build_index.main(args)
     return out
+
+
+def test_bad_out_folders_fail_before_any_work_in_one_line(
+    env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web app with its own manifest.json is not replaced; an --out under a file or where nothing
+    can be written is refused before the model is even loaded, as one `index error:` line."""
+    import recsys_cl.train.checkpoint
+
+    model_dir = resolve_model_dir(env["summary"]["model_uri"], TrackingConfig(uri=env["tracking_uri"]))
+    monkeypatch.setattr(recsys_cl.train.checkpoint, "load_model_dir", lambda d: pytest.fail("loaded the model"))
+    webapp = tmp_path / "webapp"
+    (webapp / "src").mkdir(parents=True)
+    (webapp / "manifest.json").write_text('{"name": "my-pwa"}')
+    (webapp / "src" / "app.js").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    for out, problem in ((webapp, r"not an index directory \(its manifest\.json is not an index manifest"),
+                         (tmp_path / "afile" / "sub", r"cannot be created: .*afile is a file, not a directory")):
+        args = _args(env, str(model_dir), "--no-mlflow")
+        args[args.index("--out") + 1] = str(out)
+        with pytest.raises(SystemExit, match=rf"^index error: index output .*{problem}.*; pass --out"):
+            build_index.main(args)
+    assert (webapp / "src" / "app.js").read_text() == "x" and (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_folder_that_is_not_a_model_is_one_line(env: dict, tmp_path: Path) -> None:
+    (tmp_path / "nonempty").mkdir()
+    (tmp_path / "nonempty" / "x.txt").write_text("x")
+    with pytest.raises(SystemExit, match=r"^index error: cannot load model '.*nonempty': .*nonempty is not a "
+                                         r"recsys_cl model directory: missing \['model\.pt'.*Pass an existing model"):
+        build_index.main(_args(env, str(tmp_path / "nonempty"), "--no-mlflow"))
+    assert not env["out"].exists()

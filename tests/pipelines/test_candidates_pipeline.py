@@ -175,6 +175,31 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
     assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FINISHED"]
 
 
+def test_an_index_without_identity_or_checksums_is_not_trusted(tmp_path: Path, model_dir: Path) -> None:
+    """A manifest stripped of every identity key is refused (nothing ties it to the model); one that
+    keeps only the embedding hash but lost its file checksums still has its files checked against it."""
+    import json
+
+    import numpy as np
+
+    index_dir = _save_index(model_dir, tmp_path / "index")
+    raw = json.loads((index_dir / "manifest.json").read_text())
+    identity = ("model_run_id", "embedding_hash", "model_version", "model_name", "model_uri", "files_sha256")
+    (index_dir / "manifest.json").write_text(json.dumps({k: v for k, v in raw.items() if k not in identity}))
+    with pytest.raises(SystemExit, match=r"^candidates error: the index does not match the model: embedding_hash: "
+                                         r"the index manifest has none.*Fix: rebuild it with `python -m "
+                                         r"pipelines\.build_index --model .*model --out <dir>`$"):
+        generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir)))
+
+    (index_dir / "manifest.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "files_sha256"}))
+    ids = np.load(index_dir / "item_ids.npy")
+    np.save(index_dir / "item_ids.npy", np.roll(ids, 1))  # every item served under its neighbour's id
+    with pytest.raises(SystemExit, match=r"^candidates error: .*index: the stored item vectors and ids hash to "
+                                         r"[0-9a-f]{12}\.\.\., not to the embedding_hash"):
+        generate_candidates.main(_args(tmp_path, model_dir, "--index", str(index_dir)))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["missing", "no_manifest", "corrupt_vectors", "bad_json"])
 def test_missing_or_corrupt_index_exits_clearly(tmp_path: Path, model_dir: Path, damage: str) -> None:
     index_dir = _save_index(model_dir, tmp_path / "index")

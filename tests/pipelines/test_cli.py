@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,25 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
         check_output_dir(afile / "ck", "train.checkpoint_dir")
     check_output_dir(tmp_path / "new" / "ck", "train.checkpoint_dir")
     assert (tmp_path / "new" / "ck").is_dir()
+
+
+@pytest.mark.parametrize("module, keys", [
+    ("generate_candidates", ["k", "lookback_days", "output_dir", "index_dir", "alias"]),
+    ("nightly", ["k", "lookback_days", "output_dir", "index_root", "alias"]),
+])
+def test_serving_help_states_the_candidates_defaults(module: str, keys: list[str],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """The defaults that decide what a run reads and where it writes, as the config class has them."""
+    import dataclasses
+    import importlib
+
+    from recsys_cl.config import CandidatesConfig
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"pipelines.{module}").main(["--help"])
+    shown = capsys.readouterr().out
+    defaults = {f.name: f.default for f in dataclasses.fields(CandidatesConfig)}
+    for key in keys:
+        value = "null" if defaults[key] is None else defaults[key]
+        assert re.search(rf"^  candidates\.{key}={re.escape(str(value))} ", shown, re.M), (key, shown)
+    assert "candidates.k=100 " in shown and "candidates.lookback_days=30 " in shown
