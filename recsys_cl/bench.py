@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_cl.config import TrackingConfig
+from recsys_cl.config import MAX_SEED, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class BenchConfig:
                              "every user needs k unseen items")
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -37,7 +37,8 @@ MAX_SEED = 2**31 - 1
 """Seeds reach Annoy and faiss, which take a 32-bit signed integer (numpy rejects negative seeds)."""
 
 
-def _check_seed(key: str, seed: int) -> None:
+def check_seed(key: str, seed: int) -> None:
+    """Seeds must be in [0, :data:`MAX_SEED`] (also used by the pretraining and benchmark configs)."""
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{key} must be an integer in [0, {MAX_SEED}], got {seed}; set it to e.g. 0")
 
@@ -430,7 +431,7 @@ class TrainConfig:
             raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
-        _check_seed("train.seed", self.seed)
+        check_seed("train.seed", self.seed)
         _check_named("train.checkpoint_dir", self.checkpoint_dir, "a folder")
 
 
@@ -586,7 +587,7 @@ class CandidatesConfig:
                     "max_new_item_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"candidates.{key} must be in [0, 1], got {getattr(self, key)}")
-        _check_seed("candidates.seed", self.seed)
+        check_seed("candidates.seed", self.seed)
         for key, what in (("output_dir", "a folder"), ("index_root", "a folder"),
                           ("index_dir", "an index folder or be null"), ("model_uri", "a model or be null"),
                           ("alias", "a registry alias"), ("spark_master", "a Spark master URL, e.g. local[2]")):
@@ -646,7 +647,7 @@ class IndexConfig:
         if self.embed_batch_size < 1:
             raise ConfigError(f"index.embed_batch_size must be >= 1 (items embedded per batch), "
                               f"got {self.embed_batch_size}")
-        _check_seed("index.seed", self.seed)
+        check_seed("index.seed", self.seed)
         _check_named("index.output_dir", self.output_dir, "a folder")
 
 

@@ -85,6 +85,7 @@ def test_spark_is_reported_as_skipped_with_the_reason(tmp_path: Path) -> None:
     ({"seen": -1}, "seen must be >= 0"),
     ({"items": 50, "k": 100}, r"k \+ seen \(100 \+ 10\) must not exceed items \(50\)"),
     ({"target_recall": 2.0}, r"target_recall must be in \(0, 1\]"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 2147483647\], got -1"),
 ])
 def test_nonsense_sizes_are_refused(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

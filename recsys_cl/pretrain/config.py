@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from recsys_cl.config import ConfigError, TrackingConfig
+from recsys_cl.config import ConfigError, TrackingConfig, check_seed
 
 
 def _check_lr(lr: float, weight_decay: float) -> None:
@@ -129,6 +129,7 @@ class PretrainConfig:
             raise ConfigError(f"train.temperature must be in (0, 10], got {self.temperature}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
+        check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class SimCSETrainConfig:
             raise ConfigError(f"train.temperature must be in (0, 10], got {self.temperature}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
+        check_seed("train.seed", self.seed)
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps must be >= 1 or null (all epochs), got {self.max_steps}")
 
@@ -271,6 +273,7 @@ class TextEvalConfig:
             raise ConfigError(f"eval.eval_size must be > eval.k={self.k}, got {self.eval_size}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        check_seed("eval.seed", self.seed)
 
 
 @dataclass(frozen=True)

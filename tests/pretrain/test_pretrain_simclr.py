@@ -82,6 +82,7 @@ def test_unknown_key_is_rejected(tmp_path: Path, fake_fmnist: Path) -> None:
     ("augment.hue=0.6", r"config error: augment\.hue must be in \[0, 0\.5\]"),
     ("model.in_channels=3", r"config error: model\.in_channels=3 but the images have 1 channel\(s\)"),
     ("eval.k=5000", r"config error: eval\.k=5000 must be below the number of test images"),
+    ("train.seed=-1", r"config error: train\.seed must be an integer in \[0, 2147483647\], got -1"),
 ])
 def test_values_the_data_or_torch_would_reject_are_config_errors(
     tmp_path: Path, fake_fmnist: Path, override: str, match: str

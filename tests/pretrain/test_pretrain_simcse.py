@@ -100,6 +100,9 @@ def test_config_errors(tmp_path: Path, inputs: dict[str, Path]) -> None:
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.trainable_layers=0"])
     with pytest.raises(SystemExit, match=r"train\.lr must be a finite number > 0, got nan"):
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.lr=.nan"])
+    for key in ("train.seed", "eval.seed"):  # numpy / torch would fail after the run opened
+        with pytest.raises(SystemExit, match=rf"{key.replace('.', '[.]')} must be an integer in \[0, 2147483647\]"):
+            pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", f"{key}=-1"])
     # checked against the model before the run opens, not when training starts
     with pytest.raises(SystemExit, match=r"config error: train\.trainable_layers=50 but the model has 2 layers"):
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "train.trainable_layers=50"])
