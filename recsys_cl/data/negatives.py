@@ -84,8 +84,11 @@ class PopularitySampler:
         self.num_items = int(counts.size)
         self.alpha = float(alpha)
         clicked = counts > 0
-        weights = np.zeros_like(counts)  # (M,)
-        weights[clicked] = counts[clicked] ** alpha
+        # in log space, shifted by the largest: count ** alpha overflows float64 for large alpha
+        # (a count of 10,000 at alpha 80 is 1e320) and the normalised q became NaN
+        log_w = np.full_like(counts, -np.inf)  # (M,)
+        log_w[clicked] = alpha * np.log(counts[clicked])
+        weights = np.exp(log_w - log_w[clicked].max())  # (M,), in (0, 1] where clicked, 0 elsewhere
         self.probs = torch.from_numpy(weights / weights.sum())  # (M,) float64, q
         self._log_probs = torch.log(self.probs).to(torch.float32)  # (M,), -inf where q = 0
 

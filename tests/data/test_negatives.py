@@ -126,3 +126,16 @@ def test_user_item_mask_csr_path_matches_key_path() -> None:
     bu, bi = rng.integers(0, 30, 64), rng.integers(0, 50, 80)
     assert torch.equal(user_item_mask(bu, bi, keys, 50), user_item_mask(bu, bi, csr, 50))
     assert user_item_mask(bu, bi, csr, 50).sum() > 0
+
+
+def test_popularity_sampler_survives_a_large_alpha() -> None:
+    """count ** alpha overflowed float64 (NaN probabilities, then torch.multinomial failed); in log
+    space a large alpha is the limit it should be: all mass on the most clicked item."""
+    counts = np.array([0, 10_000, 9_000, 3, 1], dtype=np.int64)
+    for alpha in (0.75, 80.0, 500.0):
+        q = PopularitySampler(counts, alpha=alpha).probs.numpy()
+        assert np.isfinite(q).all() and q.sum() == pytest.approx(1.0) and q[0] == 0.0
+        reference = np.where(counts > 0, (counts / counts.max()) ** alpha, 0.0)  # the closed form, rescaled
+        np.testing.assert_allclose(q, reference / reference.sum(), rtol=1e-12, atol=1e-300)
+    items, log_q = PopularitySampler(counts, alpha=500.0).sample(64, torch.Generator().manual_seed(0))
+    assert (items == 1).all() and torch.isfinite(log_q).all()
