@@ -54,12 +54,13 @@ from recsys_cl.candidates import (
 )
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import (
-    REBUILD_HINT,
+    MANIFEST_FILE,
     IndexLoadError,
     IndexMismatchError,
     Manifest,
     check_compatible,
     load_index,
+    without_rebuild_hint,
 )
 from recsys_cl.tracking import mlflow_run, resolve_model_alias
 
@@ -93,7 +94,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
         return directory, False
     except (IndexLoadError, IndexMismatchError) as e:
-        why = str(e).split(f"; {REBUILD_HINT}")[0].split(". Fix: ")[0]  # the problem, not the manual fix
+        why = without_rebuild_hint(str(e)).split(". Fix: ")[0]  # the problem, not the manual fix
         log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
     build = build_index_for_loaded(loaded, index_cfg, directory, clicks)
@@ -118,7 +119,7 @@ def check_index_dir(directory: Path) -> None:
     check_replaceable(directory, fix=(
         f"nightly keeps each model version's index in <candidates.index_root>/<name>/v<version>, so set "
         f"candidates.index_root to another folder, or move what is in {directory} away"
-    ))
+    ), writable=not (directory / MANIFEST_FILE).is_file())  # an index there may be reused read-only
 
 
 @exits_on_tracking_error

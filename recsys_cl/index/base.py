@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,11 @@ def sentinel_for(ids: np.ndarray) -> int | str:
 
 
 REBUILD_HINT = "rebuild it with `python -m pipelines.build_index --model <model uri or path> --out <dir>`"
+
+
+def without_rebuild_hint(message: str) -> str:
+    """``message`` (an index error) cut before its :data:`REBUILD_HINT` and the separator leading to it."""
+    return re.split(r"[;,]?\s*(?:upgrade recsys_cl, or )?" + re.escape(REBUILD_HINT), message)[0]
 
 
 class IndexLoadError(ValueError):

@@ -32,12 +32,12 @@ import polars as pl
 from recsys_cl.config import IndexConfig, TrackingConfig
 from recsys_cl.index.base import (
     MANIFEST_FILE,
-    REBUILD_HINT,
     Index,
     Manifest,
     backend_class,
     embedding_hash,
     utc_now_iso,
+    without_rebuild_hint,
 )
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
@@ -284,19 +284,21 @@ OUT_FIX = "pass --out (index.output_dir) a new or empty directory, or an index d
 """How to fix a refused index output of ``build_index`` (nightly names its own setting)."""
 
 
-def check_replaceable(target: str | Path, fix: str = OUT_FIX) -> None:
+def check_replaceable(target: str | Path, fix: str = OUT_FIX, writable: bool = True) -> None:
     """An index build replaces its target directory whole; refuse unless the target is absent,
     empty, or an index: its ``manifest.json`` reads as a :class:`Manifest` and it holds nothing but
-    the files its backend writes (:attr:`Index.files`). So ``--out`` pointed at the wrong folder (a
-    nightly index root, a home directory, a web app with its own ``manifest.json``) deletes nothing.
-    The folder it goes in must be creatable and writable (:func:`_check_creatable`), so that a bad
-    path fails here, before any work. ``fix``: how to choose another target, ending the message.
+    the files its backend writes (:attr:`Index.files`), or, when the manifest is damaged, nothing but
+    index file names. So ``--out`` pointed at the wrong folder (a nightly index root, a home
+    directory, a web app with its own ``manifest.json``) deletes nothing. With ``writable``, the
+    folder it goes in must be creatable and writable (:func:`_check_creatable`), so that a bad path
+    fails here, before any work. ``fix``: how to choose another target, ending the message.
 
     Raises:
         OutputError: naming what is there and how to fix it.
     """
     target = Path(target)
-    _check_creatable(target, fix)
+    if writable:
+        _check_creatable(target, fix)
     if not target.exists():
         return
     if not target.is_dir():
@@ -336,12 +338,23 @@ def _not_an_index(directory: Path, entries: list[str]) -> str:
         manifest = Manifest.read(directory)
         backend = backend_class(manifest.backend)
     except (ValueError, OSError) as e:  # IndexLoadError, an unknown backend, an unreadable file
-        return f"its {MANIFEST_FILE} is not an index manifest: {str(e).split(f'; {REBUILD_HINT}')[0]}"
+        if "item_ids.npy" in entries and all(name in _index_file_names() and (directory / name).is_file()
+                                             for name in entries):
+            return ""  # a damaged index (index files only, every backend writes item ids): its load error says rebuild
+        return f"its {MANIFEST_FILE} is not an index manifest: {without_rebuild_hint(str(e))}"
     allowed = {MANIFEST_FILE, *backend.files}
     extra = [name for name in entries if name not in allowed or not (directory / name).is_file()]
     if extra:
         return f"besides a {manifest.backend} index it holds {_shown(extra)}, which no index build writes"
     return ""
+
+
+def _index_file_names() -> set[str]:
+    """Every file name an index build of any backend writes (the manifest included)."""
+    names = {MANIFEST_FILE}
+    for backend in ("exact", "annoy", "faiss"):  # the modules import annoy / faiss only when used
+        names.update(backend_class(backend).files)
+    return names
 
 
 def _shown(entries: list[str]) -> str:

@@ -80,6 +80,14 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])
     assert second["index_rebuilt"] is False  # same model version: index reused
+    # a damaged manifest in its own per-version folder: nightly rebuilds it, as the load error advises
+    manifest = tmp_path / "index" / "recsys_cl_two_tower" / "v1" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"embedding_dim": 8', '"embedding_dim": "8"'))
+    assert '"8"' in manifest.read_text()
+    repaired = nightly.main(["--date", LAST_DATE, *args])
+    assert repaired["index_rebuilt"] is True and '"embedding_dim": 8' in manifest.read_text()
+    shutil.rmtree(tmp_path / "out" / f"dt={LAST_DATE}")
+    second = nightly.main(["--date", LAST_DATE, *args])
     h = second["health"]
     assert h["same_model_as_previous"] and 0.0 <= h["overlap_at_k"] <= 1.0 and h["failures"] == []
 

@@ -118,3 +118,25 @@ def test_an_index_is_replaced_in_one_atomic_swap(tmp_path: Path, monkeypatch: py
     _write(_index(), target)
     assert str(target) not in moved and load_index(target).size == 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "idx"]  # the old index is gone
+
+
+@pytest.mark.parametrize("damage", [{"embedding_dim": "8"}, {"manifest_version": 99}, None])
+def test_a_damaged_index_is_replaced_as_its_load_error_advises(damage: dict | None, tmp_path: Path) -> None:
+    """Loading a damaged index says 'rebuild it with build_index --out <dir>'; that rebuild must then
+    be allowed (a folder holding index files only). A lone foreign manifest.json is still refused."""
+    target = _write(_index(), tmp_path / "idx")
+    manifest = target / MANIFEST_FILE
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **damage}) if damage else "{not json")
+    with pytest.raises(Exception, match="rebuild it with"):
+        load_index(target)
+    check_replaceable(target)
+    _write(_index(), target)
+    assert load_index(target).size == 30
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / MANIFEST_FILE).write_text('{"embedding_dim": "8"}')
+    with pytest.raises(OutputError, match=r"its manifest\.json is not an index manifest: .*missing required keys"
+                                          r".*; a build replaces") as refused:
+        check_replaceable(lone)
+    assert "rebuild it" not in str(refused.value)  # the load error's advice is not repeated in the refusal
