@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
             fold_in = (clicks_up_to(load_click_log(cfg.data).clicks, until), str(until),
                        Window(until, cfg.candidates.lookback_days).start, args.fold_in or "fit")
         build = build_index_for_model(args.model, cfg.index, out, cfg.tracking, fold_in=fold_in,
-                                      fold_in_max_clicks=cfg.candidates.fold_in_max_clicks)
+                                      fold_in_max_clicks=cfg.candidates.fold_in_max_clicks,
+                                      max_extra_fetch=cfg.candidates.max_extra_fetch)
     except (ModelNotFoundError, ImportError, OutputError, CandidatesError, DataError) as e:
         raise SystemExit(f"index error: {e}") from None
     run_id = None if args.no_mlflow else log_index(build, cfg.tracking, cfg.index)
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nindex: {build.directory}   backend: {m.backend} {m.params}")
     print(f"items: {m.item_count}   dim: {m.embedding_dim}   model: {m.model_uri} (version {m.model_version})")
     if m.recall_at_k is not None:
-        base_k = (m.recall_k or 0) - m.recall_fetch_extra
-        depth = (f" (index.k {base_k} + median {m.recall_fetch_extra} seen items: the depth the candidate job "
-                 "fetches before dropping them)") if m.recall_fetch_extra else ""
+        extra = (m.recall_k or 0) - min(cfg.index.k, m.item_count)
+        depth = (f" (index.k {cfg.index.k} + median {extra} seen items: the depth the candidate job fetches "
+                 "before dropping them)") if extra > 0 else ""
         print(f"recall@{m.recall_k} vs exact: {m.recall_at_k:.3f} on {m.recall_sample_size} {m.recall_sample_source}"
               f"{depth}   queries/s: {m.queries_per_s:,.0f} (exact {m.exact_queries_per_s:,.0f})")
     print(f"why: {m.chosen_reason}")

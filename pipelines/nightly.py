@@ -97,7 +97,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
         why = without_rebuild_hint(str(e)).split(". Fix: ")[0]  # the problem, not the manual fix
         log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    build = build_index_for_loaded(loaded, index_cfg, directory, clicks)
+    build = build_index_for_loaded(loaded, index_cfg, directory, clicks, cfg.candidates.max_extra_fetch)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 

@@ -84,11 +84,9 @@ class Manifest:
     recall_at_k: float | None = None
     """Measured recall@K against exact search on a sample of user embeddings (tuning fills it)."""
     recall_k: int | None = None
-    """The depth recall was tuned and measured at: ``index.k`` + ``recall_fetch_extra``."""
-    recall_fetch_extra: int = 0
-    """Median number of seen items of the query users, added to ``index.k``: the candidate job
-    fetches K + |seen| and drops the seen items, so the delivered lists reach that deep (0 in older
-    manifests, and with item-vector queries)."""
+    """The depth recall was tuned and measured at: ``index.k`` plus the query users' median number
+    of seen items, since the candidate job fetches K + |seen| and drops the seen ones (``index.k``
+    alone in manifests before 2026-12-07, and with item-vector queries)."""
     queries_per_s: float | None = None
     exact_queries_per_s: float | None = None
     recall_sample_size: int | None = None
@@ -168,7 +166,6 @@ _FIELD_TYPES: dict[str, tuple[type, str]] = {
     "item_count": (int, "a positive integer"),
     "embedding_dim": (int, "a positive integer"),
     "manifest_version": (int, "a positive integer"),
-    "recall_fetch_extra": (int, "an integer"),
     "embedding_hash": (str, "a string"),
     "params": (dict, "a JSON object"),
     "fold_in": (dict, "a JSON object"),

@@ -226,7 +226,6 @@ def build_and_tune(
     fields: dict[str, Any] = {
         "recall_at_k": recall,
         "recall_k": k,
-        "recall_fetch_extra": k - min(cfg.k, len(emb.ids)),
         "queries_per_s": qps,
         "exact_queries_per_s": exact_qps,
         "recall_sample_size": len(queries),
@@ -398,8 +397,10 @@ def build_index_for_model(
     tracking: TrackingConfig | None = None,
     fold_in: tuple[Any, str, int | None, str] | None = None,
     fold_in_max_clicks: int | None = None,
+    max_extra_fetch: int = 1000,
 ) -> IndexBuild:
     """Embed the model's catalogue, build + tune ``index_cfg.backend``, write ``out_dir`` atomically.
+    ``max_extra_fetch``: see :func:`build_index_for_vectors`.
 
     ``fold_in = (clicks, until, since, method)``: take the clicks (a frame of clicks up to the date
     ``until``; ``fit`` reads those at or after ``since``) on items without training clicks into their
@@ -448,12 +449,13 @@ def build_index_for_model(
 
     model_uri = model_uri if not Path(model_uri).exists() else str(Path(model_uri).absolute())
     return build_index_for_vectors(model, spec, model_cfg, model_uri, provenance, emb, folded, index_cfg, out_dir,
-                                   None if fold_in is None else fold_in[0])
+                                   None if fold_in is None else fold_in[0], max_extra_fetch)
 
 
 def build_index_for_vectors(
     model: Any, spec: Any, model_cfg: Any, model_uri: str, provenance: dict[str, Any], emb: ItemEmbeddings,
     folded: dict[str, Any], index_cfg: IndexConfig, out_dir: str | Path, clicks: pl.DataFrame | None = None,
+    max_extra_fetch: int = 1000,
 ) -> IndexBuild:
     """Build + tune ``index_cfg.backend`` on item vectors already embedded (and with ``folded``, the
     ``fold_in`` info, new items' clicks already taken in), write ``out_dir`` atomically.
@@ -461,6 +463,8 @@ def build_index_for_vectors(
     :func:`build_index_for_model` calls it after loading and embedding; a job that holds the model and
     its vectors already (nightly) calls it directly, so nothing is loaded, embedded or fitted twice.
     ``clicks``: where the recall queries' user histories come from (:func:`sample_user_queries`).
+    Recall is tuned at ``index.k`` + the query users' median number of seen items, at most
+    ``max_extra_fetch`` (``candidates.max_extra_fetch``: the most the job adds to its first fetch).
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index, or cannot be created.
@@ -469,7 +473,8 @@ def build_index_for_vectors(
     sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
     if sampled is not None and len(sampled[0]):
         queries, source = sampled[0], "users"
-        fetch_extra = int(np.median(sampled[1]))  # the job fetches K + |seen| and drops the seen items
+        # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items
+        fetch_extra = min(int(np.median(sampled[1])), max_extra_fetch)
     else:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
         fetch_extra = 0
@@ -498,8 +503,9 @@ def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfi
     m = build.manifest
     params = {**flatten({"index": vars(index_cfg)}), **{f"built.{k}": v for k, v in m.params.items()},
               "built.backend": m.backend, "item_count": m.item_count, "embedding_dim": m.embedding_dim,
-              "recall_fetch_extra": m.recall_fetch_extra}
-    metrics = {f"recall@{m.recall_k}": m.recall_at_k, "queries_per_s": m.queries_per_s,
+              "recall_k": m.recall_k}
+    # one key for every build (the depth, recall_k, varies with the users' seen items: a param)
+    metrics = {"recall_vs_exact": m.recall_at_k, "queries_per_s": m.queries_per_s,
                "exact_queries_per_s": m.exact_queries_per_s}
     tags = {"kind": "index", "model_uri": m.model_uri, "model_name": m.model_name,
             "model_version": m.model_version, "model_run_id": m.model_run_id, "index_id": m.index_id,

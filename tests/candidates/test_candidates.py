@@ -432,3 +432,21 @@ def test_spark_arrow_path_matches_recommend(  # type: ignore[no-untyped-def]
         np.testing.assert_array_equal(b.seen_items, whole.seen_items[whole.seen_offsets[s]:whole.seen_offsets[e]])
     assert got.drop(["score"]).equals(want.drop(["score"]))
     np.testing.assert_allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), atol=1e-6)
+
+
+def test_a_saved_index_is_tuned_at_the_depth_the_job_fetches(  # type: ignore[no-untyped-def]
+    loaded, clicks, tmp_path: Path
+) -> None:
+    """index.k + the sampled users' median seen items, at most candidates.max_extra_fetch."""
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import sample_user_queries
+    from recsys_cl.candidates.model import build_index_for_loaded
+
+    cfg = IndexConfig(backend="exact", k=2, recall_sample_users=1000)
+    sampled = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, cfg.seed, clicks)
+    assert sampled is not None
+    median = int(np.median(sampled[1]))
+    assert 1 < median and 2 + median < loaded.spec.num_items  # else the test would not tell the cap apart
+    full = build_index_for_loaded(loaded, cfg, tmp_path / "a", clicks).manifest
+    capped = build_index_for_loaded(loaded, cfg, tmp_path / "b", clicks, max_extra_fetch=1).manifest
+    assert (full.recall_k, capped.recall_k) == (2 + median, 3)

@@ -64,7 +64,7 @@ def test_build_index_from_registry_alias(env: dict, backend: str, capsys: pytest
     # the MLflow run is linked to the model run and holds the index files
     run = client.get_run(summary["run_id"])
     assert run.data.tags["model_run_id"] == env["summary"]["run_id"] and run.data.tags["kind"] == "index"
-    assert run.data.metrics["recall_at_12"] == pytest.approx(m.recall_at_k)
+    assert run.data.metrics["recall_vs_exact"] == pytest.approx(m.recall_at_k) and run.data.params["recall_k"] == "12"
     assert run.data.params["index.output_dir"] == str(env["out"])  # --out, not the config's default
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "index")}
     assert "index/manifest.json" in arts
