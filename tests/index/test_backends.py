@@ -397,3 +397,22 @@ def test_build_and_tune_reports_the_numbers_auto_chose_on() -> None:
     row = next(r for r in fields["tuning"] if r["backend"] == index.name and "qualifies" in r)
     assert (fields["recall_at_k"], fields["queries_per_s"]) == (row["recall"], row["queries_per_s"])
     assert f"{row['queries_per_s']:,.0f} q/s" in fields["chosen_reason"]
+
+
+def test_the_embedding_hash_is_recomputed_only_without_file_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files matching files_sha256 are the build's bytes: no second pass over the vectors at load."""
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path / "idx", index.default_manifest(embedding_hash=embedding_hash(items, ids)))
+    calls: list[int] = []
+    monkeypatch.setattr(ExactIndex, "stored_items", lambda self: calls.append(1) or (self._vectors, self._ids))
+    load_index(tmp_path / "idx")
+    assert calls == []
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["files_sha256"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    load_index(tmp_path / "idx")
+    assert calls == [1]
