@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> str:
             baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
-        for cfg in configs.values():  # history length, content errors (encoder, text column) before any training
-            check_history_length(cfg, prep)
+        for (name, _), cfg in configs.items():  # history length, content errors (encoder, text column) first
+            check_history_length(cfg, prep, f"in variant {name!r} (its overrides in --variants, or --set)")
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

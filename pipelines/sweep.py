@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prep = prepare(base, content=False)  # each run's content: with_content below
         for b in baselines:
             require_warm_split(b, prep)
-        for _, _, cfg in configs:  # history length, content and genre errors before any training
-            check_history_length(cfg, prep)
+        for point, _, cfg in configs:  # history length, content and genre errors before any training
+            check_history_length(cfg, prep, f"in grid point {point.label} (change the --grid values or --set)")
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

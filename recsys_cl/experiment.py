@@ -185,7 +185,7 @@ def prepare(cfg: RunConfig, content: bool = True) -> Prepared:
     return with_content(prep, cfg) if content else prep
 
 
-def check_history_length(cfg: RunConfig, prep: Prepared) -> None:
+def check_history_length(cfg: RunConfig, prep: Prepared, where: str = "") -> None:
     """Refuse a ``user_tower.history_length`` (L) longer than the longest user history in the click log.
 
     Every position past it holds padding in every window, yet the position table (L, D), each batch's
@@ -196,17 +196,20 @@ def check_history_length(cfg: RunConfig, prep: Prepared) -> None:
 
     The training pipelines (train_two_tower, sweep, ablation) call it before a run opens;
     :func:`run_two_tower` does not, so that a notebook may run the shipped config (L = 50) on a tiny
-    fixture. There, ``user_tower.history_length <= MAX_HISTORY_LENGTH`` bounds the cost.
+    fixture. There, ``user_tower.history_length <= MAX_HISTORY_LENGTH`` bounds the cost. ``where``:
+    which of several runs set it and where to change it (a sweep's grid point, an ablation variant);
+    empty: the config and ``--set``.
 
     Raises:
         ConfigError: naming the key, the value and the longest history; before any allocation.
     """
     L, longest = cfg.user_tower.history_length, prep.longest_history
     if L > longest:
+        fix = where or f"e.g. --set user_tower.history_length={min(longest, 50)}"
         raise ConfigError(
             f"user_tower.history_length={L} is longer than the longest user history in the click log "
             f"({longest} clicks), so the extra positions would only ever hold padding while memory grows with L; "
-            f"set it to at most {longest}, e.g. --set user_tower.history_length={min(longest, 50)}"
+            f"set it to at most {longest}, {fix}"
         )
 
 

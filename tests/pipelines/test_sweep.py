@@ -82,7 +82,8 @@ def test_every_config_is_validated_before_training(
                     *sweep_args(tmp_path, "--set", "split.kind=cold_start", "--set", "split.val_quantile=0.5",
                                 "--set", "split.test_quantile=0.7")])
     with pytest.raises(SystemExit, match=r"^config error: user_tower\.history_length=50 is longer than the longest "
-                                         r"user history in the click log \(6 clicks\)"):
+                                         r"user history in the click log \(6 clicks\).*set it to at most 6, in grid "
+                                         r"point .*history_length=50.* \(change the --grid values"):
         sweep.main(["--grid", "user_tower.history_length=4,50", *sweep_args(tmp_path)])
     (tmp_path / "afile").write_text("x")  # a checkpoint folder that is a file: found after an epoch before
     with pytest.raises(SystemExit, match=r"^output error: train\.checkpoint_dir=.*afile is a file, not a folder"):

@@ -169,6 +169,11 @@ def test_ablation_rejects_a_bad_variant_before_training(tmp_path: Path) -> None:
     variants.write_text("typo: [loss.kindd=debiased]\n")
     with pytest.raises(SystemExit, match=r"'loss\.kindd'"):
         ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
+    # a variant's own override: the message names the variant, not a --set that it would override
+    variants.write_text("short: [user_tower.history_length=4]\nlong: [user_tower.history_length=5000]\n")
+    with pytest.raises(SystemExit, match=r"history_length=5000 is longer than the longest user history .*"
+                                         r"set it to at most \d+, in variant 'long' \(its overrides in --variants"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")])
 
 
 def _killed_in_epoch_2(main, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
