@@ -402,9 +402,9 @@ def _one_column_hint(header: str, file: str) -> str | None:
     counts = {sep: header.count(sep) for sep in SEPARATORS}
     sep = max(counts, key=lambda k: counts[k])
     if counts[sep]:
-        return (f"the file looks separated by {SEPARATORS[sep]}, but it is read as comma-separated CSV: convert it, "
-                f"e.g. python -c \"import polars as pl; pl.read_csv({file!r}, separator={sep!r})"
-                f".write_csv('clicks.csv')\", and point data.path at the result")
+        return (f"the file looks separated by {SEPARATORS[sep]}, but it is read as comma-separated CSV: rewrite it "
+                f"with commas where it is (keep a copy first if you need the original), e.g. python -c \"import "
+                f"polars as pl; f = {file!r}; pl.read_csv(f, separator={sep!r}).write_csv(f)\", and rerun")
     if "," in header:
         return ("the header is one field holding commas: its lines look quoted whole (\"a,b,c\"); remove the quotes "
                 "around each line")
