@@ -214,10 +214,17 @@ class Tracker:
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Array, ColSpec, Schema
 
-        # the UI and `mlflow models serve` show (and check) what predict takes and returns
+        import numpy as np
+
+        from recsys_cl.features.spec import FeatureSpec
+
+        # the UI and `mlflow models serve` show (and check) what predict takes and returns; item ids
+        # are integers or strings, as in the click log the model was trained on
+        ids = np.asarray(FeatureSpec.load(Path(model_dir) / "features").items.ids)
+        kind = "long" if ids.dtype.kind in "iu" else "string"
         signature = ModelSignature(
-            inputs=Schema([ColSpec(Array("long"), "history")]),
-            outputs=Schema([ColSpec(Array("long"), "item_ids"), ColSpec(Array("float"), "scores")]),
+            inputs=Schema([ColSpec(Array(kind), "history")]),
+            outputs=Schema([ColSpec(Array(kind), "item_ids"), ColSpec(Array("float"), "scores")]),
         )
         return mlflow.pyfunc.log_model(
             name="model",
@@ -470,7 +477,8 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         L = self.cfg.user_tower.history_length
         hist = np.full((len(model_input), L), -1, dtype=np.int64)
         for r, items in enumerate(model_input["history"]):
-            idx = self.spec.items.encode(np.asarray(list(items))[::-1][:L])
+            # in the vocabulary's dtype: a list of str arrives as <U.., the vocabulary may hold objects
+            idx = self.spec.items.encode(np.asarray(list(items), dtype=self.spec.items.ids.dtype)[::-1][:L])
             hist[r, : len(idx)] = idx
         users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
         scores = users @ self.items.T

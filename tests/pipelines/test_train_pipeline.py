@@ -514,3 +514,28 @@ def test_printed_summary_shows_counts_as_integers(capsys: pytest.CaptureFixture[
                                     {"recall@20": 0.1, "n_users": 17.0}}, "sqlite:///mlflow.db")
     out = capsys.readouterr().out
     assert "0.2082    0.1000" in out and "610        17" in out
+
+
+def test_the_logged_model_serves_string_item_ids(tmp_path: Path) -> None:
+    """String ids (a generic CSV log) in and out of the pyfunc: its signature follows the ids' type."""
+    import mlflow
+    import pandas as pd
+    import polars as pl
+
+    from recsys_cl.config import DataConfig
+    from recsys_cl.data.io import load_click_log
+
+    clicks = load_click_log(DataConfig(path=str(FIXTURES / "ml-100k"))).clicks
+    path = tmp_path / "clicks.csv"
+    clicks.select(pl.format("u{}", "user_id").alias("user_id"), pl.format("item-{}", "item_id").alias("item_id"),
+                  "timestamp").write_csv(path)
+    summary = train_two_tower.main(_args(tmp_path, "ml-100k", "--set", f"data.path={path}",
+                                         "--set", "data.format=csv", "--set", "train.epochs=1",
+                                         "--set", "item_tower.encoders=[id]"))
+    pyfunc = mlflow.pyfunc.load_model(summary["model_uri"])
+    history = clicks["item_id"].unique().sort().head(3).to_list()
+    pred = pyfunc.predict(pd.DataFrame({"history": [[f"item-{i}" for i in history]]}))
+    recommended = list(pred["item_ids"][0])
+    assert len(recommended) == min(10, clicks["item_id"].n_unique() - 3)
+    assert all(isinstance(r, str) and r.startswith("item-") for r in recommended)
+    assert not {f"item-{i}" for i in history} & set(recommended)
