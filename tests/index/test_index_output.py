@@ -120,6 +120,27 @@ def test_an_index_is_replaced_in_one_atomic_swap(tmp_path: Path, monkeypatch: py
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "idx"]  # the old index is gone
 
 
+def test_without_the_atomic_swap_two_renames_replace_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where renameat2(RENAME_EXCHANGE) is missing (exchange returns False): the old index is moved
+    aside, the new one renamed in, the old one deleted; a crash between the renames is undone by the
+    next build, which puts the old index back before it writes."""
+    import os
+
+    import recsys_cl.index.build
+
+    monkeypatch.setattr(recsys_cl.index.build, "exchange", lambda a, b: False)
+    target = _write(_index(), tmp_path / "idx")
+    items, ids, _ = clustered(m=40, clusters=2, q=1)
+    bigger = ExactIndex()
+    bigger.build(items, ids)
+    _write(bigger, target)
+    assert load_index(target).size == 40 and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+    os.rename(target, tmp_path / ".idx.old-1-abcdef01")  # killed after moving the old index aside
+    _write(_index(), target)
+    assert load_index(target).size == 30 and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
 @pytest.mark.parametrize("damage", [{"embedding_dim": "8"}, {"manifest_version": 99}, None])
 def test_a_damaged_index_is_replaced_as_its_load_error_advises(damage: dict | None, tmp_path: Path) -> None:
     """Loading a damaged index says 'rebuild it with build_index --out <dir>'; that rebuild must then
