@@ -7,6 +7,7 @@ Examples:
     python -m pipelines.pretrain_simcse --set train.trainable_layers=null   # all layers (the paper's setting)
     python -m pipelines.pretrain_simcse --set data.extra_text=null --set data.max_texts=0 --set train.epochs=2
     python -m pipelines.pretrain_simcse --set model.path=runs/simcse/<run_id>/encoder   # continue from a run
+    python -m pipelines.pretrain_simcse --set model.path=runs:/<run_id>/encoder          # the same, from MLflow
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'data.text_columns=[title,genres]'; 3e-5 works for float keys). Unknown keys are rejected with
@@ -49,7 +50,7 @@ from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
 from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder
-from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
+from recsys_cl.tracking import is_mlflow_uri, mlflow_run, resolve_model_dir, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simcse.yaml"
 log = logging.getLogger("pipelines.pretrain_simcse")
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     try:  # a full load (1-2 s): files that exist but do not load are refused here, not mid-run
-        encoder, _ = load_text_encoder(cfg.model.path)
+        # an MLflow URI (runs:/<run_id>/encoder, as a run prints it) is fetched from tracking.uri's store
+        path = cfg.model.path
+        model_dir = resolve_model_dir(path, cfg.tracking) if path is not None and is_mlflow_uri(path) else None
+        encoder, _ = load_text_encoder(model_dir or cfg.model.path)
     except FileNotFoundError as e:
         raise SystemExit(f"model error: {e}") from None
     if cfg.train.trainable_layers is not None:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with mlflow_run(cfg.tracking, run_name=run_name, tags={"pipeline": "pretrain_simcse"}) as run:
         run.log_params(flatten(dataclasses.asdict(cfg)))
         out_dir = Path(cfg.train.out_dir) / run.run_id / "encoder"
-        result = run_simcse(cfg, data.texts, eval_movies, out_dir, on_epoch_end=run.on_epoch_end)
+        result = run_simcse(cfg, data.texts, eval_movies, out_dir, on_epoch_end=run.on_epoch_end, model_dir=model_dir)
         run.log_metrics({
             **result["metrics"],
             **{f"baseline/{k}": v for k, v in result["baseline_metrics"].items()},

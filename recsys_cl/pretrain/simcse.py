@@ -391,6 +391,7 @@ def run_simcse(
     eval_movies: pl.DataFrame,
     out_dir: str | Path,
     on_epoch_end: EpochCallback | None = None,
+    model_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Subsample texts, evaluate the encoder, pretrain it with SimCSE, evaluate again, save it.
 
@@ -398,6 +399,8 @@ def run_simcse(
         texts: training texts (none of ``eval_movies`` among them).
         eval_movies: held-out item-table rows with ``genres`` (List(String)) and the text columns.
         out_dir: where the encoder + tokenizer are saved (:func:`save_text_encoder`).
+        model_dir: the local folder of ``cfg.model.path`` when that is an MLflow URI (fetched by the
+            caller); None: ``cfg.model.path`` itself. The saved encoder names ``cfg.model.path`` as its base.
 
     Returns:
         ``{"metrics", "baseline_metrics", "losses", "encoder_dir", "sizes", "chance_genre_recall",
@@ -415,7 +418,7 @@ def run_simcse(
     if cfg.data.max_texts and len(texts) > cfg.data.max_texts:
         keep = np.random.default_rng(cfg.train.seed).choice(len(texts), cfg.data.max_texts, replace=False)
         texts = [texts[i] for i in np.sort(keep)]
-    encoder, tokenizer = load_text_encoder(cfg.model.path, dropout=cfg.model.dropout)
+    encoder, tokenizer = load_text_encoder(model_dir or cfg.model.path, dropout=cfg.model.dropout)
     ev = cfg.eval
     eval_args = (eval_movies, cfg.data.text_columns, ev.k, cfg.model.max_length, ev.batch_size)
 

@@ -78,6 +78,13 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     enc, tok = load_text_encoder(enc_dir)
     assert encode_texts(enc, tok, ["space robot", "love"]).shape == (2, 32)
 
+    # the printed runs:/ URI continues SimCSE from that run (fetched from tracking.uri's store)
+    again = pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", f"model.path={summary['encoder_uri']}"])
+    assert again["baseline_metrics"] == pytest.approx(written["metrics"], abs=1e-4)  # starts where the run ended
+    with pytest.raises(SystemExit, match=r"model error: runs:/nosuchrun/encoder could not be fetched from the "
+                                         r"MLflow store"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "model.path=runs:/nosuchrun/encoder"])
+
 
 def test_missing_text_column_fails_before_the_run(tmp_path: Path, inputs: dict[str, Path]) -> None:
     with pytest.raises(SystemExit, match=r"data error: .*no column\(s\) \['plot'\].*choose data.text_columns"):
