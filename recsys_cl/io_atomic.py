@@ -110,6 +110,38 @@ def exchange(a: Path, b: Path) -> bool:
     return True
 
 
+def write_directory_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` fills a hidden temp folder beside ``target``, which is then fsynced and moved
+    into place (an existing ``target`` is swapped out in one :func:`exchange`, or removed and
+    replaced where that is missing). A writer killed mid-way leaves only ``.<name>.tmp-<pid>-<hex>``,
+    which the next write to ``target`` removes once that pid is gone; never a partial ``target``.
+    Used for saved encoders (``<out_dir>/<run_id>/encoder``). Returns ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        for p in [*tmp.rglob("*"), tmp]:
+            if p.is_file() or p.is_dir():
+                fsync_path(p)
+        if target.exists() and exchange(tmp, target):  # tmp now holds the old folder
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        fsync_path(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 class PartitionWriter:
     """Write part files into a hidden temp dir, then :meth:`commit` swaps it into place.
 

@@ -181,10 +181,10 @@ def class_pair_similarities(
 
 
 def save_encoder(encoder: ImageEncoder, cfg: SimCLRConfig, out_dir: str | Path) -> Path:
-    """Write ``encoder.pt`` (state dict, no projection head) and ``encoder_config.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder.state_dict(), out / ENCODER_WEIGHTS)
+    """Write ``encoder.pt`` (state dict, no projection head) and ``encoder_config.json``, atomically
+    (a killed run leaves no half-saved encoder)."""
+    from recsys_cl.io_atomic import write_directory_atomically
+
     meta = {
         "architecture": "ImageEncoder",
         "model": dataclasses.asdict(cfg.model),
@@ -192,8 +192,12 @@ def save_encoder(encoder: ImageEncoder, cfg: SimCLRConfig, out_dir: str | Path) 
         "image_size": list(cfg.data.image_size),
         "input": "float pixels in [0, 1], shape (B, C, H, W); output (B, D), not normalised",
     }
-    (out / ENCODER_CONFIG).write_text(json.dumps(meta, indent=2))
-    return out
+
+    def write(folder: Path) -> None:
+        torch.save(encoder.state_dict(), folder / ENCODER_WEIGHTS)
+        (folder / ENCODER_CONFIG).write_text(json.dumps(meta, indent=2))
+
+    return write_directory_atomically(out_dir, write)
 
 
 def load_encoder(model_dir: str | Path) -> ImageEncoder:

@@ -198,24 +198,27 @@ def load_text_encoder(
 def save_text_encoder(
     encoder: TextEncoder, tokenizer: Any, out_dir: str | Path, meta: dict[str, Any]
 ) -> Path:
-    """Write model + tokenizer (``save_pretrained``) and ``text_encoder.json`` to ``out_dir``.
+    """Write model + tokenizer (``save_pretrained``) and ``text_encoder.json`` to ``out_dir``, atomically.
 
     ``meta`` is merged into ``text_encoder.json`` after ``pooling``, ``embedding_dim`` and
     ``input``; pass at least ``max_length`` and ``base_model``. ``load_text_encoder(out_dir)``
     reads the folder back.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    encoder.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from recsys_cl.io_atomic import write_directory_atomically
+
     info = {
         "pooling": "mean",
         "embedding_dim": encoder.embedding_dim,
         "input": "input_ids (B, L), attention_mask (B, L); output (B, D) mean over non-pad tokens, not normalised",
         **meta,
     }
-    (out / META_FILE).write_text(json.dumps(info, indent=2))
-    return out
+
+    def write(folder: Path) -> None:
+        encoder.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / META_FILE).write_text(json.dumps(info, indent=2))
+
+    return write_directory_atomically(out_dir, write)  # a killed run leaves no half-saved encoder
 
 
 @torch.no_grad()

@@ -89,3 +89,25 @@ def test_a_file_where_the_partition_goes_is_refused_and_kept(tmp_path: Path) -> 
         _publish(tmp_path, 1)
     assert (tmp_path / "dt=2024-01-01").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dt=2024-01-01"]
+
+
+def test_write_directory_atomically_never_leaves_a_partial_folder(tmp_path: Path) -> None:
+    """A writer that fails mid-way (or is killed: its temp folder stays until a later write finds
+    its pid gone) leaves no target; an existing target is replaced whole."""
+    from recsys_cl.io_atomic import write_directory_atomically
+
+    target = tmp_path / "run" / "encoder"
+
+    def half(folder: Path) -> None:
+        (folder / "weights.pt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_directory_atomically(target, half)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    stale = target.parent / ".encoder.tmp-999999999-deadbeef"  # a killed writer's (no such pid)
+    stale.mkdir()
+    write_directory_atomically(target, lambda f: (f / "weights.pt").write_text("v1"))
+    write_directory_atomically(target, lambda f: (f / "config.json").write_text("v2"))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["encoder"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"]  # replaced whole, not merged
