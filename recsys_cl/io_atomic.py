@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -108,6 +109,17 @@ def exchange(a: Path, b: Path) -> bool:
             return False
         raise OSError(err, os.strerror(err), str(a))
     return True
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new private temp folder ``<tmp>/<prefix><pid>_<random>``; the caller removes it. Folders of
+    the same prefix whose process is gone (a SIGKILLed job never runs its cleanup) are removed first,
+    so killed runs do not pile up copies of models and indexes in ``/tmp``."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*_*"):
+        pid = stale.name[len(prefix):].split("_")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_"))
 
 
 def write_directory_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:

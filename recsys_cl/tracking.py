@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
@@ -437,7 +436,9 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
         use_existing_store(tracking) if uri.startswith(("runs:/", "models:/")) else use_store(tracking)
     # a private temp folder, removed when the process exits (MLflow's default one is never removed:
     # every run that read a runs:/ encoder left ~90 MB in /tmp)
-    dst = tempfile.mkdtemp(prefix="recsys_cl_artifact_")
+    from recsys_cl.io_atomic import scratch_dir
+
+    dst = str(scratch_dir("recsys_cl_artifact_"))  # a SIGKILLed job's copy is removed by the next one
     atexit.register(shutil.rmtree, dst, ignore_errors=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import date
 from pathlib import Path
@@ -16,6 +17,7 @@ from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
 from recsys_cl.candidates.scoring import Recommender
 from recsys_cl.candidates.spark import make_spark_runner
 from recsys_cl.config import CandidatesConfig
+from recsys_cl.io_atomic import scratch_dir
 from recsys_cl.train.steps import embed_users
 
 
@@ -40,8 +42,6 @@ def run(
     when the caller already opened and checked it (to fail before opening an MLflow run); ``read``
     likewise is :func:`~recsys_cl.candidates.generate.read_window` of ``clicks`` on ``run_date``.
     """
-    import tempfile
-
     t0 = time.perf_counter()
     if read is None:  # fail early: no active user, foreign ids
         read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days)
@@ -77,11 +77,14 @@ def run(
     if cfg.engine == "local":
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
                                    extra_manifest=extra, validate=validate, read=read)
-    with tempfile.TemporaryDirectory(prefix="recsys_cl_spark_index_") as tmp:
-        ship = Path(index_dir) if index_dir is not None else index.save(Path(tmp) / "index")
+    tmp = scratch_dir("recsys_cl_spark_index_")  # removed below, or by a later run if this one is killed
+    try:
+        ship = Path(index_dir) if index_dir is not None else index.save(tmp / "index")
         runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master)
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
                                    extra_manifest=extra, validate=validate, spark_runner=runner, read=read)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _windows_and_index(batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:

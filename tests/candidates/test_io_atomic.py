@@ -111,3 +111,22 @@ def test_write_directory_atomically_never_leaves_a_partial_folder(tmp_path: Path
     write_directory_atomically(target, lambda f: (f / "config.json").write_text("v2"))
     assert sorted(p.name for p in target.parent.iterdir()) == ["encoder"]
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]  # replaced whole, not merged
+
+
+def test_scratch_dirs_of_killed_jobs_are_removed_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILLed job never runs its cleanup: its scratch folder (pid in the name) goes with the next."""
+    import tempfile
+
+    from recsys_cl.io_atomic import scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "recsys_cl_spark_index_999999999_abc"  # no such pid
+    alive = tmp_path / "recsys_cl_spark_index_1_abc"  # pid 1 is running
+    other = tmp_path / "recsys_cl_artifact_999999999_abc"  # another prefix: not ours to judge here
+    for d in (dead, alive, other):
+        d.mkdir()
+    mine = scratch_dir("recsys_cl_spark_index_")
+    assert mine.parent == tmp_path and mine.name.startswith(f"recsys_cl_spark_index_{os.getpid()}_")
+    assert not dead.exists() and alive.exists() and other.exists()
