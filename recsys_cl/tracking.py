@@ -356,7 +356,8 @@ def mark_dead_runs(uri: str, experiment: str) -> list[str]:
             client.set_tag(r.info.run_id, KILLED_TAG,
                            f"its process ({r.data.tags[PROCESS_TAG]}) was gone when {process_tag()} started a run")
             client.set_terminated(r.info.run_id, status="KILLED")
-            log.warning("run %s (%s) was RUNNING but its process is gone: marked KILLED",
+            log.warning("run %s (%s) was RUNNING but its process is gone: marked KILLED (a job that resumes it "
+                        "reopens it, and it ends FINISHED or FAILED)",
                         r.info.run_id, r.data.tags.get("mlflow.runName"))
         return [r.info.run_id for r in dead]
     except Exception as e:  # housekeeping must not stop a job
