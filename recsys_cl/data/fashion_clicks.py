@@ -49,7 +49,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_cl.config import MAX_SEED
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import CLASS_NAMES
 from recsys_cl.io_atomic import fsync_path
@@ -128,7 +131,8 @@ class FashionClicksConfig:
         checks = {  # field: (holds, what it must be)
             "num_items": (self.num_items >= 1, ">= 1"),
             "num_users": (self.num_users >= 1, ">= 1"),
-            "clicks_per_user": (self.clicks_per_user >= 1, ">= 1"),
+            "clicks_per_user": (math.isfinite(self.clicks_per_user) and self.clicks_per_user >= 1,
+                                "a finite number >= 1"),
             "class_concentration": (self.class_concentration > 0, "> 0"),
             "noise": (0 <= self.noise <= 1, "in [0, 1]"),
             "popularity_exponent": (self.popularity_exponent >= 0, ">= 0"),
@@ -137,6 +141,7 @@ class FashionClicksConfig:
             "new_item_boost": (self.new_item_boost > 0, "> 0"),
             "start": (self.start >= 0, ">= 0"),
             "span_days": (self.span_days >= 1, ">= 1"),
+            "seed": (0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),  # numpy refuses < 0
         }
         bad = [f"{k} must be {need}, got {getattr(self, k)!r}" for k, (ok, need) in checks.items() if not ok]
         if bad:

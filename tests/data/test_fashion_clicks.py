@@ -6,6 +6,7 @@ Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -264,3 +265,38 @@ def test_default_config_on_real_fashion_mnist() -> None:
     # popularity is skewed: the top 10% of items get over a third of the clicks
     per_item = clicks["item_id"].value_counts()["count"].sort(descending=True)
     assert per_item.head(300).sum() / clicks.height > 1 / 3
+
+
+@pytest.fixture()
+def fmnist_folder(tmp_path: Path) -> Path:
+    """A tiny Fashion-MNIST training split (50 random 28x28 images, 5 per class) for the pipeline."""
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    img_name, lab_name = FILES["train"]
+    write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
+    write_idx_labels(folder / lab_name, np.arange(50) % 10)
+    return folder
+
+
+def run_pipeline(folder: Path, out: Path, *extra: str) -> dict[str, Any]:
+    from pipelines import make_fashion_clicks
+
+    return make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+                                     "--num-users", "30", *extra])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_pipeline_refuses_bad_seed_without_traceback_or_folder(fmnist_folder: Path, tmp_path: Path,
+                                                               seed: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out, "--seed", seed)
+    assert str(e.value) == f"argument error: --seed must be an integer in [0, 2147483647], got {seed}"
+    assert not out.exists()
+
+
+def test_pipeline_refuses_infinite_clicks_per_user(fmnist_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^argument error: --clicks-per-user must be a finite number >= 1, "
+                                         r"got inf$"):
+        run_pipeline(fmnist_folder, tmp_path / "out", "--clicks-per-user", "inf")
