@@ -300,3 +300,73 @@ def test_pipeline_refuses_infinite_clicks_per_user(fmnist_folder: Path, tmp_path
     with pytest.raises(SystemExit, match=r"^argument error: --clicks-per-user must be a finite number >= 1, "
                                          r"got inf$"):
         run_pipeline(fmnist_folder, tmp_path / "out", "--clicks-per-user", "inf")
+
+
+DEAD_PID = 999_999_999  # above any pid_max: no such process
+
+
+def test_pipeline_reruns_over_a_killed_runs_partial_output(fmnist_folder: Path, tmp_path: Path) -> None:
+    """A run killed mid-write leaves some of its files and hidden temps; the rerun replaces them all
+    (it said 'already holds [items.parquet], not (only) an earlier make_fashion_clicks output')."""
+    out = tmp_path / "out"
+    run_pipeline(fmnist_folder, out, "--seed", "1")
+    (out / "clicks.parquet").unlink()
+    (out / "README.md").unlink()  # as a SIGKILL between the files of the old one-by-one writer left it
+    (out / f".clicks.parquet.tmp-{DEAD_PID}-0123abcd").write_bytes(b"PAR1 half a file")
+    stale = out / f"{fc.TMP_PREFIX}{DEAD_PID}-0123abcd"
+    stale.mkdir()
+    (stale / "items.parquet").write_bytes(b"PAR1 half")
+    meta = run_pipeline(fmnist_folder, out, "--seed", "2")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "clicks.parquet", "items.parquet"]
+    assert read_fashion_clicks_meta(out / "items.parquet") == meta == read_fashion_clicks_meta(out / "clicks.parquet")
+    assert meta["config"]["seed"] == 2
+
+
+def test_killed_mid_swap_leaves_no_readme_and_reruns(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set is written to a hidden folder first: dying between the renames leaves no README.md
+    beside mismatched Parquet files, and the folder is still taken for an earlier output."""
+    out, clicks, items = write_small(tmp_path, tiny)
+    real_replace, calls = fc.os.replace, []
+
+    def dies_after_one(src: Path, dst: Path) -> None:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fc.os, "replace", dies_after_one)
+    meta = fashion_clicks_meta(clicks.head(5), items, SMALL, (1, 28, 28))
+    with pytest.raises(KeyboardInterrupt):
+        write_fashion_clicks(out, clicks.head(5), items, meta)
+    assert sorted(p.name for p in out.iterdir()) == ["clicks.parquet", "items.parquet"]
+    monkeypatch.setattr(fc.os, "replace", real_replace)
+    write_small(tmp_path, tiny)
+    assert pl.read_parquet(out / "clicks.parquet").equals(clicks)
+
+
+def test_pipeline_refuses_a_corrupt_parquet_in_out_in_one_line(fmnist_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clicks.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out)
+    message = str(e.value)
+    assert message.startswith(f"output error: --out {out}: clicks.parquet is not a readable Parquet file (")
+    assert message.endswith("it is not replaced: delete it or pass a new or empty folder") and "\n" not in message
+    assert (out / "clicks.parquet").read_bytes() == b"not parquet at all"
+
+
+def test_pipeline_data_errors_name_the_flags_and_create_no_out(fmnist_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"^data error: .*missing' does not exist; point --fashion-mnist at"):
+        run_pipeline(tmp_path / "missing", out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"^data error: .*train-images-idx3-ubyte.gz: file not found; point "
+                                         r"--fashion-mnist at a folder"):
+        run_pipeline(empty, out)
+    with pytest.raises(SystemExit, match=r"^data error: --num-items=51 but only 50 images were given; "
+                                         r"lower --num-items$"):
+        run_pipeline(fmnist_folder, out, "--num-items", "51")
+    assert not out.exists()
