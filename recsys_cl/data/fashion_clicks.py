@@ -186,6 +186,7 @@ def generate_fashion_clicks(
     present, ci = np.unique(labels[src], return_inverse=True)  # (K,), (I,) class index per item
     K, I = len(present), len(src)
     late, weight = _late_and_weights(ci, K, cfg, rng)  # (I,), (I,)
+    _check_some_late(late, ci, K, len(np.unique(labels)), cfg)
 
     # Clicks: user and time first; a user's repeated second is dropped so no row can repeat.
     p = 2.0 / (2.0 + cfg.clicks_per_user - 1.0)  # NegBinomial(2, p) has mean clicks_per_user - 1
@@ -242,6 +243,26 @@ def _check_inputs(images: np.ndarray, labels: np.ndarray, cfg: FashionClicksConf
         raise DataError(
             f"num_items={cfg.num_items} but only {len(images)} images were given; lower num_items"
         )
+
+
+def _check_some_late(
+    late: np.ndarray, ci: np.ndarray, K: int, n_classes: int, cfg: FashionClicksConfig
+) -> None:
+    """A cold-start log needs late items: refuse settings under which ``floor(cold_fraction * class
+    size)`` is 0 in every class (``cold_fraction=0`` asks for none and is let through)."""
+    if cfg.cold_fraction == 0 or late.any():
+        return
+    largest = int(np.bincount(ci, minlength=K).max())
+    per_class = math.ceil(1 / cfg.cold_fraction)
+    while math.floor(cfg.cold_fraction * per_class) < 1:
+        per_class += 1
+    fix = f"raise num_items to at least {n_classes * per_class} ({per_class} per class)"
+    if largest >= 2:
+        fix += f" or cold_fraction to at least {math.ceil(10_000 / largest) / 10_000}"
+    raise DataError(
+        f"num_items={cfg.num_items} with cold_fraction={cfg.cold_fraction} leaves no late (cold-start) "
+        f"items: each class gets floor(size * cold fraction) of them and has at most {largest} items; {fix}"
+    )
 
 
 def _balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

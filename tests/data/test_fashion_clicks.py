@@ -5,6 +5,7 @@ Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,16 +221,16 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
     write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
     write_idx_labels(folder / lab_name, np.arange(50) % 10)
     out = tmp_path / "out"
-    meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+    meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                      "--num-users", "30", "--seed", "3"])
     printed = capsys.readouterr().out
     assert "not a real click log" in printed
     assert f"--set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet" in printed
-    assert meta["counts"]["items"] == 40 and meta["config"]["seed"] == 3
+    assert meta["counts"]["items"] == 50 and meta["config"]["seed"] == 3
     assert (out / "README.md").is_file()
     with pytest.raises(SystemExit, match=r"data error: .*missing' does not exist; point --fashion-mnist at"):
         make_fashion_clicks.main(["--fashion-mnist", str(tmp_path / "missing"), "--out", str(out)])
-    again = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+    again = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                       "--num-users", "30", "--seed", "4"])  # an earlier output: replaced
     assert again["config"]["seed"] == 4
     mine = tmp_path / "mine"
@@ -282,7 +283,7 @@ def fmnist_folder(tmp_path: Path) -> Path:
 def run_pipeline(folder: Path, out: Path, *extra: str) -> dict[str, Any]:
     from pipelines import make_fashion_clicks
 
-    return make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+    return make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                      "--num-users", "30", *extra])
 
 
@@ -370,3 +371,22 @@ def test_pipeline_data_errors_name_the_flags_and_create_no_out(fmnist_folder: Pa
                                          r"lower --num-items$"):
         run_pipeline(fmnist_folder, out, "--num-items", "51")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "fix"), [
+    (["--num-items", "5"], "has at most 1 items; raise --num-items to at least 50 (5 per class)"),
+    (["--num-items", "40"], "has at most 4 items; raise --num-items to at least 50 (5 per class) or "
+                            "--cold-fraction to at least 0.25"),
+])
+def test_pipeline_refuses_settings_with_no_late_items(fmnist_folder: Path, tmp_path: Path, flags: list[str],
+                                                      fix: str) -> None:
+    """A cold-start log with no cold items is useless: --num-items 5 wrote one with late_items: 0."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"^data error: --num-items=\d+ with --cold-fraction=0.2 leaves no late "
+                                         r"\(cold-start\) items: each class gets floor\(size \* cold fraction\) "
+                                         r"of them and " + re.escape(fix) + "$"):
+        run_pipeline(fmnist_folder, out, *flags)
+    assert not out.exists()
+    meta = run_pipeline(fmnist_folder, out, *flags, "--cold-fraction", "0")  # none asked for: allowed
+    assert meta["counts"]["late_items"] == 0
+    assert run_pipeline(fmnist_folder, out)["counts"]["late_items"] == 10
