@@ -12,13 +12,17 @@ Examples:
     python -m pipelines.make_fashion_clicks --fashion-mnist /data/fashion-mnist --cold-fraction 0.3
 
 Writes OUT/clicks.parquet (user_id, item_id, timestamp), OUT/items.parquet (item_id, category,
-release_ts, image = C*H*W uint8 pixels) and OUT/README.md (counts, config, licence), each atomically.
+release_ts, image = C*H*W uint8 pixels) and OUT/README.md (counts, config, licence) as one set: all
+three go into a hidden temp folder in OUT and are then moved into place, README.md last. A killed run
+leaves OUT holding only these files (and hidden temps), so just rerun it. OUT is created only once
+the inputs are valid.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from typing import Any
 
 from pipelines.cli import configure_logging
@@ -41,6 +45,13 @@ DEFAULTS = FashionClicksConfig()
 
 FLAGS = ("num_items", "num_users", "clicks_per_user", "cold_fraction", "seed")
 """FashionClicksConfig fields this pipeline sets from a flag of the same name."""
+_NAMES = re.compile(r"(?<![\w./\\-])(" + "|".join(FLAGS) + r"|data\.path)\b(?![/\\])")
+
+
+def name_flags(message: str) -> str:
+    """Errors of the library name config fields (``num_items``, ``data.path``); say the flags instead."""
+    return _NAMES.sub(lambda m: "--fashion-mnist" if m[1] == "data.path" else "--" + m[1].replace("_", "-"),
+                      message)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,22 +85,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cold_fraction=args.cold_fraction, seed=args.seed,
         )
     except ValueError as e:  # named by its flag: "--num-users must be >= 1, got 0"
-        message = str(e)
-        for name in FLAGS:
-            message = message.replace(f"{name} must", f"--{name.replace('_', '-')} must")
-        raise SystemExit(f"argument error: {message}") from None
+        raise SystemExit(f"argument error: {name_flags(str(e))}") from None
     try:
-        check_fashion_clicks_out(args.out)  # before the work
+        check_fashion_clicks_out(args.out)  # before the work; creates nothing
     except OutputError as e:
         raise SystemExit(f"output error: {e}") from None
     try:
         images, labels = load_fashion_mnist(args.fashion_mnist, "train", key="--fashion-mnist")
         clicks, items = generate_fashion_clicks(images, labels, cfg)
     except DataError as e:
-        raise SystemExit(f"data error: {e}") from None
+        raise SystemExit(f"data error: {name_flags(str(e))}") from None
     split = SplitConfig()
     meta = fashion_clicks_meta(clicks, items, cfg, images.shape[1:], split.val_quantile, split.test_quantile)
-    out = write_fashion_clicks(args.out, clicks, items, meta)
+    try:
+        out = write_fashion_clicks(args.out, clicks, items, meta)  # --out is created only here
+    except OutputError as e:
+        raise SystemExit(f"output error: {e}") from None
     c, late = meta["counts"], meta["late_item_clicks"]
     print(f"{SEMI_SYNTHETIC}.")
     print(f"wrote {out}: {c['clicks']} clicks, {c['users']} users, {c['items']} items "

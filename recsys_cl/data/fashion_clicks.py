@@ -49,12 +49,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_cl.config import MAX_SEED
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import CLASS_NAMES
 from recsys_cl.io_atomic import fsync_path
@@ -128,7 +130,8 @@ class FashionClicksConfig:
         checks = {  # field: (holds, what it must be)
             "num_items": (self.num_items >= 1, ">= 1"),
             "num_users": (self.num_users >= 1, ">= 1"),
-            "clicks_per_user": (self.clicks_per_user >= 1, ">= 1"),
+            "clicks_per_user": (math.isfinite(self.clicks_per_user) and self.clicks_per_user >= 1,
+                                "a finite number >= 1"),
             "class_concentration": (self.class_concentration > 0, "> 0"),
             "noise": (0 <= self.noise <= 1, "in [0, 1]"),
             "popularity_exponent": (self.popularity_exponent >= 0, ">= 0"),
@@ -137,6 +140,7 @@ class FashionClicksConfig:
             "new_item_boost": (self.new_item_boost > 0, "> 0"),
             "start": (self.start >= 0, ">= 0"),
             "span_days": (self.span_days >= 1, ">= 1"),
+            "seed": (0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),  # numpy refuses < 0
         }
         bad = [f"{k} must be {need}, got {getattr(self, k)!r}" for k, (ok, need) in checks.items() if not ok]
         if bad:
@@ -182,6 +186,7 @@ def generate_fashion_clicks(
     present, ci = np.unique(labels[src], return_inverse=True)  # (K,), (I,) class index per item
     K, I = len(present), len(src)
     late, weight = _late_and_weights(ci, K, cfg, rng)  # (I,), (I,)
+    _check_some_late(late, ci, K, len(np.unique(labels)), cfg)
 
     # Clicks: user and time first; a user's repeated second is dropped so no row can repeat.
     p = 2.0 / (2.0 + cfg.clicks_per_user - 1.0)  # NegBinomial(2, p) has mean clicks_per_user - 1
@@ -238,6 +243,26 @@ def _check_inputs(images: np.ndarray, labels: np.ndarray, cfg: FashionClicksConf
         raise DataError(
             f"num_items={cfg.num_items} but only {len(images)} images were given; lower num_items"
         )
+
+
+def _check_some_late(
+    late: np.ndarray, ci: np.ndarray, K: int, n_classes: int, cfg: FashionClicksConfig
+) -> None:
+    """A cold-start log needs late items: refuse settings under which ``floor(cold_fraction * class
+    size)`` is 0 in every class (``cold_fraction=0`` asks for none and is let through)."""
+    if cfg.cold_fraction == 0 or late.any():
+        return
+    largest = int(np.bincount(ci, minlength=K).max())
+    per_class = math.ceil(1 / cfg.cold_fraction)
+    while math.floor(cfg.cold_fraction * per_class) < 1:
+        per_class += 1
+    fix = f"raise num_items to at least {n_classes * per_class} ({per_class} per class)"
+    if largest >= 2:
+        fix += f" or cold_fraction to at least {math.ceil(10_000 / largest) / 10_000}"
+    raise DataError(
+        f"num_items={cfg.num_items} with cold_fraction={cfg.cold_fraction} leaves no late (cold-start) "
+        f"items: each class gets floor(size * cold fraction) of them and has at most {largest} items; {fix}"
+    )
 
 
 def _balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -396,11 +421,18 @@ def fashion_clicks_meta(
 
 
 OUTPUT_FILES = ("clicks.parquet", "items.parquet", "README.md")
+"""The output set, in the order it is moved into place (the README last: it marks a complete set)."""
+TMP_PREFIX = ".make_fashion_clicks.tmp-"
+"""Hidden temp folder inside ``--out`` that a run writes the whole set into: ``<prefix><pid>-<hex>``."""
 
 
 def check_fashion_clicks_out(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` if needed and refuse one that is a file or holds other files than an
-    earlier output (``clicks.parquet`` with its metadata). Run it before generating.
+    """Refuse an ``out_dir`` that is a file or holds other files than an earlier, possibly partial,
+    output of :func:`write_fashion_clicks`. Creates nothing: run it before generating.
+
+    An earlier output holds only :data:`OUTPUT_FILES` (hidden files are not looked at), at least one
+    of them a Parquet file, and every Parquet file carries :data:`META_KEY` (a run killed mid-swap
+    may have left only some of them). A README.md alone is not taken for one.
 
     Raises:
         OutputError: naming the problem and the fix.
@@ -408,13 +440,24 @@ def check_fashion_clicks_out(out_dir: str | Path) -> Path:
     from recsys_cl.io_atomic import OutputError
 
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"--out {out} cannot be created ({e.strerror or e}); pass a new or empty folder") from e
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; pass a new or empty folder")
+    if not out.exists():
+        return out
     found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    ours = (out / "clicks.parquet").is_file() and META_KEY in (pq.read_schema(out / "clicks.parquet").metadata or {})
-    if found and not (ours and set(found) <= set(OUTPUT_FILES)):
+    parquets = [name for name in found if name.endswith(".parquet")]
+    ours = bool(parquets) and set(found) <= set(OUTPUT_FILES)
+    for name in parquets if ours else []:
+        try:
+            kv = pq.read_schema(out / name).metadata or {}
+        except (pa.ArrowException, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise OutputError(
+                f"--out {out}: {name} is not a readable Parquet file ({reason}), so not an earlier "
+                "make_fashion_clicks output; it is not replaced: delete it or pass a new or empty folder"
+            ) from e
+        ours = ours and META_KEY in kv
+    if found and not ours:
         raise OutputError(
             f"--out {out} already holds {found[:10]}, not (only) an earlier make_fashion_clicks output; its "
             "README.md and Parquet files would be replaced. Pass a new or empty folder"
@@ -425,10 +468,14 @@ def check_fashion_clicks_out(out_dir: str | Path) -> Path:
 def write_fashion_clicks(
     out_dir: str | Path, clicks: pl.DataFrame, items: pl.DataFrame, meta: dict[str, Any]
 ) -> Path:
-    """Write ``clicks.parquet``, ``items.parquet`` and ``README.md`` into ``out_dir``, each atomically.
+    """Write ``clicks.parquet``, ``items.parquet`` and ``README.md`` into ``out_dir`` as one set.
 
-    Each file goes to a hidden temp file in ``out_dir``, is fsynced and renamed into place, so a
-    reader never sees a half-written file. The README is written last, so it marks a complete set.
+    All three files go into a hidden temp folder inside ``out_dir`` (:data:`TMP_PREFIX`) and are
+    fsynced; then the old README.md is removed and the three files are renamed into place, README.md
+    last, so a README.md always sits beside the Parquet files it describes and a folder without one
+    is incomplete. A run killed at any point leaves ``out_dir`` holding only this function's files
+    and hidden temp folders, which a rerun accepts (:func:`check_fashion_clicks_out`) and replaces;
+    it removes the temp folders of dead writers (and their older ``.<name>.tmp-<pid>-*`` files).
     Both Parquet files carry ``meta`` as JSON under the key-value metadata key :data:`META_KEY`.
 
     Returns:
@@ -438,16 +485,56 @@ def write_fashion_clicks(
         OutputError: ``out_dir`` is a file, cannot be created, or holds other files than an earlier
             output of this function (its README.md would be replaced) (:func:`check_fashion_clicks_out`).
     """
+    from recsys_cl.io_atomic import OutputError
+
     out = check_fashion_clicks_out(out_dir)
-    meta_json = json.dumps(meta, sort_keys=True)
-    for name, frame in (("items.parquet", items), ("clicks.parquet", clicks)):
-        table = frame.to_arrow()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta_json})
-        _atomic_write(out / name, partial(pq.write_table, table, compression="zstd"))
-    readme = _readme(meta)
-    _atomic_write(out / "README.md", lambda p: p.write_text(readme, encoding="utf-8"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out)
+        tmp = out / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as e:
+        raise OutputError(f"--out {out} cannot be written ({e.strerror or e}); pass a new or empty folder") from e
+    try:
+        meta_json = json.dumps(meta, sort_keys=True)
+        for name, frame in (("items.parquet", items), ("clicks.parquet", clicks)):
+            table = frame.to_arrow()
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta_json})
+            pq.write_table(table, tmp / name, compression="zstd")
+        (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
+        for name in OUTPUT_FILES:
+            fsync_path(tmp / name)
+        fsync_path(tmp)
+        (out / "README.md").unlink(missing_ok=True)  # the old set is incomplete from here on
+        for name in OUTPUT_FILES:  # README.md last
+            os.replace(tmp / name, out / name)
+        fsync_path(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: wrote %s (%d clicks, %d items)", SEMI_SYNTHETIC, out, clicks.height, items.height)
     return out
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove the hidden temp folders (and older-style temp files) of writers that are gone."""
+    from recsys_cl.io_atomic import _pid_alive
+
+    prefixes = (TMP_PREFIX, *(f".{name}.tmp-" for name in OUTPUT_FILES))
+    for p in out.iterdir():
+        prefix = next((x for x in prefixes if p.name.startswith(x)), None)
+        if prefix is None:
+            continue
+        try:
+            pid = int(p.name[len(prefix):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # a live writer (or an unrelated process that reused the pid): left for a later run
+        log.info("removing stale temp %s (its writer, pid %d, is gone)", p, pid)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def read_fashion_clicks_meta(path: str | Path) -> dict[str, Any]:
@@ -457,17 +544,6 @@ def read_fashion_clicks_meta(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: no {META_KEY.decode()} metadata; was it written by write_fashion_clicks?")
     out: dict[str, Any] = json.loads(kv[META_KEY])
     return out
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 COUNT_KEYS = ("clicks", "users", "items", "late_items", "late_items_clicked", "categories")

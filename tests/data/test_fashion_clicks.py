@@ -5,7 +5,9 @@ Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -219,16 +221,16 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
     write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
     write_idx_labels(folder / lab_name, np.arange(50) % 10)
     out = tmp_path / "out"
-    meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+    meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                      "--num-users", "30", "--seed", "3"])
     printed = capsys.readouterr().out
     assert "not a real click log" in printed
     assert f"--set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet" in printed
-    assert meta["counts"]["items"] == 40 and meta["config"]["seed"] == 3
+    assert meta["counts"]["items"] == 50 and meta["config"]["seed"] == 3
     assert (out / "README.md").is_file()
     with pytest.raises(SystemExit, match=r"data error: .*missing' does not exist; point --fashion-mnist at"):
         make_fashion_clicks.main(["--fashion-mnist", str(tmp_path / "missing"), "--out", str(out)])
-    again = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "40",
+    again = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                       "--num-users", "30", "--seed", "4"])  # an earlier output: replaced
     assert again["config"]["seed"] == 4
     mine = tmp_path / "mine"
@@ -264,3 +266,127 @@ def test_default_config_on_real_fashion_mnist() -> None:
     # popularity is skewed: the top 10% of items get over a third of the clicks
     per_item = clicks["item_id"].value_counts()["count"].sort(descending=True)
     assert per_item.head(300).sum() / clicks.height > 1 / 3
+
+
+@pytest.fixture()
+def fmnist_folder(tmp_path: Path) -> Path:
+    """A tiny Fashion-MNIST training split (50 random 28x28 images, 5 per class) for the pipeline."""
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    img_name, lab_name = FILES["train"]
+    write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
+    write_idx_labels(folder / lab_name, np.arange(50) % 10)
+    return folder
+
+
+def run_pipeline(folder: Path, out: Path, *extra: str) -> dict[str, Any]:
+    from pipelines import make_fashion_clicks
+
+    return make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
+                                     "--num-users", "30", *extra])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_pipeline_refuses_bad_seed_without_traceback_or_folder(fmnist_folder: Path, tmp_path: Path,
+                                                               seed: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out, "--seed", seed)
+    assert str(e.value) == f"argument error: --seed must be an integer in [0, 2147483647], got {seed}"
+    assert not out.exists()
+
+
+def test_pipeline_refuses_infinite_clicks_per_user(fmnist_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^argument error: --clicks-per-user must be a finite number >= 1, "
+                                         r"got inf$"):
+        run_pipeline(fmnist_folder, tmp_path / "out", "--clicks-per-user", "inf")
+
+
+DEAD_PID = 999_999_999  # above any pid_max: no such process
+
+
+def test_pipeline_reruns_over_a_killed_runs_partial_output(fmnist_folder: Path, tmp_path: Path) -> None:
+    """A run killed mid-write leaves some of its files and hidden temps; the rerun replaces them all
+    (it said 'already holds [items.parquet], not (only) an earlier make_fashion_clicks output')."""
+    out = tmp_path / "out"
+    run_pipeline(fmnist_folder, out, "--seed", "1")
+    (out / "clicks.parquet").unlink()
+    (out / "README.md").unlink()  # as a SIGKILL between the files of the old one-by-one writer left it
+    (out / f".clicks.parquet.tmp-{DEAD_PID}-0123abcd").write_bytes(b"PAR1 half a file")
+    stale = out / f"{fc.TMP_PREFIX}{DEAD_PID}-0123abcd"
+    stale.mkdir()
+    (stale / "items.parquet").write_bytes(b"PAR1 half")
+    meta = run_pipeline(fmnist_folder, out, "--seed", "2")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "clicks.parquet", "items.parquet"]
+    assert read_fashion_clicks_meta(out / "items.parquet") == meta == read_fashion_clicks_meta(out / "clicks.parquet")
+    assert meta["config"]["seed"] == 2
+
+
+def test_killed_mid_swap_leaves_no_readme_and_reruns(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set is written to a hidden folder first: dying between the renames leaves no README.md
+    beside mismatched Parquet files, and the folder is still taken for an earlier output."""
+    out, clicks, items = write_small(tmp_path, tiny)
+    real_replace, calls = fc.os.replace, []
+
+    def dies_after_one(src: Path, dst: Path) -> None:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fc.os, "replace", dies_after_one)
+    meta = fashion_clicks_meta(clicks.head(5), items, SMALL, (1, 28, 28))
+    with pytest.raises(KeyboardInterrupt):
+        write_fashion_clicks(out, clicks.head(5), items, meta)
+    assert sorted(p.name for p in out.iterdir()) == ["clicks.parquet", "items.parquet"]
+    monkeypatch.setattr(fc.os, "replace", real_replace)
+    write_small(tmp_path, tiny)
+    assert pl.read_parquet(out / "clicks.parquet").equals(clicks)
+
+
+def test_pipeline_refuses_a_corrupt_parquet_in_out_in_one_line(fmnist_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clicks.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out)
+    message = str(e.value)
+    assert message.startswith(f"output error: --out {out}: clicks.parquet is not a readable Parquet file (")
+    assert message.endswith("it is not replaced: delete it or pass a new or empty folder") and "\n" not in message
+    assert (out / "clicks.parquet").read_bytes() == b"not parquet at all"
+
+
+def test_pipeline_data_errors_name_the_flags_and_create_no_out(fmnist_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"^data error: .*missing' does not exist; point --fashion-mnist at"):
+        run_pipeline(tmp_path / "missing", out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"^data error: .*train-images-idx3-ubyte.gz: file not found; point "
+                                         r"--fashion-mnist at a folder"):
+        run_pipeline(empty, out)
+    with pytest.raises(SystemExit, match=r"^data error: --num-items=51 but only 50 images were given; "
+                                         r"lower --num-items$"):
+        run_pipeline(fmnist_folder, out, "--num-items", "51")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "fix"), [
+    (["--num-items", "5"], "has at most 1 items; raise --num-items to at least 50 (5 per class)"),
+    (["--num-items", "40"], "has at most 4 items; raise --num-items to at least 50 (5 per class) or "
+                            "--cold-fraction to at least 0.25"),
+])
+def test_pipeline_refuses_settings_with_no_late_items(fmnist_folder: Path, tmp_path: Path, flags: list[str],
+                                                      fix: str) -> None:
+    """A cold-start log with no cold items is useless: --num-items 5 wrote one with late_items: 0."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"^data error: --num-items=\d+ with --cold-fraction=0.2 leaves no late "
+                                         r"\(cold-start\) items: each class gets floor\(size \* cold fraction\) "
+                                         r"of them and " + re.escape(fix) + "$"):
+        run_pipeline(fmnist_folder, out, *flags)
+    assert not out.exists()
+    meta = run_pipeline(fmnist_folder, out, *flags, "--cold-fraction", "0")  # none asked for: allowed
+    assert meta["counts"]["late_items"] == 0
+    assert run_pipeline(fmnist_folder, out)["counts"]["late_items"] == 10
