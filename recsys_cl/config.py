@@ -799,8 +799,10 @@ def load_config(
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_reason(e)}; fix the "
                               "file there (quote values that contain ': ', '#' or brackets)") from e
-        if loaded is None:
-            loaded = {}
+        if loaded is None:  # 0 bytes or only comments: all defaults would run (data, tracking store) unasked
+            raise ConfigError(f"config file {str(p)!r} is empty (no settings, only comments or blank lines); omit "
+                              "--config for the defaults, or give a YAML mapping of sections, e.g. 'train: "
+                              "{epochs: 2}'")
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {str(p)!r} must hold a mapping of sections, found {type(loaded).__name__}"

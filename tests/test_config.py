@@ -195,6 +195,15 @@ def test_config_path_that_is_a_directory_or_not_text(tmp_path: Path) -> None:
         load_config(binary, RunConfig)
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# every setting commented out\n# train:\n#   epochs: 2\n", "---\n"])
+def test_an_empty_config_file_is_refused_not_read_as_all_defaults(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"config file '.*empty\.yaml' is empty \(no settings, only comments or "
+                                          r"blank lines\); omit --config for the defaults, or give a YAML mapping"):
+        load_config(p, RunConfig, ["train.epochs=2"])
+
+
 def test_null_section_in_yaml_takes_overrides(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("train: null\n")
