@@ -493,6 +493,10 @@ class BaselinesConfig:
     als_factors: int = 64
 
     def __post_init__(self) -> None:
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ConfigError(f"baselines.models names {', '.join(repeated)} more than once, got {list(self.models)}; "
+                              "give each baseline once (a baseline is deterministic: a second run repeats the first)")
         if not self.ease_lambdas or not all(math.isfinite(x) and x > 0 for x in self.ease_lambdas):
             raise ConfigError(f"baselines.ease_lambdas must be a non-empty list of L2 strengths > 0 (tuned on "
                               f"validation), got {list(self.ease_lambdas)}")

@@ -127,6 +127,8 @@ def test_unknown_section() -> None:
         ("user_tower.history_length=100000000", r"user_tower\.history_length must be in \[1, 10000\] .*got 100000000"),
         ("user_tower.history_length=0", r"user_tower\.history_length must be in \[1, 10000\]"),
         ("baselines.ease_lambdas=[10, .nan]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths"),
+        ("baselines.models=[ease,ease]", r"baselines\.models names ease more than once, got \['ease', 'ease'\]; "
+                                         r"give each baseline once"),
     ],
 )
 def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:
