@@ -233,6 +233,57 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_ablation_checks_the_rows_json_beside_out_before_anything_runs(tmp_path: Path) -> None:
+    """--out X.md also writes X.json: a folder there ended a finished ablation in IsADirectoryError."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    base = ["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")]
+    (tmp_path / "ab.json").mkdir()
+    with pytest.raises(SystemExit, match=rf"^output error: --out {tmp_path}/ab\.md writes its rows beside it to "
+                                         rf"{tmp_path}/ab\.json, which is a directory; pass another --out"):
+        ablation.main([*base, "--out", str(tmp_path / "ab.md")])
+    with pytest.raises(SystemExit, match=r"^output error: --out .*/rows\.json ends in \.json, the name of the rows "
+                                         r"file written beside the table; pass a Markdown path"):
+        ablation.main([*base, "--out", str(tmp_path / "rows.json")])
+    with pytest.raises(SystemExit, match=r"^output error: --summary-json .*/t\.json is the rows file written beside "
+                                         r"--out .*/t\.md, so one would overwrite the other"):
+        ablation.main([*base, "--out", str(tmp_path / "t.md"), "--summary-json", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match=r"^output error: --summary-json .*/t\.md is the same file as --out"):
+        ablation.main([*base, "--out", str(tmp_path / "t.md"), "--summary-json", str(tmp_path / "t.md")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ablation_outputs_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table, its rows JSON and the summary: a temp file renamed over each, never one half-written."""
+    import argparse
+    import os
+
+    from pipelines import ablation
+
+    out, summary = tmp_path / "ab.md", tmp_path / "s.json"
+    args = argparse.Namespace(out=str(out), summary_json=str(summary))
+    baseline = {"popularity": {"params": "", "test_metrics": {"recall@20": 0.5}}}
+    ablation.write_outputs(args, "full_ranking", baseline, [], {})
+    before = {p.name: (p.stat().st_ino, p.read_text()) for p in tmp_path.iterdir()}
+    assert set(before) == {"ab.md", "ab.json", "s.json"}
+    assert json.loads(before["ab.json"][1]) == {"popularity ": [{"recall@20": 0.5}]}
+
+    def killed(src: object, dst: object) -> None:
+        raise KeyboardInterrupt  # stopped between writing a temp file and renaming it
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ablation.write_outputs(args, "other", baseline, [], {})
+    assert {p.name: (p.stat().st_ino, p.read_text()) for p in tmp_path.iterdir()} == before  # untouched, no temp
+    ablation.write_outputs(args, "other", baseline, [], {})
+    after = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    assert set(after) == set(before) and all(after[n] != before[n][0] for n in after)  # new files renamed in
+    assert out.read_text().startswith("Protocol: `other`")
+
+
 def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines import ablation
 
