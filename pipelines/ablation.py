@@ -48,7 +48,7 @@ from recsys_cl.experiment import (
     run_two_tower,
     with_content,
 )
-from recsys_cl.sweep import ablation_key
+from recsys_cl.sweep import ablation_key, refuse_seed_override
 from recsys_cl.tracking import (
     ABLATION_KEY_TAG,
     ablation_row_tag,
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> str:
             variants = {k: variants[k] for k in args.only}
         if len(set(args.seeds)) != len(args.seeds):
             raise ConfigError(f"--seeds has duplicates {args.seeds}: the same seed trains the same model twice")
+        refuse_seed_override(args.set, "--set")
+        for name, overrides in variants.items():
+            refuse_seed_override(overrides, f"variant {name!r} in --variants")
         base = load_config(args.config, RunConfig, overrides=args.set)
         if args.baselines:  # names checked like the config's own baselines.models, before any data is read
             load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(args.baselines)}]"])

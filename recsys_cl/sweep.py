@@ -59,11 +59,26 @@ def split_values(text: str) -> list[str]:
     return out
 
 
+SEED_KEY = "train.seed"
+"""Set by ``--seeds`` in every run of a sweep or an ablation: refused in --grid, in variants and, where
+``--seeds`` applies, in --set (:func:`refuse_seed_override`)."""
+
+
+def refuse_seed_override(overrides: Sequence[str], where: str) -> None:
+    """Raise :class:`ConfigError` when one of ``overrides`` (``key=value``) sets :data:`SEED_KEY`, which
+    ``--seeds`` overrides in every run: the run would be tagged with one seed and trained with another."""
+    for item in overrides:
+        if item.partition("=")[0].strip() == SEED_KEY:
+            raise ConfigError(f"{where} sets {item.strip()!r}, but --seeds sets {SEED_KEY} in every run (and "
+                              f"overrides it); drop it and pass the seeds as --seeds, e.g. --seeds 0 1 2")
+
+
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """``["loss.kind=softmax,debiased"]`` -> ``[("loss.kind", ["softmax", "debiased"])]``.
 
     Raises:
-        ConfigError: a spec without ``=``, an empty value, or the same key given twice.
+        ConfigError: a spec without ``=``, an empty value, the same key given twice, or ``train.seed``
+            (``--seeds`` sets it).
     """
     axes: list[tuple[str, list[str]]] = []
     for spec in specs:
@@ -74,6 +89,9 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         values = split_values(text)
         if any(v == "" for v in values):
             raise ConfigError(f"--grid {spec!r} has an empty value; separate values with single commas")
+        if key == SEED_KEY:  # every point runs each --seeds value, which overrode the axis unseen
+            raise ConfigError(f"--grid {spec!r}: {SEED_KEY} cannot be a grid axis, --seeds sets every run's seed "
+                              f"(and overrides it); pass --seeds {' '.join(values)} instead")
         if key in {k for k, _ in axes}:
             raise ConfigError(f"--grid key {key!r} is given twice; put all its values in one --grid")
         axes.append((key, list(dict.fromkeys(values))))

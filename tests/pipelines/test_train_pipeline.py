@@ -224,6 +224,13 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
         ablation.main([*base, "--seeds", "0", "0"])
     with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
         ablation.main([*base, "--seeds", "0", "--only", "nope"])
+    seeded = tmp_path / "seeded.yaml"  # --seeds overrode it: tagged seed 0, trained with seed 0, the 5 unseen
+    seeded.write_text("plain: [loss.logq=none]\nseed5: [loss.logq=none, train.seed=5]\n")
+    with pytest.raises(SystemExit, match=r"^config error: variant 'seed5' in --variants sets 'train\.seed=5', but "
+                                         r"--seeds sets train\.seed in every run \(and overrides it\); drop it"):
+        ablation.main([*base, "--seeds", "0", "--variants", str(seeded)])
+    with pytest.raises(SystemExit, match=r"^config error: --set sets 'train\.seed=5', but --seeds sets train\.seed"):
+        ablation.main([*base, "--seeds", "0", "--set", "train.seed=5"])
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md cannot be written: "
                                          r".*afile on its path is a file"):
