@@ -117,6 +117,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ]))
             for point in points for seed in seeds
         ]
+        trained: dict[tuple[tuple[str, str], ...], str] = {}
+        for point, _, cfg in configs:  # values equal once read (1 and 1.0 for a float) would train twice
+            ident = tuple(sorted((k, repr(v)) for k, v in cfg.to_flat_dict().items() if k != "tracking.run_name"))
+            if ident in trained and trained[ident] != point.label:
+                raise ConfigError(f"grid points {trained[ident]} and {point.label} give the same config (their values "
+                                  "are equal once read), so the same model would train twice; drop one value from "
+                                  "--grid")
+            trained.setdefault(ident, point.label)
         baselines: list[str] = []
         if args.baselines is not None:
             names = args.baselines or list(base.baselines.models)

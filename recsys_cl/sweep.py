@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 
-from recsys_cl.config import ConfigError
+from recsys_cl.config import ConfigError, UniqueKeyLoader
 from recsys_cl.eval.report import TABLE_METRICS
 
 SUMMARY_METRICS = ("val/recall@20", *(f"test/{m}" for m in TABLE_METRICS))
@@ -94,8 +95,20 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
                               f"(and overrides it); pass --seeds {' '.join(values)} instead")
         if key in {k for k, _ in axes}:
             raise ConfigError(f"--grid key {key!r} is given twice; put all its values in one --grid")
-        axes.append((key, list(dict.fromkeys(values))))
+        unique: dict[str, str] = {}
+        for v in values:  # 0.1,0.10 is one value, trained once, under its first spelling
+            unique.setdefault(_parsed(v), v)
+        axes.append((key, list(unique.values())))
     return axes
+
+
+def _parsed(text: str) -> str:
+    """A grid value as ``--set`` reads it (YAML), typed, for spotting repeats spelled differently (0.1, 0.10)."""
+    try:
+        value = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError:
+        return f"text:{text}"  # not YAML: load_config reports it, with the key
+    return f"{type(value).__name__}:{value!r}"
 
 
 def expand_grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[GridPoint]:

@@ -24,6 +24,9 @@ def test_grid_parsing_and_expansion() -> None:
     assert points[1].label == "loss.kind=softmax,loss.temperature=0.1"
     assert split_values("[id],[id,categorical]") == ["[id]", "[id,categorical]"]
     assert expand_grid([])[0].overrides == ()
+    # equal values spelled differently trained the same run twice; exact repeats were already dropped
+    assert parse_grid(["loss.temperature=0.1,0.10,0.2,0.1", "item_tower.encoders=[id],[ id ],[id,text]"]) == [
+        ("loss.temperature", ["0.1", "0.2"]), ("item_tower.encoders", ["[id]", "[id,text]"])]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -84,6 +87,9 @@ def test_every_config_is_validated_before_training(
     with pytest.raises(SystemExit, match=r"^config error: --set sets 'train\.seed=5', but --seeds sets train\.seed "
                                          r"in every run \(and overrides it\); drop it and pass the seeds as --seeds"):
         sweep.main(["--grid", "loss.kind=softmax", "--seeds", "1", *sweep_args(tmp_path, "--set", "train.seed=5")])
+    with pytest.raises(SystemExit, match=r"^config error: grid points loss\.temperature=1 and loss\.temperature=1\.0 "
+                                         r"give the same config .*; drop one value from --grid$"):
+        sweep.main(["--grid", "loss.temperature=1,1.0", *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"output error: --summary-json .* is a directory"):
         sweep.main(["--grid", "loss.kind=softmax", "--summary-json", str(tmp_path), *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"data error: baseline 'popularity' .* cannot rank cold items"):
