@@ -499,7 +499,7 @@ def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monke
 
     monkeypatch.setattr(ablation, "run_two_tower", counting)
     trained.clear()
-    summary_json = tmp_path / "ab.json"
+    summary_json = tmp_path / "summary.json"  # not ab.json: the rows file beside --out ab.md
     table = ablation.main([*base, "--summary-json", str(summary_json)])
     assert trained == ["debiased seed=1"]  # popularity and three two-tower runs were reused
     summary = json.loads(summary_json.read_text())
@@ -535,8 +535,8 @@ def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path:
     variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
     common = ["--variants", str(variants), "--no-baselines", *_args(tmp_path, "ml-100k")]
     whole = ablation.main([*common, "--seeds", "0", "1", "--no-resume", "--out", str(tmp_path / "all.md")])
-    for seed in ("0", "1"):
-        ablation.main([*common, "--seeds", seed, "--no-resume", "--out", str(tmp_path / f"s{seed}.md"),
+    for seed in ("0", "1"):  # --out t0.md, not s0.md: s0.json would be the table's rows file
+        ablation.main([*common, "--seeds", seed, "--no-resume", "--out", str(tmp_path / f"t{seed}.md"),
                        "--summary-json", str(tmp_path / f"s{seed}.json")])
     merged = ablation.main(["--merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"),
                             "--out", str(tmp_path / "merged.md"), "--summary-json", str(tmp_path / "m.json")])
