@@ -33,6 +33,7 @@ from pipelines.cli import (
     exits_on_tracking_error,
     shown_path,
     write_summary,
+    write_text_atomic,
 )
 from recsys_cl.config import ConfigError, DuplicateKeyError, RunConfig, UniqueKeyLoader, load_config, yaml_error_reason
 from recsys_cl.data.errors import DataError
@@ -47,7 +48,7 @@ from recsys_cl.experiment import (
     run_two_tower,
     with_content,
 )
-from recsys_cl.sweep import ablation_key
+from recsys_cl.sweep import ablation_key, refuse_seed_override
 from recsys_cl.tracking import (
     ABLATION_KEY_TAG,
     ablation_row_tag,
@@ -80,7 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--no-baselines", action="store_true", help="two-tower rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every run, e.g. --set train.epochs=5 (repeatable)")
-    p.add_argument("--out", default="runs/ablation.md", help="Markdown table path (default: %(default)s)")
+    p.add_argument("--out", default="runs/ablation.md",
+                   help="Markdown table path; every row's runs' test metrics go beside it as JSON, to the same name "
+                        "with .json (default: %(default)s and runs/ablation.json; both are replaced)")
     p.add_argument("--merge", nargs="+", metavar="SUMMARY",
                    help="train nothing: write the tables of these --summary-json files together (e.g. seeds run "
                         "in separate processes), to --out and --summary-json")
@@ -129,6 +132,7 @@ def load_variants(path: str) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     check_output_file(args.out, "--out")
+    check_rows_file(args.out, args.summary_json)
     check_output_file(args.summary_json)
     if args.merge:
         given = [flag for flag, value in (("--only", args.only), ("--set", args.set), ("--no-resume", args.no_resume),
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> str:
             variants = {k: variants[k] for k in args.only}
         if len(set(args.seeds)) != len(args.seeds):
             raise ConfigError(f"--seeds has duplicates {args.seeds}: the same seed trains the same model twice")
+        refuse_seed_override(args.set, "--set")
+        for name, overrides in variants.items():
+            refuse_seed_override(overrides, f"variant {name!r} in --variants")
         base = load_config(args.config, RunConfig, overrides=args.set)
         if args.baselines:  # names checked like the config's own baselines.models, before any data is read
             load_config(args.config, RunConfig, overrides=[*args.set, f"baselines.models=[{','.join(args.baselines)}]"])
@@ -210,10 +217,31 @@ def main(argv: list[str] | None = None) -> str:
     return table
 
 
+def rows_file(out: str | Path) -> Path:
+    """The JSON of every row's runs written beside the ``--out`` table: its name with ``.json``."""
+    return Path(out).with_suffix(".json")
+
+
+def check_rows_file(out: str, summary_json: str | None) -> None:
+    """Exit with ``output error: ...`` before any work when the rows file beside ``--out`` cannot be written
+    (a folder of that name) or is ``--out`` or ``--summary-json`` itself (one would overwrite the other)."""
+    rows = rows_file(out)
+    if rows.resolve() == Path(out).resolve():
+        raise SystemExit(f"output error: --out {out} ends in .json, the name of the rows file written beside the "
+                         "table; pass a Markdown path such as runs/ablation.md")
+    if rows.is_dir():
+        raise SystemExit(f"output error: --out {out} writes its rows beside it to {rows}, which is a directory; "
+                         "pass another --out or move that folder away")
+    if summary_json is not None and Path(summary_json).resolve() in (rows.resolve(), Path(out).resolve()):
+        what = "the rows file written beside" if Path(summary_json).resolve() == rows.resolve() else "the same file as"
+        raise SystemExit(f"output error: --summary-json {summary_json} is {what} --out {out}, so one would "
+                         "overwrite the other; pass another --summary-json path")
+
+
 def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[str, dict[str, Any]],
                   runs: list[dict[str, Any]], extra: dict[str, Any]) -> str:
-    """Render the tables (test, then validation), write ``--out`` (+ ``.json`` of every row's runs) and
-    ``--summary-json``, print the tables; returns them."""
+    """Render the tables (test, then validation), write ``--out`` (+ :func:`rows_file`, every row's runs)
+    and ``--summary-json``, each atomically (temp file + rename), print the tables; returns them."""
     # all items ranked: how much of the top 20 new items take is part of the answer
     keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
         if ALL_CATALOGUE in protocol.split("|") else TABLE_METRICS
@@ -241,9 +269,8 @@ def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[s
     if runs:
         table += "\n\nValidation, on which a variant is chosen (never on test):\n\n" + validation_table(runs)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    write_text_atomic(out, table + "\n")
+    write_text_atomic(rows_file(out), json.dumps(raw, indent=2))
     write_summary(args.summary_json, {"protocol": protocol, "table": str(out), "runs": runs,
                                       "baselines": baseline_runs, **extra})
     print(table)

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -159,11 +160,24 @@ def check_output_dir(path: str | Path, key: str) -> None:
         raise SystemExit(f"output error: {key}={path} is not writable; set it to a writable folder")
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file in ``path``'s folder (parents created), then rename it over ``path``:
+    a reader (or a kill mid-write) sees the old file or the new one, never a truncated one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")  # created under the umask, like a plain write_text
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_summary(path: str | None, summary: Any) -> None:
-    """Write ``summary`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
+    """Write ``summary`` as indented JSON to ``path`` (parents created, written atomically: temp file +
+    rename); nothing when ``path`` is None."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomic(path, json.dumps(summary, indent=2, default=str))
 
 
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:

@@ -50,7 +50,15 @@ from recsys_cl.experiment import (
     run_two_tower,
     with_content,
 )
-from recsys_cl.sweep import expand_grid, grid_plot, markdown, parse_grid, summary_frame, sweep_key
+from recsys_cl.sweep import (
+    expand_grid,
+    grid_plot,
+    markdown,
+    parse_grid,
+    refuse_seed_override,
+    summary_frame,
+    sweep_key,
+)
 from recsys_cl.tracking import (
     SWEEP_KEY_TAG,
     SWEEP_ROW_TAG,
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keys = [k for k, _ in axes]
         if args.group_by and args.group_by not in keys:
             raise ConfigError(f"--group-by {args.group_by!r} is not a grid key; grid keys: {keys}")
+        if args.seeds is not None:  # without --seeds, --set train.seed is the one seed
+            refuse_seed_override(args.set, "--set")
         base = load_config(args.config, RunConfig, overrides=args.set)
         seeds = args.seeds if args.seeds is not None else [base.train.seed]
         if len(set(seeds)) != len(seeds):
@@ -107,6 +117,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ]))
             for point in points for seed in seeds
         ]
+        trained: dict[tuple[tuple[str, str], ...], str] = {}
+        for point, _, cfg in configs:  # values equal once read (1 and 1.0 for a float) would train twice
+            ident = tuple(sorted((k, repr(v)) for k, v in cfg.to_flat_dict().items() if k != "tracking.run_name"))
+            if ident in trained and trained[ident] != point.label:
+                raise ConfigError(f"grid points {trained[ident]} and {point.label} give the same config (their values "
+                                  "are equal once read), so the same model would train twice; drop one value from "
+                                  "--grid")
+            trained.setdefault(ident, point.label)
         baselines: list[str] = []
         if args.baselines is not None:
             names = args.baselines or list(base.baselines.models)

@@ -493,6 +493,10 @@ class BaselinesConfig:
     als_factors: int = 64
 
     def __post_init__(self) -> None:
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ConfigError(f"baselines.models names {', '.join(repeated)} more than once, got {list(self.models)}; "
+                              "give each baseline once (a baseline is deterministic: a second run repeats the first)")
         if not self.ease_lambdas or not all(math.isfinite(x) and x > 0 for x in self.ease_lambdas):
             raise ConfigError(f"baselines.ease_lambdas must be a non-empty list of L2 strengths > 0 (tuned on "
                               f"validation), got {list(self.ease_lambdas)}")
@@ -799,8 +803,10 @@ def load_config(
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_reason(e)}; fix the "
                               "file there (quote values that contain ': ', '#' or brackets)") from e
-        if loaded is None:
-            loaded = {}
+        if loaded is None:  # 0 bytes or only comments: all defaults would run (data, tracking store) unasked
+            raise ConfigError(f"config file {str(p)!r} is empty (no settings, only comments or blank lines); omit "
+                              "--config for the defaults, or give a YAML mapping of sections, e.g. 'train: "
+                              "{epochs: 2}'")
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {str(p)!r} must hold a mapping of sections, found {type(loaded).__name__}"

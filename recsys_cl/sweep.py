@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 
-from recsys_cl.config import ConfigError
+from recsys_cl.config import ConfigError, UniqueKeyLoader
 from recsys_cl.eval.report import TABLE_METRICS
 
 SUMMARY_METRICS = ("val/recall@20", *(f"test/{m}" for m in TABLE_METRICS))
@@ -59,11 +60,26 @@ def split_values(text: str) -> list[str]:
     return out
 
 
+SEED_KEY = "train.seed"
+"""Set by ``--seeds`` in every run of a sweep or an ablation: refused in --grid, in variants and, where
+``--seeds`` applies, in --set (:func:`refuse_seed_override`)."""
+
+
+def refuse_seed_override(overrides: Sequence[str], where: str) -> None:
+    """Raise :class:`ConfigError` when one of ``overrides`` (``key=value``) sets :data:`SEED_KEY`, which
+    ``--seeds`` overrides in every run: the run would be tagged with one seed and trained with another."""
+    for item in overrides:
+        if item.partition("=")[0].strip() == SEED_KEY:
+            raise ConfigError(f"{where} sets {item.strip()!r}, but --seeds sets {SEED_KEY} in every run (and "
+                              f"overrides it); drop it and pass the seeds as --seeds, e.g. --seeds 0 1 2")
+
+
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """``["loss.kind=softmax,debiased"]`` -> ``[("loss.kind", ["softmax", "debiased"])]``.
 
     Raises:
-        ConfigError: a spec without ``=``, an empty value, or the same key given twice.
+        ConfigError: a spec without ``=``, an empty value, the same key given twice, or ``train.seed``
+            (``--seeds`` sets it).
     """
     axes: list[tuple[str, list[str]]] = []
     for spec in specs:
@@ -74,10 +90,25 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         values = split_values(text)
         if any(v == "" for v in values):
             raise ConfigError(f"--grid {spec!r} has an empty value; separate values with single commas")
+        if key == SEED_KEY:  # every point runs each --seeds value, which overrode the axis unseen
+            raise ConfigError(f"--grid {spec!r}: {SEED_KEY} cannot be a grid axis, --seeds sets every run's seed "
+                              f"(and overrides it); pass --seeds {' '.join(values)} instead")
         if key in {k for k, _ in axes}:
             raise ConfigError(f"--grid key {key!r} is given twice; put all its values in one --grid")
-        axes.append((key, list(dict.fromkeys(values))))
+        unique: dict[str, str] = {}
+        for v in values:  # 0.1,0.10 is one value, trained once, under its first spelling
+            unique.setdefault(_parsed(v), v)
+        axes.append((key, list(unique.values())))
     return axes
+
+
+def _parsed(text: str) -> str:
+    """A grid value as ``--set`` reads it (YAML), typed, for spotting repeats spelled differently (0.1, 0.10)."""
+    try:
+        value = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError:
+        return f"text:{text}"  # not YAML: load_config reports it, with the key
+    return f"{type(value).__name__}:{value!r}"
 
 
 def expand_grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[GridPoint]:

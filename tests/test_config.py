@@ -127,6 +127,8 @@ def test_unknown_section() -> None:
         ("user_tower.history_length=100000000", r"user_tower\.history_length must be in \[1, 10000\] .*got 100000000"),
         ("user_tower.history_length=0", r"user_tower\.history_length must be in \[1, 10000\]"),
         ("baselines.ease_lambdas=[10, .nan]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths"),
+        ("baselines.models=[ease,ease]", r"baselines\.models names ease more than once, got \['ease', 'ease'\]; "
+                                         r"give each baseline once"),
     ],
 )
 def test_bad_values_are_rejected_with_key(override: str, match: str) -> None:
@@ -193,6 +195,15 @@ def test_config_path_that_is_a_directory_or_not_text(tmp_path: Path) -> None:
     binary.write_bytes(b"\x80\x81\xff\xfe")
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(invalid start byte at byte 0\)"):
         load_config(binary, RunConfig)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# every setting commented out\n# train:\n#   epochs: 2\n", "---\n"])
+def test_an_empty_config_file_is_refused_not_read_as_all_defaults(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"config file '.*empty\.yaml' is empty \(no settings, only comments or "
+                                          r"blank lines\); omit --config for the defaults, or give a YAML mapping"):
+        load_config(p, RunConfig, ["train.epochs=2"])
 
 
 def test_null_section_in_yaml_takes_overrides(tmp_path: Path) -> None:

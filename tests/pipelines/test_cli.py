@@ -84,6 +84,32 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "ck").is_dir()
 
 
+def test_write_summary_replaces_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill mid-write left a truncated summary where the last good one was: now a temp file beside
+    it is renamed over it, so a reader sees the old file or the new one."""
+    import json
+    import os
+
+    from pipelines import cli
+
+    path = tmp_path / "out" / "summary.json"
+    cli.write_summary(str(path), {"run": 1})
+    inode = path.stat().st_ino
+    cli.write_summary(str(path), {"run": 2})
+    assert json.loads(path.read_text()) == {"run": 2}
+    assert path.stat().st_ino != inode  # a new file renamed into place, not the old one truncated and rewritten
+    assert sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]  # no temp file left
+
+    def killed(src: object, dst: object) -> None:
+        raise KeyboardInterrupt  # the process stopped between writing the temp file and the rename
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.write_summary(str(path), {"run": 3})
+    assert json.loads(path.read_text()) == {"run": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]
+
+
 @pytest.mark.parametrize("module, keys", [
     ("generate_candidates", ["k", "lookback_days", "output_dir", "index_dir", "alias"]),
     ("nightly", ["k", "lookback_days", "output_dir", "index_root", "alias"]),

@@ -24,11 +24,17 @@ def test_grid_parsing_and_expansion() -> None:
     assert points[1].label == "loss.kind=softmax,loss.temperature=0.1"
     assert split_values("[id],[id,categorical]") == ["[id]", "[id,categorical]"]
     assert expand_grid([])[0].overrides == ()
+    # equal values spelled differently trained the same run twice; exact repeats were already dropped
+    assert parse_grid(["loss.temperature=0.1,0.10,0.2,0.1", "item_tower.encoders=[id],[ id ],[id,text]"]) == [
+        ("loss.temperature", ["0.1", "0.2"]), ("item_tower.encoders", ["[id]", "[id,text]"])]
 
 
 @pytest.mark.parametrize("spec, message", [
     ("loss.kind", "must look like"),
     ("loss.kind=softmax,,debiased", "empty value"),
+    # --seeds overrode it: two children trained with seed 0, tagged train.seed=0 and train.seed=1
+    (" train.seed=0,1", r"^--grid ' train\.seed=0,1': train\.seed cannot be a grid axis, --seeds sets every run's "
+                        r"seed \(and overrides it\); pass --seeds 0 1 instead$"),
 ])
 def test_bad_grid_spec(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -75,6 +81,15 @@ def test_every_config_is_validated_before_training(
         sweep.main(["--grid", "loss.kind=softmax", "--baselines", "nope", *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"config error: --seeds has duplicates \[1, 1\]"):
         sweep.main(["--grid", "loss.kind=softmax", "--seeds", "1", "1", *sweep_args(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^config error: --grid 'train\.seed=0,1': train\.seed cannot be a grid "
+                                         r"axis.*pass --seeds 0 1 instead$"):
+        sweep.main(["--grid", "train.seed=0,1", *sweep_args(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^config error: --set sets 'train\.seed=5', but --seeds sets train\.seed "
+                                         r"in every run \(and overrides it\); drop it and pass the seeds as --seeds"):
+        sweep.main(["--grid", "loss.kind=softmax", "--seeds", "1", *sweep_args(tmp_path, "--set", "train.seed=5")])
+    with pytest.raises(SystemExit, match=r"^config error: grid points loss\.temperature=1 and loss\.temperature=1\.0 "
+                                         r"give the same config .*; drop one value from --grid$"):
+        sweep.main(["--grid", "loss.temperature=1,1.0", *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"output error: --summary-json .* is a directory"):
         sweep.main(["--grid", "loss.kind=softmax", "--summary-json", str(tmp_path), *sweep_args(tmp_path)])
     with pytest.raises(SystemExit, match=r"data error: baseline 'popularity' .* cannot rank cold items"):

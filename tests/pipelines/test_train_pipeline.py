@@ -224,6 +224,13 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
         ablation.main([*base, "--seeds", "0", "0"])
     with pytest.raises(SystemExit, match=r"config error: unknown variant\(s\) \['nope'\] in --only"):
         ablation.main([*base, "--seeds", "0", "--only", "nope"])
+    seeded = tmp_path / "seeded.yaml"  # --seeds overrode it: tagged seed 0, trained with seed 0, the 5 unseen
+    seeded.write_text("plain: [loss.logq=none]\nseed5: [loss.logq=none, train.seed=5]\n")
+    with pytest.raises(SystemExit, match=r"^config error: variant 'seed5' in --variants sets 'train\.seed=5', but "
+                                         r"--seeds sets train\.seed in every run \(and overrides it\); drop it"):
+        ablation.main([*base, "--seeds", "0", "--variants", str(seeded)])
+    with pytest.raises(SystemExit, match=r"^config error: --set sets 'train\.seed=5', but --seeds sets train\.seed"):
+        ablation.main([*base, "--seeds", "0", "--set", "train.seed=5"])
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit, match=r"output error: --out .*afile/ab\.md cannot be written: "
                                          r".*afile on its path is a file"):
@@ -231,6 +238,57 @@ def test_ablation_checks_names_seeds_and_output_before_anything_runs(tmp_path: P
     with pytest.raises(SystemExit, match=r"output error: --out .* is a directory"):
         ablation.main([*base, "--seeds", "0", "--out", str(tmp_path)])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ablation_checks_the_rows_json_beside_out_before_anything_runs(tmp_path: Path) -> None:
+    """--out X.md also writes X.json: a folder there ended a finished ablation in IsADirectoryError."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n")
+    base = ["--variants", str(variants), "--seeds", "0", *_args(tmp_path, "ml-100k")]
+    (tmp_path / "ab.json").mkdir()
+    with pytest.raises(SystemExit, match=rf"^output error: --out {tmp_path}/ab\.md writes its rows beside it to "
+                                         rf"{tmp_path}/ab\.json, which is a directory; pass another --out"):
+        ablation.main([*base, "--out", str(tmp_path / "ab.md")])
+    with pytest.raises(SystemExit, match=r"^output error: --out .*/rows\.json ends in \.json, the name of the rows "
+                                         r"file written beside the table; pass a Markdown path"):
+        ablation.main([*base, "--out", str(tmp_path / "rows.json")])
+    with pytest.raises(SystemExit, match=r"^output error: --summary-json .*/t\.json is the rows file written beside "
+                                         r"--out .*/t\.md, so one would overwrite the other"):
+        ablation.main([*base, "--out", str(tmp_path / "t.md"), "--summary-json", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match=r"^output error: --summary-json .*/t\.md is the same file as --out"):
+        ablation.main([*base, "--out", str(tmp_path / "t.md"), "--summary-json", str(tmp_path / "t.md")])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ablation_outputs_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table, its rows JSON and the summary: a temp file renamed over each, never one half-written."""
+    import argparse
+    import os
+
+    from pipelines import ablation
+
+    out, summary = tmp_path / "ab.md", tmp_path / "s.json"
+    args = argparse.Namespace(out=str(out), summary_json=str(summary))
+    baseline = {"popularity": {"params": "", "test_metrics": {"recall@20": 0.5}}}
+    ablation.write_outputs(args, "full_ranking", baseline, [], {})
+    before = {p.name: (p.stat().st_ino, p.read_text()) for p in tmp_path.iterdir()}
+    assert set(before) == {"ab.md", "ab.json", "s.json"}
+    assert json.loads(before["ab.json"][1]) == {"popularity ": [{"recall@20": 0.5}]}
+
+    def killed(src: object, dst: object) -> None:
+        raise KeyboardInterrupt  # stopped between writing a temp file and renaming it
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ablation.write_outputs(args, "other", baseline, [], {})
+    assert {p.name: (p.stat().st_ino, p.read_text()) for p in tmp_path.iterdir()} == before  # untouched, no temp
+    ablation.write_outputs(args, "other", baseline, [], {})
+    after = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    assert set(after) == set(before) and all(after[n] != before[n][0] for n in after)  # new files renamed in
+    assert out.read_text().startswith("Protocol: `other`")
 
 
 def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -441,7 +499,7 @@ def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monke
 
     monkeypatch.setattr(ablation, "run_two_tower", counting)
     trained.clear()
-    summary_json = tmp_path / "ab.json"
+    summary_json = tmp_path / "summary.json"  # not ab.json: the rows file beside --out ab.md
     table = ablation.main([*base, "--summary-json", str(summary_json)])
     assert trained == ["debiased seed=1"]  # popularity and three two-tower runs were reused
     summary = json.loads(summary_json.read_text())
@@ -477,8 +535,8 @@ def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path:
     variants.write_text("plain: [loss.logq=none]\ndebiased: [loss.kind=debiased]\n")
     common = ["--variants", str(variants), "--no-baselines", *_args(tmp_path, "ml-100k")]
     whole = ablation.main([*common, "--seeds", "0", "1", "--no-resume", "--out", str(tmp_path / "all.md")])
-    for seed in ("0", "1"):
-        ablation.main([*common, "--seeds", seed, "--no-resume", "--out", str(tmp_path / f"s{seed}.md"),
+    for seed in ("0", "1"):  # --out t0.md, not s0.md: s0.json would be the table's rows file
+        ablation.main([*common, "--seeds", seed, "--no-resume", "--out", str(tmp_path / f"t{seed}.md"),
                        "--summary-json", str(tmp_path / f"s{seed}.json")])
     merged = ablation.main(["--merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"),
                             "--out", str(tmp_path / "merged.md"), "--summary-json", str(tmp_path / "m.json")])
