@@ -77,12 +77,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = None) -> tuple[Path, bool]:
+def ensure_index(
+    cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = None, users: Any = None,
+) -> tuple[Path, bool]:
     """The index directory for this model version, built only when missing or not matching
     ``loaded``, from ``loaded``'s own item vectors (which may hold new items' clicks, its
     ``fold_in``: the index is then rebuilt whenever those clicks changed). Nothing is loaded,
     embedded or folded in again. ``clicks``: the job's clicks, for the build's recall queries (None:
-    the model's own click log is read)."""
+    the model's own click log is read); ``users``: the night's active users, whom those queries are
+    drawn from (they are who gets candidates, and have often seen more than the median user)."""
     from recsys_cl.index.build import log_index
 
     directory = index_dir_for(cfg, model)
@@ -97,7 +100,7 @@ def ensure_index(cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = Non
         why = without_rebuild_hint(str(e)).split(". Fix: ")[0]  # the problem, not the manual fix
         log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
-    build = build_index_for_loaded(loaded, index_cfg, directory, clicks, cfg.candidates.max_extra_fetch)
+    build = build_index_for_loaded(loaded, index_cfg, directory, clicks, cfg.candidates.max_extra_fetch, users)
     log_index(build, cfg.tracking, index_cfg)
     return directory, True
 
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         if c.fold_in != "none":  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, read.history, str(run_date), read.window.start, c.fold_in,
                                         c.fold_in_max_clicks)
-        index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history)
+        index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history, read.users)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:

@@ -137,11 +137,13 @@ def fold_in_for_run(loaded: Loaded, clicks: Any, run_date: date, lookback_days: 
 
 def build_index_for_loaded(
     loaded: Loaded, index_cfg: Any, out_dir: str | Path, clicks: Any = None, max_extra_fetch: int = 1000,
+    query_users: np.ndarray | None = None,
 ) -> Any:
     """Build, tune and write the index of ``loaded``'s own item vectors, new items' folded-in clicks
     included (``recsys_cl.index.build.build_index_for_vectors``): nothing is loaded, embedded or folded
     in again, and the manifest matches ``loaded``. ``clicks``: the job's clicks, for the recall
-    queries (None: the model's own click log is read); ``max_extra_fetch``: ``candidates.max_extra_fetch``.
+    queries (None: the model's own click log is read); ``max_extra_fetch``: ``candidates.max_extra_fetch``;
+    ``query_users``: whose queries (None: all training users).
     -> ``IndexBuild``."""
     from recsys_cl.index.build import ItemEmbeddings, build_index_for_vectors
 
@@ -149,7 +151,7 @@ def build_index_for_loaded(
     emb = ItemEmbeddings(loaded.item_vectors, np.asarray(loaded.spec.items.ids),
                          unit and not loaded.fold_in.get("clicks"))
     return build_index_for_vectors(loaded.model, loaded.spec, loaded.config, loaded.model_uri, loaded.provenance,
-                                   emb, loaded.fold_in, index_cfg, out_dir, clicks, max_extra_fetch)
+                                   emb, loaded.fold_in, index_cfg, out_dir, clicks, max_extra_fetch, query_users)
 
 
 def model_uri_for_run(model_uri: str | None, alias: str, tracking: Any, fallback_to_latest: bool = False) -> str:

@@ -91,7 +91,8 @@ class Manifest:
     exact_queries_per_s: float | None = None
     recall_sample_size: int | None = None
     recall_sample_source: str | None = None
-    """``users`` (user-tower embeddings of real histories) or ``items`` (perturbed item vectors)."""
+    """``users`` (user-tower embeddings of real histories), ``active users`` (the same, of the users a
+    nightly run served when it built the index) or ``items`` (perturbed item vectors)."""
     tuning: list[dict[str, Any]] = field(default_factory=list)
     """Knob sweep of the chosen backend, and for ``auto`` the table of every backend measured."""
     chosen_reason: str | None = None

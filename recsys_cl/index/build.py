@@ -100,6 +100,7 @@ def fold_in_catalogue(
 
 def sample_user_queries(
     model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0, clicks: pl.DataFrame | None = None,
+    users: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(queries, seen)``: (U, D) user-tower embeddings of up to ``n_users`` training users from
     their last clicks, and (U,) how many distinct items each has clicked (what the candidate job
@@ -107,14 +108,16 @@ def sample_user_queries(
 
     The clicks come from ``clicks`` when given (a job that holds the log already), else from the
     model's own click log (``cfg.data``); None (with a warning) when that is gone. Only the sampled
-    users' clicks are turned into sequences.
+    users' clicks are turned into sequences. ``users``: sample among these (those the model knows),
+    e.g. the users a candidates run serves; None: every training user.
     """
     from recsys_cl.data.errors import DataError
     from recsys_cl.data.io import load_click_log
     from recsys_cl.features.sequences import Sequences
     from recsys_cl.train.steps import embed_users
 
-    users = np.asarray(spec.users.ids)
+    known = np.asarray(spec.users.ids)
+    users = known if users is None else np.asarray(users)[spec.users.encode(np.asarray(users)) >= 0]
     if len(users) == 0:
         return None
     if clicks is None:
@@ -455,7 +458,7 @@ def build_index_for_model(
 def build_index_for_vectors(
     model: Any, spec: Any, model_cfg: Any, model_uri: str, provenance: dict[str, Any], emb: ItemEmbeddings,
     folded: dict[str, Any], index_cfg: IndexConfig, out_dir: str | Path, clicks: pl.DataFrame | None = None,
-    max_extra_fetch: int = 1000,
+    max_extra_fetch: int = 1000, query_users: np.ndarray | None = None,
 ) -> IndexBuild:
     """Build + tune ``index_cfg.backend`` on item vectors already embedded (and with ``folded``, the
     ``fold_in`` info, new items' clicks already taken in), write ``out_dir`` atomically.
@@ -465,14 +468,18 @@ def build_index_for_vectors(
     ``clicks``: where the recall queries' user histories come from (:func:`sample_user_queries`).
     Recall is tuned at ``index.k`` + the query users' median number of seen items, at most
     ``max_extra_fetch`` (``candidates.max_extra_fetch``: the most the job adds to its first fetch).
+    ``query_users``: draw the recall queries from these users (nightly passes the night's active
+    users, who have often seen more than the median training user, so the index is tuned for the
+    depth their lists reach); None: all training users.
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index, or cannot be created.
     """
     check_replaceable(out_dir)
-    sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
+    sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks,
+                                  query_users)
     if sampled is not None and len(sampled[0]):
-        queries, source = sampled[0], "users"
+        queries, source = sampled[0], "users" if query_users is None else "active users"
         # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items
         fetch_extra = min(int(np.median(sampled[1])), max_extra_fetch)
     else:
