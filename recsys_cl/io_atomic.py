@@ -124,16 +124,23 @@ def scratch_dir(prefix: str) -> Path:
 
 def write_directory_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` fills a hidden temp folder beside ``target``, which is then fsynced and moved
-    into place (an existing ``target`` is swapped out in one :func:`exchange`, or removed and
-    replaced where that is missing). A writer killed mid-way leaves only ``.<name>.tmp-<pid>-<hex>``,
-    which the next write to ``target`` removes once that pid is gone; never a partial ``target``.
-    Used for saved encoders (``<out_dir>/<run_id>/encoder``). Returns ``target``."""
+    into place: an existing ``target`` is swapped out in one :func:`exchange`, or, where that is
+    missing, moved aside to ``.<name>.old-<pid>-<hex>`` before the rename and deleted after it. A
+    writer killed mid-way leaves only ``.<name>.tmp-*`` (or, between the two renames, the old folder
+    aside), which the next write to ``target`` removes (or puts back first) once that pid is gone;
+    never a partial ``target``. Used for item indexes and saved encoders. Returns ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[-1].split("-")[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        for stale in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
+            pid = stale.name.rsplit(f".{kind}-", 1)[-1].split("-")[0]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue  # another writer's, still running
+            if kind == "old" and not target.exists():  # died between the renames: put the old one back
+                log.warning("restoring %s from %s (a previous write died mid-swap)", target, stale)
+                os.rename(stale, target)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
@@ -143,9 +150,12 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
                 fsync_path(p)
         if target.exists() and exchange(tmp, target):  # tmp now holds the old folder
             shutil.rmtree(tmp, ignore_errors=True)
+        elif target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
         else:
-            if target.exists():
-                shutil.rmtree(target)
             os.rename(tmp, target)
         fsync_path(target.parent)
     except BaseException:

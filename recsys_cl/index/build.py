@@ -18,10 +18,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from recsys_cl.index.base import (
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
 from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
-from recsys_cl.io_atomic import OutputError, exchange
+from recsys_cl.io_atomic import OutputError, write_directory_atomically
 
 log = logging.getLogger(__name__)
 
@@ -260,26 +258,7 @@ def write_index_atomically(index: Index, manifest: Manifest, target: str | Path)
     """
     target = Path(target).absolute()
     check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        index.save(tmp, manifest)
-        _fsync_dir(tmp)
-        if target.exists() and exchange(tmp, target):  # tmp now holds the old index
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return write_directory_atomically(target, lambda tmp: index.save(tmp, manifest))
 
 
 OUT_FIX = "pass --out (index.output_dir) a new or empty directory, or an index directory to replace"
@@ -362,30 +341,6 @@ def _index_file_names() -> set[str]:
 def _shown(entries: list[str]) -> str:
     """The first few names of ``entries`` for a message, with the count when there are more."""
     return ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
-
-
-def _remove_stale(target: Path) -> None:
-    for p in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"))
-    if olds and not target.exists():  # died between the renames: put the old index back
-        os.rename(olds.pop(), target)
-    for p in olds:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    for p in [*directory.iterdir(), directory] if directory.is_dir() else []:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,9 +126,9 @@ def test_without_the_atomic_swap_two_renames_replace_the_index(tmp_path: Path, m
     next build, which puts the old index back before it writes."""
     import os
 
-    import recsys_cl.index.build
+    import recsys_cl.io_atomic
 
-    monkeypatch.setattr(recsys_cl.index.build, "exchange", lambda a, b: False)
+    monkeypatch.setattr(recsys_cl.io_atomic, "exchange", lambda a, b: False)
     target = _write(_index(), tmp_path / "idx")
     items, ids, _ = clustered(m=40, clusters=2, q=1)
     bigger = ExactIndex()
@@ -136,7 +136,7 @@ def test_without_the_atomic_swap_two_renames_replace_the_index(tmp_path: Path, m
     _write(bigger, target)
     assert load_index(target).size == 40 and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
-    os.rename(target, tmp_path / ".idx.old-1-abcdef01")  # killed after moving the old index aside
+    os.rename(target, tmp_path / ".idx.old-999999999-abcdef01")  # killed (no such pid) after moving it aside
     _write(_index(), target)
     assert load_index(target).size == 30 and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
