@@ -16,13 +16,13 @@ import logging
 import os
 import signal
 import threading
-import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
 
 from recsys_cl.config import ConfigError, load_config
+from recsys_cl.io_atomic import write_file_atomically
 from recsys_cl.tracking import TrackingError
 
 T = TypeVar("T")
@@ -161,16 +161,8 @@ def check_output_dir(path: str | Path, key: str) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temp file in ``path``'s folder (parents created), then rename it over ``path``:
-    a reader (or a kill mid-write) sees the old file or the new one, never a truncated one."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")  # created under the umask, like a plain write_text
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``text`` to ``path`` atomically (:func:`recsys_cl.io_atomic.write_file_atomically`)."""
+    write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_summary(path: str | None, summary: Any) -> None:

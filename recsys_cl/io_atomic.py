@@ -122,6 +122,21 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_"))
 
 
+def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` writes a temp file beside ``path`` (parents created; the file is created under
+    the umask, as a plain write would be), which then replaces ``path`` in one rename: a reader, or a
+    kill mid-write, sees the old file or the new one, never a truncated one. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_directory_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` fills a hidden temp folder beside ``target``, which is then fsynced and moved
     into place: an existing ``target`` is swapped out in one :func:`exchange`, or, where that is

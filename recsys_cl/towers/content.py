@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -350,14 +348,10 @@ def _cached(cache_dir: str | None, key: str) -> np.ndarray | None:
 def _store(cache_dir: str | None, key: str, feats: np.ndarray) -> None:
     if not cache_dir:
         return
-    d = Path(cache_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key}.", suffix=".npy")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        np.save(tmp, feats)
-        os.replace(tmp, d / f"{key}.npy")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from recsys_cl.io_atomic import write_file_atomically
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temp name
+            np.save(f, feats)
+
+    write_file_atomically(Path(cache_dir) / f"{key}.npy", save)  # under the umask: a shared cache stays readable

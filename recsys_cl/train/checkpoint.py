@@ -6,8 +6,6 @@ A model directory holds ``model.pt`` (state dict), ``config.yaml`` (the run conf
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +18,9 @@ from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from recsys_cl.io_atomic import write_file_atomically  # (io_atomic imports pyarrow)
+
+    return write_file_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 class CheckpointError(Exception):
