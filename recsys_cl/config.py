@@ -611,6 +611,11 @@ class IndexConfig:
     """Approximate backends are tuned until recall@K against exact search reaches this."""
     recall_sample_users: int = 1000
     """Users whose embeddings (from their last clicks) measure recall and queries/s."""
+    recall_min_users: int = 200
+    """When the recall queries are drawn from a few given users (``nightly``: the night's active
+    users, 16 on the demo's last day), other training users top the sample up to this many (at most
+    ``recall_sample_users``), so the tuned knob does not follow a handful of queries; the depth tuned
+    at still comes from the given users' seen items. 0: no top-up."""
     n_trees: int = 10
     """Annoy trees."""
     search_k: int = -1
@@ -644,6 +649,8 @@ class IndexConfig:
             raise ConfigError(f"index.nprobe must be -1 (tune) or > 0, got {self.nprobe}")
         if self.recall_sample_users < 1:
             raise ConfigError(f"index.recall_sample_users must be >= 1, got {self.recall_sample_users}")
+        if self.recall_min_users < 0:
+            raise ConfigError(f"index.recall_min_users must be >= 0 (0: no top-up), got {self.recall_min_users}")
         if self.n_jobs < 1:
             raise ConfigError(f"index.n_jobs must be >= 1, got {self.n_jobs}")
         if not self.auto_backends or "exact" not in self.auto_backends:

@@ -92,7 +92,8 @@ class Manifest:
     recall_sample_size: int | None = None
     recall_sample_source: str | None = None
     """``users`` (user-tower embeddings of real histories), ``active users`` (the same, of the users a
-    nightly run served when it built the index) or ``items`` (perturbed item vectors)."""
+    nightly run served when it built the index), ``users (16 active, 184 other)`` (those, topped up
+    with other training users to ``index.recall_min_users``) or ``items`` (perturbed item vectors)."""
     tuning: list[dict[str, Any]] = field(default_factory=list)
     """Knob sweep of the chosen backend, and for ``auto`` the table of every backend measured."""
     chosen_reason: str | None = None

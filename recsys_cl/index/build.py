@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -96,18 +96,28 @@ def fold_in_catalogue(
     return (out.numpy() if info["items"] else vectors), info
 
 
+class UserQueries(NamedTuple):
+    queries: np.ndarray
+    """(U, D) float32 user-tower embeddings from the users' last clicks."""
+    seen: np.ndarray
+    """(U,) how many distinct items each user has clicked (what the candidate job drops)."""
+    given: np.ndarray
+    """(U,) bool: drawn from the ``users`` asked for (False: a top-up user)."""
+
+
 def sample_user_queries(
     model: Any, spec: Any, cfg: Any, n_users: int, seed: int = 0, clicks: pl.DataFrame | None = None,
-    users: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(queries, seen)``: (U, D) user-tower embeddings of up to ``n_users`` training users from
-    their last clicks, and (U,) how many distinct items each has clicked (what the candidate job
-    drops from their lists).
+    users: np.ndarray | None = None, min_users: int = 0,
+) -> UserQueries | None:
+    """User-tower embeddings of up to ``n_users`` training users from their last clicks, with how
+    many distinct items each has clicked (:class:`UserQueries`).
 
     The clicks come from ``clicks`` when given (a job that holds the log already), else from the
     model's own click log (``cfg.data``); None (with a warning) when that is gone. Only the sampled
     users' clicks are turned into sequences. ``users``: sample among these (those the model knows),
-    e.g. the users a candidates run serves; None: every training user.
+    e.g. the users a candidates run serves; None: every training user. When fewer than
+    ``min(min_users, n_users)`` of them are known, other training users (seeded) top the sample up
+    to that many; ``given`` tells them apart.
     """
     from recsys_cl.data.errors import DataError
     from recsys_cl.data.io import load_click_log
@@ -125,14 +135,21 @@ def sample_user_queries(
             log.warning("cannot read the model's click log for recall queries (%s); using item vectors", e)
             return None
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(users, size=min(n_users, len(users)), replace=False))
+    chosen = rng.choice(users, size=min(n_users, len(users)), replace=False)
+    top_up = min(min_users, n_users) - len(chosen)
+    if top_up > 0:
+        others = known[~np.isin(known, chosen)]
+        chosen = np.concatenate([chosen, rng.choice(others, size=min(top_up, len(others)), replace=False)])
+    given = np.isin(chosen, users)
+    order = np.argsort(chosen, kind="stable")
+    chosen, given = chosen[order], given[order]
     clicks = clicks.filter(pl.col("user_id").is_in(chosen.tolist()))
     seqs = Sequences.from_clicks(clicks, spec.items, spec.users)
     history = seqs.last_windows(chosen, cfg.user_tower.history_length)  # (U, L)
     user_index = spec.users.encode(chosen)
     counts = clicks.group_by("user_id").agg(pl.col("item_id").n_unique().alias("n"))
     seen = pl.DataFrame({"user_id": chosen}).join(counts, on="user_id", how="left")["n"].fill_null(0).to_numpy()
-    return embed_users(model, history, user_index).numpy().astype(np.float32), seen
+    return UserQueries(embed_users(model, history, user_index).numpy().astype(np.float32), seen, given)
 
 
 def item_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -425,18 +442,23 @@ def build_index_for_vectors(
     ``max_extra_fetch`` (``candidates.max_extra_fetch``: the most the job adds to its first fetch).
     ``query_users``: draw the recall queries from these users (nightly passes the night's active
     users, who have often seen more than the median training user, so the index is tuned for the
-    depth their lists reach); None: all training users.
+    depth their lists reach), topped up with other training users to ``index_cfg.recall_min_users``
+    queries when there are fewer; None: all training users.
 
     Raises:
         OutputError: ``out_dir`` holds something other than an index, or cannot be created.
     """
     check_replaceable(out_dir)
     sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks,
-                                  query_users)
-    if sampled is not None and len(sampled[0]):
-        queries, source = sampled[0], "users" if query_users is None else "active users"
-        # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items
-        fetch_extra = min(int(np.median(sampled[1])), max_extra_fetch)
+                                  query_users, 0 if query_users is None else index_cfg.recall_min_users)
+    if sampled is not None and sampled.given.any():
+        queries, n_given = sampled.queries, int(sampled.given.sum())
+        source = "users" if query_users is None else "active users"
+        if n_given < len(queries):
+            source = f"users ({n_given} active, {len(queries) - n_given} other)"
+        # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items: the depth the
+        # users asked for reach, not the top-up users'
+        fetch_extra = min(int(np.median(sampled.seen[sampled.given])), max_extra_fetch)
     else:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
         fetch_extra = 0

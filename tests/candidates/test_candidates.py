@@ -381,7 +381,8 @@ def test_recall_queries_from_given_clicks_match_reading_the_models_log(  # type:
     read = sample_user_queries(model, spec, cfg, 5, seed=3)
     sampled = sample_user_queries(model, spec, cfg, 5, seed=3, clicks=clicks)
     assert read is not None and sampled is not None and read[0].shape == (5, cfg.model.embedding_dim)
-    given, seen = sampled
+    given, seen, from_users = sampled
+    assert from_users.all()
     np.testing.assert_array_equal(read[0], given)
     np.testing.assert_array_equal(read[1], seen)
     chosen = np.sort(np.random.default_rng(3).choice(np.asarray(spec.users.ids), 5, replace=False))
@@ -450,3 +451,34 @@ def test_a_saved_index_is_tuned_at_the_depth_the_job_fetches(  # type: ignore[no
     full = build_index_for_loaded(loaded, cfg, tmp_path / "a", clicks).manifest
     capped = build_index_for_loaded(loaded, cfg, tmp_path / "b", clicks, max_extra_fetch=1).manifest
     assert (full.recall_k, capped.recall_k) == (2 + median, 3)
+
+
+def test_a_few_query_users_are_topped_up_but_set_the_depth(  # type: ignore[no-untyped-def]
+    loaded, clicks, tmp_path: Path
+) -> None:
+    """nightly's handful of active users: other training users top the recall sample up to
+    index.recall_min_users (the tuned knob does not follow a few queries), while the depth tuned at
+    is still index.k + the median seen items of the users asked for, not of the top-up users."""
+    from recsys_cl.candidates.model import build_index_for_loaded
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import sample_user_queries
+
+    counts = clicks.group_by("user_id").agg(pl.col("item_id").n_unique().alias("n")).sort("n", "user_id")
+    heavy = counts["user_id"].to_numpy()[-2:]  # the two who have seen the most
+    sampled = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, 0, clicks, heavy, min_users=5)
+    assert sampled is not None and len(sampled.queries) == 5 and sampled.given.sum() == 2
+    # the top-up users' queries are those of the same users sampled without any given users
+    alone = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, 0, clicks, heavy)
+    assert alone is not None and alone.given.all() and len(alone.queries) == 2
+    np.testing.assert_allclose(sampled.queries[sampled.given], alone.queries, atol=1e-6)
+    np.testing.assert_array_equal(sampled.seen[sampled.given], alone.seen)
+    assert (sampled.seen[~sampled.given] <= alone.seen.min()).all()
+
+    cfg = IndexConfig(backend="exact", k=2, recall_min_users=5)
+    built = build_index_for_loaded(loaded, cfg, tmp_path / "a", clicks, query_users=heavy).manifest
+    assert built.recall_sample_size == 5 and built.recall_sample_source == "users (2 active, 3 other)"
+    assert built.recall_k == 2 + int(np.median(alone.seen))  # their depth, not the top-up users'
+    no_top_up = build_index_for_loaded(loaded, IndexConfig(backend="exact", k=2, recall_min_users=0),
+                                       tmp_path / "b", clicks, query_users=heavy).manifest
+    assert (no_top_up.recall_sample_size, no_top_up.recall_sample_source) == (2, "active users")
+    assert no_top_up.recall_k == built.recall_k

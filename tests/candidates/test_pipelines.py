@@ -77,9 +77,12 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     monkeypatch.setattr(recsys_cl.data.io, "load_click_log", lambda *a, **kw: reads.append(1) or real_load(*a, **kw))
     first = nightly.main(["--date", FIRST_DATE, *args])
     assert first["index_rebuilt"] is True and first["health"]["previous_partition"] is None
-    # the index is tuned on the users the night serves (they reach deeper into their lists than the median)
+    # the index is tuned on the users the night serves (they reach deeper into their lists than the
+    # median), topped up with other users to index.recall_min_users (200), capped at recall_sample_users
     built = Manifest.read(tmp_path / "index" / "recsys_cl_two_tower" / "v1")
-    assert built.recall_sample_source == "active users" and built.recall_sample_size == first["users_active"]
+    active = first["users_active"]
+    assert 0 < active < 8 and built.recall_sample_size == 8
+    assert built.recall_sample_source == f"users ({active} active, {8 - active} other)"
     assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])
