@@ -65,6 +65,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Delete a leftover temp path, whatever it is (``shutil.rmtree`` refuses a file or a link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def cleanup_stale(root: Path) -> None:
     """Remove the temp dirs of dead writers, of every date (a run killed on one date leaves its temp
     dir until any later run); restore an old partition left by a swap that died halfway.
@@ -89,7 +97,7 @@ def cleanup_stale(root: Path) -> None:
             os.rename(p, target)
             continue
         log.info("removing stale temp directory %s", p)
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)  # a link too, left by a swap with a linked partition before those were refused
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -131,14 +139,6 @@ def _through_links(path: Path) -> Path:
     instead, beside it, keeps the link, as ``open(path, "w")`` and most tools do. A dangling link
     is written through too: its target is created."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _remove(path: Path) -> None:
-    """Delete a leftover temp path, whatever it is (``shutil.rmtree`` refuses a file or a link)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -239,6 +239,12 @@ class PartitionWriter:
         Raises:
             OutputError: ``root`` cannot be written, or a file stands where the partition folder goes.
         """
+        if self.target.is_symlink():  # the swap would replace the link, and leave it as a temp name
+            raise OutputError(
+                f"candidates output {self.target} is a symlink (to {os.readlink(self.target)}) where the partition "
+                f"folder for {self.dt} goes; publishing replaces a folder, not a link's target: remove the link, "
+                "or set candidates.output_dir to the folder it points into"
+            )
         if self.target.exists() and not self.target.is_dir():  # the swap would hide it as a temp file
             raise OutputError(
                 f"candidates output {self.target} is a file where the partition folder for {self.dt} goes; it is "

@@ -177,3 +177,21 @@ def test_write_directory_atomically_refuses_a_file_where_the_folder_goes(tmp_pat
         write_directory_atomically(tmp_path / "encoder", lambda f: (f / "a").write_text("y"))
     assert (tmp_path / "encoder").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
+
+
+def test_a_symlinked_partition_is_refused_and_an_old_linked_temp_is_removed(tmp_path: Path) -> None:
+    """The swap exchanged the temp dir with the link: the partition became a plain folder and the
+    link stayed as .dt=....tmp.*, which cleanup_stale's rmtree could never remove."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere" / "dt=2024-01-01"
+    elsewhere.mkdir(parents=True)
+    root.mkdir()
+    (root / "dt=2024-01-01").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match=r"candidates output .*dt=2024-01-01 is a symlink \(to .*elsewhere/"
+                                          r"dt=2024-01-01\) where the partition folder for 2024-01-01 goes; .*"
+                                          r"remove the link, or set candidates\.output_dir to the folder it "
+                                          r"points into"):
+        _publish(root, 1)
+    assert sorted(p.name for p in root.iterdir()) == ["dt=2024-01-01"] and (root / "dt=2024-01-01").is_symlink()
+    (root / ".dt=2024-01-02.tmp.999999999-deadbeef").symlink_to(elsewhere)  # left by the old swap
+    cleanup_stale(root)
+    assert sorted(p.name for p in root.iterdir()) == ["dt=2024-01-01"] and elsewhere.is_dir()
