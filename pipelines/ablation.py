@@ -41,6 +41,7 @@ from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
     check_history_length,
+    check_num_sampled,
     prepare,
     require_warm_split,
     resumable_run_id,
@@ -174,8 +175,10 @@ def main(argv: list[str] | None = None) -> str:
             baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
-        for (name, _), cfg in configs.items():  # history length, content errors (encoder, text column) first
-            check_history_length(cfg, prep, f"in variant {name!r} (its overrides in --variants, or --set)")
+        for (name, _), cfg in configs.items():  # history length, num_sampled, content errors first
+            where = f"in variant {name!r} (its overrides in --variants, or --set)"
+            check_history_length(cfg, prep, where)
+            check_num_sampled(cfg, prep, where)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

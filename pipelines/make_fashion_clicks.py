@@ -12,10 +12,11 @@ Examples:
     python -m pipelines.make_fashion_clicks --fashion-mnist /data/fashion-mnist --cold-fraction 0.3
 
 Writes OUT/clicks.parquet (user_id, item_id, timestamp), OUT/items.parquet (item_id, category,
-release_ts, image = C*H*W uint8 pixels) and OUT/README.md (counts, config, licence) as one set: all
-three go into a hidden temp folder in OUT and are then moved into place, README.md last. A killed run
-leaves OUT holding only these files (and hidden temps), so just rerun it. OUT is created only once
-the inputs are valid.
+release_ts, image = C*H*W uint8 pixels) and OUT/README.md (counts, config, licence) as one set: OUT
+is written as a hidden temp folder beside it and swapped in whole, so it holds the old set or the
+new one, never a mix; a killed run leaves only that temp folder, which the rerun removes, so just
+rerun it. OUT must be new, empty or an earlier output (any other file in it, hidden ones included,
+is refused, not deleted), and is created only once the inputs are valid.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
     check_history_length,
+    check_num_sampled,
     negatives_tag,
     prepare,
     require_warm_split,
@@ -136,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prep = prepare(base, content=False)  # each run's content: with_content below
         for b in baselines:
             require_warm_split(b, prep)
-        for point, _, cfg in configs:  # history length, content and genre errors before any training
-            check_history_length(cfg, prep, f"in grid point {point.label} (change the --grid values or --set)")
+        for point, _, cfg in configs:  # history length, num_sampled, content and genre errors before any training
+            where = f"in grid point {point.label} (change the --grid values or --set)"
+            check_history_length(cfg, prep, where)
+            check_num_sampled(cfg, prep, where)
             with_content(prep, cfg)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

@@ -52,6 +52,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import (
     NullReporter,
     check_history_length,
+    check_num_sampled,
     prepare,
     resumable_run_id,
     run_two_tower,
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:  # before the run opens: bad data leaves no FAILED run behind
             prep = prepare(cfg, content=False)
             check_history_length(cfg, prep)  # before any (users, L) array or encoder output is made
+            check_num_sampled(cfg, prep)  # and before any (B, B + N) scores
             prep = with_content(prep, cfg)
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None

@@ -405,10 +405,20 @@ def run_benchmark(cfg: BenchConfig, out_dir: Path | None = None) -> Report:
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = Report(cfg, machine, results, sweep, notes)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "benchmark.md").write_text(report.markdown)
-        (out_dir / "benchmark.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        write_report(report, out_dir)
     return report
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """``benchmark.md`` and ``benchmark.json`` into ``out_dir`` (created), each replaced atomically
+    (:func:`recsys_cl.io_atomic.write_file_atomically`): a run killed mid-write leaves the previous
+    file or the new one, never a truncated one (a kill between the two files leaves the new JSON
+    beside the previous Markdown)."""
+    from recsys_cl.io_atomic import write_file_atomically
+
+    markdown, data = report.markdown, json.dumps(report.to_dict(), indent=2, default=str)
+    write_file_atomically(out_dir / "benchmark.json", lambda tmp: tmp.write_text(data))
+    write_file_atomically(out_dir / "benchmark.md", lambda tmp: tmp.write_text(markdown))
 
 
 def run_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:

@@ -374,6 +374,14 @@ class HardNegativesConfig:
     mochi: MochiConfig = field(default_factory=MochiConfig)
 
 
+MAX_NUM_SAMPLED = 65536
+"""Bound on ``negatives.num_sampled`` (N), checked before any data is read. Every batch embeds the N
+sampled items with the item tower and builds (B, B + N) scores, masks and their gradients; at
+N = 65,536 and B = 1024 one such float32 matrix is 0.27 GB (at N = 10**8 it was 410 GB, and a run was
+killed without a message). The training pipelines also refuse an N larger than the number of items
+the sampler draws from (:func:`recsys_cl.experiment.check_num_sampled`)."""
+
+
 @dataclass(frozen=True)
 class NegativesConfig:
     in_batch: bool = True
@@ -382,6 +390,8 @@ class NegativesConfig:
     """Extra negatives drawn from the catalogue, shared by the batch. In-batch + ``uniform`` is
     mixed negative sampling (Yang et al. 2020)."""
     num_sampled: int = 1024
+    """N, negatives drawn (with replacement) per batch when ``sampled`` is not ``none``; in
+    [1, 65536] and at most the number of items with training clicks."""
     popularity_alpha: float = 0.75
     """``popularity``: sample item i with probability proportional to count_i ** alpha."""
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -395,8 +405,11 @@ class NegativesConfig:
                 "negatives: no negatives configured (negatives.in_batch=false and "
                 "negatives.sampled=none); set negatives.in_batch=true or negatives.sampled=uniform"
             )
-        if self.num_sampled < 1:
-            raise ConfigError(f"negatives.num_sampled must be >= 1, got {self.num_sampled}")
+        if not 1 <= self.num_sampled <= MAX_NUM_SAMPLED:
+            raise ConfigError(
+                f"negatives.num_sampled must be in [1, {MAX_NUM_SAMPLED}] (negatives drawn per batch; each "
+                f"batch scores B x (B + N) pairs), got {self.num_sampled}; set it to e.g. 1024"
+            )
         if not (math.isfinite(self.popularity_alpha) and self.popularity_alpha >= 0):
             raise ConfigError(f"negatives.popularity_alpha must be a finite number >= 0 (0 = uniform, "
                               f"1 = click counts), got {self.popularity_alpha}")

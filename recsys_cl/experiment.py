@@ -213,6 +213,30 @@ def check_history_length(cfg: RunConfig, prep: Prepared, where: str = "") -> Non
         )
 
 
+def check_num_sampled(cfg: RunConfig, prep: Prepared, where: str = "") -> None:
+    """Refuse a ``negatives.num_sampled`` (N) larger than the number of items the sampler draws from.
+
+    ``uniform`` and ``popularity`` draw with replacement from the items with training clicks, so
+    draws beyond that number can only repeat items, while each batch's item-tower pass and its
+    (B, B + N) scores and masks grow with N. Not capped in silence: N changes the loss and the
+    negatives' logQ (``log N q_i``), so the user picks the value. No check when
+    ``negatives.sampled`` is ``none`` (N is then unused).
+
+    Called by the same pipelines as :func:`check_history_length`, before a run opens; ``where`` as there.
+
+    Raises:
+        ConfigError: naming the key, the value and the number of items; before any allocation.
+    """
+    n, items = cfg.negatives.num_sampled, len(prep.spec.catalogue)
+    if cfg.negatives.sampled != "none" and n > items:
+        fix = where or f"e.g. --set negatives.num_sampled={items}"
+        raise ConfigError(
+            f"negatives.num_sampled={n} is more than the {items} items with training clicks that "
+            f"negatives.sampled={cfg.negatives.sampled} draws from (with replacement), so the extra draws "
+            f"only repeat items while every batch's (B, B + N) scores grow with N; set it to at most {items}, {fix}"
+        )
+
+
 def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:
     """``data`` with the item table as known at the split's training cutoff (tags applied before it).
 

@@ -65,6 +65,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Delete a leftover temp path, whatever it is (``shutil.rmtree`` refuses a file or a link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def cleanup_stale(root: Path) -> None:
     """Remove the temp dirs of dead writers, of every date (a run killed on one date leaves its temp
     dir until any later run); restore an old partition left by a swap that died halfway.
@@ -89,7 +97,7 @@ def cleanup_stale(root: Path) -> None:
             os.rename(p, target)
             continue
         log.info("removing stale temp directory %s", p)
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)  # a link too, left by a swap with a linked partition before those were refused
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -122,16 +130,29 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_"))
 
 
+def _through_links(path: Path) -> Path:
+    """Where a write to ``path`` lands: ``path`` itself, or, when it is a symlink, its final target.
+
+    The rename that publishes a write replaces the directory entry it names, so renaming onto a
+    symlink would replace the link by a plain file or folder (the link's target kept the old
+    content) and, for a folder, leave the link behind as the temp name. Writing to the target
+    instead, beside it, keeps the link, as ``open(path, "w")`` and most tools do. A dangling link
+    is written through too: its target is created."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` writes a temp file beside ``path`` (parents created; the file is created under
     the umask, as a plain write would be), which then replaces ``path`` in one rename: a reader, or a
-    kill mid-write, sees the old file or the new one, never a truncated one. Returns ``path``."""
+    kill mid-write, sees the old file or the new one, never a truncated one. When ``path`` is a
+    symlink, its target is replaced this way and the link kept. Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    dest = _through_links(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -143,19 +164,31 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
     missing, moved aside to ``.<name>.old-<pid>-<hex>`` before the rename and deleted after it. A
     writer killed mid-way leaves only ``.<name>.tmp-*`` (or, between the two renames, the old folder
     aside), which the next write to ``target`` removes (or puts back first) once that pid is gone;
-    never a partial ``target``. Used for item indexes and saved encoders. Returns ``target``."""
-    target = Path(target)
+    never a partial ``target``. When ``target`` is a symlink, the folder it points to is replaced
+    this way and the link kept. Used for item indexes and saved encoders. Returns ``target``.
+
+    Raises:
+        OutputError: ``target`` (or the link's target) is a file, not a folder: it is not replaced.
+    """
+    given = Path(target)
+    target = _through_links(given)
+    if target.exists() and not target.is_dir():  # the swap would leave it hidden as a temp name
+        raise OutputError(
+            f"output {given} is a file where a folder goes; it is not replaced: move or delete it, "
+            "or choose another output folder"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
-    for kind in ("tmp", "old"):
-        for stale in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
-            pid = stale.name.rsplit(f".{kind}-", 1)[-1].split("-")[0]
-            if pid.isdigit() and _pid_alive(int(pid)):
-                continue  # another writer's, still running
-            if kind == "old" and not target.exists():  # died between the renames: put the old one back
-                log.warning("restoring %s from %s (a previous write died mid-swap)", target, stale)
-                os.rename(stale, target)
-            else:
-                shutil.rmtree(stale, ignore_errors=True)
+    for place in dict.fromkeys([target, given]):  # beside a link too: writes before links were followed left one there
+        for kind in ("tmp", "old"):
+            for stale in sorted(place.parent.glob(f".{place.name}.{kind}-*")):
+                pid = stale.name.rsplit(f".{kind}-", 1)[-1].split("-")[0]
+                if pid.isdigit() and _pid_alive(int(pid)):
+                    continue  # another writer's, still running
+                if kind == "old" and not os.path.lexists(place):  # died between the renames: put it back
+                    log.warning("restoring %s from %s (a previous write died mid-swap)", place, stale)
+                    os.rename(stale, place)
+                else:
+                    _remove(stale)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
@@ -176,7 +209,7 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+    return given
 
 
 class PartitionWriter:
@@ -206,6 +239,12 @@ class PartitionWriter:
         Raises:
             OutputError: ``root`` cannot be written, or a file stands where the partition folder goes.
         """
+        if self.target.is_symlink():  # the swap would replace the link, and leave it as a temp name
+            raise OutputError(
+                f"candidates output {self.target} is a symlink (to {os.readlink(self.target)}) where the partition "
+                f"folder for {self.dt} goes; publishing replaces a folder, not a link's target: remove the link, "
+                "or set candidates.output_dir to the folder it points into"
+            )
         if self.target.exists() and not self.target.is_dir():  # the swap would hide it as a temp file
             raise OutputError(
                 f"candidates output {self.target} is a file where the partition folder for {self.dt} goes; it is "

@@ -134,3 +134,26 @@ def test_bad_settings_exit_before_any_work(tmp_path: Path, argv: list[str], expe
         benchmark_candidates.main([*argv, "--out", str(tmp_path / "r"), "--no-mlflow"])
     assert str(e.value).startswith("config error: ") and expected in str(e.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_report_files_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmark.md / benchmark.json were written in place: a run that died mid-write (disk full, a
+    kill) left the previous report truncated. Now each is the old file or the new one."""
+    from recsys_cl.bench import Report, write_report
+
+    out = tmp_path / "report"
+    machine = {"cpus": 1, "cpu": "x", "omp_num_threads": "unset", "load_avg_start": [0.0]}
+    write_report(Report(BenchConfig(users=1), machine, [{"backend": "exact", "skipped": "-"}]), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = Path.write_text
+
+    def half_then_full_disk(self: Path, text: str, *a: object, **kw: object) -> int:
+        real(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(Report(BenchConfig(users=2), machine, [{"backend": "faiss", "skipped": "-"}]), out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files either
+    assert sorted(before) == ["benchmark.json", "benchmark.md"]

@@ -126,6 +126,9 @@ def test_unknown_section() -> None:
         ("item_tower.fold_in_step=.inf", r"item_tower\.fold_in_step must be a finite number >= 0"),
         ("user_tower.history_length=100000000", r"user_tower\.history_length must be in \[1, 10000\] .*got 100000000"),
         ("user_tower.history_length=0", r"user_tower\.history_length must be in \[1, 10000\]"),
+        ("negatives.num_sampled=100000000", r"negatives\.num_sampled must be in \[1, 65536\] \(negatives drawn per "
+                                            r"batch; .*\), got 100000000; set it to e\.g\. 1024$"),
+        ("negatives.num_sampled=0", r"negatives\.num_sampled must be in \[1, 65536\]"),
         ("baselines.ease_lambdas=[10, .nan]", r"baselines\.ease_lambdas must be a non-empty list of L2 strengths"),
         ("baselines.models=[ease,ease]", r"baselines\.models names ease more than once, got \['ease', 'ease'\]; "
                                          r"give each baseline once"),

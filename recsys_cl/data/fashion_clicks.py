@@ -50,9 +50,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,7 +64,6 @@ import pyarrow.parquet as pq
 from recsys_cl.config import MAX_SEED
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import CLASS_NAMES
-from recsys_cl.io_atomic import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -421,18 +417,26 @@ def fashion_clicks_meta(
 
 
 OUTPUT_FILES = ("clicks.parquet", "items.parquet", "README.md")
-"""The output set, in the order it is moved into place (the README last: it marks a complete set)."""
+"""The output set: ``--out`` holds these and nothing else."""
 TMP_PREFIX = ".make_fashion_clicks.tmp-"
-"""Hidden temp folder inside ``--out`` that a run writes the whole set into: ``<prefix><pid>-<hex>``."""
+"""Temp folder that earlier versions wrote the set into *inside* ``--out`` (``<prefix><pid>-<hex>``);
+a run killed there left it, and it goes with the old folder when a rerun replaces it."""
+
+
+def _legacy_temp(name: str) -> bool:
+    """Hidden leftovers of earlier versions' killed runs inside ``--out``: replaced with the folder."""
+    return name.startswith((TMP_PREFIX, *(f".{f}.tmp-" for f in OUTPUT_FILES)))
 
 
 def check_fashion_clicks_out(out_dir: str | Path) -> Path:
-    """Refuse an ``out_dir`` that is a file or holds other files than an earlier, possibly partial,
-    output of :func:`write_fashion_clicks`. Creates nothing: run it before generating.
+    """Refuse an ``out_dir`` that is a file or holds anything but an earlier output of
+    :func:`write_fashion_clicks`, since a write replaces the folder whole. Creates nothing: run it
+    before generating.
 
-    An earlier output holds only :data:`OUTPUT_FILES` (hidden files are not looked at), at least one
-    of them a Parquet file, and every Parquet file carries :data:`META_KEY` (a run killed mid-swap
-    may have left only some of them). A README.md alone is not taken for one.
+    An earlier output holds only :data:`OUTPUT_FILES`, at least one of them a Parquet file, and
+    every Parquet file carries :data:`META_KEY` (earlier versions, which moved the files in one by
+    one, could leave only some of them, and hidden temps: :func:`_legacy_temp`). A README.md alone
+    is not taken for one; any other file, hidden ones included, is refused.
 
     Raises:
         OutputError: naming the problem and the fix.
@@ -444,7 +448,7 @@ def check_fashion_clicks_out(out_dir: str | Path) -> Path:
         raise OutputError(f"--out {out} is a file, not a folder; pass a new or empty folder")
     if not out.exists():
         return out
-    found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    found = sorted(p.name for p in out.iterdir() if not _legacy_temp(p.name))
     parquets = [name for name in found if name.endswith(".parquet")]
     ours = bool(parquets) and set(found) <= set(OUTPUT_FILES)
     for name in parquets if ours else []:
@@ -459,8 +463,8 @@ def check_fashion_clicks_out(out_dir: str | Path) -> Path:
         ours = ours and META_KEY in kv
     if found and not ours:
         raise OutputError(
-            f"--out {out} already holds {found[:10]}, not (only) an earlier make_fashion_clicks output; its "
-            "README.md and Parquet files would be replaced. Pass a new or empty folder"
+            f"--out {out} already holds {found[:10]}, not (only) an earlier make_fashion_clicks output; the "
+            "folder would be replaced whole. Pass a new or empty folder"
         )
     return out
 
@@ -470,71 +474,40 @@ def write_fashion_clicks(
 ) -> Path:
     """Write ``clicks.parquet``, ``items.parquet`` and ``README.md`` into ``out_dir`` as one set.
 
-    All three files go into a hidden temp folder inside ``out_dir`` (:data:`TMP_PREFIX`) and are
-    fsynced; then the old README.md is removed and the three files are renamed into place, README.md
-    last, so a README.md always sits beside the Parquet files it describes and a folder without one
-    is incomplete. A run killed at any point leaves ``out_dir`` holding only this function's files
-    and hidden temp folders, which a rerun accepts (:func:`check_fashion_clicks_out`) and replaces;
-    it removes the temp folders of dead writers (and their older ``.<name>.tmp-<pid>-*`` files).
-    Both Parquet files carry ``meta`` as JSON under the key-value metadata key :data:`META_KEY`.
+    The folder is replaced whole (:func:`recsys_cl.io_atomic.write_directory_atomically`): the set
+    is written and fsynced in a hidden temp folder beside ``out_dir``, then swapped in with one
+    rename. A reader, or a run killed at any point, finds the old complete set or the new one, never
+    a mix; the killed run's temp folder is removed by the next write once its pid is gone, so just
+    rerun. Both Parquet files carry ``meta`` as JSON under the key-value metadata key :data:`META_KEY`.
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        OutputError: ``out_dir`` is a file, cannot be created, or holds other files than an earlier
-            output of this function (its README.md would be replaced) (:func:`check_fashion_clicks_out`).
+        OutputError: ``out_dir`` is a file, holds other files than an earlier output of this
+            function (:func:`check_fashion_clicks_out`), or cannot be written.
     """
-    from recsys_cl.io_atomic import OutputError
+    from recsys_cl.io_atomic import OutputError, write_directory_atomically
 
     out = check_fashion_clicks_out(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(out)
-        tmp = out / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-    except OSError as e:
-        raise OutputError(f"--out {out} cannot be written ({e.strerror or e}); pass a new or empty folder") from e
-    try:
-        meta_json = json.dumps(meta, sort_keys=True)
+    meta_json = json.dumps(meta, sort_keys=True)
+
+    def write(folder: Path) -> None:
         for name, frame in (("items.parquet", items), ("clicks.parquet", clicks)):
             table = frame.to_arrow()
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta_json})
-            pq.write_table(table, tmp / name, compression="zstd")
-        (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
-        for name in OUTPUT_FILES:
-            fsync_path(tmp / name)
-        fsync_path(tmp)
-        (out / "README.md").unlink(missing_ok=True)  # the old set is incomplete from here on
-        for name in OUTPUT_FILES:  # README.md last
-            os.replace(tmp / name, out / name)
-        fsync_path(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            pq.write_table(table, folder / name, compression="zstd")
+        (folder / "README.md").write_text(_readme(meta), encoding="utf-8")
+
+    try:
+        write_directory_atomically(out.absolute(), write)  # absolute: a relative "." has no name to sit beside
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"--out {out} cannot be written ({e.strerror or e}); pass a writable folder, "
+                          "on a disk with room for the set") from e
     log.info("%s: wrote %s (%d clicks, %d items)", SEMI_SYNTHETIC, out, clicks.height, items.height)
     return out
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Remove the hidden temp folders (and older-style temp files) of writers that are gone."""
-    from recsys_cl.io_atomic import _pid_alive
-
-    prefixes = (TMP_PREFIX, *(f".{name}.tmp-" for name in OUTPUT_FILES))
-    for p in out.iterdir():
-        prefix = next((x for x in prefixes if p.name.startswith(x)), None)
-        if prefix is None:
-            continue
-        try:
-            pid = int(p.name[len(prefix):].split("-")[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and _pid_alive(pid):
-            continue  # a live writer (or an unrelated process that reused the pid): left for a later run
-        log.info("removing stale temp %s (its writer, pid %d, is gone)", p, pid)
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
 
 
 def read_fashion_clicks_meta(path: str | Path) -> dict[str, Any]:

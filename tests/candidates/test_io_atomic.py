@@ -130,3 +130,68 @@ def test_scratch_dirs_of_killed_jobs_are_removed_by_the_next_one(
     mine = scratch_dir("recsys_cl_spark_index_")
     assert mine.parent == tmp_path and mine.name.startswith(f"recsys_cl_spark_index_{os.getpid()}_")
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_writes_to_a_symlink_replace_its_target_and_keep_the_link(tmp_path: Path) -> None:
+    """Renaming onto a link used to replace the link itself: the file write left the link's target
+    stale (the link became a plain file); the folder swap left the link behind as .<name>.tmp-*,
+    which no later write could remove (rmtree refuses a link). Now the write goes through the link."""
+    from recsys_cl.io_atomic import write_directory_atomically, write_file_atomically
+
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "out.json").symlink_to("real.json")
+    assert write_file_atomically(tmp_path / "out.json", lambda t: t.write_text("new")) == tmp_path / "out.json"
+    assert (tmp_path / "out.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
+
+    (tmp_path / "releases" / "v1").mkdir(parents=True)
+    (tmp_path / "releases" / "v1" / "old.txt").write_text("old")
+    (tmp_path / "current").symlink_to("releases/v1")
+    (tmp_path / ".current.tmp-999999999-deadbeef").symlink_to("releases/v1")  # left by the old code
+    write_directory_atomically(tmp_path / "current", lambda f: (f / "new.txt").write_text("new"))
+    assert (tmp_path / "current").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "releases" / "v1").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "out.json", "real.json", "releases"]
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == ["v1"]
+
+
+def test_a_dangling_symlink_is_written_through(tmp_path: Path) -> None:
+    """As ``open(link, "w")`` does: the link's target is created, the link kept."""
+    from recsys_cl.io_atomic import write_directory_atomically, write_file_atomically
+
+    (tmp_path / "f").symlink_to("sub/file.txt")
+    (tmp_path / "d").symlink_to("sub/folder")
+    write_file_atomically(tmp_path / "f", lambda t: t.write_text("x"))
+    write_directory_atomically(tmp_path / "d", lambda f: (f / "a").write_text("y"))
+    assert (tmp_path / "f").is_symlink() and (tmp_path / "sub" / "file.txt").read_text() == "x"
+    assert (tmp_path / "d").is_symlink() and (tmp_path / "sub" / "folder" / "a").read_text() == "y"
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["file.txt", "folder"]
+
+
+def test_write_directory_atomically_refuses_a_file_where_the_folder_goes(tmp_path: Path) -> None:
+    """The swap would have put the folder in its place and left the file hidden as .<name>.tmp-*."""
+    from recsys_cl.io_atomic import write_directory_atomically
+
+    (tmp_path / "encoder").write_text("mine")
+    with pytest.raises(OutputError, match=r"output .*encoder is a file where a folder goes; it is not replaced: "
+                                          r"move or delete it, or choose another output folder"):
+        write_directory_atomically(tmp_path / "encoder", lambda f: (f / "a").write_text("y"))
+    assert (tmp_path / "encoder").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
+
+
+def test_a_symlinked_partition_is_refused_and_an_old_linked_temp_is_removed(tmp_path: Path) -> None:
+    """The swap exchanged the temp dir with the link: the partition became a plain folder and the
+    link stayed as .dt=....tmp.*, which cleanup_stale's rmtree could never remove."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere" / "dt=2024-01-01"
+    elsewhere.mkdir(parents=True)
+    root.mkdir()
+    (root / "dt=2024-01-01").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match=r"candidates output .*dt=2024-01-01 is a symlink \(to .*elsewhere/"
+                                          r"dt=2024-01-01\) where the partition folder for 2024-01-01 goes; .*"
+                                          r"remove the link, or set candidates\.output_dir to the folder it "
+                                          r"points into"):
+        _publish(root, 1)
+    assert sorted(p.name for p in root.iterdir()) == ["dt=2024-01-01"] and (root / "dt=2024-01-01").is_symlink()
+    (root / ".dt=2024-01-02.tmp.999999999-deadbeef").symlink_to(elsewhere)  # left by the old swap
+    cleanup_stale(root)
+    assert sorted(p.name for p in root.iterdir()) == ["dt=2024-01-01"] and elsewhere.is_dir()

@@ -323,27 +323,127 @@ def test_pipeline_reruns_over_a_killed_runs_partial_output(fmnist_folder: Path, 
     assert meta["config"]["seed"] == 2
 
 
-def test_killed_mid_swap_leaves_no_readme_and_reruns(tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The set is written to a hidden folder first: dying between the renames leaves no README.md
-    beside mismatched Parquet files, and the folder is still taken for an earlier output."""
-    out, clicks, items = write_small(tmp_path, tiny)
-    real_replace, calls = fc.os.replace, []
+def _dies_at(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """Make the next write raise KeyboardInterrupt (as SIGINT) at ``step``: writing one of the files,
+    at the swap (``exchange``), or, where that call is missing, between the two renames."""
+    from recsys_cl import io_atomic
 
-    def dies_after_one(src: Path, dst: Path) -> None:
-        if calls:
+    real_write, real_text, real_rename = fc.pq.write_table, Path.write_text, io_atomic.os.rename
+
+    def write_table(table: Any, path: Any, **kw: Any) -> None:
+        if Path(path).name == step:
             raise KeyboardInterrupt
-        calls.append(dst)
-        real_replace(src, dst)
+        real_write(table, path, **kw)
 
-    monkeypatch.setattr(fc.os, "replace", dies_after_one)
+    def write_text(self: Path, *a: Any, **kw: Any) -> int:
+        if self.name == step:
+            raise KeyboardInterrupt
+        return real_text(self, *a, **kw)
+
+    def exchange(a: Path, b: Path) -> bool:
+        if step == "exchange":
+            raise KeyboardInterrupt
+        return False  # "between renames": renameat2 missing, the old folder is moved aside first
+
+    def rename(a: Any, b: Any) -> None:
+        if step == "between renames" and Path(a).name.startswith(".fc.tmp-"):
+            raise KeyboardInterrupt
+        real_rename(a, b)
+
+    monkeypatch.setattr(fc.pq, "write_table", write_table)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(io_atomic, "exchange", exchange)
+    monkeypatch.setattr(io_atomic.os, "rename", rename)
+    monkeypatch.setattr(io_atomic.os, "getpid", lambda: DEAD_PID)  # as if the killed process is gone
+
+
+@pytest.mark.parametrize("step", ["items.parquet", "clicks.parquet", "README.md", "exchange", "between renames"])
+def test_killed_mid_write_keeps_the_old_complete_set_and_reruns(
+    tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The folder is replaced whole: a run that dies while writing any file or at the swap leaves the
+    old set byte for byte (the one-by-one writer, killed between its renames, left the new
+    clicks.parquet beside the old items.parquet and no README.md); the rerun replaces it and removes
+    the temp folder. Without renameat2, death between the two renames leaves the old set aside,
+    whole, and the rerun puts it back before replacing it."""
+    out, clicks, items = write_small(tmp_path, tiny)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     meta = fashion_clicks_meta(clicks.head(5), items, SMALL, (1, 28, 28))
-    with pytest.raises(KeyboardInterrupt):
-        write_fashion_clicks(out, clicks.head(5), items, meta)
-    assert sorted(p.name for p in out.iterdir()) == ["clicks.parquet", "items.parquet"]
-    monkeypatch.setattr(fc.os, "replace", real_replace)
+    with monkeypatch.context() as m:
+        _dies_at(m, step)
+        with pytest.raises(KeyboardInterrupt):
+            write_fashion_clicks(out, clicks.head(5), items, meta)
+    if step == "between renames":
+        [aside] = [p for p in tmp_path.iterdir() if p.name.startswith(f".fc.old-{DEAD_PID}-")]
+        assert not out.exists() and {p.name: p.read_bytes() for p in aside.iterdir()} == before
+    else:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fc"]
+    write_fashion_clicks(out, clicks.head(5), items, meta)
+    assert pl.read_parquet(out / "clicks.parquet").equals(clicks.head(5))
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "clicks.parquet", "items.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fc"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_run_stopped_at_any_move_into_out_leaves_a_complete_set(
+    tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """Whatever the mechanism, stopped at its n-th rename into --out, the folder holds the old set or
+    the new one. The one-by-one writer failed both: it removed README.md first, then moved
+    clicks.parquet in, so a stop there left the new clicks beside the old items."""
+    from recsys_cl import io_atomic
+
+    out, clicks, items = write_small(tmp_path, tiny)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    moves: list[Path] = []
+
+    def counted(real: Any) -> Any:
+        def move(a: Any, b: Any, *rest: Any) -> Any:
+            if Path(b) == out or Path(b).parent == out:
+                moves.append(Path(b))
+                if len(moves) == n:
+                    raise KeyboardInterrupt
+            return real(a, b, *rest)
+        return move
+
+    meta = fashion_clicks_meta(clicks.head(5), items, SMALL, (1, 28, 28))
+    with monkeypatch.context() as m:
+        for name in ("replace", "rename"):
+            m.setattr(io_atomic.os, name, counted(getattr(io_atomic.os, name)))
+        m.setattr(io_atomic, "exchange", counted(io_atomic.exchange))
+        try:
+            write_fashion_clicks(out, clicks.head(5), items, meta)
+        except KeyboardInterrupt:
+            pass
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    if after != before:
+        assert sorted(after) == ["README.md", "clicks.parquet", "items.parquet"]
+        assert pl.read_parquet(out / "clicks.parquet").equals(clicks.head(5))
+        assert read_fashion_clicks_meta(out / "items.parquet") == meta
+
+
+def test_a_killed_writers_temp_folder_is_removed_by_the_rerun(
+    tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray]
+) -> None:
+    out, clicks, items = write_small(tmp_path, tiny)
+    stale = tmp_path / f".fc.tmp-{DEAD_PID}-0123abcd"  # as a SIGKILL mid-write leaves it
+    stale.mkdir()
+    (stale / "items.parquet").write_bytes(b"PAR1 half")
     write_small(tmp_path, tiny)
-    assert pl.read_parquet(out / "clicks.parquet").equals(clicks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fc"]
+
+
+def test_hidden_files_in_out_are_refused_not_deleted(fmnist_folder: Path, tmp_path: Path) -> None:
+    """The swap replaces --out whole, so a file the user keeps there, hidden or not, stops it."""
+    out = tmp_path / "out"
+    run_pipeline(fmnist_folder, out)
+    (out / ".gitignore").write_text("*\n")
+    with pytest.raises(SystemExit, match=r"^output error: --out .*out already holds \['\.gitignore', 'README\.md', "
+                                         r".*not \(only\) an earlier make_fashion_clicks output; the folder would be "
+                                         r"replaced whole\. Pass a new or empty folder$"):
+        run_pipeline(fmnist_folder, out)
+    assert (out / ".gitignore").read_text() == "*\n"
 
 
 def test_pipeline_refuses_a_corrupt_parquet_in_out_in_one_line(fmnist_folder: Path, tmp_path: Path) -> None:

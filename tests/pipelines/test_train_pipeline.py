@@ -364,6 +364,35 @@ def test_a_history_length_beyond_the_longest_history_is_refused_before_a_run(tmp
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_more_sampled_negatives_than_items_is_refused_before_a_run(tmp_path: Path) -> None:
+    """negatives.num_sampled=100000000 ran out of memory in the first batch's (B, B + N) masks, after
+    the MLflow run had opened; the sampler draws with replacement from the 12 items with training
+    clicks of the fixture, so more draws only repeat items, and are refused with that number."""
+    from pipelines import ablation
+
+    uniform = ("--set", "negatives.sampled=uniform")
+    fix = r"set it to at most 12, e\.g\. --set negatives\.num_sampled=12$"
+    with pytest.raises(SystemExit, match=r"^config error: negatives\.num_sampled=13 is more than the 12 items with "
+                                         r"training clicks that negatives\.sampled=uniform draws from .*" + fix):
+        train_two_tower.main(_args(tmp_path, "ml-100k", *uniform, "--set", "negatives.num_sampled=13"))
+    variants = tmp_path / "v.yaml"
+    variants.write_text("few: [negatives.num_sampled=4]\nmany: [negatives.num_sampled=1024]\n")
+    in_variant = r"set it to at most 12, in variant 'many' \(its overrides in --variants, or --set\)$"
+    with pytest.raises(SystemExit, match=r"^config error: negatives\.num_sampled=1024 is more .*" + in_variant):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "--no-baselines",
+                       *_args(tmp_path, "ml-100k", *uniform)])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_num_sampled_is_not_checked_against_the_data_when_nothing_is_sampled() -> None:
+    """The default num_sampled (1024) is unused with negatives.sampled=none, on any catalogue."""
+    from recsys_cl.config import RunConfig, load_config
+    from recsys_cl.experiment import check_num_sampled, prepare
+
+    cfg = load_config(None, RunConfig, overrides=[f"data.path={FIXTURES / 'ml-100k'}"])
+    check_num_sampled(cfg, prepare(cfg, content=False))  # 1024 > 12 items, not sampled: no error
+
+
 def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resuming is keyed by config *and* data: a checkpoint of other clicks must not continue into
     this run (one MLflow run would mix metrics of two data sets)."""
