@@ -62,10 +62,11 @@ def topk_unseen(
         keep = (ids != SENTINEL_ID) & (idx >= 0) & ~is_seen & np.isfinite(scores)
         rank = np.cumsum(keep, axis=1)  # (R, F) 1-based rank among kept
         keep &= rank <= k
-        r, c = np.nonzero(keep)
-        out_ids[rows[r], rank[r, c] - 1] = ids[r, c]
-        out_scores[rows[r], rank[r, c] - 1] = scores[r, c]
-        out_n[rows] = keep.sum(axis=1)
+        kept = keep.sum(axis=1)  # (R,)
+        slot = np.repeat(rows * k, kept) + rank[keep] - 1  # flat (U, k) position of each kept entry
+        out_ids.reshape(-1)[slot] = ids[keep]  # boolean indexing walks row by row, as ``slot`` does
+        out_scores.reshape(-1)[slot] = scores[keep]
+        out_n[rows] = kept
 
     all_rows = np.arange(U)
     fill(all_rows, min(k + int(min(n_seen.max(), max_extra)), M))
@@ -105,14 +106,15 @@ class Recommender:
         ids, scores, n = topk_unseen(
             self.index, q, batch.seen_offsets, batch.seen_items, self.spec.items, self.k, self.max_extra
         )
-        mask = np.arange(self.k)[None, :] < n[:, None]  # (U, K)
-        r, c = np.nonzero(mask)
-        rows = len(r)
+        rank = np.broadcast_to(np.arange(1, self.k + 1, dtype=np.int32), ids.shape)  # (U, K)
+        mask = rank <= n[:, None]  # (U, K) the first n[u] entries of row u, taken row by row
+        rows = int(n.sum())
         return pa.table({
-            "user_id": pa.array(batch.user_ids[r]),
-            "item_id": pa.array(ids[r, c], pa.int64()),
-            "rank": pa.array((c + 1).astype(np.int32)),
-            "score": pa.array(scores[r, c].astype(np.float32)),
-            "model_version": pa.array([self.model_version] * rows, pa.string()),
-            "index_id": pa.array([self.index_id] * rows, pa.string()),
+            "user_id": pa.array(np.repeat(batch.user_ids, n)),
+            "item_id": pa.array(ids[mask], pa.int64()),
+            "rank": pa.array(rank[mask]),
+            "score": pa.array(scores[mask].astype(np.float32)),
+            # one scalar repeated: no Python string object per row
+            "model_version": pa.repeat(pa.scalar(self.model_version, pa.string()), rows),
+            "index_id": pa.repeat(pa.scalar(self.index_id, pa.string()), rows),
         })

@@ -28,22 +28,26 @@ VECTORS_FILE = "vectors.npy"
 IDS_FILE = "item_ids.npy"
 
 
-def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the ``k`` largest entries of each row, sorted descending.
 
     scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M). Ties break by column.
+    ``negated=True``: ``scores`` holds ``-s`` (e.g. ``(-q) @ v.T``, which is exactly ``-(q @ v.T)``)
+    and the values returned are ``s``; this saves negating (and copying) the (B, M) block, about a
+    tenth of an exact query.
     """
     b, m = scores.shape
     k = min(k, m)
+    neg = scores if negated else -scores  # (B, M) smallest first = largest scores first
     if k < m:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, k) unordered
+        part = np.argpartition(neg, k - 1, axis=1)[:, :k]  # (B, k) unordered
     else:
         part = np.broadcast_to(np.arange(m), (b, m)).copy()
-    vals = np.take_along_axis(scores, part, axis=1)
+    neg_vals = np.take_along_axis(neg, part, axis=1)
     # Sort by (-score, column) so ties are deterministic.
-    order = np.lexsort((part, -vals), axis=1)
+    order = np.lexsort((part, neg_vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
-    return idx.astype(np.int64), np.take_along_axis(vals, order, axis=1)
+    return idx.astype(np.int64), -np.take_along_axis(neg_vals, order, axis=1)
 
 
 class ExactIndex(Index):
@@ -72,10 +76,11 @@ class ExactIndex(Index):
         out_scores = np.empty((q, kk), dtype=np.float32)
         block = max(1, min(q, self.max_block_bytes // (4 * m)))
         vt = vectors.T  # (D, M) view; sgemm handles the transpose
+        neg_queries = -queries  # (Q, D): one small pass instead of negating every (B, M) block
         for start in range(0, q, block):
             stop = min(start + block, q)
-            scores = queries[start:stop] @ vt  # (B, M)
-            rows, vals = topk_rows(scores, kk)  # (B, K)
+            neg_scores = neg_queries[start:stop] @ vt  # (B, M) = -(scores), exactly
+            rows, vals = topk_rows(neg_scores, kk, negated=True)  # (B, K)
             out_rows[start:stop] = rows
             out_scores[start:stop] = vals
         return pad_results(ids[out_rows], out_scores, k)

@@ -196,6 +196,51 @@ def test_topk_unseen_equals_masked_brute_force(max_extra: int) -> None:
         assert not set(got_ids[u, : n[u]]) & set(ids[seen[u]])
 
 
+@pytest.mark.parametrize("user_ids", [np.arange(10, 35), np.array([f"u{i:02d}" for i in range(25)])])
+def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray) -> None:
+    """The Arrow rows of ``Recommender.recommend`` are the first ``n[u]`` entries of each user's
+    top-K unseen lists, in user then rank order, with the labels repeated on every row."""
+    import pyarrow as pa
+
+    from recsys_cl.candidates.histories import UserBatch
+    from recsys_cl.candidates.scoring import Recommender
+
+    rng = np.random.default_rng(2)
+    M, D, U, K = 40, 8, len(user_ids), 7
+    vecs = rng.standard_normal((M, D)).astype(np.float32)
+    index = ExactIndex()
+    index.build(vecs, np.arange(100, 100 + M))
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, 38)), replace=False) for _ in range(U)]
+    seen[3] = np.arange(M)  # no candidates at all
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    batch = UserBatch(user_ids=user_ids, user_index=np.full(U, -1), windows=np.zeros((U, 0), dtype=np.int64),
+                      seen_offsets=offsets, seen_items=np.concatenate(seen).astype(np.int64))
+
+    class Fixed(Recommender):
+        def embed(self, batch: UserBatch) -> np.ndarray:
+            return q
+
+    spec = dataclasses.make_dataclass("Spec", ["items"])(Vocab(np.arange(100, 100 + M)))
+    table = Fixed(None, spec, index, K, 5, "v3", "index-abc").recommend(batch)  # type: ignore[arg-type]
+    ids, scores, n = topk_unseen(index, q, offsets, batch.seen_items, spec.items, K, 5)
+    want: dict[str, list] = {c: [] for c in ("user_id", "item_id", "rank", "score")}
+    for u in range(U):
+        for r in range(n[u]):
+            want["user_id"].append(user_ids[u])
+            want["item_id"].append(ids[u, r])
+            want["rank"].append(r + 1)
+            want["score"].append(scores[u, r])
+    assert n[3] == 0 and table.num_rows == sum(n) > 0
+    assert table.column("user_id").to_pylist() == [x.item() for x in want["user_id"]]
+    assert table.column("item_id").to_pylist() == [int(x) for x in want["item_id"]]
+    assert table.column("rank").to_pylist() == want["rank"]
+    np.testing.assert_array_equal(table.column("score").to_numpy(), np.array(want["score"], dtype=np.float32))
+    assert table.column("model_version").to_pylist() == ["v3"] * table.num_rows
+    assert table.column("index_id").to_pylist() == ["index-abc"] * table.num_rows
+    assert table.schema.field("rank").type == pa.int32() and table.schema.field("index_id").type == pa.string()
+
+
 def assert_same_candidates(a: pl.DataFrame, b: pl.DataFrame) -> None:
     """Same users, items, ranks and labels; scores equal up to float32 rounding (BLAS kernels differ
     in the last bit between batch shapes, e.g. one user per chunk vs all users at once)."""

@@ -23,3 +23,40 @@ def test_type_mismatch_is_clear() -> None:
     v = Vocab.from_values([1, 2])
     with pytest.raises(TypeError, match="same id type"):
         v.encode(np.array(["1"]))
+
+
+def _encode_by_search(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The binary-search encode, as a reference for the lookup-table path."""
+    pos = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+    return np.where(ids[pos] == values, pos, -1).astype(np.int64)
+
+
+@pytest.mark.parametrize("id_dtype", [np.int64, np.int32, np.uint32])
+@pytest.mark.parametrize("value_dtype", [np.int64, np.int32, np.uint64])
+def test_encode_lookup_table_matches_binary_search(id_dtype: type, value_dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    ids = np.unique(rng.integers(5, 5000, 700)).astype(id_dtype)
+    v = Vocab(ids)
+    values = np.concatenate([rng.integers(0, 5100, 20_000), ids[[0, -1]], [4, 5001]])
+    values = values.astype(value_dtype)
+    for _ in range(2):  # the first large encode builds the table, the second reuses it
+        got = v.encode(values)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, _encode_by_search(ids, values))
+    assert (v._table is not None) == (value_dtype != np.uint64)
+    small = values[:3]  # a small encode on a fresh vocab keeps the binary search
+    fresh = Vocab(ids)
+    np.testing.assert_array_equal(fresh.encode(small), _encode_by_search(ids, small))
+    assert fresh._table is None
+
+
+def test_encode_lookup_table_extremes_and_pickle() -> None:
+    import pickle
+
+    big = np.iinfo(np.int64)
+    v = Vocab(np.array([big.max - 2, big.max], dtype=np.int64))
+    values = np.array([big.min, -1, 0, big.max - 2, big.max - 1, big.max] * 10, dtype=np.int64)
+    np.testing.assert_array_equal(v.encode(values), np.tile([-1, -1, -1, 0, -1, 1], 10))
+    assert v._table is not None
+    v2 = pickle.loads(pickle.dumps(v))
+    assert v2._table is None and list(v2.encode(values[:6])) == [-1, -1, -1, 0, -1, 1]

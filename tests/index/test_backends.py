@@ -172,6 +172,36 @@ class TestExactIndex(IndexSuite):
         items, ids, queries = data
         assert_exact_topk(built.query(queries, 50)[0], items, ids, queries, 50)
 
+    def test_query_equals_the_plain_matrix_product_top_k(self, built: Index, data: tuple) -> None:
+        """The blocks are scored as ``(-q) @ v.T`` (no negated copy of the block): the ids and
+        scores are those of sorting ``q @ v.T`` by (-score, row), bit for bit."""
+        items, ids, queries = data
+        got_ids, got_scores = built.query(queries, 25)
+        assert isinstance(built, ExactIndex)
+        block = built.max_block_bytes // (4 * len(items))  # the same blocks: BLAS's last bit can depend on shape
+        scores = np.concatenate([queries[s : s + block] @ items.T for s in range(0, len(queries), block)])
+        order = np.lexsort((np.broadcast_to(np.arange(len(items)), scores.shape), -scores), axis=1)[:, :25]
+        np.testing.assert_array_equal(got_ids, ids[order])
+        np.testing.assert_array_equal(got_scores, np.take_along_axis(scores, order, axis=1))
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_topk_rows_of_negated_scores_equals_topk_rows(k: int) -> None:
+    from recsys_cl.index.exact import topk_rows
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(-3, 4, (40, 6)).astype(np.float32)  # many ties, and zeros
+    want_idx, want_vals = topk_rows(scores, k)
+    for neg in (-scores, (-np.eye(40, 3, dtype=np.float32)) @ rng.standard_normal((3, 6)).astype(np.float32)):
+        plain = topk_rows(-neg, k)
+        got = topk_rows(neg, k, negated=True)
+        np.testing.assert_array_equal(got[0], plain[0])
+        np.testing.assert_array_equal(got[1], plain[1])
+    assert want_idx.shape == (40, k) and (np.diff(want_vals, axis=1) <= 0).all()
+    tied = np.take_along_axis(scores, want_idx, axis=1)  # ties keep the lower column first
+    same = tied[:, 1:] == tied[:, :-1]
+    assert (want_idx[:, 1:][same] > want_idx[:, :-1][same]).all()
+
 
 class TestAnnoyIndex(IndexSuite):
     def _make_index(self) -> Index:
