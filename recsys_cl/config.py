@@ -627,8 +627,9 @@ class IndexConfig:
     recall_min_users: int = 200
     """When the recall queries are drawn from a few given users (``nightly``: the night's active
     users, 16 on the demo's last day), other training users top the sample up to this many (at most
-    ``recall_sample_users``), so the tuned knob does not follow a handful of queries; the depth tuned
-    at still comes from the given users' seen items. 0: no top-up."""
+    ``recall_sample_users``), so the tuned knob and ``auto``'s speed comparison do not rest on a
+    handful of queries; the target must then hold on the whole sample and on the given users alone,
+    and the depth tuned at still comes from the given users' seen items. 0: no top-up."""
     n_trees: int = 10
     """Annoy trees."""
     search_k: int = -1

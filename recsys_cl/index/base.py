@@ -82,7 +82,9 @@ class Manifest:
     built_at: str = ""
     """UTC ISO-8601 time of the build."""
     recall_at_k: float | None = None
-    """Measured recall@K against exact search on a sample of user embeddings (tuning fills it)."""
+    """Measured recall@K against exact search on a sample of user embeddings (tuning fills it); for a
+    topped-up sample (``recall_sample_source`` ``users (N active, M other)``) the lower of the whole
+    sample's and the N active users'."""
     recall_k: int | None = None
     """The depth recall was tuned and measured at: ``index.k`` plus the query users' median number
     of seen items, since the candidate job fetches K + |seen| and drops the seen ones (``index.k``

@@ -39,7 +39,7 @@ from recsys_cl.index.base import (
 )
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
-from recsys_cl.index.tuning import choose_backend, measure, recall_at_k, tune_search_k
+from recsys_cl.index.tuning import choose_backend, measure, sample_recall, tune_search_k
 from recsys_cl.io_atomic import OutputError, write_directory_atomically
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ def _needs_tuning(index: Index, cfg: IndexConfig) -> bool:
 
 def build_and_tune(
     emb: ItemEmbeddings, queries: np.ndarray, cfg: IndexConfig, fetch_extra: int = 0,
+    also: np.ndarray | None = None,
 ) -> tuple[Index, dict[str, Any]]:
     """Build ``cfg.backend`` (``auto``: every available backend in ``cfg.auto_backends``), tune each
     approximate one to ``cfg.target_recall`` on ``queries`` and, for ``auto``, keep the fastest that
@@ -197,7 +198,9 @@ def build_and_tune(
     (``fetch_extra``: the typical number of seen items it drops afterwards, e.g. the median over the
     query users), as :func:`recsys_cl.candidates.model.build_index_in_memory` does: tuned at ``k``
     alone, the delivered unseen top K reaches deeper into the ranking, where approximate recall is
-    lower."""
+    lower. ``also``: (Q,) bool, the queries of the users the index is built for when the sample was
+    topped up with others; the target must hold on them too, and the recall reported is the lower of
+    the two (:func:`recsys_cl.index.tuning.sample_recall`)."""
     k = min(cfg.k + max(fetch_extra, 0), len(emb.ids))
     exact = ExactIndex()
     exact.build(emb.vectors, emb.ids)
@@ -217,7 +220,7 @@ def build_and_tune(
             index.build(emb.vectors, emb.ids)
             log.info("built %s over %d items in %.1f s", name, len(emb.ids), time.perf_counter() - start)
         if _needs_tuning(index, cfg):
-            result = tune_search_k(index, exact_ids, queries, k, cfg.target_recall)
+            result = tune_search_k(index, exact_ids, queries, k, cfg.target_recall, also)
             sweeps += [{"backend": name, **row} for row in result.table]
             if not result.met_target:
                 log.warning("%s did not reach recall@%d %.2f (best %.3f at %s=%s)", name, k, cfg.target_recall,
@@ -225,7 +228,7 @@ def build_and_tune(
         built.append(index)
 
     if cfg.backend == "auto":
-        choice = choose_backend(built, queries, k, cfg.target_recall, exact=exact)
+        choice = choose_backend(built, queries, k, cfg.target_recall, exact=exact, also=also)
         index, reason, table = choice.index, choice.reason, choice.table
         if skipped:
             reason += f"; not considered: {skipped} (faiss-cpu not installed: pip install 'recsys_cl[ann]')"
@@ -237,7 +240,7 @@ def build_and_tune(
         index = built[0]
         table = []
         reason = f"{index.name}: requested (index.backend={cfg.backend})"
-        recall = 1.0 if index.is_exact else recall_at_k(index.query(queries, k)[0], exact_ids)
+        recall = 1.0 if index.is_exact else sample_recall(index.query(queries, k)[0], exact_ids, also)
         qps = measure(index, queries, k, min_seconds=0.2)
         exact_qps = qps if index.is_exact else measure(exact, queries, k, min_seconds=0.2)
 
@@ -459,11 +462,12 @@ def build_index_for_vectors(
         # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items: the depth the
         # users asked for reach, not the top-up users'
         fetch_extra = min(int(np.median(sampled.seen[sampled.given])), max_extra_fetch)
+        also = sampled.given
     else:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
-        fetch_extra = 0
+        fetch_extra, also = 0, None
 
-    index, measured = build_and_tune(emb, queries, index_cfg, fetch_extra)
+    index, measured = build_and_tune(emb, queries, index_cfg, fetch_extra, also)
     manifest = index.default_manifest(
         model_uri=model_uri,
         **provenance,

@@ -446,3 +446,42 @@ def test_the_embedding_hash_is_recomputed_only_without_file_checksums(
     (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
     load_index(tmp_path / "idx")
     assert calls == [1]
+
+
+def test_sample_recall_hand_worked() -> None:
+    """Two queries find both of their 2 true items, two find one: 6 / 8 on the whole sample, 2 / 4 on
+    those two alone; with ``also`` the lower of the two counts."""
+    from recsys_cl.index.tuning import sample_recall
+
+    exact = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])
+    approx = np.array([[2, 1], [3, 4], [5, 9], [0, 8]])
+    assert sample_recall(approx, exact) == 0.75
+    assert sample_recall(approx, exact, np.array([False, False, True, True])) == 0.5
+    assert sample_recall(approx, exact, np.array([True, True, False, False])) == 0.75  # the whole sample is lower
+    assert sample_recall(approx, exact, np.ones(4, bool)) == sample_recall(approx, exact, np.zeros(4, bool)) == 0.75
+
+
+def test_build_and_tune_meets_the_target_on_the_served_users_too() -> None:
+    """A sample topped up with other users: the knob is raised until the users the index is built for
+    (``also``) reach the target by themselves, not only the whole sample, and the recall reported is
+    the lower of the two (slow reference)."""
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import ItemEmbeddings, build_and_tune
+
+    items, ids, queries = clustered()
+    emb = ItemEmbeddings(items, ids, normalized=True)
+    cfg = IndexConfig(backend="annoy", k=K, n_trees=2, target_recall=0.95)
+    truth = brute_force_topk(items, ids, queries, K)
+
+    def per_query(index: Index) -> np.ndarray:
+        got = index.query(queries, K)[0]
+        return np.array([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])
+
+    whole, _ = build_and_tune(emb, queries, cfg)
+    hard = per_query(whole) < 1.0  # the queries the whole-sample knob serves worst
+    assert hard.any() and per_query(whole)[hard].mean() < 0.95  # else the test could not fail
+    served, fields = build_and_tune(emb, queries, cfg, also=hard)
+    recall = per_query(served)
+    assert recall[hard].mean() >= 0.95 and recall.mean() >= 0.95
+    assert fields["recall_at_k"] == pytest.approx(min(recall.mean(), recall[hard].mean()))
+    assert served.params()["search_k"] > whole.params()["search_k"]
