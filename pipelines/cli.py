@@ -23,6 +23,7 @@ import torch
 
 from recsys_cl.config import ConfigError, load_config
 from recsys_cl.io_atomic import write_file_atomically
+from recsys_cl.utils.threads import warn_if_cores_busy
 from recsys_cl.tracking import TrackingError
 
 T = TypeVar("T")
@@ -109,6 +110,8 @@ def load_config_or_exit(args: argparse.Namespace, cls: type[T], set_threads: boo
     threads = getattr(getattr(cfg, "train", None), "num_threads", 0) if set_threads else 0
     if threads:
         torch.set_num_threads(threads)
+    elif set_threads and hasattr(getattr(cfg, "train", None), "num_threads"):
+        warn_if_cores_busy(threads)
     return cfg
 
 

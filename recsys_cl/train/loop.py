@@ -30,6 +30,7 @@ from recsys_cl.train.checkpoint import atomic_torch_save, load_checkpoint
 from recsys_cl.train.negative_memory import NegativeMemory
 from recsys_cl.train.steps import batch_loss
 from recsys_cl.utils import dist
+from recsys_cl.utils.threads import warn_if_cores_busy
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def fit(
     """
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    elif dist.is_main():
+        warn_if_cores_busy(cfg.num_threads)
     generator = seed_everything(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, best_epoch, best_score, bad_epochs = 1, 0, -1.0, 0
