@@ -390,7 +390,9 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     test = evaluate(score_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
     reporter.log_metrics({f"test/{k}": v for k, v in test.items()})
-    reporter.log_metrics({"best_epoch": result.best_epoch})
+    # val/* is a curve (one point per epoch), so MLflow's runs table and compare view show its last
+    # epoch; best/val/* is the epoch whose weights were tested, what runs are chosen on
+    reporter.log_metrics({"best_epoch": result.best_epoch, **selected_val_metrics(result.best_metrics)})
     baselines: dict[str, dict[str, float]] = {}
     delta: dict[str, Any] = {}
     fold_in: dict[str, float] = {}
@@ -501,6 +503,18 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:16]
 
 
+SELECTED_PREFIX = "best/"
+"""Prefix of the validation metrics of the model a run tested (``best/val/recall@20``): the best
+epoch of a two-tower run, the chosen hyperparameters of a baseline, the best child of a sweep."""
+
+
+def selected_val_metrics(val: dict[str, float], ks: tuple[int, ...] | None = None) -> dict[str, float]:
+    """``{"best/val/<metric>": value}`` for the ``val/*`` entries of ``val`` (other keys, e.g.
+    ``train_loss``, left out); with ``ks``, only metrics at those K (and those without a K)."""
+    return {SELECTED_PREFIX + k: v for k, v in val.items()
+            if k.startswith("val/") and (ks is None or "@" not in k or int(k.split("@")[1]) in ks)}
+
+
 def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
     if "@" not in key:
         return True
@@ -602,7 +616,8 @@ def run_baseline(
     })
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
-    reporter.log_metrics({f"val/{k}": v for k, v in res["val"].items()})
+    val = {f"val/{k}": v for k, v in res["val"].items()}
+    reporter.log_metrics({**val, **selected_val_metrics(val, tuple(cfg.eval.ks))})
     reporter.log_metrics({f"test/{k}": v for k, v in res["test"].items()})
     reporter.log_metrics({"fit_seconds": res["fit_seconds"]})
     return {
