@@ -590,6 +590,13 @@ def run_baseline(
     from recsys_cl.baselines import tune_and_evaluate
     from recsys_cl.eval.protocol import interaction_matrix
 
+    # tagged before tuning (minutes for EASE on 10k items), as a two-tower run is before training: the
+    # UI's filters find it while it runs, and a run that fails still says what it was.
+    # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
+    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
+    reporter.log_params({"baseline.name": name, "data.path": cfg.data.path, "data.min_rating": cfg.data.min_rating,
+                         "split.kind": cfg.split.kind})
+
     grids: dict[str, Any] = {
         "ease": {"lam": list(cfg.baselines.ease_lambdas)},
         "itemknn": {"k": list(cfg.baselines.itemknn_k)},
@@ -605,15 +612,7 @@ def run_baseline(
         from recsys_cl.baselines.tuning import score_fn_for
 
         res["test"].update(new_item_metrics(score_fn_for(res["model"], prep.test_set), prep))
-    # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
-    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
-    reporter.log_params({
-        **{f"baseline.{k}": v for k, v in res["params"].items()},
-        "baseline.name": name,
-        "data.path": cfg.data.path,
-        "data.min_rating": cfg.data.min_rating,
-        "split.kind": cfg.split.kind,
-    })
+    reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
     val = {f"val/{k}": v for k, v in res["val"].items()}

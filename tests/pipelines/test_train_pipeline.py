@@ -623,3 +623,23 @@ def test_runs_table_shows_the_validation_of_the_tested_model(tmp_path: Path, mon
     assert pop["best/val/recall_at_20"] == pop["val/recall_at_20"]
     best_keys = {k for k in two if k.startswith("best/")}
     assert "best/val/mrr" in best_keys and best_keys == {k for k in pop if k.startswith("best/")}
+
+
+def test_a_baseline_run_is_tagged_before_it_tunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuning EASE takes minutes: while it runs, and if it fails, the run already carries the tags and
+    data params that the UI filters and compares on (as a two-tower run does before training)."""
+    import recsys_cl.baselines
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise MemoryError("EASE's gram matrix")
+
+    monkeypatch.setattr(recsys_cl.baselines, "tune_and_evaluate", fail)
+    with pytest.raises(MemoryError):
+        evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[ease]"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FAILED"
+    tags = run.data.tags
+    assert tags["model"] == "ease" and tags["loss_kind"] == "none"
+    assert tags["protocol"].startswith("full_ranking|") and len(tags["data_fingerprint"]) == 16
+    assert run.data.params["split.kind"] == "leave_last_out" and run.data.params["data.path"].endswith("ml-100k")
