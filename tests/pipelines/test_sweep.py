@@ -12,7 +12,7 @@ from recsys_cl.sweep import expand_grid, parse_grid, split_values
 
 # every run a user compares in the UI carries these tags (filter / group-by keys)
 COMMON_TAGS = {"dataset", "data_fingerprint", "split", "protocol", "loss_kind", "logq", "negatives", "git_commit",
-               "model", "sweep_id"}
+               "git_dirty", "model", "sweep_id"}
 
 
 def test_grid_parsing_and_expansion() -> None:
