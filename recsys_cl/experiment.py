@@ -555,7 +555,7 @@ def _log_artifacts(
         )
         reporter.log_artifacts(emb_dir, "item_embeddings")
     figs = {
-        "plots/learning_curves.png": plots.learning_curves(result.history),
+        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch),
         "plots/recall_vs_k.png": plots.recall_vs_k(
             {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
             prep.protocol,

@@ -1,4 +1,5 @@
-"""recsys_cl.eval.plots: the similarity histograms logged by the pretraining pipelines."""
+"""recsys_cl.eval.plots: the learning curves of a training run and the similarity histograms of the
+pretraining pipelines."""
 
 from __future__ import annotations
 
@@ -20,5 +21,22 @@ def test_similarity_histograms_one_panel_per_encoder_with_means() -> None:
         assert before[0] == "same class (mean 0.30, n=100)" and before[1].endswith("n=300)")
         assert after == ["same class (mean 0.75, n=50)"]
         assert axes[0].get_xlim()[0] <= 0.1 and axes[0].get_xlim()[1] >= 0.75  # the data's range, shared
+    finally:
+        plots.close(fig)
+
+
+def test_learning_curves_label_both_axes_count_whole_epochs_and_mark_the_tested_epoch() -> None:
+    history = [{"train_loss": 6.0 - e, "val/recall@20": r, "val/ndcg@20": r / 2}
+               for e, r in enumerate([0.10, 0.18, 0.16])]
+    fig = plots.learning_curves(history, best_epoch=2)
+    try:
+        fig.canvas.draw()
+        for ax in fig.get_axes():
+            assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+            assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [2]
+        labels = [t.get_text() for t in fig.get_axes()[1].get_legend().get_texts()]
+        assert labels == ["val/recall@20", "val/ndcg@20", "best epoch 2 (tested)"]
     finally:
         plots.close(fig)
