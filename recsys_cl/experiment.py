@@ -113,10 +113,17 @@ class Prepared:
         return ALL_CATALOGUE in self.protocol
 
     def tags(self, cfg: RunConfig) -> dict[str, str]:
+        """The data and protocol tags of every run on this preparation (two-tower, baseline, sweep).
+        The sizes say what the fingerprint cannot: how many clicks, users and items, and how many
+        items each ranking is over (full-ranking metrics fall as that grows)."""
         return {
             "dataset": Path(cfg.data.path).name,
             "data_source": self.clicks.source,
             "data_fingerprint": self.fingerprint,
+            "data_clicks": str(self.clicks.clicks.height),
+            "data_users": str(len(self.spec.users)),
+            "data_items": str(self.spec.num_items),
+            "ranked_items": str(len(self.ranked)),
             "split": cfg.split.kind,
             "protocol": self.protocol,
         }
