@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 
 def learning_curves(history: Sequence[Mapping[str, float]], best_epoch: int | None = None) -> Figure:
@@ -43,7 +43,11 @@ def recall_vs_k(curves: Mapping[str, Mapping[int, float]], protocol: str) -> Fig
     for name, curve in curves.items():
         ks = sorted(curve)
         ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
-    ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title="Test Recall@K")
+    ax.set(xscale="log", xlabel="K (log scale)", ylabel="Recall@K", title="Test Recall@K")
+    ks = sorted({k for curve in curves.values() for k in curve})
+    if ks:  # tick the Ks measured, written as numbers (1, 2, 5, ... 200), not as powers of ten
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.text(0.01, -0.25, protocol, transform=ax.transAxes, fontsize=6)
     ax.legend()
     fig.tight_layout()

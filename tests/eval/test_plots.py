@@ -40,3 +40,30 @@ def test_learning_curves_label_both_axes_count_whole_epochs_and_mark_the_tested_
         assert labels == ["val/recall@20", "val/ndcg@20", "best epoch 2 (tested)"]
     finally:
         plots.close(fig)
+
+
+def test_recall_vs_k_ticks_the_measured_ks_as_numbers() -> None:
+    fig = plots.recall_vs_k({"two_tower": {1: 0.02, 10: 0.1, 20: 0.17, 200: 0.5}}, "full_ranking|...")
+    try:
+        fig.canvas.draw()
+        (ax,) = fig.get_axes()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "20", "200"]
+        assert ax.get_ylabel() == "Recall@K" and ax.get_xlabel().startswith("K")
+    finally:
+        plots.close(fig)
+
+
+def test_sweep_plot_title_says_how_many_seeds_the_error_bars_are_over() -> None:
+    import pandas as pd
+
+    from recsys_cl.sweep import grid_plot
+
+    rows = [{"model": "two_tower", "loss.temperature": t, "seed": s, "test/recall@20": 0.1 + t + s / 100}
+            for t in (0.05, 0.1) for s in (0, 1)] + [{"model": "popularity", "test/recall@20": 0.07}]
+    frame = pd.DataFrame(rows)
+    for data, words in ((frame, "mean ± std over 2 seeds"), (frame[frame["seed"] != 1], "1 seed: no error bars")):
+        fig = grid_plot(data, ["loss.temperature"])
+        try:
+            assert words in fig.get_axes()[0].get_title()
+        finally:
+            plots.close(fig)
