@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parent.set_tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"]})
             parent.log_metrics({"best/val/recall@20": best["val/recall@20"],
                                 **{f"best/{m}": best[m] for m in frame.columns if m.startswith("test/")}})
+        # the table on the parent's page in the UI, not only in its artifacts
+        chosen = (f"Best child, chosen on validation recall@20: **{best['run_name']}**" if best is not None
+                  else "No two-tower child has a validation recall@20.")
+        parent.set_description(f"{chosen} Table: sweep/summary.md (artifacts).\n\n{table}\n")
     summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]), "reused_runs": len(done),
                "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
     write_summary(args.summary_json, summary)

@@ -168,6 +168,23 @@ def code_tags() -> dict[str, str]:
     return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag()}
 
 
+DESCRIPTION_TAG = "mlflow.note.content"
+"""MLflow's tag for a run's description (the Markdown at the top of its page in the UI)."""
+DESCRIPTION_CUT = "\n\n(cut here: MLflow keeps 8000 characters of a description)"
+
+
+def fit_description(text: str) -> str:
+    """``text`` if MLflow keeps all of it as a description, else its lines that fit and
+    :data:`DESCRIPTION_CUT`."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    if len(text) <= MAX_TAG_VAL_LENGTH:
+        return text
+    room = MAX_TAG_VAL_LENGTH - len(DESCRIPTION_CUT)
+    head = text[:room]
+    return (head.rsplit("\n", 1)[0] if "\n" in head else head) + DESCRIPTION_CUT
+
+
 class Tracker:
     """Reporting handle for one active MLflow run."""
 
@@ -183,6 +200,12 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def set_description(self, text: str) -> None:
+        """The run's description: Markdown the UI shows at the top of the run's page. MLflow keeps a
+        tag of at most ``MAX_TAG_VAL_LENGTH`` (8000) characters, so a longer text is cut after its
+        last whole line that fits, and says so."""
+        mlflow.set_tag(DESCRIPTION_TAG, fit_description(text))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         finite = {metric_key(k): float(v) for k, v in metrics.items() if math.isfinite(float(v))}

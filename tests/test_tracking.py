@@ -261,3 +261,20 @@ def test_every_run_says_whether_its_code_was_edited(tmp_path: Path) -> None:
         tags = client.get_run(run_id).data.tags
         assert tags["git_dirty"] == git_dirty() and tags["git_commit"] == git_commit()
         assert tags["git_dirty"] in ("true", "false", "unknown")
+
+
+def test_a_description_too_long_for_mlflow_is_cut_at_a_line_and_says_so(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from recsys_cl.tracking import DESCRIPTION_CUT, fit_description
+
+    assert fit_description("| a | b |\n|---|---|") == "| a | b |\n|---|---|"
+    rows = "\n".join(f"| two_tower[{i}] | 0.1234 |" for i in range(600))
+    cut = fit_description(rows)
+    assert len(cut) <= MAX_TAG_VAL_LENGTH and cut.endswith(DESCRIPTION_CUT)
+    assert cut.removesuffix(DESCRIPTION_CUT).split("\n")[-1].endswith("| 0.1234 |")  # whole rows only
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="described")
+    with mlflow_run(cfg, run_name="long") as run:
+        run.set_description(rows)  # MLflow refuses a longer tag: the job would fail at its end
+    assert mlflow.MlflowClient(cfg.uri).get_run(run.run_id).data.tags["mlflow.note.content"] == cut

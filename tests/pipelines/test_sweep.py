@@ -139,6 +139,10 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     assert parent.data.tags["sweep"] == "parent" and parent.data.params["loss.kind"] == "{softmax,debiased}"
     assert parent.data.tags["best_run_id"] in set(two["run_id"])
     assert "best/test/recall@20".replace("@", "_at_") in parent.data.metrics
+    # the summary table is the parent's description, on its page in the UI
+    description = parent.data.tags["mlflow.note.content"]
+    assert f"**{parent.data.tags['best_run_name']}**" in description
+    assert "Protocol: `full_ranking" in description and description.count("\n| two_tower[") == 2
     assert {a.path for a in client.list_artifacts(parent_id, "sweep")} == {
         "sweep/summary.csv", "sweep/summary.md", "sweep/grid_test_recall_at_20.png"}
     local = Path(client.download_artifacts(parent_id, "sweep", str(tmp_path)))
