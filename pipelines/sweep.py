@@ -42,6 +42,8 @@ from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
+    SELECTED_ON_CHILD,
+    SELECTED_ON_TAG,
     check_history_length,
     negatives_tag,
     prepare,
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_kind": distinct([c.loss.kind for _, _, c in configs]),
         "logq": distinct([c.loss.logq for _, _, c in configs]),
         "negatives": distinct([negatives_tag(c) for _, _, c in configs]),
+        SELECTED_ON_TAG: SELECTED_ON_CHILD,
     }
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"

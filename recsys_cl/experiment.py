@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_cl.baselines.tuning import SELECT_BY
 from recsys_cl.config import ConfigError, RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
@@ -45,7 +46,7 @@ from recsys_cl.features.vocab import Vocab
 from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
-from recsys_cl.train.loop import FitResult, fit
+from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
 from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
@@ -370,7 +371,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     """Train, select on validation, test once, log everything. Returns the run summary."""
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
-                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg)})
+                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH})
     reporter.log_params(cfg.to_flat_dict())
     if dist.world_size() > 1:
         reporter.set_tags({"world_size": dist.world_size()})
@@ -510,6 +511,11 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:16]
 
 
+SELECTED_ON_TAG = "selected_on"
+"""Tag: what chose the model whose ``best/val/*`` and ``test/*`` a run logs (they differ by model)."""
+SELECTED_ON_EPOCH = f"val/{SELECT_METRIC} (epoch)"
+SELECTED_ON_HYPERPARAMETERS = f"val/{SELECT_BY} (hyperparameters)"
+SELECTED_ON_CHILD = f"val/{SELECT_METRIC} (child run)"
 SELECTED_PREFIX = "best/"
 """Prefix of the validation metrics of the model a run tested (``best/val/recall@20``): the best
 epoch of a two-tower run, the chosen hyperparameters of a baseline, the best child of a sweep."""
@@ -600,7 +606,8 @@ def run_baseline(
     # tagged before tuning (minutes for EASE on 10k items), as a two-tower run is before training: the
     # UI's filters find it while it runs, and a run that fails still says what it was.
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
-    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
+    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none",
+                       SELECTED_ON_TAG: SELECTED_ON_HYPERPARAMETERS})
     reporter.log_params({"baseline.name": name, "data.path": cfg.data.path, "data.min_rating": cfg.data.min_rating,
                          "split.kind": cfg.split.kind})
 

@@ -12,7 +12,8 @@ from recsys_cl.sweep import expand_grid, parse_grid, split_values
 
 # every run a user compares in the UI carries these tags (filter / group-by keys)
 COMMON_TAGS = {"dataset", "data_fingerprint", "split", "protocol", "loss_kind", "logq", "negatives", "git_commit",
-               "git_dirty", "model", "sweep_id", "data_clicks", "data_users", "data_items", "ranked_items"}
+               "git_dirty", "model", "sweep_id", "data_clicks", "data_users", "data_items", "ranked_items",
+               "selected_on"}
 
 
 def test_grid_parsing_and_expansion() -> None:
@@ -123,6 +124,8 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     for tag in COMMON_TAGS:
         assert runs[f"tags.{tag}"].notna().all(), tag
     assert set(runs["tags.loss_kind"]) == {"softmax", "debiased", "softmax,debiased", "none"}
+    assert set(runs["tags.selected_on"]) == {"val/recall@20 (epoch)", "val/recall@20 (child run)",
+                                             "val/ndcg@10 (hyperparameters)"}
     # the fixture's size, the same on the parent, the two-tower children and the baseline
     sizes = runs[["tags.data_clicks", "tags.data_users", "tags.data_items", "tags.ranked_items"]].drop_duplicates()
     assert sizes.values.tolist() == [["48", "8", "12", "12"]]
