@@ -24,12 +24,15 @@ print(f"{len(runs)} finished runs in experiment {experiment!r}")
 #
 # Every run carries the same tags (`model`, `loss_kind`, `negatives`, `dataset`, `protocol`,
 # `git_commit`, `sweep_id` for sweeps), so the same columns work for two-tower and baseline runs.
+# `val/recall_at_20` is the logged `best/val/recall_at_20`: the validation of the model whose test
+# numbers these are (a two-tower run's best epoch, a baseline's chosen hyperparameters); the logged
+# `val/*` of a two-tower run is a curve over epochs, and a search shows its last epoch.
 
 # %%
 metrics = ["test/recall_at_20", "test/ndcg_at_20", "test/recall_at_50", "test/mrr", "test/coverage_at_20"]
 cols = {"tags.mlflow.runName": "run", "tags.model": "model", "tags.loss_kind": "loss",
         "tags.negatives": "negatives", "tags.logq": "logq", "params.loss.temperature": "tau",
-        "params.train.seed": "seed", "metrics.val/recall_at_20": "val/recall_at_20",
+        "params.train.seed": "seed", "metrics.best/val/recall_at_20": "val/recall_at_20",
         **{f"metrics.{m}": m for m in metrics}}
 models = runs[runs.get("tags.sweep", pd.Series(index=runs.index, dtype=object)) != "parent"]
 table = models.reindex(columns=["run_id", *cols]).rename(columns=cols)

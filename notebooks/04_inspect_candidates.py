@@ -30,8 +30,11 @@ model_uri = os.environ.get("RECSYS_CL_MODEL")
 if not model_uri:
     mlflow.set_tracking_uri(cfg.tracking.uri)
     best = mlflow.search_runs(
-        experiment_names=[cfg.tracking.experiment], filter_string="tags.model = 'two_tower'",
-        order_by=["metrics.`val/recall_at_20` DESC"], max_results=1)
+        # best/val/*: the tested epoch (val/* is the curve, its last epoch); best_epoch: a training
+        # run, not a sweep's parent
+        experiment_names=[cfg.tracking.experiment],
+        filter_string="tags.model = 'two_tower' and metrics.best_epoch >= 1",
+        order_by=["metrics.`best/val/recall_at_20` DESC"], max_results=1)
     model_uri = f"runs:/{best['run_id'][0]}/model"
 loaded = load_model(model_uri, cfg.tracking)
 print("model:", model_uri, "version label:", loaded.version_label)

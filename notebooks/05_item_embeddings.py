@@ -26,7 +26,10 @@ cfg = load_config(None, overrides=[f"data.path={os.environ.get('RECSYS_CL_DATA',
 mlflow.set_tracking_uri(os.environ.get("RECSYS_CL_TRACKING_URI", "sqlite:///mlflow.db"))
 run_id = os.environ.get("RECSYS_CL_RUN_ID") or mlflow.search_runs(
     experiment_names=[os.environ.get("RECSYS_CL_EXPERIMENT", "recsys_cl")],
-    filter_string="tags.model = 'two_tower'", order_by=["metrics.`val/recall_at_20` DESC"], max_results=1,
+    # best/val/*: the tested epoch (val/* is the curve, its last epoch); best_epoch: a training run,
+    # not a sweep's parent
+    filter_string="tags.model = 'two_tower' and metrics.best_epoch >= 1",
+    order_by=["metrics.`best/val/recall_at_20` DESC"], max_results=1,
 )["run_id"][0]
 _scratch = tempfile.TemporaryDirectory(prefix="recsys_cl_nb05_")  # removed when the kernel exits
 local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="item_embeddings",

@@ -42,6 +42,8 @@ from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
+    SELECTED_ON_CHILD,
+    SELECTED_ON_TAG,
     check_history_length,
     check_num_sampled,
     negatives_tag,
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_kind": distinct([c.loss.kind for _, _, c in configs]),
         "logq": distinct([c.loss.logq for _, _, c in configs]),
         "negatives": distinct([negatives_tag(c) for _, _, c in configs]),
+        SELECTED_ON_TAG: SELECTED_ON_CHILD,
     }
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"
@@ -216,6 +219,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parent.set_tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"]})
             parent.log_metrics({"best/val/recall@20": best["val/recall@20"],
                                 **{f"best/{m}": best[m] for m in frame.columns if m.startswith("test/")}})
+        # the table on the parent's page in the UI, not only in its artifacts
+        chosen = (f"Best child, chosen on validation recall@20: **{best['run_name']}**" if best is not None
+                  else "No two-tower child has a validation recall@20.")
+        parent.set_description(f"{chosen} Table: sweep/summary.md (artifacts).\n\n{table}\n")
     summary = {"parent_run_id": parent.run_id, "child_run_ids": list(frame["run_id"]), "reused_runs": len(done),
                "protocol": prep.protocol, "rows": json.loads(frame.to_json(orient="records"))}
     write_summary(args.summary_json, summary)

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_cl.baselines.tuning import SELECT_BY
 from recsys_cl.config import ConfigError, RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
@@ -45,7 +46,7 @@ from recsys_cl.features.vocab import Vocab
 from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
-from recsys_cl.train.loop import FitResult, fit
+from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
 from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
@@ -113,10 +114,17 @@ class Prepared:
         return ALL_CATALOGUE in self.protocol
 
     def tags(self, cfg: RunConfig) -> dict[str, str]:
+        """The data and protocol tags of every run on this preparation (two-tower, baseline, sweep).
+        The sizes say what the fingerprint cannot: how many clicks, users and items, and how many
+        items each ranking is over (full-ranking metrics fall as that grows)."""
         return {
             "dataset": Path(cfg.data.path).name,
             "data_source": self.clicks.source,
             "data_fingerprint": self.fingerprint,
+            "data_clicks": str(self.clicks.clicks.height),
+            "data_users": str(len(self.spec.users)),
+            "data_items": str(self.spec.num_items),
+            "ranked_items": str(len(self.ranked)),
             "split": cfg.split.kind,
             "protocol": self.protocol,
         }
@@ -387,7 +395,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     """Train, select on validation, test once, log everything. Returns the run summary."""
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
-                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg)})
+                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH})
     reporter.log_params(cfg.to_flat_dict())
     if dist.world_size() > 1:
         reporter.set_tags({"world_size": dist.world_size()})
@@ -414,7 +422,9 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     test = evaluate(score_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
     reporter.log_metrics({f"test/{k}": v for k, v in test.items()})
-    reporter.log_metrics({"best_epoch": result.best_epoch})
+    # val/* is a curve (one point per epoch), so MLflow's runs table and compare view show its last
+    # epoch; best/val/* is the epoch whose weights were tested, what runs are chosen on
+    reporter.log_metrics({"best_epoch": result.best_epoch, **selected_val_metrics(result.best_metrics)})
     baselines: dict[str, dict[str, float]] = {}
     delta: dict[str, Any] = {}
     fold_in: dict[str, float] = {}
@@ -525,6 +535,23 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:16]
 
 
+SELECTED_ON_TAG = "selected_on"
+"""Tag: what chose the model whose ``best/val/*`` and ``test/*`` a run logs (they differ by model)."""
+SELECTED_ON_EPOCH = f"val/{SELECT_METRIC} (epoch)"
+SELECTED_ON_HYPERPARAMETERS = f"val/{SELECT_BY} (hyperparameters)"
+SELECTED_ON_CHILD = f"val/{SELECT_METRIC} (child run)"
+SELECTED_PREFIX = "best/"
+"""Prefix of the validation metrics of the model a run tested (``best/val/recall@20``): the best
+epoch of a two-tower run, the chosen hyperparameters of a baseline, the best child of a sweep."""
+
+
+def selected_val_metrics(val: dict[str, float], ks: tuple[int, ...] | None = None) -> dict[str, float]:
+    """``{"best/val/<metric>": value}`` for the ``val/*`` entries of ``val`` (other keys, e.g.
+    ``train_loss``, left out); with ``ks``, only metrics at those K (and those without a K)."""
+    return {SELECTED_PREFIX + k: v for k, v in val.items()
+            if k.startswith("val/") and (ks is None or "@" not in k or int(k.split("@")[1]) in ks)}
+
+
 def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
     if "@" not in key:
         return True
@@ -565,7 +592,7 @@ def _log_artifacts(
         )
         reporter.log_artifacts(emb_dir, "item_embeddings")
     figs = {
-        "plots/learning_curves.png": plots.learning_curves(result.history),
+        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch),
         "plots/recall_vs_k.png": plots.recall_vs_k(
             {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
             prep.protocol,
@@ -600,6 +627,14 @@ def run_baseline(
     from recsys_cl.baselines import tune_and_evaluate
     from recsys_cl.eval.protocol import interaction_matrix
 
+    # tagged before tuning (minutes for EASE on 10k items), as a two-tower run is before training: the
+    # UI's filters find it while it runs, and a run that fails still says what it was.
+    # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
+    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none",
+                       SELECTED_ON_TAG: SELECTED_ON_HYPERPARAMETERS})
+    reporter.log_params({"baseline.name": name, "data.path": cfg.data.path, "data.min_rating": cfg.data.min_rating,
+                         "split.kind": cfg.split.kind})
+
     grids: dict[str, Any] = {
         "ease": {"lam": list(cfg.baselines.ease_lambdas)},
         "itemknn": {"k": list(cfg.baselines.itemknn_k)},
@@ -615,18 +650,11 @@ def run_baseline(
         from recsys_cl.baselines.tuning import score_fn_for
 
         res["test"].update(new_item_metrics(score_fn_for(res["model"], prep.test_set), prep))
-    # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
-    reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none"})
-    reporter.log_params({
-        **{f"baseline.{k}": v for k, v in res["params"].items()},
-        "baseline.name": name,
-        "data.path": cfg.data.path,
-        "data.min_rating": cfg.data.min_rating,
-        "split.kind": cfg.split.kind,
-    })
+    reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
-    reporter.log_metrics({f"val/{k}": v for k, v in res["val"].items()})
+    val = {f"val/{k}": v for k, v in res["val"].items()}
+    reporter.log_metrics({**val, **selected_val_metrics(val, tuple(cfg.eval.ks))})
     reporter.log_metrics({f"test/{k}": v for k, v in res["test"].items()})
     reporter.log_metrics({"fit_seconds": res["fit_seconds"]})
     return {

@@ -205,8 +205,11 @@ def grid_plot(
         ax.bar([0], [two[metric].mean()], label="two_tower")
     for _, row in base.iterrows():
         ax.axhline(row[metric], linestyle="--", linewidth=1, color="grey")
-        ax.annotate(str(row["model"]), (ax.get_xlim()[1], row[metric]), fontsize=7, ha="right", va="bottom")
-    ax.set(ylabel=metric, title=f"Sweep: {metric} per grid point (mean ± std over seeds)")
+        ax.annotate(str(row["model"]), (ax.get_xlim()[1], row[metric]), fontsize=7, ha="right", va="bottom",
+                    xytext=(-2, 1), textcoords="offset points")  # inside the axes, not across its edge
+    seeds = two["seed"].nunique() if "seed" in two else 0
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed: no error bars"
+    ax.set(ylabel=metric, title=f"Sweep: {metric} per grid point ({spread})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -138,15 +138,51 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def git_commit() -> str:
+def _git(*args: str, cwd: Path | None = None) -> str | None:
+    """stdout of ``git args`` in ``cwd`` (default: this package's folder); None when git fails."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=cwd or Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checked-out commit of the code (``cwd``: default this package's folder); ``unknown``
+    outside a git checkout."""
+    out = _git("rev-parse", "HEAD", cwd=cwd)
+    return out.strip() if out is not None else "unknown"
+
+
+def git_dirty(cwd: Path | None = None) -> str:
+    """``true`` when tracked files differ from :func:`git_commit` (edited, staged or deleted; untracked
+    files do not count), ``false`` when not, ``unknown`` outside a git checkout. The ``git_dirty`` tag:
+    without it, a run of edited code carries the commit it was edited from and looks reproducible."""
+    out = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return "unknown" if out is None else ("true" if out.strip() else "false")
+
+
+def code_tags() -> dict[str, str]:
+    """``git_commit``, ``git_dirty`` and ``process`` (:func:`process_tag`): the tags every run gets."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag()}
+
+
+DESCRIPTION_TAG = "mlflow.note.content"
+"""MLflow's tag for a run's description (the Markdown at the top of its page in the UI)."""
+DESCRIPTION_CUT = "\n\n(cut here: MLflow keeps 8000 characters of a description)"
+
+
+def fit_description(text: str) -> str:
+    """``text`` if MLflow keeps all of it as a description, else its lines that fit and
+    :data:`DESCRIPTION_CUT`."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    if len(text) <= MAX_TAG_VAL_LENGTH:
+        return text
+    room = MAX_TAG_VAL_LENGTH - len(DESCRIPTION_CUT)
+    head = text[:room]
+    return (head.rsplit("\n", 1)[0] if "\n" in head else head) + DESCRIPTION_CUT
 
 
 class Tracker:
@@ -164,6 +200,12 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def set_description(self, text: str) -> None:
+        """The run's description: Markdown the UI shows at the top of the run's page. MLflow keeps a
+        tag of at most ``MAX_TAG_VAL_LENGTH`` (8000) characters, so a longer text is cut after its
+        last whole line that fits, and says so."""
+        mlflow.set_tag(DESCRIPTION_TAG, fit_description(text))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         finite = {metric_key(k): float(v) for k, v in metrics.items() if math.isfinite(float(v))}
@@ -270,7 +312,7 @@ def mlflow_run(
         ) from e
     try:
         tracker = Tracker(run)
-        tracker.set_tags({"git_commit": git_commit(), PROCESS_TAG: process_tag(), **dict(tags or {})})
+        tracker.set_tags({**code_tags(), **dict(tags or {})})
         yield tracker
     except BaseException:
         end_active_run(uri, "FAILED")
@@ -655,7 +697,7 @@ def mlflow_child_run(
     """Open a run nested under ``parent_run_id`` (shown folded under it in the UI's run table).
 
     The parent may be open (inside ``mlflow_run``) or closed; the child is ended FINISHED, or FAILED
-    on an exception, and the parent stays active afterwards. Tagged with the git commit and
+    on an exception, and the parent stays active afterwards. Tagged with :func:`code_tags` and
     ``sweep_id`` = ``parent_run_id`` besides ``tags``.
     """
     uri = resolve_tracking_uri(cfg)
@@ -664,8 +706,7 @@ def mlflow_child_run(
     run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)
     try:
         tracker = Tracker(run)
-        tracker.set_tags({"git_commit": git_commit(), PROCESS_TAG: process_tag(), SWEEP_PARENT_TAG: parent_run_id,
-                          **dict(tags or {})})
+        tracker.set_tags({**code_tags(), SWEEP_PARENT_TAG: parent_run_id, **dict(tags or {})})
         yield tracker
     except BaseException:
         end_active_run(uri, "FAILED")

@@ -220,3 +220,61 @@ def test_ablation_row_tag_leaves_out_the_run_id_and_a_row_too_long_for_a_tag(cap
     assert json.loads(tag[ABLATION_ROW_TAG]) == {"test_metrics": {"recall@20": 0.2}}
     assert ablation_row_tag({"test_metrics": {f"m{i}": 0.1 for i in range(1000)}}) == {}  # ~10k characters
     assert "will train it again" in caplog.text
+
+
+def test_git_dirty_tells_edited_code_from_its_commit(tmp_path: Path) -> None:
+    """A run of edited code would otherwise carry the commit it was edited from and look reproducible."""
+    import subprocess
+
+    from recsys_cl.tracking import git_commit, git_dirty
+
+    assert git_dirty(tmp_path) == "unknown" and git_commit(tmp_path) == "unknown"  # not a checkout
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (repo / "model.py").write_text("tau = 0.1\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "first")
+    assert git_dirty(repo) == "false" and len(git_commit(repo)) == 40
+    (repo / "notes.txt").write_text("untracked files are not the code that ran\n")
+    assert git_dirty(repo) == "false"
+    (repo / "model.py").write_text("tau = 0.05\n")
+    assert git_dirty(repo) == "true"
+
+
+def test_every_run_says_whether_its_code_was_edited(tmp_path: Path) -> None:
+    import mlflow
+
+    from recsys_cl.tracking import git_commit, git_dirty, mlflow_child_run
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="dirty")
+    with mlflow_run(cfg, run_name="parent") as parent:
+        with mlflow_child_run(cfg, parent.run_id, "child") as child:
+            pass
+    client = mlflow.MlflowClient(cfg.uri)
+    for run_id in (parent.run_id, child.run_id):
+        tags = client.get_run(run_id).data.tags
+        assert tags["git_dirty"] == git_dirty() and tags["git_commit"] == git_commit()
+        assert tags["git_dirty"] in ("true", "false", "unknown")
+
+
+def test_a_description_too_long_for_mlflow_is_cut_at_a_line_and_says_so(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from recsys_cl.tracking import DESCRIPTION_CUT, fit_description
+
+    assert fit_description("| a | b |\n|---|---|") == "| a | b |\n|---|---|"
+    rows = "\n".join(f"| two_tower[{i}] | 0.1234 |" for i in range(600))
+    cut = fit_description(rows)
+    assert len(cut) <= MAX_TAG_VAL_LENGTH and cut.endswith(DESCRIPTION_CUT)
+    assert cut.removesuffix(DESCRIPTION_CUT).split("\n")[-1].endswith("| 0.1234 |")  # whole rows only
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="described")
+    with mlflow_run(cfg, run_name="long") as run:
+        run.set_description(rows)  # MLflow refuses a longer tag: the job would fail at its end
+    assert mlflow.MlflowClient(cfg.uri).get_run(run.run_id).data.tags["mlflow.note.content"] == cut

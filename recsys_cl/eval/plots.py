@@ -11,19 +11,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 
-def learning_curves(history: Sequence[Mapping[str, float]]) -> Figure:
-    """Training loss and validation Recall@20 / NDCG@20 per epoch."""
+def learning_curves(history: Sequence[Mapping[str, float]], best_epoch: int | None = None) -> Figure:
+    """Training loss and validation Recall@20 / NDCG@20 / Recall@50 per epoch (``history[i]`` is
+    epoch i + 1), whole epochs on the x axis; ``best_epoch``, the epoch whose weights were kept and
+    tested, is a dashed line on both panels."""
     epochs = np.arange(1, len(history) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    a.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    a.set(xlabel="epoch", ylabel="train loss (mean over the epoch's batches)", title="Training loss")
     for key in ("val/recall@20", "val/ndcg@20", "val/recall@50"):
         if history and key in history[0]:
             b.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    b.set(xlabel="epoch", title="Validation (full ranking)")
-    b.legend()
+    b.set(xlabel="epoch", ylabel="metric value", title="Validation (full ranking)")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
+                       label=f"best epoch {best_epoch} (tested)" if ax is b else None)
+    if b.get_legend_handles_labels()[0]:
+        b.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -34,7 +43,11 @@ def recall_vs_k(curves: Mapping[str, Mapping[int, float]], protocol: str) -> Fig
     for name, curve in curves.items():
         ks = sorted(curve)
         ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
-    ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title="Test Recall@K")
+    ax.set(xscale="log", xlabel="K (log scale)", ylabel="Recall@K", title="Test Recall@K")
+    ks = sorted({k for curve in curves.values() for k in curve})
+    if ks:  # tick the Ks measured, written as numbers (1, 2, 5, ... 200), not as powers of ten
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.text(0.01, -0.25, protocol, transform=ax.transAxes, fontsize=6)
     ax.legend()
     fig.tight_layout()

@@ -77,7 +77,7 @@ def pretrain(
 
     Args:
         images: uint8 (N, C, H, W).
-        on_epoch_end: called with (epoch, {"train/loss": mean loss, "train/seconds": ...}).
+        on_epoch_end: called with (epoch from 1, {"train/loss": mean loss, "train/seconds": ...}).
 
     Returns:
         Mean training loss of each epoch.
@@ -92,7 +92,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(tc.seed)
     data = torch.as_tensor(images)
     losses: list[float] = []
-    for epoch in range(tc.epochs):
+    for epoch in range(1, tc.epochs + 1):  # 1-based, as the two-tower loop: MLflow's step = epoch
         encoder.train()
         head.train()
         t0, total, steps = time.perf_counter(), 0.0, 0

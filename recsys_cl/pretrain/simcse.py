@@ -222,7 +222,7 @@ def pretrain_simcse(
     ``cfg.trainable_layers`` only the top layers train (:func:`freeze_lower_layers`).
 
     Args:
-        on_epoch_end: called with (epoch, {"train/loss": mean loss, "train/steps", "train/seconds"}).
+        on_epoch_end: called with (epoch from 1, {"train/loss": mean loss, "train/steps", "train/seconds"}).
 
     Returns:
         Mean training loss of each epoch that ran.
@@ -244,13 +244,13 @@ def pretrain_simcse(
     device = next(encoder.parameters()).device
     losses: list[float] = []
     step = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):  # 1-based, as the two-tower loop: MLflow's step = epoch
         if step >= total:
             break
         encoder.train()  # dropout on: it makes the two views
         t0, running, steps = time.perf_counter(), 0.0, 0
         perm = torch.randperm(n, generator=gen).tolist()
-        bar = tqdm(total=min(per_epoch, total - step), desc=f"SimCSE epoch {epoch}", unit="step",
+        bar = tqdm(total=min(per_epoch, total - step), desc=f"SimCSE epoch {epoch}/{cfg.epochs}", unit="step",
                    disable=True if not cfg.progress else None)  # None: off when not a terminal
         for start in range(0, per_epoch * bs, bs):
             if step >= total:

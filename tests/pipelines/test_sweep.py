@@ -12,7 +12,8 @@ from recsys_cl.sweep import expand_grid, parse_grid, split_values
 
 # every run a user compares in the UI carries these tags (filter / group-by keys)
 COMMON_TAGS = {"dataset", "data_fingerprint", "split", "protocol", "loss_kind", "logq", "negatives", "git_commit",
-               "model", "sweep_id"}
+               "git_dirty", "model", "sweep_id", "data_clicks", "data_users", "data_items", "ranked_items",
+               "selected_on"}
 
 
 def test_grid_parsing_and_expansion() -> None:
@@ -123,6 +124,11 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     for tag in COMMON_TAGS:
         assert runs[f"tags.{tag}"].notna().all(), tag
     assert set(runs["tags.loss_kind"]) == {"softmax", "debiased", "softmax,debiased", "none"}
+    assert set(runs["tags.selected_on"]) == {"val/recall@20 (epoch)", "val/recall@20 (child run)",
+                                             "val/ndcg@10 (hyperparameters)"}
+    # the fixture's size, the same on the parent, the two-tower children and the baseline
+    sizes = runs[["tags.data_clicks", "tags.data_users", "tags.data_items", "tags.ranked_items"]].drop_duplicates()
+    assert sizes.values.tolist() == [["48", "8", "12", "12"]]
 
     two = children[children["tags.model"] == "two_tower"]
     assert set(two["params.loss.kind"]) == {"softmax", "debiased"}
@@ -136,6 +142,10 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     assert parent.data.tags["sweep"] == "parent" and parent.data.params["loss.kind"] == "{softmax,debiased}"
     assert parent.data.tags["best_run_id"] in set(two["run_id"])
     assert "best/test/recall@20".replace("@", "_at_") in parent.data.metrics
+    # the summary table is the parent's description, on its page in the UI
+    description = parent.data.tags["mlflow.note.content"]
+    assert f"**{parent.data.tags['best_run_name']}**" in description
+    assert "Protocol: `full_ranking" in description and description.count("\n| two_tower[") == 2
     assert {a.path for a in client.list_artifacts(parent_id, "sweep")} == {
         "sweep/summary.csv", "sweep/summary.md", "sweep/grid_test_recall_at_20.png"}
     local = Path(client.download_artifacts(parent_id, "sweep", str(tmp_path)))

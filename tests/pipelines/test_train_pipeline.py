@@ -622,3 +622,53 @@ def test_the_logged_model_serves_string_item_ids(tmp_path: Path) -> None:
     assert len(recommended) == min(10, clicks["item_id"].n_unique() - 3)
     assert all(isinstance(r, str) and r.startswith("item-") for r in recommended)
     assert not {f"item-{i}" for i in history} & set(recommended)
+
+
+def test_runs_table_shows_the_validation_of_the_tested_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """val/* is a per-epoch curve, so MLflow's runs table and compare view show its last epoch; the
+    epoch whose weights were tested is in best/val/*, under the same keys as a baseline's chosen model."""
+    from recsys_cl import experiment
+
+    real, calls = experiment.evaluate, []
+
+    def evaluate(*args: object, **kwargs: object) -> dict[str, float]:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        if len(calls) < 3:  # the 3 validations: epoch 1 is the best, the last is not
+            out = {**out, "recall@20": [0.3, 0.1, 0.2][len(calls)]}
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(experiment, "evaluate", evaluate)
+    summary = train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "train.epochs=3"))
+    monkeypatch.setattr(experiment, "evaluate", real)
+    baseline = evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[popularity]"))[0]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    two = client.get_run(summary["run_id"]).data.metrics
+    assert summary["best_epoch"] == 1 and two["val/recall_at_20"] == pytest.approx(0.2)  # the last epoch
+    assert two["best/val/recall_at_20"] == pytest.approx(0.3) == summary["val_metrics"]["recall@20"]
+    history = client.get_metric_history(summary["run_id"], "val/ndcg_at_20")
+    assert two["best/val/ndcg_at_20"] == pytest.approx(history[0].value)
+    pop = client.get_run(baseline["run_id"]).data.metrics
+    assert pop["best/val/recall_at_20"] == pop["val/recall_at_20"]
+    best_keys = {k for k in two if k.startswith("best/")}
+    assert "best/val/mrr" in best_keys and best_keys == {k for k in pop if k.startswith("best/")}
+
+
+def test_a_baseline_run_is_tagged_before_it_tunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuning EASE takes minutes: while it runs, and if it fails, the run already carries the tags and
+    data params that the UI filters and compares on (as a two-tower run does before training)."""
+    import recsys_cl.baselines
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise MemoryError("EASE's gram matrix")
+
+    monkeypatch.setattr(recsys_cl.baselines, "tune_and_evaluate", fail)
+    with pytest.raises(MemoryError):
+        evaluate_baselines.main(_args(tmp_path, "ml-100k", "--set", "baselines.models=[ease]"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FAILED"
+    tags = run.data.tags
+    assert tags["model"] == "ease" and tags["loss_kind"] == "none"
+    assert tags["protocol"].startswith("full_ranking|") and len(tags["data_fingerprint"]) == 16
+    assert run.data.params["split.kind"] == "leave_last_out" and run.data.params["data.path"].endswith("ml-100k")

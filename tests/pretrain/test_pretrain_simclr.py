@@ -54,8 +54,11 @@ def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: p
     assert row["metrics.delta/knn_recall_at_10_low"] == pytest.approx(written["deltas"]["knn_recall@10"]["low"])
     assert row["tags.linear_probe_acc_verdict"] == written["deltas"]["linear_probe_acc"]["verdict"]
     assert row["params.train.temperature"] == "0.5"
-    logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
+    client = mlflow.MlflowClient(tracking.uri)
+    logged = client.list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
+    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch)
+    assert [m.step for m in client.get_metric_history(summary["run_id"], "train/loss")] == [1]
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc = load_encoder(enc_dir)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 8)

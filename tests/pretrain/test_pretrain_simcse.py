@@ -72,8 +72,11 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     assert verdict == ("better" if delta["low"] > 0 else "worse" if delta["high"] < 0 else "no clear difference")
     assert row["tags.genre_recall_at_5_verdict"] == verdict
     assert row["params.train.temperature"] == "0.05" and row["params.size/extra_texts"] == "40"
-    logged = mlflow.MlflowClient(tracking.uri).list_artifacts(summary["run_id"], "plots")
+    client = mlflow.MlflowClient(tracking.uri)
+    logged = client.list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
+    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch)
+    assert [m.step for m in client.get_metric_history(summary["run_id"], "train/loss")] == [1]
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc, tok = load_text_encoder(enc_dir)
     assert encode_texts(enc, tok, ["space robot", "love"]).shape == (2, 32)

@@ -146,7 +146,7 @@ def test_pretraining_is_seeded_and_max_steps_caps(tiny_dir: Path, movies_split: 
         enc, tok = load_text_encoder(tiny_dir)
         seen: list[tuple[int, float]] = []
         losses = pretrain_simcse(enc, tok, texts, cfg.train, 16, lambda e, m: seen.append((e, m["train/steps"])))
-        assert seen == [(0, 7.0), (1, 9.0)]  # 120 // 16 = 7 steps, then 2 more
+        assert seen == [(1, 7.0), (2, 9.0)]  # epochs from 1; 120 // 16 = 7 steps, then 2 more
         return losses
 
     first = run()
