@@ -150,7 +150,9 @@ def summary_frame(rows: Sequence[Mapping[str, Any]], grid_keys: Sequence[str]) -
     """One row per run: ``run_name``, ``run_id``, ``model``, the grid keys, ``seed``, ``best_epoch``
     and :data:`SUMMARY_METRICS` (NaN where a run lacks one, e.g. baselines have no best epoch)."""
     cols = ["run_name", "run_id", "model", *grid_keys, "seed", "best_epoch", *SUMMARY_METRICS]
-    return pd.DataFrame([{c: r.get(c, np.nan) for c in cols} for r in rows], columns=cols)
+    frame = pd.DataFrame([{c: r.get(c, np.nan) for c in cols} for r in rows], columns=cols)
+    # integers stay integers beside a baseline's missing values (summary.csv: 2, not 2.0)
+    return frame.astype({"seed": "Int64", "best_epoch": "Int64"})
 
 
 def markdown(frame: pd.DataFrame, protocol: str) -> str:
@@ -161,6 +163,8 @@ def markdown(frame: pd.DataFrame, protocol: str) -> str:
     metric_cols = set(SUMMARY_METRICS)
 
     def cell(col: str, v: Any) -> str:
+        if v is pd.NA:
+            return ""
         if isinstance(v, float):
             if np.isnan(v):
                 return ""

@@ -153,6 +153,12 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     assert len(table) == 3 and (table["model"] == "two_tower").sum() == 2
     assert set(table["run_id"]) == set(children["run_id"])
     assert list(table.columns[:4]) == ["run_name", "run_id", "model", "loss.kind"]
+    # integers stay integers beside the baseline's empty cells: "0", not "0.0"
+    csv_rows = (local / "summary.csv").read_text().splitlines()
+    two_rows = [r.split(",") for r in csv_rows if r.startswith("two_tower[")]
+    seed_col, epoch_col = list(table.columns).index("seed"), list(table.columns).index("best_epoch")
+    assert {(r[seed_col], r[epoch_col]) for r in two_rows} == {("0", "1")}
+    assert [r.split(",")[seed_col] for r in csv_rows if r.startswith("baseline-")] == [""]
     md = (local / "summary.md").read_text()
     assert md.startswith("Protocol: `full_ranking") and md.count("\n| two_tower[") == 2
     assert (local / "grid_test_recall_at_20.png").stat().st_size > 5000
