@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--fashion-mnist", default="../shared/data/fashion-mnist", metavar="PATH",
+    p.add_argument("--fashion-mnist", default="data/fashion-mnist", metavar="PATH",
                    help="folder with the Fashion-MNIST IDX gzip files (default: %(default)s)")
     p.add_argument("--out", default="runs/fashion-clicks", metavar="DIR",
                    help="output folder (default: %(default)s)")

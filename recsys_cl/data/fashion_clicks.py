@@ -37,7 +37,7 @@ cold items and the image tower has to.
 
 Example::
 
-    images, labels = load_fashion_mnist("../shared/data/fashion-mnist", "train")
+    images, labels = load_fashion_mnist("data/fashion-mnist", "train")
     cfg = FashionClicksConfig(seed=0)
     clicks, items = generate_fashion_clicks(images, labels, cfg)
     write_fashion_clicks("runs/fashion-clicks", clicks, items,
@@ -86,7 +86,7 @@ NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPO
 NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
 OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
 CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."""
-"""Fashion-MNIST's licence (``copyright`` in the shared data folder), copied into every README."""
+"""Fashion-MNIST's licence (``data/fashion-mnist/copyright``), copied into every README."""
 START = 1_577_836_800  # 2020-01-01T00:00:00Z
 DAY = 86_400
 

@@ -107,7 +107,7 @@ def load_fashion_mnist(
         example = f"{key} " if key.startswith("--") else f"--set {key}="
         raise DataError(
             f"Fashion-MNIST folder {str(folder)!r} {where}; point {key} at the folder "
-            f"(e.g. {example}../shared/data/fashion-mnist)"
+            f"(e.g. {example}data/fashion-mnist, the copy bundled with recsys_cl)"
         )
     img_name, lab_name = FILES[split]
     images = read_idx_images(folder / img_name)

@@ -1,7 +1,7 @@
 """generate_fashion_clicks / write_fashion_clicks: contract, determinism, release times and the
 temporal split, planted user tastes, atomic files, the generic loader, and the pipeline.
 
-Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST in ../shared."""
+Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST bundled in data/."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from recsys_cl.data.io import load_click_log
 from recsys_cl.data.splits import split_clicks
 from recsys_cl.data.validate import validate_clicks
 
-SHARED_FASHION_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-mnist"
+FASHION_MNIST = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"  # bundled with the repo
 SMALL = FashionClicksConfig(num_items=60, num_users=300, clicks_per_user=20.0, seed=0)
 
 
@@ -250,10 +250,8 @@ def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixt
     assert e.value.code == 0 and "Examples:" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not SHARED_FASHION_MNIST.is_dir(),
-                    reason=f"shared Fashion-MNIST not present at {SHARED_FASHION_MNIST}")
 def test_default_config_on_real_fashion_mnist() -> None:
-    images, labels = load_fashion_mnist(SHARED_FASHION_MNIST, "train")
+    images, labels = load_fashion_mnist(FASHION_MNIST, "train")
     cfg = FashionClicksConfig()
     clicks, items = generate_fashion_clicks(images, labels, cfg)
     meta = fashion_clicks_meta(clicks, items, cfg, images.shape[1:])

@@ -1,5 +1,5 @@
 """A tiny Fashion-MNIST look-alike written as IDX gzip files, so the reader and the SimCLR
-pipeline are tested without the shared data set."""
+pipeline are tested in a fraction of a second (the real, bundled set: ``FASHION_MNIST``)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from recsys_cl.data.fashion_mnist import FILES, write_idx_images, write_idx_labels
 
-SHARED_FASHION_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-mnist"
+FASHION_MNIST = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"  # bundled with the repo
 
 
 def synthetic_images(n: int, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fmnist_fixture import SHARED_FASHION_MNIST, synthetic_images
+from fmnist_fixture import FASHION_MNIST, synthetic_images
 
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import (
@@ -64,9 +64,7 @@ def test_wrong_image_size_and_count_mismatch(tmp_path: Path) -> None:
         load_fashion_mnist(tmp_path, "train", image_size=(32, 32))
 
 
-@pytest.mark.skipif(not SHARED_FASHION_MNIST.is_dir(),
-                    reason=f"shared Fashion-MNIST not present at {SHARED_FASHION_MNIST}")
 def test_real_fashion_mnist_test_split() -> None:
-    x, y = load_fashion_mnist(SHARED_FASHION_MNIST, "test")
+    x, y = load_fashion_mnist(FASHION_MNIST, "test")
     assert x.shape == (10000, 1, 28, 28)
     assert np.bincount(y).tolist() == [1000] * 10
