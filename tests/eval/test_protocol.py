@@ -13,6 +13,7 @@ from recsys_cl.eval.protocol import (
     per_user_recall,
     protocol_name,
     restrict_targets,
+    top_k_items,
 )
 from recsys_cl.features.vocab import Vocab
 
@@ -57,6 +58,8 @@ def test_evaluate_tiny_case_by_hand():
     assert out["recall@1"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert out["recall@3"] == pytest.approx(2 / 3)  # (1 + 0 + 1) / 3
     assert out["ndcg@3"] == pytest.approx(0.5)  # (1 + 0 + 1/log2(4)) / 3
+    assert out["ndcg@1"] == pytest.approx(1 / 3)  # each K cuts its own list: (1 + 0 + 0) / 3
+    assert out["hit_rate@3"] == pytest.approx(2 / 3)
     assert out["hit_rate@1"] == pytest.approx(1 / 3)
     assert out["mrr"] == pytest.approx(4 / 9)  # (1 + 0 + 1/3) / 3
     assert out["coverage@1"] == pytest.approx(2 / 5)  # top-1 items {3, 1, 1}
@@ -102,6 +105,23 @@ def test_history_items_never_in_top_k():
     t = es.targets.toarray()
     out = evaluate(lambda rows: 100 * h[rows] + t[rows], es, ks=(2, 10))
     assert out["recall@2"] == 1.0 and out["mrr"] == 1.0
+
+
+def test_a_target_in_the_history_is_masked_even_when_the_list_is_longer_than_the_rankable_items():
+    """u re-clicks item 1 (a repeat, as leave_last_out allows); items 1 and 2 are masked, so only
+    item 3 is rankable and the top-3 is [3, masked, masked]: the masked target is no hit and the
+    masked padding recommends nothing."""
+    train = clicks([("u", 1), ("u", 2), ("v", 3)])
+    targets = clicks([("u", 1)])
+    items = Vocab.from_values(train["item_id"], "item_id")
+    es = build_eval_set(train, targets, items, Vocab.from_values(train["user_id"], "user_id"), "p")
+    assert es.targets.toarray().tolist() == [[1, 0, 0]] and es.history.toarray().tolist() == [[1, 1, 0]]
+    fn = lambda rows: np.array([[3.0, 2.0, 1.0]], np.float32)  # noqa: E731  the target scores best
+    out = evaluate(fn, es, ks=(3,))
+    assert out["recall@3"] == 0.0 and out["hit_rate@3"] == 0.0 and out["ndcg@3"] == 0.0
+    assert out["mrr"] == 0.0  # no rankable target
+    assert out["coverage@3"] == pytest.approx(1 / 3)  # only item 3 is recommended
+    np.testing.assert_array_equal(top_k_items(fn, es, 3), [[2, -1, -1]])
 
 
 def test_oracle_gets_perfect_scores_and_accepts_torch():
