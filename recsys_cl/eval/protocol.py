@@ -349,7 +349,8 @@ def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -
     No sampling noise: for a user with ``A`` unmasked items of which ``t`` are targets (``T``
     targets in all), every unmasked item is at each of the first ``K' = min(K, A)`` ranks with
     probability ``1 / A``, so E[hits] = t K' / A, E[DCG] = (t / A) sum_{r <= K'} 1 / log2(r + 1),
-    and P(no hit) = C(A - t, K') / C(A, K').
+    and P(no hit) = C(A - t, K') / C(A, K'). The ideal DCG puts ``min(T, K, M)`` hits first, as
+    :func:`evaluate` does, whose lists hold at most ``M`` items.
     """
     from scipy.special import gammaln
 
@@ -366,7 +367,8 @@ def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -
         p = np.divide(t, avail, out=np.zeros_like(avail), where=avail > 0)
         out[f"recall@{k}"] = float(np.divide(p * kk, n, out=np.zeros_like(n), where=n > 0).mean())
         cum = np.concatenate([[0.0], np.cumsum(metrics.dcg_discounts(max(k, 1)))])
-        idcg = cum[np.minimum(eval_set.n_targets, k)]
+        # evaluate's lists, and so its ideal DCG, hold at most min(K, M) items
+        idcg = cum[np.minimum(eval_set.n_targets, min(k, m))]
         dcg = p * cum[kk.astype(np.int64)]
         out[f"ndcg@{k}"] = float(np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0).mean())
         miss_ok = (avail - t) >= kk

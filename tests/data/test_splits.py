@@ -141,6 +141,18 @@ def test_cold_start_hand_worked() -> None:
     assert_no_leakage(clicks, s)
 
 
+def test_cold_start_item_clicked_only_in_the_validation_period_is_cold() -> None:
+    # t_val = 6, t_test = 8 as above; item 7 is first clicked at t = 6 (val) and never in test,
+    # item 8 only in test: both are cold, and 7 is the only validation target
+    clicks = frame([(1, i, i) for i in range(1, 6)] + [(1, 7, 6), (1, 1, 7), (1, 8, 8), (1, 5, 9),
+                                                       (1, 8, 10)])
+    s = split_clicks(clicks, COLD)
+    assert s.cold_items is not None and s.cold_items.to_list() == [7, 8]
+    assert s.val_targets()["item_id"].to_list() == [7]
+    assert s.test_targets()["item_id"].to_list() == [8, 8]
+    assert_no_leakage(clicks, s)
+
+
 def test_cold_start_targets_never_have_training_clicks() -> None:
     log = generate_click_log(300, 3000, seed=3)  # a long tail: many items are first clicked late
     s = split_clicks(log.clicks, SplitConfig(kind="cold_start"))

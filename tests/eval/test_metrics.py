@@ -26,6 +26,24 @@ def test_precision_and_hit_rate():
     np.testing.assert_allclose(metrics.hit_rate_at_k(HITS, 3), [1, 0, 1])
 
 
+def test_precision_divides_by_k_not_by_the_list_width():
+    # the hit matrix is 3 wide; precision@1: 1/1, 0/1, 0/1 ; @2: 1/2, 0/2, 1/2
+    np.testing.assert_allclose(metrics.precision_at_k(HITS, 1), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(metrics.precision_at_k(HITS, 2), [0.5, 0.0, 0.5])
+
+
+def test_users_without_targets_score_zero_not_nan():
+    # a row with n_targets = 0 (e.g. every target dropped by a restriction): 0 by definition
+    hits, n = np.array([[0, 0], [1, 0]], bool), np.array([0, 1])
+    np.testing.assert_array_equal(metrics.recall_at_k(hits, n, 2), [0.0, 1.0])
+    np.testing.assert_array_equal(metrics.ndcg_at_k(hits, n, 2), [0.0, 1.0])
+
+
+def test_dcg_discounts_are_one_over_log2_of_rank_plus_one():
+    # ranks 1, 2, 3, 4: 1/log2(2) = 1, 1/log2(3), 1/log2(4) = 0.5, 1/log2(5)
+    np.testing.assert_allclose(metrics.dcg_discounts(4), [1.0, 1 / np.log2(3), 0.5, 1 / np.log2(5)])
+
+
 def test_ndcg_at_k():
     # u0: DCG = 1/log2(2) + 1/log2(4) = 1 + 0.5 = 1.5; ideal with min(2,3)=2 hits = 1 + 1/log2(3)
     # u1: 0

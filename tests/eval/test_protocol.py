@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import polars as pl
 import pytest
@@ -12,7 +14,9 @@ from recsys_cl.eval.protocol import (
     masked_top_k,
     per_user_recall,
     protocol_name,
+    random_expected_metrics,
     restrict_targets,
+    top_k_items,
 )
 from recsys_cl.features.vocab import Vocab
 
@@ -57,6 +61,8 @@ def test_evaluate_tiny_case_by_hand():
     assert out["recall@1"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert out["recall@3"] == pytest.approx(2 / 3)  # (1 + 0 + 1) / 3
     assert out["ndcg@3"] == pytest.approx(0.5)  # (1 + 0 + 1/log2(4)) / 3
+    assert out["ndcg@1"] == pytest.approx(1 / 3)  # each K cuts its own list: (1 + 0 + 0) / 3
+    assert out["hit_rate@3"] == pytest.approx(2 / 3)
     assert out["hit_rate@1"] == pytest.approx(1 / 3)
     assert out["mrr"] == pytest.approx(4 / 9)  # (1 + 0 + 1/3) / 3
     assert out["coverage@1"] == pytest.approx(2 / 5)  # top-1 items {3, 1, 1}
@@ -102,6 +108,23 @@ def test_history_items_never_in_top_k():
     t = es.targets.toarray()
     out = evaluate(lambda rows: 100 * h[rows] + t[rows], es, ks=(2, 10))
     assert out["recall@2"] == 1.0 and out["mrr"] == 1.0
+
+
+def test_a_target_in_the_history_is_masked_even_when_the_list_is_longer_than_the_rankable_items():
+    """u re-clicks item 1 (a repeat, as leave_last_out allows); items 1 and 2 are masked, so only
+    item 3 is rankable and the top-3 is [3, masked, masked]: the masked target is no hit and the
+    masked padding recommends nothing."""
+    train = clicks([("u", 1), ("u", 2), ("v", 3)])
+    targets = clicks([("u", 1)])
+    items = Vocab.from_values(train["item_id"], "item_id")
+    es = build_eval_set(train, targets, items, Vocab.from_values(train["user_id"], "user_id"), "p")
+    assert es.targets.toarray().tolist() == [[1, 0, 0]] and es.history.toarray().tolist() == [[1, 1, 0]]
+    fn = lambda rows: np.array([[3.0, 2.0, 1.0]], np.float32)  # noqa: E731  the target scores best
+    out = evaluate(fn, es, ks=(3,))
+    assert out["recall@3"] == 0.0 and out["hit_rate@3"] == 0.0 and out["ndcg@3"] == 0.0
+    assert out["mrr"] == 0.0  # no rankable target
+    assert out["coverage@3"] == pytest.approx(1 / 3)  # only item 3 is recommended
+    np.testing.assert_array_equal(top_k_items(fn, es, 3), [[2, -1, -1]])
 
 
 def test_oracle_gets_perfect_scores_and_accepts_torch():
@@ -213,6 +236,28 @@ def test_random_expected_metrics_by_hand_and_by_simulation():
     expected = random_expected_metrics(es, ks=(3, 5))
     for key in ("recall@3", "recall@5", "ndcg@5", "hit_rate@3"):
         assert np.mean([s[key] for s in sims]) == pytest.approx(expected[key], abs=0.01), key
+
+
+def test_random_expected_metrics_equal_the_mean_over_every_ranking_when_k_exceeds_the_items():
+    """Exact check by enumeration: 4 items, 2 masked (history {0, 1}), target item 2 plus
+    ``extra`` out-of-catalogue targets. evaluate's mean over all 4! score orders is the random
+    expectation. At K >= 2 = the rankable items, and at K = 10 > M = 4 where evaluate's list, and
+    so its ideal DCG, holds at most M items: with 5 targets, ideal DCG@10 counts 4 hits, not 5.
+    By hand for extra = 2 (3 targets), K = 4: the target is at rank 1 or 2 with probability 1/2,
+    E[DCG] = (1 + 1/log2 3) / 2, ideal DCG = 1 + 1/log2 3 + 1/2."""
+    hist = sp.csr_matrix(([1.0, 1.0], ([0, 0], [0, 1])), shape=(1, 4), dtype=np.float32)
+    tgt = sp.csr_matrix(([1.0], ([0], [2])), shape=(1, 4), dtype=np.float32)
+    ks = (1, 2, 4, 10)
+    for extra in (2, 4):
+        es = EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([1 + extra]), "p")
+        exact = random_expected_metrics(es, ks)
+        runs = [evaluate(lambda rows, s=np.array([perm], np.float32): s, es, ks)
+                for perm in itertools.permutations(range(4))]
+        for key in exact:
+            assert exact[key] == pytest.approx(np.mean([r[key] for r in runs]), abs=1e-12), (extra, key)
+    l3 = 1 / np.log2(3)
+    es = EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([3]), "p")
+    assert random_expected_metrics(es, (4,))["ndcg@4"] == pytest.approx((1 + l3) / 2 / (1 + l3 + 0.5))
 
 
 def test_history_items_keeps_users_without_history_in_the_ranked_set():

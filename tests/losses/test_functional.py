@@ -303,6 +303,17 @@ def test_debiased_row_without_negatives_is_zero() -> None:
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
+def test_debiased_masked_logit_is_not_a_negative_even_if_valid_says_so() -> None:
+    # positive 0 (exp 1), negatives log 2 and log 3 as in the hand-worked case, plus a masked
+    # column that an all-True ``valid`` still marks: "masked columns (logit MASK_VALUE or
+    # valid == False) are excluded", so N stays 2 and the loss stays log 9. Counting the masked
+    # column would give N = 3: Ng = (-0.5 * 3 + 5) / 0.5 = 7, loss log 8.
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), MASK_VALUE]], dtype=torch.float64)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    loss = debiased_contrastive_loss(logits, tau_plus=0.5, temperature=1.0, valid=valid)
+    assert loss.item() == pytest.approx(math.log(9.0), rel=1e-12)
+
+
 def test_debiased_rejects_bad_tau_plus() -> None:
     with pytest.raises(ValueError, match="tau_plus"):
         debiased_contrastive_loss(torch.zeros(2, 2), tau_plus=1.0, temperature=0.1)
@@ -317,6 +328,16 @@ def test_triplet_hand_worked() -> None:
     assert triplet_loss(scores, margin=0.2).item() == pytest.approx(0.1, abs=1e-6)
     valid = torch.tensor([[True, True, False], [True, True, True]])  # drop (0, 2): 0.3 / 3
     assert triplet_loss(scores, margin=0.2, valid=valid).item() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_triplet_skips_masked_scores_with_or_without_valid() -> None:
+    # the hand-worked scores with (0, 2) masked, e.g. an accidental hit: the valid pairs are
+    # (0, 1) -> 0, (1, 0) -> 0, (1, 2) -> 0.3, so the mean is 0.3 / 3 = 0.1. Counting the masked
+    # pair (its hinge relu(0.2 - 0.9 + MASK_VALUE) is 0) would dilute it to 0.3 / 4 = 0.075.
+    scores = torch.tensor([[0.9, 0.5, MASK_VALUE], [0.1, 0.3, 0.4]])
+    assert triplet_loss(scores, margin=0.2).item() == pytest.approx(0.1, abs=1e-6)
+    every = torch.ones(2, 3, dtype=torch.bool)  # a valid mask that does not know about the mask
+    assert triplet_loss(scores, margin=0.2, valid=every).item() == pytest.approx(0.1, abs=1e-6)
 
 
 @pytest.mark.parametrize("B", BATCH_SIZES)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recsys_cl.config import ItemTowerConfig, LossConfig, ModelConfig, UserTowerConfig
-from recsys_cl.data.item_stats import item_log_prob_counting
+from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
 from recsys_cl.data.negatives import UniformSampler, make_user_item_keys
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import build_feature_spec
@@ -78,6 +78,35 @@ def test_user_history_mask_marks_the_users_own_clicks() -> None:
     for r in range(batch.size):
         for j, item in enumerate(batch.candidates.tolist()):
             assert bool(batch.extra_mask[r, j]) == ((int(batch.user_index[r]), item) in clicked)
+
+
+def test_streaming_logq_updates_with_each_batch_at_its_global_step_then_reads() -> None:
+    """Two epochs of 3 batches from global step 10: batch b of epoch e is recorded at step
+    10 + 3e + b and its log_q is read after that update. A second estimator fed the same batches
+    by hand agrees exactly (reading before the update would differ on the second epoch's
+    re-sightings, whose gap is not the bucket's previous average)."""
+    data, _ = _data(estimator=StreamingFrequencyEstimator(num_buckets=64, alpha=0.5))
+    g = torch.Generator().manual_seed(0)
+    batches = [b for e in range(2) for b in data.batches(2, g, start_step=10 + 3 * e)]
+    assert len(batches) == 6 and data.estimator is not None and data.estimator.step == 15
+    ref = StreamingFrequencyEstimator(num_buckets=64, alpha=0.5)
+    for t, batch in enumerate(batches, start=10):
+        ref.update(batch.candidates.numpy(), t)
+        np.testing.assert_array_equal(batch.log_q.numpy(), ref.log_prob(batch.candidates.numpy()))
+
+
+def test_user_history_mask_covers_the_sampled_columns() -> None:
+    c = _clicks()
+    spec = build_feature_spec(c, None)
+    seq = Sequences.from_clicks(c, spec.items, spec.users)
+    keys = make_user_item_keys(seq.user_index, seq.item_index, spec.num_items)
+    data, _ = _data(user_item_keys=keys, sampler=UniformSampler(spec.num_items), num_sampled=8)
+    (batch,) = list(data.batches(16, torch.Generator().manual_seed(0)))
+    clicked = {(u, i) for u, i in zip(seq.user_index, seq.item_index)}
+    assert batch.extra_mask.shape == (6, 14)
+    want = [[(int(u), item) in clicked for item in batch.candidates.tolist()] for u in batch.user_index]
+    assert batch.extra_mask.tolist() == want
+    assert batch.extra_mask[:, 6:].any()  # some sampled negative is a user's own click
 
 
 @pytest.mark.parametrize("kind", ["softmax", "debiased", "triplet"])
