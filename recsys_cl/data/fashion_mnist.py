@@ -31,6 +31,8 @@ FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+BUNDLED = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"
+"""The copy in a recsys_cl checkout (``data/fashion-mnist``), named in the error for a missing folder."""
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -104,11 +106,13 @@ def load_fashion_mnist(
     folder = Path(folder)
     if not folder.is_dir():
         where = "is a file, not the folder holding the four .gz files" if folder.exists() else "does not exist"
+        if not folder.is_absolute():
+            where += f" (relative to the current directory {Path.cwd()})"
         example = f"{key} " if key.startswith("--") else f"--set {key}="
-        raise DataError(
-            f"Fashion-MNIST folder {str(folder)!r} {where}; point {key} at the folder "
-            f"(e.g. {example}data/fashion-mnist, the copy bundled with recsys_cl)"
-        )
+        bundled = BUNDLED if (BUNDLED / FILES["train"][0]).is_file() else None
+        hint = (f"the copy bundled with recsys_cl: {example}{bundled}" if bundled is not None and
+                bundled != folder.absolute() else f"e.g. {example}/path/to/fashion-mnist")
+        raise DataError(f"Fashion-MNIST folder {str(folder)!r} {where}; point {key} at the folder ({hint})")
     img_name, lab_name = FILES[split]
     images = read_idx_images(folder / img_name)
     labels = read_idx_labels(folder / lab_name)

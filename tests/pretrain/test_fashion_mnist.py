@@ -32,9 +32,16 @@ def test_load_split_shapes(fake_fmnist: Path) -> None:
     x[0, 0, 0, 0] = 1  # writable (torch.as_tensor does not warn)
 
 
-def test_missing_folder_and_file(tmp_path: Path, fake_fmnist: Path) -> None:
+def test_missing_folder_and_file(tmp_path: Path, fake_fmnist: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match="does not exist; point data.path at the folder"):
         load_fashion_mnist(tmp_path / "nope", "train")
+    # the default, relative path read from another directory: the message names that directory and
+    # the bundled copy's absolute path, not the same relative path again
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist("data/fashion-mnist", "train")
+    assert f"'data/fashion-mnist' does not exist (relative to the current directory {tmp_path})" in str(e.value)
+    assert f"the copy bundled with recsys_cl: --set data.path={FASHION_MNIST.resolve()})" in str(e.value)
     (fake_fmnist / FILES["test"][1]).unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: file not found"):
         load_fashion_mnist(fake_fmnist, "test")
