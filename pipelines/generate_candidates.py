@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = load_model(model_uri_for_run(c.model_uri, c.alias, cfg.tracking, c.fallback_to_latest),
                             cfg.tracking)
         clicks = load_click_log(cfg.data).clicks
-        read = read_window(clicks, loaded.spec, run_date, c.lookback_days)  # no active user, foreign ids: fail here
+        # no active user, foreign ids, mostly unknown items: fail here, before any work
+        read = read_window(clicks, loaded.spec, run_date, c.lookback_days, c.min_known_item_share)
         if c.fold_in != "none" or c.index_dir is not None:  # new items' clicks so far, or the saved index's
             loaded = fold_in_for_run(loaded, clicks, run_date, c.lookback_days, c.fold_in, c.index_dir,
                                      c.fold_in_max_clicks)

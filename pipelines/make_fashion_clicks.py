@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"  python -m pipelines.train_two_tower --set data.format=parquet \\\n"
         f"    --set data.path={out}/clicks.parquet --set data.items_path={out}/items.parquet \\\n"
         "    --set split.kind=cold_start --set 'item_tower.encoders=[id,image]' --set item_tower.id_dropout=0.5 \\\n"
-        "    --set item_tower.image.pretrained=runs:/<simclr_run_id>/encoder\n"
+        "    --set item_tower.image.pretrained=runs:/<simclr_run_id>/encoder \\\n"
+        "    --set tracking.experiment=recsys_cl_fashion --set tracking.registered_model_name=recsys_cl_fashion\n"
+        "(its own experiment and registered model: not a version of the MovieLens recsys_cl_two_tower)\n"
         "An ID-only baseline: the same with --set 'item_tower.encoders=[id]'; the README's table:\n"
         "  python -m pipelines.ablation --variants pipelines/configs/ablations/fashion_cold_start.yaml ..."
     )

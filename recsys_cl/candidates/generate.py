@@ -46,17 +46,29 @@ class RunWindow:
     """:func:`recsys_cl.candidates.histories.check_clicks` of the window."""
 
 
-def read_window(clicks: pl.DataFrame, spec: Any, run_date: date, lookback_days: int) -> RunWindow:
+def read_window(
+    clicks: pl.DataFrame, spec: Any, run_date: date, lookback_days: int, min_known_item_share: float = 0.0,
+) -> RunWindow:
     """Clicks up to ``run_date``, its active users and what the model can read of them.
 
     Raises:
-        CandidatesError: no active user in the window, ids of another type, or no window click on a
-            known item (see :func:`~recsys_cl.candidates.window.active_users` and ``check_clicks``).
+        CandidatesError: no active user in the window, ids of another type, no window click on a
+            known item (see :func:`~recsys_cl.candidates.window.active_users` and ``check_clicks``),
+            or fewer than ``min_known_item_share`` of them (``candidates.min_known_item_share``;
+            nightly's health check has the same floor): most likely a model trained on other data.
     """
     history = clicks_up_to(clicks, run_date)  # nothing after the run date from here on
     users = active_users(history, run_date, lookback_days)
     window = Window(run_date, lookback_days)
-    return RunWindow(window, history, users, check_clicks(history, spec, window))
+    read = check_clicks(history, spec, window)
+    if read["known_item_share"] < min_known_item_share:
+        raise CandidatesError(
+            f"only {read['known_item_share']:.1%} of the {read['window_clicks']:.0f} clicks in the window {window} "
+            f"are on items the model knows, below candidates.min_known_item_share {min_known_item_share}: is the "
+            "model trained on this click log (check --model / the alias and data.path)? Lower "
+            "candidates.min_known_item_share to serve it anyway"
+        )
+    return RunWindow(window, history, users, read)
 
 
 @dataclass
@@ -143,7 +155,7 @@ def generate_candidates(
     """
     t = {"start": time.perf_counter()}
     if read is None:
-        read = read_window(clicks, rec.spec, run_date, cfg.lookback_days)
+        read = read_window(clicks, rec.spec, run_date, cfg.lookback_days, cfg.min_known_item_share)
     history, users, window, clicks_read = read.history, read.users, read.window, read.clicks_read
     if clicks_read["known_item_share"] < 0.9:
         log.warning("%.1f%% of the window's clicks are on items the model does not know; their users' "

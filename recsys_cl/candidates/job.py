@@ -44,7 +44,7 @@ def run(
     """
     t0 = time.perf_counter()
     if read is None:  # fail early: no active user, foreign ids
-        read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days)
+        read = read_window(clicks, loaded.spec, run_date, cfg.lookback_days, cfg.min_known_item_share)
     history, users = read.history, read.users
     if index_dir is not None:
         # a saved index is used with its own backend (candidates.backend only picks what to build

@@ -527,3 +527,18 @@ def test_a_few_query_users_are_topped_up_but_set_the_depth(  # type: ignore[no-u
                                        tmp_path / "b", clicks, query_users=heavy).manifest
     assert (no_top_up.recall_sample_size, no_top_up.recall_sample_source) == (2, "active users")
     assert no_top_up.recall_k == built.recall_k
+
+
+def test_a_window_mostly_on_unknown_items_is_refused_before_any_work() -> None:
+    """A model trained on another data set with the same id type (the fashion log's ids are MovieLens
+    ids too): below candidates.min_known_item_share the run stops when it reads the window, as
+    nightly's health check would after the work, saying what to check."""
+    from recsys_cl.candidates.generate import read_window
+
+    spec = _Spec(Vocab(np.arange(10, 14)), Vocab(np.arange(1, 4)))
+    clicks = _clicks([(1, 10, D0 - DAY), (1, 97, D0 - DAY), (2, 98, D0), (3, 99, D0)])  # 1 of 4 known
+    with pytest.raises(CandidatesError, match=r"only 25\.0% of the 4 clicks in the window .* are on items the model "
+                                              r"knows, below candidates\.min_known_item_share 0\.5: is the model "
+                                              r"trained on this click log"):
+        read_window(clicks, spec, date(2023, 11, 15), 2, 0.5)
+    assert read_window(clicks, spec, date(2023, 11, 15), 2, 0.25).clicks_read["known_item_share"] == 0.25
