@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -638,10 +639,19 @@ def resolve_model_alias(
             ) from e
         latest = max(versions, key=lambda v: int(v.version))
         if not fallback_to_latest:
+            try:
+                aliases = dict(client.get_registered_model(name).aliases or {})
+            except mlflow.exceptions.MlflowException:
+                aliases = {}
+            close = difflib.get_close_matches(alias, list(aliases), n=1)
+            known = ""
+            if aliases:  # a typo must not be answered with the command that creates it
+                known = ("; its aliases: " + ", ".join(f"{a} -> version {v}" for a, v in sorted(aliases.items()))
+                         + (f" (did you mean {close[0]!r}: models:/{name}@{close[0]}?)" if close else ""))
             raise AliasNotFoundError(
                 f"registered model {name!r} has no alias {alias!r} (versions: "
-                f"{', '.join(sorted((str(v.version) for v in versions), key=int))}; latest {latest.version}). "
-                "Train with "
+                f"{', '.join(sorted((str(v.version) for v in versions), key=int))}; latest {latest.version}"
+                f"{known}). Train with "
                 f"--set tracking.set_alias={alias} to point it at the new version (make demo does), or set it now: "
                 f"python -c \"import mlflow; mlflow.set_tracking_uri('{mlflow.get_tracking_uri()}'); "
                 f"mlflow.MlflowClient().set_registered_model_alias('{name}', '{alias}', {latest.version})\""

@@ -43,7 +43,8 @@ def test_generate_without_model_serves_the_configured_registry_alias(  # type: i
     out = generate_candidates.main([*args, "--set", "candidates.alias=challenger"])
     assert out["model_uri"] == "models:/recsys_cl_two_tower/1" and out["model_version"] == "1"
     with pytest.raises(SystemExit, match=r"candidates error: registered model 'recsys_cl_two_tower' has no alias "
-                                         r"'nosuch' \(versions: 1; latest 1\).*set_registered_model_alias\("
+                                         r"'nosuch' \(versions: 1; latest 1; its aliases: challenger -> version 1\)"
+                                         r".*set_registered_model_alias\("
                                          r"'recsys_cl_two_tower', 'nosuch', 1\)"):
         generate_candidates.main([*args, "--set", "candidates.alias=nosuch"])
     with pytest.raises(SystemExit, match=r"candidates error: registered model 'other' does not exist"):

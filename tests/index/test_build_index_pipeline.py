@@ -108,9 +108,16 @@ def test_unknown_model_is_a_clear_error(env: dict) -> None:
         build_index.main(_args(env, "models:/nope/1"))
     # a missing alias says which versions exist and how to point the alias (train_two_tower
     # registers a version but moves no alias unless tracking.set_alias is given)
-    with pytest.raises(SystemExit, match=r"index error: .*has no alias 'nosuch' \(versions: 1; latest 1\)\. "
+    with pytest.raises(SystemExit, match=r"index error: .*has no alias 'nosuch' \(versions: 1; latest 1; "
+                                         r"its aliases: champion -> version 1\)\. "
                                          r"Train with --set tracking.set_alias=nosuch .*set_registered_model_alias\("):
         build_index.main(_args(env, "models:/recsys_cl_two_tower@nosuch"))
+    # a typo of an alias that exists (the store's model is the champion): the message names the
+    # aliases and the likely one, so the command that would create the typo is not the only way out
+    with pytest.raises(SystemExit, match=r"has no alias 'champoin' \(versions: 1; latest 1; its aliases: "
+                                         r"champion -> version 1 \(did you mean 'champion': "
+                                         r"models:/recsys_cl_two_tower@champion\?\)\)\. Train with"):
+        build_index.main(_args(env, "models:/recsys_cl_two_tower@champoin"))
     with pytest.raises(SystemExit, match="config error: unknown config key 'index.backnd'"):
         build_index.main(_args(env, "x", "--set", "index.backnd=exact"))
     assert not env["out"].exists()
