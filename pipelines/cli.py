@@ -148,19 +148,18 @@ def file_in_the_way(folder: str | Path) -> Path | None:
 
 
 def check_output_dir(path: str | Path, key: str) -> None:
-    """Exit with ``output error: ...`` unless folder ``path`` exists or can be created, and is writable."""
+    """Exit with ``output error: ...`` unless folder ``path`` exists or can be created, and is writable.
+    Creates nothing (a job that then fails on its input leaves no empty folder behind): the nearest
+    existing folder on the path must be writable, and the job's writers create the rest."""
     p = Path(path)
     blocker = file_in_the_way(p)
     if blocker is not None:
         where = "is a file" if blocker == p else f"cannot be created: {blocker} on its path is a file"
         raise SystemExit(f"output error: {key}={path} {where}, not a folder; set it to a writable folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"output error: {key}={path} cannot be created ({e.strerror or e}); "
-                         "set it to a writable folder") from None
-    if not os.access(p, os.W_OK):
-        raise SystemExit(f"output error: {key}={path} is not writable; set it to a writable folder")
+    existing = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == p.absolute() else f"cannot be created ({existing} is not writable)"
+        raise SystemExit(f"output error: {key}={path} {what}; set it to a writable folder")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
+    for warning in cfg.unused_settings():
+        log.warning(warning)
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
     distributed = dist.init_from_env()  # torchrun sets RANK / WORLD_SIZE; otherwise one process
     is_main = dist.is_main()

@@ -714,6 +714,19 @@ class RunConfig:
         """``{"loss.temperature": 0.05, ...}``: every leaf value under its dotted key."""
         return flatten(dataclasses.asdict(self))
 
+    def unused_settings(self) -> list[str]:
+        """Warnings for settings that this config does not use, most likely by mistake: a content
+        encoder's ``pretrained`` given while that encoder is not in ``item_tower.encoders`` (the
+        opposite, an image encoder without one, is a :class:`ConfigError`). Not an error: an
+        ablation may share one ``--set`` across variants that do without the encoder."""
+        it = self.item_tower
+        return [
+            f"item_tower.{name}.pretrained is set ({pretrained}) but item_tower.encoders={list(it.encoders)} has "
+            f"no '{name}', so it is not used; add {name} to item_tower.encoders to use it"
+            for name, pretrained in (("text", it.text.pretrained), ("image", it.image.pretrained))
+            if pretrained and name not in it.encoders
+        ]
+
 
 # --------------------------------------------------------------------------------------------
 # Loading

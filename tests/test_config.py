@@ -249,3 +249,15 @@ def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
 def test_a_key_given_twice_in_an_override_value_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"override 'train=\{epochs: 1, epochs: 2\}' gives train\.epochs twice"):
         load_config(None, RunConfig, ["train={epochs: 1, epochs: 2}"])
+
+
+def test_a_pretrained_encoder_outside_the_encoders_is_reported_as_unused() -> None:
+    from recsys_cl.config import RunConfig, load_config
+
+    cfg = load_config(None, RunConfig, overrides=["item_tower.image.pretrained=runs:/abc/encoder"])
+    assert cfg.unused_settings() == [
+        "item_tower.image.pretrained is set (runs:/abc/encoder) but item_tower.encoders=['id', 'categorical'] "
+        "has no 'image', so it is not used; add image to item_tower.encoders to use it"]
+    used = load_config(None, RunConfig, overrides=["item_tower.image.pretrained=runs:/abc/encoder",
+                                                   "item_tower.encoders=[id,image]"])
+    assert used.unused_settings() == [] and RunConfig().unused_settings() == []

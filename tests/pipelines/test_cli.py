@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -81,7 +82,14 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
                                          rf"{afile} on its path is a file, not a folder; set it to a writable folder$"):
         check_output_dir(afile / "ck", "train.checkpoint_dir")
     check_output_dir(tmp_path / "new" / "ck", "train.checkpoint_dir")
-    assert (tmp_path / "new" / "ck").is_dir()
+    # nothing is created: a job that then fails on its input leaves no empty folder behind
+    assert not (tmp_path / "new").exists()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere
+        with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={locked}/ck cannot be created "
+                                             rf"\({locked} is not writable\); set it to a writable folder$"):
+            check_output_dir(locked / "ck", "train.checkpoint_dir")
 
 
 def test_write_summary_replaces_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,6 +100,7 @@ def test_bad_config_key_exits_with_the_key(tmp_path: Path) -> None:
 def test_missing_data_path_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"data error: .*does not exist"):
         train_two_tower.main(_args(tmp_path, "no-such-folder"))
+    assert not (tmp_path / "ck").exists()  # no empty checkpoint folder left behind
 
 
 def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
