@@ -29,7 +29,8 @@ lock:  ## refresh constraints.txt: newest versions setup.cfg allows, in a scratc
 	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
-DEMO_DATE ?= 2018-09-24  # the last day of the bundled MovieLens latest-small
+# the last day of the bundled MovieLens latest-small
+DEMO_DATE ?= 2018-09-24
 
 demo: $(STAMP)  ## train on bundled MovieLens latest-small, then index + nightly candidates for its last day
 	$(PY) -m pipelines.train_two_tower --config $(CONFIG) --set tracking.set_alias=champion \

@@ -4,12 +4,13 @@ Examples:
     python -m pipelines.build_index --model models:/recsys_cl_two_tower@champion
     python -m pipelines.build_index --model models:/recsys_cl_two_tower/3 --set index.backend=annoy \\
         --set index.n_trees=50 --out runs/index/v3
-    python -m pipelines.build_index --model runs/demo_model_dir --set index.backend=exact
+    python -m pipelines.build_index --model runs:/<run_id>/model --set index.backend=exact
     python -m pipelines.build_index --model models:/recsys_cl_two_tower@champion --fold-in-until 2018-09-24
 
 Runs the item tower over every item of the model's catalogue, builds ``index.backend``
 (exact | annoy | faiss | auto), tunes Annoy's search_k / faiss's nprobe until recall@``index.k``
-against exact search reaches ``index.target_recall`` on a sample of real user embeddings, and writes
+against exact search (at index.k + the sampled users' median number of seen items, the depth the
+candidate job fetches) reaches ``index.target_recall`` on a sample of real user embeddings, and writes
 the index directory (backend files + manifest.json) atomically. ``auto`` keeps the fastest backend
 meeting the target; the manifest says what it chose and why.
 
@@ -35,6 +36,7 @@ from pipelines.cli import (
     print_fold_in,
     write_summary,
 )
+from pipelines.generate_candidates import defaults_epilog
 from recsys_cl.candidates import CandidatesError, Window, clicks_up_to, parse_run_date
 from recsys_cl.config import ConfigError, RunConfig, load_config
 from recsys_cl.data.errors import DataError
@@ -49,6 +51,7 @@ log = logging.getLogger("pipelines.build_index")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = base_parser("python -m pipelines.build_index", __doc__, DEFAULT_CONFIG,
                     "write the manifest and run id to PATH", "index.backend=annoy")
+    p.epilog = defaults_epilog("backend", "target_recall", "k", "recall_sample_users", "output_dir", section="index")
     p.add_argument("--model", required=True,
                    help="model directory, runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>")
     p.add_argument("--out", help="index directory: new, empty or an index to replace "

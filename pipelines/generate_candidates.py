@@ -46,7 +46,7 @@ from recsys_cl.candidates import (
     read_window,
     run,
 )
-from recsys_cl.config import CandidatesConfig, ConfigError, RunConfig, load_config
+from recsys_cl.config import CandidatesConfig, ConfigError, IndexConfig, RunConfig, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import IndexLoadError, IndexMismatchError
@@ -66,17 +66,32 @@ CANDIDATE_KEYS = {
     "index_dir": "a saved index (--index); null = built in memory from the model",
     "alias": "models:/<tracking.registered_model_name>@<alias> is served",
     "index_root": "one index per model version: <index_root>/<name>/v<version>",
+    "min_overlap": "health: mean overlap@K with the previous partition (same model version)",
+    "min_coverage": "health: share of the catalogue in at least one list",
+    "min_served_share": "health: share of active users with at least one candidate",
+    "min_ann_recall": "health: sampled recall@K of the index against exact search",
+    "min_known_item_share": "health: share of the window's clicks on items the model knows",
+    "max_new_item_share": "health: share of rows recommending items without training clicks",
 }
 """What the ``candidates.*`` keys a ``--help`` lists (:func:`defaults_epilog`) do."""
+INDEX_KEYS = {
+    "backend": "auto builds exact, annoy and faiss and keeps the fastest that meets target_recall",
+    "target_recall": "approximate backends are tuned until recall against exact search reaches this",
+    "k": "tuned at recall@(k + the sampled users' median seen items)",
+    "recall_sample_users": "users whose embeddings measure recall and queries/s",
+    "output_dir": "where the index goes when --out is not given",
+}
+"""What the ``index.*`` keys ``build_index --help`` lists do."""
 
 
-def defaults_epilog(*keys: str) -> str:
-    """The closing lines of a ``--help``: the defaults of the ``candidates.*`` ``keys``, read from
-    :class:`~recsys_cl.config.CandidatesConfig` (the default --config sets none of them)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(CandidatesConfig)}
-    shown = {key: f"candidates.{key}={'null' if defaults[key] is None else defaults[key]}" for key in keys}
+def defaults_epilog(*keys: str, section: str = "candidates") -> str:
+    """The closing lines of a ``--help``: the defaults of the ``<section>.*`` ``keys`` (``candidates``
+    or ``index``), read from the config dataclass (the default --config sets none of them)."""
+    cls, about = (CandidatesConfig, CANDIDATE_KEYS) if section == "candidates" else (IndexConfig, INDEX_KEYS)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    shown = {key: f"{section}.{key}={'null' if defaults[key] is None else defaults[key]}" for key in keys}
     width = max(len(v) for v in shown.values())
-    lines = [f"  {shown[key]:<{width}}  {CANDIDATE_KEYS[key]}" for key in keys]
+    lines = [f"  {shown[key]:<{width}}  {about[key]}" for key in keys]
     return "defaults (change them with --set KEY=VALUE):\n" + "\n".join(lines)
 
 

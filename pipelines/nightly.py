@@ -69,7 +69,10 @@ log = logging.getLogger("pipelines.nightly")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.nightly", description=__doc__,
-                                epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_root", "alias"),
+                                epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_root", "alias",
+                                                       "min_overlap", "min_coverage", "min_served_share",
+                                                       "min_ann_recall", "min_known_item_share",
+                                                       "max_new_item_share"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--publish-unhealthy", action="store_true",

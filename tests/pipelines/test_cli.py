@@ -118,23 +118,29 @@ def test_write_summary_replaces_the_file_atomically(tmp_path: Path, monkeypatch:
     assert sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]
 
 
-@pytest.mark.parametrize("module, keys", [
-    ("generate_candidates", ["k", "lookback_days", "output_dir", "index_dir", "alias"]),
-    ("nightly", ["k", "lookback_days", "output_dir", "index_root", "alias"]),
+@pytest.mark.parametrize("module, section, keys", [
+    ("generate_candidates", "candidates", ["k", "lookback_days", "output_dir", "index_dir", "alias"]),
+    ("nightly", "candidates", ["k", "lookback_days", "output_dir", "index_root", "alias", "min_overlap",
+                               "min_served_share", "min_ann_recall", "min_known_item_share", "max_new_item_share"]),
+    ("build_index", "index", ["backend", "target_recall", "k", "recall_sample_users", "output_dir"]),
 ])
-def test_serving_help_states_the_candidates_defaults(module: str, keys: list[str],
-                                                     capsys: pytest.CaptureFixture) -> None:
-    """The defaults that decide what a run reads and where it writes, as the config class has them."""
+def test_serving_help_states_the_defaults(module: str, section: str, keys: list[str],
+                                          capsys: pytest.CaptureFixture) -> None:
+    """The defaults that decide what a run reads and where it writes (nightly: and its health
+    thresholds), as the config class has them."""
     import dataclasses
     import importlib
 
-    from recsys_cl.config import CandidatesConfig
+    from recsys_cl.config import CandidatesConfig, IndexConfig
 
     with pytest.raises(SystemExit):
         importlib.import_module(f"pipelines.{module}").main(["--help"])
     shown = capsys.readouterr().out
-    defaults = {f.name: f.default for f in dataclasses.fields(CandidatesConfig)}
+    cls = CandidatesConfig if section == "candidates" else IndexConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for key in keys:
         value = "null" if defaults[key] is None else defaults[key]
-        assert re.search(rf"^  candidates\.{key}={re.escape(str(value))} ", shown, re.M), (key, shown)
+        assert re.search(rf"^  {section}\.{key}={re.escape(str(value))} ", shown, re.M), (key, shown)
+    if section == "index":
+        return
     assert "candidates.k=100 " in shown and "candidates.lookback_days=30 " in shown
