@@ -15,6 +15,9 @@ Content and cold start (items never clicked in training are ranked from their te
     (test metrics on the cold items next to Popularity and random on the same targets, and model -
     Popularity Recall@20 with a 95% paired bootstrap interval over the test users; the run's
     tracking.uri is where runs:/ URIs are looked up)
+    Images: 'item_tower.encoders=[id,image]' with item_tower.image.pretrained=runs:/<simclr_run_id>/encoder
+    on an item table with an image column; python -m pipelines.make_fashion_clicks writes one (a
+    semi-synthetic log over Fashion-MNIST) and prints the full command.
 
 New items ranked together with trained ones, as the served index ranks them:
     python -m pipelines.train_two_tower --set split.kind=temporal --set eval.catalogue=all_items \\

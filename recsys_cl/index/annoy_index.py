@@ -2,7 +2,7 @@
 
 Annoy's ``angular`` metric ranks by cosine. For L2-normalised embeddings cosine *is* the inner
 product. For raw dot-product towers we apply the augmentation of Bachrach et al. 2014 as implicit's
-``augment_inner_product_matrix`` does (REFERENCES.md 2.6)::
+``augment_inner_product_matrix`` does::
 
     item  x̃ = [x, sqrt(N² − ‖x‖²)]     N = max item norm, so ‖x̃‖ = N for every item
     query q̃ = [q, 0]                    so q̃·x̃ = q·x and cos(q̃, x̃) = q·x / (‖q‖ N)

@@ -131,7 +131,7 @@ def test_softmax_hand_worked() -> None:
 
 # ----------------------------------------------------------------------------- logQ
 def test_logq_sign_popular_negative_share_falls_rare_rises() -> None:
-    """REFERENCES.md §0 item 2: with equal raw scores, s - log p lowers a popular negative's
+    """The logQ correction (Yi et al. 2019): with equal raw scores, s - log p lowers a popular negative's
     share of the softmax denominator and raises a rare one's (TFRS #219 added log p instead)."""
     logits = torch.zeros(1, 3)  # equal raw scores: positive, popular negative, rare negative
     p = torch.tensor([0.01, 0.5, 0.0001])  # sampling probability of each column
