@@ -156,6 +156,10 @@ def check_output_dir(path: str | Path, key: str) -> None:
     if blocker is not None:
         where = "is a file" if blocker == p else f"cannot be created: {blocker} on its path is a file"
         raise SystemExit(f"output error: {key}={path} {where}, not a folder; set it to a writable folder")
+    for q in (p.absolute(), *p.absolute().parents):
+        if os.path.lexists(q) and not q.exists():  # a link to nothing (or a loop): mkdir would fail later
+            raise SystemExit(f"output error: {key}={path} cannot be created: {q} is a symlink to a missing folder "
+                             f"({os.readlink(q)}); create its target, remove the link, or set another folder")
     existing = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == p.absolute() else f"cannot be created ({existing} is not writable)"

@@ -70,7 +70,7 @@ CANDIDATE_KEYS = {
     "min_coverage": "health: share of the catalogue in at least one list",
     "min_served_share": "health: share of active users with at least one candidate",
     "min_ann_recall": "health: sampled recall@K of the index against exact search",
-    "min_known_item_share": "health: share of the window's clicks on items the model knows",
+    "min_known_item_share": "health: share of window clicks on known items (generate_candidates: refused up front)",
     "max_new_item_share": "health: share of rows recommending items without training clicks",
 }
 """What the ``candidates.*`` keys a ``--help`` lists (:func:`defaults_epilog`) do."""

@@ -583,7 +583,9 @@ class CandidatesConfig:
     min_ann_recall: float = 0.9
     """Sampled recall@K of the index against exact search."""
     min_known_item_share: float = 0.5
-    """Share of the window's clicks on items the model knows (lower: a new catalogue or id space)."""
+    """Share of the window's clicks on items the model knows (lower: a new catalogue or id space, or
+    a model trained on other data): nightly's health check, and ``generate_candidates`` (which has
+    none) refuses a window below it before any work."""
     require_clicks_on_run_date: bool = True
     """Fail the health check when the run date itself has no click (the click log is late)."""
     max_new_item_share: float = 0.5

@@ -504,8 +504,9 @@ def write_fashion_clicks(
     except OutputError:
         raise
     except OSError as e:
-        raise OutputError(f"--out {out} cannot be written ({e.strerror or e}); pass a writable folder, "
-                          "on a disk with room for the set") from e
+        raise OutputError(f"--out {out} cannot be written ({e.strerror or e}); the set is written beside it "
+                          f"first, so {out.absolute().parent} must be writable too, on a disk with room for the "
+                          "set") from e
     log.info("%s: wrote %s (%d clicks, %d items)", SEMI_SYNTHETIC, out, clicks.height, items.height)
     return out
 

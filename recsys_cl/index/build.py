@@ -125,7 +125,10 @@ def sample_user_queries(
     from recsys_cl.train.steps import embed_users
 
     known = np.asarray(spec.users.ids)
-    users = known if users is None else np.asarray(users)[spec.users.encode(np.asarray(users)) >= 0]
+    if users is not None:
+        users = np.unique(np.asarray(users))  # each user once, or the given count is off
+        users = users[spec.users.encode(users) >= 0]
+    users = known if users is None else users
     if len(users) == 0:
         return None
     if clicks is None:
@@ -454,6 +457,11 @@ def build_index_for_vectors(
     check_replaceable(out_dir)
     sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks,
                                   query_users, 0 if query_users is None else index_cfg.recall_min_users)
+    if sampled is None and query_users is not None:  # none of them known to the model: training users
+        log.warning("none of the %d query users is a training user of the model; recall is tuned on training "
+                    "users instead", len(np.unique(query_users)))
+        query_users = None
+        sampled = sample_user_queries(model, spec, model_cfg, index_cfg.recall_sample_users, index_cfg.seed, clicks)
     if sampled is not None and sampled.given.any():
         queries, n_given = sampled.queries, int(sampled.given.sum())
         source = "users" if query_users is None else "active users"

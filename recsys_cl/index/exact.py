@@ -33,8 +33,8 @@ def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.
 
     scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M). Ties break by column.
     ``negated=True``: ``scores`` holds ``-s`` (e.g. ``(-q) @ v.T``, which is exactly ``-(q @ v.T)``)
-    and the values returned are ``s``; this saves negating (and copying) the (B, M) block, about a
-    tenth of an exact query.
+    and the values returned are ``s`` (equal as numbers: a zero may come back as -0.0); this saves
+    negating (and copying) the (B, M) block, about a tenth of an exact query.
     """
     b, m = scores.shape
     k = min(k, m)

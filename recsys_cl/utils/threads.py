@@ -20,7 +20,9 @@ def busy_cores_hint(
 ) -> str | None:
     """The hint to set ``key`` when torch uses its default threads (``num_threads`` 0, ``torch_threads``
     > 1) on a machine whose 1-minute load average already reaches its core count; None otherwise.
-    ``load`` / ``cores``: the machine's (``os.getloadavg()[0]``, ``os.cpu_count()``) when None."""
+    ``load`` / ``cores``: the machine's (``os.getloadavg()[0]``, the cores this process may run on)
+    when None. The 1-minute load average counts this job's own recent work too (reading the data),
+    but seconds of it move a 1-minute average little."""
     if num_threads != 0 or torch_threads <= 1:
         return None
     if load is None:
@@ -28,10 +30,14 @@ def busy_cores_hint(
             load = os.getloadavg()[0]
         except OSError:  # not available on this platform
             return None
-    cores = cores or os.cpu_count() or 1
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))  # the cores this process may use, as torch counts them
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
     if load < cores:
         return None
-    return (f"the load average is {load:.1f} on {cores} cores before this job starts, and torch runs "
+    return (f"the load average is {load:.1f} on {cores} cores as training starts, and torch runs "
             f"{torch_threads} threads, which then wait on each other: steps can be many times slower. "
             f"On a busy machine --set {key}=1 is usually much faster")
 

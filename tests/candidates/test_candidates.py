@@ -512,7 +512,9 @@ def test_a_few_query_users_are_topped_up_but_set_the_depth(  # type: ignore[no-u
     heavy = counts["user_id"].to_numpy()[-2:]  # the two who have seen the most
     sampled = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, 0, clicks, heavy, min_users=5)
     assert sampled is not None and len(sampled.queries) == 5 and sampled.given.sum() == 2
-    # the top-up users' queries are those of the same users sampled without any given users
+    twice = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, 0, clicks, np.r_[heavy, heavy], 5)
+    assert twice is not None and twice.given.sum() == 2  # a user given twice is one query
+    # the given users' own queries are those of sampling them alone
     alone = sample_user_queries(loaded.model, loaded.spec, loaded.config, 1000, 0, clicks, heavy)
     assert alone is not None and alone.given.all() and len(alone.queries) == 2
     np.testing.assert_allclose(sampled.queries[sampled.given], alone.queries, atol=1e-6)
@@ -527,6 +529,9 @@ def test_a_few_query_users_are_topped_up_but_set_the_depth(  # type: ignore[no-u
                                        tmp_path / "b", clicks, query_users=heavy).manifest
     assert (no_top_up.recall_sample_size, no_top_up.recall_sample_source) == (2, "active users")
     assert no_top_up.recall_k == built.recall_k
+    # active users none of whom the model knows: tuned on training users, not on perturbed item vectors
+    strangers = build_index_for_loaded(loaded, cfg, tmp_path / "c", clicks, query_users=np.array([10**9])).manifest
+    assert strangers.recall_sample_source == "users"
 
 
 def test_a_window_mostly_on_unknown_items_is_refused_before_any_work() -> None:

@@ -174,7 +174,8 @@ class TestExactIndex(IndexSuite):
 
     def test_query_equals_the_plain_matrix_product_top_k(self, built: Index, data: tuple) -> None:
         """The blocks are scored as ``(-q) @ v.T`` (no negated copy of the block): the ids and
-        scores are those of sorting ``q @ v.T`` by (-score, row), bit for bit."""
+        scores are those of sorting ``q @ v.T`` by (-score, row), equal as numbers (a score of
+        exactly zero may come back as -0.0)."""
         items, ids, queries = data
         got_ids, got_scores = built.query(queries, 25)
         assert isinstance(built, ExactIndex)

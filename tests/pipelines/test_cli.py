@@ -84,6 +84,12 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
     check_output_dir(tmp_path / "new" / "ck", "train.checkpoint_dir")
     # nothing is created: a job that then fails on its input leaves no empty folder behind
     assert not (tmp_path / "new").exists()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "missing" / "dir")
+    for path in (dangling, dangling / "ck"):  # found before any work, not at the first checkpoint
+        with pytest.raises(SystemExit, match=rf"^output error: train\.checkpoint_dir={path} cannot be created: "
+                                             rf"{dangling} is a symlink to a missing folder"):
+            check_output_dir(path, "train.checkpoint_dir")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if not os.access(locked, os.W_OK):  # root writes anywhere

@@ -27,7 +27,7 @@ def test_busy_cores_hint(num_threads: int, torch_threads: int, load: float, core
 def test_warned_once_per_process(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(threads, "_warned", False)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr("torch.get_num_threads", lambda: 2)
     with caplog.at_level(logging.WARNING, logger="recsys_cl.utils.threads"):
         threads.warn_if_cores_busy(0)
