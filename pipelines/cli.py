@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import torch
 
@@ -29,9 +30,10 @@ from recsys_cl.tracking import TrackingError
 T = TypeVar("T")
 R = TypeVar("R")
 
-QUIET_LOGGERS = ("faiss.loader",)
+QUIET_LOGGERS = ("faiss.loader", "py4j")
 """Third-party loggers held to WARNING: faiss.loader reports every CPU-specific build it could not
-load (AVX512, AVX2) at INFO, with a ModuleNotFoundError each, before loading the generic one."""
+load (AVX512, AVX2) at INFO, with a ModuleNotFoundError each, before loading the generic one; py4j
+(``--engine spark``) each closed connection, and a broken one with a traceback."""
 
 
 def configure_logging() -> None:
@@ -46,27 +48,56 @@ def exits_on_tracking_error(main: Callable[..., R]) -> Callable[..., R]:
     turned into ``SystemExit("tracking error: ...")``: one line, no traceback.
 
     While ``main`` runs (in the main thread), SIGTERM, which cron timeouts, systemd and Kubernetes
-    send before SIGKILL, raises ``SystemExit(143)``, so the cleanup a Python exception gets still
-    runs: the MLflow run ends FAILED instead of RUNNING forever, and a half-written candidates
-    partition or index is removed. The previous handler is restored afterwards."""
+    send before SIGKILL, raises ``SystemExit(143)``, and Ctrl-C (SIGINT) ``SystemExit(130)`` (both
+    :class:`Terminated`), so the cleanup a Python exception gets still runs: the MLflow run ends
+    FAILED instead of RUNNING forever, and a half-written candidates partition or index is removed.
+    (Not ``KeyboardInterrupt``, which py4j, under ``--engine spark``, logs with a traceback.) The
+    previous handlers are restored afterwards. A :class:`Terminated` that reaches here is reported
+    as one line, ``stopped by SIGTERM`` (pipelines that can say what state the stop left report it
+    themselves, :func:`exit_stopped`)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> R:
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+        previous = {sig: signal.signal(sig, _terminated) for sig in STOP_SIGNALS} if main_thread else {}
         try:
             return main(*args, **kwargs)
         except TrackingError as e:
             raise SystemExit(f"tracking error: {e}") from None
+        except Terminated as e:
+            print(f"stopped by {e.signal_name}", file=sys.stderr, flush=True)
+            raise SystemExit(e.code) from None
         finally:
-            if main_thread:  # None: a handler installed outside Python; the default is the safe guess
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            for sig, handler in previous.items():  # None: installed outside Python; the default is the safe guess
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     return wrapper
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""Signals that stop a pipeline through :class:`Terminated` (see :func:`exits_on_tracking_error`)."""
+
+
+class Terminated(SystemExit):
+    """``SystemExit(128 + signum)``, raised by the handler :func:`exits_on_tracking_error` installs
+    for :data:`STOP_SIGNALS`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
 def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(signum)
+
+
+def exit_stopped(e: BaseException, state: str) -> NoReturn:
+    """For a job stopped by a signal (``e``: a :class:`Terminated` or a Ctrl-C's ``KeyboardInterrupt``),
+    print one line to stderr, ``stopped by SIGTERM: <state>``, and exit with 128 + the signal's number
+    (143, 130), the shell's code for a process a signal ended. No traceback: the stop was asked for."""
+    name, code = (e.signal_name, e.code) if isinstance(e, Terminated) else ("SIGINT", 128 + signal.SIGINT)
+    print(f"stopped by {name}: {state}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
 
 
 def shown_path(path: str | Path) -> str:

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import (
+    Terminated,
     check_output_file,
     configure_logging,
+    exit_stopped,
     exits_on_tracking_error,
     print_fold_in,
     shown_path,
@@ -50,7 +52,7 @@ from recsys_cl.config import CandidatesConfig, ConfigError, IndexConfig, RunConf
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import IndexLoadError, IndexMismatchError
-from recsys_cl.io_atomic import OutputError
+from recsys_cl.io_atomic import OutputError, partition_name, read_success
 from recsys_cl.tracking import AliasNotFoundError, mlflow_run
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
@@ -95,6 +97,16 @@ def defaults_epilog(*keys: str, section: str = "candidates") -> str:
     return "defaults (change them with --set KEY=VALUE):\n" + "\n".join(lines)
 
 
+def stopped_state(output_dir: str | Path | None, dt: str, run_id: str | None) -> str:
+    """What a candidates job stopped by a signal leaves for ``dt``: nothing published, or (stopped
+    after its swap, while logging) its partition, which carries this run's id in ``_SUCCESS``."""
+    partition = None if output_dir is None else Path(output_dir) / partition_name(dt)
+    done = read_success(partition) if partition is not None and run_id is not None else None
+    if done is not None and done.get("mlflow_run_id") == run_id:
+        return f"{partition} was published before the stop (its MLflow run {run_id} is marked FAILED)"
+    return f"nothing published for dt={dt} (an earlier partition there is untouched); rerun the same command"
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date", required=True, help="run date, YYYY-MM-DD (UTC)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -132,11 +144,13 @@ def load_run_config(args: argparse.Namespace, **flags: Any) -> RunConfig:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
+    output_dir, run_id = None, None
     try:
         run_date = parse_run_date(args.date)
         cfg = load_run_config(args, engine=args.engine, backend=args.backend,
                               model_uri=args.model, index_dir=args.index)
         c = cfg.candidates
+        output_dir = c.output_dir
         if c.index_dir is not None:  # a missing index or another backend fails before anything is read
             check_saved_index(c.index_dir, args.backend or "auto")
         loaded = load_model(model_uri_for_run(c.model_uri, c.alias, cfg.tracking, c.fallback_to_latest),
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
         with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",
                         tags={"job": "candidates", "date": str(run_date), "engine": c.engine}) as tracker:
+            run_id = tracker.run_id
             tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
                          extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto",
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
             log_result(tracker, result.manifest)
     except INPUT_ERRORS as e:
         raise SystemExit(f"candidates error: {e}") from None
+    except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED and the temp partition gone by now
+        exit_stopped(e, stopped_state(output_dir, args.date, run_id))
     summary = {**result.manifest, "partition": str(result.partition)}
     write_summary(args.summary_json, summary)
     print(f"candidates: {result.partition}  ({summary['rows']} rows for {summary['users_served']} of "

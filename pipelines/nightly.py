@@ -32,7 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import check_output_file, configure_logging, exits_on_tracking_error, print_fold_in, write_summary
+from pipelines.cli import (
+    Terminated,
+    check_output_file,
+    configure_logging,
+    exit_stopped,
+    exits_on_tracking_error,
+    print_fold_in,
+    write_summary,
+)
 from pipelines.generate_candidates import (
     INPUT_ERRORS,
     add_common_args,
@@ -40,6 +48,7 @@ from pipelines.generate_candidates import (
     defaults_epilog,
     load_run_config,
     log_result,
+    stopped_state,
 )
 from recsys_cl.candidates import (
     HealthCheckError,
@@ -133,10 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
     health: dict[str, Any] = {}
+    output_dir, run_id = None, None
     try:
         run_date = parse_run_date(args.date)
         cfg = load_run_config(args, engine=args.engine)
         c = cfg.candidates
+        output_dir = c.output_dir
         name = cfg.tracking.registered_model_name
         if not name:
             raise SystemExit("nightly error: tracking.registered_model_name is null; name the registered model")
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                         tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
                               "model_version": model["model_version"], "index_rebuilt": rebuilt,
                               "alias_fell_back": model["fell_back"]}) as tracker:
+            run_id = tracker.run_id
             tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
             try:
                 result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
@@ -176,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         ) from None
     except INPUT_ERRORS as e:
         raise SystemExit(f"nightly error: {e}") from None
+    except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED and the temp partition gone by now
+        exit_stopped(e, stopped_state(output_dir, args.date, run_id))
     summary = {**result.manifest, "partition": str(result.partition)}
     write_summary(args.summary_json, summary)
     print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")

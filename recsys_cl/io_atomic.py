@@ -11,7 +11,8 @@ directory is never visible. Temp directories embed the writer's pid; the next ru
 whose process is gone.
 
 Test hook: ``RECSYS_CL_TEST_SLEEP_BETWEEN_PARTS=<seconds>`` sleeps after each part file, so a test
-can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline.py``).
+can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline.py``); with
+``--engine spark``, after each batch an executor scores (``tests/candidates/test_pipelines.py``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,12 @@ imported only inside these functions)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,35 +20,77 @@ from recsys_cl.candidates.histories import UserBatch, UserHistories
 from recsys_cl.candidates.scoring import Recommender
 from recsys_cl.candidates.window import CandidatesError
 from recsys_cl.config import CandidatesConfig
-from recsys_cl.io_atomic import fsync_path
+from recsys_cl.io_atomic import SLEEP_HOOK_ENV, fsync_path
 
+log = logging.getLogger(__name__)
 _EXECUTOR_CACHE: dict[tuple[str, ...], Recommender] = {}
 """One Recommender per executor Python process (model + index loaded once, reused across tasks)."""
 
 
 def spark_session(master: str = "local[2]", app_name: str = "recsys_cl-candidates") -> Any:
-    """The one place a SparkSession is created (Arrow on; for ``local[*]``: driver on 127.0.0.1, UI off)."""
-    import os
+    """The one place a SparkSession is created (Arrow on; for ``local[*]``: driver on 127.0.0.1, UI off).
+
+    When this process starts Spark's JVM (no JVM yet, not under ``spark-submit``), the JVM gets a
+    session of its own: a SIGTERM or Ctrl-C sent to the job's process group (a scheduler, a terminal)
+    then reaches Python only, which stops Spark itself (:func:`stop_spark`), instead of killing the JVM
+    mid-job (stack traces on the console, and a py4j connection that MLflow's ``end_run`` then trips
+    on). The JVM still exits with this process: it ends when its stdin, a pipe from here, closes."""
     import sys
 
     try:
+        from pyspark import SparkConf, SparkContext
+        from pyspark.java_gateway import launch_gateway
         from pyspark.sql import SparkSession
     except ImportError as e:
         raise CandidatesError("--engine spark needs pyspark: pip install -e '.[spark]' (and Java 17)") from e
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.python.worker.reuse", "true")
+    conf = (
+        SparkConf().setMaster(master)
+        .setAppName(app_name)
+        .set("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .set("spark.python.worker.reuse", "true")
     )
     if master.startswith("local"):  # tests and single machines: loopback only, no UI
-        builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
-                   .config("spark.driver.host", "127.0.0.1")
-                   .config("spark.ui.enabled", "false")
-                   .config("spark.sql.shuffle.partitions", "4"))
-    return builder.getOrCreate()
+        conf = (conf.set("spark.driver.bindAddress", "127.0.0.1")
+                .set("spark.driver.host", "127.0.0.1")
+                .set("spark.ui.enabled", "false")
+                .set("spark.sql.shuffle.partitions", "4"))
+    if SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # what getOrCreate would launch (spark-submit with the same --conf), in a session of its own
+        SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))
+    return SparkSession.builder.config(conf=conf).getOrCreate()
+
+
+def stop_spark(timeout_s: float = 30.0) -> None:
+    """Cancel the active SparkContext's jobs and stop it, quietly: for a run that is being abandoned
+    (a signal, an error). Runs in a thread of its own, since a signal may have interrupted the main
+    thread mid-call, leaving its py4j connection waiting for that call's answer. Spark's own logging
+    is turned off first: the cancelled tasks' errors are the expected consequence, not news. Never
+    raises; gives up after ``timeout_s`` (the JVM then ends with this process)."""
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+
+    def stop() -> None:
+        try:
+            with warnings.catch_warnings():  # "Unable to cleanly shutdown Spark JVM process" if it is gone
+                warnings.simplefilter("ignore")
+                try:
+                    sc.setLogLevel("OFF")
+                    sc.cancelAllJobs()
+                finally:
+                    sc.stop()
+        except Exception as e:  # a JVM already gone: nothing left to stop
+            log.debug("stopping Spark: %s: %s", type(e).__name__, e)
+
+    t = threading.Thread(target=stop, name="stop-spark", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        log.warning("Spark did not stop within %.0f s; its JVM ends with this process", timeout_s)
 
 
 def _executor_recommender(model_file: str, index_file: str, k: int, max_extra: int,
@@ -89,6 +136,9 @@ def _spark_recommend(batches: Iterator[Any], args: tuple[Any, ...]) -> Iterator[
             seen_items=seen_items,
         )
         yield from rec.recommend(batch).to_batches()
+        delay = os.environ.get(SLEEP_HOOK_ENV)
+        if delay:  # test hook: a window in which a test signals the job while Spark runs
+            time.sleep(float(delay))
 
 
 def _arrow_inputs(histories: UserHistories, users: np.ndarray, length: int, chunk_size: int) -> Any:
@@ -122,10 +172,25 @@ def make_spark_runner(
 
     def run(*, rec: Recommender, histories: UserHistories, users: np.ndarray, length: int,
             cfg: CandidatesConfig, out_dir: Path) -> dict[str, float]:
+        try:
+            return _run(rec=rec, histories=histories, users=users, length=length, cfg=cfg, out_dir=out_dir)
+        except BaseException:  # SIGTERM's SystemExit, Ctrl-C, an error: stop Spark before the temp
+            stop_spark()       # partition is removed, so that no task writes into it afterwards
+            raise
+
+    def _run(*, rec: Recommender, histories: UserHistories, users: np.ndarray, length: int,
+             cfg: CandidatesConfig, out_dir: Path) -> dict[str, float]:
         import shutil
 
         t0 = time.perf_counter()
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main_thread else None
         spark = spark_session(master)
+        if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+            # pyspark's Ctrl-C handler cancels jobs through the main thread's py4j connection, busy
+            # with the running job; the caller's handler (a pipeline's: SystemExit(130)) leads to
+            # stop_spark below instead
+            signal.signal(signal.SIGINT, sigint)
         sc = spark.sparkContext
         sc.addFile(str(model_dir), recursive=True)
         sc.addFile(str(index_dir), recursive=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -13,7 +18,7 @@ import pytest
 from pipelines import generate_candidates, nightly
 from recsys_cl.candidates import read_partition
 from recsys_cl.index.base import Manifest
-from recsys_cl.io_atomic import read_success
+from recsys_cl.io_atomic import SLEEP_HOOK_ENV, read_success
 
 FIRST_DATE, LAST_DATE = "1997-09-22", "1997-09-23"
 
@@ -132,6 +137,46 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     t = spark["timings"]  # users/s leaves Spark's start-up out; the start-up is reported beside it
     assert 0 < t["engine_startup_s"] < t["generate_s"]
     assert spark["users_per_s"] == pytest.approx(spark["users_active"] / (t["generate_s"] - t["engine_startup_s"]))
+
+
+def test_sigterm_to_a_spark_job_stops_it_in_one_line(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM to the job's process group (a scheduler stopping it) while Spark runs: Spark is
+    stopped from Python (its JVM, in a session of its own, does not get the signal: no JVM or py4j
+    stack traces, no MLflow end_run failure), the temp partition is gone, the run is FAILED once, and
+    stderr ends with one line saying what the stop left; exit 143 as with the local engine."""
+    pytest.importorskip("pyspark", reason="pyspark not installed: pip install -e '.[spark]'")
+    if shutil.which("java") is None:
+        pytest.skip("no java on PATH: Spark needs Java 17")
+    out = tmp_path / "out"
+    env = {**os.environ, SLEEP_HOOK_ENV: "5", "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["--date", LAST_DATE, "--model", in_root.model_uri, "--engine", "spark", *in_root.args(out),
+            "--set", "candidates.chunk_size=3"]
+    with open(tmp_path / "stderr", "wb") as err:  # a file, not a pipe: Spark's children may hold a pipe open
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *args], cwd=in_root.root,
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while not list(out.glob(f".dt={LAST_DATE}.tmp.*/_spark")):  # Spark's write job has started
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()
+                assert time.time() < deadline, "the Spark job never started"
+                time.sleep(0.1)
+            time.sleep(1)  # executors are scoring (each sleeps 5 s after a batch)
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(60) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stderr = (tmp_path / "stderr").read_text()
+    lines = stderr.replace("\r", "\n").strip().splitlines()  # Spark's progress bar ends in \r
+    assert lines[-1] == (f"stopped by SIGTERM: nothing published for dt={LAST_DATE} (an earlier partition there "
+                         "is untouched); rerun the same command")
+    for noise in ("Traceback", "Exception", "KeyError", "\tat ", "ERROR", "end_run failed"):
+        assert noise not in stderr, stderr
+    assert list(out.iterdir()) == []  # no partition, no temp directory
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["candidates"], filter_string=f"tags.process LIKE '%:{proc.pid}:%'")
+    assert runs["status"].tolist() == ["FAILED"]
 
 
 def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Path,  # type: ignore[no-untyped-def]

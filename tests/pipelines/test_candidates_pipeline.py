@@ -63,10 +63,11 @@ def _contents(partition: Path) -> dict[str, bytes]:
 
 def _signal_mid_write(tmp_path: Path, model_dir: Path, sig: int) -> int:
     """Start generate_candidates in a subprocess (slowed between part files), send ``sig`` once it
-    has written some but not all parts of the new partition; its exit code."""
+    has written some but not all parts of the new partition; its exit code (its stderr: tmp_path/stderr)."""
     env = {**os.environ, SLEEP_HOOK_ENV: "0.3", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.generate_candidates", *_args(tmp_path, model_dir)],
+                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -109,6 +110,9 @@ def test_sigterm_mid_write_cleans_up_and_marks_the_run_failed(tmp_path: Path, mo
     partition = Path(summary["partition"])
     before = _contents(partition)
     assert _signal_mid_write(tmp_path, model_dir, signal.SIGTERM) == 128 + signal.SIGTERM
+    assert (tmp_path / "stderr").read_text().splitlines()[-1] == (
+        f"stopped by SIGTERM: nothing published for dt={DATE} (an earlier partition there is untouched); "
+        "rerun the same command")
     assert _contents(partition) == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"dt={DATE}"]  # temp dir removed at once
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,27 @@ def test_serving_help_states_the_defaults(module: str, section: str, keys: list[
     if section == "index":
         return
     assert "candidates.k=100 " in shown and "candidates.lookback_days=30 " in shown
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_exits_128_plus_its_number_in_one_line(sig: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM and Ctrl-C become a SystemExit (the cleanup of an exception runs; not KeyboardInterrupt,
+    which py4j logs with a traceback), reported as one line; the handlers are restored afterwards."""
+    from pipelines.cli import exits_on_tracking_error
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    cleaned = []
+
+    @exits_on_tracking_error
+    def main() -> None:
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises here
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 128 + sig and cleaned == [True]
+    assert capsys.readouterr().err == f"stopped by {signal.Signals(sig).name}\n"
+    assert {s: signal.getsignal(s) for s in before} == before
