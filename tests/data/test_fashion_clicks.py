@@ -211,15 +211,12 @@ def test_load_click_log_reads_the_parquet_pair(tmp_path: Path, tiny: tuple[np.nd
     assert log.items.equals(items)
 
 
-def test_pipeline_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pipeline_writes_and_explains(
+    tmp_path: Path, fmnist_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipelines import make_fashion_clicks
 
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    img_name, lab_name = FILES["train"]
-    write_idx_images(folder / img_name, rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8))
-    write_idx_labels(folder / lab_name, np.arange(50) % 10)
+    folder = fmnist_folder
     out = tmp_path / "out"
     meta = make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(out), "--num-items", "50",
                                      "--num-users", "30", "--seed", "3"])
