@@ -509,7 +509,7 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
 
 class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
-    (oldest first) -> top-10 item ids and scores, training items excluded."""
+    (oldest first) -> top-10 item ids and scores; no item of a row's history is recommended back."""
 
     def load_context(self, context: Any) -> None:
         from recsys_cl.train.checkpoint import load_model_dir
@@ -525,24 +525,22 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         import pandas as pd
         import torch
 
+        from recsys_cl.candidates.histories import batch_from_lists
         from recsys_cl.train.steps import embed_users
 
-        L = self.cfg.user_tower.history_length
-        hist = np.full((len(model_input), L), -1, dtype=np.int64)
-        for r, items in enumerate(model_input["history"]):
-            # in the vocabulary's dtype: a list of str arrives as <U.., the vocabulary may hold objects
-            idx = self.spec.items.encode(np.asarray(list(items), dtype=self.spec.items.ids.dtype)[::-1][:L])
-            hist[r, : len(idx)] = idx
-        users = embed_users(self.model, hist, np.full(len(hist), -1, dtype=np.int64))
-        scores = users @ self.items.T
-        rows, cols = np.nonzero(hist >= 0)
-        scores[torch.from_numpy(rows), torch.from_numpy(hist[rows, cols])] = float("-inf")
+        # every item of a row is masked, not only the last history_length the user tower reads
+        batch = batch_from_lists(model_input["history"], self.spec.items, self.cfg.user_tower.history_length)
+        if len(batch) == 0:
+            return pd.DataFrame({"item_ids": [], "scores": []})
+        users = embed_users(self.model, batch.windows, batch.user_index)
+        scores = users @ self.items.T  # (U, M)
+        rows = np.repeat(np.arange(len(batch)), np.diff(batch.seen_offsets))
+        scores[torch.from_numpy(rows), torch.from_numpy(batch.seen_items)] = float("-inf")
         top = torch.topk(scores, k=min(10, scores.shape[1]), dim=1)
-        ids = self.spec.items.decode(top.indices.numpy())
         ok = torch.isfinite(top.values).numpy()  # rows with < 10 unseen items are cut short
-        vals = top.values.numpy()
-        return pd.DataFrame({"item_ids": [i[m] for i, m in zip(ids, ok)],
-                             "scores": [v[m] for v, m in zip(vals, ok)]})
+        ends = np.cumsum(ok.sum(axis=1))[:-1]
+        ids = self.spec.items.decode(top.indices.numpy()[ok])
+        return pd.DataFrame({"item_ids": np.split(ids, ends), "scores": np.split(top.values.numpy()[ok], ends)})
 
 
 TwoTowerPyfunc.predict = TwoTowerPyfunc._predict  # type: ignore[method-assign]

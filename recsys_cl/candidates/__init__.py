@@ -13,7 +13,8 @@ count); each chunk becomes one Parquet part file of rows
 Modules (every public name is re-exported here, so ``from recsys_cl.candidates import X`` works):
 
 - :mod:`~recsys_cl.candidates.window`: run dates, the active-user window, :class:`CandidatesError`
-- :mod:`~recsys_cl.candidates.histories`: per-user history windows and seen sets (:class:`UserHistories`)
+- :mod:`~recsys_cl.candidates.histories`: per-user history windows and seen sets (:class:`UserHistories`;
+  :func:`batch_from_lists` for a serving request's lists)
 - :mod:`~recsys_cl.candidates.scoring`: :func:`topk_unseen` and the :class:`Recommender`
 - :mod:`~recsys_cl.candidates.generate`: the local chunk loop and publishing (:func:`generate_candidates`)
 - :mod:`~recsys_cl.candidates.model`: load the model, open and check an index, or build one in memory
@@ -46,7 +47,7 @@ from recsys_cl.candidates.health import (
     overlap_at_k,
     previous_partition,
 )
-from recsys_cl.candidates.histories import UserBatch, UserHistories, check_clicks
+from recsys_cl.candidates.histories import UserBatch, UserHistories, batch_from_lists, check_clicks
 from recsys_cl.candidates.job import run
 from recsys_cl.candidates.model import (
     Loaded,
@@ -84,6 +85,7 @@ __all__ = [
     "UserHistories",
     "Window",
     "active_users",
+    "batch_from_lists",
     "build_index_for_loaded",
     "build_index_in_memory",
     "check_clicks",

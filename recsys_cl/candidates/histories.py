@@ -8,13 +8,16 @@ Letters: U users, L history length, S seen clicks in total.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from recsys_cl.candidates.window import DAY, CandidatesError, Window
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec
+from recsys_cl.features.vocab import Vocab
 
 
 def check_clicks(history: pl.DataFrame, spec: FeatureSpec, window: Window) -> dict[str, float]:
@@ -97,21 +100,78 @@ class UserHistories:
         pos = np.minimum(np.searchsorted(self.users, user_ids), max(len(self.users) - 1, 0))
         if len(user_ids) and (len(self.users) == 0 or not np.array_equal(self.users[pos], user_ids)):
             raise CandidatesError("some users have no clicks up to the run date")
-        first, end = self.first[pos], self.end[pos]  # (U,), (U,)
-        # (U, L): positions end-1, end-2, ... down to the user's first click (as Sequences.last_windows)
-        p = end[:, None] - np.arange(1, length + 1)[None, :]
-        windows = np.where(p >= first[:, None], self.seq.item_index[np.clip(p, 0, None)], -1).astype(np.int64)
-        counts = end - first  # (U,) clicks per user
-        row = np.repeat(np.arange(len(user_ids)), counts)  # (C,)
-        flat = np.repeat(first, counts) + (np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts))
-        items = self.seq.item_index[flat]  # (C,) item-vocab index, -1 outside the vocabulary
-        keep = items >= 0
-        offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row[keep], minlength=len(user_ids)), out=offsets[1:])
+        windows, offsets, seen = _windows_and_seen(self.seq.item_index, self.first[pos], self.end[pos], length)
         return UserBatch(
             user_ids=user_ids,
             user_index=self.spec.users.encode(user_ids),
             windows=windows,
             seen_offsets=offsets,
-            seen_items=items[keep].astype(np.int64),
+            seen_items=seen,
         )
+
+
+def batch_from_lists(histories: Any, items: Vocab, length: int) -> UserBatch:
+    """Inputs for one list of item ids per row (oldest first), e.g. a serving request's ``history`` column.
+
+    Unlike :meth:`UserHistories.batch` the rows are anonymous (``user_index`` -1): the user tower reads
+    only the last ``length`` items, but every item of a row is in its seen set, so none is recommended
+    back. Ids the model does not know are -1 in the window and left out of the seen set; a missing
+    (null) row is an empty history.
+
+    Args:
+        histories: a sequence of U lists / arrays of item ids (a pandas Series, a list, an Arrow list
+            array), in the id type of ``items``.
+
+    Raises:
+        TypeError: ids of another type than the vocabulary's (e.g. strings for a model of integer ids).
+    """
+    lists = histories if isinstance(histories, (pa.Array, pa.ChunkedArray)) else pa.array(histories)
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    if pa.types.is_null(lists.type):  # no rows, or only missing ones
+        lists = lists.cast(pa.list_(pa.int64()))
+    if not pa.types.is_list(lists.type) and not pa.types.is_large_list(lists.type):
+        raise TypeError(f"each history must be a list of item ids, got {lists.type} values")
+    offsets = lists.offsets.to_numpy().astype(np.int64)  # (U + 1,)
+    offsets -= offsets[0]
+    raw = lists.flatten().to_numpy(zero_copy_only=False)  # (C,)
+    if len(raw) == 0:
+        index = np.zeros(0, dtype=np.int64)
+    else:  # strings arrive as objects; as a <U array of their own width (a narrower cast would cut them)
+        index = items.encode(raw.astype(str) if raw.dtype.kind == "O" else raw)
+    windows, seen_offsets, seen = _windows_and_seen(index, offsets[:-1], offsets[1:], length)
+    n = len(offsets) - 1
+    return UserBatch(
+        user_ids=np.arange(n),
+        user_index=np.full(n, -1, dtype=np.int64),
+        windows=windows,
+        seen_offsets=seen_offsets,
+        seen_items=seen,
+    )
+
+
+def _windows_and_seen(
+    item_index: np.ndarray, first: np.ndarray, end: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's window and seen set from their clicks ``item_index[first[u]:end[u]]`` (time-ordered).
+
+    Args:
+        item_index: (C_all,) item-vocab indices, -1 outside the vocabulary.
+        first, end: (U,) each user's first and one-past-last position in ``item_index``.
+
+    Returns:
+        (windows (U, L) most recent first, -1 padded; seen_offsets (U + 1,); seen_items (S,)).
+    """
+    # a user without clicks reads a value that np.where discards; only an empty array needs a stand-in
+    src = item_index if len(item_index) else np.full(1, -1, dtype=np.int64)
+    # (U, L): positions end-1, end-2, ... down to the user's first click (as Sequences.last_windows)
+    p = end[:, None] - np.arange(1, length + 1)[None, :]
+    windows = np.where(p >= first[:, None], src[np.clip(p, 0, None)], -1).astype(np.int64)
+    counts = end - first  # (U,) clicks per user
+    row = np.repeat(np.arange(len(first)), counts)  # (C,)
+    flat = np.repeat(first, counts) + (np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts))
+    items = src[flat]  # (C,)
+    keep = items >= 0
+    offsets = np.zeros(len(first) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row[keep], minlength=len(first)), out=offsets[1:])
+    return windows, offsets, items[keep].astype(np.int64)

@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -15,6 +16,7 @@ from recsys_cl.candidates import (
     UserHistories,
     Window,
     active_users,
+    batch_from_lists,
     check_clicks,
     clicks_up_to,
     parse_run_date,
@@ -170,6 +172,39 @@ def test_user_batch_matches_sequences_last_windows() -> None:
         want = sorted(items.encode(clicks.filter(pl.col("user_id") == u)["item_id"]).tolist())
         got = sorted(b.seen_items[b.seen_offsets[r]:b.seen_offsets[r + 1]].tolist())
         assert got == [x for x in want if x >= 0]
+
+
+def test_batch_from_lists_matches_the_click_log_path() -> None:
+    """A serving request's lists give the windows and seen sets that the nightly path reads from the log."""
+    rng = np.random.default_rng(1)
+    n = 300
+    clicks = _clicks(list(zip(rng.integers(0, 20, n).tolist(), rng.integers(0, 30, n).tolist(),
+                              rng.permutation(n).tolist())))
+    items = Vocab(np.arange(25))  # items 25..29 are outside the vocabulary
+    ids = np.array([1, 4, 7, 19])
+    want = UserHistories(clicks, _Spec(items, Vocab(np.arange(20)))).batch(ids, 6)  # type: ignore[arg-type]
+    lists = [clicks.filter(pl.col("user_id") == u).sort("timestamp")["item_id"].to_list() for u in ids]
+    assert max(map(len, lists)) > 6  # the seen sets reach past the windows
+    got = batch_from_lists(lists, items, 6)
+    np.testing.assert_array_equal(got.windows, want.windows)
+    np.testing.assert_array_equal(got.seen_offsets, want.seen_offsets)
+    np.testing.assert_array_equal(got.seen_items, want.seen_items)
+    np.testing.assert_array_equal(got.user_index, [-1] * 4)
+
+
+def test_batch_from_lists_edge_rows() -> None:
+    items = Vocab(np.array(["abc", "b", "c"]))
+    got = batch_from_lists(pd.Series([["b", "abcdef", "c"], None, [], ["abc"]]), items, 2)
+    # "abcdef" is unknown (a cast to the vocabulary's <U3 would have cut it to "abc"); None is empty
+    np.testing.assert_array_equal(got.windows, [[2, -1], [-1, -1], [-1, -1], [0, -1]])
+    np.testing.assert_array_equal(got.seen_offsets, [0, 2, 2, 2, 3])
+    np.testing.assert_array_equal(got.seen_items, [1, 2, 0])
+    assert len(batch_from_lists([], items, 2)) == 0
+    assert batch_from_lists([[]], items, 2).windows.tolist() == [[-1, -1]]
+    with pytest.raises(TypeError, match="holds <U3 ids but got int64 values"):
+        batch_from_lists([[1, 2]], items, 2)
+    with pytest.raises(TypeError, match="each history must be a list of item ids, got int64"):
+        batch_from_lists([1, 2], items, 2)
 
 
 @pytest.mark.parametrize("max_extra", [0, 3, 1000])

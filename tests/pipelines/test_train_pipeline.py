@@ -86,6 +86,13 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     recommended = list(pred["item_ids"][0])
     assert len(recommended) == min(10, spec.num_items - 3)
     assert not set(first_items) & set(recommended)  # the history is never recommended
+    # past history_length (4) too: the tower reads the last 4, but none of the 7 comes back
+    long = list(spec.items.ids[:7])
+    first_scores = list(pred["scores"][0])
+    pred = pyfunc.predict(pd.DataFrame({"history": [long, first_items]}))
+    assert [len(r) for r in pred["item_ids"]] == [min(10, spec.num_items - 7), min(10, spec.num_items - 3)]
+    assert not set(long) & set(pred["item_ids"][0])
+    assert list(pred["item_ids"][1]) == recommended and list(pred["scores"][1]) == pytest.approx(first_scores)
     # the signature says (and MLflow checks) what predict takes
     assert pyfunc.metadata.get_input_schema().input_names() == ["history"]
     with pytest.raises(mlflow.exceptions.MlflowException, match="history"):
