@@ -1,0 +1,84 @@
+"""The registered model behind a real ``mlflow models serve`` REST endpoint (uvicorn, local env)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipelines import train_two_tower
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_mlflow_models_serve_answers_with_unseen_items(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_two_tower.main([
+        "--set", f"data.path={FIXTURES / 'ml-100k'}", "--set", f"tracking.uri={db}",
+        "--set", f"train.checkpoint_dir={tmp_path / 'ck'}", "--set", "train.epochs=1",
+        "--set", "train.batch_size=8", "--set", "train.progress=false", "--set", "model.embedding_dim=8",
+        "--set", "user_tower.history_length=2", "--set", "tracking.set_alias=champion",
+    ])
+    port = _free_port()
+    # the README's command; mlflow starts uvicorn by name, so the venv's bin/ must be on PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": db,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/recsys_cl_two_tower@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
+                time.sleep(0.5)
+        history = [1, 2, 3, 4, 5]  # longer than history_length: all five are still left out
+        status, body = _post(port, {"dataframe_records": [{"history": history}, {"history": []}]})
+        assert status == 200, body
+        first, empty = body["predictions"]
+        catalogue = len({line.split()[1] for line in (FIXTURES / "ml-100k" / "u.data").read_text().splitlines()})
+        assert len(first["item_ids"]) == min(10, catalogue - len(history))
+        assert not set(history) & set(first["item_ids"])
+        assert first["scores"] == sorted(first["scores"], reverse=True)
+        assert len(empty["item_ids"]) == min(10, catalogue)
+        # the signature is enforced at the endpoint: a wrong column or id type is a 4xx naming it
+        status, body = _post(port, {"dataframe_records": [{"items": [1]}]})
+        assert status == 400 and "history" in body["message"]
+        status, body = _post(port, {"dataframe_records": [{"history": ["a"]}]})
+        assert status == 400 and "Array(long)" in body["message"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
