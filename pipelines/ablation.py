@@ -40,16 +40,14 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
-    check_history_length,
-    check_num_sampled,
+    check_run_config,
     prepare,
     require_warm_split,
     resumable_run_id,
     run_baseline,
     run_two_tower,
-    with_content,
 )
-from recsys_cl.sweep import ablation_key, refuse_seed_override
+from recsys_cl.sweep import ablation_key, refuse_duplicate_seeds, refuse_seed_override
 from recsys_cl.tracking import (
     ABLATION_KEY_TAG,
     ablation_row_tag,
@@ -150,8 +148,7 @@ def main(argv: list[str] | None = None) -> str:
             if missing:
                 raise ConfigError(f"unknown variant(s) {missing} in --only; known: {list(variants)}")
             variants = {k: variants[k] for k in args.only}
-        if len(set(args.seeds)) != len(args.seeds):
-            raise ConfigError(f"--seeds has duplicates {args.seeds}: the same seed trains the same model twice")
+        refuse_duplicate_seeds(args.seeds)
         refuse_seed_override(args.set, "--set")
         for name, overrides in variants.items():
             refuse_seed_override(overrides, f"variant {name!r} in --variants")
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> str:
         }
         for folder in dict.fromkeys(cfg.train.checkpoint_dir for cfg in configs.values()):  # else found after an epoch
             check_output_dir(folder, "train.checkpoint_dir")
-        prep = prepare(base, content=False)  # each run's content: with_content below
+        prep = prepare(base, content=False)  # each run's content: check_run_config below
         if args.no_baselines:
             baselines: list[str] = []
         elif args.baselines:
@@ -176,10 +173,7 @@ def main(argv: list[str] | None = None) -> str:
         for name in baselines:
             require_warm_split(name, prep)
         for (name, _), cfg in configs.items():  # history length, num_sampled, content errors first
-            where = f"in variant {name!r} (its overrides in --variants, or --set)"
-            check_history_length(cfg, prep, where)
-            check_num_sampled(cfg, prep, where)
-            with_content(prep, cfg)
+            check_run_config(cfg, prep, f"in variant {name!r} (its overrides in --variants, or --set)")
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:

@@ -33,12 +33,13 @@ from pipelines.cli import (
     check_output_file,
     configure_logging,
     exits_on_tracking_error,
+    load_config_or_exit,
     print_fold_in,
     write_summary,
 )
 from pipelines.generate_candidates import defaults_epilog
 from recsys_cl.candidates import CandidatesError, Window, clicks_up_to, parse_run_date
-from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.config import RunConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.build import ModelNotFoundError, build_index_for_model, check_replaceable, log_index
@@ -70,10 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
-    try:
-        cfg = load_config(args.config, RunConfig, overrides=args.set)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    cfg = load_config_or_exit(args, RunConfig, set_threads=False)
     if args.out:  # the logged params say where the index went
         cfg = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, output_dir=args.out))
     out = Path(cfg.index.output_dir)

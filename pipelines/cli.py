@@ -3,7 +3,8 @@
 Every pipeline takes ``--config``, repeatable ``--set section.key=value`` and ``--summary-json PATH``
 (:func:`base_parser`), turns a bad config into ``SystemExit("config error: ...")``
 (:func:`load_config_or_exit`) and writes its summary with :func:`write_summary`. The pretraining
-pipelines also pin torch's threads to ``train.num_threads``. Pipelines that log to MLflow wrap their
+pipelines also pin torch's threads to ``train.num_threads`` and log their encoder with
+:func:`log_encoder`. Pipelines that log to MLflow wrap their
 ``main`` in :func:`exits_on_tracking_error`.
 """
 
@@ -18,14 +19,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 import torch
 
 from recsys_cl.config import ConfigError, load_config
 from recsys_cl.io_atomic import write_file_atomically
 from recsys_cl.utils.threads import warn_if_cores_busy
-from recsys_cl.tracking import TrackingError
+from recsys_cl.tracking import Tracker, TrackingError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -207,6 +208,21 @@ def write_summary(path: str | None, summary: Any) -> None:
     rename); nothing when ``path`` is None."""
     if path:
         write_text_atomic(path, json.dumps(summary, indent=2, default=str))
+
+
+def log_encoder(run: Tracker, result: Mapping[str, Any], similarities_title: str) -> dict[str, Any]:
+    """Log a pretraining run's encoder and its similarity plot, the same way for every encoder:
+    ``result["encoder_dir"]`` as the artifact folder ``encoder/`` (loaded back from
+    ``runs:/<run_id>/encoder``) and ``result["similarities"]`` as ``plots/similarities.png``
+    (:func:`recsys_cl.eval.plots.similarity_histograms`, titled ``similarities_title``). Returns the
+    summary's first keys: ``run_id``, ``encoder_uri`` and ``encoder_dir``."""
+    from recsys_cl.eval import plots  # matplotlib: only the pretraining pipelines need it
+
+    run.log_artifacts(result["encoder_dir"], "encoder")
+    fig = plots.similarity_histograms(result["similarities"], similarities_title)
+    run.log_figure(fig, "plots/similarities.png")
+    plots.close(fig)
+    return {"run_id": run.run_id, "encoder_uri": f"runs:/{run.run_id}/encoder", "encoder_dir": result["encoder_dir"]}
 
 
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:

@@ -15,8 +15,9 @@ Writes OUT/clicks.parquet (user_id, item_id, timestamp), OUT/items.parquet (item
 release_ts, image = C*H*W uint8 pixels) and OUT/README.md (counts, config, licence) as one set: OUT
 is written as a hidden temp folder beside it and swapped in whole, so it holds the old set or the
 new one, never a mix; a killed run leaves only that temp folder, which the rerun removes, so just
-rerun it. OUT must be new, empty or an earlier output (any other file in it, hidden ones included,
-is refused, not deleted), and is created only once the inputs are valid.
+rerun it. OUT must be new, empty or an earlier output (any other file, folder or link in it, hidden
+ones included, is refused, not deleted), must not be the current folder or one above it (also
+refused), and is created only once the inputs are valid.
 """
 
 from __future__ import annotations

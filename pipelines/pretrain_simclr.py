@@ -35,13 +35,13 @@ from pipelines.cli import (
     configure_logging,
     exits_on_tracking_error,
     load_config_or_exit,
+    log_encoder,
     parse_args,
     write_summary,
 )
 from recsys_cl.config import ConfigError, flatten
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_mnist import load_fashion_mnist
-from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCLRConfig
 from recsys_cl.pretrain.simclr import check_sizes, run_simclr
@@ -79,15 +79,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run.log_metrics(interval_metrics(f"delta/{name}", d))
         run.set_tags({f"{name.replace('@', '_at_')}_verdict": d["verdict"] for name, d in result["deltas"].items()})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
-        run.log_artifacts(result["encoder_dir"], "encoder")
-        fig = plots.similarity_histograms(
-            result["similarities"], "SimCLR, test images: cosine similarity of random pairs")
-        run.log_figure(fig, "plots/similarities.png")
-        plots.close(fig)
+        logged = log_encoder(run, result, "SimCLR, test images: cosine similarity of random pairs")
         summary = {
-            "run_id": run.run_id,
-            "encoder_uri": f"runs:/{run.run_id}/encoder",
-            "encoder_dir": result["encoder_dir"],
+            **logged,  # run_id, encoder_uri, encoder_dir
             "metrics": result["metrics"],
             "baseline_metrics": result["baseline_metrics"],
             "deltas": result["deltas"],

@@ -40,12 +40,12 @@ from pipelines.cli import (
     configure_logging,
     exits_on_tracking_error,
     load_config_or_exit,
+    log_encoder,
     parse_args,
     write_summary,
 )
 from recsys_cl.config import flatten
 from recsys_cl.data.errors import DataError
-from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
@@ -94,15 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes = {**data.sizes, **result["sizes"]}
         run.log_params({f"size/{k}": v for k, v in sizes.items()})
         run.set_tags({f"genre_recall_at_{cfg.eval.k}_verdict": result["genre_recall_verdict"]})
-        run.log_artifacts(result["encoder_dir"], "encoder")
-        fig = plots.similarity_histograms(
-            result["similarities"], "SimCSE, held-out movies (texts without genres): cosine similarity of pairs")
-        run.log_figure(fig, "plots/similarities.png")
-        plots.close(fig)
+        logged = log_encoder(run, result, "SimCSE, held-out movies (texts without genres): cosine similarity of pairs")
         summary = {
-            "run_id": run.run_id,
-            "encoder_uri": f"runs:/{run.run_id}/encoder",
-            "encoder_dir": result["encoder_dir"],
+            **logged,  # run_id, encoder_uri, encoder_dir
             "eval_split": cfg.eval.split,
             "metrics": result["metrics"],
             "baseline_metrics": result["baseline_metrics"],

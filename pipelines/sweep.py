@@ -44,20 +44,19 @@ from recsys_cl.eval import plots
 from recsys_cl.experiment import (
     SELECTED_ON_CHILD,
     SELECTED_ON_TAG,
-    check_history_length,
-    check_num_sampled,
+    check_run_config,
     negatives_tag,
     prepare,
     require_warm_split,
     run_baseline,
     run_two_tower,
-    with_content,
 )
 from recsys_cl.sweep import (
     expand_grid,
     grid_plot,
     markdown,
     parse_grid,
+    refuse_duplicate_seeds,
     refuse_seed_override,
     summary_frame,
     sweep_key,
@@ -109,8 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             refuse_seed_override(args.set, "--set")
         base = load_config(args.config, RunConfig, overrides=args.set)
         seeds = args.seeds if args.seeds is not None else [base.train.seed]
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"--seeds has duplicates {seeds}: the same seed trains the same model twice")
+        refuse_duplicate_seeds(seeds)
         points = expand_grid(axes)
         configs = [
             (point, seed, load_config(args.config, RunConfig, overrides=[
@@ -136,14 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             baselines = list(checked.baselines.models)
         for folder in dict.fromkeys(cfg.train.checkpoint_dir for _, _, cfg in configs):  # else found after an epoch
             check_output_dir(folder, "train.checkpoint_dir")
-        prep = prepare(base, content=False)  # each run's content: with_content below
+        prep = prepare(base, content=False)  # each run's content: check_run_config below
         for b in baselines:
             require_warm_split(b, prep)
         for point, _, cfg in configs:  # history length, num_sampled, content and genre errors before any training
-            where = f"in grid point {point.label} (change the --grid values or --set)"
-            check_history_length(cfg, prep, where)
-            check_num_sampled(cfg, prep, where)
-            with_content(prep, cfg)
+            check_run_config(cfg, prep, f"in grid point {point.label} (change the --grid values or --set)")
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:

@@ -48,18 +48,17 @@ from pipelines.cli import (
     check_output_file,
     configure_logging,
     exits_on_tracking_error,
+    load_config_or_exit,
     write_summary,
 )
-from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.config import ConfigError, RunConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import (
     NullReporter,
-    check_history_length,
-    check_num_sampled,
+    check_run_config,
     prepare,
     resumable_run_id,
     run_two_tower,
-    with_content,
 )
 from recsys_cl.tracking import mlflow_run, resolve_tracking_uri
 from recsys_cl.train.checkpoint import CheckpointError
@@ -79,10 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
-    try:
-        cfg = load_config(args.config, RunConfig, overrides=args.set)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    cfg = load_config_or_exit(args, RunConfig, set_threads=False)  # train.num_threads: set by fit
     check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
     for warning in cfg.unused_settings():
         log.warning(warning)
@@ -93,10 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         try:  # before the run opens: bad data leaves no FAILED run behind
-            prep = prepare(cfg, content=False)
-            check_history_length(cfg, prep)  # before any (users, L) array or encoder output is made
-            check_num_sampled(cfg, prep)  # and before any (B, B + N) scores
-            prep = with_content(prep, cfg)
+            prep = check_run_config(cfg, prepare(cfg, content=False))  # before any (users, L) or (B, B + N) array
         except DataError as e:
             raise SystemExit(f"data error: {e}") from None
         except ConfigError as e:

@@ -202,11 +202,11 @@ def check_history_length(cfg: RunConfig, prep: Prepared, where: str = "") -> Non
     silence: that changes the model (the position table's size, the initialisation of every layer drawn
     after it, the L that serving reads from the saved config), so the user picks the value.
 
-    The training pipelines (train_two_tower, sweep, ablation) call it before a run opens;
-    :func:`run_two_tower` does not, so that a notebook may run the shipped config (L = 50) on a tiny
-    fixture. There, ``user_tower.history_length <= MAX_HISTORY_LENGTH`` bounds the cost. ``where``:
-    which of several runs set it and where to change it (a sweep's grid point, an ablation variant);
-    empty: the config and ``--set``.
+    The training pipelines (train_two_tower, sweep, ablation) call it before a run opens, through
+    :func:`check_run_config`; :func:`run_two_tower` does not, so that a notebook may run the shipped
+    config (L = 50) on a tiny fixture. There, ``user_tower.history_length <= MAX_HISTORY_LENGTH``
+    bounds the cost. ``where``: which of several runs set it and where to change it (a sweep's grid
+    point, an ablation variant); empty: the config and ``--set``.
 
     Raises:
         ConfigError: naming the key, the value and the longest history; before any allocation.
@@ -230,7 +230,8 @@ def check_num_sampled(cfg: RunConfig, prep: Prepared, where: str = "") -> None:
     negatives' logQ (``log N q_i``), so the user picks the value. No check when
     ``negatives.sampled`` is ``none`` (N is then unused).
 
-    Called by the same pipelines as :func:`check_history_length`, before a run opens; ``where`` as there.
+    Called by the same pipelines as :func:`check_history_length` (:func:`check_run_config`), before a
+    run opens; ``where`` as there.
 
     Raises:
         ConfigError: naming the key, the value and the number of items; before any allocation.
@@ -243,6 +244,23 @@ def check_num_sampled(cfg: RunConfig, prep: Prepared, where: str = "") -> None:
             f"negatives.sampled={cfg.negatives.sampled} draws from (with replacement), so the extra draws "
             f"only repeat items while every batch's (B, B + N) scores grow with N; set it to at most {items}, {fix}"
         )
+
+
+def check_run_config(cfg: RunConfig, prep: Prepared, where: str = "") -> Prepared:
+    """What the training pipelines check of each run's config against the data before any run opens
+    or trains: :func:`check_history_length` (before any (users, L) array or encoder output is made),
+    :func:`check_num_sampled` (before any (B, B + N) scores), then the content ``cfg.item_tower``
+    needs (:func:`with_content`). ``where`` as in :func:`check_history_length`.
+
+    Returns:
+        ``prep`` with ``cfg``'s content features.
+
+    Raises:
+        ConfigError, DataError: as those functions do.
+    """
+    check_history_length(cfg, prep, where)
+    check_num_sampled(cfg, prep, where)
+    return with_content(prep, cfg)
 
 
 def as_of_training_cutoff(data: ClickLog, split: Split) -> ClickLog:

@@ -74,6 +74,12 @@ def refuse_seed_override(overrides: Sequence[str], where: str) -> None:
                               f"overrides it); drop it and pass the seeds as --seeds, e.g. --seeds 0 1 2")
 
 
+def refuse_duplicate_seeds(seeds: Sequence[int]) -> None:
+    """Raise :class:`ConfigError` when ``--seeds`` names a seed twice: the same seed trains the same model twice."""
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds has duplicates {list(seeds)}: the same seed trains the same model twice")
+
+
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """``["loss.kind=softmax,debiased"]`` -> ``[("loss.kind", ["softmax", "debiased"])]``.
 

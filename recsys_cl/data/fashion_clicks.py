@@ -50,6 +50,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -421,51 +423,90 @@ OUTPUT_FILES = ("clicks.parquet", "items.parquet", "README.md")
 TMP_PREFIX = ".make_fashion_clicks.tmp-"
 """Temp folder that earlier versions wrote the set into *inside* ``--out`` (``<prefix><pid>-<hex>``);
 a run killed there left it, and it goes with the old folder when a rerun replaces it."""
+_TMP_TAG = r"\d+-[0-9a-f]{8}"  # <pid>-<8 hex digits>, as every writer here names its temps
 
 
-def _legacy_temp(name: str) -> bool:
-    """Hidden leftovers of earlier versions' killed runs inside ``--out``: replaced with the folder."""
-    return name.startswith((TMP_PREFIX, *(f".{f}.tmp-" for f in OUTPUT_FILES)))
+def _legacy_temp(entry: Path) -> bool:
+    """A hidden leftover of earlier versions' killed runs inside ``--out``, replaced with the folder:
+    a ``<TMP_PREFIX><pid>-<hex>`` folder holding only output files, or a ``.<output file>.tmp-<pid>-<hex>`` file."""
+    if entry.is_symlink():
+        return False
+    if re.fullmatch(re.escape(TMP_PREFIX) + _TMP_TAG, entry.name):
+        return entry.is_dir() and all(p.name in OUTPUT_FILES and p.is_file() and not p.is_symlink()
+                                      for p in entry.iterdir())
+    names = "|".join(re.escape(f) for f in OUTPUT_FILES)
+    return entry.is_file() and re.fullmatch(rf"\.({names})\.tmp-{_TMP_TAG}", entry.name) is not None
+
+
+def _replaces_cwd(out: Path) -> str | None:
+    """Why replacing ``out`` whole would replace the working directory (it is that folder, or one
+    above it), with the fix; None when it would not. Links are followed, as the write does."""
+    real = Path(os.path.realpath(out))
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if real == cwd:
+        away = f"cd .. and pass --out {real.name}, or " if real.name else ""
+        return f"the current folder; {away}pass a subfolder, e.g. --out {out / 'fashion-clicks'}"
+    if real in cwd.parents:
+        return (f"a folder above the current one ({cwd}); pass a new folder inside it, "
+                f"e.g. --out {out / 'fashion-clicks'}")
+    return None
 
 
 def check_fashion_clicks_out(out_dir: str | Path) -> Path:
-    """Refuse an ``out_dir`` that is a file or holds anything but an earlier output of
-    :func:`write_fashion_clicks`, since a write replaces the folder whole. Creates nothing: run it
-    before generating.
+    """Refuse an ``out_dir`` that is a file, the working directory or a folder above it, or that
+    holds anything but an earlier output of :func:`write_fashion_clicks`, since a write replaces the
+    folder whole. Creates nothing: run it before generating.
 
-    An earlier output holds only :data:`OUTPUT_FILES`, at least one of them a Parquet file, and
-    every Parquet file carries :data:`META_KEY` (earlier versions, which moved the files in one by
-    one, could leave only some of them, and hidden temps: :func:`_legacy_temp`). A README.md alone
-    is not taken for one; any other file, hidden ones included, is refused.
+    An earlier output holds only :data:`OUTPUT_FILES` as plain files, at least one of them a Parquet
+    file, and every Parquet file carries :data:`META_KEY` (earlier versions, which moved the files in
+    one by one, could leave only some of them, and hidden temps: :func:`_legacy_temp`). A README.md
+    alone is not taken for one; any other entry, hidden ones, folders and links included, is refused.
 
     Raises:
-        OutputError: naming the problem and the fix.
+        OutputError: naming what was found, what an earlier output holds, and the fix.
     """
     from recsys_cl.io_atomic import OutputError
 
     out = Path(out_dir)
+    why = _replaces_cwd(out)
+    if why is not None:  # the rerun from inside an output folder, or --out ..: never the user's working folder
+        raise OutputError(f"--out {out} is not replaced: the output folder is replaced whole, and it is {why}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; pass a new or empty folder")
     if not out.exists():
         return out
-    found = sorted(p.name for p in out.iterdir() if not _legacy_temp(p.name))
-    parquets = [name for name in found if name.endswith(".parquet")]
-    ours = bool(parquets) and set(found) <= set(OUTPUT_FILES)
-    for name in parquets if ours else []:
+    expected = (f"an earlier output holds only {', '.join(OUTPUT_FILES)}, written by make_fashion_clicks, "
+                "and is replaced whole")
+    entries = sorted((p for p in out.iterdir() if not _legacy_temp(p)), key=lambda p: p.name)
+    foreign = [p.name + (" (a link)" if p.is_symlink() else " (a folder)" if p.is_dir() else "")
+               for p in entries
+               if p.name not in OUTPUT_FILES or p.is_symlink() or not p.is_file()]
+    if foreign:
+        more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        raise OutputError(
+            f"--out {out} holds {', '.join(foreign[:10])}{more}, which make_fashion_clicks does not write "
+            f"({expected}, so they would be deleted). Move them out, or pass a new or empty folder"
+        )
+    parquets = [p for p in entries if p.suffix == ".parquet"]
+    if entries and not parquets:
+        raise OutputError(
+            f"--out {out} holds {', '.join(p.name for p in entries)} but no Parquet file, so not an earlier "
+            f"make_fashion_clicks output ({expected}). Move it out, or pass a new or empty folder"
+        )
+    for path in parquets:
         try:
-            kv = pq.read_schema(out / name).metadata or {}
+            kv = pq.read_schema(path).metadata or {}
         except (pa.ArrowException, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise OutputError(
-                f"--out {out}: {name} is not a readable Parquet file ({reason}), so not an earlier "
+                f"--out {out}: {path.name} is not a readable Parquet file ({reason}), so not an earlier "
                 "make_fashion_clicks output; it is not replaced: delete it or pass a new or empty folder"
             ) from e
-        ours = ours and META_KEY in kv
-    if found and not ours:
-        raise OutputError(
-            f"--out {out} already holds {found[:10]}, not (only) an earlier make_fashion_clicks output; the "
-            "folder would be replaced whole. Pass a new or empty folder"
-        )
+        if META_KEY not in kv:
+            raise OutputError(
+                f"--out {out}: {path.name} has no {META_KEY.decode()} metadata, so it was not written by "
+                f"make_fashion_clicks ({expected}). Move it out, or pass a new or empty folder"
+            )
     return out
 
 
@@ -484,8 +525,9 @@ def write_fashion_clicks(
         ``out_dir`` as a Path.
 
     Raises:
-        OutputError: ``out_dir`` is a file, holds other files than an earlier output of this
-            function (:func:`check_fashion_clicks_out`), or cannot be written.
+        OutputError: ``out_dir`` is a file, the working directory or a folder above it, holds other
+            entries than an earlier output of this function (:func:`check_fashion_clicks_out`), or
+            cannot be written.
     """
     from recsys_cl.io_atomic import OutputError, write_directory_atomically
 

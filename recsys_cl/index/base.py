@@ -84,7 +84,13 @@ class Manifest:
     recall_at_k: float | None = None
     """Measured recall@K against exact search on a sample of user embeddings (tuning fills it); for a
     topped-up sample (``recall_sample_source`` ``users (N active, M other)``) the lower of the whole
-    sample's and the N active users'."""
+    sample's and the N active users' (:attr:`recall_at_k_all`, :attr:`recall_at_k_active`): the
+    number the target was checked on."""
+    recall_at_k_all: float | None = None
+    """Recall@K on the whole sample (None in older manifests)."""
+    recall_at_k_active: float | None = None
+    """Recall@K on the sample's active users alone (``recall_sample_source`` ``active users`` or
+    ``users (N active, M other)``: nightly's builds); None for other samples and in older manifests."""
     recall_k: int | None = None
     """The depth recall was tuned and measured at: ``index.k`` plus the query users' median number
     of seen items, since the candidate job fetches K + |seen| and drops the seen ones (``index.k``

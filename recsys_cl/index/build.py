@@ -39,7 +39,7 @@ from recsys_cl.index.base import (
 )
 from recsys_cl.index.exact import ExactIndex
 from recsys_cl.index.faiss_index import faiss_available
-from recsys_cl.index.tuning import choose_backend, measure, sample_recall, tune_search_k
+from recsys_cl.index.tuning import choose_backend, measure, split_recall, tune_search_k
 from recsys_cl.io_atomic import OutputError, write_directory_atomically
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,11 @@ def build_and_tune(
     (``fetch_extra``: the typical number of seen items it drops afterwards, e.g. the median over the
     query users), as :func:`recsys_cl.candidates.model.build_index_in_memory` does: tuned at ``k``
     alone, the delivered unseen top K reaches deeper into the ranking, where approximate recall is
-    lower. ``also``: (Q,) bool, the queries of the users the index is built for when the sample was
-    topped up with others; the target must hold on them too, and the recall reported is the lower of
-    the two (:func:`recsys_cl.index.tuning.sample_recall`)."""
+    lower. ``also``: (Q,) bool, the queries of the users the index is built for (the night's active
+    users), all of them or, when the sample was topped up with others, some; the target must hold on
+    them too, and the recall reported (``recall_at_k``) is the lower of the two
+    (:func:`recsys_cl.index.tuning.sample_recall`); ``recall_at_k_all`` and ``recall_at_k_active``
+    keep each (the latter None without ``also``)."""
     k = min(cfg.k + max(fetch_extra, 0), len(emb.ids))
     exact = ExactIndex()
     exact.build(emb.vectors, emb.ids)
@@ -239,16 +241,20 @@ def build_and_tune(
         row = next(r for r in table if r["backend"] == index.name)
         recall, qps = row["recall"], row["queries_per_s"]
         exact_qps = next(r["queries_per_s"] for r in table if r["backend"] == "exact")
+        recall_all, recall_active = _split_recall(index, queries, exact_ids, k, also)  # recall is their minimum
     else:
         index = built[0]
         table = []
         reason = f"{index.name}: requested (index.backend={cfg.backend})"
-        recall = 1.0 if index.is_exact else sample_recall(index.query(queries, k)[0], exact_ids, also)
+        recall_all, recall_active = _split_recall(index, queries, exact_ids, k, also)
+        recall = recall_all if recall_active is None else min(recall_all, recall_active)  # as sample_recall
         qps = measure(index, queries, k, min_seconds=0.2)
         exact_qps = qps if index.is_exact else measure(exact, queries, k, min_seconds=0.2)
 
     fields: dict[str, Any] = {
         "recall_at_k": recall,
+        "recall_at_k_all": recall_all,
+        "recall_at_k_active": recall_active,
         "recall_k": k,
         "queries_per_s": qps,
         "exact_queries_per_s": exact_qps,
@@ -258,6 +264,16 @@ def build_and_tune(
     }
     log.info("%s", reason)
     return index, fields
+
+
+def _split_recall(
+    index: Index, queries: np.ndarray, exact_ids: np.ndarray, k: int, also: np.ndarray | None
+) -> tuple[float, float | None]:
+    """``index``'s recall@k on the whole sample and on the ``also`` queries alone
+    (:func:`recsys_cl.index.tuning.split_recall`); exact search has 1 on both."""
+    if index.is_exact:
+        return 1.0, None if also is None or not also.any() else 1.0
+    return split_recall(index.query(queries, k)[0], exact_ids, also)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +486,7 @@ def build_index_for_vectors(
         # the job fetches K + min(|seen|, max_extra_fetch) and drops the seen items: the depth the
         # users asked for reach, not the top-up users'
         fetch_extra = min(int(np.median(sampled.seen[sampled.given])), max_extra_fetch)
-        also = sampled.given
+        also = None if query_users is None else sampled.given  # all True then: no active users to tell apart
     else:
         queries, source = item_queries(emb.vectors, index_cfg.recall_sample_users, index_cfg.seed), "items"
         fetch_extra, also = 0, None
@@ -500,8 +516,10 @@ def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfi
     params = {**flatten({"index": vars(index_cfg)}), **{f"built.{k}": v for k, v in m.params.items()},
               "built.backend": m.backend, "item_count": m.item_count, "embedding_dim": m.embedding_dim,
               "recall_k": m.recall_k}
-    # one key for every build (the depth, recall_k, varies with the users' seen items: a param)
-    metrics = {"recall_vs_exact": m.recall_at_k, "queries_per_s": m.queries_per_s,
+    # one key for every build (the depth, recall_k, varies with the users' seen items: a param);
+    # recall_vs_exact is the lower of the two after it (the active users' only for nightly's builds)
+    metrics = {"recall_vs_exact": m.recall_at_k, "recall_vs_exact_all": m.recall_at_k_all,
+               "recall_vs_exact_active": m.recall_at_k_active, "queries_per_s": m.queries_per_s,
                "exact_queries_per_s": m.exact_queries_per_s}
     tags = {"kind": "index", "model_uri": m.model_uri, "model_name": m.model_name,
             "model_version": m.model_version, "model_run_id": m.model_run_id, "index_id": m.index_id,

@@ -33,14 +33,24 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
+def split_recall(
+    approx_ids: np.ndarray, exact_ids: np.ndarray, subset: np.ndarray | None = None
+) -> tuple[float, float | None]:
+    """:func:`recall_at_k` on the whole sample, and on ``subset`` ((Q,) bool, e.g. the night's active
+    users within a topped-up sample) alone: None without a subset or when it is empty, the whole
+    sample's when it is all of it. (Q, K), (Q, K) -> (float, float | None)."""
+    recall = recall_at_k(approx_ids, exact_ids)
+    if subset is None or not subset.any():
+        return recall, None
+    return recall, recall if subset.all() else recall_at_k(approx_ids[subset], exact_ids[subset])
+
+
 def sample_recall(approx_ids: np.ndarray, exact_ids: np.ndarray, also: np.ndarray | None = None) -> float:
     """:func:`recall_at_k` on the whole sample or, with ``also`` ((Q,) bool: a subset that must
     meet the target on its own, e.g. the night's active users within a topped-up sample), the lower
-    of the whole sample's and that subset's. (Q, K), (Q, K) -> float."""
-    recall = recall_at_k(approx_ids, exact_ids)
-    if also is not None and also.any() and not also.all():
-        recall = min(recall, recall_at_k(approx_ids[also], exact_ids[also]))
-    return recall
+    of the whole sample's and that subset's (:func:`split_recall` gives both). (Q, K), (Q, K) -> float."""
+    recall, subset_recall = split_recall(approx_ids, exact_ids, also)
+    return recall if subset_recall is None else min(recall, subset_recall)
 
 
 def measure(index: Index, queries: np.ndarray, k: int, min_seconds: float = 0.0) -> float:

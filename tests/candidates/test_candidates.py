@@ -560,13 +560,15 @@ def test_a_few_query_users_are_topped_up_but_set_the_depth(  # type: ignore[no-u
     built = build_index_for_loaded(loaded, cfg, tmp_path / "a", clicks, query_users=heavy).manifest
     assert built.recall_sample_size == 5 and built.recall_sample_source == "users (2 active, 3 other)"
     assert built.recall_k == 2 + int(np.median(alone.seen))  # their depth, not the top-up users'
+    assert (built.recall_at_k, built.recall_at_k_all, built.recall_at_k_active) == (1.0, 1.0, 1.0)  # exact
     no_top_up = build_index_for_loaded(loaded, IndexConfig(backend="exact", k=2, recall_min_users=0),
                                        tmp_path / "b", clicks, query_users=heavy).manifest
     assert (no_top_up.recall_sample_size, no_top_up.recall_sample_source) == (2, "active users")
-    assert no_top_up.recall_k == built.recall_k
+    assert no_top_up.recall_k == built.recall_k and no_top_up.recall_at_k_active == 1.0
     # active users none of whom the model knows: tuned on training users, not on perturbed item vectors
     strangers = build_index_for_loaded(loaded, cfg, tmp_path / "c", clicks, query_users=np.array([10**9])).manifest
     assert strangers.recall_sample_source == "users"
+    assert (strangers.recall_at_k_all, strangers.recall_at_k_active) == (1.0, None)  # no active users measured
 
 
 def test_a_window_mostly_on_unknown_items_is_refused_before_any_work() -> None:

@@ -89,6 +89,16 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     active = first["users_active"]
     assert 0 < active < 8 and built.recall_sample_size == 8
     assert built.recall_sample_source == f"users ({active} active, {8 - active} other)"
+    # the target held on both; both are kept and logged, and recall_at_k stays the lower
+    assert built.recall_at_k_all is not None and built.recall_at_k_active is not None
+    assert built.recall_at_k == min(built.recall_at_k_all, built.recall_at_k_active)
+    [index_run] = client.search_runs([client.get_experiment_by_name("candidates").experiment_id],
+                                     "tags.kind = 'index'", order_by=["attributes.start_time DESC"], max_results=1)
+    assert index_run.data.tags["index_id"] == built.index_id  # the build just logged (the store is the session's)
+    assert {key: index_run.data.metrics[key] for key in ("recall_vs_exact", "recall_vs_exact_all",
+                                                         "recall_vs_exact_active")} == pytest.approx(
+        {"recall_vs_exact": built.recall_at_k, "recall_vs_exact_all": built.recall_at_k_all,
+         "recall_vs_exact_active": built.recall_at_k_active})
     assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     second = nightly.main(["--date", LAST_DATE, *args])

@@ -5,9 +5,10 @@ Core tests run on tiny hand-made images; one test uses the real Fashion-MNIST bu
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -233,8 +234,8 @@ def test_pipeline_writes_and_explains(
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my notes")
-    with pytest.raises(SystemExit, match=r"output error: --out .*mine already holds \['README.md'\], not \(only\) "
-                                         r"an earlier make_fashion_clicks output"):
+    with pytest.raises(SystemExit, match=r"output error: --out .*mine holds README.md but no Parquet file, so not an "
+                                         r"earlier make_fashion_clicks output \(an earlier output holds only"):
         make_fashion_clicks.main(["--fashion-mnist", str(folder), "--out", str(mine)])
     assert (mine / "README.md").read_text() == "my notes"
     with pytest.raises(SystemExit) as e:  # named by the flags given, only the broken ones
@@ -437,11 +438,115 @@ def test_hidden_files_in_out_are_refused_not_deleted(fmnist_folder: Path, tmp_pa
     out = tmp_path / "out"
     run_pipeline(fmnist_folder, out)
     (out / ".gitignore").write_text("*\n")
-    with pytest.raises(SystemExit, match=r"^output error: --out .*out already holds \['\.gitignore', 'README\.md', "
-                                         r".*not \(only\) an earlier make_fashion_clicks output; the folder would be "
-                                         r"replaced whole\. Pass a new or empty folder$"):
+    with pytest.raises(SystemExit, match=r"^output error: --out .*out holds \.gitignore, which make_fashion_clicks "
+                                         r"does not write \(an earlier output holds only clicks\.parquet, "
+                                         r"items\.parquet, README\.md, .* so they would be deleted\)\. Move them out, "
+                                         r"or pass a new or empty folder$"):
         run_pipeline(fmnist_folder, out)
     assert (out / ".gitignore").read_text() == "*\n"
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("given, where", [
+    (".", "the current folder; cd .. and pass --out out, or pass a subfolder, e.g. --out fashion-clicks"),
+    ("../out", "the current folder; cd .. and pass --out out, or pass a subfolder, e.g. --out ../out/fashion-clicks"),
+    ("../link", "the current folder; cd .. and pass --out out, or pass a subfolder, e.g. --out ../link/fashion-clicks"),
+    ("..", "a folder above the current one ({cwd}); pass a new folder inside it, e.g. --out ../fashion-clicks"),
+])
+def test_out_that_is_the_working_folder_or_above_it_is_refused(
+    fmnist_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, where: str
+) -> None:
+    """Rerun from inside an output folder with --out . (or a link to it) and the swap replaced the
+    folder the shell was in, which was left in a deleted directory; --out .. would replace the
+    user's parent folder. Both are refused before any work, naming the folder to pass instead."""
+    out = tmp_path / "out"
+    run_pipeline(fmnist_folder, out)
+    (tmp_path / "link").symlink_to(out)
+    before = _contents(out)
+    monkeypatch.chdir(out)
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, Path(given))
+    assert str(e.value) == (f"output error: --out {given} is not replaced: the output folder is replaced whole, "
+                            f"and it is {where.format(cwd=out)}")
+    assert os.path.samefile(".", out) and _contents(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fmnist", "link", "out"]
+
+
+def _plant_folder(out: Path, name: str, other: Path) -> None:
+    (out / name).unlink(missing_ok=True)
+    (out / name).mkdir()
+    (out / name / "notes.txt").write_text("mine")
+
+
+def _plant_link(out: Path, name: str, other: Path) -> None:  # to an earlier output's own file
+    (out / name).unlink()
+    (out / name).symlink_to(other / name)
+
+
+def _plant_file(out: Path, name: str, other: Path) -> None:
+    (out / name).write_text("mine")
+
+
+@pytest.mark.parametrize("plant, name, found", [
+    (_plant_folder, "README.md", "README.md (a folder)"),
+    (_plant_link, "clicks.parquet", "clicks.parquet (a link)"),
+    (_plant_folder, ".make_fashion_clicks.tmp-notes", ".make_fashion_clicks.tmp-notes (a folder)"),
+    (_plant_folder, f".make_fashion_clicks.tmp-{DEAD_PID}-0123abcd",
+     f".make_fashion_clicks.tmp-{DEAD_PID}-0123abcd (a folder)"),
+    (_plant_file, ".items.parquet.tmp-mine", ".items.parquet.tmp-mine"),
+])
+def test_entries_that_only_look_like_an_output_are_refused_not_deleted(
+    fmnist_folder: Path, tmp_path: Path, plant: Callable[[Path, str, Path], None], name: str, found: str
+) -> None:
+    """Only the entries' names were checked, so a folder named README.md, or one named like an old
+    run's temp (with the user's notes.txt in it), went with the replaced folder; so did a link."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    run_pipeline(fmnist_folder, out)
+    run_pipeline(fmnist_folder, other)
+    plant(out, name, other)
+    before = _contents(out)
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out, "--seed", "5")
+    assert str(e.value) == (
+        f"output error: --out {out} holds {found}, which make_fashion_clicks does not write (an earlier output "
+        "holds only clicks.parquet, items.parquet, README.md, written by make_fashion_clicks, and is replaced "
+        "whole, so they would be deleted). Move them out, or pass a new or empty folder")
+    assert _contents(out) == before
+
+
+def test_a_parquet_without_the_metadata_is_refused(fmnist_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pl.DataFrame({"user_id": [1]}).write_parquet(out / "clicks.parquet")
+    with pytest.raises(SystemExit) as e:
+        run_pipeline(fmnist_folder, out)
+    assert str(e.value) == (
+        f"output error: --out {out}: clicks.parquet has no recsys_cl.fashion_clicks metadata, so it was not "
+        "written by make_fashion_clicks (an earlier output holds only clicks.parquet, items.parquet, README.md, "
+        "written by make_fashion_clicks, and is replaced whole). Move it out, or pass a new or empty folder")
+    assert pl.read_parquet(out / "clicks.parquet").columns == ["user_id"]
+
+
+def test_reruns_replace_an_earlier_output_from_beside_or_above_it(
+    fmnist_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusals leave reruns alone: --out out from its parent, ../out from a sibling whose name
+    starts the same, and over a killed old-style run's hidden temps."""
+    monkeypatch.chdir(tmp_path)
+    run_pipeline(fmnist_folder, Path("out"), "--seed", "1")
+    assert run_pipeline(fmnist_folder, Path("out"), "--seed", "2")["config"]["seed"] == 2
+    (tmp_path / "out-notes").mkdir()
+    monkeypatch.chdir(tmp_path / "out-notes")
+    (tmp_path / "out" / f".README.md.tmp-{DEAD_PID}-0123abcd").write_text("half")
+    stale = tmp_path / "out" / f"{fc.TMP_PREFIX}{DEAD_PID}-0123abcd"
+    stale.mkdir()
+    (stale / "clicks.parquet").write_bytes(b"PAR1 half")
+    assert run_pipeline(fmnist_folder, Path("../out"), "--seed", "3")["config"]["seed"] == 3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "clicks.parquet", "items.parquet"]
+    assert read_fashion_clicks_meta(tmp_path / "out" / "clicks.parquet")["config"]["seed"] == 3
 
 
 def test_pipeline_refuses_a_corrupt_parquet_in_out_in_one_line(fmnist_folder: Path, tmp_path: Path) -> None:

@@ -428,6 +428,41 @@ def test_build_and_tune_reports_the_numbers_auto_chose_on() -> None:
     row = next(r for r in fields["tuning"] if r["backend"] == index.name and "qualifies" in r)
     assert (fields["recall_at_k"], fields["queries_per_s"]) == (row["recall"], row["queries_per_s"])
     assert f"{row['queries_per_s']:,.0f} q/s" in fields["chosen_reason"]
+    assert (fields["recall_at_k_all"], fields["recall_at_k_active"]) == (row["recall"], None)
+
+
+def test_auto_keeps_the_whole_samples_and_the_served_users_recall() -> None:
+    """auto chose on the lower of the two; the manifest fields keep each, and the lower is the table's."""
+    from recsys_cl.config import IndexConfig
+    from recsys_cl.index.build import ItemEmbeddings, build_and_tune
+
+    items, ids, queries = clustered()
+    served = np.arange(len(queries)) % 3 == 0
+    index, fields = build_and_tune(ItemEmbeddings(items, ids, True), queries,
+                                   IndexConfig(backend="auto", k=K, auto_backends=("exact", "annoy"), n_trees=2),
+                                   also=served)
+    truth = brute_force_topk(items, ids, queries, K)
+    got = index.query(queries, K)[0]
+    recall = np.array([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])  # slow reference
+    assert fields["recall_at_k_all"] == pytest.approx(recall.mean())
+    assert fields["recall_at_k_active"] == pytest.approx(recall[served].mean())
+    row = next(r for r in fields["tuning"] if r["backend"] == index.name and "qualifies" in r)
+    assert fields["recall_at_k"] == row["recall"] == min(fields["recall_at_k_all"], fields["recall_at_k_active"])
+
+
+def test_manifests_without_the_split_recall_still_load(tmp_path: Path) -> None:
+    """Manifests written before recall_at_k_all / recall_at_k_active existed load, the two as None."""
+    items, ids, _ = clustered(m=50, clusters=2, q=1)
+    index = ExactIndex()
+    index.build(items, ids)
+    index.save(tmp_path / "idx", index.default_manifest(embedding_hash=embedding_hash(items, ids), recall_at_k=1.0,
+                                                        recall_at_k_all=1.0, recall_at_k_active=1.0))
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert (manifest["recall_at_k_all"], manifest["recall_at_k_active"]) == (1.0, 1.0)
+    del manifest["recall_at_k_all"], manifest["recall_at_k_active"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    m = load_index(tmp_path / "idx").manifest
+    assert m is not None and m.recall_at_k == 1.0 and (m.recall_at_k_all, m.recall_at_k_active) == (None, None)
 
 
 def test_the_embedding_hash_is_recomputed_only_without_file_checksums(
@@ -462,6 +497,19 @@ def test_sample_recall_hand_worked() -> None:
     assert sample_recall(approx, exact, np.ones(4, bool)) == sample_recall(approx, exact, np.zeros(4, bool)) == 0.75
 
 
+def test_split_recall_keeps_both_numbers() -> None:
+    """The same hand-worked sample: the whole sample's 6 / 8 and the subset's own, which sample_recall
+    folds into one minimum; None when there is no subset to tell apart."""
+    from recsys_cl.index.tuning import split_recall
+
+    exact = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])
+    approx = np.array([[2, 1], [3, 4], [5, 9], [0, 8]])
+    assert split_recall(approx, exact, np.array([False, False, True, True])) == (0.75, 0.5)
+    assert split_recall(approx, exact, np.array([True, True, False, False])) == (0.75, 1.0)
+    assert split_recall(approx, exact, np.ones(4, bool)) == (0.75, 0.75)  # every query is the subset's
+    assert split_recall(approx, exact) == split_recall(approx, exact, np.zeros(4, bool)) == (0.75, None)
+
+
 def test_build_and_tune_meets_the_target_on_the_served_users_too() -> None:
     """A sample topped up with other users: the knob is raised until the users the index is built for
     (``also``) reach the target by themselves, not only the whole sample, and the recall reported is
@@ -478,11 +526,16 @@ def test_build_and_tune_meets_the_target_on_the_served_users_too() -> None:
         got = index.query(queries, K)[0]
         return np.array([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])
 
-    whole, _ = build_and_tune(emb, queries, cfg)
+    whole, whole_fields = build_and_tune(emb, queries, cfg)
     hard = per_query(whole) < 1.0  # the queries the whole-sample knob serves worst
     assert hard.any() and per_query(whole)[hard].mean() < 0.95  # else the test could not fail
+    assert whole_fields["recall_at_k"] == whole_fields["recall_at_k_all"] == pytest.approx(per_query(whole).mean())
+    assert whole_fields["recall_at_k_active"] is None  # no served users to tell apart
     served, fields = build_and_tune(emb, queries, cfg, also=hard)
     recall = per_query(served)
     assert recall[hard].mean() >= 0.95 and recall.mean() >= 0.95
     assert fields["recall_at_k"] == pytest.approx(min(recall.mean(), recall[hard].mean()))
+    # both numbers the target was checked on are kept, not only the lower
+    assert fields["recall_at_k_all"] == pytest.approx(recall.mean())
+    assert fields["recall_at_k_active"] == pytest.approx(recall[hard].mean())
     assert served.params()["search_k"] > whole.params()["search_k"]

@@ -65,6 +65,10 @@ def test_build_index_from_registry_alias(env: dict, backend: str, capsys: pytest
     run = client.get_run(summary["run_id"])
     assert run.data.tags["model_run_id"] == env["summary"]["run_id"] and run.data.tags["kind"] == "index"
     assert run.data.metrics["recall_vs_exact"] == pytest.approx(m.recall_at_k) and run.data.params["recall_k"] == "12"
+    # all users, none of them told apart as active: one recall, logged under both keys it has
+    assert m.recall_at_k_all == m.recall_at_k and m.recall_at_k_active is None
+    assert run.data.metrics["recall_vs_exact_all"] == pytest.approx(m.recall_at_k_all)
+    assert "recall_vs_exact_active" not in run.data.metrics
     assert run.data.params["index.output_dir"] == str(env["out"])  # --out, not the config's default
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "index")}
     assert "index/manifest.json" in arts
