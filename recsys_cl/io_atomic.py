@@ -159,6 +159,21 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Pat
     return path
 
 
+def replaces_cwd(out: str | Path, flag: str = "--out", example: str = "out") -> str | None:
+    """Why replacing the folder ``out`` whole would replace the working directory (it is that folder,
+    or one above it), with the fix (``flag``, and ``example`` as a subfolder's name); None when it
+    would not. Links are followed, as the write does."""
+    out = Path(out)
+    real = Path(os.path.realpath(out))
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if real == cwd:
+        away = f"cd .. and pass {flag} {real.name}, or " if real.name else ""
+        return f"the current folder; {away}pass a subfolder, e.g. {flag} {out / example}"
+    if real in cwd.parents:
+        return f"a folder above the current one ({cwd}); pass a new folder inside it, e.g. {flag} {out / example}"
+    return None
+
+
 def write_directory_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` fills a hidden temp folder beside ``target``, which is then fsynced and moved
     into place: an existing ``target`` is swapped out in one :func:`exchange`, or, where that is
@@ -169,9 +184,13 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
     this way and the link kept. Used for item indexes and saved encoders. Returns ``target``.
 
     Raises:
-        OutputError: ``target`` (or the link's target) is a file, not a folder: it is not replaced.
+        OutputError: ``target`` (or the link's target) is a file, not a folder, or it is the working
+            directory or a folder above it (:func:`replaces_cwd`): it is not replaced.
     """
     given = Path(target)
+    why = replaces_cwd(given)
+    if why is not None:  # e.g. --out . from inside an earlier output: the shell would be left in a deleted folder
+        raise OutputError(f"output {given} is not replaced: an output folder is replaced whole, and it is {why}")
     target = _through_links(given)
     if target.exists() and not target.is_dir():  # the swap would leave it hidden as a temp name
         raise OutputError(

@@ -50,7 +50,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -438,20 +437,6 @@ def _legacy_temp(entry: Path) -> bool:
     return entry.is_file() and re.fullmatch(rf"\.({names})\.tmp-{_TMP_TAG}", entry.name) is not None
 
 
-def _replaces_cwd(out: Path) -> str | None:
-    """Why replacing ``out`` whole would replace the working directory (it is that folder, or one
-    above it), with the fix; None when it would not. Links are followed, as the write does."""
-    real = Path(os.path.realpath(out))
-    cwd = Path(os.path.realpath(Path.cwd()))
-    if real == cwd:
-        away = f"cd .. and pass --out {real.name}, or " if real.name else ""
-        return f"the current folder; {away}pass a subfolder, e.g. --out {out / 'fashion-clicks'}"
-    if real in cwd.parents:
-        return (f"a folder above the current one ({cwd}); pass a new folder inside it, "
-                f"e.g. --out {out / 'fashion-clicks'}")
-    return None
-
-
 def check_fashion_clicks_out(out_dir: str | Path) -> Path:
     """Refuse an ``out_dir`` that is a file, the working directory or a folder above it, or that
     holds anything but an earlier output of :func:`write_fashion_clicks`, since a write replaces the
@@ -465,10 +450,10 @@ def check_fashion_clicks_out(out_dir: str | Path) -> Path:
     Raises:
         OutputError: naming what was found, what an earlier output holds, and the fix.
     """
-    from recsys_cl.io_atomic import OutputError
+    from recsys_cl.io_atomic import OutputError, replaces_cwd
 
     out = Path(out_dir)
-    why = _replaces_cwd(out)
+    why = replaces_cwd(out, "--out", "fashion-clicks")
     if why is not None:  # the rerun from inside an output folder, or --out ..: never the user's working folder
         raise OutputError(f"--out {out} is not replaced: the output folder is replaced whole, and it is {why}")
     if out.exists() and not out.is_dir():

@@ -179,6 +179,27 @@ def test_write_directory_atomically_refuses_a_file_where_the_folder_goes(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
 
 
+@pytest.mark.parametrize("out", [".", "..", "../index", "../link"])
+def test_write_directory_atomically_never_replaces_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    """``build_index --out .`` from inside an earlier index replaced the folder the shell was in."""
+    from recsys_cl.io_atomic import write_directory_atomically
+
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "manifest.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "index")
+    monkeypatch.chdir(tmp_path / "index")
+    why = "a folder above the current one" if out == ".." else "the current folder; cd .. and pass --out index"
+    with pytest.raises(OutputError, match=rf"^output {out} is not replaced: an output folder is replaced whole, "
+                                          rf"and it is {why}"):
+        write_directory_atomically(out, lambda f: (f / "a").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "link"]
+    assert [p.name for p in (tmp_path / "index").iterdir()] == ["manifest.json"]
+    write_directory_atomically("sub", lambda f: (f / "a").write_text("y"))  # a folder below is fine
+    assert (tmp_path / "index" / "sub" / "a").read_text() == "y"
+
+
 def test_a_symlinked_partition_is_refused_and_an_old_linked_temp_is_removed(tmp_path: Path) -> None:
     """The swap exchanged the temp dir with the link: the partition became a plain folder and the
     link stayed as .dt=....tmp.*, which cleanup_stale's rmtree could never remove."""
