@@ -163,8 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
                                      c.fold_in_max_clicks)
         # a wrong, corrupt or foreign saved index fails here too, before a (FAILED) MLflow run is opened
         opened = None if c.index_dir is None else open_index(c.index_dir, loaded, args.backend or "auto")
-        with mlflow_run(cfg.tracking, run_name=f"candidates-{run_date}",
-                        tags={"job": "candidates", "date": str(run_date), "engine": c.engine}) as tracker:
+        with mlflow_run(cfg.tracking.for_serving(), run_name=f"candidates-{run_date}",
+                        tags={"job": "candidates", "date": str(run_date), "engine": c.engine,
+                              "model_uri": loaded.model_uri,
+                              "model_run_id": loaded.provenance.get("model_run_id")}) as tracker:
             run_id = tracker.run_id
             tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,

@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
             if failures and not args.publish_unhealthy:
                 raise HealthCheckError(failures, health)
 
-        with mlflow_run(cfg.tracking, run_name=f"nightly-{run_date}",
+        with mlflow_run(cfg.tracking.for_serving(), run_name=f"nightly-{run_date}",
                         tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
-                              "model_version": model["model_version"], "index_rebuilt": rebuilt,
+                              "model_version": model["model_version"], "model_run_id": model["model_run_id"],
+                              "index_rebuilt": rebuilt,
                               "alias_fell_back": model["fell_back"]}) as tracker:
             run_id = tracker.run_id
             tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index

@@ -473,6 +473,10 @@ class TrackingConfig:
     uri: str | None = None
     """MLflow tracking URI; null = ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``."""
     experiment: str = "recsys_cl"
+    serving_experiment: str | None = None
+    """Experiment of the serving runs (index builds, ``nightly``, ``generate_candidates``); null =
+    ``<experiment>_serving``, so that training runs are compared in the MLflow UI without a run per
+    night beside them (a serving run links to its model's training run by the tag ``model_run_id``)."""
     run_name: str | None = None
     registered_model_name: str | None = "recsys_cl_two_tower"
     """Register the trained model under this name in the MLflow model registry (null = don't)."""
@@ -481,7 +485,7 @@ class TrackingConfig:
     newly registered version. Null = leave aliases alone (promote by hand)."""
 
     def __post_init__(self) -> None:
-        for key in ("experiment", "registered_model_name", "set_alias", "run_name"):
+        for key in ("experiment", "serving_experiment", "registered_model_name", "set_alias", "run_name"):
             value = getattr(self, key)
             if value is not None and not value.strip():
                 allowed = "a name" if key == "experiment" else "a name or null"
@@ -492,6 +496,11 @@ class TrackingConfig:
                 "but tracking.registered_model_name is null (nothing is registered); set "
                 "tracking.registered_model_name or drop tracking.set_alias"
             )
+
+    def for_serving(self) -> TrackingConfig:
+        """This config with ``experiment`` set to the serving runs' (:attr:`serving_experiment`)."""
+        name = self.serving_experiment or f"{self.experiment}_serving"
+        return dataclasses.replace(self, experiment=name, serving_experiment=name)
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,8 @@ class Tracker:
         mlflow.log_params({k: v for k, v in clean.items() if k not in existing})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        """Tags as strings; a None value is left out (not the string "None")."""
+        mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
 
     def set_description(self, text: str) -> None:
         """The run's description: Markdown the UI shows at the top of the run's page. MLflow keeps a

@@ -261,3 +261,12 @@ def test_a_pretrained_encoder_outside_the_encoders_is_reported_as_unused() -> No
     used = load_config(None, RunConfig, overrides=["item_tower.image.pretrained=runs:/abc/encoder",
                                                    "item_tower.encoders=[id,image]"])
     assert used.unused_settings() == [] and RunConfig().unused_settings() == []
+
+
+def test_serving_runs_get_their_own_experiment() -> None:
+    t = load_config(None, overrides=["tracking.experiment=exp"]).tracking
+    assert (t.for_serving().experiment, t.experiment) == ("exp_serving", "exp")
+    t = load_config(None, overrides=["tracking.serving_experiment=nightly_runs"]).tracking
+    assert t.for_serving().experiment == "nightly_runs" and t.for_serving().for_serving() == t.for_serving()
+    with pytest.raises(ConfigError, match=r"tracking\.serving_experiment must be a name or null, got an empty"):
+        load_config(None, overrides=["tracking.serving_experiment=' '"])

@@ -508,7 +508,8 @@ def build_index_for_vectors(
 
 
 def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfig) -> str:
-    """Log the build as an MLflow run linked to the model run (tag ``model_run_id``); returns its id."""
+    """Log the build as an MLflow run in the serving experiment (:meth:`TrackingConfig.for_serving`),
+    linked to the model run (tag ``model_run_id``); returns its id."""
     from recsys_cl.config import flatten
     from recsys_cl.tracking import log_index_run
 
@@ -525,7 +526,7 @@ def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfi
             "model_version": m.model_version, "model_run_id": m.model_run_id, "index_id": m.index_id,
             "embedding_hash": m.embedding_hash, "backend": m.backend, "chosen_reason": m.chosen_reason}
     return log_index_run(
-        tracking,
+        tracking.for_serving(),  # beside the nightly runs, not among the training runs
         index_dir=build.directory,
         params=params,
         metrics={k: float(v) for k, v in metrics.items() if v is not None},

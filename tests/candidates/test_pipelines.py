@@ -92,7 +92,8 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     # the target held on both; both are kept and logged, and recall_at_k stays the lower
     assert built.recall_at_k_all is not None and built.recall_at_k_active is not None
     assert built.recall_at_k == min(built.recall_at_k_all, built.recall_at_k_active)
-    [index_run] = client.search_runs([client.get_experiment_by_name("candidates").experiment_id],
+    # serving runs go to <experiment>_serving, so the training experiment holds training runs only
+    [index_run] = client.search_runs([client.get_experiment_by_name("candidates_serving").experiment_id],
                                      "tags.kind = 'index'", order_by=["attributes.start_time DESC"], max_results=1)
     assert index_run.data.tags["index_id"] == built.index_id  # the build just logged (the store is the session's)
     assert {key: index_run.data.metrics[key] for key in ("recall_vs_exact", "recall_vs_exact_all",
@@ -120,7 +121,10 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
         nightly.main(["--date", LAST_DATE, *args, "--set", "candidates.k=1", "--set", "candidates.min_coverage=1.0"])
     assert not (tmp_path / "out" / f"dt={LAST_DATE}").exists()
     assert read_success(tmp_path / "out" / f"dt={FIRST_DATE}") is not None
-    runs = mlflow.search_runs(experiment_names=["candidates"], filter_string="tags.job = 'nightly'")
+    runs = mlflow.search_runs(experiment_names=["candidates_serving"], filter_string="tags.job = 'nightly'")
+    training = mlflow.search_runs(experiment_names=["candidates"])
+    assert training["tags.mlflow.runName"].str.startswith("two_tower-").tolist() == [True]
+    assert set(runs["tags.model_run_id"]) == {training["run_id"][0]}  # each night links to its model's run
     # the saved annoy index served: the unused candidates.backend (exact) is not logged beside the tag
     assert set(runs["tags.backend"].dropna()) == {"annoy"} and "params.candidates.backend" not in runs.columns
     assert set(runs["status"]) == {"FINISHED", "FAILED"} and "health" in runs.columns.str.replace("tags.", "").tolist()
@@ -185,7 +189,8 @@ def test_sigterm_to_a_spark_job_stops_it_in_one_line(in_root, tmp_path: Path) ->
         assert noise not in stderr, stderr
     assert list(out.iterdir()) == []  # no partition, no temp directory
     mlflow.set_tracking_uri(in_root.tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["candidates"], filter_string=f"tags.process LIKE '%:{proc.pid}:%'")
+    runs = mlflow.search_runs(experiment_names=["candidates_serving"],
+                              filter_string=f"tags.process LIKE '%:{proc.pid}:%'")
     assert runs["status"].tolist() == ["FAILED"]
 
 

@@ -176,7 +176,11 @@ def test_index_dir_is_used_and_mismatch_refused(tmp_path: Path, model_dir: Path)
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert list(mlflow.search_runs(search_all_experiments=True)["status"]) == ["FINISHED"]
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    # in the serving experiment, linked to the model; a model folder has no run: no "None" tag
+    assert mlflow.get_experiment(run.info.experiment_id).name.endswith("_serving")
+    assert run.data.tags["model_uri"] == str(model_dir.absolute()) and "model_run_id" not in run.data.tags
 
 
 def test_an_index_without_identity_or_checksums_is_not_trusted(tmp_path: Path, model_dir: Path) -> None:
