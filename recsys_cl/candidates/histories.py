@@ -137,8 +137,9 @@ def batch_from_lists(histories: Any, items: Vocab, length: int) -> UserBatch:
     raw = lists.flatten().to_numpy(zero_copy_only=False)  # (C,)
     if len(raw) == 0:
         index = np.zeros(0, dtype=np.int64)
-    else:  # strings arrive as objects; as a <U array of their own width (a narrower cast would cut them)
-        index = items.encode(raw.astype(str) if raw.dtype.kind == "O" else raw)
+    else:  # strings arrive as objects; for a <U vocabulary as a <U array of their own width (a cast
+        # to the vocabulary's width would cut them), for an object one as they are
+        index = items.encode(raw.astype(str) if raw.dtype.kind == "O" and items.ids.dtype.kind == "U" else raw)
     windows, seen_offsets, seen = _windows_and_seen(index, offsets[:-1], offsets[1:], length)
     n = len(offsets) - 1
     return UserBatch(

@@ -199,6 +199,8 @@ def test_batch_from_lists_edge_rows() -> None:
     np.testing.assert_array_equal(got.windows, [[2, -1], [-1, -1], [-1, -1], [0, -1]])
     np.testing.assert_array_equal(got.seen_offsets, [0, 2, 2, 2, 3])
     np.testing.assert_array_equal(got.seen_items, [1, 2, 0])
+    objects = Vocab(np.array(["abc", "b", "c"], dtype=object))  # str objects, as a CSV log's vocabulary holds
+    np.testing.assert_array_equal(batch_from_lists(pd.Series([["b", "abcdef", "c"]]), objects, 2).windows, [[2, -1]])
     assert len(batch_from_lists([], items, 2)) == 0
     assert batch_from_lists([[]], items, 2).windows.tolist() == [[-1, -1]]
     with pytest.raises(TypeError, match="holds <U3 ids but got int64 values"):
