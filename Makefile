@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= pipelines/configs/two_tower.yaml
 EXTRAS := test,ann,spark,baselines,image,text
 
-.PHONY: demo test test-all baselines ablation sweep screenshots venv lock clean help
+.PHONY: demo serve test test-all baselines ablation sweep screenshots venv lock clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,6 +36,12 @@ demo: $(STAMP)  ## train on bundled MovieLens latest-small, then index + nightly
 	$(PY) -m pipelines.train_two_tower --config $(CONFIG) --set tracking.set_alias=champion \
 		--summary-json runs/demo_summary.json
 	$(PY) -m pipelines.nightly --config $(CONFIG) --date $(DEMO_DATE)
+
+SERVE_MODEL ?= models:/recsys_cl_two_tower@champion
+SERVE_PORT  ?= 5001
+
+serve: $(STAMP)  ## REST endpoint for the champion model (after make demo): POST {"dataframe_records": [{"history": [...]}]} to :5001/invocations
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m mlflow models serve -m $(SERVE_MODEL) --env-manager local -p $(SERVE_PORT)
 
 baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and protocol
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)
