@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"why: {m.chosen_reason}")
     print_fold_in(m.fold_in)
     if run_id:
-        print(f"run: {run_id}")
+        print(f"run: {run_id}  (experiment {cfg.tracking.for_serving().experiment})")
     return summary
 
 

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_active']} active users, backend {summary['backend']}, "
           f"{summary['users_per_s']:,.0f} users/s)")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
-    print(f"run: {summary['mlflow_run_id']}")
+    print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     return summary
 
 

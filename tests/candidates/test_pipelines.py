@@ -28,7 +28,8 @@ def test_generate_logs_an_mlflow_run(  # type: ignore[no-untyped-def]
 ) -> None:
     out = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
                                     *in_root.args(tmp_path / "out")])
-    assert capsys.readouterr().out.splitlines()[-1] == f"run: {out['mlflow_run_id']}"  # as build_index prints it
+    last = capsys.readouterr().out.splitlines()[-1]  # as build_index prints it, with where to look in the UI
+    assert last == f"run: {out['mlflow_run_id']}  (experiment candidates_serving)"
     assert out["model_version"] == "1" and out["backend"] == "exact"
     mlflow.set_tracking_uri(in_root.tracking_uri)
     run = mlflow.get_run(out["mlflow_run_id"])
