@@ -64,5 +64,5 @@ test: $(STAMP)  ## lint + type-check, then run the test suite (fast tests; slow 
 test-all: $(STAMP)  ## include slow tests
 	$(PY) -m pytest -q --runslow
 
-clean:
+clean:  ## remove .venv, runs/, mlruns/ and mlflow.db
 	rm -rf $(VENV) runs mlruns mlflow.db

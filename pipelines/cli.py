@@ -225,6 +225,27 @@ def log_encoder(run: Tracker, result: Mapping[str, Any], similarities_title: str
     return {"run_id": run.run_id, "encoder_uri": f"runs:/{run.run_id}/encoder", "encoder_dir": result["encoder_dir"]}
 
 
+def recall_text(summary: Mapping[str, Any]) -> str:
+    """``recall@K vs exact 0.968 (200 users sampled)``: the delivered lists' sampled recall
+    (``ann_recall``) of a candidates summary, or ``exact search``."""
+    recall = summary.get("ann_recall") or {}
+    if summary.get("backend") == "exact" or "recall_at_k" not in recall:
+        return "exact search"
+    return f"recall@K vs exact {recall['recall_at_k']:.3f} ({recall.get('sample_users', '?')} users sampled)"
+
+
+def overlap_text(health: Mapping[str, Any]) -> str:
+    """What nightly compared with the previous partition: the overlap, and whether it was checked."""
+    if health.get("previous_partition") is None:
+        return "overlap@K n/a (no earlier partition)"
+    where = Path(str(health["previous_partition"])).name
+    text = f"overlap@K {health['overlap_at_k']:.3f} with {where} over {health['overlap_users']} users"
+    if not health.get("same_model_as_previous"):
+        text += (f", not checked: model version {health.get('previous_model_version')} there, "
+                 "another one now")
+    return text
+
+
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any,
     and on the share of the written rows that recommend new items, when there are any."""

@@ -34,6 +34,7 @@ from pipelines.cli import (
     exit_stopped,
     exits_on_tracking_error,
     print_fold_in,
+    recall_text,
     shown_path,
     write_summary,
 )
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {**result.manifest, "partition": str(result.partition)}
     write_summary(args.summary_json, summary)
     print(f"candidates: {result.partition}  ({summary['rows']} rows for {summary['users_served']} of "
-          f"{summary['users_active']} active users, backend {summary['backend']}, "
+          f"{summary['users_active']} active users, backend {summary['backend']}, {recall_text(summary)}, "
           f"{summary['users_per_s']:,.0f} users/s)")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")

@@ -38,7 +38,9 @@ from pipelines.cli import (
     configure_logging,
     exit_stopped,
     exits_on_tracking_error,
+    overlap_text,
     print_fold_in,
+    recall_text,
     write_summary,
 )
 from pipelines.generate_candidates import (
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_summary(args.summary_json, summary)
     print(f"nightly {run_date}: model {model['uri']} (index {'rebuilt' if rebuilt else 'reused'}: {index_dir})")
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
-          f"{summary['users_active']} users, overlap@K {health.get('overlap_at_k', 'n/a')})")
+          f"{summary['users_active']} users, {recall_text(summary)}, {overlap_text(health)})")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     if health.get("failures"):

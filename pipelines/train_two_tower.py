@@ -43,10 +43,12 @@ import sys
 from pathlib import Path
 
 from pipelines.cli import (
+    Terminated,
     base_parser,
     check_output_dir,
     check_output_file,
     configure_logging,
+    exit_stopped,
     exits_on_tracking_error,
     load_config_or_exit,
     write_summary,
@@ -99,8 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
                 run_id = resumable_run_id(cfg, prep.fingerprint)
             except CheckpointError as e:
                 raise SystemExit(f"checkpoint error: {e}") from None
-            with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
-                summary = run_two_tower(cfg, run, prep)
+            try:
+                with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
+                    summary = run_two_tower(cfg, run, prep)
+            except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED by now
+                exit_stopped(e, "the MLflow run is marked FAILED; rerun the same command to continue it from its "
+                                f"last finished epoch (checkpoints in {cfg.train.checkpoint_dir})")
         else:  # only rank 0 talks to MLflow and writes files
             summary = run_two_tower(cfg, NullReporter(), prep)
     finally:

@@ -522,7 +522,10 @@ def log_index(build: IndexBuild, tracking: TrackingConfig, index_cfg: IndexConfi
     metrics = {"recall_vs_exact": m.recall_at_k, "recall_vs_exact_all": m.recall_at_k_all,
                "recall_vs_exact_active": m.recall_at_k_active, "queries_per_s": m.queries_per_s,
                "exact_queries_per_s": m.exact_queries_per_s}
-    tags = {"kind": "index", "model_uri": m.model_uri, "model_name": m.model_name,
+    # the folder written (nightly writes candidates.index_root/<name>/v<version>, not index.output_dir)
+    params["index.output_dir"] = str(build.directory)
+    tags = {"job": "index", "kind": "index", "index_dir": str(build.directory),
+            "model_uri": m.model_uri, "model_name": m.model_name,
             "model_version": m.model_version, "model_run_id": m.model_run_id, "index_id": m.index_id,
             "embedding_hash": m.embedding_hash, "backend": m.backend, "chosen_reason": m.chosen_reason}
     return log_index_run(

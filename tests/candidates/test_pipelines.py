@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,14 +98,22 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     [index_run] = client.search_runs([client.get_experiment_by_name("candidates_serving").experiment_id],
                                      "tags.kind = 'index'", order_by=["attributes.start_time DESC"], max_results=1)
     assert index_run.data.tags["index_id"] == built.index_id  # the build just logged (the store is the session's)
+    # tagged as a serving job, with the folder nightly wrote (not index.output_dir's default)
+    assert index_run.data.tags["job"] == "index"
+    real = str(tmp_path / "index" / "recsys_cl_two_tower" / "v1")
+    assert index_run.data.tags["index_dir"] == real == index_run.data.params["index.output_dir"]
     assert {key: index_run.data.metrics[key] for key in ("recall_vs_exact", "recall_vs_exact_all",
                                                          "recall_vs_exact_active")} == pytest.approx(
         {"recall_vs_exact": built.recall_at_k, "recall_vs_exact_all": built.recall_at_k_all,
          "recall_vs_exact_active": built.recall_at_k_active})
     assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
+    capsys.readouterr()
     second = nightly.main(["--date", LAST_DATE, *args])
     assert second["index_rebuilt"] is False  # same model version: index reused
+    printed = capsys.readouterr().out
+    assert re.search(rf"recall@K vs exact [01]\.\d{{3}} \(\d+ users sampled\), "
+                     rf"overlap@K [01]\.\d{{3}} with dt={FIRST_DATE} over \d+ users\)", printed), printed
     # a damaged manifest in its own per-version folder: nightly rebuilds it, as the load error advises
     manifest = tmp_path / "index" / "recsys_cl_two_tower" / "v1" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"embedding_dim": 8', '"embedding_dim": "8"'))

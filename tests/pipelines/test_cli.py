@@ -176,3 +176,18 @@ def test_a_stop_signal_exits_128_plus_its_number_in_one_line(sig: int, capsys: p
     assert e.value.code == 128 + sig and cleaned == [True]
     assert capsys.readouterr().err == f"stopped by {signal.Signals(sig).name}\n"
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_serving_printouts_say_what_was_measured_and_checked() -> None:
+    from pipelines.cli import overlap_text, recall_text
+
+    recall = {"recall_at_k": 0.9075, "sample_users": 200, "k": 20}
+    assert recall_text({"backend": "faiss", "ann_recall": recall}) == "recall@K vs exact 0.907 (200 users sampled)"
+    assert recall_text({"backend": "exact", "ann_recall": {"recall_at_k": 1.0}}) == "exact search"
+    assert overlap_text({"previous_partition": None}) == "overlap@K n/a (no earlier partition)"
+    same = {"previous_partition": "out/dt=2018-09-23", "overlap_at_k": 0.8, "overlap_users": 12,
+            "same_model_as_previous": True, "previous_model_version": "3"}
+    assert overlap_text(same) == "overlap@K 0.800 with dt=2018-09-23 over 12 users"
+    # another model's lists are expected to differ: a low overlap is not a measurement of drift
+    assert overlap_text({**same, "overlap_at_k": 0.0, "same_model_as_previous": False}) == (
+        "overlap@K 0.000 with dt=2018-09-23 over 12 users, not checked: model version 3 there, another one now")

@@ -680,3 +680,26 @@ def test_a_baseline_run_is_tagged_before_it_tunes(tmp_path: Path, monkeypatch: p
     assert tags["model"] == "ease" and tags["loss_kind"] == "none"
     assert tags["protocol"].startswith("full_ranking|") and len(tags["data_fingerprint"]) == 16
     assert run.data.params["split.kind"] == "leave_last_out" and run.data.params["data.path"].endswith("ml-100k")
+
+
+def test_a_stopped_training_says_how_to_continue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """SIGTERM / Ctrl-C mid-training: one line that says the run is FAILED and that a rerun continues it."""
+    import signal
+
+    import mlflow
+
+    from pipelines.cli import Terminated
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(train_two_tower, "run_two_tower", stopped)
+    with pytest.raises(SystemExit) as exited:
+        train_two_tower.main(_args(tmp_path, "ml-100k"))
+    assert exited.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "stopped by SIGTERM: the MLflow run is marked FAILED; rerun the same command to continue it from its "
+        f"last finished epoch (checkpoints in {tmp_path / 'ck'})")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert mlflow.search_runs(experiment_names=["smoke"])["status"].tolist() == ["FAILED"]
