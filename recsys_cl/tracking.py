@@ -267,7 +267,8 @@ class Tracker:
         kind = "long" if ids.dtype.kind in "iu" else "string"
         signature = ModelSignature(
             inputs=Schema([ColSpec(Array(kind), "history")]),
-            outputs=Schema([ColSpec(Array(kind), "item_ids"), ColSpec(Array("float"), "scores")]),
+            outputs=Schema([ColSpec(Array(kind), "item_ids"), ColSpec(Array("float"), "scores"),
+                            ColSpec("long", "history_known")]),
         )
         return mlflow.pyfunc.log_model(
             name="model",
@@ -510,7 +511,9 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
 
 class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """``mlflow models serve``-able wrapper: input rows with a ``history`` list of item ids
-    (oldest first) -> top-10 item ids and scores; no item of a row's history is recommended back."""
+    (oldest first) -> top-10 item ids and scores, and ``history_known``, how many of the history's
+    items the model knows (unknown ids are ignored; 0 means the row was ranked as an empty history).
+    No item of a row's history is recommended back."""
 
     def load_context(self, context: Any) -> None:
         from recsys_cl.train.checkpoint import load_model_dir
@@ -532,7 +535,7 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         # every item of a row is masked, not only the last history_length the user tower reads
         batch = batch_from_lists(model_input["history"], self.spec.items, self.cfg.user_tower.history_length)
         if len(batch) == 0:
-            return pd.DataFrame({"item_ids": [], "scores": []})
+            return pd.DataFrame({"item_ids": [], "scores": [], "history_known": []})
         users = embed_users(self.model, batch.windows, batch.user_index)
         scores = users @ self.items.T  # (U, M)
         rows = np.repeat(np.arange(len(batch)), np.diff(batch.seen_offsets))
@@ -541,7 +544,9 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         ok = torch.isfinite(top.values).numpy()  # rows with < 10 unseen items are cut short
         ends = np.cumsum(ok.sum(axis=1))[:-1]
         ids = self.spec.items.decode(top.indices.numpy()[ok])
-        return pd.DataFrame({"item_ids": np.split(ids, ends), "scores": np.split(top.values.numpy()[ok], ends)})
+        # how many of a row's items the model knows: 0 for ids of another id space, which are ignored
+        return pd.DataFrame({"item_ids": np.split(ids, ends), "scores": np.split(top.values.numpy()[ok], ends),
+                             "history_known": np.diff(batch.seen_offsets)})
 
 
 TwoTowerPyfunc.predict = TwoTowerPyfunc._predict  # type: ignore[method-assign]

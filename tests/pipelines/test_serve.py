@@ -74,6 +74,10 @@ def test_mlflow_models_serve_answers_with_unseen_items(tmp_path: Path, monkeypat
         assert not set(history) & set(first["item_ids"])
         assert first["scores"] == sorted(first["scores"], reverse=True)
         assert len(empty["item_ids"]) == min(10, catalogue)
+        assert (first["history_known"], empty["history_known"]) == (5, 0)
+        # ids of another id space are ignored, and the answer says how many were known
+        status, body = _post(port, {"dataframe_records": [{"history": [99999999, 1]}]})
+        assert status == 200 and body["predictions"][0]["history_known"] == 1
         # the signature is enforced at the endpoint: a wrong column or id type is a 4xx naming it
         status, body = _post(port, {"dataframe_records": [{"items": [1]}]})
         assert status == 400 and "history" in body["message"]
