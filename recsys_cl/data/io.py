@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import polars as pl
 
@@ -182,13 +182,14 @@ def _read_ml_latest(folder: Path) -> _Read:
     _require_file(ratings, "data.format=ml-latest")
     names = {"user_id": "userId", "item_id": "movieId", "rating": "rating", "timestamp": "timestamp"}
     fix = "expected the MovieLens header userId,movieId,rating,timestamp"
-    clicks = _select(_read_csv(ratings, infer=False), names, str(ratings), fix)
+    clicks = _select(_read_csv(ratings, infer=False, parquet_fix=ML_PARQUET_FIX), names, str(ratings), fix)
+    _check_short_rows(clicks, ratings, names)
     movies = folder / "movies.csv"
     if not movies.is_file():
         return clicks, str(ratings), None, None, names
     fix = "expected the MovieLens header movieId,title,genres"
     items = _select(
-        _read_csv(movies, infer=False),
+        _read_csv(movies, infer=False, parquet_fix=ML_PARQUET_FIX),
         {"item_id": "movieId", "title": "title", "genres": "genres"}, str(movies), fix,
     ).with_columns(_split_genres(pl.col("genres")))
     return clicks, str(ratings), items, str(movies), names
@@ -201,8 +202,9 @@ def _read_tags(tags_file: Path) -> pl.DataFrame:
     """
     names = {"item_id": "movieId", "tag": "tag", "timestamp": "timestamp"}
     file = str(tags_file)
-    raw = _select(_read_csv(tags_file, infer=False), names, file,
+    raw = _select(_read_csv(tags_file, infer=False, parquet_fix=ML_PARQUET_FIX), names, file,
                   "expected the MovieLens header userId,movieId,tag,timestamp")
+    _check_short_rows(raw, tags_file, {k: v for k, v in names.items() if k != "tag"})
     ts = raw["timestamp"].str.strip_chars().cast(pl.Int64, strict=False)
     _fail(raw, ts.is_null(), file, "timestamp", "values that are not integer unix seconds",
           "every tag needs the time it was applied (MovieLens writes unix seconds); fix or remove those rows",
@@ -265,16 +267,19 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     c = cfg.columns
     names = {"user_id": c.user_id, "item_id": c.item_id, "timestamp": c.timestamp}
     names |= {k: v for k, v in (("rating", c.rating), ("event_type", c.event_type)) if v}
-    raw = _read_table(path, cfg.format)
+    raw = _read_table(path, cfg.format, parquet_fix="set data.format=parquet")
     missing = [k for k, v in names.items() if v not in raw.columns]
     fix = "set " + ", ".join(f"data.columns.{k}" for k in missing) + " to the matching column name"
     clicks = _select(raw, names, str(path), fix)
+    if cfg.format == "csv":
+        _check_short_rows(clicks, path, {k: v for k, v in names.items() if k != "event_type"})
     if not cfg.items_path:
         return clicks, str(path), None, None, names
     items_path = Path(cfg.items_path)
     if not items_path.is_file():
         raise DataError(f"data.items_path {str(items_path)!r} does not exist; fix the path or set it to null")
-    items = _read_table(items_path, "parquet" if items_path.suffix in (".parquet", ".pq") else "csv")
+    items = _read_table(items_path, "parquet" if items_path.suffix in (".parquet", ".pq") else "csv",
+                        parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
     if "genres" in items.columns and items["genres"].dtype == pl.String:
@@ -330,7 +335,11 @@ def _read_fields(path: Path, sep: str, names: tuple[str, ...]) -> pl.DataFrame:
     )
 
 
-def _read_csv(path: Path, infer: bool) -> pl.DataFrame:
+def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet") -> pl.DataFrame:
+    """A comma-separated UTF-8 file with a header line, with the line index; ``parquet_fix`` is the
+    advice given when the file turns out to be Parquet."""
+    if binary := _binary_kind(path, parquet_fix):
+        raise DataError(f"{path} is {binary}")
     try:
         if infer:
             df = pl.read_csv(path, infer_schema_length=None)
@@ -339,18 +348,55 @@ def _read_csv(path: Path, infer: bool) -> pl.DataFrame:
     except pl.exceptions.NoDataError as e:
         raise DataError(f"{path} is empty (zero rows); expected a header line and click rows") from e
     except (pl.exceptions.PolarsError, OSError) as e:
-        reason = _first_bad_line(path) or str(e).strip().splitlines()[0]
-        raise DataError(
-            f"{path} could not be parsed as CSV ({reason}); check it is comma-separated UTF-8 with "
-            "one header line and the same number of fields on every line"
-        ) from e
+        raise _csv_error(path, _first_bad_line(path) or str(e).strip().splitlines()[0]) from e
     df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
     return df.filter(~pl.all_horizontal(pl.exclude(LINE).is_null()))  # blank lines
 
 
-def _read_table(path: Path, fmt: str) -> pl.DataFrame:
+def _csv_error(path: Path, reason: str) -> DataError:
+    return DataError(
+        f"{path} could not be parsed as CSV ({reason}); check it is comma-separated UTF-8 with "
+        "one header line and the same number of fields on every line"
+    )
+
+
+ML_PARQUET_FIX = ("MovieLens folders hold CSV text: put back the file from the download, or point data.path at "
+                  "this file and set data.format=parquet")
+"""What to do when a MovieLens ``.csv`` is a Parquet file."""
+
+MAGIC = {
+    b"\x1f\x8b": "gzip-compressed (it starts with the bytes 1f 8b), not CSV text; decompress it (gunzip) and "
+                 "load the .csv inside",
+    b"PK\x03\x04": "a zip archive (it starts with PK), not CSV text; unzip it and load the .csv inside",
+    b"\xff\xfe": "UTF-16 text (it starts with the byte-order mark ff fe), not UTF-8; save it as UTF-8 CSV",
+    b"\xfe\xff": "UTF-16 text (it starts with the byte-order mark fe ff), not UTF-8; save it as UTF-8 CSV",
+}
+"""Leading bytes of files that are often handed in as CSV, and what each one is."""
+
+
+def _binary_kind(path: Path, parquet_fix: str, sniff: int = 8192) -> str | None:
+    """What ``path`` is, when its first ``sniff`` bytes show it is not CSV text: Parquet (``PAR1``),
+    gzip, zip, UTF-16, or other binary (a NUL byte). None for text or an unreadable file (the CSV
+    reader reports those). Only a short escaped excerpt of binary content is ever shown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(sniff)
+    except OSError:
+        return None
+    if head.startswith(b"PAR1"):
+        return f"a Parquet file (it starts with PAR1), not CSV; {parquet_fix}"
+    for magic, what in MAGIC.items():
+        if head.startswith(magic):
+            return what
+    if b"\x00" in head:
+        return (f"binary, not CSV text (it holds NUL bytes; it starts with {head[:16]!r}); expected "
+                "comma-separated UTF-8 text: check the path points at the CSV file")
+    return None
+
+
+def _read_table(path: Path, fmt: str, parquet_fix: str) -> pl.DataFrame:
     if fmt == "csv":
-        return _read_csv(path, infer=True)
+        return _read_csv(path, infer=True, parquet_fix=parquet_fix)
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -360,29 +406,39 @@ def _read_table(path: Path, fmt: str) -> pl.DataFrame:
         ) from e
 
 
-def _first_bad_line(path: Path, limit: int = 200) -> str | None:
+def _first_bad_line(path: Path, until: int | None = None, limit: int = 200) -> str | None:
     """Where a CSV that polars refused first breaks: the first record whose field count differs from
     the header's, or that Python's csv module cannot parse (an unbalanced quote makes a record swallow
-    the lines after it). Runs only on the error path. None when it finds nothing or cannot read."""
+    the lines after it). Lines end at ``\\n`` (or ``\\r\\n``) as polars reads them: a lone ``\\r`` is
+    part of its line. Stops after the record polars numbers line ``until``. Runs only on error paths.
+    None when it finds nothing or cannot read."""
     import csv
     import itertools
 
+    def physical_lines() -> Iterator[str]:
+        # newline="\n": a lone \r does not end a line; csv would end the record there, so blank it
+        with open(path, newline="\n", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                body = line.removesuffix("\n").removesuffix("\r")
+                yield body.replace("\r", " ") + line[len(body):]
+
     def line_text(number: int) -> str:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = next(itertools.islice(f, number - 1, None), "").rstrip("\r\n")
-        return repr(text if len(text) <= limit else text[:limit] + "...")
+        with open(path, newline="\n", encoding="utf-8", errors="replace") as f:
+            text = next(itertools.islice(f, number - 1, None), "").removesuffix("\n").removesuffix("\r")
+        return _excerpt(text, limit)
 
     start = 2  # the line the next record starts on
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
+        reader = csv.reader(physical_lines())
+        header = next(reader, None)
+        if header is None:
+            return None
+        for line, record in enumerate(reader, start=2):
+            if record and len(record) != len(header):
+                return f"line {start} has {len(record)} fields, the header {len(header)}: {line_text(start)}"
+            if until is not None and line >= until:
                 return None
-            for record in reader:
-                if record and len(record) != len(header):
-                    return f"line {start} has {len(record)} fields, the header {len(header)}: {line_text(start)}"
-                start = reader.line_num + 1
+            start = reader.line_num + 1
     except csv.Error as e:
         text = line_text(start)
         quote = "; an unbalanced quote there runs on into the next lines" if '"' in text else ""
@@ -390,6 +446,32 @@ def _first_bad_line(path: Path, limit: int = 200) -> str | None:
     except OSError:
         return None
     return None
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """``repr(text)`` cut to about ``limit`` characters (escapes count), ending in '...' when cut."""
+    shown: list[str] = []
+    size = 2
+    for ch in text:
+        size += len(repr(ch)) - 2
+        if size > limit:
+            return repr("".join(shown) + "...")
+        shown.append(ch)
+    return repr(text)
+
+
+def _check_short_rows(df: pl.DataFrame, path: Path, names: Mapping[str, str]) -> None:
+    """Raise the CSV parse error for a row with fewer fields than the header (``47,48385`` under
+    ``userId,movieId,rating,timestamp``), which polars fills with nulls. Runs only when a column of
+    ``names`` (contract names) has a null, and reads the file only as far as the last of the
+    columns' first nulls: the null row that validation would report, whichever column it checks first."""
+    firsts = df.select(pl.col(LINE).filter(pl.col(k).is_null()).min().alias(k) for k in names if k in df.columns).row(0)
+    lines = [line for line in firsts if line is not None]
+    if not lines:
+        return
+    reason = _first_bad_line(path, until=int(max(lines)))
+    if reason is not None:
+        raise _csv_error(path, reason)
 
 
 SEPARATORS = {";": "semicolons (;)", "\t": "tabs (\\t)", "|": "pipes (|)"}

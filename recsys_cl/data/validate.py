@@ -35,11 +35,18 @@ def _fail(
     row = df.row(i, named=True)
     names = names or {}
     where = f"line {row[LINE]}" if LINE in row else f"row {row.get('row_order', i)}"
-    example = ", ".join(f"{names.get(k, k)}={v!r}" for k, v in row.items() if k not in (LINE, "row_order"))
+    example = ", ".join(f"{names.get(k, k)}={_short_repr(v)}" for k, v in row.items() if k not in (LINE, "row_order"))
     raise DataError(
         f"{file}: column {column!r} has {n} {problem} out of {df.height} rows "
         f"(first at {where}: {example}); {fix}"
     )
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a field of binary or a whole swallowed file must
+    not flood the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
 
 
 def validate_clicks(

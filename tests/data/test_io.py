@@ -263,6 +263,78 @@ def test_unbalanced_quote_names_the_line_it_starts_on(tmp_path: Path) -> None:
            "'\"1,2,4.0,11'", "unbalanced quote")
 
 
+def test_a_parquet_file_read_as_csv_says_set_format_parquet(tmp_path: Path) -> None:
+    """It said 'could not be parsed as CSV (line 3 has 1 fields, the header 2: ...)' with hundreds of
+    escaped binary bytes and no hint; the reverse case already suggests data.format=csv."""
+    path = tmp_path / "clicks.csv"
+    pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [10, 11]}).write_parquet(path)
+    msg = raises(DataConfig(path=str(path), format="csv"),
+                 f"{path} is a Parquet file (it starts with PAR1), not CSV; set data.format=parquet")
+    assert "\\x" not in msg and len(msg) < 300
+    folder = ml_latest(tmp_path, "")
+    (folder / "ratings.csv").write_bytes(path.read_bytes())
+    raises(DataConfig(path=str(folder)), "ratings.csv is a Parquet file (it starts with PAR1)",
+           "put back the file from the download", "data.format=parquet")
+
+
+@pytest.mark.parametrize("head, what", [
+    (b"\x1f\x8b\x08\x00", "gzip-compressed (it starts with the bytes 1f 8b), not CSV text; decompress it"),
+    (b"PK\x03\x04", "a zip archive (it starts with PK), not CSV text; unzip it"),
+    ("user_id,item_id,timestamp\n1,2,3\n".encode("utf-16"), "UTF-16 text"),
+    (b"\x07\x00\x00\x01" * 100, "binary, not CSV text (it holds NUL bytes; it starts with b'\\x07\\x00"),
+], ids=["gzip", "zip", "utf-16", "nul-bytes"])
+def test_binary_content_read_as_csv_says_what_it_is(tmp_path: Path, head: bytes, what: str) -> None:
+    path = tmp_path / "clicks.csv"
+    path.write_bytes(head + b"\x00\x01,\x02\n" * 100)
+    msg = raises(DataConfig(path=str(path), format="csv"), what)
+    assert len(msg) < 300  # a short escaped excerpt at most, never the file's bytes
+
+
+def test_binary_in_a_bad_line_is_shown_as_a_short_excerpt(tmp_path: Path) -> None:
+    head = "user_id,item_id,timestamp\n" + "1,2,3\n" * 2000  # past the first 8 KiB, no NUL: not sniffed
+    msg = raises(generic(tmp_path, head + "1,2," + "\x01" * 1000 + ",4\n"),
+                 "line 2002 has 4 fields, the header 3: '1,2,\\x01")
+    assert len(msg) < 500 and "...'" in msg
+    msg = raises(generic(tmp_path, head + "1,2," + "\x01" * 1000 + "\n"), "1 unparseable timestamps", "line 2002",
+                 "timestamp='\\x01")
+    assert len(msg) < 500 and "...(cut)" in msg
+
+
+def test_a_truncated_row_says_how_many_fields_it_has(tmp_path: Path) -> None:
+    """It said "column 'rating' has 1 null values ... line 3": right line, wrong problem."""
+    folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,10\n47,48385\n1,2,4.0,11\n")
+    msg = raises(DataConfig(path=str(folder)), "ratings.csv could not be parsed as CSV",
+                 "line 3 has 2 fields, the header 4: '47,48385'")
+    assert "null" not in msg
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,3\n1,2\n"), "clicks.csv could not be parsed as CSV",
+           "line 3 has 2 fields, the header 3: '1,2'")
+    write(folder / "tags.csv", "userId,movieId,tag,timestamp\n1,1,fun,100\n1,1,odd\n")
+    write(folder / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,10\n")
+    raises(DataConfig(path=str(folder)), "tags.csv could not be parsed as CSV", "line 3 has 3 fields, the header 4")
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_an_empty_field_is_still_a_null_value_and_a_later_short_row_is_found(tmp_path: Path, eol: str) -> None:
+    rows = ["userId,movieId,rating,timestamp", "1,1,4.0,10", "1,2,,11", "1,3,4.0,12", ""]
+    raises(DataConfig(path=str(ml_latest(tmp_path, eol.join(rows)))), "'rating'", "1 null values", "line 3")
+    rows[3] = "1,3"  # validation checks 'timestamp' before 'rating', so it would report this row
+    raises(DataConfig(path=str(ml_latest(tmp_path, eol.join(rows)))), "line 4 has 2 fields, the header 4: '1,3'")
+
+
+def test_crlf_files_report_the_right_line_and_text(tmp_path: Path) -> None:
+    """ratings.csv ships with \\r\\n endings. A field appended after the \\r was reported one line late
+    ("line 4 ... ',extra'"): the old scan ended lines at a lone \\r, polars does not."""
+    rows = ["userId,movieId,rating,timestamp", "1,1,4.0,10", "1,2,4.0,11", "1,3,4.0,12\r,extra", "1,4,4.0,13", ""]
+    raises(DataConfig(path=str(ml_latest(tmp_path, "\r\n".join(rows)))), "could not be parsed as CSV",
+           "line 4 has 5 fields, the header 4: '1,3,4.0,12\\r,extra'")
+    rows[3] = "1,3,4.0,12,extra"
+    raises(DataConfig(path=str(ml_latest(tmp_path, "\r\n".join(rows)))),
+           "line 4 has 5 fields, the header 4: '1,3,4.0,12,extra'")
+    rows[3] = "47,48385"
+    raises(DataConfig(path=str(ml_latest(tmp_path, "\r\n".join(rows)))),
+           "line 4 has 2 fields, the header 4: '47,48385'")
+
+
 def test_header_with_a_stray_carriage_return_says_so(tmp_path: Path) -> None:
     folder = ml_latest(tmp_path, "userId,movieId,rating,timestamp\r\r\n1,1,4.0,10\r\r\n")
     raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "carriage return", "dos2unix")
