@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                          opened=opened, read=read)
             log_result(tracker, result.manifest)
     except INPUT_ERRORS as e:
-        raise SystemExit(f"candidates error: {e}") from None
+        raise SystemExit(f"{'config' if isinstance(e, ConfigError) else 'candidates'} error: {e}") from None
     except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED and the temp partition gone by now
         exit_stopped(e, stopped_state(output_dir, args.date, run_id))
     summary = {**result.manifest, "partition": str(result.partition)}

@@ -63,6 +63,7 @@ from recsys_cl.candidates import (
     read_window,
     run,
 )
+from recsys_cl.config import ConfigError
 from recsys_cl.data.io import load_click_log
 from recsys_cl.index.base import (
     MANIFEST_FILE,
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             "are untouched. Investigate, or rerun with --publish-unhealthy."
         ) from None
     except INPUT_ERRORS as e:
-        raise SystemExit(f"nightly error: {e}") from None
+        raise SystemExit(f"{'config' if isinstance(e, ConfigError) else 'nightly'} error: {e}") from None
     except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED and the temp partition gone by now
         exit_stopped(e, stopped_state(output_dir, args.date, run_id))
     summary = {**result.manifest, "partition": str(result.partition)}

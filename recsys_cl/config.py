@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -895,8 +896,10 @@ def from_dict(cls: type[T], raw: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         known = ", ".join(prefix + k for k in fields)
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        guess = f"did you mean {prefix + close[0]!r}? " if close else ""
         raise ConfigError(
-            f"unknown config key {prefix + str(unknown[0])!r}; known keys here: {known}. "
+            f"unknown config key {prefix + str(unknown[0])!r}; {guess}known keys here: {known}. "
             "Check the spelling or remove it."
         )
     hints = typing.get_type_hints(cls)

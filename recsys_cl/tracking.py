@@ -496,6 +496,19 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
                 resolve_model_alias(name, alias, fallback_hint=False)
             except AliasNotFoundError as missing:
                 raise FileNotFoundError(f"{uri}: {missing}") from None
+        name, _, version = uri.removeprefix("models:/").rpartition("/")
+        if uri.startswith("models:/") and not at and name and version.isdigit():  # a version that is not there
+            versions: list[Any] = []
+            try:
+                versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+            except mlflow.exceptions.MlflowException:
+                pass
+            if versions:
+                have = sorted((int(v.version) for v in versions))
+                raise FileNotFoundError(
+                    f"{uri}: registered model {name!r} has no version {version} in {mlflow.get_tracking_uri()} "
+                    f"(versions: {', '.join(map(str, have))}); pass one of them, e.g. models:/{name}/{have[-1]}"
+                ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(
             f"{uri} could not be fetched from the MLflow store {mlflow.get_tracking_uri()} ({first}); "

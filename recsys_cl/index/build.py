@@ -423,11 +423,11 @@ def build_index_for_model(
     except TrackingError:  # the store, not the model: the pipeline says "tracking error"
         raise
     except Exception as e:  # FileNotFoundError, MlflowException (unknown name/version/alias), ...
-        raise ModelNotFoundError(
-            f"cannot load model {model_uri!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-            "Pass an existing model directory or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>, "
-            "models:/<name>@<alias>) and check tracking.uri points at the right store"
-        ) from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        fix = ("" if "pass one of them" in reason or "tracking.uri" in reason else  # it says what to do already
+               ". Pass an existing model directory or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>, "
+               "models:/<name>@<alias>) and check tracking.uri points at the right store")
+        raise ModelNotFoundError(f"cannot load model {model_uri!r}: {reason}{fix}") from e
 
     start = time.perf_counter()
     emb = embed_catalogue(model, spec, index_cfg.embed_batch_size)

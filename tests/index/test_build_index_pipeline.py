@@ -108,8 +108,14 @@ def test_failed_write_leaves_the_previous_index(env: dict, monkeypatch: pytest.M
 
 
 def test_unknown_model_is_a_clear_error(env: dict) -> None:
-    with pytest.raises(SystemExit, match=r"index error: cannot load model 'models:/nope/1'.*models:/<name>@<alias>"):
+    with pytest.raises(SystemExit, match=r"index error: cannot load model 'models:/nope/1': .*check the run id / model "
+                                         r"name in the URI, or point tracking\.uri"):
         build_index.main(_args(env, "models:/nope/1"))
+    # a version that is not there lists the ones that are (once: no second generic hint)
+    with pytest.raises(SystemExit, match=r"index error: cannot load model 'models:/recsys_cl_two_tower/7': .*has no "
+                                         r"version 7 in .* \(versions: 1\); pass one of them, e\.g\. "
+                                         r"models:/recsys_cl_two_tower/1$"):
+        build_index.main(_args(env, "models:/recsys_cl_two_tower/7"))
     # a missing alias says which versions exist and how to point the alias (train_two_tower
     # registers a version but moves no alias unless tracking.set_alias is given)
     with pytest.raises(SystemExit, match=r"index error: .*has no alias 'nosuch' \(versions: 1; latest 1; "

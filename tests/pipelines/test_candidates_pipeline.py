@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import generate_candidates
+from pipelines import generate_candidates, nightly
 from recsys_cl.config import RunConfig, load_config
 from recsys_cl.data.io import load_click_log
 from recsys_cl.features.spec import build_feature_spec
@@ -125,6 +125,15 @@ def test_malformed_date_exits_with_the_format(tmp_path: Path, model_dir: Path) -
     args[1] = "2024-13-01"
     with pytest.raises(SystemExit, match=r"candidates error: --date '2024-13-01' .*expected YYYY-MM-DD"):
         generate_candidates.main(args)
+
+
+def test_a_config_typo_is_a_config_error_with_the_closest_key(tmp_path: Path, model_dir: Path) -> None:
+    """As in every pipeline: 'config error:', the key's full name and the closest known key."""
+    with pytest.raises(SystemExit, match=r"^config error: unknown config key 'candidates\.output_dri'; did you mean "
+                                         r"'candidates\.output_dir'\? known keys here: "):
+        generate_candidates.main([*_args(tmp_path, model_dir), "--set", "candidates.output_dri=x"])
+    with pytest.raises(SystemExit, match=r"^config error: unknown config key 'candidates\.zzz'; known keys here: "):
+        nightly.main([*_args(tmp_path, model_dir)[:2], "--set", "candidates.zzz=1"])
 
 
 def test_no_clicks_in_window_exits_clearly(tmp_path: Path, model_dir: Path) -> None:

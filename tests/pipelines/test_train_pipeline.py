@@ -100,7 +100,7 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
 
 
 def test_bad_config_key_exits_with_the_key(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"unknown config key 'loss\.temprature'"):
+    with pytest.raises(SystemExit, match=r"unknown config key 'loss\.temprature'; did you mean 'loss\.temperature'\? "):
         train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "loss.temprature=0.1"))
 
 
