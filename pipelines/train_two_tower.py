@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
                     summary = run_two_tower(cfg, run, prep)
-            except (Terminated, KeyboardInterrupt) as e:  # the run is FAILED by now
+            except Terminated as e:  # SIGTERM or Ctrl-C (exits_on_tracking_error); the run is FAILED by now
                 exit_stopped(e, "the MLflow run is marked FAILED; rerun the same command to continue it from its "
                                 f"last finished epoch (checkpoints in {cfg.train.checkpoint_dir})")
         else:  # only rank 0 talks to MLflow and writes files
