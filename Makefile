@@ -41,7 +41,7 @@ SERVE_MODEL ?= models:/recsys_cl_two_tower@champion
 SERVE_PORT  ?= 5001
 
 serve: $(STAMP)  ## REST endpoint for the champion model (after make demo): POST {"dataframe_records": [{"history": [...]}]} to :5001/invocations
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m mlflow models serve -m $(SERVE_MODEL) --env-manager local -p $(SERVE_PORT)
+	$(PY) -m pipelines.serve --model $(SERVE_MODEL) --port $(SERVE_PORT)
 
 baselines: $(STAMP)  ## Popularity / ItemKNN / EASE under the same split and protocol
 	$(PY) -m pipelines.evaluate_baselines --config $(CONFIG)

@@ -1,4 +1,4 @@
-"""The registered model behind a real ``mlflow models serve`` REST endpoint (uvicorn, local env)."""
+"""pipelines.serve: the registered model behind a real ``mlflow models serve`` REST endpoint (uvicorn)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,14 @@ def test_mlflow_models_serve_answers_with_unseen_items(tmp_path: Path, monkeypat
         "--set", "user_tower.history_length=2", "--set", "tracking.set_alias=champion",
     ])
     port = _free_port()
-    # the README's command; mlflow starts uvicorn by name, so the venv's bin/ must be on PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": db,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # the README's command (mlflow models serve once the champion is found), as make serve runs it;
+    # PATH without the venv: the pipeline puts its bin/ (uvicorn) first itself
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/recsys_cl_two_tower@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-m", "pipelines.serve", "--set", f"tracking.uri={db}", "--port", str(port),
+         "--summary-json", str(tmp_path / "serving.json")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -61,10 +62,14 @@ def test_mlflow_models_serve_answers_with_unseen_items(tmp_path: Path, monkeypat
                     break
             except OSError:
                 if server.poll() is not None:
-                    pytest.fail(f"mlflow models serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
+                    pytest.fail(f"pipelines.serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
                 if time.monotonic() > deadline:
-                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
+                    pytest.fail("pipelines.serve did not answer /ping within 120 s")
                 time.sleep(0.5)
+        served = json.loads((tmp_path / "serving.json").read_text())
+        assert served == {"model_uri": "models:/recsys_cl_two_tower@champion", "model_version": "1",
+                          "model_run_id": served["model_run_id"], "tracking_uri": db,
+                          "url": f"http://127.0.0.1:{port}/invocations"}
         history = [1, 2, 3, 4, 5]  # longer than history_length: all five are still left out
         status, body = _post(port, {"dataframe_records": [{"history": history}, {"history": []}]})
         assert status == 200, body
@@ -86,3 +91,35 @@ def test_mlflow_models_serve_answers_with_unseen_items(tmp_path: Path, monkeypat
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+    assert server.stdout is not None
+    assert server.stdout.readline().startswith("serving models:/recsys_cl_two_tower@champion (version 1, run ")
+
+
+def test_serve_refuses_what_it_cannot_serve_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No store, no such alias, a recsys_cl model folder: one line each, nothing started or created."""
+    from pipelines import serve
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    started = []
+    monkeypatch.setattr(serve, "run_server", lambda *a: started.append(a) or 0)
+    with pytest.raises(SystemExit, match=r"^tracking error: there is no MLflow store at sqlite:///mlflow\.db"):
+        serve.main([])
+    assert not (tmp_path / "mlflow.db").exists()  # nothing created where there was nothing
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_two_tower.main([
+        "--set", f"data.path={FIXTURES / 'ml-100k'}", "--set", f"tracking.uri={db}",
+        "--set", f"train.checkpoint_dir={tmp_path / 'ck'}", "--set", "train.epochs=1",
+        "--set", "train.batch_size=8", "--set", "train.progress=false", "--set", "model.embedding_dim=8",
+        "--set", "user_tower.history_length=2",
+    ])
+    with pytest.raises(SystemExit, match=r"^serve error: registered model 'recsys_cl_two_tower' has no alias "
+                                         r"'champion' \(versions: 1; latest 1\)"):
+        serve.main(["--set", f"tracking.uri={db}"])
+    from recsys_cl.config import TrackingConfig
+    from recsys_cl.tracking import resolve_model_dir
+
+    model_dir = resolve_model_dir("models:/recsys_cl_two_tower/1", TrackingConfig(uri=db))  # model.pt, no MLmodel
+    with pytest.raises(SystemExit, match=r"^serve error: .* holds no MLmodel file: .*--model runs:/<run_id>/model"):
+        serve.main(["--set", f"tracking.uri={db}", "--model", str(model_dir)])
+    assert started == []
