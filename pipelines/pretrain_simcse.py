@@ -117,7 +117,8 @@ def _print_summary(summary: dict[str, Any], uri: str) -> None:
     print(f"\n{'metric (' + summary['eval_split'] + ')':>20s}  {'SimCSE':>8s}  {'before':>8s}")
     for k, v in summary["metrics"].items():
         print(f"{k:>20s}  {v:8.4f}  {summary['baseline_metrics'][k]:8.4f}")
-    print(f"{'(random neighbours)':>20s}  {summary['chance_genre_recall']:8.4f}  (genre_recall)")
+    chance = summary["chance_genre_recall"]  # the same for both encoders: a column of its own would mislead
+    print(f"{'  chance (random)':>20s}  {chance:8.4f}  {chance:8.4f}  genre_recall@10 of random neighbours")
     d = summary["genre_recall_delta"]
     print(f"genre_recall after - before: {d['delta']:+.4f}, 95% paired bootstrap over held-out movies "
           f"[{d['low']:+.4f}, {d['high']:+.4f}]")
