@@ -498,11 +498,7 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
                 raise FileNotFoundError(f"{uri}: {missing}") from None
         name, _, version = uri.removeprefix("models:/").rpartition("/")
         if uri.startswith("models:/") and not at and name and version.isdigit():  # a version that is not there
-            versions: list[Any] = []
-            try:
-                versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
-            except mlflow.exceptions.MlflowException:
-                pass
+            versions = registered_versions(mlflow.MlflowClient(), name)
             if versions:
                 have = sorted((int(v.version) for v in versions))
                 raise FileNotFoundError(
@@ -626,6 +622,15 @@ class AliasNotFoundError(LookupError):
     """A registered model has no version under the requested alias; the message says how to set it."""
 
 
+def registered_versions(client: Any, name: str) -> list[Any]:
+    """The versions of registered model ``name`` (``ModelVersion`` objects); empty when there is no
+    such model or the registry cannot be searched: only used to say what exists in an error."""
+    try:
+        return list(client.search_model_versions(f"name='{name}'"))
+    except mlflow.exceptions.MlflowException:
+        return []
+
+
 def resolve_model_alias(
     name: str, alias: str, tracking: TrackingConfig | None = None, fallback_to_latest: bool = False,
     fallback_hint: bool = True,
@@ -643,11 +648,7 @@ def resolve_model_alias(
         mv = client.get_model_version_by_alias(name, alias)
         fell_back = False
     except mlflow.exceptions.MlflowException as e:
-        versions: list[Any] = []
-        try:
-            versions = client.search_model_versions(f"name='{name}'")
-        except mlflow.exceptions.MlflowException:
-            pass
+        versions = registered_versions(client, name)
         if not versions:
             raise AliasNotFoundError(
                 f"registered model {name!r} does not exist (or has no versions) in "
