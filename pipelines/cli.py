@@ -246,6 +246,14 @@ def overlap_text(health: Mapping[str, Any]) -> str:
     return text
 
 
+def print_model_after_run_date(manifest: Mapping[str, Any]) -> None:
+    """A warning line when the model was trained on clicks after the run date (a backfill leak)."""
+    if manifest.get("model_after_run_date"):
+        print(f"warning: the model was trained on clicks up to {manifest['model_trained_until']}, after the "
+              f"run date {manifest['date']}: these candidates know what users did later; for a backfill, "
+              "serve a model trained on clicks up to the run date")
+
+
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any,
     and on the share of the written rows that recommend new items, when there are any."""

@@ -34,6 +34,7 @@ from pipelines.cli import (
     exit_stopped,
     exits_on_tracking_error,
     print_fold_in,
+    print_model_after_run_date,
     recall_text,
     shown_path,
     write_summary,
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_active']} active users, backend {summary['backend']}, {recall_text(summary)}, "
           f"{summary['users_per_s']:,.0f} users/s)")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
+    print_model_after_run_date(summary)
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     return summary
 
@@ -196,7 +198,8 @@ def candidate_params(c: Any, saved_index: bool) -> dict[str, Any]:
 
 def log_result(tracker: Any, manifest: dict) -> None:
     tracker.set_tags({"backend": manifest["backend"], "model_version": manifest["model_version"],
-                      "index_id": manifest["index_id"]})
+                      "index_id": manifest["index_id"],
+                      "model_trained_until": manifest.get("model_trained_until")})
     tracker.log_metrics({
         "rows": manifest["rows"], "users_active": manifest["users_active"],
         "users_served": manifest["users_served"], "served_share": manifest["served_share"],

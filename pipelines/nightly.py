@@ -40,6 +40,7 @@ from pipelines.cli import (
     exits_on_tracking_error,
     overlap_text,
     print_fold_in,
+    print_model_after_run_date,
     recall_text,
     write_summary,
 )
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"candidates: {result.partition}  ({summary['rows']} rows, {summary['users_served']}/"
           f"{summary['users_active']} users, {recall_text(summary)}, {overlap_text(health)})")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
+    print_model_after_run_date(summary)
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))

@@ -25,6 +25,7 @@ from recsys_cl.candidates.window import (
     Window,
     active_users,
     clicks_up_to,
+    trained_after,
 )
 from recsys_cl.config import CandidatesConfig
 from recsys_cl.io_atomic import PartitionWriter
@@ -44,6 +45,10 @@ class RunWindow:
     """(U,) sorted ids of the users active in the window."""
     clicks_read: dict[str, float]
     """:func:`recsys_cl.candidates.histories.check_clicks` of the window."""
+    model_trained_until: str | None = None
+    """Date of the model's last training click (None: not recorded with the model)."""
+    model_after_run_date: bool = False
+    """The model was trained on clicks after the run date (warned about once, here)."""
 
 
 def read_window(
@@ -68,7 +73,7 @@ def read_window(
             "model trained on this click log (check --model / the alias and data.path)? Lower "
             "candidates.min_known_item_share to serve it anyway"
         )
-    return RunWindow(window, history, users, read)
+    return RunWindow(window, history, users, read, *trained_after(spec.train_clicks_until, run_date))
 
 
 @dataclass
@@ -195,6 +200,8 @@ def generate_candidates(
             "window_clicks": int(clicks_read["window_clicks"]),
             "known_item_share": clicks_read["known_item_share"],
             "clicks_on_run_date": int(clicks_read["clicks_on_run_date"]),
+            "model_trained_until": read.model_trained_until,
+            "model_after_run_date": read.model_after_run_date,
             **stats,
             "served_share": stats["users_served"] / max(len(users), 1),
             "catalogue_size": rec.spec.num_items,

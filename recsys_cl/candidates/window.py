@@ -78,6 +78,22 @@ def data_span(clicks: pl.DataFrame) -> str:
     return f"{first} .. {last}"
 
 
+def trained_after(train_clicks_until: int | None, run_date: date) -> tuple[str | None, bool]:
+    """``(date of the model's last training click, whether it is after run_date)``; ``(None, False)``
+    for a model saved before it was recorded. After the run date, the model has learned from clicks
+    the run itself may not read: fine for a look at old dates, a leak in a backfill that is scored
+    against those days' clicks."""
+    if train_clicks_until is None:
+        return None, False
+    last = datetime.fromtimestamp(int(train_clicks_until), tz=timezone.utc).date()
+    if last > run_date:
+        log.warning(
+            "the model was trained on clicks up to %s, after the run date %s: its candidates use what users "
+            "did after that date, so scoring them against that date's clicks would leak; for a backfill, "
+            "serve a model trained on clicks up to the run date", last, run_date)
+    return last.isoformat(), last > run_date
+
+
 def clicks_up_to(clicks: pl.DataFrame, run_date: date) -> pl.DataFrame:
     """Clicks with timestamp before the end of ``run_date`` (UTC): all history a run may read.
 

@@ -35,6 +35,8 @@ class FeatureSpec:
             ``text_mask``: (M, L); ``image_pixels``: (M, C, H, W) uint8). See
             :mod:`recsys_cl.towers.content`.
         content_meta: per content encoder: mode (frozen | trainable), source, feature_dim, architecture.
+        train_clicks_until: unix seconds of the last training click (None: a spec saved before it
+            was recorded). Serving on an earlier date means the model has seen that date's future.
     """
 
     items: Vocab
@@ -44,6 +46,7 @@ class FeatureSpec:
     item_counts: np.ndarray
     content: dict[str, np.ndarray] = field(default_factory=dict)
     content_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_clicks_until: int | None = None
 
     @property
     def num_items(self) -> int:
@@ -76,6 +79,7 @@ class FeatureSpec:
             np.save(d / f"content_{name}.npy", arr)
         (d / "spec.json").write_text(json.dumps({
             "num_items": self.num_items, "content": sorted(self.content), "content_meta": self.content_meta,
+            "train_clicks_until": self.train_clicks_until,
         }))
         return d
 
@@ -93,6 +97,7 @@ class FeatureSpec:
             item_counts=np.load(d / "item_counts.npy"),
             content={name: np.load(d / f"content_{name}.npy") for name in info.get("content", [])},
             content_meta=info.get("content_meta", {}),
+            train_clicks_until=info.get("train_clicks_until"),
         )
 
 
@@ -130,4 +135,6 @@ def build_feature_spec(
     else:
         genre_vocab = Vocab(np.array([], dtype=str), name="genre")
         matrix = np.full((len(item_vocab), 1), -1, dtype=np.int64)
-    return FeatureSpec(item_vocab, user_vocab, genre_vocab, matrix, counts.astype(np.int64))
+    until = int(train["timestamp"].max()) if "timestamp" in train.columns else None  # type: ignore[arg-type]
+    return FeatureSpec(item_vocab, user_vocab, genre_vocab, matrix, counts.astype(np.int64),
+                       train_clicks_until=until)

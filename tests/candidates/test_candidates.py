@@ -100,6 +100,7 @@ def test_dates_at_the_calendar_edge_are_a_clear_error(run_date: date, lookback: 
 class _Spec:
     def __init__(self, items: Vocab, users: Vocab) -> None:
         self.items, self.users = items, users
+        self.train_clicks_until = None  # as a model saved before it was recorded
 
 
 def test_check_clicks_reports_what_the_model_can_read() -> None:
@@ -586,3 +587,17 @@ def test_a_window_mostly_on_unknown_items_is_refused_before_any_work() -> None:
                                               r"trained on this click log"):
         read_window(clicks, spec, date(2023, 11, 15), 2, 0.5)
     assert read_window(clicks, spec, date(2023, 11, 15), 2, 0.25).clicks_read["known_item_share"] == 0.25
+
+
+def test_trained_after_compares_the_last_training_click_day_with_the_run_date(caplog) -> None:
+    from datetime import date
+
+    from recsys_cl.candidates.window import day_start, trained_after
+
+    last = day_start(date(2024, 5, 2)) + 3600  # 2024-05-02 01:00 UTC
+    assert trained_after(last, date(2024, 5, 2)) == ("2024-05-02", False)  # the run date's own clicks: fine
+    assert trained_after(last, date(2024, 5, 3)) == ("2024-05-02", False)
+    assert not caplog.records
+    assert trained_after(last, date(2024, 5, 1)) == ("2024-05-02", True)
+    assert "trained on clicks up to 2024-05-02, after the run date 2024-05-01" in caplog.text
+    assert trained_after(None, date(2024, 5, 1)) == (None, False)  # a model saved before it was recorded

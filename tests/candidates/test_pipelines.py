@@ -39,6 +39,26 @@ def test_generate_logs_an_mlflow_run(  # type: ignore[no-untyped-def]
     assert run.data.params["candidates.backend"] == "exact" == run.data.tags["backend"]  # built in memory
 
 
+def test_a_run_date_before_the_models_last_training_click_is_flagged(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The model learned from clicks up to 1997-09-23 (the fixture's 80% time cutoff falls on that
+    day): candidates for 09-22 know what users did later. Served, but said in the output, the
+    manifest and an MLflow tag; on 09-23 itself nothing is flagged."""
+    early = generate_candidates.main(["--date", FIRST_DATE, "--model", in_root.model_uri,
+                                      *in_root.args(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert early["model_trained_until"] == LAST_DATE and early["model_after_run_date"] is True
+    assert (f"warning: the model was trained on clicks up to {LAST_DATE}, after the run date {FIRST_DATE}"
+            in printed), printed
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    assert mlflow.get_run(early["mlflow_run_id"]).data.tags["model_trained_until"] == LAST_DATE
+    on_time = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
+                                        *in_root.args(tmp_path / "out")])
+    assert on_time["model_trained_until"] == LAST_DATE and on_time["model_after_run_date"] is False
+    assert "warning:" not in capsys.readouterr().out
+
+
 def test_generate_without_model_serves_the_configured_registry_alias(  # type: ignore[no-untyped-def]
     in_root, tmp_path: Path
 ) -> None:

@@ -29,6 +29,17 @@ def test_save_load_round_trip(tmp_path) -> None:
     spec = build_feature_spec(_train(), _items())
     back = FeatureSpec.load(spec.save(tmp_path / "f"))
     assert list(back.items.ids) == [10, 20, 30] and back.item_genres.tolist() == spec.item_genres.tolist()
+    assert spec.train_clicks_until == 3 == back.train_clicks_until  # the last training click, kept with the model
+
+
+def test_a_spec_saved_before_the_training_cutoff_was_recorded_loads_without_it(tmp_path) -> None:
+    import json
+
+    d = build_feature_spec(_train(), _items()).save(tmp_path / "f")
+    info = json.loads((d / "spec.json").read_text())
+    del info["train_clicks_until"]
+    (d / "spec.json").write_text(json.dumps(info))
+    assert FeatureSpec.load(d).train_clicks_until is None
 
 
 def test_cold_item_embedding_comes_from_content_only() -> None:
