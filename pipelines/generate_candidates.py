@@ -199,7 +199,8 @@ def candidate_params(c: Any, saved_index: bool) -> dict[str, Any]:
 def log_result(tracker: Any, manifest: dict) -> None:
     tracker.set_tags({"backend": manifest["backend"], "model_version": manifest["model_version"],
                       "index_id": manifest["index_id"],
-                      "model_trained_until": manifest.get("model_trained_until")})
+                      "model_trained_until": manifest.get("model_trained_until"),
+                      "spark_master": (manifest.get("engine_info") or {}).get("master")})
     tracker.log_metrics({
         "rows": manifest["rows"], "users_active": manifest["users_active"],
         "users_served": manifest["users_served"], "served_share": manifest["served_share"],

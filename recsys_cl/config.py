@@ -573,6 +573,11 @@ class CandidatesConfig:
     ``models:/<tracking.registered_model_name>@<candidates.alias>``, as the nightly job serves it."""
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"
+    """Master of the session the job starts (``--engine spark``); under ``spark-submit``, its
+    ``--master`` holds instead."""
+    spark_partitions: int | None = None
+    """Id-range partitions of the users (Spark tasks); null = the session's default parallelism
+    (its executor cores)."""
     recall_sample: int = 500
     """Users sampled to measure the index's recall@K against exact search (0 = skip)."""
     seed: int = 0
@@ -612,6 +617,9 @@ class CandidatesConfig:
                               f"got {self.fold_in_max_clicks}")
         if self.max_extra_fetch < 0 or self.recall_sample < 0:
             raise ConfigError("candidates.max_extra_fetch and candidates.recall_sample must be >= 0")
+        if self.spark_partitions is not None and self.spark_partitions < 1:
+            raise ConfigError(f"candidates.spark_partitions must be >= 1 or null (the session's default "
+                              f"parallelism), got {self.spark_partitions}")
         for key in ("min_overlap", "min_coverage", "min_served_share", "min_ann_recall", "min_known_item_share",
                     "max_new_item_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:

@@ -147,15 +147,16 @@ def generate_candidates(
     *,
     extra_manifest: dict[str, Any] | None = None,
     validate: Callable[[Path, dict[str, Any]], None] | None = None,
-    spark_runner: Callable[..., dict[str, float] | None] | None = None,
+    spark_runner: Callable[..., dict[str, Any] | None] | None = None,
     read: RunWindow | None = None,
 ) -> CandidatesResult:
     """Compute and atomically publish ``<cfg.output_dir>/dt=<run_date>``.
 
     ``validate(temp_dir, manifest)`` runs before publishing (the nightly health checks); if it
     raises, nothing is published. ``spark_runner`` (from :func:`recsys_cl.candidates.spark.make_spark_runner`)
-    replaces the local chunk loop; the engine's start-up time it reports (``engine_startup_s``) is
-    in ``timings`` but not in ``users_per_s``. ``read``: :func:`read_window` of the same clicks and
+    replaces the local chunk loop; the engine's start-up time it reports (``timings.engine_startup_s``)
+    is in ``timings`` but not in ``users_per_s``, and its ``info`` (where it ran) is the manifest's
+    ``engine_info``. ``read``: :func:`read_window` of the same clicks and
     date when the caller has it already (``job.run`` reads the window before it builds an index).
     """
     t = {"start": time.perf_counter()}
@@ -170,11 +171,11 @@ def generate_candidates(
     histories = UserHistories(history.filter(pl.col("user_id").is_in(users)), rec.spec)
     t["load"] = time.perf_counter()
     dt = run_date.isoformat()
-    engine_timings: dict[str, float] = {}
+    engine: dict[str, Any] = {}
     with PartitionWriter(cfg.output_dir, dt) as writer:
         if spark_runner is not None:
-            engine_timings = spark_runner(rec=rec, histories=histories, users=users, length=history_length,
-                                          cfg=cfg, out_dir=writer.temp_dir) or {}
+            engine = spark_runner(rec=rec, histories=histories, users=users, length=history_length,
+                                  cfg=cfg, out_dir=writer.temp_dir) or {}
         else:
             torch.set_num_threads(cfg.n_workers)
             for s, e in chunks(len(users), cfg.chunk_size):
@@ -183,6 +184,7 @@ def generate_candidates(
         stats = partition_stats(writer.temp_dir, rec.spec.num_items, rec.spec.items.ids[rec.spec.cold_items])
         recall = sampled_recall(rec, histories, users, history_length, cfg.recall_sample, cfg.seed)
         t["check"] = time.perf_counter()
+        engine_timings: dict[str, float] = engine.get("timings", {})
         timings = {
             "load_s": t["load"] - t["start"],
             "generate_s": t["generate"] - t["load"],
@@ -211,6 +213,7 @@ def generate_candidates(
             "backend": rec.index.name,
             "index_params": rec.index.params(),
             "engine": "spark" if spark_runner is not None else "local",
+            "engine_info": engine.get("info", {}),
             "chunk_size": cfg.chunk_size,
             "n_workers": cfg.n_workers,
             "timings": timings,

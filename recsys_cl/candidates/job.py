@@ -80,7 +80,7 @@ def run(
     tmp = scratch_dir("recsys_cl_spark_index_")  # removed below, or by a later run if this one is killed
     try:
         ship = Path(index_dir) if index_dir is not None else index.save(tmp / "index")
-        runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master)
+        runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master, cfg.spark_partitions)
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
                                    extra_manifest=extra, validate=validate, spark_runner=runner, read=read)
     finally:

@@ -27,8 +27,18 @@ _EXECUTOR_CACHE: dict[tuple[str, ...], Recommender] = {}
 """One Recommender per executor Python process (model + index loaded once, reused across tasks)."""
 
 
+def under_spark_submit() -> bool:
+    """Whether this Python process was started by ``spark-submit`` (or the pyspark shell): its JVM,
+    master and ``--conf`` exist already."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def spark_session(master: str = "local[2]", app_name: str = "recsys_cl-candidates") -> Any:
     """The one place a SparkSession is created (Arrow on; for ``local[*]``: driver on 127.0.0.1, UI off).
+
+    Under ``spark-submit``, its ``--master``, ``--name`` and ``--conf`` hold and ``master`` /
+    ``app_name`` are not applied (setting them would silently move a ``--master yarn`` job onto the
+    driver); only what the engine needs (Arrow, Python worker reuse) is added.
 
     When this process starts Spark's JVM (no JVM yet, not under ``spark-submit``), the JVM gets a
     session of its own: a SIGTERM or Ctrl-C sent to the job's process group (a scheduler, a terminal)
@@ -46,17 +56,23 @@ def spark_session(master: str = "local[2]", app_name: str = "recsys_cl-candidate
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     conf = (
-        SparkConf().setMaster(master)
-        .setAppName(app_name)
+        SparkConf()
         .set("spark.sql.execution.arrow.pyspark.enabled", "true")
         .set("spark.python.worker.reuse", "true")
     )
+    if under_spark_submit():
+        session = SparkSession.builder.config(conf=conf).getOrCreate()
+        if session.sparkContext.master != master:
+            log.info("under spark-submit: master %s from spark-submit (candidates.spark_master %s applies "
+                     "when the job starts Spark itself)", session.sparkContext.master, master)
+        return session
+    conf = conf.setMaster(master).setAppName(app_name)
     if master.startswith("local"):  # tests and single machines: loopback only, no UI
         conf = (conf.set("spark.driver.bindAddress", "127.0.0.1")
                 .set("spark.driver.host", "127.0.0.1")
                 .set("spark.ui.enabled", "false")
                 .set("spark.sql.shuffle.partitions", "4"))
-    if SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+    if SparkContext._gateway is None:
         # what getOrCreate would launch (spark-submit with the same --conf), in a session of its own
         SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))
     return SparkSession.builder.config(conf=conf).getOrCreate()
@@ -162,16 +178,18 @@ def _arrow_inputs(histories: UserHistories, users: np.ndarray, length: int, chun
 
 
 def make_spark_runner(
-    model_dir: Path, index_dir: Path, master: str, n_partitions: int = 4
-) -> Callable[..., dict[str, float]]:
-    """A ``spark_runner`` for :func:`generate_candidates`: users partitioned by id range, the model and
+    model_dir: Path, index_dir: Path, master: str, n_partitions: int | None = None
+) -> Callable[..., dict[str, Any]]:
+    """A ``spark_runner`` for :func:`generate_candidates`: users partitioned by id range into
+    ``n_partitions`` (None: the session's default parallelism, i.e. its executor cores), the model and
     index directories shipped with ``SparkContext.addFile`` and loaded once per executor process,
     ``mapInArrow``; executors write Parquet, sorted by (user_id, rank), into the temp partition.
-    The runner returns ``{"engine_startup_s"}``: starting the session and shipping the files, which
-    ``users_per_s`` leaves out."""
+    The runner returns ``{"timings": {"engine_startup_s"}, "info": {"master", "partitions",
+    "default_parallelism", "spark_submit"}}``: starting the session and shipping the files, which
+    ``users_per_s`` leaves out, and where the job ran."""
 
     def run(*, rec: Recommender, histories: UserHistories, users: np.ndarray, length: int,
-            cfg: CandidatesConfig, out_dir: Path) -> dict[str, float]:
+            cfg: CandidatesConfig, out_dir: Path) -> dict[str, Any]:
         try:
             return _run(rec=rec, histories=histories, users=users, length=length, cfg=cfg, out_dir=out_dir)
         except BaseException:  # SIGTERM's SystemExit, Ctrl-C, an error: stop Spark before the temp
@@ -179,7 +197,7 @@ def make_spark_runner(
             raise
 
     def _run(*, rec: Recommender, histories: UserHistories, users: np.ndarray, length: int,
-             cfg: CandidatesConfig, out_dir: Path) -> dict[str, float]:
+             cfg: CandidatesConfig, out_dir: Path) -> dict[str, Any]:
         import shutil
 
         t0 = time.perf_counter()
@@ -194,6 +212,7 @@ def make_spark_runner(
         sc = spark.sparkContext
         sc.addFile(str(model_dir), recursive=True)
         sc.addFile(str(index_dir), recursive=True)
+        partitions = n_partitions or max(int(sc.defaultParallelism), 1)
         startup_s = time.perf_counter() - t0
         id_type = "string" if users.dtype.kind in "UO" else "long"
         in_schema = f"user_id {id_type}, user_index long, window array<long>, seen array<long>"
@@ -205,7 +224,7 @@ def make_spark_runner(
         # holds the i-th id range. Range-shuffling and sorting the 100x larger output instead made the
         # whole job ~1.4x slower (30,500 users, docs/candidates.md#spark).
         out = (
-            df.repartitionByRange(n_partitions, "user_id")
+            df.repartitionByRange(partitions, "user_id")
             .sortWithinPartitions("user_id")
             .mapInArrow(lambda it: _spark_recommend(it, args), schema=out_schema)
         )
@@ -216,6 +235,8 @@ def make_spark_runner(
             f.rename(dest)
             fsync_path(dest)
         shutil.rmtree(spark_dir)
-        return {"engine_startup_s": startup_s}
+        return {"timings": {"engine_startup_s": startup_s},
+                "info": {"master": sc.master, "partitions": partitions,
+                         "default_parallelism": int(sc.defaultParallelism), "spark_submit": under_spark_submit()}}
 
     return run

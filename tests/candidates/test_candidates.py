@@ -414,11 +414,11 @@ def test_users_per_s_leaves_the_engine_start_up_out(  # type: ignore[no-untyped-
 
     from recsys_cl.candidates import job
 
-    def stand_in(model_dir, index_dir, master):  # type: ignore[no-untyped-def]
+    def stand_in(model_dir, index_dir, master, partitions):  # type: ignore[no-untyped-def]
         def runner(*, rec, histories, users, length, cfg, out_dir):  # type: ignore[no-untyped-def]
             time.sleep(0.3)  # a session starting
             pq.write_table(rec.recommend(histories.batch(users, length)), out_dir / "part-00000.parquet")
-            return {"engine_startup_s": 0.3}
+            return {"timings": {"engine_startup_s": 0.3}, "info": {"master": master, "partitions": 1}}
         return runner
 
     monkeypatch.setattr(job, "make_spark_runner", stand_in)
@@ -430,6 +430,8 @@ def test_users_per_s_leaves_the_engine_start_up_out(  # type: ignore[no-untyped-
     assert t["engine_startup_s"] == 0.3 and t["generate_s"] > 0.3
     assert out.manifest["users_per_s"] == pytest.approx(users / (t["generate_s"] - 0.3))
     assert "engine_startup_s" not in local.manifest["timings"]
+    assert out.manifest["engine_info"] == {"master": "local[2]", "partitions": 1}
+    assert local.manifest["engine_info"] == {}
     assert local.manifest["users_per_s"] == pytest.approx(users / local.manifest["timings"]["generate_s"])
 
 

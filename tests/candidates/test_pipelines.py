@@ -167,7 +167,12 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     local = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
                                       *in_root.args(tmp_path / "local")])
     spark = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri, "--engine", "spark",
-                                      *in_root.args(tmp_path / "spark"), "--set", "candidates.chunk_size=3"])
+                                      *in_root.args(tmp_path / "spark"), "--set", "candidates.chunk_size=3",
+                                      "--set", "candidates.spark_partitions=4"])
+    assert spark["engine_info"] == {"master": "local[2]", "partitions": 4, "default_parallelism": 2,
+                                    "spark_submit": False}
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    assert mlflow.get_run(spark["mlflow_run_id"]).data.tags["spark_master"] == "local[2]"
     a, b = read_partition(local["partition"]), read_partition(spark["partition"])
     assert a.drop("score").equals(b.drop("score"))
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-6)
@@ -181,6 +186,39 @@ def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: i
     t = spark["timings"]  # users/s leaves Spark's start-up out; the start-up is reported beside it
     assert 0 < t["engine_startup_s"] < t["generate_s"]
     assert spark["users_per_s"] == pytest.approx(spark["users_active"] / (t["generate_s"] - t["engine_startup_s"]))
+
+
+def test_spark_submit_keeps_its_master_and_runs_the_pipeline_script(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path
+) -> None:
+    """``spark-submit --master X pipelines/generate_candidates.py ...`` (docs/candidates.md#spark):
+    spark-submit's master holds, not candidates.spark_master (local[2] by default; applying it moved
+    a --master yarn job onto the driver), the users are split into the session's default
+    parallelism, and the rows are the local engine's."""
+    pytest.importorskip("pyspark", reason="pyspark not installed: pip install -e '.[spark]'")
+    submit = Path(sys.executable).parent / "spark-submit"
+    if shutil.which("java") is None or not submit.exists():
+        pytest.skip("no java on PATH or no spark-submit beside this python: Spark needs Java 17 and pyspark")
+    repo = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYSPARK_PYTHON": sys.executable}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+         str(repo / "pipelines" / "generate_candidates.py"), "--date", LAST_DATE, "--model", in_root.model_uri,
+         "--engine", "spark", *in_root.args(tmp_path / "spark"), "--summary-json", str(summary)],
+        cwd=in_root.root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    got = json.loads(summary.read_text())
+    assert got["engine_info"] == {"master": "local[1]", "partitions": 1, "default_parallelism": 1,
+                                  "spark_submit": True}
+    local = generate_candidates.main(["--date", LAST_DATE, "--model", in_root.model_uri,
+                                      *in_root.args(tmp_path / "local")])
+    a, b = read_partition(local["partition"]), read_partition(got["partition"])
+    assert a.drop("score").equals(b.drop("score"))
 
 
 def test_sigterm_to_a_spark_job_stops_it_in_one_line(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
