@@ -262,6 +262,54 @@ def test_sigterm_to_a_spark_job_stops_it_in_one_line(in_root, tmp_path: Path) ->
     assert runs["status"].tolist() == ["FAILED"]
 
 
+def test_sigterm_to_a_spark_submit_job_publishes_nothing(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path
+) -> None:
+    """The same stop under ``spark-submit`` (its JVM is the driver's parent, in the same process
+    group, so the signal reaches both): nothing is published, no temp directory is left, the run is
+    FAILED and the exit code says the job did not succeed. The JVM exits first; the driver's Python
+    cleans up just after it."""
+    pytest.importorskip("pyspark", reason="pyspark not installed: pip install -e '.[spark]'")
+    submit = Path(sys.executable).parent / "spark-submit"
+    if shutil.which("java") is None or not submit.exists():
+        pytest.skip("no java on PATH or no spark-submit beside this python: Spark needs Java 17 and pyspark")
+    out = tmp_path / "out"
+    repo = Path(__file__).parents[2]
+    env = {**os.environ, SLEEP_HOOK_ENV: "5", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
+           "PYSPARK_PYTHON": sys.executable}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+            str(repo / "pipelines" / "generate_candidates.py"), "--date", LAST_DATE, "--model", in_root.model_uri,
+            "--engine", "spark", *in_root.args(out), "--set", "candidates.chunk_size=3"]
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen(args, cwd=in_root.root, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while not list(out.glob(f".dt={LAST_DATE}.tmp.*/_spark")):
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()
+                assert time.time() < deadline, "the Spark job never started"
+                time.sleep(0.1)
+            time.sleep(1)
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(90)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 128 + signal.SIGTERM  # spark-submit's JVM exits first, with the signal's code
+    deadline = time.time() + 60  # the driver's Python, spark-submit's child, may still be cleaning up
+    while list(out.iterdir()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(out.iterdir()) == []  # no partition, and the temp directory removed
+    # (the driver's own last line goes out through spark-submit's JVM, gone by then: the run's
+    # status says what happened)
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["candidates_serving"],
+                              filter_string="tags.job = 'candidates' and attributes.status = 'FAILED'")
+    assert len(runs) == 1
+
+
 def test_serving_jobs_report_an_unreachable_store_at_once(in_root, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """They resolve the model before opening a run: the store is probed there too, not left to
