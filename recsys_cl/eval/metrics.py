@@ -2,6 +2,10 @@
 
 Every function takes ``hits: (U, K)`` — ``hits[u, r]`` is True when the item ranked ``r + 1`` for
 user ``u`` is one of that user's targets — and returns one value per user, shape ``(U,)``.
+``hits`` may also be fractional, in [0, 1]: the *probability* that rank ``r + 1`` holds a target
+when tied scores are ordered at random (:func:`recsys_cl.eval.protocol.evaluate` passes these, so a
+tie is worth its expected value); recall, precision and NDCG are linear in the hits, so they are
+then exact expectations. :func:`hit_rate_at_k` is not linear: see there.
 Averaging over users (and naming the protocol) is the caller's job: see
 :func:`recsys_cl.eval.protocol.evaluate`.
 
@@ -16,7 +20,8 @@ import numpy as np
 
 
 def _check(hits: np.ndarray, k: int, n_targets: np.ndarray | None = None) -> np.ndarray:
-    hits = np.asarray(hits, dtype=bool)
+    hits = np.asarray(hits)
+    hits = hits if hits.dtype == bool else hits.astype(np.float64)
     if hits.ndim != 2:
         raise ValueError(f"hits must be a (U, K) matrix, got shape {hits.shape}")
     if not 1 <= k <= hits.shape[1]:
@@ -42,8 +47,16 @@ def precision_at_k(hits: np.ndarray, k: int) -> np.ndarray:
 
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
-    """1.0 where at least one target is in the top k, else 0.0. (U,)"""
-    return np.asarray(_check(hits, k).any(1), dtype=np.float64)
+    """1.0 where at least one target is in the top k, else 0.0. (U,)
+
+    Fractional input is read as ``first_hit[u, r]`` = P(the *first* target is at rank ``r + 1``)
+    (rows sum to at most 1), and the result is P(a target in the top k) = the sum over the first k
+    ranks. (Expected hits would overcount: two targets tied in one block are not two chances.)
+    """
+    top = _check(hits, k)
+    if top.dtype == bool:
+        return np.asarray(top.any(1), dtype=np.float64)
+    return np.minimum(top.sum(1), 1.0)
 
 
 def dcg_discounts(k: int) -> np.ndarray:

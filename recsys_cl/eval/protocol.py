@@ -11,7 +11,12 @@ Protocol (logged with every number through :func:`protocol_name`):
   the cold-start split only the items without training clicks (:data:`COLD_CATALOGUE`);
 * validation: history = train clicks, targets = val frame; test: history = train + val clicks,
   targets = test frame (the caller concatenates; :class:`EvalSet` carries the result);
-* users without any catalogue item in their history are skipped and counted (``n_skipped_users``).
+* users without any catalogue item in their history are skipped and counted (``n_skipped_users``);
+* a target the user already clicked earlier (a repeat) is masked like the rest of the history: it
+  stays in ``n_targets`` and can never be a hit;
+* **ties** (e.g. items scored from the same genres only, or Popularity's equal counts) are ordered at
+  random and the metrics are their exact expectations (:func:`evaluate`), never the order a sort
+  happens to leave tied items in.
 
 Letters: ``U`` evaluated users, ``M`` catalogue items, ``K`` list length, ``b`` users in a block.
 """
@@ -234,11 +239,18 @@ def masked_top_k(scores: np.ndarray, history: sp.csr_matrix, k: int) -> tuple[np
 
 def _rank_targets(
     score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, k_max: int, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score every EvalSet user in batches; ``(hits (U, K), top_items (U, K), best_rank (U,))``:
-    whether each of the top ``k_max`` (history masked) is a target, those items (-1 when masked),
-    and the full rank of the best-ranked target (0 when none is rankable; ties at their expected
-    position under a random tie-break)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Score every EvalSet user in batches; ``(hits (U, K), first_hit (U, K), top_items (U, K),
+    best_rank (U,))``, all with tied scores ordered uniformly at random and counted at their
+    expected value (a constant score_fn earns exactly a random ranking's metrics):
+
+    * ``hits[u, r]``: expected number of targets at rank ``r + 1`` of the top ``k_max`` (history
+      masked), in [0, 1]; 0/1 where no tie touches the targets;
+    * ``first_hit[u, r]``: P(the best-ranked target is at rank ``r + 1``), for the hit rate;
+    * ``top_items``: the top ``k_max`` items (-1 when masked), ties in argpartition's order (for
+      coverage; it never looks at the targets);
+    * ``best_rank``: expected full rank of the best-ranked target (0 when none is rankable).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_users, m = eval_set.n_users, eval_set.n_items
@@ -247,7 +259,8 @@ def _rank_targets(
             f"eval set is empty ({eval_set.n_skipped_users} users skipped for having no history "
             "in the catalogue)"
         )
-    hits = np.zeros((n_users, k_max), dtype=bool)
+    hits = np.zeros((n_users, k_max), dtype=np.float64)
+    first_hit = np.zeros((n_users, k_max), dtype=np.float64)
     top_items = np.zeros((n_users, k_max), dtype=np.int64)
     best_rank = np.zeros(n_users, dtype=np.float64)
     for start in range(0, n_users, batch_size):
@@ -261,10 +274,10 @@ def _rank_targets(
         if np.isnan(scores).any():
             raise ValueError("score_fn returned NaN scores; check the model for divergence")
         idx, top = masked_top_k(scores, eval_set.history[rows], k_max)
-        target = eval_set.targets[rows].toarray().astype(bool)  # (b, M)
-        rankable = top > -np.inf
-        hits[rows] = np.take_along_axis(target, idx, axis=1) & rankable
-        top_items[rows] = np.where(rankable, idx, -1)
+        top_items[rows] = np.where(top > -np.inf, idx, -1)
+        target_rows = eval_set.targets[rows]
+        hits[rows] = _expected_hits(scores, target_rows, top)
+        target = target_rows.toarray().astype(bool)  # (b, M)
 
         best = np.where(target, scores, -np.inf).max(axis=1)  # (b,) masked targets are -inf
         higher = (scores > best[:, None]).sum(axis=1)
@@ -273,8 +286,64 @@ def _rank_targets(
         # ties are broken at random: the first of t_tied targets among n_tied tied items sits
         # at expected position (n_tied + 1) / (t_tied + 1) of the tied block
         rank = higher + (n_tied + 1) / np.maximum(t_tied + 1, 2)
-        best_rank[rows] = np.where(best > -np.inf, rank, 0.0)
-    return hits, top_items, best_rank
+        rankable = best > -np.inf
+        best_rank[rows] = np.where(rankable, rank, 0.0)
+        first_hit[rows] = _first_hit_distribution(higher, n_tied, t_tied, rankable, k_max)
+    return hits, first_hit, top_items, best_rank
+
+
+def _expected_hits(scores: np.ndarray, targets: sp.csr_matrix, top: np.ndarray) -> np.ndarray:
+    """(b, K) expected targets at each of the first K ranks when ties are ordered at random.
+
+    A target whose score ``v`` has ``g`` unmasked items strictly above it and ``e`` items equal to
+    it (itself included) is equally likely at each rank ``g + 1 .. g + e``: it adds ``1 / e`` to each
+    of them. Only targets at or above the K-th score can reach the top K.
+
+    Args:
+        scores: (b, M) with masked items at -inf.
+        targets: (b, M) CSR of each row's targets.
+        top: (b, K) the K highest scores of each row, best first (-inf padding).
+    """
+    b, k = top.shape
+    m = scores.shape[1]
+    out = np.zeros((b, k + 1), dtype=np.float64)  # a difference array; column k catches the overflow
+    if k == 0:
+        return out[:, :0]
+    r = np.repeat(np.arange(b), np.diff(targets.indptr))  # (T,) row of each target
+    v = scores[r, targets.indices]  # (T,)
+    reach = (v > -np.inf) & (v >= top[r, -1])
+    r, v = r[reach], v[reach]
+    g = (top[r] > v[:, None]).sum(axis=1)  # (T',) every item above v is in the top K
+    e = np.empty(len(r), dtype=np.int64)
+    step = max(1, (1 << 24) // max(m, 1))  # bound the (step, M) comparison to ~16M entries
+    for s in range(0, len(r), step):
+        e[s:s + step] = (scores[r[s:s + step]] == v[s:s + step, None]).sum(axis=1)
+    np.add.at(out, (r, g), 1.0 / e)
+    np.add.at(out, (r, np.minimum(g + e, k)), -1.0 / e)
+    return np.cumsum(out, axis=1)[:, :k]
+
+
+def _first_hit_distribution(
+    higher: np.ndarray, n_tied: np.ndarray, t_tied: np.ndarray, rankable: np.ndarray, k: int
+) -> np.ndarray:
+    """(b, K) P(the best-ranked target is at rank r + 1) when ties are ordered at random.
+
+    The best target's score is shared by ``n_tied`` items, ``t_tied`` of them targets, below
+    ``higher`` items that are not targets. The first target is at position ``j`` of that tied block
+    with probability C(n_tied - j, t_tied - 1) / C(n_tied, t_tied).
+    """
+    from scipy.special import gammaln
+
+    def log_comb(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.asarray(gammaln(n + 1) - gammaln(c + 1) - gammaln(n - c + 1))
+
+    j = np.arange(1, k + 1)[None, :] - higher[:, None]  # (b, K) position within the tied block
+    n, t = n_tied[:, None].astype(np.float64), t_tied[:, None].astype(np.float64)
+    ok = rankable[:, None] & (j >= 1) & (j <= n - t + 1)
+    jj = np.where(ok, j, 1).astype(np.float64)
+    tt = np.maximum(t, 1.0)
+    p = np.exp(log_comb(n - jj, tt - 1) - log_comb(n, tt))
+    return np.where(ok, p, 0.0)
 
 
 def evaluate(
@@ -292,24 +361,27 @@ def evaluate(
         ks: list lengths; reports ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``coverage@K`` for each.
     Returns:
         ``{"recall@10": ..., "ndcg@10": ..., "hit_rate@10": ..., "coverage@10": ..., "mrr": ...,
-        "n_users": ..., "n_skipped_users": ...}``. MRR uses the full rank of the best-ranked target
-        (1 + unmasked items scoring strictly higher; items tied with it count at their expected
-        position under a random tie-break, so a constant score cannot earn rank 1), 0 for users
-        without a rankable target.
+        "n_users": ..., "n_skipped_users": ...}``. Tied scores are ordered uniformly at random and
+        every metric but coverage is its exact expectation under that order, so a constant score
+        earns a random ranking's metrics (:func:`random_expected_metrics`), not whatever order a
+        sort leaves ties in. MRR uses the full rank of the best-ranked target (1 + unmasked items
+        scoring strictly higher; items tied with it count at their expected position), 0 for users
+        without a rankable target. Coverage counts the items of the top-K lists, whose ties are in
+        argpartition's (target-blind) order.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive list lengths, got {ks}")
     m = eval_set.n_items
     k_max = min(max(ks), m)
-    hits, top_items, best_rank = _rank_targets(score_fn, eval_set, k_max, batch_size)
+    hits, first_hit, top_items, best_rank = _rank_targets(score_fn, eval_set, k_max, batch_size)
 
     out: dict[str, float] = {}
     for k in ks:
         kk = min(k, k_max)
         out[f"recall@{k}"] = float(metrics.recall_at_k(hits, eval_set.n_targets, kk).mean())
         out[f"ndcg@{k}"] = float(metrics.ndcg_at_k(hits, eval_set.n_targets, kk).mean())
-        out[f"hit_rate@{k}"] = float(metrics.hit_rate_at_k(hits, kk).mean())
+        out[f"hit_rate@{k}"] = float(metrics.hit_rate_at_k(first_hit, kk).mean())
         out[f"coverage@{k}"] = metrics.coverage(top_items[:, :kk], m)
     out["mrr"] = float(metrics.reciprocal_rank(best_rank).mean())
     out["n_users"] = float(eval_set.n_users)
@@ -326,7 +398,7 @@ def per_user_recall(
     if k < 1:
         raise ValueError(f"k must be a positive list length, got {k}")
     kk = min(k, eval_set.n_items)
-    hits, _, _ = _rank_targets(score_fn, eval_set, kk, batch_size)
+    hits, _, _, _ = _rank_targets(score_fn, eval_set, kk, batch_size)
     return metrics.recall_at_k(hits, eval_set.n_targets, kk)
 
 

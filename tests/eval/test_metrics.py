@@ -81,3 +81,15 @@ def test_bad_inputs_raise():
         metrics.recall_at_k(HITS, N_TARGETS[:2], 2)
     with pytest.raises(ValueError, match="n_items"):
         metrics.coverage(np.array([[0]]), 0)
+
+
+def test_fractional_hits_are_expectations_and_hit_rate_reads_first_hit_probabilities():
+    # one target, tied for ranks 2 and 3: expected hits [0, 1/2, 1/2]
+    hits, n = np.array([[0.0, 0.5, 0.5]]), np.array([1])
+    np.testing.assert_allclose(metrics.recall_at_k(hits, n, 2), [0.5])
+    np.testing.assert_allclose(metrics.ndcg_at_k(hits, n, 3), [0.5 / np.log2(3) + 0.5 / np.log2(4)])
+    # first-hit probabilities: 1/2 at rank 1, 1/3 at rank 2, 1/6 at rank 3
+    first = np.array([[1 / 2, 1 / 3, 1 / 6]])
+    np.testing.assert_allclose(metrics.hit_rate_at_k(first, 1), [1 / 2])
+    np.testing.assert_allclose(metrics.hit_rate_at_k(first, 2), [5 / 6])
+    np.testing.assert_allclose(metrics.hit_rate_at_k(first, 3), [1.0])

@@ -305,3 +305,72 @@ def test_restrict_targets_keeps_the_users_and_targets_of_some_columns_by_hand():
     assert list(warm.user_ids) == ["u1", "u2"] and warm_rows.tolist() == [0, 1]
     with pytest.raises(ValueError, match=r"columns must be a \(5,\) bool mask, got shape \(4,\)"):
         restrict_targets(es, new[:4])
+
+
+def test_a_constant_score_earns_exactly_a_random_rankings_metrics():
+    """All items tie: recall, NDCG and hit rate must be the exact expectation of a random ranking,
+    not whatever order argpartition leaves tied items in (it used to give a constant model
+    Recall@20 0.0153 on the cold-start split, against chance 0.0108)."""
+    es = random_eval_set(n_users=60, n_items=40)
+    const = lambda rows: np.zeros((len(rows), es.n_items), np.float32)  # noqa: E731
+    got = evaluate(const, es, ks=(1, 5, 20), batch_size=7)
+    want = random_expected_metrics(es, ks=(1, 5, 20))
+    for key in ("recall@1", "recall@5", "recall@20", "ndcg@5", "ndcg@20", "hit_rate@1", "hit_rate@5", "hit_rate@20"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    # the target argpartition would put first gets no credit for it
+    row = np.zeros((1, 4), np.float32)
+    first = int(np.argpartition(-row, 0, axis=1)[0, 0])
+    one = EvalSet(np.array(["u"]), np.array([0]), sp.csr_matrix((1, 4), dtype=np.float32),
+                  sp.csr_matrix(([1.0], ([0], [first])), shape=(1, 4), dtype=np.float32), np.array([1]), "p")
+    out = evaluate(lambda rows: row, one, ks=(1,))
+    assert out["recall@1"] == pytest.approx(0.25) and out["hit_rate@1"] == pytest.approx(0.25)
+
+
+def test_ties_count_at_their_expected_value_by_hand():
+    def one_user(scores, target_cols):
+        tgt = sp.csr_matrix((np.ones(len(target_cols), np.float32), ([0] * len(target_cols), target_cols)),
+                            shape=(1, len(scores)))
+        es = EvalSet(np.array(["u"]), np.array([0]), sp.csr_matrix((1, len(scores)), dtype=np.float32), tgt,
+                     np.array([len(target_cols)]), "p")
+        return evaluate(lambda rows: np.array([scores], np.float32), es, ks=(1, 2, 3))
+
+    # item 0 first; the target (1) tied with item 2 for ranks 2 and 3, each with probability 1/2
+    out = one_user([3.0, 1.0, 1.0, 0.0], [1])
+    assert out["recall@1"] == 0.0 and out["hit_rate@1"] == 0.0
+    assert out["recall@2"] == pytest.approx(0.5) and out["hit_rate@2"] == pytest.approx(0.5)
+    assert out["recall@3"] == pytest.approx(1.0) and out["hit_rate@3"] == pytest.approx(1.0)
+    assert out["ndcg@2"] == pytest.approx(0.5 / np.log2(3))  # ideal DCG with one target: 1
+    assert out["ndcg@3"] == pytest.approx(0.5 / np.log2(3) + 0.5 / np.log2(4))
+    # four items tied, targets 1 and 3: 6 equally likely pairs of positions for the two targets.
+    # The top 1 holds a target in 3 of them; the top 2 in 5 (all but {3, 4}); on average one
+    # target in the top 2 of 2 targets: recall@2 = 1/2, which a hit rate of 5/6 must not double count
+    out = one_user([1.0, 1.0, 1.0, 1.0], [1, 3])
+    assert out["hit_rate@1"] == pytest.approx(3 / 6) and out["recall@1"] == pytest.approx(0.25)
+    assert out["hit_rate@2"] == pytest.approx(5 / 6) and out["recall@2"] == pytest.approx(0.5)
+    # ideal DCG@2 = 1 + 1/log2(3); each target is at rank 1 or 2 with probability 1/4 each
+    assert out["ndcg@2"] == pytest.approx((0.5 * (1 + 1 / np.log2(3))) / (1 + 1 / np.log2(3)))
+
+
+def test_tied_metrics_equal_the_mean_over_every_order_of_the_ties():
+    """Reference: rank by (score, then one of all 6! column orders), score the list plainly, average."""
+    rng = np.random.default_rng(3)
+    n_users, m, ks = 5, 6, (1, 2, 4)
+    scores = rng.integers(0, 3, size=(n_users, m)).astype(np.float32)  # many ties
+    es = random_eval_set(n_users=n_users, n_items=m, seed=4)
+    h, t = es.history.toarray().astype(bool), es.targets.toarray().astype(bool)
+    got = evaluate(lambda rows: scores[rows], es, ks=ks)
+    sums = {f"{name}@{k}": 0.0 for name in ("recall", "ndcg", "hit_rate") for k in ks}
+    orders = list(itertools.permutations(range(m)))
+    for order in orders:
+        for u in range(n_users):
+            free = [i for i in range(m) if not h[u, i]]
+            ranked = sorted(free, key=lambda i: (-scores[u, i], order[i]))
+            n_t = int(es.n_targets[u])
+            for k in ks:
+                found = [r for r, i in enumerate(ranked[:k]) if t[u, i]]
+                sums[f"recall@{k}"] += len(found) / n_t
+                ideal = sum(1 / np.log2(r + 2) for r in range(min(n_t, k)))
+                sums[f"ndcg@{k}"] += sum(1 / np.log2(r + 2) for r in found) / ideal
+                sums[f"hit_rate@{k}"] += float(bool(found))
+    for key, total in sums.items():
+        assert got[key] == pytest.approx(total / (len(orders) * n_users), rel=1e-9), key
