@@ -2,6 +2,7 @@
 MLflow SQLite store in tmp_path: params, per-epoch metrics, artifacts, the registered model."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -313,6 +314,43 @@ def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"  # resumed, not a second run
     steps = mlflow.MlflowClient().get_metric_history(runs["run_id"][0], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("pipeline", ["train_two_tower", "ablation"])
+def test_a_second_launch_while_the_first_trains_is_refused_and_leaves_its_run_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipeline: str, hold_checkpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """The same command launched twice (a double launch, a scheduler's retry while the first still
+    runs): the second resumed from the first's latest checkpoint into the first's MLflow run, so both
+    logged the same epochs into it and each registered a model. It must stop before it opens a run."""
+    import importlib
+
+    main = importlib.import_module(f"pipelines.{pipeline}").main
+    args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
+    if pipeline == "ablation":
+        variants = tmp_path / "v.yaml"
+        variants.write_text("plain: [loss.logq=none]\n")
+        args = ["--variants", str(variants), "--seeds", "0", "--no-baselines", "--out", str(tmp_path / "ab.md"), *args]
+    _killed_in_epoch_2(main, args, monkeypatch)  # the first run's state after its first epoch: a checkpoint, a run
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    checkpointed = ckpt.read_bytes()
+    first = hold_checkpoint(ckpt)  # ... and its process, still training
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: another process is training this config on this data "
+                                         rf"with the checkpoint {re.escape(str(ckpt))} \(pid {first.pid} on "):
+        main(args)
+    assert ckpt.read_bytes() == checkpointed
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run_id,) = mlflow.search_runs(experiment_names=["smoke"])["run_id"]  # no second run opened
+    steps = mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")
+    assert [m.step for m in steps] == [1], "nothing logged into the first run"
+
+    first.kill()  # killed: the kernel releases its lock, so the same command continues it at once
+    first.wait()
+    main(args)
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert list(runs["run_id"]) == [run_id] and runs["status"][0] == "FINISHED"
+    assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")) == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [], "neither checkpoint nor lock file is left"
 
 
 def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) -> None:
