@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import json
 import logging
 import os
@@ -146,10 +147,18 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Pat
     """``write(tmp)`` writes a temp file beside ``path`` (parents created; the file is created under
     the umask, as a plain write would be), which then replaces ``path`` in one rename: a reader, or a
     kill mid-write, sees the old file or the new one, never a truncated one. When ``path`` is a
-    symlink, its target is replaced this way and the link kept. Returns ``path``."""
+    symlink, its target is replaced this way and the link kept. Returns ``path``.
+
+    A writer killed mid-write (SIGKILL, OOM) leaves its ``.<name>.tmp-<pid>-<hex>``, as large as the
+    file (a training checkpoint is rewritten every epoch); the next write to ``path`` removes those
+    whose process is gone."""
     path = Path(path)
     dest = _through_links(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(stale)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)

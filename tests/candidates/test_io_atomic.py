@@ -113,6 +113,35 @@ def test_write_directory_atomically_never_leaves_a_partial_folder(tmp_path: Path
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]  # replaced whole, not merged
 
 
+def test_a_file_writer_killed_mid_write_leaves_a_temp_file_the_next_write_removes(tmp_path: Path) -> None:
+    """A SIGKILL during a checkpoint's write left ``.<name>.tmp-<pid>-<hex>`` (tens of MB each) for good."""
+    import signal
+
+    from recsys_cl.io_atomic import write_file_atomically
+
+    target = tmp_path / "ck" / "key.pt"
+    code = ("import sys, time\nfrom recsys_cl.io_atomic import write_file_atomically\n"
+            "def half(tmp):\n    tmp.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
+            "write_file_atomically(sys.argv[1], half)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    killed = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert killed.stdout is not None and killed.stdout.readline() == b"writing\n"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    (left,) = target.parent.glob(".key.pt.tmp-*")
+    assert left.name.startswith(f".key.pt.tmp-{killed.pid}-")
+    live = target.parent / f".key.pt.tmp-{os.getppid()}-abcd1234"  # a live writer's: left alone
+    live.write_bytes(b"busy")
+    other = target.parent / ".other.pt.tmp-999999999-abcd1234"  # another file's: not this write's to judge
+    other.write_bytes(b"x")
+
+    write_file_atomically(target, lambda tmp: tmp.write_bytes(b"full"))
+    assert target.read_bytes() == b"full"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["key.pt", live.name, other.name])
+
+
 def test_scratch_dirs_of_killed_jobs_are_removed_by_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
