@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from recsys_cl.eval.protocol import (
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec, build_feature_spec
 from recsys_cl.features.vocab import Vocab
+from recsys_cl.io_atomic import scratch
 from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import checkpoint_lock, load_checkpoint, save_model_dir
@@ -57,6 +57,9 @@ CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 COLD_START_K = 20
 """The cold-start comparison with Popularity (``delta_vs_popularity/recall@20_*``) is on Recall@20."""
 ScoreFn = Callable[[np.ndarray], np.ndarray]
+RUN_SCRATCH_PREFIX = "recsys_cl_run_"
+"""Prefix of the temp folders (in ``tempfile.gettempdir()``) where a run stages its artifacts and model
+for MLflow: :func:`recsys_cl.io_atomic.scratch`, so a SIGKILLed run's copy goes with the next run."""
 
 
 class Reporter(Protocol):
@@ -485,8 +488,8 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         test.update(parts)
         reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
+    with scratch(RUN_SCRATCH_PREFIX) as tmp:  # a SIGKILL while MLflow copies it: the next run removes it
+        model_dir = save_model_dir(tmp / "model", result.model, prep.spec, cfg)
         model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
     if cfg.tracking.set_alias:
         reporter.set_alias(model_uri, cfg.tracking.set_alias)
@@ -623,10 +626,10 @@ def _log_artifacts(
     from recsys_cl.config import dump_config
 
     reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        prep.spec.save(Path(tmp) / "vocab")
-        reporter.log_artifacts(Path(tmp) / "vocab", "vocab")
-        emb_dir = Path(tmp) / "item_embeddings"
+    with scratch(RUN_SCRATCH_PREFIX) as tmp:
+        prep.spec.save(tmp / "vocab")
+        reporter.log_artifacts(tmp / "vocab", "vocab")
+        emb_dir = tmp / "item_embeddings"
         emb_dir.mkdir()
         emb = embed_items(result.model, prep.spec.num_items).numpy().astype(np.float32)
         pl.DataFrame({"item_id": prep.spec.items.ids, "embedding": emb}).write_parquet(

@@ -17,6 +17,7 @@ can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -28,7 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,6 +131,17 @@ def scratch_dir(prefix: str) -> Path:
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_"))
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A :func:`scratch_dir` for the block, removed when it ends: a ``tempfile.TemporaryDirectory``
+    whose copy a SIGKILLed job leaves behind is removed by the next job that asks for one."""
+    folder = scratch_dir(prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _through_links(path: Path) -> Path:

@@ -2,6 +2,7 @@
 MLflow SQLite store in tmp_path: params, per-epoch metrics, artifacts, the registered model."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -351,6 +352,40 @@ def test_a_second_launch_while_the_first_trains_is_refused_and_leaves_its_run_al
     assert list(runs["run_id"]) == [run_id] and runs["status"][0] == "FINISHED"
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")) == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [], "neither checkpoint nor lock file is left"
+
+
+def test_a_killed_runs_staged_model_is_removed_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model and artifacts are staged in a temp folder for MLflow; a run SIGKILLed while MLflow
+    copied them (seen by hand: a tempfile.TemporaryDirectory, whose cleanup never ran) left that copy
+    in /tmp for good, one per killed run. Now the folder carries the pid, and the next run removes it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from recsys_cl import tracking
+    from recsys_cl.experiment import RUN_SCRATCH_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "tmp" / f"{RUN_SCRATCH_PREFIX}{int(gone.stdout)}_abc"  # what the SIGKILLed run left
+    (left / "model").mkdir(parents=True)
+    (left / "model" / "model.pt").write_bytes(b"weights")
+    staged: list[Path] = []
+    real = tracking.Tracker.log_model
+
+    def log_model(self, model_dir, name):  # type: ignore[no-untyped-def]
+        staged.append(Path(model_dir))
+        assert not left.exists(), "the killed run's copy is removed before this run stages its own"
+        return real(self, model_dir, name)
+
+    monkeypatch.setattr(tracking.Tracker, "log_model", log_model)
+    train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "train.epochs=1"))
+    (model_dir,) = staged
+    assert model_dir.parent.parent == tmp_path / "tmp"
+    assert model_dir.parent.name.startswith(f"{RUN_SCRATCH_PREFIX}{os.getpid()}_")  # a later run can tell it is gone
+    assert not model_dir.exists()
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith(RUN_SCRATCH_PREFIX)] == []
 
 
 def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) -> None:
