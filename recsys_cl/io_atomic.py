@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import glob
 import json
 import logging
@@ -120,6 +121,31 @@ def exchange(a: Path, b: Path) -> bool:
             return False
         raise OSError(err, os.strerror(err), str(a))
     return True
+
+
+def publish_directory(tmp: Path, target: Path, aside: Path) -> None:
+    """Put the folder ``tmp`` at ``target``: one rename when there is nothing there, else one
+    :func:`exchange` (where that is missing: ``target`` renamed to ``aside``, then ``tmp`` to
+    ``target``) and the old folder deleted. Readers see the old folder or the new one, never a mix.
+
+    Two writers of one target at once (a double launch, a scheduler's retry): when the other
+    publishes between the check for ``target`` and the rename, the rename fails (ENOTEMPTY); the
+    new folder then replaces the other's as it would have replaced an earlier one, so the last
+    writer wins, whole, and neither fails."""
+    if not os.path.lexists(target):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            log.info("%s was published by another writer while this one published it; replacing it", target)
+    if exchange(tmp, target):  # tmp now holds the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.rename(target, aside)
+        os.rename(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -237,15 +263,7 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
         for p in [*tmp.rglob("*"), tmp]:
             if p.is_file() or p.is_dir():
                 fsync_path(p)
-        if target.exists() and exchange(tmp, target):  # tmp now holds the old folder
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
+        publish_directory(tmp, target, target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -336,16 +354,7 @@ class PartitionWriter:
         success.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         fsync_path(success)
         fsync_path(tmp)
-        if self.target.exists():
-            if exchange(tmp, self.target):  # tmp now holds the old partition
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}"
-                os.rename(self.target, old)
-                os.rename(tmp, self.target)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, self.target)
+        publish_directory(tmp, self.target, self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}")
         fsync_path(self.root)
         self.committed = True
         return self.target
