@@ -59,9 +59,10 @@ class CheckpointInUseError(CheckpointError):
 
 
 LOCK_SUFFIX = ".lock"
-_held: dict[tuple[str, int], list[int]] = {}
-"""``(lock path, thread id) -> [fd, depth]``: the locks this process holds, so the same thread may
-take one again (a pipeline holds it around ``resumable_run_id``, ``run_two_tower`` takes it again)."""
+_held: dict[tuple[str, int], list[Any]] = {}
+"""``(lock path, thread id) -> [fd, depth, folders it created]``: the locks this process holds, so the
+same thread may take one again (a pipeline holds it around ``resumable_run_id``, ``run_two_tower``
+takes it again)."""
 
 
 def lock_path(checkpoint: str | Path) -> Path:
@@ -81,7 +82,9 @@ def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
     non-blocking ``flock`` on ``<checkpoint>.lock``, so the second run fails at once instead; the
     kernel drops it when the holder exits, however it dies (SIGKILL included), so a killed run can be
     rerun at once. The file records the holder (host, pid, start time) for the message and is deleted
-    when the lock is released. Taken again by the same thread, it is held until the outermost block ends.
+    when the lock is released, with the folders taking it created if they are empty then (a run that
+    fails before its first epoch leaves no empty ``train.checkpoint_dir``). Taken again by the same
+    thread, it is held until the outermost block ends.
 
     Raises:
         CheckpointInUseError: another process (or thread) holds it; the message names the holder and the fixes.
@@ -91,7 +94,8 @@ def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
     if key in _held:
         _held[key][1] += 1
     else:
-        _held[key] = [_acquire(lock, Path(checkpoint)), 1]
+        created = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]
+        _held[key] = [_acquire(lock, Path(checkpoint)), 1, created]
     try:
         yield lock
     finally:
@@ -102,12 +106,20 @@ def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock)  # while still held: a run that opens the old file next finds it replaced
             os.close(entry[0])
+            for folder in entry[2]:  # deepest first; one holding a checkpoint or another run's lock stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _acquire(lock: Path, checkpoint: Path) -> int:
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was just removed by a run that created it and ended
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -505,6 +505,7 @@ def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path, monkeyp
     with pytest.raises(SystemExit, match=rf"^tracking error: cannot reach the MLflow tracking server at "
                                          rf"http://127\.0\.0\.1:{port}"):
         train_two_tower.main([*_args(tmp_path, "ml-100k"), "--set", f"tracking.uri=http://127.0.0.1:{port}"])
+    assert not (tmp_path / "ck").exists()  # the checkpoint's lock was taken and given back: no empty folder left
 
 
 def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

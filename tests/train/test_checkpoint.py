@@ -117,3 +117,13 @@ def test_a_lock_on_a_file_its_holder_deleted_is_taken_again_on_the_new_file(
     with checkpoint_lock(ckpt):
         assert len(calls) == 2, "the lock was taken again, on the file now at the path"
         assert lock.read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_the_folders_a_lock_created_are_removed_with_it_unless_they_hold_a_checkpoint(tmp_path: Path) -> None:
+    """A run that stopped before its first epoch (a tracking error) left an empty train.checkpoint_dir."""
+    with checkpoint_lock(tmp_path / "runs" / "ck" / "key.pt"):
+        assert (tmp_path / "runs" / "ck").is_dir()
+    assert list(tmp_path.iterdir()) == []
+    with checkpoint_lock(tmp_path / "runs" / "ck" / "key.pt"):
+        atomic_torch_save({"epoch": 1}, tmp_path / "runs" / "ck" / "key.pt")  # killed after epoch 1
+    assert [p.name for p in (tmp_path / "runs" / "ck").iterdir()] == ["key.pt"]
