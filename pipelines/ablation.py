@@ -18,6 +18,7 @@ Once an ablation completes, the same command trains everything anew; --no-resume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -41,6 +42,7 @@ from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
     check_run_config,
+    lock_checkpoint,
     prepare,
     require_warm_split,
     resumable_run_id,
@@ -200,14 +202,16 @@ def main(argv: list[str] | None = None) -> str:
             cfg = configs[(name, seed)]
             summary = done.get(cfg.tracking.run_name or "")
             if summary is None:
-                try:
-                    run_id = resumable_run_id(cfg, prep.fingerprint)  # a killed run resumes
-                except CheckpointError as e:
-                    raise SystemExit(f"checkpoint error: {e}") from None
-                with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
-                                tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
-                    summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
-                    run.set_tags(ablation_row_tag(summary))
+                with contextlib.ExitStack() as held:
+                    try:  # held until the run ends: another process must not resume it meanwhile
+                        held.enter_context(lock_checkpoint(cfg, prep.fingerprint))
+                        run_id = resumable_run_id(cfg, prep.fingerprint)  # a killed run resumes
+                    except CheckpointError as e:
+                        raise SystemExit(f"checkpoint error: {e}") from None
+                    with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
+                                    tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
+                        summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
+                        run.set_tags(ablation_row_tag(summary))
             runs.append({"variant": name, "seed": seed, **summary})
     table = write_outputs(args, prep.protocol, baseline_runs, runs, {"reused_runs": len(done)})
     mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew

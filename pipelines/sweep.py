@@ -69,6 +69,7 @@ from recsys_cl.tracking import (
     resolve_tracking_uri,
     unfinished_sweep,
 )
+from recsys_cl.train.checkpoint import CheckpointInUseError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "two_tower.yaml"
 log = logging.getLogger("pipelines.sweep")
@@ -177,9 +178,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 log.info("%s: finished before the interruption, reused", run_name)
                 rows.append(json.loads(done[run_name]))
                 return
-            with mlflow_child_run(tracking, parent.run_id, run_name, tags) as child:
-                row = train(child)
-                child.set_tags({SWEEP_ROW_TAG: json.dumps(row)})
+            try:
+                with mlflow_child_run(tracking, parent.run_id, run_name, tags) as child:
+                    row = train(child)
+                    child.set_tags({SWEEP_ROW_TAG: json.dumps(row)})
+            except CheckpointInUseError as e:  # the same child trained by another process (a double launch)
+                raise SystemExit(f"checkpoint error: {e}") from None
             rows.append(row)
 
         for point, seed, cfg in configs:

@@ -32,12 +32,15 @@ train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'item_tower.encoders=[id]'). Unknown keys are rejected with their full name. A run killed
 mid-training resumes from its last epoch, into the same MLflow run, when rerun with the same config
-on the same data (train.resume=true); a changed config or click log starts a new run.
+on the same data (train.resume=true); a changed config or click log starts a new run. While a run
+trains it holds its checkpoint (a lock file beside it): the same command started again meanwhile
+stops at once, naming the running process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -58,6 +61,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.experiment import (
     NullReporter,
     check_run_config,
+    lock_checkpoint,
     prepare,
     resumable_run_id,
     run_two_tower,
@@ -97,16 +101,18 @@ def main(argv: list[str] | None = None) -> dict:
         except ConfigError as e:
             raise SystemExit(f"config error: {e}") from None
         if is_main:
-            try:
-                run_id = resumable_run_id(cfg, prep.fingerprint)
-            except CheckpointError as e:
-                raise SystemExit(f"checkpoint error: {e}") from None
-            try:
-                with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
-                    summary = run_two_tower(cfg, run, prep)
-            except Terminated as e:  # SIGTERM or Ctrl-C (exits_on_tracking_error); the run is FAILED by now
-                exit_stopped(e, "the MLflow run is marked FAILED; rerun the same command to continue it from its "
-                                f"last finished epoch (checkpoints in {cfg.train.checkpoint_dir})")
+            with contextlib.ExitStack() as held:
+                try:  # held until the run ends: a second launch of this config must not resume it meanwhile
+                    held.enter_context(lock_checkpoint(cfg, prep.fingerprint))
+                    run_id = resumable_run_id(cfg, prep.fingerprint)
+                except CheckpointError as e:
+                    raise SystemExit(f"checkpoint error: {e}") from None
+                try:
+                    with mlflow_run(cfg.tracking, run_name=run_name, run_id=run_id) as run:
+                        summary = run_two_tower(cfg, run, prep)
+                except Terminated as e:  # SIGTERM or Ctrl-C (exits_on_tracking_error); the run is FAILED by now
+                    exit_stopped(e, "the MLflow run is marked FAILED; rerun the same command to continue it from its "
+                                    f"last finished epoch (checkpoints in {cfg.train.checkpoint_dir})")
         else:  # only rank 0 talks to MLflow and writes files
             summary = run_two_tower(cfg, NullReporter(), prep)
     finally:

@@ -5,11 +5,11 @@ object, so tests can run it against a real MLflow store in a temp folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +43,10 @@ from recsys_cl.eval.protocol import (
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec, build_feature_spec
 from recsys_cl.features.vocab import Vocab
+from recsys_cl.io_atomic import scratch
 from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
-from recsys_cl.train.checkpoint import load_checkpoint, save_model_dir
+from recsys_cl.train.checkpoint import checkpoint_lock, load_checkpoint, save_model_dir
 from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
 from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
@@ -56,6 +57,9 @@ CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 COLD_START_K = 20
 """The cold-start comparison with Popularity (``delta_vs_popularity/recall@20_*``) is on Recall@20."""
 ScoreFn = Callable[[np.ndarray], np.ndarray]
+RUN_SCRATCH_PREFIX = "recsys_cl_run_"
+"""Prefix of the temp folders (in ``tempfile.gettempdir()``) where a run stages its artifacts and model
+for MLflow: :func:`recsys_cl.io_atomic.scratch`, so a SIGKILLed run's copy goes with the next run."""
 
 
 class Reporter(Protocol):
@@ -410,8 +414,20 @@ def new_item_metrics(score_fn: ScoreFn, prep: Prepared, batch_size: int = 1024) 
 
 
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
-    """Train, select on validation, test once, log everything. Returns the run summary."""
+    """Train, select on validation, test once, log everything. Returns the run summary.
+
+    Holds the run's checkpoint (:func:`lock_checkpoint`) from before the first epoch until it is
+    deleted at the end, so a second process with the same config and data fails at once.
+
+    Raises:
+        CheckpointInUseError: another live process trains this config on this data.
+    """
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
+    with lock_checkpoint(cfg, prep.fingerprint) if dist.is_main() else contextlib.nullcontext():
+        return _run_two_tower(cfg, reporter, prep)
+
+
+def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[str, Any]:
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH})
     reporter.log_params(cfg.to_flat_dict())
@@ -472,8 +488,8 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         test.update(parts)
         reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_model_dir(Path(tmp) / "model", result.model, prep.spec, cfg)
+    with scratch(RUN_SCRATCH_PREFIX) as tmp:  # a SIGKILL while MLflow copies it: the next run removes it
+        model_dir = save_model_dir(tmp / "model", result.model, prep.spec, cfg)
         model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
     if cfg.tracking.set_alias:
         reporter.set_alias(model_uri, cfg.tracking.set_alias)
@@ -532,6 +548,17 @@ def checkpoint_path(cfg: RunConfig, data_fingerprint: str) -> Path:
     file, so changed data (``data_fingerprint``, :func:`fingerprint`) or a changed config starts afresh."""
     key = hashlib.sha256(f"{config_hash(cfg)}|{data_fingerprint}".encode()).hexdigest()[:16]
     return Path(cfg.train.checkpoint_dir) / f"{key}.pt"
+
+
+def lock_checkpoint(cfg: RunConfig, data_fingerprint: str) -> contextlib.AbstractContextManager[Path]:
+    """Hold :func:`checkpoint_path` for this process (:func:`recsys_cl.train.checkpoint.checkpoint_lock`):
+    a pipeline takes it before :func:`resumable_run_id` reads the checkpoint and keeps it while the run
+    trains, so a second process with this config and data never resumes another's unfinished run.
+
+    Raises (on entering):
+        CheckpointInUseError: another live process holds it; the message names it and the fixes.
+    """
+    return checkpoint_lock(checkpoint_path(cfg, data_fingerprint))
 
 
 def resumable_run_id(cfg: RunConfig, data_fingerprint: str) -> str | None:
@@ -599,10 +626,10 @@ def _log_artifacts(
     from recsys_cl.config import dump_config
 
     reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        prep.spec.save(Path(tmp) / "vocab")
-        reporter.log_artifacts(Path(tmp) / "vocab", "vocab")
-        emb_dir = Path(tmp) / "item_embeddings"
+    with scratch(RUN_SCRATCH_PREFIX) as tmp:
+        prep.spec.save(tmp / "vocab")
+        reporter.log_artifacts(tmp / "vocab", "vocab")
+        emb_dir = tmp / "item_embeddings"
         emb_dir.mkdir()
         emb = embed_items(result.model, prep.spec.num_items).numpy().astype(np.float32)
         pl.DataFrame({"item_id": prep.spec.items.ids, "embedding": emb}).write_parquet(

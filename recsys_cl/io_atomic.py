@@ -17,8 +17,11 @@ can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
+import glob
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -120,6 +123,31 @@ def exchange(a: Path, b: Path) -> bool:
     return True
 
 
+def publish_directory(tmp: Path, target: Path, aside: Path) -> None:
+    """Put the folder ``tmp`` at ``target``: one rename when there is nothing there, else one
+    :func:`exchange` (where that is missing: ``target`` renamed to ``aside``, then ``tmp`` to
+    ``target``) and the old folder deleted. Readers see the old folder or the new one, never a mix.
+
+    Two writers of one target at once (a double launch, a scheduler's retry): when the other
+    publishes between the check for ``target`` and the rename, the rename fails (ENOTEMPTY); the
+    new folder then replaces the other's as it would have replaced an earlier one, so the last
+    writer wins, whole, and neither fails."""
+    if not os.path.lexists(target):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            log.info("%s was published by another writer while this one published it; replacing it", target)
+    if exchange(tmp, target):  # tmp now holds the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.rename(target, aside)
+        os.rename(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def scratch_dir(prefix: str) -> Path:
     """A new private temp folder ``<tmp>/<prefix><pid>_<random>``; the caller removes it. Folders of
     the same prefix whose process is gone (a SIGKILLed job never runs its cleanup) are removed first,
@@ -129,6 +157,17 @@ def scratch_dir(prefix: str) -> Path:
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_"))
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A :func:`scratch_dir` for the block, removed when it ends: a ``tempfile.TemporaryDirectory``
+    whose copy a SIGKILLed job leaves behind is removed by the next job that asks for one."""
+    folder = scratch_dir(prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _through_links(path: Path) -> Path:
@@ -146,10 +185,18 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Pat
     """``write(tmp)`` writes a temp file beside ``path`` (parents created; the file is created under
     the umask, as a plain write would be), which then replaces ``path`` in one rename: a reader, or a
     kill mid-write, sees the old file or the new one, never a truncated one. When ``path`` is a
-    symlink, its target is replaced this way and the link kept. Returns ``path``."""
+    symlink, its target is replaced this way and the link kept. Returns ``path``.
+
+    A writer killed mid-write (SIGKILL, OOM) leaves its ``.<name>.tmp-<pid>-<hex>``, as large as the
+    file (a training checkpoint is rewritten every epoch); the next write to ``path`` removes those
+    whose process is gone."""
     path = Path(path)
     dest = _through_links(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(stale)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write(tmp)
@@ -216,15 +263,7 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
         for p in [*tmp.rglob("*"), tmp]:
             if p.is_file() or p.is_dir():
                 fsync_path(p)
-        if target.exists() and exchange(tmp, target):  # tmp now holds the old folder
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
+        publish_directory(tmp, target, target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -315,16 +354,7 @@ class PartitionWriter:
         success.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         fsync_path(success)
         fsync_path(tmp)
-        if self.target.exists():
-            if exchange(tmp, self.target):  # tmp now holds the old partition
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}"
-                os.rename(self.target, old)
-                os.rename(tmp, self.target)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, self.target)
+        publish_directory(tmp, self.target, self.root / f".{partition_name(self.dt)}.old.{tmp.name.rsplit('.', 1)[-1]}")
         fsync_path(self.root)
         self.committed = True
         return self.target

@@ -112,3 +112,34 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
 def sweep_args() -> Any:
     """``tiny_sweep_args`` as a fixture (test modules cannot import conftest reliably)."""
     return tiny_sweep_args
+
+
+_HOLD_LOCK = """
+import sys, time
+from recsys_cl.train.checkpoint import checkpoint_lock
+with checkpoint_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def hold_checkpoint() -> Iterator[Any]:
+    """``hold_checkpoint(path) -> Popen``: another process holding ``checkpoint_lock(path)``, as a
+    training run with that checkpoint does, until the test kills it (or the test ends)."""
+    import subprocess
+    import sys
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def hold(path: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdout=subprocess.PIPE, env=env)
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == b"held\n", "the holder did not take the lock"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -6,8 +6,14 @@ A model directory holds ``model.pt`` (state dict), ``config.yaml`` (the run conf
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -46,6 +52,101 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(state, dict) or "epoch" not in state:
         raise CheckpointError(_unreadable(path, f"it holds a {type(state).__name__}, not a training checkpoint"))
     return state
+
+
+class CheckpointInUseError(CheckpointError):
+    """Another live process holds the lock of this checkpoint (:func:`checkpoint_lock`)."""
+
+
+LOCK_SUFFIX = ".lock"
+_held: dict[tuple[str, int], list[Any]] = {}
+"""``(lock path, thread id) -> [fd, depth, folders it created]``: the locks this process holds, so the
+same thread may take one again (a pipeline holds it around ``resumable_run_id``, ``run_two_tower``
+takes it again)."""
+
+
+def lock_path(checkpoint: str | Path) -> Path:
+    """``<checkpoint>.lock`` beside the checkpoint ``<key>.pt``: ``<key>.pt.lock``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
+    """Hold the checkpoint ``checkpoint`` for this process while the block runs; yields the lock file.
+
+    Two runs with the same config on the same data share one checkpoint file: without the lock, a
+    second run started while the first is alive (a double launch, a scheduler's retry) resumes from
+    the first's latest epoch into the first's MLflow run, both then log the same epochs and register a
+    model each, and the first to finish deletes the file under the other. The lock is an exclusive,
+    non-blocking ``flock`` on ``<checkpoint>.lock``, so the second run fails at once instead; the
+    kernel drops it when the holder exits, however it dies (SIGKILL included), so a killed run can be
+    rerun at once. The file records the holder (host, pid, start time) for the message and is deleted
+    when the lock is released, with the folders taking it created if they are empty then (a run that
+    fails before its first epoch leaves no empty ``train.checkpoint_dir``). Taken again by the same
+    thread, it is held until the outermost block ends.
+
+    Raises:
+        CheckpointInUseError: another process (or thread) holds it; the message names the holder and the fixes.
+    """
+    lock = lock_path(checkpoint)
+    key = (os.path.abspath(lock), threading.get_ident())
+    if key in _held:
+        _held[key][1] += 1
+    else:
+        created = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]
+        _held[key] = [_acquire(lock, Path(checkpoint)), 1, created]
+    try:
+        yield lock
+    finally:
+        entry = _held[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)  # while still held: a run that opens the old file next finds it replaced
+            os.close(entry[0])
+            for folder in entry[2]:  # deepest first; one holding a checkpoint or another run's lock stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _acquire(lock: Path, checkpoint: Path) -> int:
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was just removed by a run that created it and ended
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise CheckpointInUseError(
+                f"another process is training this config on this data with the checkpoint {checkpoint} "
+                f"({holder or 'a process that is just starting'}); a second run would resume from and overwrite "
+                "its epochs. Wait for it to finish or stop it, or set another train.checkpoint_dir to train a "
+                "separate copy alongside it"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder deletes the file as it releases it: a lock on the deleted file guards nothing
+            current = os.stat(lock)
+            mine = os.fstat(fd)
+            same = (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+    return fd
 
 
 def _unreadable(path: Path, reason: str) -> str:

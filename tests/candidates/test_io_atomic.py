@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from recsys_cl.io_atomic import OutputError, PartitionWriter, cleanup_stale, read_success
@@ -63,6 +65,62 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and live.exists() and not other_day.exists()
 
 
+def _published_by_another_writer_just_before_the_rename(
+    monkeypatch: pytest.MonkeyPatch, tmp: Callable[[], Path], publish: Callable[[], Any],
+) -> list[Any]:
+    """``os.rename`` that, when the folder ``tmp()`` is about to be renamed, first runs ``publish()``
+    (the other writer of the same target, which checked for it at the same time)."""
+    real, done = os.rename, []
+
+    def rename(src: Any, dst: Any) -> None:
+        if not done and Path(src) == tmp():
+            done.append(publish())
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return done
+
+
+def test_two_writers_publishing_a_new_partition_at_once_both_succeed_and_the_last_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two jobs writing the same new date: the one whose rename came second failed with
+    OSError(39, 'Directory not empty') (seen 19 times in 200 synchronised commits of two processes)."""
+    import recsys_cl.io_atomic as io_atomic
+
+    monkeypatch.setattr(io_atomic, "cleanup_stale", lambda root: None)  # both writers live in this process here
+    with PartitionWriter(tmp_path, "2024-01-01") as last:
+        last.write_part(pa.table({"x": [2]}))
+        other = _published_by_another_writer_just_before_the_rename(
+            monkeypatch, lambda: last.temp_dir, lambda: _publish(tmp_path, 1))
+        partition = last.commit({"value": 2})
+    assert other == [partition]  # the other writer published first
+    assert read_success(partition) == {"value": 2}
+    assert pq.read_table(partition / "part-00000.parquet").column("x").to_pylist() == [2]
+    assert [p.name for p in tmp_path.iterdir()] == ["dt=2024-01-01"]  # no temp or old folder left
+
+
+def test_two_writers_publishing_a_new_folder_at_once_both_succeed_and_the_last_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """build_index (or nightly's per-version index) into the same new --out at once."""
+    from recsys_cl.io_atomic import write_directory_atomically
+
+    target = tmp_path / "index"
+    mine: list[Path] = []
+
+    def write(folder: Path) -> None:
+        mine.append(folder)
+        (folder / "who").write_text("last")
+
+    _published_by_another_writer_just_before_the_rename(
+        monkeypatch, lambda: mine[0] if mine else Path("/nowhere"),
+        lambda: write_directory_atomically(target, lambda f: (f / "who").write_text("other")))
+    write_directory_atomically(target, write)
+    assert [p.name for p in target.iterdir()] == ["who"] and (target / "who").read_text() == "last"
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
 def test_died_mid_swap_restores_the_old_partition(tmp_path: Path) -> None:
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout)
@@ -111,6 +169,35 @@ def test_write_directory_atomically_never_leaves_a_partial_folder(tmp_path: Path
     write_directory_atomically(target, lambda f: (f / "config.json").write_text("v2"))
     assert sorted(p.name for p in target.parent.iterdir()) == ["encoder"]
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]  # replaced whole, not merged
+
+
+def test_a_file_writer_killed_mid_write_leaves_a_temp_file_the_next_write_removes(tmp_path: Path) -> None:
+    """A SIGKILL during a checkpoint's write left ``.<name>.tmp-<pid>-<hex>`` (tens of MB each) for good."""
+    import signal
+
+    from recsys_cl.io_atomic import write_file_atomically
+
+    target = tmp_path / "ck" / "key.pt"
+    code = ("import sys, time\nfrom recsys_cl.io_atomic import write_file_atomically\n"
+            "def half(tmp):\n    tmp.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
+            "write_file_atomically(sys.argv[1], half)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    killed = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert killed.stdout is not None and killed.stdout.readline() == b"writing\n"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    (left,) = target.parent.glob(".key.pt.tmp-*")
+    assert left.name.startswith(f".key.pt.tmp-{killed.pid}-")
+    live = target.parent / f".key.pt.tmp-{os.getppid()}-abcd1234"  # a live writer's: left alone
+    live.write_bytes(b"busy")
+    other = target.parent / ".other.pt.tmp-999999999-abcd1234"  # another file's: not this write's to judge
+    other.write_bytes(b"x")
+
+    write_file_atomically(target, lambda tmp: tmp.write_bytes(b"full"))
+    assert target.read_bytes() == b"full"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["key.pt", live.name, other.name])
 
 
 def test_scratch_dirs_of_killed_jobs_are_removed_by_the_next_one(

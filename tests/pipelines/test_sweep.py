@@ -244,6 +244,28 @@ def test_a_killed_sweep_continues_where_it_stopped(
     assert again["parent_run_id"] not in (parent_id, fresh["parent_run_id"]) and again["reused_runs"] == 0
 
 
+def test_a_child_another_process_is_training_stops_the_sweep_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_args, hold_checkpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """A sweep launched twice (a new parent each: the first's is alive) trained the same children with
+    the same checkpoint file at once; the first to finish deleted it under the other."""
+    from pipelines import sweep
+    from recsys_cl import experiment
+
+    monkeypatch.chdir(tmp_path)
+    shared = tmp_path / "ck" / "child.pt"
+    monkeypatch.setattr(experiment, "checkpoint_path", lambda cfg, fingerprint: shared)  # every child's
+    first = hold_checkpoint(shared)  # the first sweep, training that child
+    with pytest.raises(SystemExit, match=r"^checkpoint error: another process is training this config on this "
+                                         rf"data with the checkpoint {shared} \(pid {first.pid} on "):
+        sweep.main(["--grid", "loss.kind=softmax,debiased", *sweep_args(tmp_path)])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert dict(zip(runs["tags.mlflow.runName"], runs["status"])) == {
+        "sweep[loss.kind]": "FAILED", "two_tower[loss.kind=softmax]-seed0": "FAILED"}  # stopped at the first child
+    assert not shared.exists()
+
+
 def test_a_grid_over_encoders_needs_only_its_own_encoders_to_suit_the_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep_args  # type: ignore[no-untyped-def]
 ) -> None:

@@ -2,6 +2,8 @@
 MLflow SQLite store in tmp_path: params, per-epoch metrics, artifacts, the registered model."""
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -315,6 +317,77 @@ def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     assert sorted(m.step for m in steps) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("pipeline", ["train_two_tower", "ablation"])
+def test_a_second_launch_while_the_first_trains_is_refused_and_leaves_its_run_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipeline: str, hold_checkpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """The same command launched twice (a double launch, a scheduler's retry while the first still
+    runs): the second resumed from the first's latest checkpoint into the first's MLflow run, so both
+    logged the same epochs into it and each registered a model. It must stop before it opens a run."""
+    import importlib
+
+    main = importlib.import_module(f"pipelines.{pipeline}").main
+    args = _args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10")
+    if pipeline == "ablation":
+        variants = tmp_path / "v.yaml"
+        variants.write_text("plain: [loss.logq=none]\n")
+        args = ["--variants", str(variants), "--seeds", "0", "--no-baselines", "--out", str(tmp_path / "ab.md"), *args]
+    _killed_in_epoch_2(main, args, monkeypatch)  # the first run's state after its first epoch: a checkpoint, a run
+    (ckpt,) = (tmp_path / "ck").glob("*.pt")
+    checkpointed = ckpt.read_bytes()
+    first = hold_checkpoint(ckpt)  # ... and its process, still training
+    with pytest.raises(SystemExit, match=rf"^checkpoint error: another process is training this config on this data "
+                                         rf"with the checkpoint {re.escape(str(ckpt))} \(pid {first.pid} on "):
+        main(args)
+    assert ckpt.read_bytes() == checkpointed
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run_id,) = mlflow.search_runs(experiment_names=["smoke"])["run_id"]  # no second run opened
+    steps = mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")
+    assert [m.step for m in steps] == [1], "nothing logged into the first run"
+
+    first.kill()  # killed: the kernel releases its lock, so the same command continues it at once
+    first.wait()
+    main(args)
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert list(runs["run_id"]) == [run_id] and runs["status"][0] == "FINISHED"
+    assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")) == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [], "neither checkpoint nor lock file is left"
+
+
+def test_a_killed_runs_staged_model_is_removed_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model and artifacts are staged in a temp folder for MLflow; a run SIGKILLed while MLflow
+    copied them (seen by hand: a tempfile.TemporaryDirectory, whose cleanup never ran) left that copy
+    in /tmp for good, one per killed run. Now the folder carries the pid, and the next run removes it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from recsys_cl import tracking
+    from recsys_cl.experiment import RUN_SCRATCH_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "tmp" / f"{RUN_SCRATCH_PREFIX}{int(gone.stdout)}_abc"  # what the SIGKILLed run left
+    (left / "model").mkdir(parents=True)
+    (left / "model" / "model.pt").write_bytes(b"weights")
+    staged: list[Path] = []
+    real = tracking.Tracker.log_model
+
+    def log_model(self, model_dir, name):  # type: ignore[no-untyped-def]
+        staged.append(Path(model_dir))
+        assert not left.exists(), "the killed run's copy is removed before this run stages its own"
+        return real(self, model_dir, name)
+
+    monkeypatch.setattr(tracking.Tracker, "log_model", log_model)
+    train_two_tower.main(_args(tmp_path, "ml-100k", "--set", "train.epochs=1"))
+    (model_dir,) = staged
+    assert model_dir.parent.parent == tmp_path / "tmp"
+    assert model_dir.parent.name.startswith(f"{RUN_SCRATCH_PREFIX}{os.getpid()}_")  # a later run can tell it is gone
+    assert not model_dir.exists()
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith(RUN_SCRATCH_PREFIX)] == []
+
+
 def test_item_table_without_genres_is_a_data_error_before_a_run(tmp_path: Path) -> None:
     data = tmp_path / "ml"
     shutil.copytree(FIXTURES / "ml-100k", data)
@@ -432,6 +505,7 @@ def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path, monkeyp
     with pytest.raises(SystemExit, match=rf"^tracking error: cannot reach the MLflow tracking server at "
                                          rf"http://127\.0\.0\.1:{port}"):
         train_two_tower.main([*_args(tmp_path, "ml-100k"), "--set", f"tracking.uri=http://127.0.0.1:{port}"])
+    assert not (tmp_path / "ck").exists()  # the checkpoint's lock was taken and given back: no empty folder left
 
 
 def test_killed_training_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

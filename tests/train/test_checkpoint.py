@@ -1,13 +1,25 @@
-"""load_checkpoint: a checkpoint that cannot be read is one error naming the file and the fixes."""
+"""load_checkpoint: a checkpoint that cannot be read is one error naming the file and the fixes;
+checkpoint_lock: one live process per checkpoint."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from recsys_cl.train.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from recsys_cl.train.checkpoint import (
+    CheckpointError,
+    CheckpointInUseError,
+    atomic_torch_save,
+    checkpoint_lock,
+    load_checkpoint,
+    lock_path,
+)
 
 
 def test_a_missing_checkpoint_is_none_and_a_saved_one_loads_back(tmp_path: Path) -> None:
@@ -35,3 +47,83 @@ def test_an_unreadable_checkpoint_names_the_file_and_both_fixes(tmp_path: Path, 
     assert message.startswith(f"the checkpoint {path} of an interrupted run with this config cannot be read (")
     assert message.endswith("; delete it to train from the first epoch, or rerun with --set train.resume=false "
                             "(its first epoch replaces it)")
+
+
+def test_a_checkpoint_held_by_another_process_is_refused_naming_it_and_free_once_it_dies(
+    tmp_path: Path, hold_checkpoint,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two runs of one config shared its checkpoint: the second resumed from the first's latest epoch."""
+    ckpt = tmp_path / "ck" / "key.pt"
+    holder = hold_checkpoint(ckpt)
+    with pytest.raises(CheckpointInUseError) as info:
+        with checkpoint_lock(ckpt):
+            pytest.fail("a second holder got the lock")
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"another process is training this config on this data with the checkpoint {ckpt} "
+                              f"(pid {holder.pid} on {socket.gethostname()}, since ")
+    assert message.endswith("Wait for it to finish or stop it, or set another train.checkpoint_dir to train a "
+                            "separate copy alongside it")
+    holder.send_signal(signal.SIGKILL)  # a killed run leaves its lock file, but the kernel drops the lock
+    holder.wait()
+    assert lock_path(ckpt).exists()
+    with checkpoint_lock(ckpt) as lock:  # so it can be rerun at once
+        assert lock == lock_path(ckpt) and f"pid {os.getpid()} " in lock.read_text()
+    assert not lock.exists(), "a released lock leaves no file behind"
+
+
+def test_a_lock_is_reentrant_in_its_thread_only(tmp_path: Path) -> None:
+    ckpt = tmp_path / "key.pt"
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            with checkpoint_lock(ckpt):
+                pass
+        except BaseException as e:
+            errors.append(e)
+
+    with checkpoint_lock(ckpt):
+        with checkpoint_lock(ckpt):  # the pipeline holds it, run_two_tower takes it again
+            pass
+        assert lock_path(ckpt).exists(), "still held by the outer block"
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], CheckpointInUseError)
+    assert not lock_path(ckpt).exists()
+
+
+def test_a_lock_on_a_file_its_holder_deleted_is_taken_again_on_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that opened the lock file just before its holder released (and deleted) it must not
+    count the lock on the deleted file as held: a third run would lock a new file alongside it."""
+    from recsys_cl.train import checkpoint
+
+    ckpt = tmp_path / "key.pt"
+    lock = lock_path(ckpt)
+    real_flock = checkpoint.fcntl.flock
+    calls: list[int] = []
+
+    def flock_after_the_holder_left(fd: int, op: int) -> None:
+        if not calls:  # the previous holder deletes the file between our open and our flock
+            lock.unlink()
+        calls.append(fd)
+        real_flock(fd, op)
+
+    lock.write_text("pid 1 on elsewhere\n")
+    monkeypatch.setattr(checkpoint.fcntl, "flock", flock_after_the_holder_left)
+    with checkpoint_lock(ckpt):
+        assert len(calls) == 2, "the lock was taken again, on the file now at the path"
+        assert lock.read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_the_folders_a_lock_created_are_removed_with_it_unless_they_hold_a_checkpoint(tmp_path: Path) -> None:
+    """A run that stopped before its first epoch (a tracking error) left an empty train.checkpoint_dir."""
+    with checkpoint_lock(tmp_path / "runs" / "ck" / "key.pt"):
+        assert (tmp_path / "runs" / "ck").is_dir()
+    assert list(tmp_path.iterdir()) == []
+    with checkpoint_lock(tmp_path / "runs" / "ck" / "key.pt"):
+        atomic_torch_save({"epoch": 1}, tmp_path / "runs" / "ck" / "key.pt")  # killed after epoch 1
+    assert [p.name for p in (tmp_path / "runs" / "ck").iterdir()] == ["key.pt"]
