@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not cfg.baselines.models:
             raise ConfigError("baselines.models is empty: nothing to evaluate; name some, e.g. "
                               "--set 'baselines.models=[popularity,ease]'")
-        prep = prepare(cfg)
+        prep = prepare(cfg, content=False)  # baselines read clicks only: no item_tower content to build or check
         for name in cfg.baselines.models:
             require_warm_split(name, prep)
     except ConfigError as e:

@@ -131,6 +131,21 @@ def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
     assert "lam" in summaries[2]["params"]
 
 
+def test_baselines_ignore_the_two_tower_content_config(tmp_path: Path) -> None:
+    """Baselines read clicks only: an item_tower the data cannot feed (the default config's
+    categorical encoder on a click log without an item table, so without genres) does not stop them."""
+    import polars as pl
+
+    log = tmp_path / "clicks.parquet"
+    pl.read_csv(FIXTURES / "ml-100k" / "u.data", separator="\t", has_header=False,
+                new_columns=["user_id", "item_id", "rating", "timestamp"]).write_parquet(log)
+    args = [*_args(tmp_path, "ml-100k", "--set", "baselines.models=[popularity]"),
+            "--set", f"data.path={log}", "--set", "data.format=parquet"]
+    assert [s["model"] for s in evaluate_baselines.main(args)] == ["popularity"]
+    with pytest.raises(SystemExit, match="includes 'categorical' but the item table has no genres"):
+        train_two_tower.main(args)  # the two-tower model does read it
+
+
 def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
     from pipelines import ablation
 
