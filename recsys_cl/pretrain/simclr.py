@@ -207,12 +207,20 @@ def load_encoder(model_dir: str | Path) -> ImageEncoder:
         FileNotFoundError: the folder lacks the two files (the message lists what it holds), or they
             do not load (damaged weights, a config that is not the one save_encoder writes).
     """
+    from recsys_cl.towers.content import artifact_kind
+
     d = Path(model_dir)
+    fix = ("point item_tower.image.pretrained at a pretrain_simclr run's encoder/: runs:/<run_id>/encoder, "
+           "or its local copy runs/simclr/<run_id>/encoder")
+    if d.is_file():
+        raise FileNotFoundError(f"{d} is a file; an image encoder is the folder holding {ENCODER_WEIGHTS} and "
+                                f"{ENCODER_CONFIG}: {fix}")
     if not (d / ENCODER_WEIGHTS).is_file() or not (d / ENCODER_CONFIG).is_file():
-        found = sorted(p.name for p in d.iterdir())[:20] if d.is_dir() else []
-        hint = " (config.json + tokenizer: that is a text encoder)" if "config.json" in found else ""
+        found = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        kind = artifact_kind(found, "an image encoder")
+        shown = found[:20] + (["..."] if len(found) > 20 else [])
         raise FileNotFoundError(f"{d}: expected {ENCODER_WEIGHTS} and {ENCODER_CONFIG} (written by "
-                                f"pretrain_simclr's save_encoder), found {found or 'nothing'}{hint}")
+                                f"pretrain_simclr's save_encoder), found {shown or 'nothing'}{kind}; {fix}")
     try:
         m = json.loads((d / ENCODER_CONFIG).read_text())["model"]
         enc = ImageEncoder(m["in_channels"], m["widths"], m["blocks_per_stage"])

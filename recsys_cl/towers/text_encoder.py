@@ -144,9 +144,12 @@ def check_model_dir(model_dir: str | Path) -> Path:
     if not any(f in found for f in TOKENIZER_FILES):
         missing.append(" or ".join(TOKENIZER_FILES))
     if missing:
+        from recsys_cl.towers.content import artifact_kind
+
         shown = found[:20] + (["..."] if len(found) > 20 else [])
+        kind = artifact_kind(found, "a text encoder")
         raise FileNotFoundError(
-            f"text model folder {str(d)!r} lacks {', '.join(missing)} (found {shown or 'nothing'}); {_FIX}"
+            f"text model folder {str(d)!r} lacks {', '.join(missing)} (found {shown or 'nothing'}){kind}; {_FIX}"
         )
     return d
 

@@ -39,7 +39,8 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         load_encoder(tmp_path)
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"found \['config.json'\] \(config.json \+ tokenizer: that is a text"):
+    with pytest.raises(FileNotFoundError, match=r"found \['config.json'\]: that is a text encoder .*, not an image "
+                                                r"encoder; point item_tower\.image\.pretrained at a pretrain_simclr"):
         load_encoder(tmp_path / "text")
     weights = tmp_path / "enc" / "encoder.pt"
     weights.write_bytes(weights.read_bytes()[:500])
