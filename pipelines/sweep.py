@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"
-    key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.fingerprint)
+    key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.resume_fingerprint)
     resume_id, done = (None, {}) if args.no_resume else unfinished_sweep(base.tracking, key)
     if resume_id:
         log.info("continuing interrupted sweep %s: %d of %d runs finished before (--no-resume starts anew)",

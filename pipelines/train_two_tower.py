@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         if is_main:
             with contextlib.ExitStack() as held:
                 try:  # held until the run ends: a second launch of this config must not resume it meanwhile
-                    held.enter_context(lock_checkpoint(cfg, prep.fingerprint))
-                    run_id = resumable_run_id(cfg, prep.fingerprint)
+                    held.enter_context(lock_checkpoint(cfg, prep.resume_fingerprint))
+                    run_id = resumable_run_id(cfg, prep.resume_fingerprint)
                 except CheckpointError as e:
                     raise SystemExit(f"checkpoint error: {e}") from None
                 try:

@@ -263,3 +263,15 @@ def test_an_encoder_of_the_wrong_kind_is_named(tiny_text: Path, tiny_image: Path
         with pytest.raises(DataError, match=r"that is a two-tower model directory \(train_two_tower\), not a "
                                             r"pretrained encoder; point .* at a pretrain_sim"):
             build_content(items, ITEMS, _cfg(encoders, **kwargs), _identity)  # type: ignore[arg-type]
+
+
+def test_content_meta_names_the_encoder_weights(tiny_text: Path, tmp_path: Path) -> None:
+    """A fine-tuned encoder's spec holds only token ids: its meta's encoder_sha256 is what tells a
+    retrained encoder written to the same folder apart (recsys_cl.experiment's resume fingerprint)."""
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    folder = make_tiny_text_encoder(tmp_path / "enc", ITEMS["title"].to_list() * 5, vocab_size=60)
+    cfg = _cfg(("id", "text"), folder, trainable=True)
+    first = build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"]
+    assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] == first
+    make_tiny_text_encoder(folder, ITEMS["title"].to_list() * 5, vocab_size=60, seed=1)
+    assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] != first
