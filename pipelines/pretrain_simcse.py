@@ -49,7 +49,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
-from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder
+from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder, max_positions
 from recsys_cl.tracking import is_mlflow_uri, mlflow_run, resolve_model_dir, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simcse.yaml"
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder, _ = load_text_encoder(model_dir or cfg.model.path)
     except FileNotFoundError as e:
         raise SystemExit(f"model error: {e}") from None
+    limit = max_positions(encoder)
+    if limit is not None and cfg.model.max_length > limit:
+        raise SystemExit(f"config error: model.max_length={cfg.model.max_length} but the model at "
+                         f"{model_dir or cfg.model.path or 'the packaged MiniLM'} reads at most {limit} tokens "
+                         f"(its max_position_embeddings); set model.max_length to at most {limit}")
     if cfg.train.trainable_layers is not None:
         try:
             freeze_lower_layers(encoder, cfg.train.trainable_layers)  # on this throw-away copy

@@ -185,8 +185,9 @@ class TextDataConfig:
             raise ConfigError(f"data.text_columns has repeated columns: {list(self.text_columns)}")
         if self.extra_text == "":
             raise ConfigError("data.extra_text must be a books.csv path or null, got an empty string")
-        if self.max_texts < 0:
-            raise ConfigError(f"data.max_texts must be >= 0 (0 = all), got {self.max_texts}")
+        if self.max_texts < 0 or self.max_texts == 1:
+            raise ConfigError(f"data.max_texts must be 0 (all) or >= 2 (SimCSE contrasts texts with each other), "
+                              f"got {self.max_texts}")
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,12 @@ def _text_content(
     content: dict[str, np.ndarray], meta: dict[str, dict[str, Any]],
 ) -> None:
     from recsys_cl.features.text import item_texts
-    from recsys_cl.towers.text_encoder import default_text_model_dir, encode_texts, load_text_encoder
+    from recsys_cl.towers.text_encoder import (
+        default_text_model_dir,
+        encode_texts,
+        load_text_encoder,
+        max_positions,
+    )
 
     texts = item_texts(frame, cfg.columns, key="item_tower.text.columns")
     empty = [i for i, t in enumerate(texts) if not t.strip()]
@@ -305,8 +310,8 @@ def _text_content(
         encoder, tokenizer = load_text_encoder(directory)
     except FileNotFoundError as e:
         raise DataError(f"item_tower.text.pretrained={cfg.pretrained!r}: {e}") from None
-    limit = getattr(encoder.model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and cfg.max_length > limit:
+    limit = max_positions(encoder)
+    if limit is not None and cfg.max_length > limit:
         raise DataError(
             f"item_tower.text.max_length={cfg.max_length} but the text encoder at {directory} reads at most {limit} "
             f"tokens (its max_position_embeddings); set item_tower.text.max_length to at most {limit}"
