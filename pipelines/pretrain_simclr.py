@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     try:
-        for warning in check_sizes(cfg, len(train_x), len(test_x), int(train_x.shape[1])):
+        for warning in check_sizes(cfg, len(train_x), len(test_x), int(train_x.shape[1]), train_y):
             log.warning(warning)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
