@@ -11,7 +11,14 @@ Examples:
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'data.text_columns=[title,genres]'; 3e-5 works for float keys). Unknown keys are rejected with
-their full name.
+their full name. The main ones (defaults from pipelines/configs/pretrain/simcse.yaml): data.path
+(data/ml-latest-small), data.text_columns, data.extra_text (bundled goodbooks-10k; null = none),
+data.max_texts (4000; 0 = all), model.path (null = all-MiniLM-L6-v2), model.max_length (32),
+train.epochs (1), train.lr (1e-5), train.max_steps (null = all), train.trainable_layers (2; null =
+all), train.num_threads (2), train.out_dir (runs/simcse), eval.split (test), eval.eval_size (1000),
+tracking.experiment (recsys_cl_simcse), tracking.uri (null: $MLFLOW_TRACKING_URI, else
+sqlite:///mlflow.db in the working directory). A quick try: --set data.max_texts=256
+--set eval.eval_size=100 --set train.max_steps=4.
 
 Training texts are the movies of data.path (minus the held-out ones) plus data.extra_text (book titles).
 The held-out movies are never trained on: choose settings with --set eval.split=validation, report test.

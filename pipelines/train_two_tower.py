@@ -32,9 +32,10 @@ train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'item_tower.encoders=[id]'). Unknown keys are rejected with their full name. A run killed
 mid-training resumes from its last epoch, into the same MLflow run, when rerun with the same config
-on the same data (train.resume=true); a changed config or click log starts a new run. While a run
-trains it holds its checkpoint (a lock file beside it): the same command started again meanwhile
-stops at once, naming the running process.
+on the same data (train.resume=true); a changed config, click log, item table or content encoder
+(even retrained into the same folder) starts a new run. While a run trains it holds its checkpoint
+(a lock file beside it): the same command started again meanwhile stops at once, naming the running
+process.
 """
 
 from __future__ import annotations
