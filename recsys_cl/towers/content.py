@@ -146,8 +146,9 @@ def load_pretrained_weights(model: nn.Module, spec_meta: dict[str, Any], resolve
 
 def artifact_kind(names: Collection[str], wanted: str) -> str:
     """``": that is <what the folder holding ``names`` is>, not <wanted>"`` for the folders this
-    project writes (an image or text encoder, a two-tower model directory), else ``""``: so that a
-    loader given the wrong kind of folder says which one it got."""
+    project writes (an image or text encoder, a two-tower model directory; for a pretraining run's
+    folder, that the encoder is its ``encoder/``), else ``""``: so that a loader given the wrong kind
+    of folder says which one it got."""
     if "model.pt" in names and "features" in names:
         what = "a two-tower model directory (train_two_tower)"
         wanted = "a pretrained encoder"
@@ -155,6 +156,8 @@ def artifact_kind(names: Collection[str], wanted: str) -> str:
         what = "an image encoder (pretrain_simclr)"
     elif "config.json" in names:  # a Hugging Face model folder
         what = "a text encoder (pretrain_simcse or Hugging Face)"
+    elif "encoder" in names:  # a pretraining run's artifacts, or its runs/<pipeline>/<run_id> folder
+        return ": the encoder is its subfolder encoder/ (add /encoder to the path or URI)"
     else:
         return ""
     return f": that is {what}, not {wanted}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,10 @@ def test_an_encoder_of_the_wrong_kind_is_named(tiny_text: Path, tiny_image: Path
         with pytest.raises(DataError, match=r"that is a two-tower model directory \(train_two_tower\), not a "
                                             r"pretrained encoder; point .* at a pretrain_sim"):
             build_content(items, ITEMS, _cfg(encoders, **kwargs), _identity)  # type: ignore[arg-type]
+    run_folder = tmp_path / "runs" / "simclr" / "abc"  # the run's folder, not its encoder/
+    shutil.copytree(tiny_image, run_folder / "encoder")
+    with pytest.raises(DataError, match=r"found \['encoder'\]: the encoder is its subfolder encoder/ \(add /encoder"):
+        build_content(items, ITEMS, _cfg(("id", "image"), image=run_folder), _identity)
 
 
 def test_content_meta_names_the_encoder_weights(tiny_text: Path, tmp_path: Path) -> None:
