@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from pipelines.cli import (
-    check_output_dir,
     check_output_file,
+    check_training_dirs,
     configure_logging,
     exits_on_tracking_error,
     shown_path,
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"tracking.run_name={name} seed={seed}"])
             for name, overrides in variants.items() for seed in args.seeds
         }
-        for folder in dict.fromkeys(cfg.train.checkpoint_dir for cfg in configs.values()):  # else found after an epoch
-            check_output_dir(folder, "train.checkpoint_dir")
+        check_training_dirs(configs.values())  # else found after an epoch, or after the encoder ran
         prep = prepare(base, content=False)  # each run's content: check_run_config below
         if args.no_baselines:
             baselines: list[str] = []

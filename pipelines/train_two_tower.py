@@ -49,8 +49,8 @@ from pathlib import Path
 from pipelines.cli import (
     Terminated,
     base_parser,
-    check_output_dir,
     check_output_file,
+    check_training_dirs,
     configure_logging,
     exit_stopped,
     exits_on_tracking_error,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
     cfg = load_config_or_exit(args, RunConfig, set_threads=False)  # train.num_threads: set by fit
-    check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
+    check_training_dirs([cfg])  # checkpoint_dir, cache_dir: else found after the first epoch / the encoder
     for warning in cfg.unused_settings():
         log.warning(warning)
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"

@@ -428,6 +428,27 @@ def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_training(tmp_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_content_cache_dir_that_cannot_be_written_is_refused_before_encoding(tmp_path: Path) -> None:
+    """item_tower.cache_dir through a file was found only after the frozen encoder had run: a
+    NotADirectoryError traceback."""
+    from pipelines import ablation
+    from recsys_cl.towers.text_encoder import make_tiny_text_encoder
+
+    encoder = make_tiny_text_encoder(tmp_path / "enc", ["Toy Story (1995)", "Heat (1995)"] * 3, vocab_size=60)
+    (tmp_path / "afile").write_text("x")
+    args = [*_args(tmp_path, "ml-100k"), "--set", "item_tower.encoders=[id,text]",
+            "--set", "item_tower.text.columns=[title]", "--set", f"item_tower.text.pretrained={encoder}",
+            "--set", f"item_tower.cache_dir={tmp_path / 'afile' / 'cache'}"]
+    match = r"output error: item_tower\.cache_dir=.*afile/cache cannot be created: .*afile on its path is a file"
+    with pytest.raises(SystemExit, match=match):
+        train_two_tower.main(args)
+    variants = tmp_path / "v.yaml"
+    variants.write_text('"ID + text": []\n')
+    with pytest.raises(SystemExit, match=match):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *args])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_history_length_beyond_the_longest_history_is_refused_before_a_run(tmp_path: Path) -> None:
     """user_tower.history_length=100000000 allocated 24 GB and was killed without a word; an L past the
     longest history (6 clicks in the fixture) only adds padding, and is refused with that number."""
