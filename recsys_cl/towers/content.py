@@ -200,7 +200,7 @@ def item_pixels(table: pl.DataFrame, cfg: ImageInputConfig) -> np.ndarray:
     values = table[col]
     if isinstance(values.dtype, pl.Array):  # a fixed-size list: the same values, read as a list
         values = values.cast(pl.List(values.dtype.inner))
-    if not isinstance(values.dtype, pl.List):
+    if not isinstance(values.dtype, pl.List) or not (values.dtype.inner.is_numeric() or values.dtype.inner == pl.Null):
         raise DataError(
             f"item-table column {col!r} must be a list of C*H*W = {n} uint8 pixel values per item "
             f"(item_tower.image.shape {list(cfg.shape)}), got dtype {values.dtype}"
@@ -214,20 +214,21 @@ def item_pixels(table: pl.DataFrame, cfg: ImageInputConfig) -> np.ndarray:
             f"for item_tower.image.shape {list(cfg.shape)} ({len(bad)} item(s) affected); set "
             "item_tower.image.shape to the images' (C, H, W) or fix the item table"
         )
-    flat = values.fill_null(pl.lit([0] * n, dtype=pl.List(pl.UInt8))).explode().to_numpy().astype(np.float64)
-    row = np.repeat(np.arange(len(table)), n)
-    if np.isnan(flat).any() or (flat != np.round(flat)).any():
-        j = int(np.flatnonzero(np.isnan(flat) | (flat != np.round(flat)))[0])
-        raise DataError(
-            f"item-table column {col!r} holds non-integer pixel values (e.g. {flat[j]:.4g} in item "
-            f"{table['item_id'][int(row[j])]!r}); item images must be integer pixels in [0, 255]: if they are "
-            "floats in [0, 1], multiply by 255 and round before writing the item table"
-        )
+    flat = values.fill_null(pl.lit([0] * n, dtype=pl.List(pl.UInt8))).explode().to_numpy()  # n values per row
+    if flat.dtype.kind == "f":  # float pixels (or nulls inside a list): whole numbers only
+        fractional = ~np.isfinite(flat) | (flat != np.round(flat))
+        if fractional.any():
+            j = int(np.flatnonzero(fractional)[0])
+            raise DataError(
+                f"item-table column {col!r} holds non-integer pixel values (e.g. {flat[j]:.4g} in item "
+                f"{table['item_id'][j // n]!r}); item images must be integer pixels in [0, 255]: if they are "
+                "floats in [0, 1], multiply by 255 and round before writing the item table"
+            )
     if flat.size and (flat.min() < 0 or flat.max() > 255):
         j = int(np.flatnonzero((flat < 0) | (flat > 255))[0])
         raise DataError(
             f"item-table column {col!r} must hold uint8 pixels in [0, 255]; found values from {flat.min():.0f} to "
-            f"{flat.max():.0f} (item {table['item_id'][int(row[j])]!r} is the first outside); rescale the images "
+            f"{flat.max():.0f} (item {table['item_id'][j // n]!r} is the first outside); rescale the images "
             "to 0..255"
         )
     return flat.astype(np.uint8).reshape(len(table), c, h, w)

@@ -194,6 +194,9 @@ def test_float_or_out_of_range_pixels_are_refused_and_fixed_size_arrays_accepted
     with pytest.raises(DataError, match=r"uint8 pixels in \[0, 255\]; found values from 0 to 480 "
                                         r"\(item 3 is the first outside\)"):
         item_pixels(too_big, cfg)
+    as_text = ITEMS.with_columns(pl.col("image").cast(pl.List(pl.String)))
+    with pytest.raises(DataError, match=r"must be a list of C\*H\*W = 16 uint8 pixel values .*dtype List\(String\)"):
+        item_pixels(as_text, cfg)
     fixed = ITEMS.with_columns(pl.col("image").cast(pl.Array(pl.UInt8, 16)))
     np.testing.assert_array_equal(item_pixels(fixed, cfg), item_pixels(ITEMS, cfg))
 
