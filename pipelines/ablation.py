@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from pipelines.cli import (
-    check_output_dir,
     check_output_file,
+    check_training_dirs,
     configure_logging,
     exits_on_tracking_error,
     shown_path,
@@ -48,6 +48,7 @@ from recsys_cl.experiment import (
     resumable_run_id,
     run_baseline,
     run_two_tower,
+    with_content,
 )
 from recsys_cl.sweep import ablation_key, refuse_duplicate_seeds, refuse_seed_override
 from recsys_cl.tracking import (
@@ -163,8 +164,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"tracking.run_name={name} seed={seed}"])
             for name, overrides in variants.items() for seed in args.seeds
         }
-        for folder in dict.fromkeys(cfg.train.checkpoint_dir for cfg in configs.values()):  # else found after an epoch
-            check_output_dir(folder, "train.checkpoint_dir")
+        check_training_dirs(configs.values())  # else found after an epoch, or after the encoder ran
         prep = prepare(base, content=False)  # each run's content: check_run_config below
         if args.no_baselines:
             baselines: list[str] = []
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> str:
     runs: list[dict[str, Any]] = []
     baseline_runs: dict[str, dict[str, Any]] = {}
     key = ablation_key({cfg.tracking.run_name or "": cfg.to_flat_dict() for cfg in configs.values()}, baselines,
-                       prep.fingerprint)
+                       prep.resume_fingerprint)
     done = {} if args.no_resume else unfinished_ablation(base.tracking, key)
     if done:
         log.info("continuing an interrupted ablation: %d of its %d runs finished before and are reused "
@@ -202,15 +202,16 @@ def main(argv: list[str] | None = None) -> str:
             cfg = configs[(name, seed)]
             summary = done.get(cfg.tracking.run_name or "")
             if summary is None:
+                run_prep = with_content(prep, cfg)  # this variant's content: part of what it resumes on
                 with contextlib.ExitStack() as held:
                     try:  # held until the run ends: another process must not resume it meanwhile
-                        held.enter_context(lock_checkpoint(cfg, prep.fingerprint))
-                        run_id = resumable_run_id(cfg, prep.fingerprint)  # a killed run resumes
+                        held.enter_context(lock_checkpoint(cfg, run_prep.resume_fingerprint))
+                        run_id = resumable_run_id(cfg, run_prep.resume_fingerprint)  # a killed run resumes
                     except CheckpointError as e:
                         raise SystemExit(f"checkpoint error: {e}") from None
                     with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
                                     tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
-                        summary = {k: v for k, v in run_two_tower(cfg, run, prep).items() if k in RUN_KEYS}
+                        summary = {k: v for k, v in run_two_tower(cfg, run, run_prep).items() if k in RUN_KEYS}
                         run.set_tags(ablation_row_tag(summary))
             runs.append({"variant": name, "seed": seed, **summary})
     table = write_outputs(args, prep.protocol, baseline_runs, runs, {"reused_runs": len(done)})

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, TypeVar
+from typing import Any, Callable, Iterable, Mapping, NoReturn, TypeVar
 
 import torch
 
@@ -196,6 +196,20 @@ def check_output_dir(path: str | Path, key: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == p.absolute() else f"cannot be created ({existing} is not writable)"
         raise SystemExit(f"output error: {key}={path} {what}; set it to a writable folder")
+
+
+def check_training_dirs(configs: Iterable[Any]) -> None:
+    """:func:`check_output_dir` for the folders training runs of ``configs`` (``RunConfig``) write:
+    ``train.checkpoint_dir`` (else found after the first epoch) and, when a frozen content encoder
+    caches its outputs, ``item_tower.cache_dir`` (else found after the encoder has run)."""
+    folders: dict[tuple[str, str], None] = {}
+    for cfg in configs:
+        folders[("train.checkpoint_dir", cfg.train.checkpoint_dir)] = None
+        tower = cfg.item_tower
+        if tower.cache_dir and any(n in tower.encoders and not getattr(tower, n).trainable for n in ("text", "image")):
+            folders[("item_tower.cache_dir", tower.cache_dir)] = None
+    for key, folder in folders:
+        check_output_dir(folder, key)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -10,7 +10,13 @@ relative to the current directory). The default config (pipelines/configs/pretra
 10,000 images, 4 epochs) takes about 2 minutes with --set train.num_threads=1 on 2 cores.
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
---set 'model.widths=[32,64,128]'). Unknown keys are rejected with their full name.
+--set 'model.widths=[32,64,128]'). Unknown keys are rejected with their full name. The main ones
+(defaults from that file): data.path, data.train_size (10000; 0 = all 60,000), train.epochs (4),
+train.batch_size (256), train.num_threads (2; 0 = torch's default), train.out_dir (runs/simclr),
+eval.probe_train_size (5000), eval.test_size (2000), tracking.experiment (recsys_cl_simclr),
+tracking.uri (null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory).
+A quick try: --set train.epochs=1 --set data.train_size=1000 --set eval.probe_train_size=500
+--set eval.test_size=500.
 
 The summary (--summary-json) is {"run_id", "encoder_uri", "metrics": {"linear_probe_acc",
 "knn_recall@10"}, "baseline_metrics": {same keys, for the randomly initialised encoder}, "deltas":
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
     try:
-        for warning in check_sizes(cfg, len(train_x), len(test_x), int(train_x.shape[1])):
+        for warning in check_sizes(cfg, len(train_x), len(test_x), int(train_x.shape[1]), train_y):
             log.warning(warning)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

@@ -11,7 +11,14 @@ Examples:
 
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'data.text_columns=[title,genres]'; 3e-5 works for float keys). Unknown keys are rejected with
-their full name.
+their full name. The main ones (defaults from pipelines/configs/pretrain/simcse.yaml): data.path
+(data/ml-latest-small), data.text_columns, data.extra_text (bundled goodbooks-10k; null = none),
+data.max_texts (4000; 0 = all), model.path (null = all-MiniLM-L6-v2), model.max_length (32),
+train.epochs (1), train.lr (1e-5), train.max_steps (null = all), train.trainable_layers (2; null =
+all), train.num_threads (2), train.out_dir (runs/simcse), eval.split (test), eval.eval_size (1000),
+tracking.experiment (recsys_cl_simcse), tracking.uri (null: $MLFLOW_TRACKING_URI, else
+sqlite:///mlflow.db in the working directory). A quick try: --set data.max_texts=256
+--set eval.eval_size=100 --set train.max_steps=4.
 
 Training texts are the movies of data.path (minus the held-out ones) plus data.extra_text (book titles).
 The held-out movies are never trained on: choose settings with --set eval.split=validation, report test.
@@ -49,7 +56,7 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval.bootstrap import interval_metrics
 from recsys_cl.pretrain.config import SimCSEConfig
 from recsys_cl.pretrain.simcse import load_simcse_data, run_simcse
-from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder
+from recsys_cl.towers.text_encoder import freeze_lower_layers, load_text_encoder, max_positions
 from recsys_cl.tracking import is_mlflow_uri, mlflow_run, resolve_model_dir, resolve_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain" / "simcse.yaml"
@@ -72,6 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder, _ = load_text_encoder(model_dir or cfg.model.path)
     except FileNotFoundError as e:
         raise SystemExit(f"model error: {e}") from None
+    limit = max_positions(encoder)
+    if limit is not None and cfg.model.max_length > limit:
+        raise SystemExit(f"config error: model.max_length={cfg.model.max_length} but the model at "
+                         f"{model_dir or cfg.model.path or 'the packaged MiniLM'} reads at most {limit} tokens "
+                         f"(its max_position_embeddings); set model.max_length to at most {limit}")
     if cfg.train.trainable_layers is not None:
         try:
             freeze_lower_layers(encoder, cfg.train.trainable_layers)  # on this throw-away copy

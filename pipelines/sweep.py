@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.cli import (
-    check_output_dir,
     check_output_file,
+    check_training_dirs,
     configure_logging,
     exits_on_tracking_error,
     shown_path,
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models = f"baselines.models=[{','.join(names)}]"
             checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
-        for folder in dict.fromkeys(cfg.train.checkpoint_dir for _, _, cfg in configs):  # else found after an epoch
-            check_output_dir(folder, "train.checkpoint_dir")
+        check_training_dirs(cfg for _, _, cfg in configs)  # else found after an epoch, or after the encoder ran
         prep = prepare(base, content=False)  # each run's content: check_run_config below
         for b in baselines:
             require_warm_split(b, prep)
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"
-    key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.fingerprint)
+    key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.resume_fingerprint)
     resume_id, done = (None, {}) if args.no_resume else unfinished_sweep(base.tracking, key)
     if resume_id:
         log.info("continuing interrupted sweep %s: %d of %d runs finished before (--no-resume starts anew)",

@@ -32,9 +32,10 @@ train.batch_size whatever the number of processes; rank 0 logs and checkpoints):
 Every config key can be overridden with --set section.key=value (YAML syntax for the value, e.g.
 --set 'item_tower.encoders=[id]'). Unknown keys are rejected with their full name. A run killed
 mid-training resumes from its last epoch, into the same MLflow run, when rerun with the same config
-on the same data (train.resume=true); a changed config or click log starts a new run. While a run
-trains it holds its checkpoint (a lock file beside it): the same command started again meanwhile
-stops at once, naming the running process.
+on the same data (train.resume=true); a changed config, click log, item table or content encoder
+(even retrained into the same folder) starts a new run. While a run trains it holds its checkpoint
+(a lock file beside it): the same command started again meanwhile stops at once, naming the running
+process.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from pathlib import Path
 from pipelines.cli import (
     Terminated,
     base_parser,
-    check_output_dir,
     check_output_file,
+    check_training_dirs,
     configure_logging,
     exit_stopped,
     exits_on_tracking_error,
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_file(args.summary_json)
     cfg = load_config_or_exit(args, RunConfig, set_threads=False)  # train.num_threads: set by fit
-    check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")  # else found after the first epoch
+    check_training_dirs([cfg])  # checkpoint_dir, cache_dir: else found after the first epoch / the encoder
     for warning in cfg.unused_settings():
         log.warning(warning)
     run_name = cfg.tracking.run_name or f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-seed{cfg.train.seed}"
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         if is_main:
             with contextlib.ExitStack() as held:
                 try:  # held until the run ends: a second launch of this config must not resume it meanwhile
-                    held.enter_context(lock_checkpoint(cfg, prep.fingerprint))
-                    run_id = resumable_run_id(cfg, prep.fingerprint)
+                    held.enter_context(lock_checkpoint(cfg, prep.resume_fingerprint))
+                    run_id = resumable_run_id(cfg, prep.resume_fingerprint)
                 except CheckpointError as e:
                     raise SystemExit(f"checkpoint error: {e}") from None
                 try:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -102,6 +103,22 @@ class Prepared:
         """Clicks of the user with the most clicks in the whole log: no history window ever holds more."""
         per_user = self.clicks.clicks.group_by("user_id").len()["len"].to_numpy()  # (users,)
         return int(per_user.max()) if len(per_user) else 0
+
+    @functools.cached_property
+    def resume_fingerprint(self) -> str:
+        """What a run must share with the one whose checkpoint it resumes (or an ablation / sweep with
+        the one whose finished runs it reuses), besides the config: the click log (:attr:`fingerprint`),
+        the item table as the run reads it (every column: titles, tags, genres, pixels) and the content
+        encoders' identity (``spec.content_meta``, with each encoder folder's ``encoder_sha256``: a
+        retrained encoder written to the same folder is another encoder under the same config). Inputs,
+        not the frozen features themselves, whose last bits may vary with the thread count."""
+        h = hashlib.sha256(self.fingerprint.encode())
+        items = self.clicks.items
+        if items is not None:
+            h.update(repr(items.schema).encode())
+            h.update(items.hash_rows(seed=0).sort().to_numpy().tobytes())  # order-independent, as fingerprint
+        h.update(json.dumps(self.spec.content_meta, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
 
     @property
     def cold_start(self) -> bool:
@@ -423,7 +440,7 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
         CheckpointInUseError: another live process trains this config on this data.
     """
     prep = with_content(prep, cfg) if prep is not None else prepare(cfg)
-    with lock_checkpoint(cfg, prep.fingerprint) if dist.is_main() else contextlib.nullcontext():
+    with lock_checkpoint(cfg, prep.resume_fingerprint) if dist.is_main() else contextlib.nullcontext():
         return _run_two_tower(cfg, reporter, prep)
 
 
@@ -443,7 +460,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         fn = two_tower_score_fn(m, prep.spec, prep.split.train, prep.val_set, L, prep.ranked)
         return evaluate(fn, prep.val_set, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
 
-    ckpt = checkpoint_path(cfg, prep.fingerprint)
+    ckpt = checkpoint_path(cfg, prep.resume_fingerprint)
     result: FitResult = fit(
         model, data, cfg.train, cfg.loss, validate,
         on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
@@ -545,7 +562,8 @@ def cold_start_popularity(prep: Prepared) -> ScoreFn:
 
 def checkpoint_path(cfg: RunConfig, data_fingerprint: str) -> Path:
     """Where a run with this config on this data checkpoints; a rerun resumes only from its own
-    file, so changed data (``data_fingerprint``, :func:`fingerprint`) or a changed config starts afresh."""
+    file, so changed data (``data_fingerprint``: :attr:`Prepared.resume_fingerprint`, the click log,
+    item table and content encoders) or a changed config starts afresh."""
     key = hashlib.sha256(f"{config_hash(cfg)}|{data_fingerprint}".encode()).hexdigest()[:16]
     return Path(cfg.train.checkpoint_dir) / f"{key}.pt"
 

@@ -35,8 +35,9 @@ class ImageDataConfig:
             raise ConfigError("data.path must name the Fashion-MNIST folder, got an empty string")
         if len(self.image_size) != 2 or min(self.image_size) < 8:
             raise ConfigError(f"data.image_size must be [H, W] with H, W >= 8, got {list(self.image_size)}")
-        if self.train_size < 0:
-            raise ConfigError(f"data.train_size must be >= 0 (0 = all), got {self.train_size}")
+        if self.train_size < 0 or self.train_size == 1:
+            raise ConfigError(f"data.train_size must be 0 (all) or >= 2 (SimCLR contrasts images with each other), "
+                              f"got {self.train_size}")
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,9 @@ class TextDataConfig:
             raise ConfigError(f"data.text_columns has repeated columns: {list(self.text_columns)}")
         if self.extra_text == "":
             raise ConfigError("data.extra_text must be a books.csv path or null, got an empty string")
-        if self.max_texts < 0:
-            raise ConfigError(f"data.max_texts must be >= 0 (0 = all), got {self.max_texts}")
+        if self.max_texts < 0 or self.max_texts == 1:
+            raise ConfigError(f"data.max_texts must be 0 (all) or >= 2 (SimCSE contrasts texts with each other), "
+                              f"got {self.max_texts}")
 
 
 @dataclass(frozen=True)

@@ -207,12 +207,20 @@ def load_encoder(model_dir: str | Path) -> ImageEncoder:
         FileNotFoundError: the folder lacks the two files (the message lists what it holds), or they
             do not load (damaged weights, a config that is not the one save_encoder writes).
     """
+    from recsys_cl.towers.content import artifact_kind
+
     d = Path(model_dir)
+    fix = ("point item_tower.image.pretrained at a pretrain_simclr run's encoder/: runs:/<run_id>/encoder, "
+           "or its local copy runs/simclr/<run_id>/encoder")
+    if d.is_file():
+        raise FileNotFoundError(f"{d} is a file; an image encoder is the folder holding {ENCODER_WEIGHTS} and "
+                                f"{ENCODER_CONFIG}: {fix}")
     if not (d / ENCODER_WEIGHTS).is_file() or not (d / ENCODER_CONFIG).is_file():
-        found = sorted(p.name for p in d.iterdir())[:20] if d.is_dir() else []
-        hint = " (config.json + tokenizer: that is a text encoder)" if "config.json" in found else ""
+        found = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        kind = artifact_kind(found, "an image encoder")
+        shown = found[:20] + (["..."] if len(found) > 20 else [])
         raise FileNotFoundError(f"{d}: expected {ENCODER_WEIGHTS} and {ENCODER_CONFIG} (written by "
-                                f"pretrain_simclr's save_encoder), found {found or 'nothing'}{hint}")
+                                f"pretrain_simclr's save_encoder), found {shown or 'nothing'}{kind}; {fix}")
     try:
         m = json.loads((d / ENCODER_CONFIG).read_text())["model"]
         enc = ImageEncoder(m["in_channels"], m["widths"], m["blocks_per_stage"])
@@ -226,17 +234,40 @@ def load_encoder(model_dir: str | Path) -> ImageEncoder:
     return enc.eval()
 
 
-def check_sizes(cfg: SimCLRConfig, n_train: int, n_test: int, channels: int) -> list[str]:
+def subsets(cfg: SimCLRConfig, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The seeded subsets :func:`run_simclr` uses: ``(train rows, test rows, probe size)``; the probe
+    images are the first ``probe size`` of the training rows."""
+    rng = np.random.default_rng(cfg.train.seed)
+    n = cfg.data.train_size or n_train
+    train = rng.permutation(n_train)[: min(n, n_train)]
+    test = rng.permutation(n_test)[: min(cfg.eval.test_size, n_test)]
+    return train, test, min(cfg.eval.probe_train_size, len(train))
+
+
+def check_sizes(
+    cfg: SimCLRConfig, n_train: int, n_test: int, channels: int, train_labels: np.ndarray | None = None
+) -> list[str]:
     """Check the config against the loaded data before a run opens.
 
     Returns:
         Warnings for sizes :func:`run_simclr` will lower to what the data has.
 
     Raises:
-        ConfigError: the images have another channel count than ``model.in_channels``, or
-            ``eval.k`` is not below the number of test images (every image would be a neighbour).
+        ConfigError: the images have another channel count than ``model.in_channels``,
+            ``eval.k`` is not below the number of test images (every image would be a neighbour), or
+            (given ``train_labels``) the linear probe's images are all of one class.
     """
     from recsys_cl.config import ConfigError
+
+    if train_labels is not None:
+        train, _, n_probe = subsets(cfg, n_train, n_test)
+        probe = np.unique(train_labels[train[:n_probe]])
+        if len(probe) < 2:
+            raise ConfigError(
+                f"the {n_probe} linear-probe images (the first eval.probe_train_size={cfg.eval.probe_train_size} "
+                f"of the data.train_size subset) are all of class {probe[0]}; the probe needs 2 classes: raise "
+                "eval.probe_train_size (and data.train_size)"
+            )
 
     if channels != cfg.model.in_channels:
         raise ConfigError(f"model.in_channels={cfg.model.in_channels} but the images have {channels} channel(s); "
@@ -281,13 +312,10 @@ def run_simclr(
         except ValueError as e:
             raise ValueError(f"{name} images: {e}") from e
     torch.manual_seed(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
-    n_train = cfg.data.train_size or len(train_images)
-    sub = rng.permutation(len(train_images))[: min(n_train, len(train_images))]
+    sub, te, n_probe = subsets(cfg, len(train_images), len(test_images))
     tr_x, tr_y = train_images[sub], train_labels[sub]
-    te = rng.permutation(len(test_images))[: min(cfg.eval.test_size, len(test_images))]
     te_x, te_y = test_images[te], test_labels[te]
-    probe_x, probe_y = tr_x[: cfg.eval.probe_train_size], tr_y[: cfg.eval.probe_train_size]
+    probe_x, probe_y = tr_x[:n_probe], tr_y[:n_probe]
 
     encoder = build_encoder(cfg.model)
     untrained = copy.deepcopy(encoder)  # the baseline: the same weights before the first step

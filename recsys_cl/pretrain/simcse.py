@@ -137,6 +137,12 @@ def load_simcse_data(data: TextDataConfig, ev: TextEvalConfig) -> SimCSEData:
                 data.extra_text, dropped, books.height, books.filter(leaked)["title"][0], hint)
         extra = books.filter(~leaked)["text"].to_list()
     texts = [t for t in movie_texts + extra if t.strip()]
+    if len(texts) < 2:  # else the run would open, evaluate the baseline and only then fail
+        raise DataError(
+            f"only {len(texts)} non-empty training texts from data.text_columns {list(data.text_columns)} of "
+            f"{data.path}" + (f" and data.extra_text {data.extra_text}" if data.extra_text else "") +
+            "; SimCSE needs at least 2: choose columns that hold text, or set data.extra_text"
+        )
     sizes = {"movie_texts": len(movie_texts), "extra_texts": len(extra), "extra_texts_held_out_dropped": dropped,
              "validation": validation.height, "test": test.height}
     return SimCSEData(texts=texts, validation=validation, test=test, sizes=sizes)

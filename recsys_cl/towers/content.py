@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,25 @@ def load_pretrained_weights(model: nn.Module, spec_meta: dict[str, Any], resolve
         target.load_state_dict(src.state_dict())
 
 
+def artifact_kind(names: Collection[str], wanted: str) -> str:
+    """``": that is <what the folder holding ``names`` is>, not <wanted>"`` for the folders this
+    project writes (an image or text encoder, a two-tower model directory; for a pretraining run's
+    folder, that the encoder is its ``encoder/``), else ``""``: so that a loader given the wrong kind
+    of folder says which one it got."""
+    if "model.pt" in names and "features" in names:
+        what = "a two-tower model directory (train_two_tower)"
+        wanted = "a pretrained encoder"
+    elif "encoder.pt" in names and "encoder_config.json" in names:
+        what = "an image encoder (pretrain_simclr)"
+    elif "config.json" in names:  # a Hugging Face model folder
+        what = "a text encoder (pretrain_simcse or Hugging Face)"
+    elif "encoder" in names:  # a pretraining run's artifacts, or its runs/<pipeline>/<run_id> folder
+        return ": the encoder is its subfolder encoder/ (add /encoder to the path or URI)"
+    else:
+        return ""
+    return f": that is {what}, not {wanted}"
+
+
 # --------------------------------------------------------------------------------------------
 # Computing content features for every item (the "features" stage of a content run)
 # --------------------------------------------------------------------------------------------
@@ -167,7 +186,8 @@ def aligned_items(items: Vocab, table: pl.DataFrame | None, what: str) -> pl.Dat
 def item_pixels(table: pl.DataFrame, cfg: ImageInputConfig) -> np.ndarray:
     """uint8 (M, C, H, W) from the list column ``cfg.column`` (C*H*W values per row, row-major).
 
-    Rows with a null image get zeros. Any other length is an error naming the item.
+    Rows with a null image get zeros. Any other length is an error naming the item, and so are
+    values that are not integer pixels in [0, 255] (floats in [0, 1] would all become 0: black).
     """
     col = cfg.column
     if col not in table.columns:
@@ -178,7 +198,9 @@ def item_pixels(table: pl.DataFrame, cfg: ImageInputConfig) -> np.ndarray:
     c, h, w = cfg.shape
     n = c * h * w
     values = table[col]
-    if not isinstance(values.dtype, (pl.List, pl.Array)):
+    if isinstance(values.dtype, pl.Array):  # a fixed-size list: the same values, read as a list
+        values = values.cast(pl.List(values.dtype.inner))
+    if not isinstance(values.dtype, pl.List) or not (values.dtype.inner.is_numeric() or values.dtype.inner == pl.Null):
         raise DataError(
             f"item-table column {col!r} must be a list of C*H*W = {n} uint8 pixel values per item "
             f"(item_tower.image.shape {list(cfg.shape)}), got dtype {values.dtype}"
@@ -192,9 +214,23 @@ def item_pixels(table: pl.DataFrame, cfg: ImageInputConfig) -> np.ndarray:
             f"for item_tower.image.shape {list(cfg.shape)} ({len(bad)} item(s) affected); set "
             "item_tower.image.shape to the images' (C, H, W) or fix the item table"
         )
-    flat = values.fill_null(pl.lit([0] * n, dtype=pl.List(pl.UInt8))).explode().to_numpy()
-    if flat.size and (np.nanmin(flat) < 0 or np.nanmax(flat) > 255):
-        raise DataError(f"item-table column {col!r} must hold uint8 pixels in [0, 255]")
+    flat = values.fill_null(pl.lit([0] * n, dtype=pl.List(pl.UInt8))).explode().to_numpy()  # n values per row
+    if flat.dtype.kind == "f":  # float pixels (or nulls inside a list): whole numbers only
+        fractional = ~np.isfinite(flat) | (flat != np.round(flat))
+        if fractional.any():
+            j = int(np.flatnonzero(fractional)[0])
+            raise DataError(
+                f"item-table column {col!r} holds non-integer pixel values (e.g. {flat[j]:.4g} in item "
+                f"{table['item_id'][j // n]!r}); item images must be integer pixels in [0, 255]: if they are "
+                "floats in [0, 1], multiply by 255 and round before writing the item table"
+            )
+    if flat.size and (flat.min() < 0 or flat.max() > 255):
+        j = int(np.flatnonzero((flat < 0) | (flat > 255))[0])
+        raise DataError(
+            f"item-table column {col!r} must hold uint8 pixels in [0, 255]; found values from {flat.min():.0f} to "
+            f"{flat.max():.0f} (item {table['item_id'][j // n]!r} is the first outside); rescale the images "
+            "to 0..255"
+        )
     return flat.astype(np.uint8).reshape(len(table), c, h, w)
 
 
@@ -252,15 +288,40 @@ def _text_content(
     content: dict[str, np.ndarray], meta: dict[str, dict[str, Any]],
 ) -> None:
     from recsys_cl.features.text import item_texts
-    from recsys_cl.towers.text_encoder import default_text_model_dir, encode_texts, load_text_encoder
+    from recsys_cl.towers.text_encoder import (
+        default_text_model_dir,
+        encode_texts,
+        load_text_encoder,
+        max_positions,
+    )
 
     texts = item_texts(frame, cfg.columns, key="item_tower.text.columns")
-    directory = _resolve_source(cfg.pretrained, resolve, "item_tower.text.pretrained") or default_text_model_dir()
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if texts and len(empty) == len(texts):
+        raise DataError(
+            f"every one of the {len(texts)} items has an empty text from item_tower.text.columns {list(cfg.columns)} "
+            "(only nulls, empty strings or '(no genres listed)' there), so the text encoder would give every item "
+            f"the same vector; choose columns that hold text (the item table has {frame.columns}) or remove 'text' "
+            "from item_tower.encoders"
+        )
+    if empty:
+        log.warning("%d of %d items have an empty text from item_tower.text.columns %s (e.g. item %r): they all "
+                    "get the same text vector, the encoder's output for an empty string",
+                    len(empty), len(texts), list(cfg.columns), frame["item_id"][empty[0]])
+    directory = _resolve_source(cfg.pretrained, resolve, "item_tower.text.pretrained")
     try:
+        directory = directory or default_text_model_dir()
         encoder, tokenizer = load_text_encoder(directory)
     except FileNotFoundError as e:
         raise DataError(f"item_tower.text.pretrained={cfg.pretrained!r}: {e}") from None
-    info: dict[str, Any] = {"source": cfg.pretrained, "feature_dim": int(encoder.embedding_dim),
+    limit = max_positions(encoder)
+    if limit is not None and cfg.max_length > limit:
+        raise DataError(
+            f"item_tower.text.max_length={cfg.max_length} but the text encoder at {directory} reads at most {limit} "
+            f"tokens (its max_position_embeddings); set item_tower.text.max_length to at most {limit}"
+        )
+    info: dict[str, Any] = {"source": cfg.pretrained, "encoder_sha256": encoder_digest(directory),
+                            "feature_dim": int(encoder.embedding_dim),
                             "columns": list(cfg.columns), "max_length": cfg.max_length}
     if cfg.trainable:
         tok = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_length,
@@ -307,8 +368,8 @@ def _image_content(
             f"set item_tower.image.shape=[{cfg.shape[0]}, {size[0]}, {size[1]}] or use an encoder pretrained "
             "on images of that shape"
         )
-    info: dict[str, Any] = {"source": cfg.pretrained, "feature_dim": int(encoder.embedding_dim),
-                            "model": arch, "shape": list(cfg.shape)}
+    info: dict[str, Any] = {"source": cfg.pretrained, "encoder_sha256": encoder_digest(directory),
+                            "feature_dim": int(encoder.embedding_dim), "model": arch, "shape": list(cfg.shape)}
     if cfg.trainable:
         content["image_pixels"] = pixels
         meta["image"] = {**info, "mode": "trainable"}
@@ -323,12 +384,29 @@ def _image_content(
     meta["image"] = {**info, "mode": "frozen"}
 
 
+def _encoder_files(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).rglob("*") if p.is_file())
+
+
+def encoder_digest(directory: Path) -> str:
+    """SHA-256 of an encoder folder's files (names and bytes): which weights a spec's content came from,
+    so that a rerun resumes or reuses a checkpoint only with the same encoder
+    (:func:`recsys_cl.experiment.resume_fingerprint`), even when the folder's path is the same."""
+    h = hashlib.sha256()
+    for f in _encoder_files(directory):
+        h.update(f.relative_to(directory).as_posix().encode() + b"\x00")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _cache_key(name: str, directory: Path, inputs: Any, max_length: int) -> str:
     h = hashlib.sha256(f"{name}|{max_length}|".encode())
-    for f in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+    for f in _encoder_files(directory):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     if isinstance(inputs, np.ndarray):
+        # the same bytes read as another (C, H, W) are other pictures, hence other features
+        h.update(f"{inputs.dtype}{inputs.shape}".encode())
         h.update(inputs.tobytes())
     else:
         h.update("\x00".join(inputs).encode())

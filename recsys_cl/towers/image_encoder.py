@@ -68,6 +68,9 @@ class ImageEncoder(nn.Module):
                 f"ImageEncoder expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
                 "add the channel axis for grayscale images (x[:, None]) or set model.in_channels"
             )
+        if not x.is_floating_point():
+            raise ValueError(f"ImageEncoder expects float pixels in [0, 1], got {x.dtype}; divide by 255 "
+                             "(recsys_cl.pretrain.simclr.embed takes uint8 pixels and does)")
         h = self.blocks(self.stem(x))  # (B, D, H', W')
         return h.mean(dim=(2, 3))  # (B, D)
 

@@ -79,6 +79,13 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, D)
 
 
+def max_positions(encoder: TextEncoder) -> int | None:
+    """How many tokens the model's position table holds (``config.max_position_embeddings``), None
+    when its config does not say: a longer ``max_length`` would fail inside the embedding layer."""
+    n = getattr(encoder.model.config, "max_position_embeddings", None)
+    return n if isinstance(n, int) else None
+
+
 def freeze_lower_layers(encoder: TextEncoder, trainable_layers: int) -> int:
     """Leave only the top ``trainable_layers`` transformer layers of ``encoder`` trainable.
 
@@ -144,9 +151,12 @@ def check_model_dir(model_dir: str | Path) -> Path:
     if not any(f in found for f in TOKENIZER_FILES):
         missing.append(" or ".join(TOKENIZER_FILES))
     if missing:
+        from recsys_cl.towers.content import artifact_kind
+
         shown = found[:20] + (["..."] if len(found) > 20 else [])
+        kind = artifact_kind(found, "a text encoder")
         raise FileNotFoundError(
-            f"text model folder {str(d)!r} lacks {', '.join(missing)} (found {shown or 'nothing'}); {_FIX}"
+            f"text model folder {str(d)!r} lacks {', '.join(missing)} (found {shown or 'nothing'}){kind}; {_FIX}"
         )
     return d
 

@@ -443,6 +443,27 @@ def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_training(tmp_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_content_cache_dir_that_cannot_be_written_is_refused_before_encoding(tmp_path: Path) -> None:
+    """item_tower.cache_dir through a file was found only after the frozen encoder had run: a
+    NotADirectoryError traceback."""
+    from pipelines import ablation
+    from recsys_cl.towers.text_encoder import make_tiny_text_encoder
+
+    encoder = make_tiny_text_encoder(tmp_path / "enc", ["Toy Story (1995)", "Heat (1995)"] * 3, vocab_size=60)
+    (tmp_path / "afile").write_text("x")
+    args = [*_args(tmp_path, "ml-100k"), "--set", "item_tower.encoders=[id,text]",
+            "--set", "item_tower.text.columns=[title]", "--set", f"item_tower.text.pretrained={encoder}",
+            "--set", f"item_tower.cache_dir={tmp_path / 'afile' / 'cache'}"]
+    match = r"output error: item_tower\.cache_dir=.*afile/cache cannot be created: .*afile on its path is a file"
+    with pytest.raises(SystemExit, match=match):
+        train_two_tower.main(args)
+    variants = tmp_path / "v.yaml"
+    variants.write_text('"ID + text": []\n')
+    with pytest.raises(SystemExit, match=match):
+        ablation.main(["--variants", str(variants), "--seeds", "0", *args])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_history_length_beyond_the_longest_history_is_refused_before_a_run(tmp_path: Path) -> None:
     """user_tower.history_length=100000000 allocated 24 GB and was killed without a word; an L past the
     longest history (6 clicks in the fixture) only adds padding, and is refused with that number."""
@@ -506,6 +527,43 @@ def test_changed_data_after_a_kill_starts_a_new_run(tmp_path: Path, monkeypatch:
     assert len(runs) == 2, "a new run, not the killed one resumed"
     steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]  # trained from epoch 1 on the new data
+
+
+@pytest.mark.parametrize("change", [None, "item titles", "encoder weights"])
+def test_changed_item_text_or_encoder_after_a_kill_starts_a_new_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str | None
+) -> None:
+    """Resuming was keyed by the config and the click log only: after new item titles, or a retrained
+    text encoder written to the same folder, the rerun computed the new frozen features (a new cache
+    key) but continued the checkpoint trained on the old ones, in the same MLflow run. Unchanged, a
+    run with text content still resumes."""
+    from recsys_cl.towers.text_encoder import make_tiny_text_encoder
+
+    data = tmp_path / "ml"
+    shutil.copytree(FIXTURES / "ml-100k", data)
+    titles = [line.split("|")[1] for line in (data / "u.item").read_text(encoding="latin-1").splitlines()]
+    encoder = make_tiny_text_encoder(tmp_path / "enc", titles * 3, vocab_size=80)
+    args = [*_args(tmp_path, "ml-100k", "--set", "train.epochs=3", "--set", "train.patience=10"),
+            "--set", f"data.path={data}", "--set", "item_tower.encoders=[id,text]",
+            "--set", "item_tower.text.columns=[title]", "--set", f"item_tower.text.pretrained={encoder}",
+            "--set", f"item_tower.cache_dir={tmp_path / 'cache'}"]
+    _killed_in_epoch_2(train_two_tower.main, args, monkeypatch)
+    if change == "item titles":
+        text = (data / "u.item").read_text(encoding="latin-1")
+        (data / "u.item").write_text(text.replace("Toy Story", "Toy Story 2"), encoding="latin-1")
+    elif change == "encoder weights":
+        make_tiny_text_encoder(encoder, titles * 3, vocab_size=80, seed=1)  # retrained, same folder
+    summary = train_two_tower.main(args)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    if change is None:
+        assert len(runs) == 1 and runs["run_id"][0] == summary["run_id"], "resumed, not a new run"
+    else:
+        assert len(runs) == 2, "a new run, not the killed one resumed on the old features"
+    steps = mlflow.MlflowClient().get_metric_history(summary["run_id"], "val/recall_at_20")
+    assert sorted(m.step for m in steps) == [1, 2, 3]
+    assert len(list((tmp_path / "cache").glob("text-*.npy"))) == (1 if change is None else 2)
 
 
 def test_unreachable_tracking_server_is_one_line_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

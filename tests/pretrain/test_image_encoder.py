@@ -28,6 +28,15 @@ def test_wrong_channels_is_a_clear_error() -> None:
         ImageEncoder(1, (8,))(torch.rand(2, 28, 28))
 
 
+def test_integer_pixels_are_a_clear_error() -> None:
+    """uint8 pixels straight from the data failed deep inside the first conv with 'expected scalar
+    type Byte but found Float'."""
+    enc = ImageEncoder(1, (4, 8))
+    with pytest.raises(ValueError, match=r"ImageEncoder expects float pixels in \[0, 1\], got torch\.uint8; divide "
+                                         r"by 255"):
+        enc(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+
+
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     cfg = SimCLRConfig()
     enc = ImageEncoder(1, cfg.model.widths).eval()
@@ -39,7 +48,8 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         load_encoder(tmp_path)
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"found \['config.json'\] \(config.json \+ tokenizer: that is a text"):
+    with pytest.raises(FileNotFoundError, match=r"found \['config.json'\]: that is a text encoder .*, not an image "
+                                                r"encoder; point item_tower\.image\.pretrained at a pretrain_simclr"):
         load_encoder(tmp_path / "text")
     weights = tmp_path / "enc" / "encoder.pt"
     weights.write_bytes(weights.read_bytes()[:500])

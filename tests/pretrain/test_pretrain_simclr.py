@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def test_unknown_key_is_rejected(tmp_path: Path, fake_fmnist: Path) -> None:
     ("model.in_channels=3", r"config error: model\.in_channels=3 but the images have 1 channel\(s\)"),
     ("eval.k=5000", r"config error: eval\.k=5000 must be below the number of test images"),
     ("train.seed=-1", r"config error: train\.seed must be an integer in \[0, 2147483647\], got -1"),
+    # these two opened the run, evaluated the random init and then failed with a traceback (a FAILED run)
+    ("data.train_size=1", r"config error: data\.train_size must be 0 \(all\) or >= 2 .*got 1"),
+    ("eval.probe_train_size=2", r"config error: the 2 linear-probe images .* are all of class \d; the probe needs 2 "
+                                r"classes: raise eval\.probe_train_size"),
 ])
 def test_values_the_data_or_torch_would_reject_are_config_errors(
     tmp_path: Path, fake_fmnist: Path, override: str, match: str
@@ -123,3 +128,16 @@ def test_pretraining_is_seeded() -> None:
     first = run()
     assert len(first) == 2 and all(v > 0 for v in first)
     assert first == run()
+
+
+def test_help_names_real_keys() -> None:
+    """--help lists the main config keys; each must be one the config has (a renamed key would
+    leave the help pointing at an 'unknown config key' error)."""
+    import re
+
+    from recsys_cl.config import flatten
+
+    doc = pretrain_simclr.__doc__ or ""
+    named = set(re.findall(r"\b((?:data|model|train|eval|tracking)\.[a-z_]+)", doc))
+    flat = flatten(dataclasses.asdict(load_config(pretrain_simclr.DEFAULT_CONFIG, SimCLRConfig)))
+    assert len(named) >= 10 and sorted(named - set(flat)) == []

@@ -120,3 +120,42 @@ def test_config_errors(tmp_path: Path, inputs: dict[str, Path]) -> None:
     with pytest.raises(SystemExit, match=r"output error: train\.out_dir=.*afile/out cannot be created"):
         pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", f"train.out_dir={tmp_path / 'afile' / 'out'}"])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_too_few_texts_or_tokens_beyond_the_model_fail_before_the_run(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """data.max_texts=1 used to open the run, evaluate the baseline and then fail with a ValueError
+    traceback, leaving a FAILED run; a model.max_length beyond the model's position table (the tiny
+    BERT has 128) crashed inside the embedding layer with long texts."""
+    with pytest.raises(SystemExit, match=r"config error: data\.max_texts must be 0 \(all\) or >= 2 .*got 1"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "data.max_texts=1"])
+    with pytest.raises(SystemExit, match=r"config error: model\.max_length=200 but the model at .*tiny reads at most "
+                                         r"128 tokens .*set model\.max_length to at most 128"):
+        pretrain_simcse.main([*tiny_args(tmp_path, inputs), "--set", "model.max_length=200"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_fewer_than_two_training_texts_is_a_data_error(tmp_path: Path) -> None:
+    """Movies whose text columns are all empty, and no extra texts: nothing to train on."""
+    from recsys_cl.data.errors import DataError
+    from recsys_cl.pretrain.config import TextDataConfig, TextEvalConfig
+    from recsys_cl.pretrain.simcse import load_simcse_data
+
+    folder = write_fake_movielens(tmp_path / "ml", n=40)
+    (folder / "tags.csv").write_text("userId,movieId,tag,timestamp\n")  # no movie has tags
+    data = TextDataConfig(path=str(folder), text_columns=("tags",), extra_text=None)
+    with pytest.raises(DataError, match=r"only 0 non-empty training texts .*data\.text_columns \['tags'\].*SimCSE "
+                                        r"needs at least 2"):
+        load_simcse_data(data, TextEvalConfig(eval_size=10, k=5))
+
+
+def test_help_names_real_keys() -> None:
+    """--help lists the main config keys; each must be one the config has (a renamed key would
+    leave the help pointing at an 'unknown config key' error)."""
+    import re
+
+    from recsys_cl.config import flatten
+
+    doc = pretrain_simcse.__doc__ or ""
+    named = set(re.findall(r"\b((?:data|model|train|eval|tracking)\.[a-z_]+)", doc))
+    flat = flatten(dataclasses.asdict(load_config(pretrain_simcse.DEFAULT_CONFIG, SimCSEConfig)))
+    assert len(named) >= 10 and sorted(named - set(flat)) == []

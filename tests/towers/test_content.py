@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,108 @@ def test_id_dropout_only_while_training() -> None:
     assert 0.3 < zeroed < 0.7
     enc.eval()
     assert (enc(idx).abs().sum(1) > 0).all()
+
+
+def test_float_or_out_of_range_pixels_are_refused_and_fixed_size_arrays_accepted() -> None:
+    """Pixels in [0, 1] (a float image) used to be cast to uint8 silently: every image turned black
+    and training went on; an Array column (a fixed-size list) crashed with a polars traceback."""
+    cfg = ImageInputConfig(pretrained="x", shape=(1, 4, 4))
+    as_floats = ITEMS.with_columns(pl.col("image").cast(pl.List(pl.Float32)).list.eval(pl.element() / 255))
+    with pytest.raises(DataError, match=r"'image' holds non-integer pixel values \(e\.g\. 0\.156.* item 2\).*"
+                                        r"multiply by 255"):
+        item_pixels(as_floats, cfg)
+    whole = ITEMS.with_columns(pl.col("image").cast(pl.List(pl.Float64)))  # integral floats are pixels
+    np.testing.assert_array_equal(item_pixels(whole, cfg), item_pixels(ITEMS, cfg))
+    too_big = ITEMS.with_columns(pl.col("image").cast(pl.List(pl.Int64)).list.eval(pl.element() * 4))
+    with pytest.raises(DataError, match=r"uint8 pixels in \[0, 255\]; found values from 0 to 480 "
+                                        r"\(item 3 is the first outside\)"):
+        item_pixels(too_big, cfg)
+    as_text = ITEMS.with_columns(pl.col("image").cast(pl.List(pl.String)))
+    with pytest.raises(DataError, match=r"must be a list of C\*H\*W = 16 uint8 pixel values .*dtype List\(String\)"):
+        item_pixels(as_text, cfg)
+    fixed = ITEMS.with_columns(pl.col("image").cast(pl.Array(pl.UInt8, 16)))
+    np.testing.assert_array_equal(item_pixels(fixed, cfg), item_pixels(ITEMS, cfg))
+
+
+def test_image_cache_key_includes_the_image_shape(tmp_path: Path) -> None:
+    """An encoder saved without ``image_size`` (the shape check is then skipped) fed the same pixels
+    as (1, 2, 8) instead of (1, 4, 4) computes other features; the cache must not return the old ones."""
+    cfg = SimCLRConfig()
+    torch.manual_seed(0)
+    enc = save_encoder(build_encoder(cfg.model), cfg, tmp_path / "encoder")
+    meta = json.loads((enc / "encoder_config.json").read_text())
+    del meta["image_size"]
+    (enc / "encoder_config.json").write_text(json.dumps(meta))
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    feats = {}
+    for shape in ((1, 4, 4), (1, 2, 8)):
+        item_cfg = ItemTowerConfig(encoders=("id", "image"), image=ImageInputConfig(pretrained=str(enc), shape=shape))
+        feats[shape] = build_content(items, ITEMS, item_cfg, _identity, cache_dir=str(tmp_path / "cache"))[0]["image"]
+    uncached = build_content(items, ITEMS, ItemTowerConfig(
+        encoders=("id", "image"), image=ImageInputConfig(pretrained=str(enc), shape=(1, 2, 8)), cache_dir=None),
+        _identity)[0]["image"]
+    np.testing.assert_array_equal(feats[(1, 2, 8)], uncached)
+    assert not np.allclose(feats[(1, 2, 8)], feats[(1, 4, 4)])
+
+
+def test_empty_item_texts_are_refused_or_counted(tiny_text: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A text column that is null for every item trained silently on one identical text per item."""
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    cfg = ItemTowerConfig(encoders=("id", "text"), cache_dir=None,
+                          text=TextInputConfig(pretrained=str(tiny_text), columns=("title",), max_length=8))
+    no_titles = ITEMS.with_columns(pl.lit(None, dtype=pl.String).alias("title"))
+    with pytest.raises(DataError, match=r"every one of the 4 items has an empty text from item_tower\.text\.columns "
+                                        r"\['title'\].*choose columns that hold"):
+        build_content(items, no_titles, cfg, _identity)
+    blank = pl.when(pl.col("item_id") <= 2).then(pl.lit(" ")).otherwise(pl.col("title"))
+    some = ITEMS.with_columns(blank.alias("title"))
+    with caplog.at_level("WARNING", logger="recsys_cl.towers.content"):
+        build_content(items, some, cfg, _identity)
+    assert "2 of 4 items have an empty text from item_tower.text.columns ['title'] (e.g. item 1)" in caplog.text
+
+
+def test_max_length_beyond_the_encoders_positions_is_refused(tiny_text: Path) -> None:
+    """The tiny BERT has 128 positions; 300 tokens crashed in the embedding layer with a RuntimeError."""
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    long = ITEMS.with_columns(pl.lit(" ".join(["red"] * 300)).alias("title"))
+    for trainable in (False, True):
+        cfg = ItemTowerConfig(encoders=("id", "text"), cache_dir=None, text=TextInputConfig(
+            pretrained=str(tiny_text), columns=("title",), max_length=300, trainable=trainable))
+        with pytest.raises(DataError, match=r"item_tower\.text\.max_length=300 but the text encoder at .* reads at "
+                                            r"most 128 tokens.*set item_tower\.text\.max_length to at most 128"):
+            build_content(items, long, cfg, _identity)
+
+
+def test_an_encoder_of_the_wrong_kind_is_named(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None:
+    """Each loader says what the folder it was given is: the other modality's encoder, or a two-tower
+    model directory (model.pt + features/, whose encoders cannot be loaded as pretrained ones)."""
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    with pytest.raises(DataError, match=r"found \['encoder.pt', 'encoder_config.json'\]\): that is an image encoder "
+                                        r"\(pretrain_simclr\), not a text encoder"):
+        build_content(items, ITEMS, _cfg(("id", "text"), tiny_image), _identity)
+    with pytest.raises(DataError, match=r"that is a text encoder \(pretrain_simcse or Hugging Face\), not an image"):
+        build_content(items, ITEMS, _cfg(("id", "image"), image=tiny_text), _identity)
+    model_dir = tmp_path / "two_tower"
+    (model_dir / "features").mkdir(parents=True)
+    (model_dir / "model.pt").write_bytes(b"")
+    (model_dir / "config.yaml").write_text("{}\n")
+    for encoders, kwargs in ((("id", "text"), {"text": model_dir}), (("id", "image"), {"image": model_dir})):
+        with pytest.raises(DataError, match=r"that is a two-tower model directory \(train_two_tower\), not a "
+                                            r"pretrained encoder; point .* at a pretrain_sim"):
+            build_content(items, ITEMS, _cfg(encoders, **kwargs), _identity)  # type: ignore[arg-type]
+    run_folder = tmp_path / "runs" / "simclr" / "abc"  # the run's folder, not its encoder/
+    shutil.copytree(tiny_image, run_folder / "encoder")
+    with pytest.raises(DataError, match=r"found \['encoder'\]: the encoder is its subfolder encoder/ \(add /encoder"):
+        build_content(items, ITEMS, _cfg(("id", "image"), image=run_folder), _identity)
+
+
+def test_content_meta_names_the_encoder_weights(tiny_text: Path, tmp_path: Path) -> None:
+    """A fine-tuned encoder's spec holds only token ids: its meta's encoder_sha256 is what tells a
+    retrained encoder written to the same folder apart (recsys_cl.experiment's resume fingerprint)."""
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    folder = make_tiny_text_encoder(tmp_path / "enc", ITEMS["title"].to_list() * 5, vocab_size=60)
+    cfg = _cfg(("id", "text"), folder, trainable=True)
+    first = build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"]
+    assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] == first
+    make_tiny_text_encoder(folder, ITEMS["title"].to_list() * 5, vocab_size=60, seed=1)
+    assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] != first
