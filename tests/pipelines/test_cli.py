@@ -191,3 +191,20 @@ def test_serving_printouts_say_what_was_measured_and_checked() -> None:
     # another model's lists are expected to differ: a low overlap is not a measurement of drift
     assert overlap_text({**same, "overlap_at_k": 0.0, "same_model_as_previous": False}) == (
         "overlap@K 0.000 with dt=2018-09-23 over 12 users, not checked: model version 3 there, another one now")
+
+
+@pytest.mark.parametrize("pipeline", ["pretrain_simclr", "pretrain_simcse"])
+def test_pretraining_help_names_real_keys(pipeline: str) -> None:
+    """--help lists the main config keys; each must be one the config has (a renamed key would
+    leave the help pointing at an 'unknown config key' error)."""
+    import dataclasses
+    import importlib
+
+    from recsys_cl.config import flatten, load_config
+    from recsys_cl.pretrain.config import SimCLRConfig, SimCSEConfig
+
+    module = importlib.import_module(f"pipelines.{pipeline}")
+    schema = SimCLRConfig if pipeline == "pretrain_simclr" else SimCSEConfig
+    named = set(re.findall(r"\b((?:data|model|train|eval|tracking)\.[a-z_]+)", module.__doc__ or ""))
+    flat = flatten(dataclasses.asdict(load_config(module.DEFAULT_CONFIG, schema)))
+    assert len(named) >= 10 and sorted(named - set(flat)) == []

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 from pathlib import Path
 
@@ -128,16 +127,3 @@ def test_pretraining_is_seeded() -> None:
     first = run()
     assert len(first) == 2 and all(v > 0 for v in first)
     assert first == run()
-
-
-def test_help_names_real_keys() -> None:
-    """--help lists the main config keys; each must be one the config has (a renamed key would
-    leave the help pointing at an 'unknown config key' error)."""
-    import re
-
-    from recsys_cl.config import flatten
-
-    doc = pretrain_simclr.__doc__ or ""
-    named = set(re.findall(r"\b((?:data|model|train|eval|tracking)\.[a-z_]+)", doc))
-    flat = flatten(dataclasses.asdict(load_config(pretrain_simclr.DEFAULT_CONFIG, SimCLRConfig)))
-    assert len(named) >= 10 and sorted(named - set(flat)) == []

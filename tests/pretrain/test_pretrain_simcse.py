@@ -146,16 +146,3 @@ def test_fewer_than_two_training_texts_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"only 0 non-empty training texts .*data\.text_columns \['tags'\].*SimCSE "
                                         r"needs at least 2"):
         load_simcse_data(data, TextEvalConfig(eval_size=10, k=5))
-
-
-def test_help_names_real_keys() -> None:
-    """--help lists the main config keys; each must be one the config has (a renamed key would
-    leave the help pointing at an 'unknown config key' error)."""
-    import re
-
-    from recsys_cl.config import flatten
-
-    doc = pretrain_simcse.__doc__ or ""
-    named = set(re.findall(r"\b((?:data|model|train|eval|tracking)\.[a-z_]+)", doc))
-    flat = flatten(dataclasses.asdict(load_config(pretrain_simcse.DEFAULT_CONFIG, SimCSEConfig)))
-    assert len(named) >= 10 and sorted(named - set(flat)) == []
