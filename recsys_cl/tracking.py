@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import difflib
+import fcntl
 import json
 import logging
 import math
@@ -84,7 +85,35 @@ def use_store(cfg: TrackingConfig) -> str:
     uri = resolve_tracking_uri(cfg)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    ready_store(uri)
     return uri
+
+
+_READY_STORES: set[str] = set()
+
+
+def ready_store(uri: str) -> None:
+    """Open a SQLite store once per process under an exclusive lock on ``.<db name>.lock`` beside its
+    file, so that a new store is created and migrated by one process: two jobs opening the same new
+    store at once (a first backfill with parallel tasks) otherwise both run MLflow's schema
+    migrations on it, and one fails with ``duplicate column name: step`` or ``table experiments
+    already exists``. Other stores, a folder where the lock file cannot be written and a store that
+    will not open (reported by the caller's first use of it) pass as they are."""
+    db = sqlite_path(uri)
+    if db is None or uri in _READY_STORES:
+        return
+    try:
+        lock = open(db.parent / f".{db.name}.lock", "a")
+    except OSError:  # a missing or read-only folder: MLflow reports it on first use
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            _client(uri).search_experiments(max_results=1)  # creates and migrates the tables if new
+        except Exception as e:  # not a database, ...: the caller's first use reports it, in its words
+            log.debug("opening %s: %s: %s", uri, type(e).__name__, e)
+            return
+    _READY_STORES.add(uri)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -294,6 +323,7 @@ def mlflow_run(
     """
     uri = resolve_tracking_uri(cfg)
     check_reachable(uri)
+    ready_store(uri)
     try:
         mlflow.set_tracking_uri(uri)
         _set_experiment(cfg.experiment, uri)
@@ -729,6 +759,7 @@ def mlflow_child_run(
     ``sweep_id`` = ``parent_run_id`` besides ``tags``.
     """
     uri = resolve_tracking_uri(cfg)
+    ready_store(uri)
     mlflow.set_tracking_uri(uri)
     _set_experiment(cfg.experiment, uri)
     run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)

@@ -278,3 +278,27 @@ def test_a_description_too_long_for_mlflow_is_cut_at_a_line_and_says_so(tmp_path
     with mlflow_run(cfg, run_name="long") as run:
         run.set_description(rows)  # MLflow refuses a longer tag: the job would fail at its end
     assert mlflow.MlflowClient(cfg.uri).get_run(run.run_id).data.tags["mlflow.note.content"] == cut
+
+
+def test_two_jobs_opening_a_new_sqlite_store_at_once_both_run(tmp_path: Path) -> None:
+    """Two processes open runs in the same not-yet-created SQLite store at the same moment (a first
+    backfill with parallel tasks): one creates and migrates it, under a lock beside the file, and the
+    other then opens it. Without the lock both migrated it and one failed ("duplicate column name:
+    step"). Subprocesses, so that MLflow's real migrations run (not this suite's template copy)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    start = time.time() + 4  # both past their imports, then released together
+    code = ("import time, sys; from recsys_cl.config import TrackingConfig; from recsys_cl.tracking import "
+            f"mlflow_run; time.sleep(max(0, {start} - time.time())); "
+            f"cm = mlflow_run(TrackingConfig(uri={uri!r}, experiment='e'));\n"
+            "with cm as run: run.log_metrics({'x': 1.0})")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-600:] for e in errors]
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    assert len(mlflow.search_runs(experiment_names=["e"])) == 2
