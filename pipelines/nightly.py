@@ -59,6 +59,7 @@ from recsys_cl.candidates import (
     fold_in_new_clicks,
     health_check,
     load_model,
+    open_index,
     parse_run_date,
     previous_partition,
     read_window,
@@ -66,6 +67,7 @@ from recsys_cl.candidates import (
 )
 from recsys_cl.config import ConfigError
 from recsys_cl.data.io import load_click_log
+from recsys_cl.io_atomic import held_lock
 from recsys_cl.index.base import (
     MANIFEST_FILE,
     IndexLoadError,
@@ -126,6 +128,12 @@ def index_dir_for(cfg: Any, model: dict[str, Any]) -> Path:
     return Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
 
 
+def index_lock_for(cfg: Any, model: dict[str, Any]) -> Path:
+    """``<candidates.index_root>/<name>/.v<version>.lock``, beside the version's index folder."""
+    directory = index_dir_for(cfg, model)
+    return directory.parent / f".{directory.name}.lock"
+
+
 def check_index_dir(directory: Path) -> None:
     """Refuse, before any work, a per-version index folder that a build could not write or must not
     replace (:func:`recsys_cl.index.build.check_replaceable`), naming nightly's own setting.
@@ -163,7 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
         if c.fold_in != "none":  # new items' clicks so far, into their vectors (and the index's)
             loaded = fold_in_new_clicks(loaded, read.history, str(run_date), read.window.start, c.fold_in,
                                         c.fold_in_max_clicks)
-        index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history, read.users)
+        # One job at a time checks, (re)builds and loads a version's index: with fold-in the index
+        # depends on the date, and parallel nights (a backfill) would replace it under each other.
+        # Once loaded, the job serves its own copy (Annoy files stay mapped when replaced).
+        with held_lock(index_lock_for(cfg, model), f"the index of {model['uri']}"):
+            index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history, read.users)
+            opened = open_index(index_dir, loaded)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:
@@ -182,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
             tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
             try:
                 result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
-                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read)
+                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read,
+                             opened=opened)
             finally:
                 log_health(tracker, health)
             log_result(tracker, result.manifest)

@@ -21,11 +21,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import glob
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -146,6 +148,27 @@ def publish_directory(tmp: Path, target: Path, aside: Path) -> None:
         os.rename(target, aside)
         os.rename(tmp, target)
         shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def held_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing, and kept
+    afterwards) for the block, waiting while another process holds it: the wait is logged once,
+    naming ``what`` and the holder. The kernel releases it when the block ends or the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            log.info("waiting for %s, held by %s", what, fh.read().strip() or "another process")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        yield
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -160,6 +160,46 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
     assert set(runs["status"]) == {"FINISHED", "FAILED"} and "health" in runs.columns.str.replace("tags.", "").tolist()
 
 
+def test_nightly_waits_for_another_job_on_the_same_index(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Parallel nights of one model version (a backfill) check, (re)build and load its index one at
+    a time (with fold-in the index depends on the date, and each would replace it under the other):
+    a job waits, saying for what, while another holds the version's lock."""
+    import fcntl
+    import logging
+    import threading
+
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias("recsys_cl_two_tower", "champion", 1)
+    root = tmp_path / "index"
+    lock = root / "recsys_cl_two_tower" / ".v1.lock"
+    lock.parent.mkdir(parents=True)
+    held = threading.Event()
+
+    def other_job() -> None:
+        with open(lock, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write("pid 1 on elsewhere\n")
+            fh.flush()
+            held.set()
+            time.sleep(2.0)
+
+    t = threading.Thread(target=other_job)
+    t.start()
+    held.wait(10)
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="recsys_cl.io_atomic"):
+        out = nightly.main(["--date", LAST_DATE, *in_root.args(tmp_path / "out"),
+                            "--set", f"candidates.index_root={root}", "--set", "candidates.fold_in=sum",
+                            "--set", "index.backend=exact"])
+    t.join()
+    assert out["rows"] > 0 and out["index_rebuilt"] is True
+    assert time.perf_counter() - t0 >= 1.0  # it waited for the other job
+    assert ("waiting for the index of models:/recsys_cl_two_tower/1, held by pid 1 on elsewhere"
+            in caplog.text), caplog.text
+
+
 def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("pyspark", reason="pyspark not installed: pip install -e '.[spark]'")
     if shutil.which("java") is None:
