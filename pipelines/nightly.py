@@ -67,16 +67,13 @@ from recsys_cl.candidates import (
 )
 from recsys_cl.config import ConfigError
 from recsys_cl.data.io import load_click_log
-from recsys_cl.io_atomic import held_lock
 from recsys_cl.index.base import (
     MANIFEST_FILE,
     IndexLoadError,
     IndexMismatchError,
-    Manifest,
-    check_compatible,
-    load_index,
     without_rebuild_hint,
 )
+from recsys_cl.io_atomic import held_lock
 from recsys_cl.tracking import mlflow_run, resolve_model_alias
 
 log = logging.getLogger("pipelines.nightly")
@@ -97,30 +94,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def ensure_index(
     cfg: Any, model: dict[str, Any], loaded: Any, clicks: Any = None, users: Any = None,
-) -> tuple[Path, bool]:
-    """The index directory for this model version, built only when missing or not matching
-    ``loaded``, from ``loaded``'s own item vectors (which may hold new items' clicks, its
-    ``fold_in``: the index is then rebuilt whenever those clicks changed). Nothing is loaded,
-    embedded or folded in again. ``clicks``: the job's clicks, for the build's recall queries (None:
-    the model's own click log is read); ``users``: the night's active users, whom those queries are
-    drawn from (they are who gets candidates, and have often seen more than the median user)."""
+) -> tuple[Path, bool, tuple[Any, str, str]]:
+    """The index of this model version, built only when missing or not matching ``loaded``, from
+    ``loaded``'s own item vectors (which may hold new items' clicks, its ``fold_in``: the index is
+    then rebuilt whenever those clicks changed), and loaded: ``(directory, rebuilt, open_index(...))``.
+    Nothing is embedded or folded in again. ``clicks``: the job's clicks, for the build's recall
+    queries (None: the model's own click log is read); ``users``: the night's active users, whom
+    those queries are drawn from (they are who gets candidates, and have often seen more than the
+    median user)."""
     from recsys_cl.index.build import log_index
 
     directory = index_dir_for(cfg, model)
     try:
-        check_compatible(Manifest.read(directory), model_version=model["model_version"],
-                         model_run_id=model["model_run_id"], embedding_dim=int(loaded.item_vectors.shape[1]),
-                         embedding_hash=loaded.embedding_hash, fold_in=loaded.fold_in)
-        load_index(directory)  # its files match its manifest
+        opened = open_index(directory, loaded)  # manifest against the model, then files against the manifest
         log.info("model version %s unchanged: reusing index %s", model["model_version"], directory)
-        return directory, False
+        return directory, False, opened
     except (IndexLoadError, IndexMismatchError) as e:
         why = without_rebuild_hint(str(e)).split(". Fix: ")[0]  # the problem, not the manual fix
         log.info("building the index for %s (%s)", model["uri"], why)
     index_cfg = dataclasses.replace(cfg.index, k=cfg.candidates.k)
     build = build_index_for_loaded(loaded, index_cfg, directory, clicks, cfg.candidates.max_extra_fetch, users)
     log_index(build, cfg.tracking, index_cfg)
-    return directory, True
+    return directory, True, open_index(directory, loaded)
 
 
 def index_dir_for(cfg: Any, model: dict[str, Any]) -> Path:
@@ -175,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         # depends on the date, and parallel nights (a backfill) would replace it under each other.
         # Once loaded, the job serves its own copy (Annoy files stay mapped when replaced).
         with held_lock(index_lock_for(cfg, model), f"the index of {model['uri']}"):
-            index_dir, rebuilt = ensure_index(cfg, model, loaded, read.history, read.users)
-            opened = open_index(index_dir, loaded)
+            index_dir, rebuilt, opened = ensure_index(cfg, model, loaded, read.history, read.users)
         previous = previous_partition(c.output_dir, run_date)
 
         def validate(tmp: Path, manifest: dict[str, Any]) -> None:

@@ -175,7 +175,8 @@ def test_fold_in_until_must_be_a_date(tmp_path: Path, model_dir: Path) -> None:
 def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, model_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """ensure_index builds from the job's own (folded) vectors: the index equals what build_index_for_model
-    builds from the model with the same clicks, and nothing is folded in a second time."""
+    builds from the model with the same clicks, nothing is folded in a second time, and the index it
+    returns loaded is the one in the folder."""
     import recsys_cl.index.build as build_module
 
     cfg = load_config(None, RunConfig, overrides=_common(tmp_path)[1::2]
@@ -190,7 +191,9 @@ def test_nightly_rebuilds_the_index_when_new_items_get_clicks(tmp_path: Path, mo
         job = fold_in_new_clicks(loaded, *fold_in)
         monkeypatch.setattr(build_module, "fold_in_catalogue", lambda *a: folds.append(1) or real_fold(*a))
         try:
-            return nightly.ensure_index(cfg, model, job, fold_in[0])[1]
+            directory, rebuilt, (index, index_id, _) = nightly.ensure_index(cfg, model, job, fold_in[0])
+            assert index_id == load_index(directory).manifest.index_id  # type: ignore[union-attr]
+            return rebuilt
         finally:
             monkeypatch.setattr(build_module, "fold_in_catalogue", real_fold)
 
