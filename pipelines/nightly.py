@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
         # One job at a time checks, (re)builds and loads a version's index: with fold-in the index
         # depends on the date, and parallel nights (a backfill) would replace it under each other.
         # Once loaded, the job serves its own copy (Annoy files stay mapped when replaced).
-        with held_lock(index_lock_for(cfg, model), f"the index of {model['uri']}"):
+        lock = index_lock_for(cfg, model)
+        lock.parent.mkdir(parents=True, exist_ok=True)  # <index_root>/<name>, as the build would make it
+        with held_lock(lock, f"the index of {model['uri']}"):
             index_dir, rebuilt, opened = ensure_index(cfg, model, loaded, read.history, read.users)
         previous = previous_partition(c.output_dir, run_date)
 

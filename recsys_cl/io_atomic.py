@@ -152,11 +152,14 @@ def publish_directory(tmp: Path, target: Path, aside: Path) -> None:
 
 @contextlib.contextmanager
 def held_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing, and kept
-    afterwards) for the block, waiting while another process holds it: the wait is logged once,
-    naming ``what`` and the holder. The kernel releases it when the block ends or the process dies."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing, and kept afterwards; its
+    folder must exist) for the block, waiting while another process holds it: the wait is logged
+    once, naming ``what`` and the holder. The kernel releases it when the block ends or the process
+    dies.
+
+    Raises:
+        OSError: the lock file cannot be opened (a missing or read-only folder).
+    """
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

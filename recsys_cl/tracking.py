@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import difflib
-import fcntl
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ import mlflow
 import mlflow.pyfunc
 
 from recsys_cl.config import TrackingConfig
+from recsys_cl.io_atomic import held_lock
 
 log = logging.getLogger(__name__)
 # mlflow's own per-file download bar floods the log when a model is registered.
@@ -103,16 +103,13 @@ def ready_store(uri: str) -> None:
     if db is None or uri in _READY_STORES:
         return
     try:
-        lock = open(db.parent / f".{db.name}.lock", "a")
+        with held_lock(db.parent / f".{db.name}.lock", f"the MLflow store {uri}"):
+            _client(uri).search_experiments(max_results=1)  # creates and migrates the tables if new
     except OSError:  # a missing or read-only folder: MLflow reports it on first use
         return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        try:
-            _client(uri).search_experiments(max_results=1)  # creates and migrates the tables if new
-        except Exception as e:  # not a database, ...: the caller's first use reports it, in its words
-            log.debug("opening %s: %s: %s", uri, type(e).__name__, e)
-            return
+    except Exception as e:  # not a database, ...: the caller's first use reports it, in its words
+        log.debug("opening %s: %s: %s", uri, type(e).__name__, e)
+        return
     _READY_STORES.add(uri)
 
 
