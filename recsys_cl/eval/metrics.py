@@ -79,13 +79,46 @@ def ndcg_at_k(hits: np.ndarray, n_targets: np.ndarray, k: int) -> np.ndarray:
     return np.divide(dcg, idcg, out=np.zeros(len(idcg)), where=idcg > 0)
 
 
-def reciprocal_rank(best_rank: np.ndarray) -> np.ndarray:
-    """1 / rank of the best-ranked target (full ranking), 0 where ``best_rank`` is 0 (no target
-    could be ranked). (U,)"""
-    r = np.asarray(best_rank, dtype=np.float64)
-    if np.any(r < 0) or np.any((r > 0) & (r < 1)):
-        raise ValueError("best_rank must be >= 1 (or 0 for 'no rankable target')")
-    return np.divide(1.0, r, out=np.zeros(len(r)), where=r > 0)
+_RR_CHUNK = 1 << 24  # summands of reciprocal_rank's tie sums per vectorised chunk (~0.5 GB of temporaries)
+
+
+def reciprocal_rank(higher: np.ndarray, n_tied: np.ndarray, t_tied: np.ndarray) -> np.ndarray:
+    """Expected 1 / rank of the best-ranked target when tied scores are ordered at random. (U,)
+
+    Per user: ``higher`` items score strictly above the best target, whose score is shared by
+    ``n_tied`` items (itself included), ``t_tied`` of them targets; ``n_tied == 0`` means no target
+    could be ranked (0 is returned). The first target sits at position ``j`` of the tied block with
+    probability ``C(n - j, t - 1) / C(n, t)``, so the result is
+    ``sum_j C(n - j, t - 1) / C(n, t) / (higher + j)``: the mean of the reciprocal rank, E[1/rank],
+    not 1 / E[rank] (for a constant score over n items and one target, H_n / n, not 2 / (n + 1)).
+    Without ties it is ``1 / (higher + 1)``.
+    """
+    from scipy.special import gammaln
+
+    h = np.asarray(higher, dtype=np.int64)
+    n = np.asarray(n_tied, dtype=np.int64)
+    t = np.asarray(t_tied, dtype=np.int64)
+    if not h.shape == n.shape == t.shape or h.ndim != 1:
+        raise ValueError(f"higher, n_tied and t_tied must be (U,) arrays of one shape, got "
+                         f"{h.shape}, {n.shape}, {t.shape}")
+    if np.any(h < 0) or np.any(t < 0) or np.any(t > n) or np.any((n > 0) & (t < 1)):
+        raise ValueError("need higher >= 0 and 1 <= t_tied <= n_tied (n_tied = t_tied = 0 for "
+                         "'no rankable target')")
+    out = np.divide(1.0, h + 1.0, out=np.zeros(len(h)), where=n > 0)  # no tie above the target
+    tie = np.flatnonzero(n > 1)
+    terms = n[tie] - t[tie] + 1  # the first target's possible positions j = 1 .. n - t + 1
+    start = 0
+    while start < len(tie):  # a loop over chunks of users, each a flat vectorised sum
+        stop = start + max(1, int(np.searchsorted(np.cumsum(terms[start:]), _RR_CHUNK)))
+        u, size = tie[start:stop], terms[start:stop]
+        owner = np.repeat(np.arange(len(u)), size)
+        j = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size) + 1.0
+        nn, tt = n[u][owner].astype(np.float64), t[u][owner].astype(np.float64)
+        log_p = (gammaln(nn - j + 1) - gammaln(tt) - gammaln(nn - j - tt + 2)
+                 - gammaln(nn + 1) + gammaln(tt + 1) + gammaln(nn - tt + 1))
+        out[u] = np.bincount(owner, np.exp(log_p) / (h[u][owner] + j), minlength=len(u))
+        start = stop
+    return out
 
 
 def coverage(top_items: np.ndarray, n_items: int) -> float:

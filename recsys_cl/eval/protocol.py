@@ -241,7 +241,7 @@ def _rank_targets(
     score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, k_max: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Score every EvalSet user in batches; ``(hits (U, K), first_hit (U, K), top_items (U, K),
-    best_rank (U,))``, all with tied scores ordered uniformly at random and counted at their
+    recip_rank (U,))``, all with tied scores ordered uniformly at random and counted at their
     expected value (a constant score_fn earns exactly a random ranking's metrics):
 
     * ``hits[u, r]``: expected number of targets at rank ``r + 1`` of the top ``k_max`` (history
@@ -249,7 +249,8 @@ def _rank_targets(
     * ``first_hit[u, r]``: P(the best-ranked target is at rank ``r + 1``), for the hit rate;
     * ``top_items``: the top ``k_max`` items (-1 when masked), ties in argpartition's order (for
       coverage; it never looks at the targets);
-    * ``best_rank``: expected full rank of the best-ranked target (0 when none is rankable).
+    * ``recip_rank``: expected reciprocal full rank of the best-ranked target, E[1 / rank] (0 when
+      none is rankable).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -262,7 +263,7 @@ def _rank_targets(
     hits = np.zeros((n_users, k_max), dtype=np.float64)
     first_hit = np.zeros((n_users, k_max), dtype=np.float64)
     top_items = np.zeros((n_users, k_max), dtype=np.int64)
-    best_rank = np.zeros(n_users, dtype=np.float64)
+    recip_rank = np.zeros(n_users, dtype=np.float64)
     for start in range(0, n_users, batch_size):
         rows = np.arange(start, min(start + batch_size, n_users))
         scores = _to_numpy(score_fn(rows))  # (b, M)
@@ -282,14 +283,12 @@ def _rank_targets(
         best = np.where(target, scores, -np.inf).max(axis=1)  # (b,) masked targets are -inf
         higher = (scores > best[:, None]).sum(axis=1)
         tied = scores == best[:, None]  # (b, M) includes the best target itself
-        n_tied, t_tied = tied.sum(axis=1), (tied & target).sum(axis=1)
-        # ties are broken at random: the first of t_tied targets among n_tied tied items sits
-        # at expected position (n_tied + 1) / (t_tied + 1) of the tied block
-        rank = higher + (n_tied + 1) / np.maximum(t_tied + 1, 2)
         rankable = best > -np.inf
-        best_rank[rows] = np.where(rankable, rank, 0.0)
+        n_tied = np.where(rankable, tied.sum(axis=1), 0)
+        t_tied = np.where(rankable, (tied & target).sum(axis=1), 0)
+        recip_rank[rows] = metrics.reciprocal_rank(higher, n_tied, t_tied)
         first_hit[rows] = _first_hit_distribution(higher, n_tied, t_tied, rankable, k_max)
-    return hits, first_hit, top_items, best_rank
+    return hits, first_hit, top_items, recip_rank
 
 
 def _expected_hits(scores: np.ndarray, targets: sp.csr_matrix, top: np.ndarray) -> np.ndarray:
@@ -342,7 +341,8 @@ def _first_hit_distribution(
     ok = rankable[:, None] & (j >= 1) & (j <= n - t + 1)
     jj = np.where(ok, j, 1).astype(np.float64)
     tt = np.maximum(t, 1.0)
-    p = np.exp(log_comb(n - jj, tt - 1) - log_comb(n, tt))
+    nn = np.where(ok, n, jj + tt)  # a valid stand-in where the probability is 0 anyway
+    p = np.exp(log_comb(nn - jj, tt - 1) - log_comb(nn, tt))
     return np.where(ok, p, 0.0)
 
 
@@ -364,9 +364,10 @@ def evaluate(
         "n_users": ..., "n_skipped_users": ...}``. Tied scores are ordered uniformly at random and
         every metric but coverage is its exact expectation under that order, so a constant score
         earns a random ranking's metrics (:func:`random_expected_metrics`), not whatever order a
-        sort leaves ties in. MRR uses the full rank of the best-ranked target (1 + unmasked items
-        scoring strictly higher; items tied with it count at their expected position), 0 for users
-        without a rankable target. Coverage counts the items of the top-K lists, whose ties are in
+        sort leaves ties in. MRR is the mean over users of E[1 / full rank of the best-ranked
+        target] (1 + unmasked items scoring strictly higher, ties at random;
+        :func:`~recsys_cl.eval.metrics.reciprocal_rank`), 0 for users without a rankable target.
+        Coverage counts the items of the top-K lists, whose ties are in
         argpartition's (target-blind) order.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
@@ -374,7 +375,7 @@ def evaluate(
         raise ValueError(f"ks must be positive list lengths, got {ks}")
     m = eval_set.n_items
     k_max = min(max(ks), m)
-    hits, first_hit, top_items, best_rank = _rank_targets(score_fn, eval_set, k_max, batch_size)
+    hits, first_hit, top_items, recip_rank = _rank_targets(score_fn, eval_set, k_max, batch_size)
 
     out: dict[str, float] = {}
     for k in ks:
@@ -383,7 +384,7 @@ def evaluate(
         out[f"ndcg@{k}"] = float(metrics.ndcg_at_k(hits, eval_set.n_targets, kk).mean())
         out[f"hit_rate@{k}"] = float(metrics.hit_rate_at_k(first_hit, kk).mean())
         out[f"coverage@{k}"] = metrics.coverage(top_items[:, :kk], m)
-    out["mrr"] = float(metrics.reciprocal_rank(best_rank).mean())
+    out["mrr"] = float(recip_rank.mean())
     out["n_users"] = float(eval_set.n_users)
     out["n_skipped_users"] = float(eval_set.n_skipped_users)
     return out
@@ -416,13 +417,15 @@ def top_k_items(
 
 
 def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """Exact expected ``recall@K``, ``ndcg@K`` and ``hit_rate@K`` of a uniformly random ranking.
+    """Exact expected ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``mrr`` of a uniformly random
+    ranking.
 
     No sampling noise: for a user with ``A`` unmasked items of which ``t`` are targets (``T``
     targets in all), every unmasked item is at each of the first ``K' = min(K, A)`` ranks with
     probability ``1 / A``, so E[hits] = t K' / A, E[DCG] = (t / A) sum_{r <= K'} 1 / log2(r + 1),
-    and P(no hit) = C(A - t, K') / C(A, K'). The ideal DCG puts ``min(T, K, M)`` hits first, as
-    :func:`evaluate` does, whose lists hold at most ``M`` items.
+    and P(no hit) = C(A - t, K') / C(A, K'); MRR is E[1 / rank of the first of t targets among A
+    items] (:func:`~recsys_cl.eval.metrics.reciprocal_rank`). The ideal DCG puts ``min(T, K, M)``
+    hits first, as :func:`evaluate` does, whose lists hold at most ``M`` items.
     """
     from scipy.special import gammaln
 
@@ -450,5 +453,8 @@ def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -
             -np.inf,
         )
         out[f"hit_rate@{k}"] = float((1.0 - np.exp(log_miss)).mean())
+    n_tied = np.where(t > 0, avail, 0).astype(np.int64)  # all A unmasked items tie
+    t_tied = np.where(t > 0, t, 0).astype(np.int64)
+    out["mrr"] = float(metrics.reciprocal_rank(np.zeros(len(t), np.int64), n_tied, t_tied).mean())
     out["n_users"] = float(eval_set.n_users)
     return out

