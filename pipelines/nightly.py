@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -118,6 +119,14 @@ def ensure_index(
     return directory, True, open_index(directory, loaded)
 
 
+def holds_index_while_serving(c: Any) -> bool:
+    """Whether a job keeps its index's lock until it ends, not only while it checks, builds and
+    loads the index: a Spark job ships the index folder when its Spark job starts, and with fold-in
+    (``candidates.fold_in`` fit or sum) another night's job may replace that folder with its own
+    date's index meanwhile. A local job has loaded its own copy by then, so its nights overlap."""
+    return bool(c.engine == "spark" and c.fold_in != "none")
+
+
 def index_dir_for(cfg: Any, model: dict[str, Any]) -> Path:
     """``<candidates.index_root>/<name>/v<version>``: where nightly keeps the index of a model version."""
     return Path(cfg.candidates.index_root) / str(model["model_name"]) / f"v{model['model_version']}"
@@ -168,34 +177,40 @@ def main(argv: list[str] | None = None) -> dict:
                                         c.fold_in_max_clicks)
         # One job at a time checks, (re)builds and loads a version's index: with fold-in the index
         # depends on the date, and parallel nights (a backfill) would replace it under each other.
-        # Once loaded, the job serves its own copy (Annoy files stay mapped when replaced).
+        # Once loaded, a local job serves its own copy (Annoy files stay mapped when replaced); a
+        # Spark job ships the folder when its Spark job starts, so with fold-in it keeps the lock
+        # until it ends (its nights take turns).
         lock = index_lock_for(cfg, model)
         lock.parent.mkdir(parents=True, exist_ok=True)  # <index_root>/<name>, as the build would make it
-        with held_lock(lock, f"the index of {model['uri']}"):
-            index_dir, rebuilt, opened = ensure_index(cfg, model, loaded, read.history, read.users)
-        previous = previous_partition(c.output_dir, run_date)
+        with contextlib.ExitStack() as serving:
+            with contextlib.ExitStack() as building:
+                building.enter_context(held_lock(lock, f"the index of {model['uri']}"))
+                index_dir, rebuilt, opened = ensure_index(cfg, model, loaded, read.history, read.users)
+                if holds_index_while_serving(c):
+                    serving.enter_context(building.pop_all())  # released when the job ends
+            previous = previous_partition(c.output_dir, run_date)
 
-        def validate(tmp: Path, manifest: dict[str, Any]) -> None:
-            figures, failures = health_check(tmp, manifest, c, previous)
-            health.update(figures, failures=failures)
-            manifest["health"] = health
-            if failures and not args.publish_unhealthy:
-                raise HealthCheckError(failures, health)
+            def validate(tmp: Path, manifest: dict[str, Any]) -> None:
+                figures, failures = health_check(tmp, manifest, c, previous)
+                health.update(figures, failures=failures)
+                manifest["health"] = health
+                if failures and not args.publish_unhealthy:
+                    raise HealthCheckError(failures, health)
 
-        with mlflow_run(cfg.tracking.for_serving(), run_name=f"nightly-{run_date}",
-                        tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
-                              "model_version": model["model_version"], "model_run_id": model["model_run_id"],
-                              "index_rebuilt": rebuilt,
-                              "alias_fell_back": model["fell_back"]}) as tracker:
-            run_id = tracker.run_id
-            tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
-            try:
-                result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
-                             extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read,
-                             opened=opened)
-            finally:
-                log_health(tracker, health)
-            log_result(tracker, result.manifest)
+            with mlflow_run(cfg.tracking.for_serving(), run_name=f"nightly-{run_date}",
+                            tags={"job": "nightly", "date": str(run_date), "alias": c.alias,
+                                  "model_version": model["model_version"], "model_run_id": model["model_run_id"],
+                                  "index_rebuilt": rebuilt,
+                                  "alias_fell_back": model["fell_back"]}) as tracker:
+                run_id = tracker.run_id
+                tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
+                try:
+                    result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
+                                 extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read,
+                                 opened=opened)
+                finally:
+                    log_health(tracker, health)
+                log_result(tracker, result.manifest)
     except HealthCheckError as e:
         raise SystemExit(
             f"nightly health check FAILED for {args.date}: {e}. Nothing was published; earlier partitions "

@@ -200,6 +200,41 @@ def test_nightly_waits_for_another_job_on_the_same_index(  # type: ignore[no-unt
             in caplog.text), caplog.text
 
 
+def test_a_spark_nightly_with_fold_in_keeps_the_index_lock_until_it_ends(  # type: ignore[no-untyped-def]
+    in_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Spark job ships the index folder when its Spark job starts, after the index was checked and
+    loaded; with fold-in another night would replace that folder meanwhile, so a Spark night keeps
+    the version's lock while it serves. A local night has its own copy loaded and lets go (so a
+    backfill's local nights overlap). Probed from inside the serving step; the probe serves locally."""
+    import dataclasses
+    import fcntl
+
+    from recsys_cl.candidates import run as real_run
+
+    mlflow.set_tracking_uri(in_root.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias("recsys_cl_two_tower", "champion", 1)
+    root = tmp_path / "index"
+    lock = root / "recsys_cl_two_tower" / ".v1.lock"
+    held: list[bool] = []
+
+    def probe(c, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with open(lock, "a+") as fh:  # another open file: flock conflicts even within this process
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return real_run(dataclasses.replace(c, engine="local"), *args, **kwargs)
+
+    monkeypatch.setattr(nightly, "run", probe)
+    common = ["--date", LAST_DATE, "--set", f"candidates.index_root={root}", "--set", "index.backend=exact"]
+    for i, extra in enumerate((["--engine", "spark", "--set", "candidates.fold_in=sum"],
+                               ["--set", "candidates.fold_in=sum"], ["--engine", "spark"])):
+        assert nightly.main([*common, *in_root.args(tmp_path / f"out{i}"), *extra])["rows"] > 0
+    assert held == [True, False, False]  # spark + fold-in holds; local, or no fold-in, does not
+
+
 def test_spark_engine_matches_local(in_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("pyspark", reason="pyspark not installed: pip install -e '.[spark]'")
     if shutil.which("java") is None:
