@@ -219,6 +219,7 @@ class Tracker:
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
+        self._last_steps: dict[str, int] | None = None  # per-epoch keys -> last step logged before us
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         clean = {k: ("null" if v is None else str(v))[:6000] for k, v in params.items()}
@@ -240,7 +241,21 @@ class Tracker:
         mlflow.log_metrics(finite, step=step)
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        self.log_metrics(metrics, step=epoch)
+        """Log an epoch's metrics at step ``epoch``, leaving out those the run already holds at that
+        step: a job killed after logging an epoch but before its checkpoint resumes from the epoch
+        before and trains it again, and MLflow would show the epoch twice."""
+        if self._last_steps is None:
+            self._last_steps = self._logged_steps([metric_key(k) for k in metrics])
+        fresh = {k: v for k, v in metrics.items() if self._last_steps.get(metric_key(k), 0) < epoch}
+        if len(fresh) < len(metrics):
+            log.info("epoch %d's metrics were logged before this run was resumed; kept as logged", epoch)
+        self.log_metrics(fresh, step=epoch)
+
+    def _logged_steps(self, keys: list[str]) -> dict[str, int]:
+        """The last step of each of ``keys`` this run holds (only a resumed run holds any)."""
+        held = mlflow.get_run(self.run_id).data.metrics
+        client = mlflow.MlflowClient()
+        return {k: max(m.step for m in client.get_metric_history(self.run_id, k)) for k in keys if k in held}
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         mlflow.log_figure(figure, artifact_file)

@@ -302,3 +302,25 @@ def test_two_jobs_opening_a_new_sqlite_store_at_once_both_run(tmp_path: Path) ->
 
     mlflow.set_tracking_uri(uri)
     assert len(mlflow.search_runs(experiment_names=["e"])) == 2
+
+
+def test_a_resumed_run_does_not_log_an_epoch_twice(tmp_path: Path) -> None:
+    """A job killed after logging epoch 2 but before its epoch-2 checkpoint resumes from epoch 1 and
+    trains epoch 2 again: the run keeps one point per epoch (the first), not two at step 2."""
+    import mlflow
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="resume")
+    with mlflow_run(cfg) as first:
+        first.on_epoch_end(1, {"train_loss": 0.9, "val/recall@20": 0.1})
+        first.on_epoch_end(2, {"train_loss": 0.8, "val/recall@20": 0.2})
+    with mlflow_run(cfg, run_id=first.run_id) as resumed:
+        resumed.on_epoch_end(2, {"train_loss": 0.7, "val/recall@20": 0.2, "epoch_seconds": 3.0})
+        resumed.on_epoch_end(3, {"train_loss": 0.6, "val/recall@20": 0.3, "epoch_seconds": 3.0})
+    client = mlflow.MlflowClient(tracking_uri=cfg.uri)
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train_loss"))
+    assert loss == [(1, 0.9), (2, 0.8), (3, 0.6)]
+    assert [m.step for m in client.get_metric_history(first.run_id, "val/recall_at_20")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(first.run_id, "epoch_seconds")] == [2, 3]  # new key
+    with mlflow_run(cfg) as fresh:  # a new run asks nothing of the store's older runs
+        fresh.on_epoch_end(1, {"train_loss": 0.5})
+    assert [m.step for m in client.get_metric_history(fresh.run_id, "train_loss")] == [1]
