@@ -16,12 +16,20 @@ import numpy as np
 def paired_bootstrap(
     after: np.ndarray, before: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
-    """``{"delta", "low", "high", "n_boot"}``: mean(after - before) and its percentile interval.
+    """``{"delta", "low", "high", "n_boot", "n"}``: mean(after - before) and its expanded percentile
+    interval.
+
+    The plain percentile interval of a mean is about ``mean +- z sigma_n`` (sigma with divisor N),
+    narrower than the t interval ``mean +- t_{N-1} s``: too narrow for few examples (17 cold-start
+    test users: by 11%). The expanded percentile interval (Hesterberg 2015, "What teachers should
+    know about the bootstrap", sec. 5.2) reads the resampled means at the tail probability
+    ``Phi(sqrt(N / (N - 1)) t_{N-1}(tail))`` instead of ``tail``, so that for symmetric data it
+    matches the t interval; for N = 1,000 it widens the interval by 0.2%. N = 1 keeps ``tail``.
 
     Args:
         after, before: per-example scores of the two models on the same examples. Shape: (N,), N >= 1.
         n_boot: R, resamples of the N examples with replacement.
-        level: coverage of the two-sided percentile interval, in (0, 1).
+        level: coverage of the two-sided interval, in (0, 1).
         seed: numpy seed of the resampling (the result is deterministic).
     """
     a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
@@ -34,9 +42,20 @@ def paired_bootstrap(
     diff = a - b  # (N,)
     rows = np.random.default_rng(seed).integers(0, diff.size, size=(n_boot, diff.size))  # (R, N)
     means = diff[rows].mean(axis=1)  # (R,)
-    tail = (1.0 - level) / 2.0
+    tail = expanded_tail((1.0 - level) / 2.0, diff.size)
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return {"delta": float(diff.mean()), "low": float(low), "high": float(high), "n_boot": float(n_boot)}
+    return {"delta": float(diff.mean()), "low": float(low), "high": float(high), "n_boot": float(n_boot),
+            "n": float(diff.size)}
+
+
+def expanded_tail(tail: float, n: int) -> float:
+    """The tail probability at which the expanded percentile interval reads the bootstrap
+    distribution: ``Phi(sqrt(n / (n - 1)) * t_{n-1}.ppf(tail))`` (``tail`` itself when n = 1)."""
+    from scipy import stats
+
+    if n < 2:
+        return tail
+    return float(stats.norm.cdf(np.sqrt(n / (n - 1.0)) * stats.t.ppf(tail, n - 1)))
 
 
 def interval_verdict(interval: dict[str, float]) -> str:

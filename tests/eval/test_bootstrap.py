@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_bootstrap
+from recsys_cl.eval.bootstrap import expanded_tail, interval_metrics, interval_verdict, paired_bootstrap
 
 
 def _loop_reference(after: np.ndarray, before: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float]:
@@ -17,7 +18,8 @@ def _loop_reference(after: np.ndarray, before: np.ndarray, n_boot: int, level: f
         for i in rows[r]:
             total += after[i] - before[i]
         means.append(total / len(after))
-    tail = (1 - level) / 2
+    # expanded percentile (Hesterberg 2015): z_tail' sqrt((n - 1) / n) = t_{n-1}(tail)
+    tail = float(stats.norm.cdf(stats.t.ppf((1 - level) / 2, len(after) - 1) / np.sqrt((len(after) - 1) / len(after))))
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
@@ -28,7 +30,7 @@ def test_matches_a_loop_reference() -> None:
     out = paired_bootstrap(after, before, n_boot=300, level=0.9, seed=7)
     low, high = _loop_reference(after, before, 300, 0.9, 7)
     assert out["low"] == pytest.approx(low) and out["high"] == pytest.approx(high)
-    assert out["delta"] == pytest.approx(np.mean(after - before)) and out["n_boot"] == 300
+    assert out["delta"] == pytest.approx(np.mean(after - before)) and out["n_boot"] == 300 and out["n"] == 50
     assert out["low"] < out["delta"] < out["high"]
 
 
@@ -64,3 +66,27 @@ def test_interval_verdict() -> None:
 def test_interval_metrics_names_the_three_numbers() -> None:
     d = {"delta": -0.1, "low": -0.2, "high": 0.05, "n_boot": 2000.0}
     assert interval_metrics("delta/x@5", d) == {"delta/x@5_delta": -0.1, "delta/x@5_low": -0.2, "delta/x@5_high": 0.05}
+
+
+def test_expanded_tail_by_hand() -> None:
+    # 17 examples: t_16(0.025) = -2.1199, times sqrt(17 / 16) = -2.1851, Phi of that = 0.01444
+    assert expanded_tail(0.025, 17) == pytest.approx(0.01444, abs=2e-5)
+    assert expanded_tail(0.025, 1000) == pytest.approx(0.02480, abs=2e-5)  # barely moves for many
+    assert expanded_tail(0.05, 1) == 0.05  # one example: no t quantile; the interval has no width anyway
+
+
+def test_the_expanded_interval_covers_the_mean_of_17_examples_near_its_level() -> None:
+    """Normal data, N = 17 (the cold-start test users): the plain percentile interval of the mean
+    covers the true mean less often than 95%; the expanded one comes closer (seeded simulation)."""
+    rng = np.random.default_rng(0)
+    n, n_sets, n_boot = 17, 1000, 1000
+    covered = {"plain": 0, "expanded": 0}
+    for _ in range(n_sets):
+        x = rng.normal(0.0, 1.0, n)
+        out = paired_bootstrap(x, np.zeros(n), n_boot=n_boot, seed=int(rng.integers(1 << 31)))
+        covered["expanded"] += out["low"] <= 0.0 <= out["high"]
+        means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        covered["plain"] += lo <= 0.0 <= hi
+    plain, expanded = covered["plain"] / n_sets, covered["expanded"] / n_sets
+    assert plain < 0.94 and abs(expanded - 0.95) < abs(plain - 0.95), (plain, expanded)
