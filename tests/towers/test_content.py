@@ -150,6 +150,54 @@ def test_text_content_is_cached_on_disk(tiny_text: Path, tmp_path: Path, monkeyp
         build_content(spec.items, changed, cfg, _identity, cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize("changed", ["CONTENT_CACHE_VERSION", "torch", "transformers"])
+def test_the_text_cache_is_not_reused_by_other_encoding_code(
+    changed: str, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key held only the encoder's files and the inputs: after a change to the pooling code (a
+    bumped CONTENT_CACHE_VERSION) or a torch / transformers upgrade, the old features were read back."""
+    import transformers
+
+    import recsys_cl.towers.text_encoder as te
+
+    spec = build_feature_spec(TRAIN, ITEMS)
+    cfg = _cfg(("id", "text"), tiny_text)
+    cache = tmp_path / "cache"
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    calls = []
+    encode = te.encode_texts
+    monkeypatch.setattr(te, "encode_texts", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == []  # unchanged: read from the cache
+    if changed == "CONTENT_CACHE_VERSION":
+        monkeypatch.setattr(content_mod, changed, content_mod.CONTENT_CACHE_VERSION + 1)
+    else:
+        monkeypatch.setattr(torch if changed == "torch" else transformers, "__version__", "99.0.0")
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == [1] and len(list(cache.glob("text-*.npy"))) == 2
+
+
+@pytest.mark.parametrize("changed", ["CONTENT_CACHE_VERSION", "torch"])
+def test_the_image_cache_is_not_reused_by_other_encoding_code(
+    changed: str, tiny_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recsys_cl.pretrain.simclr as simclr
+
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    cfg = _cfg(("id", "image"), image=tiny_image)
+    cache = tmp_path / "cache"
+    build_content(items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    calls = []
+    embed = simclr.embed
+    monkeypatch.setattr(simclr, "embed", lambda *a, **k: calls.append(1) or embed(*a, **k))
+    if changed == "CONTENT_CACHE_VERSION":
+        monkeypatch.setattr(content_mod, changed, content_mod.CONTENT_CACHE_VERSION + 1)
+    else:
+        monkeypatch.setattr(torch, "__version__", "99.0.0")
+    build_content(items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == [1] and len(list(cache.glob("image-*.npy"))) == 2
+
+
 def test_clear_errors(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None:
     items = Vocab.from_values(ITEMS["item_id"], name="item_id")
     with pytest.raises(DataError, match="item_tower.text.pretrained=.*cannot be loaded"):
