@@ -23,9 +23,11 @@ The model directory is self-contained in both modes: frozen outputs / raw inputs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -433,10 +435,14 @@ def _cached(cache_dir: str | None, key: str) -> np.ndarray | None:
     if not cache_dir:
         return None
     path = Path(cache_dir) / f"{key}.npy"
-    if path.is_file():
-        log.info("content features from cache %s", path)
-        return np.load(path)
-    return None
+    try:
+        feats = np.load(path)
+    except FileNotFoundError:  # never written, or pruned (recsys_cl.cleanup) since it was looked for
+        return None
+    log.info("content features from cache %s", path)
+    with contextlib.suppress(OSError):  # its age is the time since a run last used it (a shared read-only cache: not)
+        os.utime(path)
+    return np.asarray(feats)
 
 
 def _store(cache_dir: str | None, key: str, feats: np.ndarray) -> None:
