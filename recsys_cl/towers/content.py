@@ -12,7 +12,8 @@ Two modes per modality (``item_tower.text.trainable`` / ``item_tower.image.train
   The outputs are cached on disk (``cache_dir``), keyed by the encoder's weights, the inputs and
   the version of the encoding code (:data:`CONTENT_CACHE_VERSION`, torch's and, for text,
   transformers' versions), so ablations and reruns do not recompute them and changed code does not
-  reuse them.
+  reuse them. A hit refreshes the entry's modification time: ``python -m pipelines.clean_cache``
+  removes entries no run has read for a while (:mod:`recsys_cl.cleanup`).
 * **trainable**: the spec stores the raw inputs (token ids ``(M, L)``, or uint8 pixels
   ``(M, C, H, W)``) and the architecture; the encoder itself sits inside the tower
   (:class:`TrainableContentEncoder`) and is fine-tuned with the rest. Much slower on CPU.
@@ -51,7 +52,7 @@ CONTENT_CACHE_VERSION = 1
 every cache key (:func:`_cache_key`) with torch's version and, for text, transformers': bump it when
 that code changes what it computes (pooling, normalisation, tokenisation, pixel scaling in
 ``text_encoder.encode_texts``, ``pretrain.simclr.embed`` or here), so that no run reads features the
-old code cached."""
+old code cached. Entries under the old keys stay until ``python -m pipelines.clean_cache`` removes them."""
 
 
 class FrozenContentEncoder(nn.Module):
