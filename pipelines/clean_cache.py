@@ -57,15 +57,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"{cfg.item_tower.cache_dir} and train.checkpoint_dir={cfg.train.checkpoint_dir}:")
     for f in report.removed:
         print(f"  {_size(f.size):>9s}  {f.age_days:6.1f} days  {f.kind:<16s}  {f.path}")
-    for f, why in report.in_use:
-        print(f"  kept, in use: {f.kind} {f.path} ({why})")
+    for path, why in report.kept:
+        print(f"  kept: {path} ({why})")
     print(f"{done}: {len(report.removed)} files, {_size(report.size)}"
           + ("" if args.yes or not report.removed else "; rerun with --yes to delete them"))
     summary = {
         "deleted": args.yes, "older_than_days": args.older_than_days,
         "removed": [{"path": str(f.path), "kind": f.kind, "bytes": f.size, "age_days": round(f.age_days, 2)}
                     for f in report.removed],
-        "in_use": [{"path": str(f.path), "kind": f.kind, "why": why} for f, why in report.in_use],
+        "kept": [{"path": str(path), "why": why} for path, why in report.kept],
         "bytes": report.size,
     }
     write_summary(args.summary_json, summary)

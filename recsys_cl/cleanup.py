@@ -62,8 +62,8 @@ class Leftover:
 class PruneReport:
     removed: list[Leftover] = field(default_factory=list)
     """Old enough and not in use: deleted, or, in a dry run, what would be deleted."""
-    in_use: list[tuple[Leftover, str]] = field(default_factory=list)
-    """Old enough but held by a live process, with who holds it: kept."""
+    kept: list[tuple[Path, str]] = field(default_factory=list)
+    """Old enough but kept, with why: held by a live process (which one), or the deletion failed."""
 
     @property
     def size(self) -> int:
@@ -80,7 +80,7 @@ def prune(
 ) -> PruneReport:
     """The cache entries, checkpoints and dead writers' temp files in the two folders (None or a
     missing folder: skipped) last written more than ``older_than_days`` days before ``now``
-    (default: the current time), minus those in use; with ``delete``, they are removed.
+    (default: the current time), minus those in use (:attr:`PruneReport.kept`); with ``delete``, they are removed.
 
     Raises:
         ValueError: ``older_than_days`` is negative or not a number.
@@ -98,7 +98,10 @@ def prune(
                 continue
             if kind == "checkpoint lock" and path.with_name(path.name.removesuffix(LOCK_SUFFIX)).exists():
                 continue  # goes with its checkpoint, under the same lock
-            _prune_one(path, kind, now, older_than_days, delete, report)
+            try:
+                _prune_one(path, kind, now, older_than_days, delete, report)
+            except OSError as e:  # another user's file in a shared folder, a read-only disk: the rest goes on
+                report.kept.append((path, f"cannot be removed: {e.strerror or e}"))
     return report
 
 
@@ -127,8 +130,8 @@ def _prune_one(path: Path, kind: str, now: float, older_than_days: float, delete
         return
     if kind in ("checkpoint", "checkpoint lock"):
         checkpoint = path.with_name(path.name.removesuffix(LOCK_SUFFIX))
-        holder = None if delete else lock_holder(checkpoint)
-        if delete:
+        holder = lock_holder(checkpoint)  # this process's lock too, which checkpoint_lock would take again
+        if delete and holder is None:
             try:
                 with checkpoint_lock(checkpoint):  # taking it rewrites the lock file; releasing it deletes it
                     if kind == "checkpoint lock":
@@ -143,12 +146,12 @@ def _prune_one(path: Path, kind: str, now: float, older_than_days: float, delete
             except CheckpointInUseError:
                 holder = lock_holder(checkpoint) or "a process that is just starting"
         if holder is not None:
-            report.in_use.append((found, f"a run holds its lock: {holder}"))
+            report.kept.append((path, f"in use, a run holds its lock: {holder}"))
             return
     elif kind == "unfinished write":
         writer = unfinished_write(path.name)
         if writer is not None and writer_alive(writer[1]):
-            report.in_use.append((found, f"being written by pid {writer[1]}"))
+            report.kept.append((path, f"in use, being written by pid {writer[1]}"))
             return
         if delete:
             path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ recent or not ours stays."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from recsys_cl.cleanup import CHECKPOINT_FILE, prune
 from recsys_cl.config import RunConfig
 from recsys_cl.experiment import checkpoint_path
 from recsys_cl.io_atomic import unfinished_write, write_file_atomically
-from recsys_cl.train.checkpoint import lock_path
+from recsys_cl.train.checkpoint import checkpoint_lock, lock_path
 
 DAY = 86400.0
 DEAD_PID = 999999999  # no such process
@@ -62,8 +63,8 @@ def test_old_entries_are_listed_then_removed_and_the_rest_kept(folders: tuple[Pa
     assert {f.path for f in listed.removed} == removable
     assert listed.size == 1000 + 5000 + 10 * 3
     assert all(39.9 < f.age_days < 40.1 for f in listed.removed)
-    assert [(f.path.name, why) for f, why in listed.in_use] == [
-        (f".text-{'d' * 20}.npy.tmp-{os.getppid()}-0123abcd", f"being written by pid {os.getppid()}")]
+    assert listed.kept == [
+        (cache / f".text-{'d' * 20}.npy.tmp-{os.getppid()}-0123abcd", f"in use, being written by pid {os.getppid()}")]
     assert all(p.exists() for p in old | kept), "a dry run deletes nothing"
 
     done = prune(cache, ckpts, older_than_days=30, delete=True)
@@ -82,8 +83,8 @@ def test_a_checkpoint_locked_by_a_running_training_is_kept(
     for delete in (False, True):
         report = prune(None, ckpts, older_than_days=30, delete=delete)
         assert report.removed == []
-        ((entry, why),) = report.in_use
-        assert entry.path == ckpt and why.startswith(f"a run holds its lock: pid {holder.pid} on ")
+        ((path, why),) = report.kept
+        assert path == ckpt and why.startswith(f"in use, a run holds its lock: pid {holder.pid} on ")
     assert ckpt.exists() and lock_path(ckpt).exists()
     holder.kill()  # the kernel drops its lock: the checkpoint is an orphan now
     holder.wait()
@@ -91,9 +92,39 @@ def test_a_checkpoint_locked_by_a_running_training_is_kept(
     assert not ckpt.exists() and not lock_path(ckpt).exists()
 
 
+def test_a_checkpoint_this_process_holds_is_kept(folders: tuple[Path, Path]) -> None:
+    """checkpoint_lock is re-entrant in its thread: taken to delete, it was this process's own run's."""
+    _, ckpts = folders
+    ckpt = _file(ckpts / f"{KEY}.pt", 40)
+    with checkpoint_lock(ckpt):
+        report = prune(None, ckpts, older_than_days=30, delete=True)
+        assert report.removed == [] and ckpt.exists()
+        ((path, why),) = report.kept
+        assert path == ckpt
+        assert why.startswith(f"in use, a run holds its lock: pid {os.getpid()} on {socket.gethostname()}")
+
+
+def test_a_file_that_cannot_be_deleted_is_reported_and_the_rest_goes_on(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache, _ = folders
+    stuck, other = (_file(cache / f"text-{c * 20}.npy", 40) for c in "ab")
+    unlink = Path.unlink
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        if self == stuck:
+            raise PermissionError(1, "Operation not permitted")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    report = prune(cache, None, older_than_days=30, delete=True)
+    assert report.kept == [(stuck, "cannot be removed: Operation not permitted")]
+    assert [f.path for f in report.removed] == [other] and not other.exists()
+
+
 def test_missing_folders_are_nothing_to_prune_and_a_negative_age_is_refused(tmp_path: Path) -> None:
     report = prune(tmp_path / "none", None, older_than_days=1, delete=True)
-    assert report.removed == [] and report.in_use == []
+    assert report.removed == [] and report.kept == []
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="older_than_days must be a number >= 0"):
             prune(tmp_path, tmp_path, older_than_days=bad)
