@@ -441,7 +441,7 @@ def _cached(cache_dir: str | None, key: str) -> np.ndarray | None:
     except FileNotFoundError:  # never written, or pruned (recsys_cl.cleanup) since it was looked for
         return None
     log.info("content features from cache %s", path)
-    with contextlib.suppress(OSError):  # its age is the time since a run last used it (a shared read-only cache: not)
+    with contextlib.suppress(OSError):  # an entry's age is the time since a run last read it (unless read-only)
         os.utime(path)
     return np.asarray(feats)
 

@@ -115,7 +115,8 @@ def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
 
 def lock_holder(checkpoint: str | Path) -> str | None:
     """Who holds :func:`checkpoint_lock` of ``checkpoint`` (``"pid 123 on host, since ..."``), or None
-    when no process does. Creates, writes and deletes nothing, unlike taking the lock: it tries a shared
+    when no process does; this process counts too when it holds the lock (which :func:`checkpoint_lock`
+    would take again). Creates, writes and deletes nothing, unlike taking the lock: it tries a shared
     ``flock`` on an existing lock file and drops it at once (a run starting in that instant fails
     as if another held it, and can be started again)."""
     try:
