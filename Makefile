@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= pipelines/configs/two_tower.yaml
 EXTRAS := test,ann,spark,baselines,image,text
 
-.PHONY: demo serve test test-all baselines ablation sweep screenshots venv lock clean help
+.PHONY: demo serve test test-all baselines ablation sweep screenshots venv lock clean clean-cache help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -63,6 +63,11 @@ test: $(STAMP)  ## lint + type-check, then run the test suite (fast tests; slow 
 
 test-all: $(STAMP)  ## include slow tests
 	$(PY) -m pytest -q --runslow
+
+CLEAN_ARGS ?=
+
+clean-cache: $(STAMP)  ## list content-cache entries and crashed runs' checkpoints unused for 30 days; CLEAN_ARGS=--yes deletes them
+	$(PY) -m pipelines.clean_cache --config $(CONFIG) $(CLEAN_ARGS)
 
 clean:  ## remove .venv, runs/, mlruns/ and mlflow.db
 	rm -rf $(VENV) runs mlruns mlflow.db

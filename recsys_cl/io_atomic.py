@@ -207,6 +207,22 @@ def _through_links(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def unfinished_write(name: str) -> tuple[str, int] | None:
+    """``(the file it replaces, the writer's pid)`` for the name of a :func:`write_file_atomically`
+    temp file, ``.<name>.tmp-<pid>-<hex>``; None for any other name."""
+    head, sep, tail = name.rpartition(".tmp-")
+    pid = tail.split("-")[0]
+    if not sep or not head.startswith(".") or len(head) < 2 or not pid.isdigit():
+        return None
+    return head[1:], int(pid)
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether the writer ``pid`` (of a temp file or folder) may still be writing: this process, or
+    any live process on this host with that pid (a reused pid keeps its files until it exits)."""
+    return pid == os.getpid() or _pid_alive(pid)
+
+
 def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` writes a temp file beside ``path`` (parents created; the file is created under
     the umask, as a plain write would be), which then replaces ``path`` in one rename: a reader, or a
@@ -220,8 +236,8 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Pat
     dest = _through_links(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[-1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        left = unfinished_write(stale.name)
+        if left is not None and not writer_alive(left[1]):
             _remove(stale)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -36,6 +36,7 @@ CONFIG_CLASS: dict[str, type] = {
     "train_two_tower": RunConfig, "build_index": RunConfig, "generate_candidates": RunConfig,
     "nightly": RunConfig, "evaluate_baselines": RunConfig, "sweep": RunConfig, "ablation": RunConfig,
     "pretrain_simclr": SimCLRConfig, "pretrain_simcse": SimCSEConfig, "benchmark_candidates": BenchRunConfig,
+    "clean_cache": RunConfig,
 }
 PLACEHOLDER = re.compile(r"<[^>]*>|\$\w+|YYYY|\.\.\.|^[A-Z][A-Z_]*$")  # <uri>, $VAR, a date, YAML / PATH
 GENERIC_KEYS = {"key", "section.key"}  # usage lines: `--set key=value`, `section.key=value`

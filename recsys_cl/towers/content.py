@@ -9,8 +9,11 @@ Two modes per modality (``item_tower.text.trainable`` / ``item_tower.image.train
   (:func:`build_content`); its L2-normalised outputs ``(M, F)`` are stored in the feature spec and
   the tower learns only a linear map ``F -> D`` (:class:`FrozenContentEncoder`). Training then costs
   about what the ID model costs, and cold items (never clicked) get embeddings from their content.
-  The outputs are cached on disk (``cache_dir``), keyed by the encoder's weights and the inputs, so
-  ablations and reruns do not recompute them.
+  The outputs are cached on disk (``cache_dir``), keyed by the encoder's weights, the inputs and
+  the version of the encoding code (:data:`CONTENT_CACHE_VERSION`, torch's and, for text,
+  transformers' versions), so ablations and reruns do not recompute them and changed code does not
+  reuse them. A hit refreshes the entry's modification time: ``python -m pipelines.clean_cache``
+  removes entries no run has read for a while (:mod:`recsys_cl.cleanup`).
 * **trainable**: the spec stores the raw inputs (token ids ``(M, L)``, or uint8 pixels
   ``(M, C, H, W)``) and the architecture; the encoder itself sits inside the tower
   (:class:`TrainableContentEncoder`) and is fine-tuned with the rest. Much slower on CPU.
@@ -21,9 +24,11 @@ The model directory is self-contained in both modes: frozen outputs / raw inputs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,13 @@ from recsys_cl.features.vocab import Vocab
 log = logging.getLogger(__name__)
 ResolveDir = Callable[[str], Path]
 CONTENT_ENCODERS = ("text", "image")
+
+CONTENT_CACHE_VERSION = 1
+"""Version of the code that turns an encoder and its inputs into frozen content features, part of
+every cache key (:func:`_cache_key`) with torch's version and, for text, transformers': bump it when
+that code changes what it computes (pooling, normalisation, tokenisation, pixel scaling in
+``text_encoder.encode_texts``, ``pretrain.simclr.embed`` or here), so that no run reads features the
+old code cached. Entries under the old keys stay until ``python -m pipelines.clean_cache`` removes them."""
 
 
 class FrozenContentEncoder(nn.Module):
@@ -330,7 +342,7 @@ def _text_content(
         content["text_mask"] = np.asarray(tok["attention_mask"], dtype=np.int64)
         meta["text"] = {**info, "mode": "trainable", "hf_config": json.loads(encoder.model.config.to_json_string())}
         return
-    key = _cache_key("text", directory, texts, cfg.max_length)
+    key = _cache_key("text", info["encoder_sha256"], texts, cfg.max_length)
     feats = _cached(cache_dir, key)
     if feats is None:
         log.info("text encoder %s: embedding %d item texts (frozen; cached afterwards)", directory, len(texts))
@@ -374,7 +386,7 @@ def _image_content(
         content["image_pixels"] = pixels
         meta["image"] = {**info, "mode": "trainable"}
         return
-    key = _cache_key("image", directory, pixels, 0)
+    key = _cache_key("image", info["encoder_sha256"], pixels, 0)
     feats = _cached(cache_dir, key)
     if feats is None:
         log.info("image encoder %s: embedding %d item images (frozen; cached afterwards)", directory, len(pixels))
@@ -384,26 +396,33 @@ def _image_content(
     meta["image"] = {**info, "mode": "frozen"}
 
 
-def _encoder_files(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).rglob("*") if p.is_file())
-
-
 def encoder_digest(directory: Path) -> str:
     """SHA-256 of an encoder folder's files (names and bytes): which weights a spec's content came from,
     so that a rerun resumes or reuses a checkpoint only with the same encoder
     (:func:`recsys_cl.experiment.resume_fingerprint`), even when the folder's path is the same."""
     h = hashlib.sha256()
-    for f in _encoder_files(directory):
+    for f in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
         h.update(f.relative_to(directory).as_posix().encode() + b"\x00")
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def _cache_key(name: str, directory: Path, inputs: Any, max_length: int) -> str:
-    h = hashlib.sha256(f"{name}|{max_length}|".encode())
-    for f in _encoder_files(directory):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+def code_version(name: str) -> str:
+    """What computed content encoder ``name``'s frozen features besides its weights and inputs:
+    :data:`CONTENT_CACHE_VERSION`, torch's version and, for ``"text"``, transformers' (a library
+    upgrade may change the numbers: kernels, tokenisers, attention implementations)."""
+    version = f"v{CONTENT_CACHE_VERSION} torch {torch.__version__}"
+    if name == "text":
+        import transformers
+
+        version += f" transformers {transformers.__version__}"
+    return version
+
+
+def _cache_key(name: str, encoder_sha256: str, inputs: Any, max_length: int) -> str:
+    """``<name>-<20 hex>``: the cache entry of encoder ``name`` with the weights ``encoder_sha256``
+    (:func:`encoder_digest`) run by this code (:func:`code_version`) over ``inputs``."""
+    h = hashlib.sha256(f"{name}|{max_length}|{code_version(name)}|{encoder_sha256}|".encode())
     if isinstance(inputs, np.ndarray):
         # the same bytes read as another (C, H, W) are other pictures, hence other features
         h.update(f"{inputs.dtype}{inputs.shape}".encode())
@@ -417,10 +436,14 @@ def _cached(cache_dir: str | None, key: str) -> np.ndarray | None:
     if not cache_dir:
         return None
     path = Path(cache_dir) / f"{key}.npy"
-    if path.is_file():
-        log.info("content features from cache %s", path)
-        return np.load(path)
-    return None
+    try:
+        feats = np.load(path)
+    except FileNotFoundError:  # never written, or pruned (recsys_cl.cleanup) since it was looked for
+        return None
+    log.info("content features from cache %s", path)
+    with contextlib.suppress(OSError):  # an entry's age is the time since a run last read it (unless read-only)
+        os.utime(path)
+    return np.asarray(feats)
 
 
 def _store(cache_dir: str | None, key: str, feats: np.ndarray) -> None:

@@ -113,6 +113,27 @@ def checkpoint_lock(checkpoint: str | Path) -> Iterator[Path]:
                     break
 
 
+def lock_holder(checkpoint: str | Path) -> str | None:
+    """Who holds :func:`checkpoint_lock` of ``checkpoint`` (``"pid 123 on host, since ..."``), or None
+    when no process does; this process counts too when it holds the lock (which :func:`checkpoint_lock`
+    would take again). Creates, writes and deletes nothing, unlike taking the lock: it tries a shared
+    ``flock`` on an existing lock file and drops it at once (a run starting in that instant fails
+    as if another held it, and can be started again)."""
+    try:
+        fd = os.open(lock_path(checkpoint), os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # a holder keeps its lock file until it releases the lock
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "a process that is just starting"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _acquire(lock: Path, checkpoint: Path) -> int:
     while True:
         lock.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import polars as pl
 import pytest
 import torch
 
+from recsys_cl.cleanup import CACHE_FILE
 from recsys_cl.config import ImageInputConfig, ItemTowerConfig, ModelConfig, TextInputConfig, UserTowerConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.features.spec import build_feature_spec
@@ -135,7 +138,8 @@ def test_text_content_is_cached_on_disk(tiny_text: Path, tmp_path: Path, monkeyp
     spec = build_feature_spec(TRAIN, ITEMS)
     cfg = _cfg(("id", "text"), tiny_text)
     first, _ = build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
-    assert len(list((tmp_path / "cache").glob("text-*.npy"))) == 1
+    (entry,) = (tmp_path / "cache").glob("text-*.npy")
+    assert CACHE_FILE.fullmatch(entry.name)  # what pipelines.clean_cache prunes
 
     import recsys_cl.towers.text_encoder as te
 
@@ -148,6 +152,85 @@ def test_text_content_is_cached_on_disk(tiny_text: Path, tmp_path: Path, monkeyp
     changed = ITEMS.with_columns(pl.col("title").str.to_uppercase().str.replace("RED", "PINK"))
     with pytest.raises(AssertionError, match="cache was not used"):  # other texts: another key
         build_content(spec.items, changed, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("changed", ["CONTENT_CACHE_VERSION", "torch", "transformers"])
+def test_the_text_cache_is_not_reused_by_other_encoding_code(
+    changed: str, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key held only the encoder's files and the inputs: after a change to the pooling code (a
+    bumped CONTENT_CACHE_VERSION) or a torch / transformers upgrade, the old features were read back."""
+    import transformers
+
+    import recsys_cl.towers.text_encoder as te
+
+    spec = build_feature_spec(TRAIN, ITEMS)
+    cfg = _cfg(("id", "text"), tiny_text)
+    cache = tmp_path / "cache"
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    calls = []
+    encode = te.encode_texts
+    monkeypatch.setattr(te, "encode_texts", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == []  # unchanged: read from the cache
+    if changed == "CONTENT_CACHE_VERSION":
+        monkeypatch.setattr(content_mod, changed, content_mod.CONTENT_CACHE_VERSION + 1)
+    else:
+        monkeypatch.setattr(torch if changed == "torch" else transformers, "__version__", "99.0.0")
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == [1] and len(list(cache.glob("text-*.npy"))) == 2
+
+
+@pytest.mark.parametrize("changed", ["CONTENT_CACHE_VERSION", "torch"])
+def test_the_image_cache_is_not_reused_by_other_encoding_code(
+    changed: str, tiny_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recsys_cl.pretrain.simclr as simclr
+
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    cfg = _cfg(("id", "image"), image=tiny_image)
+    cache = tmp_path / "cache"
+    build_content(items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    calls = []
+    embed = simclr.embed
+    monkeypatch.setattr(simclr, "embed", lambda *a, **k: calls.append(1) or embed(*a, **k))
+    if changed == "CONTENT_CACHE_VERSION":
+        monkeypatch.setattr(content_mod, changed, content_mod.CONTENT_CACHE_VERSION + 1)
+    else:
+        monkeypatch.setattr(torch, "__version__", "99.0.0")
+    build_content(items, ITEMS, cfg, _identity, cache_dir=str(cache))
+    assert calls == [1] and len(list(cache.glob("image-*.npy"))) == 2
+
+
+def test_a_cache_hit_refreshes_the_entry_s_age(tiny_text: Path, tmp_path: Path) -> None:
+    """The cache entry's modification time is when a run last used it, which clean_cache's
+    --older-than-days reads: an entry read every day but written long ago is not pruned."""
+    spec = build_feature_spec(TRAIN, ITEMS)
+    cfg = _cfg(("id", "text"), tiny_text)
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    (entry,) = (tmp_path / "cache").glob("text-*.npy")
+    os.utime(entry, (1e9, 1e9))  # written in 2001
+    build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    assert entry.stat().st_mtime > time.time() - 60
+
+
+def test_a_cache_entry_pruned_as_it_is_read_is_encoded_again(
+    tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by ``is_file`` and deleted before ``np.load`` (clean_cache --yes meanwhile), it failed the run."""
+    spec = build_feature_spec(TRAIN, ITEMS)
+    cfg = _cfg(("id", "text"), tiny_text)
+    first, _ = build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    load = np.load
+
+    def pruned_meanwhile(path: Path, *args: object, **kwargs: object) -> object:
+        Path(path).unlink(missing_ok=True)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", pruned_meanwhile)
+    again, _ = build_content(spec.items, ITEMS, cfg, _identity, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_allclose(again["text"], first["text"], rtol=1e-5)
+    assert len(list((tmp_path / "cache").glob("text-*.npy"))) == 1  # and cached again
 
 
 def test_clear_errors(tiny_text: Path, tiny_image: Path, tmp_path: Path) -> None:
