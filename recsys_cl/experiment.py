@@ -110,7 +110,9 @@ class Prepared:
         the one whose finished runs it reuses), besides the config: the click log (:attr:`fingerprint`),
         the item table as the run reads it (every column: titles, tags, genres, pixels) and the content
         encoders' identity (``spec.content_meta``, with each encoder folder's ``encoder_sha256``: a
-        retrained encoder written to the same folder is another encoder under the same config). Inputs,
+        retrained encoder written to the same folder is another encoder under the same config; and the
+        ``code_version`` that computed the features, :func:`recsys_cl.towers.content.code_version`,
+        so a torch upgrade or a bumped ``CONTENT_CACHE_VERSION`` starts afresh too). Inputs,
         not the frozen features themselves, whose last bits may vary with the thread count."""
         h = hashlib.sha256(self.fingerprint.encode())
         items = self.clicks.items

@@ -333,7 +333,7 @@ def _text_content(
             f"tokens (its max_position_embeddings); set item_tower.text.max_length to at most {limit}"
         )
     info: dict[str, Any] = {"source": cfg.pretrained, "encoder_sha256": encoder_digest(directory),
-                            "feature_dim": int(encoder.embedding_dim),
+                            "code_version": code_version("text"), "feature_dim": int(encoder.embedding_dim),
                             "columns": list(cfg.columns), "max_length": cfg.max_length}
     if cfg.trainable:
         tok = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_length,
@@ -381,7 +381,8 @@ def _image_content(
             "on images of that shape"
         )
     info: dict[str, Any] = {"source": cfg.pretrained, "encoder_sha256": encoder_digest(directory),
-                            "feature_dim": int(encoder.embedding_dim), "model": arch, "shape": list(cfg.shape)}
+                            "code_version": code_version("image"), "feature_dim": int(encoder.embedding_dim),
+                            "model": arch, "shape": list(cfg.shape)}
     if cfg.trainable:
         content["image_pixels"] = pixels
         meta["image"] = {**info, "mode": "trainable"}

@@ -366,3 +366,18 @@ def test_content_meta_names_the_encoder_weights(tiny_text: Path, tmp_path: Path)
     assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] == first
     make_tiny_text_encoder(folder, ITEMS["title"].to_list() * 5, vocab_size=60, seed=1)
     assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["encoder_sha256"] != first
+
+
+def test_content_meta_names_the_code_that_computed_the_features(
+    tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The meta (saved in the spec, and part of the resume fingerprint) records the code version, so a
+    checkpoint made with features of older code is not resumed on features of newer code."""
+    from recsys_cl.towers import content as content_module
+
+    items = Vocab.from_values(ITEMS["item_id"], name="item_id")
+    cfg = _cfg(("id", "text"), tiny_text)
+    meta = build_content(items, ITEMS, cfg, _identity)[1]["text"]
+    assert meta["code_version"] == content_module.code_version("text")
+    monkeypatch.setattr(content_module, "CONTENT_CACHE_VERSION", content_module.CONTENT_CACHE_VERSION + 1)
+    assert build_content(items, ITEMS, cfg, _identity)[1]["text"]["code_version"] != meta["code_version"]
