@@ -13,7 +13,7 @@ Two folders grow without limit:
 
 :func:`prune` lists (and with ``delete=True`` removes) the files of those two kinds older than a
 number of days, and the temp files that killed writers left beside them
-(``.<name>.tmp-<pid>-<hex>``, :func:`recsys_cl.io_atomic.write_file_atomically`). It never
+(``.<name>.tmp-<pid>-<hex>-<host>``, :func:`recsys_cl.io_atomic.write_file_atomically`). It never
 removes:
 
 * a checkpoint whose lock a live run holds (:func:`recsys_cl.train.checkpoint.checkpoint_lock`): the
@@ -150,8 +150,8 @@ def _prune_one(path: Path, kind: str, now: float, older_than_days: float, delete
             return
     elif kind == "unfinished write":
         writer = unfinished_write(path.name)
-        if writer is not None and writer_alive(writer[1]):
-            report.kept.append((path, f"in use, being written by pid {writer[1]}"))
+        if writer is not None and writer_alive(writer[1], path):
+            report.kept.append((path, f"in use, being written by pid {writer[1].split('-')[0]}"))
             return
         if delete:
             path.unlink(missing_ok=True)

@@ -7,8 +7,9 @@ missing the swap falls back to two renames, and :func:`cleanup_stale` restores t
 if a run died between them.
 
 Names starting with ``.`` are ignored by Spark, Hive and pyarrow datasets, so a half-written temp
-directory is never visible. Temp directories embed the writer's pid; the next run removes those
-whose process is gone.
+directory is never visible. Temp names embed their writer (:func:`writer_tag`: pid and host); the
+next run removes those whose writer is gone: by pid on this host; another host's (a folder shared
+over NFS) only once untouched for :data:`FOREIGN_WRITER_S`, since its pid means nothing here.
 
 Test hook: ``RECSYS_CL_TEST_SLEEP_BETWEEN_PARTS=<seconds>`` sleeps after each part file, so a test
 can SIGKILL the writer mid-partition (``tests/pipelines/test_candidates_pipeline.py``); with
@@ -23,6 +24,7 @@ import ctypes.util
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +53,37 @@ class OutputError(OSError):
 
 def partition_name(dt: str) -> str:
     return f"dt={dt}"
+
+
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+"""This host, as temp names carry it (:func:`writer_tag`)."""
+FOREIGN_WRITER_S = 24 * 3600.0
+"""A temp path written by another host is left alone until untouched this long (seconds)."""
+
+
+def writer_tag() -> str:
+    """``<pid>-<8 hex random>-<8 hex host>``: names a temp path after the process writing it, so that
+    later jobs can tell whether it is still being written (:func:`writer_alive`)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{HOST_TAG}"
+
+
+def writer_alive(tag: str, path: Path) -> bool:
+    """Whether the writer named by ``tag`` (:func:`writer_tag`; temp names of earlier versions lack
+    the host and count as this host's) may still be writing ``path``: on this host, this process or
+    any live process with that pid (a reused pid keeps its files until it exits); on another host,
+    until ``path`` was left untouched for :data:`FOREIGN_WRITER_S` (its pid cannot be checked from
+    here, and a folder being written changes as its files are added). A tag that names no pid is
+    never judged dead."""
+    fields = tag.split("-")
+    if not fields[0].isdigit():
+        return True
+    if len(fields) >= 3 and fields[2] != HOST_TAG:
+        try:
+            return time.time() - path.lstat().st_mtime < FOREIGN_WRITER_S
+        except FileNotFoundError:
+            return True  # gone already: nothing to remove
+    pid = int(fields[0])
+    return pid == os.getpid() or _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,19 +116,17 @@ def cleanup_stale(root: Path) -> None:
     """Remove the temp dirs of dead writers, of every date (a run killed on one date leaves its temp
     dir until any later run); restore an old partition left by a swap that died halfway.
 
-    A writer is dead when no process has its pid (a live unrelated process that reused the pid
-    keeps the directory until a later run)."""
+    A writer is dead as :func:`writer_alive` judges it (a live unrelated process that reused the
+    pid keeps the directory until a later run; another host's writer is given a day)."""
     if not root.is_dir():
         return
     for p in sorted(root.glob(".dt=*.*.*")):
-        parts = p.name.split(".")  # ['', 'dt=YYYY-MM-DD', 'tmp|old', '<pid>-<hex>']
+        parts = p.name.split(".")  # ['', 'dt=YYYY-MM-DD', 'tmp|old', writer_tag()]
         if len(parts) != 4 or parts[2] not in ("tmp", "old"):
             continue
-        try:
-            pid = int(parts[-1].split("-")[0])
-        except ValueError:
-            continue
-        if _pid_alive(pid) and pid != os.getpid():
+        fields = parts[-1].split("-")  # this process's own leftovers go too (its writers clean up after themselves)
+        mine = fields[0] == str(os.getpid()) and (len(fields) < 3 or fields[2] == HOST_TAG)
+        if writer_alive(parts[-1], p) and not mine:
             continue
         target = root / parts[1]
         if parts[-2] == "old" and not target.exists() and (p / SUCCESS_FILE).is_file():
@@ -207,20 +238,13 @@ def _through_links(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def unfinished_write(name: str) -> tuple[str, int] | None:
-    """``(the file it replaces, the writer's pid)`` for the name of a :func:`write_file_atomically`
-    temp file, ``.<name>.tmp-<pid>-<hex>``; None for any other name."""
+def unfinished_write(name: str) -> tuple[str, str] | None:
+    """``(the file it replaces, the writer's tag)`` for the name of a :func:`write_file_atomically`
+    temp file, ``.<name>.tmp-<writer_tag()>``; None for any other name."""
     head, sep, tail = name.rpartition(".tmp-")
-    pid = tail.split("-")[0]
-    if not sep or not head.startswith(".") or len(head) < 2 or not pid.isdigit():
+    if not sep or not head.startswith(".") or len(head) < 2 or not tail.split("-")[0].isdigit():
         return None
-    return head[1:], int(pid)
-
-
-def writer_alive(pid: int) -> bool:
-    """Whether the writer ``pid`` (of a temp file or folder) may still be writing: this process, or
-    any live process on this host with that pid (a reused pid keeps its files until it exits)."""
-    return pid == os.getpid() or _pid_alive(pid)
+    return head[1:], tail
 
 
 def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -229,17 +253,17 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], Any]) -> Pat
     kill mid-write, sees the old file or the new one, never a truncated one. When ``path`` is a
     symlink, its target is replaced this way and the link kept. Returns ``path``.
 
-    A writer killed mid-write (SIGKILL, OOM) leaves its ``.<name>.tmp-<pid>-<hex>``, as large as the
-    file (a training checkpoint is rewritten every epoch); the next write to ``path`` removes those
-    whose process is gone."""
+    A writer killed mid-write (SIGKILL, OOM) leaves its ``.<name>.tmp-<writer_tag()>``, as large as
+    the file (a training checkpoint is rewritten every epoch); the next write to ``path`` removes
+    those whose writer is gone (:func:`writer_alive`)."""
     path = Path(path)
     dest = _through_links(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"):
         left = unfinished_write(stale.name)
-        if left is not None and not writer_alive(left[1]):
+        if left is not None and not writer_alive(left[1], stale):
             _remove(stale)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = dest.parent / f".{dest.name}.tmp-{writer_tag()}"
     try:
         write(tmp)
         os.replace(tmp, dest)
@@ -290,22 +314,21 @@ def write_directory_atomically(target: str | Path, write: Callable[[Path], Any])
     for place in dict.fromkeys([target, given]):  # beside a link too: writes before links were followed left one there
         for kind in ("tmp", "old"):
             for stale in sorted(place.parent.glob(f".{place.name}.{kind}-*")):
-                pid = stale.name.rsplit(f".{kind}-", 1)[-1].split("-")[0]
-                if pid.isdigit() and _pid_alive(int(pid)):
+                if writer_alive(stale.name.rsplit(f".{kind}-", 1)[-1], stale):
                     continue  # another writer's, still running
                 if kind == "old" and not os.path.lexists(place):  # died between the renames: put it back
                     log.warning("restoring %s from %s (a previous write died mid-swap)", place, stale)
                     os.rename(stale, place)
                 else:
                     _remove(stale)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{writer_tag()}"
     try:
         tmp.mkdir()
         write(tmp)
         for p in [*tmp.rglob("*"), tmp]:
             if p.is_file() or p.is_dir():
                 fsync_path(p)
-        publish_directory(tmp, target, target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        publish_directory(tmp, target, target.parent / f".{target.name}.old-{writer_tag()}")
         fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -354,8 +377,7 @@ class PartitionWriter:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             cleanup_stale(self.root)
-            tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.tmp = self.root / f".{partition_name(self.dt)}.tmp.{tag}"
+            self.tmp = self.root / f".{partition_name(self.dt)}.tmp.{writer_tag()}"
             self.tmp.mkdir()
         except OSError as e:
             raise OutputError(

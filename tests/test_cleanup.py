@@ -136,5 +136,5 @@ def test_the_patterns_match_the_names_the_writers_use(tmp_path: Path) -> None:
     assert CHECKPOINT_FILE.fullmatch(checkpoint_path(RunConfig(), "fingerprint").name)
     temps: list[str] = []
     write_file_atomically(tmp_path / f"{KEY}.pt", lambda tmp: temps.append(tmp.name) or tmp.write_bytes(b""))
-    assert unfinished_write(temps[0]) == (f"{KEY}.pt", os.getpid())
+    assert unfinished_write(temps[0])[0] == f"{KEY}.pt" and unfinished_write(temps[0])[1].startswith(f"{os.getpid()}-")
     assert unfinished_write(f"{KEY}.pt") is None and unfinished_write(".x.tmp-abc-0123") is None

@@ -65,6 +65,44 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and live.exists() and not other_day.exists()
 
 
+def test_another_hosts_temp_dirs_are_left_until_untouched_for_a_day(tmp_path: Path) -> None:
+    """On an output folder shared between hosts, another host's writer cannot be checked by pid
+    (its pid is dead here, or another process's): its temp dirs and files stay while it may still be
+    writing, and go once untouched for FOREIGN_WRITER_S. Dead writers of this host go at once."""
+    from recsys_cl.io_atomic import FOREIGN_WRITER_S, HOST_TAG, write_directory_atomically, write_file_atomically
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    elsewhere = "0123abcd" if HOST_TAG != "0123abcd" else "fedc9876"
+    busy = tmp_path / f".dt=2024-01-01.tmp.{dead}-abcd1234-{elsewhere}"  # another host, writing now
+    busy.mkdir()
+    idle = tmp_path / f".dt=2023-12-31.tmp.{dead}-abcd1234-{elsewhere}"  # another host, killed long ago
+    idle.mkdir()
+    old = os.stat(idle).st_mtime - FOREIGN_WRITER_S - 60
+    os.utime(idle, (old, old))
+    ours = tmp_path / f".dt=2023-12-30.tmp.{dead}-abcd1234-{HOST_TAG}"  # this host, dead pid
+    ours.mkdir()
+    _publish(tmp_path, 1)
+    assert busy.exists() and not idle.exists() and not ours.exists()
+
+    # the same rule for write_file_atomically's and write_directory_atomically's temp names
+    out = tmp_path / "files"
+    out.mkdir()
+    foreign_file = out / f".model.pt.tmp-{dead}-abcd1234-{elsewhere}"
+    foreign_file.write_text("half")
+    foreign_dir = out / f".index.tmp-{dead}-abcd1234-{elsewhere}"
+    foreign_dir.mkdir()
+    write_file_atomically(out / "model.pt", lambda tmp: tmp.write_text("whole"))
+    write_directory_atomically(out / "index", lambda tmp: (tmp / "x").write_text("whole"))
+    assert foreign_file.exists() and foreign_dir.exists()
+    for stale in (foreign_file, foreign_dir):
+        os.utime(stale, (old, old))
+    write_file_atomically(out / "model.pt", lambda tmp: tmp.write_text("whole"))
+    write_directory_atomically(out / "index", lambda tmp: (tmp / "x").write_text("whole"))
+    assert not foreign_file.exists() and not foreign_dir.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["index", "model.pt"]
+
+
 def _published_by_another_writer_just_before_the_rename(
     monkeypatch: pytest.MonkeyPatch, tmp: Callable[[], Path], publish: Callable[[], Any],
 ) -> list[Any]:
