@@ -4,6 +4,7 @@ exact backend of the same run, the report files and the MLflow run."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -67,6 +68,17 @@ def test_benchmark_pipeline_tiny(tmp_path: Path) -> None:
     assert run.data.params["bench.users"] == "2000"
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "benchmark")}
     assert files == {"benchmark/benchmark.md", "benchmark/benchmark.json"}
+
+
+def test_sweep_help_names_what_it_sweeps(capsys: pytest.CaptureFixture[str]) -> None:
+    """--sweep times Annoy and faiss knobs even when --backends leaves one out; its help says so."""
+    with pytest.raises(SystemExit):
+        benchmark_candidates.main(["--help"])
+    option = re.search(r"^  --sweep\s+(.*?)(?=^  --)", capsys.readouterr().out, re.M | re.S)
+    assert option is not None
+    shown = " ".join(option.group(1).split())
+    assert "Annoy n_trees x search_k" in shown and "faiss nlist x nprobe" in shown
+    assert "whatever --backends says" in shown
 
 
 def test_spark_is_reported_as_skipped_with_the_reason(tmp_path: Path) -> None:
