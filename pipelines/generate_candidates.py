@@ -129,8 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                    "i.e. models:/recsys_cl_two_tower@champion)")
     p.add_argument("--index", help="index directory from pipelines.build_index (default: candidates.index_dir)")
     p.add_argument("--backend", choices=["exact", "annoy", "faiss", "auto"],
-                   help="index built in memory (default: candidates.backend); with --index, the saved "
-                        "index must be of this backend")
+                   help="backend of the index built in memory (default: candidates.backend); with --index, "
+                        "the saved index must be of this backend when the flag is given, and is served "
+                        "whatever its backend when it is not (candidates.backend is not checked)")
     return p.parse_args(argv)
 
 
