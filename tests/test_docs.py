@@ -5,8 +5,9 @@ every ``--flag`` must be in that pipeline's ``--help``, every concrete ``--set k
 ``--grid key=a,b`` must load with that pipeline's config class, and placeholder values
 (``<uri>``, ``$VAR``, ``YYYY-MM-DD``) must at least name a real key. Inline ``--set key=...``
 fragments must name a key of some pipeline's config, the README's table of main keys must show
-the defaults of ``pipelines/configs/two_tower.yaml``, and the config error the README shows is the
-one the loader raises. Nothing runs: a renamed key or flag fails here instead of in a user's shell.
+the defaults of ``pipelines/configs/two_tower.yaml``, the config error the README shows is the
+one the loader raises, and every optional extra the docs or a ``--help`` name is in setup.cfg.
+Nothing runs: a renamed key or flag fails here instead of in a user's shell.
 """
 
 from __future__ import annotations
@@ -243,3 +244,23 @@ def test_documented_paths_and_symbols_exist() -> None:
             obj = getattr(obj, attr)
     assert len(paths) >= 40 and len(dotted) >= 15
     assert not missing, "the docs name code that is not there:\n" + "\n".join(missing)
+
+
+PIPELINES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.py") if p.stem not in {"__init__", "cli"})
+EXTRA_NAMED = re.compile(r"\.\[([a-z_,]+)\]|`(\w+)`\s+extra\b")  # pip install -e '.[a,b]', the `x` extra
+
+
+def test_named_extras_exist() -> None:
+    """Every optional extra that the docs or a pipeline's --help names is one setup.cfg defines, so
+    ``pip install -e '.[name]'`` installs something instead of warning that there is no such extra."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = set(setup["options.extras_require"])
+    texts = {**DOC_TEXTS, **{f"python -m pipelines.{m} --help": help_text(m) for m in PIPELINES}}
+    named = [(where, name) for where, text in texts.items() for m in EXTRA_NAMED.finditer(text)
+             for name in (m.group(1) or m.group(2)).split(",")]
+    assert len(named) >= 8
+    unknown = [f"{where}: {name}" for where, name in named if name not in extras]
+    assert not unknown, f"extras that setup.cfg does not define ({sorted(extras)}):\n" + "\n".join(unknown)
