@@ -115,7 +115,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help=f"YAML run config (default: {shown_path(DEFAULT_CONFIG)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set candidates.k=50 (repeatable)")
-    p.add_argument("--engine", choices=["local", "spark"], help="default: candidates.engine")
+    p.add_argument("--engine", choices=["local", "spark"],
+                   help="where users are scored: local (in this process, candidates.chunk_size users at a time) "
+                        "or spark (mapInArrow on a Spark session, pip install -e '.[spark]'); "
+                        "default: candidates.engine")
     p.add_argument("--summary-json", metavar="PATH", help="write the _SUCCESS manifest + run id to PATH")
 
 

@@ -167,6 +167,35 @@ def test_generate_candidates_help_says_when_a_saved_index_backend_is_checked(cap
     assert "when the flag is given" in shown and "candidates.backend is not checked" in shown
 
 
+PIPELINES = sorted(p.stem for p in Path(__file__).parents[2].joinpath("pipelines").glob("*.py")
+                   if p.stem not in {"__init__", "cli"})
+
+
+@pytest.mark.parametrize("module", PIPELINES)
+def test_every_option_says_what_it_does(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each option's --help says what it is for, not only its default ('default: candidates.engine'
+    left --engine's choices unexplained)."""
+    import argparse
+    import importlib
+
+    parsers: list[argparse.ArgumentParser] = []
+
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"pipelines.{module}").main([])
+    assert parsers
+    for action in parsers[0]._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        without_default = re.sub(r"\(?default:[^)]*\)?", "", action.help or "")
+        assert len(re.findall(r"[A-Za-z]{2,}", without_default)) >= 2, (
+            f"pipelines.{module} {'/'.join(action.option_strings)}: help {action.help!r}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_exits_128_plus_its_number_in_one_line(sig: int, capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM and Ctrl-C become a SystemExit (the cleanup of an exception runs; not KeyboardInterrupt,
