@@ -122,6 +122,16 @@ def test_shipped_config_is_the_defaults() -> None:
     assert cfg.tracking.experiment == "recsys_cl_benchmarks" and cfg.tracking.registered_model_name is None
 
 
+def test_shipped_config_names_every_key() -> None:
+    """--help and the README say every bench key is explained in the shipped YAML: it must list them all."""
+    import dataclasses
+
+    import yaml
+
+    shipped = yaml.safe_load(benchmark_candidates.DEFAULT_CONFIG.read_text())["bench"]
+    assert sorted(shipped) == sorted(f.name for f in dataclasses.fields(BenchConfig))
+
+
 def test_settings_come_from_config_set_and_flags_in_that_order(tmp_path: Path) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text("bench:\n  users: 300\n  items: 400\n  k: 5\n  clusters: 10\n  recall_users: 100\n"
