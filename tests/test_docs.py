@@ -6,7 +6,8 @@ every ``--flag`` must be in that pipeline's ``--help``, every concrete ``--set k
 (``<uri>``, ``$VAR``, ``YYYY-MM-DD``) must at least name a real key. Inline ``--set key=...``
 fragments must name a key of some pipeline's config, the README's table of main keys must show
 the defaults of ``pipelines/configs/two_tower.yaml``, the config error the README shows is the
-one the loader raises, and every optional extra the docs or a ``--help`` name is in setup.cfg.
+one the loader raises, every optional extra the docs or a ``--help`` name is in setup.cfg, and the
+examples in each pipeline's ``--help`` pass the same command checks.
 Nothing runs: a renamed key or flag fails here instead of in a user's shell.
 """
 
@@ -27,6 +28,7 @@ import pytest
 from recsys_cl.bench import BenchRunConfig
 from recsys_cl.config import ConfigError, RunConfig, flatten, load_config
 from recsys_cl.pretrain.config import SimCLRConfig, SimCSEConfig
+from recsys_cl.sweep import split_values
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -157,7 +159,7 @@ def test_documented_overrides_load(cmd: DocCommand) -> None:
     concrete, overrides = [], [*_option_values(cmd.args, "--set")]
     for grid in _option_values(cmd.args, "--grid"):  # sweep: key=a,b,c is one run per value
         key, _, values = grid.partition("=")
-        overrides += [f"{key}={v}" for v in values.split(",")]
+        overrides += [f"{key}={v}" for v in split_values(values)]  # commas inside [...] stay, as in sweep
     for o in overrides:
         key, _, value = o.partition("=")
         if key in GENERIC_KEYS:
@@ -264,3 +266,18 @@ def test_named_extras_exist() -> None:
     assert len(named) >= 8
     unknown = [f"{where}: {name}" for where, name in named if name not in extras]
     assert not unknown, f"extras that setup.cfg does not define ({sorted(extras)}):\n" + "\n".join(unknown)
+
+
+def test_help_examples_use_real_flags_and_keys() -> None:
+    """The examples in each pipeline's --help pass the checks the docs' commands pass: a user copies
+    them from there as often as from the README."""
+    checked = 0
+    for module in PIPELINES:
+        body = help_text(module).split("\n\n", 1)[1]  # without the usage block and its KEY=VALUE
+        block = "```\n" + "\n".join(line.strip() for line in body.splitlines()) + "\n```"
+        for cmd in _commands_in(block, f"python -m pipelines.{module} --help"):
+            test_documented_flags_exist(cmd)
+            if cmd.module in CONFIG_CLASS and not cmd.output:
+                test_documented_overrides_load(cmd)
+            checked += 1
+    assert checked >= 30
