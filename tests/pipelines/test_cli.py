@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -65,6 +66,30 @@ def test_help_shows_the_default_config_relative_to_the_checkout(
     assert shown_path(default) == str(default)
 
 
+def test_checking_an_output_file_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job refused on its config after the output check left the output's folder behind, empty
+    (ablation's default --out runs/ablation.md made runs/ on an unknown --only name)."""
+    from pipelines import ablation
+    from pipelines.cli import check_output_file, write_summary
+
+    target = tmp_path / "new" / "sub" / "x.json"
+    check_output_file(target)
+    assert not (tmp_path / "new").exists()
+    write_summary(str(target), {"ok": 1})  # the writer creates the folders
+    assert json.loads(target.read_text()) == {"ok": 1}
+    (tmp_path / "gone").symlink_to(tmp_path / "missing")
+    with pytest.raises(SystemExit, match=r"its folder cannot be created \(.*gone is a symlink to a missing folder\)"):
+        check_output_file(tmp_path / "gone" / "x.json")
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablation.main(["--only", "nope", "--seeds", "0", "--no-baselines",
+                       "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert list(work.iterdir()) == []
+
+
 def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
     """mkdir said only '(File exists)' or '(Not a directory)', after the path that could not be written."""
     from pipelines.cli import check_output_dir, check_output_file
@@ -103,7 +128,6 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
 def test_write_summary_replaces_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kill mid-write left a truncated summary where the last good one was: now a temp file beside
     it is renamed over it, so a reader sees the old file or the new one."""
-    import json
     import os
 
     from pipelines import cli
