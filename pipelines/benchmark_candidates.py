@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"backends to run, of {', '.join(BACKENDS)}; exact always runs first as the reference "
                         "(bench.backends)")
     p.add_argument("--sweep", action="store_const", const=True,
-                   help="add the recall vs queries/s table over each backend's knobs (bench.sweep=true)")
+                   help="add a recall vs queries/s table of the raw indexes over Annoy n_trees x search_k and "
+                        "faiss nlist x nprobe, both whatever --backends says (bench.sweep=true)")
     p.add_argument("--no-write", action="store_const", const=True,
                    help="materialise the Arrow rows but skip the Parquet writes (bench.write=false)")
     p.add_argument("--out", default="runs/benchmark_candidates",

@@ -149,23 +149,27 @@ def load_config_or_exit(args: argparse.Namespace, cls: type[T], set_threads: boo
 
 def check_output_file(path: str | Path | None, flag: str = "--summary-json") -> None:
     """Exit with ``output error: ...`` unless ``path`` (None: nothing to check) can be written: run
-    before any work, so that a typo in an output path does not throw away a finished run."""
+    before any work, so that a typo in an output path does not throw away a finished run. Creates
+    nothing, like :func:`check_output_dir` (a job that then fails on its config or input leaves no
+    empty folder behind): the nearest existing folder on the path must be writable, and
+    :func:`write_summary` / :func:`write_text_atomic` create the rest."""
     if path is None:
         return
     p = Path(path)
     problem = None
+    folder = p.absolute().parent
+    missing_target = next((q for q in (folder, *folder.parents) if os.path.lexists(q) and not q.exists()), None)
     if p.is_dir():
         problem = "is a directory"
     elif (blocker := file_in_the_way(p.parent)) is not None:
         problem = f"cannot be written: {blocker} on its path is a file, not a folder"
+    elif missing_target is not None:  # a link to nothing (or a loop): creating the folder would fail later
+        problem = f"its folder cannot be created ({missing_target} is a symlink to a missing folder)"
     else:
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            problem = f"its folder cannot be created ({e.strerror or e})"
-        else:
-            if not os.access(p.parent, os.W_OK):
-                problem = f"its folder {p.parent} is not writable"
+        existing = next(q for q in (folder, *folder.parents) if q.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problem = (f"its folder {p.parent} is not writable" if existing == folder
+                       else f"its folder cannot be created ({existing} is not writable)")
     if problem:
         raise SystemExit(f"output error: {flag} {path} {problem}; pass a file path in a writable folder")
 

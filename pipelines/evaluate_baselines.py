@@ -1,5 +1,6 @@
-"""Evaluate Popularity / ItemKNN / EASE (and ALS / BPR with the `implicit` extra) under exactly the
-split and protocol of the two-tower run, each logged as its own MLflow run in the same experiment.
+"""Evaluate Popularity / ItemKNN / EASE (and ALS / BPR from the `implicit` package, the `baselines`
+extra: pip install -e '.[baselines]') under exactly the split and protocol of the two-tower run, each
+logged as its own MLflow run in the same experiment.
 
 Examples:
     python -m pipelines.evaluate_baselines

@@ -115,7 +115,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help=f"YAML run config (default: {shown_path(DEFAULT_CONFIG)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set candidates.k=50 (repeatable)")
-    p.add_argument("--engine", choices=["local", "spark"], help="default: candidates.engine")
+    p.add_argument("--engine", choices=["local", "spark"],
+                   help="where users are scored: local (in this process, candidates.chunk_size users at a time) "
+                        "or spark (mapInArrow on a Spark session, pip install -e '.[spark]'); "
+                        "default: candidates.engine")
     p.add_argument("--summary-json", metavar="PATH", help="write the _SUCCESS manifest + run id to PATH")
 
 
@@ -129,8 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                    "i.e. models:/recsys_cl_two_tower@champion)")
     p.add_argument("--index", help="index directory from pipelines.build_index (default: candidates.index_dir)")
     p.add_argument("--backend", choices=["exact", "annoy", "faiss", "auto"],
-                   help="index built in memory (default: candidates.backend); with --index, the saved "
-                        "index must be of this backend")
+                   help="backend of the index built in memory (default: candidates.backend); with --index, "
+                        "the saved index must be of this backend when the flag is given, and is served "
+                        "whatever its backend when it is not (candidates.backend is not checked)")
     return p.parse_args(argv)
 
 

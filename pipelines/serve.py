@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "a model directory (default: models:/<tracking.registered_model_name>@<--alias>)")
     p.add_argument("--alias", default="champion", help="registry alias served without --model (default: champion)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
+    p.add_argument("--port", type=int, default=5001, help="port to listen on (default: 5001)")
     return p.parse_args(argv)
 
 

@@ -4,6 +4,7 @@ exact backend of the same run, the report files and the MLflow run."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -69,6 +70,17 @@ def test_benchmark_pipeline_tiny(tmp_path: Path) -> None:
     assert files == {"benchmark/benchmark.md", "benchmark/benchmark.json"}
 
 
+def test_sweep_help_names_what_it_sweeps(capsys: pytest.CaptureFixture[str]) -> None:
+    """--sweep times Annoy and faiss knobs even when --backends leaves one out; its help says so."""
+    with pytest.raises(SystemExit):
+        benchmark_candidates.main(["--help"])
+    option = re.search(r"^  --sweep\s+(.*?)(?=^  --)", capsys.readouterr().out, re.M | re.S)
+    assert option is not None
+    shown = " ".join(option.group(1).split())
+    assert "Annoy n_trees x search_k" in shown and "faiss nlist x nprobe" in shown
+    assert "whatever --backends says" in shown
+
+
 def test_spark_is_reported_as_skipped_with_the_reason(tmp_path: Path) -> None:
     summary = benchmark_candidates.main([
         "--users", "300", "--items", "400", "--k", "5", "--clusters", "10", "--backends", "spark",
@@ -108,6 +120,16 @@ def test_shipped_config_is_the_defaults() -> None:
     cfg = load_config(benchmark_candidates.DEFAULT_CONFIG, BenchRunConfig)
     assert cfg == BenchRunConfig()
     assert cfg.tracking.experiment == "recsys_cl_benchmarks" and cfg.tracking.registered_model_name is None
+
+
+def test_shipped_config_names_every_key() -> None:
+    """--help and the README say every bench key is explained in the shipped YAML: it must list them all."""
+    import dataclasses
+
+    import yaml
+
+    shipped = yaml.safe_load(benchmark_candidates.DEFAULT_CONFIG.read_text())["bench"]
+    assert sorted(shipped) == sorted(f.name for f in dataclasses.fields(BenchConfig))
 
 
 def test_settings_come_from_config_set_and_flags_in_that_order(tmp_path: Path) -> None:

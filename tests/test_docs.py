@@ -5,8 +5,10 @@ every ``--flag`` must be in that pipeline's ``--help``, every concrete ``--set k
 ``--grid key=a,b`` must load with that pipeline's config class, and placeholder values
 (``<uri>``, ``$VAR``, ``YYYY-MM-DD``) must at least name a real key. Inline ``--set key=...``
 fragments must name a key of some pipeline's config, the README's table of main keys must show
-the defaults of ``pipelines/configs/two_tower.yaml``, and the config error the README shows is the
-one the loader raises. Nothing runs: a renamed key or flag fails here instead of in a user's shell.
+the defaults of ``pipelines/configs/two_tower.yaml``, the config error the README shows is the
+one the loader raises, every optional extra the docs or a ``--help`` name is in setup.cfg, and the
+examples in each pipeline's ``--help`` pass the same command checks.
+Nothing runs: a renamed key or flag fails here instead of in a user's shell.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from recsys_cl.bench import BenchRunConfig
 from recsys_cl.config import ConfigError, RunConfig, flatten, load_config
 from recsys_cl.pretrain.config import SimCLRConfig, SimCSEConfig
+from recsys_cl.sweep import split_values
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -157,7 +160,7 @@ def test_documented_overrides_load(cmd: DocCommand) -> None:
     concrete, overrides = [], [*_option_values(cmd.args, "--set")]
     for grid in _option_values(cmd.args, "--grid"):  # sweep: key=a,b,c is one run per value
         key, _, values = grid.partition("=")
-        overrides += [f"{key}={v}" for v in values.split(",")]
+        overrides += [f"{key}={v}" for v in split_values(values)]  # commas inside [...] stay, as in sweep
     for o in overrides:
         key, _, value = o.partition("=")
         if key in GENERIC_KEYS:
@@ -244,3 +247,38 @@ def test_documented_paths_and_symbols_exist() -> None:
             obj = getattr(obj, attr)
     assert len(paths) >= 40 and len(dotted) >= 15
     assert not missing, "the docs name code that is not there:\n" + "\n".join(missing)
+
+
+PIPELINES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.py") if p.stem not in {"__init__", "cli"})
+EXTRA_NAMED = re.compile(r"\.\[([a-z_,]+)\]|`(\w+)`\s+extra\b")  # pip install -e '.[a,b]', the `x` extra
+
+
+def test_named_extras_exist() -> None:
+    """Every optional extra that the docs or a pipeline's --help names is one setup.cfg defines, so
+    ``pip install -e '.[name]'`` installs something instead of warning that there is no such extra."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = set(setup["options.extras_require"])
+    texts = {**DOC_TEXTS, **{f"python -m pipelines.{m} --help": help_text(m) for m in PIPELINES}}
+    named = [(where, name) for where, text in texts.items() for m in EXTRA_NAMED.finditer(text)
+             for name in (m.group(1) or m.group(2)).split(",")]
+    assert len(named) >= 8
+    unknown = [f"{where}: {name}" for where, name in named if name not in extras]
+    assert not unknown, f"extras that setup.cfg does not define ({sorted(extras)}):\n" + "\n".join(unknown)
+
+
+def test_help_examples_use_real_flags_and_keys() -> None:
+    """The examples in each pipeline's --help pass the checks the docs' commands pass: a user copies
+    them from there as often as from the README."""
+    checked = 0
+    for module in PIPELINES:
+        body = help_text(module).split("\n\n", 1)[1]  # without the usage block and its KEY=VALUE
+        block = "```\n" + "\n".join(line.strip() for line in body.splitlines()) + "\n```"
+        for cmd in _commands_in(block, f"python -m pipelines.{module} --help"):
+            test_documented_flags_exist(cmd)
+            if cmd.module in CONFIG_CLASS and not cmd.output:
+                test_documented_overrides_load(cmd)
+            checked += 1
+    assert checked >= 30

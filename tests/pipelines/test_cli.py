@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -65,6 +66,30 @@ def test_help_shows_the_default_config_relative_to_the_checkout(
     assert shown_path(default) == str(default)
 
 
+def test_checking_an_output_file_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job refused on its config after the output check left the output's folder behind, empty
+    (ablation's default --out runs/ablation.md made runs/ on an unknown --only name)."""
+    from pipelines import ablation
+    from pipelines.cli import check_output_file, write_summary
+
+    target = tmp_path / "new" / "sub" / "x.json"
+    check_output_file(target)
+    assert not (tmp_path / "new").exists()
+    write_summary(str(target), {"ok": 1})  # the writer creates the folders
+    assert json.loads(target.read_text()) == {"ok": 1}
+    (tmp_path / "gone").symlink_to(tmp_path / "missing")
+    with pytest.raises(SystemExit, match=r"its folder cannot be created \(.*gone is a symlink to a missing folder\)"):
+        check_output_file(tmp_path / "gone" / "x.json")
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablation.main(["--only", "nope", "--seeds", "0", "--no-baselines",
+                       "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert list(work.iterdir()) == []
+
+
 def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
     """mkdir said only '(File exists)' or '(Not a directory)', after the path that could not be written."""
     from pipelines.cli import check_output_dir, check_output_file
@@ -103,7 +128,6 @@ def test_an_output_path_through_a_file_names_that_file(tmp_path: Path) -> None:
 def test_write_summary_replaces_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kill mid-write left a truncated summary where the last good one was: now a temp file beside
     it is renamed over it, so a reader sees the old file or the new one."""
-    import json
     import os
 
     from pipelines import cli
@@ -152,6 +176,48 @@ def test_serving_help_states_the_defaults(module: str, section: str, keys: list[
     if section == "index":
         return
     assert "candidates.k=100 " in shown and "candidates.lookback_days=30 " in shown
+
+
+def test_generate_candidates_help_says_when_a_saved_index_backend_is_checked(capsys: pytest.CaptureFixture) -> None:
+    """With --index, only an explicit --backend is checked against the saved index; the config's
+    candidates.backend (exact by default) is not, so the help must not read as if it were."""
+    from pipelines import generate_candidates
+
+    with pytest.raises(SystemExit):
+        generate_candidates.main(["--help"])
+    option = re.search(r"^  --backend \S+\s+(.*?)(?=^  --|^\S|\Z)", capsys.readouterr().out, re.M | re.S)
+    assert option is not None
+    shown = " ".join(option.group(1).split())
+    assert "when the flag is given" in shown and "candidates.backend is not checked" in shown
+
+
+PIPELINES = sorted(p.stem for p in Path(__file__).parents[2].joinpath("pipelines").glob("*.py")
+                   if p.stem not in {"__init__", "cli"})
+
+
+@pytest.mark.parametrize("module", PIPELINES)
+def test_every_option_says_what_it_does(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each option's --help says what it is for, not only its default ('default: candidates.engine'
+    left --engine's choices unexplained)."""
+    import argparse
+    import importlib
+
+    parsers: list[argparse.ArgumentParser] = []
+
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"pipelines.{module}").main([])
+    assert parsers
+    for action in parsers[0]._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        without_default = re.sub(r"\(?default:[^)]*\)?", "", action.help or "")
+        assert len(re.findall(r"[A-Za-z]{2,}", without_default)) >= 2, (
+            f"pipelines.{module} {'/'.join(action.option_strings)}: help {action.help!r}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
