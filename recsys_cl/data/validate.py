@@ -124,12 +124,14 @@ def _as_int(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str] | No
     """Integer, float or string column -> Int64, raising on values that are not integers."""
     names = names or {}
     s, shown = df[col], names.get(col, col)
-    if s.dtype.is_integer():
-        return s.cast(pl.Int64)
-    if s.dtype.is_float():
-        _fail(df, s.is_nan() | (s != s.floor()), file, shown, "non-integer values",
-              "ids must be whole numbers", names)
-        return s.cast(pl.Int64)
+    if s.dtype.is_integer() or s.dtype.is_float():
+        if s.dtype.is_float():
+            _fail(df, s.is_nan() | (s != s.floor()), file, shown, "non-integer values",
+                  "ids must be whole numbers", names)
+        conv = s.cast(pl.Int64, strict=False)  # UInt64 / Int128 / float values past 2**63 become null
+        _fail(df, conv.is_null() & s.is_not_null(), file, shown, "values outside the 64-bit integer range",
+              f"ids must lie in [-2**63, 2**63); store the ids as strings (cast {shown} to String)", names)
+        return conv
     if s.dtype not in (pl.String, pl.Categorical):
         _fail(df, pl.Series([True] * df.height), file, shown, f"values of dtype {s.dtype}",
               "ids must be integers or strings; cast the column before loading", names)

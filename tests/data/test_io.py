@@ -409,3 +409,11 @@ def test_malformed_tag_timestamp_is_a_clear_error(tmp_path: Path) -> None:
            "first at line 3", "timestamp='yesterday'")
     write(folder / "tags.csv", "userId,movieId,tag\n1,1,fun\n")
     raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "userId,movieId,tag,timestamp")
+
+
+def test_integer_ids_beyond_int64_are_a_data_error_not_a_polars_crash(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pl.DataFrame({"user_id": pl.Series([2**63 + 5, 1], dtype=pl.UInt64), "item_id": [2, 3],
+                  "timestamp": [1_600_000_000, 1_600_000_001]}).write_parquet(path)
+    raises(DataConfig(path=str(path), format="parquet"), "log.parquet", "'user_id'",
+           "1 values outside the 64-bit integer range", "row 0", "store the ids as strings")
