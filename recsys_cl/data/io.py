@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import polars as pl
 
@@ -267,21 +267,25 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     c = cfg.columns
     names = {"user_id": c.user_id, "item_id": c.item_id, "timestamp": c.timestamp}
     names |= {k: v for k, v in (("rating", c.rating), ("event_type", c.event_type)) if v}
-    raw = _read_table(path, cfg.format, parquet_fix="set data.format=parquet")
+    raw = _read_table(path, cfg.format, parquet_fix="set data.format=parquet", text=(c.user_id, c.item_id))
     missing = [k for k, v in names.items() if v not in raw.columns]
     fix = "set " + ", ".join(f"data.columns.{k}" for k in missing) + " to the matching column name"
     clicks = _select(raw, names, str(path), fix)
     if cfg.format == "csv":
         _check_short_rows(clicks, path, {k: v for k, v in names.items() if k != "event_type"})
+        clicks = clicks.with_columns(_csv_ids(clicks["user_id"]), _csv_ids(clicks["item_id"]))
     if not cfg.items_path:
         return clicks, str(path), None, None, names
     items_path = Path(cfg.items_path)
     if not items_path.is_file():
         raise DataError(f"data.items_path {str(items_path)!r} does not exist; fix the path or set it to null")
-    items = _read_table(items_path, "parquet" if items_path.suffix in (".parquet", ".pq") else "csv",
+    items_fmt = "parquet" if items_path.suffix in (".parquet", ".pq") else "csv"
+    items = _read_table(items_path, items_fmt, text=("item_id", c.item_id),
                         parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
+    if items_fmt == "csv" and "item_id" in items.columns:
+        items = items.with_columns(_csv_ids(items["item_id"]))
     if "genres" in items.columns and items["genres"].dtype == pl.String:
         items = items.with_columns(_split_genres(pl.col("genres")))
     return clicks, str(path), items, str(items_path), names
@@ -335,14 +339,16 @@ def _read_fields(path: Path, sep: str, names: tuple[str, ...]) -> pl.DataFrame:
     )
 
 
-def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet") -> pl.DataFrame:
+def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet",
+              text: Sequence[str] = ()) -> pl.DataFrame:
     """A comma-separated UTF-8 file with a header line, with the line index; ``parquet_fix`` is the
-    advice given when the file turns out to be Parquet."""
+    advice given when the file turns out to be Parquet. Columns named in ``text`` (when present) are
+    read as String, whatever ``infer`` says."""
     if binary := _binary_kind(path, parquet_fix):
         raise DataError(f"{path} is {binary}")
     try:
         if infer:
-            df = pl.read_csv(path, infer_schema_length=None)
+            df = pl.read_csv(path, infer_schema_length=None, schema_overrides={c: pl.String for c in text})
         else:
             df = pl.read_csv(path, infer_schema=False)
     except pl.exceptions.NoDataError as e:
@@ -394,9 +400,10 @@ def _binary_kind(path: Path, parquet_fix: str, sniff: int = 8192) -> str | None:
     return None
 
 
-def _read_table(path: Path, fmt: str, parquet_fix: str) -> pl.DataFrame:
+def _read_table(path: Path, fmt: str, parquet_fix: str, text: Sequence[str] = ()) -> pl.DataFrame:
+    """A click log or item table in ``fmt``; a CSV's ``text`` columns (the ids) are read as String."""
     if fmt == "csv":
-        return _read_csv(path, infer=True, parquet_fix=parquet_fix)
+        return _read_csv(path, infer=True, parquet_fix=parquet_fix, text=text)
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -404,6 +411,26 @@ def _read_table(path: Path, fmt: str, parquet_fix: str) -> pl.DataFrame:
         raise DataError(
             f"{path} could not be read as Parquet ({reason}); check the file, or set data.format=csv"
         ) from e
+
+
+def _csv_ids(ids: pl.Series) -> pl.Series:
+    """Ids read as text from a CSV, typed the way the file means them: Int64 when every value is an
+    integer (surrounding spaces and a ``.0`` float form such as ``2.0`` included: Float64, which
+    validation checks is whole), else String. Zero-padded ids (``007``) and integers past Int64 stay
+    text: as numbers ``007`` and ``7`` would become one id, and ``99999999999999999999`` overflow.
+    An empty field (``""``) is null, so validation reports it."""
+    text = ids.str.strip_chars()
+    text = pl.select(pl.when(text != "").then(text)).to_series().alias(ids.name)
+    if text.str.contains(r"^[+-]?0[0-9]").any():
+        return text
+    as_int = text.cast(pl.Int64, strict=False)
+    failed = as_int.is_null() & text.is_not_null()
+    if not failed.any():
+        return as_int
+    if (failed & text.str.contains(r"^[+-]?[0-9]+$")).any():
+        return text
+    as_float = text.cast(pl.Float64, strict=False)
+    return as_float if not (as_float.is_null() & text.is_not_null()).any() else text
 
 
 def _first_bad_line(path: Path, until: int | None = None, limit: int = 200) -> str | None:

@@ -417,3 +417,27 @@ def test_integer_ids_beyond_int64_are_a_data_error_not_a_polars_crash(tmp_path: 
                   "timestamp": [1_600_000_000, 1_600_000_001]}).write_parquet(path)
     raises(DataConfig(path=str(path), format="parquet"), "log.parquet", "'user_id'",
            "1 values outside the 64-bit integer range", "row 0", "store the ids as strings")
+
+
+def test_csv_ids_keep_leading_zeros_and_stay_distinct(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title\n01,A\n1,B\n")
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n007,01,100\n7,1,101\n0012,1,102\n",
+                  items_path=str(items))
+    log = load_click_log(cfg)
+    assert log.clicks["user_id"].to_list() == ["007", "7", "0012"]  # not 7, 7, 12: two users merged
+    assert log.clicks["item_id"].to_list() == ["01", "1", "1"]
+    assert log.items is not None and log.items["item_id"].to_list() == ["01", "1"]
+
+
+def test_csv_ids_beyond_int64_stay_text_and_plain_ids_stay_integers(tmp_path: Path) -> None:
+    big = generic(tmp_path, "user_id,item_id,timestamp\n99999999999999999999,2,100\n1,3,101\n")
+    assert load_click_log(big).clicks["user_id"].to_list() == ["99999999999999999999", "1"]
+    plain = generic(tmp_path, "user_id,item_id,timestamp\n 1,2.0,100\n1 ,3,101\n")
+    clicks = load_click_log(plain).clicks
+    assert clicks.schema["user_id"] == pl.Int64 and clicks["user_id"].to_list() == [1, 1]
+    assert clicks["item_id"].to_list() == [2, 3]
+
+
+def test_an_empty_quoted_csv_id_is_a_null_value(tmp_path: Path) -> None:
+    raises(generic(tmp_path, 'user_id,item_id,timestamp\nu1,2,100\n"",3,101\n'), "clicks.csv", "'user_id'",
+           "1 null values", "line 3")
