@@ -354,9 +354,33 @@ def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parqu
     except pl.exceptions.NoDataError as e:
         raise DataError(f"{path} is empty (zero rows); expected a header line and click rows") from e
     except (pl.exceptions.PolarsError, OSError) as e:
+        if not_utf8 := _first_non_utf8_line(path):
+            raise DataError(
+                f"{path} is not UTF-8 text: {not_utf8}; save it as UTF-8 and reload, e.g. iconv -f latin1 -t utf-8 "
+                f"{str(path)!r} > fixed.csv (latin1, or cp1252 for files from Excel on Windows: the encoding it was "
+                "written in)"
+            ) from e
         raise _csv_error(path, _first_bad_line(path) or str(e).strip().splitlines()[0]) from e
     df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
     return df.filter(~pl.all_horizontal(pl.exclude(LINE).is_null()))  # blank lines
+
+
+def _first_non_utf8_line(path: Path, limit: int = 120) -> str | None:
+    """Where ``path`` first stops being UTF-8: the line, the offending byte and the line's text with
+    each undecodable byte shown as U+FFFD. None when every line decodes or the file cannot be read.
+    Runs only on error paths."""
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    text = line.rstrip(b"\r\n").decode("utf-8", errors="replace")  # shown as U+FFFD
+                    return (f"line {number} holds the byte {line[e.start]:#04x} (byte {e.start + 1} of the line), "
+                            f"which UTF-8 does not allow there: {_excerpt(text, limit)}")
+    except OSError:
+        return None
+    return None
 
 
 def _csv_error(path: Path, reason: str) -> DataError:

@@ -441,3 +441,11 @@ def test_csv_ids_beyond_int64_stay_text_and_plain_ids_stay_integers(tmp_path: Pa
 def test_an_empty_quoted_csv_id_is_a_null_value(tmp_path: Path) -> None:
     raises(generic(tmp_path, 'user_id,item_id,timestamp\nu1,2,100\n"",3,101\n'), "clicks.csv", "'user_id'",
            "1 null values", "line 3")
+
+
+def test_non_utf8_csv_names_the_line_and_how_to_convert(tmp_path: Path) -> None:
+    path = tmp_path / "clicks.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\nalice,2,100\n\xe9l\xe8ve,3,101\n")
+    msg = raises(DataConfig(path=str(path), format="csv"), "clicks.csv", "not UTF-8", "line 3", "0xe9",
+                 "iconv")
+    assert "alice" not in msg
