@@ -240,6 +240,12 @@ def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = 
         items = items.with_columns(_as_int(items, "item_id", source))
     _fail(items, items["item_id"].is_duplicated(), source, "item_id", "rows with a repeated id",
           "keep one row per item")
+    if "genres" in items.columns and not isinstance(items["genres"].dtype, pl.List):
+        raise DataError(
+            f"{source}: column 'genres' has dtype {items['genres'].dtype}; expected a list of strings per item, or "
+            "text separated by '|' such as 'Action|Comedy'; cast it, e.g. pl.col('genres').cast(pl.String) for one "
+            "genre per item, or drop the column"
+        )
     for col in ("genres", "tags"):
         if col in items.columns and isinstance(items[col].dtype, pl.List):
             items = items.with_columns(pl.col(col).cast(pl.List(pl.String)))

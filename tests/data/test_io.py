@@ -449,3 +449,11 @@ def test_non_utf8_csv_names_the_line_and_how_to_convert(tmp_path: Path) -> None:
     msg = raises(DataConfig(path=str(path), format="csv"), "clicks.csv", "not UTF-8", "line 3", "0xe9",
                  "iconv")
     assert "alice" not in msg
+
+
+def test_item_table_genres_that_are_not_lists_or_text_are_a_data_error(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pl.DataFrame({"item_id": [2, 3], "genres": [7, 8]}).write_parquet(items)
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n1,3,101\n", items_path=str(items))
+    raises(cfg, "items.parquet", "'genres'", "Int64", "list of strings", "'Action|Comedy'",
+           "cast(pl.String)")
