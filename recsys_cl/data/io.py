@@ -189,7 +189,7 @@ def _read_ml_latest(folder: Path) -> _Read:
         return clicks, str(ratings), None, None, names
     fix = "expected the MovieLens header movieId,title,genres"
     items = _select(
-        _read_csv(movies, infer=False, parquet_fix=ML_PARQUET_FIX),
+        _read_csv(movies, infer=False, parquet_fix=ML_PARQUET_FIX, rows="movie rows"),
         {"item_id": "movieId", "title": "title", "genres": "genres"}, str(movies), fix,
     ).with_columns(_split_genres(pl.col("genres")))
     return clicks, str(ratings), items, str(movies), names
@@ -202,7 +202,7 @@ def _read_tags(tags_file: Path) -> pl.DataFrame:
     """
     names = {"item_id": "movieId", "tag": "tag", "timestamp": "timestamp"}
     file = str(tags_file)
-    raw = _select(_read_csv(tags_file, infer=False, parquet_fix=ML_PARQUET_FIX), names, file,
+    raw = _select(_read_csv(tags_file, infer=False, parquet_fix=ML_PARQUET_FIX, rows="tag rows"), names, file,
                   "expected the MovieLens header userId,movieId,tag,timestamp")
     _check_short_rows(raw, tags_file, {k: v for k, v in names.items() if k != "tag"})
     ts = raw["timestamp"].str.strip_chars().cast(pl.Int64, strict=False)
@@ -281,6 +281,7 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
         raise DataError(f"data.items_path {str(items_path)!r} does not exist; fix the path or set it to null")
     items_fmt = "parquet" if items_path.suffix in (".parquet", ".pq") else "csv"
     items = _read_table(items_path, items_fmt, text=("item_id", c.item_id),
+                        rows="item rows (add the items, or set data.items_path=null)",
                         parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
@@ -340,10 +341,10 @@ def _read_fields(path: Path, sep: str, names: tuple[str, ...]) -> pl.DataFrame:
 
 
 def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet",
-              text: Sequence[str] = ()) -> pl.DataFrame:
+              text: Sequence[str] = (), rows: str = "click rows") -> pl.DataFrame:
     """A comma-separated UTF-8 file with a header line, with the line index; ``parquet_fix`` is the
-    advice given when the file turns out to be Parquet. Columns named in ``text`` (when present) are
-    read as String, whatever ``infer`` says."""
+    advice given when the file turns out to be Parquet, ``rows`` what an empty file should have held.
+    Columns named in ``text`` (when present) are read as String, whatever ``infer`` says."""
     if binary := _binary_kind(path, parquet_fix):
         raise DataError(f"{path} is {binary}")
     try:
@@ -352,7 +353,7 @@ def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parqu
         else:
             df = pl.read_csv(path, infer_schema=False)
     except pl.exceptions.NoDataError as e:
-        raise DataError(f"{path} is empty (zero rows); expected a header line and click rows") from e
+        raise DataError(f"{path} is empty (zero rows); expected a header line and {rows}") from e
     except (pl.exceptions.PolarsError, OSError) as e:
         if not_utf8 := _first_non_utf8_line(path):
             raise DataError(
@@ -424,10 +425,11 @@ def _binary_kind(path: Path, parquet_fix: str, sniff: int = 8192) -> str | None:
     return None
 
 
-def _read_table(path: Path, fmt: str, parquet_fix: str, text: Sequence[str] = ()) -> pl.DataFrame:
+def _read_table(path: Path, fmt: str, parquet_fix: str, text: Sequence[str] = (),
+                rows: str = "click rows") -> pl.DataFrame:
     """A click log or item table in ``fmt``; a CSV's ``text`` columns (the ids) are read as String."""
     if fmt == "csv":
-        return _read_csv(path, infer=True, parquet_fix=parquet_fix, text=text)
+        return _read_csv(path, infer=True, parquet_fix=parquet_fix, text=text, rows=rows)
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as e:

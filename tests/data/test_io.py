@@ -457,3 +457,10 @@ def test_item_table_genres_that_are_not_lists_or_text_are_a_data_error(tmp_path:
     cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n1,3,101\n", items_path=str(items))
     raises(cfg, "items.parquet", "'genres'", "Int64", "list of strings", "'Action|Comedy'",
            "cast(pl.String)")
+
+
+def test_an_empty_item_table_is_named_as_the_item_table(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "")
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items))
+    msg = raises(cfg, "items.csv is empty", "data.items_path")
+    assert "click rows" not in msg
