@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 MS_THRESHOLD = 1e11
 """Numeric timestamps above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973)."""
+YEAR_1970_END = 365 * 86400
+"""Unix seconds at 1971-01-01: a log whose numeric timestamps all fall before it is likely dates as
+YYYYMMDD integers (20200102 s is 1970-08-22) or days since 1970, not seconds."""
 KEYS = ("user_id", "item_id", "timestamp")
 LINE = "_line"  # internal: 1-based line of each row in its file, for error messages
 
@@ -216,6 +219,12 @@ def _as_seconds(df: pl.DataFrame, file: str, names: Mapping[str, str], unit: str
     when = time.strftime("%Y-%m-%d", time.gmtime(now))
     _fail(df, secs > now, file, col, f"timestamps in the future (after {when})",
           "check data.timestamp_unit; microseconds/nanoseconds must be converted to seconds", names)
+    latest = secs.max()
+    if n_num and isinstance(latest, (int, float)) and latest < YEAR_1970_END:
+        log.warning("%s: every timestamp in column %r falls in 1970 when read as unix seconds (the latest, %d s, "
+                    "is %s): if they are dates as YYYYMMDD or days since 1970, convert them to unix seconds or "
+                    "ISO-8601 dates, or splits and date windows will be wrong", file, col, int(latest),
+                    time.strftime("%Y-%m-%d", time.gmtime(latest)))
     return secs.floor().cast(pl.Int64).alias("timestamp")
 
 

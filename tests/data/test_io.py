@@ -464,3 +464,17 @@ def test_an_empty_item_table_is_named_as_the_item_table(tmp_path: Path) -> None:
     cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items))
     msg = raises(cfg, "items.csv is empty", "data.items_path")
     assert "click rows" not in msg
+
+
+def test_numeric_timestamps_all_in_1970_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """YYYYMMDD integers (20200102 s is 1970-08-22) or days since 1970 load as seconds; say so."""
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,20200101\n1,3,20200102\n")
+    with caplog.at_level("WARNING", logger="recsys_cl.data.validate"):
+        load_click_log(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "clicks.csv" in warned[0] and "20200102 s, is 1970-08-22" in warned[0], warned
+    assert "YYYYMMDD" in warned[0] and "unix seconds" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recsys_cl.data.validate"):
+        load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,1600000000\n1,3,2020-01-02\n"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
