@@ -551,9 +551,13 @@ def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> 
     missing = [v for v in names.values() if v not in df.columns]
     if missing:
         found = [c for c in df.columns if c != LINE]
+        near = [(c, m) for m in missing for c in found if c != m and c.strip().lower() == m.lower()]
         if any(c.endswith("\r") for c in found):
             fix = "the header ends in a carriage return (\\r): the file has \\r\\r or mixed line endings; " \
                   "convert it to \\n or \\r\\n line endings (e.g. dos2unix) and reload"
+        elif near:
+            pairs = ", ".join(f"{c!r} for {m!r}" for c, m in near)
+            fix = f"the header has {pairs}: names that differ only in spaces or case; correct them in the header line"
         elif len(found) == 1 and (hint := _one_column_hint(found[0], file)):
             fix = hint
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")

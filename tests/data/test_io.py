@@ -478,3 +478,10 @@ def test_numeric_timestamps_all_in_1970_are_warned_about(tmp_path: Path, caplog:
     with caplog.at_level("WARNING", logger="recsys_cl.data.validate"):
         load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,1600000000\n1,3,2020-01-02\n"))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("header, shown", [("user_id, item_id, timestamp", "' item_id'"),
+                                           ("User_ID,Item_ID,Timestamp", "'User_ID'")])
+def test_a_header_that_differs_only_in_spaces_or_case_says_so(tmp_path: Path, header: str, shown: str) -> None:
+    raises(generic(tmp_path, f"{header}\n1,2,100\n"), "clicks.csv", shown, "differ only in spaces or case",
+           "correct them in the header line")
