@@ -561,5 +561,9 @@ def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> 
         elif len(found) == 1 and (hint := _one_column_hint(found[0], file)):
             fix = hint
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
+    for v in names.values():
+        if (copies := 1 + sum(c.startswith(f"{v}_duplicated_") for c in df.columns)) > 1:  # polars' renaming
+            raise DataError(f"{file}: the header names {v!r} {copies} times, so which column is meant is a guess; "
+                            "rename or remove the extra ones")
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])

@@ -485,3 +485,9 @@ def test_numeric_timestamps_all_in_1970_are_warned_about(tmp_path: Path, caplog:
 def test_a_header_that_differs_only_in_spaces_or_case_says_so(tmp_path: Path, header: str, shown: str) -> None:
     raises(generic(tmp_path, f"{header}\n1,2,100\n"), "clicks.csv", shown, "differ only in spaces or case",
            "correct them in the header line")
+
+
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    """polars keeps the first and renames the second 'user_id_duplicated_0': which one is meant is a guess."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp,user_id\n1,2,100,3\n"), "clicks.csv",
+           "the header names 'user_id' 2 times", "rename or remove")
