@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import polars as pl
 
@@ -283,6 +283,7 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     items = _read_table(items_path, items_fmt, text=("item_id", c.item_id),
                         rows="item rows (add the items, or set data.items_path=null)",
                         parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")
+    _check_named_once(items, ("item_id", c.item_id), str(items_path))
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
     if items_fmt == "csv" and "item_id" in items.columns:
@@ -546,6 +547,15 @@ def _one_column_hint(header: str, file: str) -> str | None:
     return None
 
 
+def _check_named_once(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
+    """Raise when the header named one of ``columns`` more than once (polars keeps the first and
+    renames the others ``<name>_duplicated_<n>``), so that which one is read is not a silent guess."""
+    for v in columns:
+        if (copies := 1 + sum(c.startswith(f"{v}_duplicated_") for c in df.columns)) > 1:
+            raise DataError(f"{file}: the header names {v!r} {copies} times, so which column is meant is a guess; "
+                            "rename or remove the extra ones")
+
+
 def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> pl.DataFrame:
     """Keep the file columns ``names.values()`` (plus the line index), renamed to the contract."""
     missing = [v for v in names.values() if v not in df.columns]
@@ -561,9 +571,6 @@ def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> 
         elif len(found) == 1 and (hint := _one_column_hint(found[0], file)):
             fix = hint
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
-    for v in names.values():
-        if (copies := 1 + sum(c.startswith(f"{v}_duplicated_") for c in df.columns)) > 1:  # polars' renaming
-            raise DataError(f"{file}: the header names {v!r} {copies} times, so which column is meant is a guess; "
-                            "rename or remove the extra ones")
+    _check_named_once(df, names.values(), file)
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])

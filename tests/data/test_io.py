@@ -491,3 +491,9 @@ def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
     """polars keeps the first and renames the second 'user_id_duplicated_0': which one is meant is a guess."""
     raises(generic(tmp_path, "user_id,item_id,timestamp,user_id\n1,2,100,3\n"), "clicks.csv",
            "the header names 'user_id' 2 times", "rename or remove")
+
+
+def test_an_item_table_naming_item_id_twice_is_refused(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title,item_id\n2,A,3\n")
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
+           "the header names 'item_id' 2 times")
