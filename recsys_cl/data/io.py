@@ -273,7 +273,8 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     clicks = _select(raw, names, str(path), fix)
     if cfg.format == "csv":
         _check_short_rows(clicks, path, {k: v for k, v in names.items() if k != "event_type"})
-        clicks = clicks.with_columns(_csv_ids(clicks["user_id"]), _csv_ids(clicks["item_id"]))
+        clicks = clicks.with_columns(_csv_ids(clicks, "user_id", str(path), names),
+                                     _csv_ids(clicks, "item_id", str(path), names))
     if not cfg.items_path:
         return clicks, str(path), None, None, names
     items_path = Path(cfg.items_path)
@@ -287,7 +288,7 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
     if items_fmt == "csv" and "item_id" in items.columns:
-        items = items.with_columns(_csv_ids(items["item_id"]))
+        items = items.with_columns(_csv_ids(items, "item_id", str(items_path)))
     if "genres" in items.columns and items["genres"].dtype == pl.String:
         items = items.with_columns(_split_genres(pl.col("genres")))
     return clicks, str(path), items, str(items_path), names
@@ -440,19 +441,26 @@ def _read_table(path: Path, fmt: str, parquet_fix: str, text: Sequence[str] = ()
         ) from e
 
 
-def _csv_ids(ids: pl.Series) -> pl.Series:
-    """Ids read as text from a CSV, typed the way the file means them: Int64 when every value is an
-    integer (surrounding spaces and a ``.0`` float form such as ``2.0`` included: Float64, which
-    validation checks is whole), else String. Zero-padded ids (``007``) and integers past Int64 stay
-    text: as numbers ``007`` and ``7`` would become one id, and ``99999999999999999999`` overflow.
-    An empty field (``""``) is null, so validation reports it."""
-    text = ids.str.strip_chars()
-    text = pl.select(pl.when(text != "").then(text)).to_series().alias(ids.name)
-    if text.str.contains(r"^[+-]?0[0-9]").any():
-        return text
+def _csv_ids(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str] | None = None) -> pl.Series:
+    """Column ``col`` of ids read as text from a CSV, typed the way the file means them: Int64 when
+    every value is an integer (surrounding spaces and zero padding allowed; a ``.0`` float form such
+    as ``2.0`` gives Float64, which validation checks is whole), else String. Integers past Int64 stay
+    text instead of overflowing; an empty field (``""``) is null, so validation reports it.
+
+    Raises:
+        DataError: one number written two ways (``7`` and ``007``), which as integers would be one id.
+    """
+    text = df[col].str.strip_chars()
+    text = pl.select(pl.when(text != "").then(text)).to_series().alias(col)
     as_int = text.cast(pl.Int64, strict=False)
     failed = as_int.is_null() & text.is_not_null()
     if not failed.any():
+        spellings = pl.DataFrame({"n": as_int, "text": text}).group_by("n").agg(pl.col("text").n_unique())
+        clash = spellings.filter(pl.col("text") > 1)["n"]
+        _fail(df.with_columns(text), as_int.is_in(clash.implode()) & (text != as_int.cast(pl.String)), file,
+              (names or {}).get(col, col), "ids that equal another id as numbers (e.g. '007' and '7')",
+              "write each id one way (all zero-padded or none), or prefix them with a letter to keep them as text",
+              names)
         return as_int
     if (failed & text.str.contains(r"^[+-]?[0-9]+$")).any():
         return text

@@ -419,14 +419,16 @@ def test_integer_ids_beyond_int64_are_a_data_error_not_a_polars_crash(tmp_path: 
            "1 values outside the 64-bit integer range", "row 0", "store the ids as strings")
 
 
-def test_csv_ids_keep_leading_zeros_and_stay_distinct(tmp_path: Path) -> None:
+def test_csv_ids_written_two_ways_for_one_number_are_refused(tmp_path: Path) -> None:
+    """'007' and '7' both read as the integer 7 merged two users silently."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n7,2,100\n007,3,101\n0012,4,102\n"), "clicks.csv",
+           "'user_id'", "1 ids that equal another id as numbers", "line 3", "user_id='007'",
+           "write each id one way")
     items = write(tmp_path / "items.csv", "item_id,title\n01,A\n1,B\n")
-    cfg = generic(tmp_path, "user_id,item_id,timestamp\n007,01,100\n7,1,101\n0012,1,102\n",
-                  items_path=str(items))
-    log = load_click_log(cfg)
-    assert log.clicks["user_id"].to_list() == ["007", "7", "0012"]  # not 7, 7, 12: two users merged
-    assert log.clicks["item_id"].to_list() == ["01", "1", "1"]
-    assert log.items is not None and log.items["item_id"].to_list() == ["01", "1"]
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,1,100\n", items_path=str(items)), "items.csv",
+           "'item_id'", "line 2", "item_id='01'")
+    padded = generic(tmp_path, "user_id,item_id,timestamp\n007,0002,100\n0012,0003,101\n")  # one way each: fine
+    assert load_click_log(padded).clicks["user_id"].to_list() == [7, 12]
 
 
 def test_csv_ids_beyond_int64_stay_text_and_plain_ids_stay_integers(tmp_path: Path) -> None:
