@@ -38,9 +38,11 @@ def check_clicks(history: pl.DataFrame, spec: FeatureSpec, window: Window) -> di
     """
     for col, vocab in (("user_id", spec.users), ("item_id", spec.items)):
         got, want = history.schema[col], vocab.ids.dtype
-        if (got == pl.String) != (want.kind == "U"):
+        trained_on_strings = want.kind in "UO"  # a saved String vocabulary loads back as numpy objects
+        if (got == pl.String) != trained_on_strings:
             raise CandidatesError(
-                f"the click log's {col} column holds {got} ids but the model was trained on {want} ids; "
+                f"the click log's {col} column holds {got} ids but the model was trained on "
+                f"{'string' if trained_on_strings else want} ids; "
                 f"point data.path at clicks in the model's id space (or cast {col} to the training type)"
             )
     recent = history.filter(pl.col("timestamp") >= window.start)
