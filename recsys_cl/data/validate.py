@@ -21,6 +21,8 @@ MS_THRESHOLD = 1e11
 YEAR_1970_END = 365 * 86400
 """Unix seconds at 1971-01-01: a log whose numeric timestamps all fall before it is likely dates as
 YYYYMMDD integers (20200102 s is 1970-08-22) or days since 1970, not seconds."""
+RESERVED_ITEM_ID = -1
+"""An integer item id the ANN index uses to pad short results (``recsys_cl.index.base.SENTINEL_ID``)."""
 KEYS = ("user_id", "item_id", "timestamp")
 LINE = "_line"  # internal: 1-based line of each row in its file, for error messages
 
@@ -105,6 +107,7 @@ def _validate_clicks(
                   "drop or fill those rows before loading", names)
     for col in ("user_id", "item_id"):
         df = df.with_columns(_as_id(df, col, file, names, integer_ids))
+    _check_reserved_item_id(df, file, names)
     df = df.with_columns(_as_seconds(df, file, names, unit, numeric_timestamps))
     if "rating" in df.columns:
         df = df.with_columns(_as_float(df, "rating", file, names))
@@ -148,6 +151,14 @@ def _as_id(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str], inte
     if df[col].dtype in (pl.String, pl.Categorical) and not integer_ids:
         return df[col].cast(pl.String)
     return _as_int(df, col, file, names)
+
+
+def _check_reserved_item_id(df: pl.DataFrame, file: str, names: Mapping[str, str] | None = None) -> None:
+    """Integer item ids must not be :data:`RESERVED_ITEM_ID`: the index could not be built from them."""
+    if df["item_id"].dtype == pl.Int64:
+        _fail(df, df["item_id"] == RESERVED_ITEM_ID, file, (names or {}).get("item_id", "item_id"),
+              f"reserved ids ({RESERVED_ITEM_ID})", f"the item index pads short results with {RESERVED_ITEM_ID}: "
+              "renumber that item (in the click log and the item table alike)", names)
 
 
 def _as_float(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str]) -> pl.Series:
@@ -247,6 +258,7 @@ def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = 
         items = items.with_columns(pl.col("item_id").cast(pl.String))
     else:
         items = items.with_columns(_as_int(items, "item_id", source))
+    _check_reserved_item_id(items, source)
     _fail(items, items["item_id"].is_duplicated(), source, "item_id", "rows with a repeated id",
           "keep one row per item")
     if "genres" in items.columns and not isinstance(items["genres"].dtype, pl.List):

@@ -499,3 +499,13 @@ def test_an_item_table_naming_item_id_twice_is_refused(tmp_path: Path) -> None:
     items = write(tmp_path / "items.csv", "item_id,title,item_id\n2,A,3\n")
     raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
            "the header names 'item_id' 2 times")
+
+
+def test_item_id_minus_one_is_refused_at_load_not_after_training(tmp_path: Path) -> None:
+    """-1 pads the ANN index's short results: a log with it trained, then build_index and
+    generate_candidates failed with a raw 'item id -1 is reserved as the padding sentinel'."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n-1,2,100\n1,-1,101\n"), "clicks.csv", "'item_id'",
+           "1 reserved ids (-1)", "line 3", "renumber")
+    items = write(tmp_path / "items.csv", "item_id,title\n2,A\n-1,B\n")
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
+           "'item_id'", "1 reserved ids (-1)", "line 3")
