@@ -280,7 +280,7 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     items_path = Path(cfg.items_path)
     if not items_path.is_file():
         raise DataError(f"data.items_path {str(items_path)!r} does not exist; fix the path or set it to null")
-    items_fmt = "parquet" if items_path.suffix in (".parquet", ".pq") else "csv"
+    items_fmt = "parquet" if items_path.suffix.lower() in (".parquet", ".pq") else "csv"
     items = _read_table(items_path, items_fmt, text=("item_id", c.item_id),
                         rows="item rows (add the items, or set data.items_path=null)",
                         parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")

@@ -509,3 +509,11 @@ def test_item_id_minus_one_is_refused_at_load_not_after_training(tmp_path: Path)
     items = write(tmp_path / "items.csv", "item_id,title\n2,A\n-1,B\n")
     raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
            "'item_id'", "1 reserved ids (-1)", "line 3")
+
+
+def test_an_item_table_with_an_upper_case_parquet_suffix_is_read_as_parquet(tmp_path: Path) -> None:
+    """It was read as CSV, and the error said to rename ITEMS.PARQUET 'to end in .parquet'."""
+    items = tmp_path / "ITEMS.PARQUET"
+    pl.DataFrame({"item_id": [2, 3], "title": ["A", "B"]}).write_parquet(items)
+    log = load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)))
+    assert log.items is not None and log.items["title"].to_list() == ["A", "B"]
