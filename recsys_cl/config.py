@@ -66,6 +66,17 @@ class ColumnsConfig:
     """Optional rating / weight column; needed only when ``data.min_rating`` is set."""
     event_type: str | None = None
 
+    def __post_init__(self) -> None:
+        named: dict[str, str] = {}
+        for key in ("user_id", "item_id", "timestamp", "rating", "event_type"):
+            column = getattr(self, key)
+            if column is None:
+                continue
+            if column in named:
+                raise ConfigError(f"data.columns.{named[column]} and data.columns.{key} both name the column "
+                                  f"{column!r}; each must name its own column of the click log")
+            named[column] = key
+
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -539,13 +539,21 @@ def resolve_model_dir(uri: str, tracking: TrackingConfig | None = None) -> Path:
             except AliasNotFoundError as missing:
                 raise FileNotFoundError(f"{uri}: {missing}") from None
         name, _, version = uri.removeprefix("models:/").rpartition("/")
-        if uri.startswith("models:/") and not at and name and version.isdigit():  # a version that is not there
+        stage = version.lower() in ("none", "staging", "production", "archived")  # MLflow's legacy stages
+        if uri.startswith("models:/") and not at and name and not stage:  # a version that is not there
             versions = registered_versions(mlflow.MlflowClient(), name)
             if versions:
                 have = sorted((int(v.version) for v in versions))
+                listed = ", ".join(map(str, have))
+                if not version.isdigit():  # MLflow reads it as a stage: 'Invalid Model Version stage'
+                    raise FileNotFoundError(
+                        f"{uri}: {version!r} is not a version of registered model {name!r} (versions: {listed}); "
+                        f"for the alias write models:/{name}@{version}, for a version pass one of them, "
+                        f"e.g. models:/{name}/{have[-1]}"
+                    ) from None
                 raise FileNotFoundError(
                     f"{uri}: registered model {name!r} has no version {version} in {mlflow.get_tracking_uri()} "
-                    f"(versions: {', '.join(map(str, have))}); pass one of them, e.g. models:/{name}/{have[-1]}"
+                    f"(versions: {listed}); pass one of them, e.g. models:/{name}/{have[-1]}"
                 ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(

@@ -270,3 +270,14 @@ def test_serving_runs_get_their_own_experiment() -> None:
     assert t.for_serving().experiment == "nightly_runs" and t.for_serving().for_serving() == t.for_serving()
     with pytest.raises(ConfigError, match=r"tracking\.serving_experiment must be a name or null, got an empty"):
         load_config(None, overrides=["tracking.serving_experiment=' '"])
+
+
+@pytest.mark.parametrize("override, first, second, column", [
+    ("data.columns.user_id=item_id", "data.columns.user_id", "data.columns.item_id", "item_id"),
+    ("data.columns.rating=timestamp", "data.columns.timestamp", "data.columns.rating", "timestamp"),
+])
+def test_two_column_keys_naming_one_column_are_refused(override: str, first: str, second: str, column: str) -> None:
+    """One file column read as both the user and the item (a typo) trained silently on user == item."""
+    with pytest.raises(ConfigError, match=rf"^{first} and {second} both name the column '{column}'; each must "
+                                          r"name its own column of the click log"):
+        load_config(None, RunConfig, ["data.format=csv", override])

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import polars as pl
 
@@ -189,7 +189,7 @@ def _read_ml_latest(folder: Path) -> _Read:
         return clicks, str(ratings), None, None, names
     fix = "expected the MovieLens header movieId,title,genres"
     items = _select(
-        _read_csv(movies, infer=False, parquet_fix=ML_PARQUET_FIX),
+        _read_csv(movies, infer=False, parquet_fix=ML_PARQUET_FIX, rows="movie rows"),
         {"item_id": "movieId", "title": "title", "genres": "genres"}, str(movies), fix,
     ).with_columns(_split_genres(pl.col("genres")))
     return clicks, str(ratings), items, str(movies), names
@@ -202,7 +202,7 @@ def _read_tags(tags_file: Path) -> pl.DataFrame:
     """
     names = {"item_id": "movieId", "tag": "tag", "timestamp": "timestamp"}
     file = str(tags_file)
-    raw = _select(_read_csv(tags_file, infer=False, parquet_fix=ML_PARQUET_FIX), names, file,
+    raw = _select(_read_csv(tags_file, infer=False, parquet_fix=ML_PARQUET_FIX, rows="tag rows"), names, file,
                   "expected the MovieLens header userId,movieId,tag,timestamp")
     _check_short_rows(raw, tags_file, {k: v for k, v in names.items() if k != "tag"})
     ts = raw["timestamp"].str.strip_chars().cast(pl.Int64, strict=False)
@@ -267,21 +267,28 @@ def _read_generic(cfg: DataConfig, path: Path) -> _Read:
     c = cfg.columns
     names = {"user_id": c.user_id, "item_id": c.item_id, "timestamp": c.timestamp}
     names |= {k: v for k, v in (("rating", c.rating), ("event_type", c.event_type)) if v}
-    raw = _read_table(path, cfg.format, parquet_fix="set data.format=parquet")
+    raw = _read_table(path, cfg.format, parquet_fix="set data.format=parquet", text=(c.user_id, c.item_id))
     missing = [k for k, v in names.items() if v not in raw.columns]
     fix = "set " + ", ".join(f"data.columns.{k}" for k in missing) + " to the matching column name"
     clicks = _select(raw, names, str(path), fix)
     if cfg.format == "csv":
         _check_short_rows(clicks, path, {k: v for k, v in names.items() if k != "event_type"})
+        clicks = clicks.with_columns(_csv_ids(clicks, "user_id", str(path), names),
+                                     _csv_ids(clicks, "item_id", str(path), names))
     if not cfg.items_path:
         return clicks, str(path), None, None, names
     items_path = Path(cfg.items_path)
     if not items_path.is_file():
         raise DataError(f"data.items_path {str(items_path)!r} does not exist; fix the path or set it to null")
-    items = _read_table(items_path, "parquet" if items_path.suffix in (".parquet", ".pq") else "csv",
+    items_fmt = "parquet" if items_path.suffix.lower() in (".parquet", ".pq") else "csv"
+    items = _read_table(items_path, items_fmt, text=("item_id", c.item_id),
+                        rows="item rows (add the items, or set data.items_path=null)",
                         parquet_fix="rename it to end in .parquet (data.items_path is read as Parquet by its suffix)")
+    _check_named_once(items, ("item_id", c.item_id), str(items_path))
     if "item_id" not in items.columns and c.item_id in items.columns:
         items = items.rename({c.item_id: "item_id"})
+    if items_fmt == "csv" and "item_id" in items.columns:
+        items = items.with_columns(_csv_ids(items, "item_id", str(items_path)))
     if "genres" in items.columns and items["genres"].dtype == pl.String:
         items = items.with_columns(_split_genres(pl.col("genres")))
     return clicks, str(path), items, str(items_path), names
@@ -335,22 +342,48 @@ def _read_fields(path: Path, sep: str, names: tuple[str, ...]) -> pl.DataFrame:
     )
 
 
-def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet") -> pl.DataFrame:
+def _read_csv(path: Path, infer: bool, parquet_fix: str = "set data.format=parquet",
+              text: Sequence[str] = (), rows: str = "click rows") -> pl.DataFrame:
     """A comma-separated UTF-8 file with a header line, with the line index; ``parquet_fix`` is the
-    advice given when the file turns out to be Parquet."""
+    advice given when the file turns out to be Parquet, ``rows`` what an empty file should have held.
+    Columns named in ``text`` (when present) are read as String, whatever ``infer`` says."""
     if binary := _binary_kind(path, parquet_fix):
         raise DataError(f"{path} is {binary}")
     try:
         if infer:
-            df = pl.read_csv(path, infer_schema_length=None)
+            df = pl.read_csv(path, infer_schema_length=None, schema_overrides={c: pl.String for c in text})
         else:
             df = pl.read_csv(path, infer_schema=False)
     except pl.exceptions.NoDataError as e:
-        raise DataError(f"{path} is empty (zero rows); expected a header line and click rows") from e
+        raise DataError(f"{path} is empty (zero rows); expected a header line and {rows}") from e
     except (pl.exceptions.PolarsError, OSError) as e:
+        if not_utf8 := _first_non_utf8_line(path):
+            raise DataError(
+                f"{path} is not UTF-8 text: {not_utf8}; save it as UTF-8 and reload, e.g. iconv -f latin1 -t utf-8 "
+                f"{str(path)!r} > fixed.csv (latin1, or cp1252 for files from Excel on Windows: the encoding it was "
+                "written in)"
+            ) from e
         raise _csv_error(path, _first_bad_line(path) or str(e).strip().splitlines()[0]) from e
     df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
     return df.filter(~pl.all_horizontal(pl.exclude(LINE).is_null()))  # blank lines
+
+
+def _first_non_utf8_line(path: Path, limit: int = 120) -> str | None:
+    """Where ``path`` first stops being UTF-8: the line, the offending byte and the line's text with
+    each undecodable byte shown as U+FFFD. None when every line decodes or the file cannot be read.
+    Runs only on error paths."""
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    text = line.rstrip(b"\r\n").decode("utf-8", errors="replace")  # shown as U+FFFD
+                    return (f"line {number} holds the byte {line[e.start]:#04x} (byte {e.start + 1} of the line), "
+                            f"which UTF-8 does not allow there: {_excerpt(text, limit)}")
+    except OSError:
+        return None
+    return None
 
 
 def _csv_error(path: Path, reason: str) -> DataError:
@@ -394,9 +427,11 @@ def _binary_kind(path: Path, parquet_fix: str, sniff: int = 8192) -> str | None:
     return None
 
 
-def _read_table(path: Path, fmt: str, parquet_fix: str) -> pl.DataFrame:
+def _read_table(path: Path, fmt: str, parquet_fix: str, text: Sequence[str] = (),
+                rows: str = "click rows") -> pl.DataFrame:
+    """A click log or item table in ``fmt``; a CSV's ``text`` columns (the ids) are read as String."""
     if fmt == "csv":
-        return _read_csv(path, infer=True, parquet_fix=parquet_fix)
+        return _read_csv(path, infer=True, parquet_fix=parquet_fix, text=text, rows=rows)
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -404,6 +439,33 @@ def _read_table(path: Path, fmt: str, parquet_fix: str) -> pl.DataFrame:
         raise DataError(
             f"{path} could not be read as Parquet ({reason}); check the file, or set data.format=csv"
         ) from e
+
+
+def _csv_ids(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str] | None = None) -> pl.Series:
+    """Column ``col`` of ids read as text from a CSV, typed the way the file means them: Int64 when
+    every value is an integer (surrounding spaces and zero padding allowed; a ``.0`` float form such
+    as ``2.0`` gives Float64, which validation checks is whole), else String. Integers past Int64 stay
+    text instead of overflowing; an empty field (``""``) is null, so validation reports it.
+
+    Raises:
+        DataError: one number written two ways (``7`` and ``007``), which as integers would be one id.
+    """
+    text = df[col].str.strip_chars()
+    text = pl.select(pl.when(text != "").then(text)).to_series().alias(col)
+    as_int = text.cast(pl.Int64, strict=False)
+    failed = as_int.is_null() & text.is_not_null()
+    if not failed.any():
+        spellings = pl.DataFrame({"n": as_int, "text": text}).group_by("n").agg(pl.col("text").n_unique())
+        clash = spellings.filter(pl.col("text") > 1)["n"]
+        _fail(df.with_columns(text), as_int.is_in(clash.implode()) & (text != as_int.cast(pl.String)), file,
+              (names or {}).get(col, col), "ids that equal another id as numbers (e.g. '007' and '7')",
+              "write each id one way (all zero-padded or none), or prefix them with a letter to keep them as text",
+              names)
+        return as_int
+    if (failed & text.str.contains(r"^[+-]?[0-9]+$")).any():
+        return text
+    as_float = text.cast(pl.Float64, strict=False)
+    return as_float if not (as_float.is_null() & text.is_not_null()).any() else text
 
 
 def _first_bad_line(path: Path, until: int | None = None, limit: int = 200) -> str | None:
@@ -493,16 +555,30 @@ def _one_column_hint(header: str, file: str) -> str | None:
     return None
 
 
+def _check_named_once(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
+    """Raise when the header named one of ``columns`` more than once (polars keeps the first and
+    renames the others ``<name>_duplicated_<n>``), so that which one is read is not a silent guess."""
+    for v in columns:
+        if (copies := 1 + sum(c.startswith(f"{v}_duplicated_") for c in df.columns)) > 1:
+            raise DataError(f"{file}: the header names {v!r} {copies} times, so which column is meant is a guess; "
+                            "rename or remove the extra ones")
+
+
 def _select(df: pl.DataFrame, names: Mapping[str, str], file: str, fix: str) -> pl.DataFrame:
     """Keep the file columns ``names.values()`` (plus the line index), renamed to the contract."""
     missing = [v for v in names.values() if v not in df.columns]
     if missing:
         found = [c for c in df.columns if c != LINE]
+        near = [(c, m) for m in missing for c in found if c != m and c.strip().lower() == m.lower()]
         if any(c.endswith("\r") for c in found):
             fix = "the header ends in a carriage return (\\r): the file has \\r\\r or mixed line endings; " \
                   "convert it to \\n or \\r\\n line endings (e.g. dos2unix) and reload"
+        elif near:
+            pairs = ", ".join(f"{c!r} for {m!r}" for c, m in near)
+            fix = f"the header has {pairs}: names that differ only in spaces or case; correct them in the header line"
         elif len(found) == 1 and (hint := _one_column_hint(found[0], file)):
             fix = hint
         raise DataError(f"{file}: missing column(s) {missing} (found columns {found}); {fix}")
+    _check_named_once(df, names.values(), file)
     extra = [LINE] if LINE in df.columns else []
     return df.select(*extra, *[pl.col(v).alias(k) for k, v in names.items()])

@@ -113,8 +113,9 @@ def split_clicks(clicks: pl.DataFrame, cfg: SplitConfig) -> Split:
             raise DataError(
                 f"split {split.protocol} left no {name} targets ({clicks.height} clicks, "
                 f"{clicks['user_id'].n_unique()} users); leave_last_out needs users with >= 3 clicks, "
-                "temporal needs clicks after the cutoffs, cold_start needs clicks after the cutoffs "
-                "on items never clicked before them: use more data or change split.*"
+                "temporal needs clicks after the cutoffs by users who also clicked before the first cutoff, "
+                "cold_start needs clicks after the cutoffs on items never clicked before them: use more data or "
+                "change split.*"
             )
     return split
 

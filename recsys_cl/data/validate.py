@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 MS_THRESHOLD = 1e11
 """Numeric timestamps above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973)."""
+YEAR_1970_END = 365 * 86400
+"""Unix seconds at 1971-01-01: a log whose numeric timestamps all fall before it is likely dates as
+YYYYMMDD integers (20200102 s is 1970-08-22) or days since 1970, not seconds."""
+RESERVED_ITEM_ID = -1
+"""An integer item id the ANN index uses to pad short results (``recsys_cl.index.base.SENTINEL_ID``)."""
 KEYS = ("user_id", "item_id", "timestamp")
 LINE = "_line"  # internal: 1-based line of each row in its file, for error messages
 
@@ -102,6 +107,7 @@ def _validate_clicks(
                   "drop or fill those rows before loading", names)
     for col in ("user_id", "item_id"):
         df = df.with_columns(_as_id(df, col, file, names, integer_ids))
+    _check_reserved_item_id(df, file, names)
     df = df.with_columns(_as_seconds(df, file, names, unit, numeric_timestamps))
     if "rating" in df.columns:
         df = df.with_columns(_as_float(df, "rating", file, names))
@@ -124,12 +130,14 @@ def _as_int(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str] | No
     """Integer, float or string column -> Int64, raising on values that are not integers."""
     names = names or {}
     s, shown = df[col], names.get(col, col)
-    if s.dtype.is_integer():
-        return s.cast(pl.Int64)
-    if s.dtype.is_float():
-        _fail(df, s.is_nan() | (s != s.floor()), file, shown, "non-integer values",
-              "ids must be whole numbers", names)
-        return s.cast(pl.Int64)
+    if s.dtype.is_integer() or s.dtype.is_float():
+        if s.dtype.is_float():
+            _fail(df, s.is_nan() | (s != s.floor()), file, shown, "non-integer values",
+                  "ids must be whole numbers", names)
+        conv = s.cast(pl.Int64, strict=False)  # UInt64 / Int128 / float values past 2**63 become null
+        _fail(df, conv.is_null() & s.is_not_null(), file, shown, "values outside the 64-bit integer range",
+              f"ids must lie in [-2**63, 2**63); store the ids as strings (cast {shown} to String)", names)
+        return conv
     if s.dtype not in (pl.String, pl.Categorical):
         _fail(df, pl.Series([True] * df.height), file, shown, f"values of dtype {s.dtype}",
               "ids must be integers or strings; cast the column before loading", names)
@@ -143,6 +151,14 @@ def _as_id(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str], inte
     if df[col].dtype in (pl.String, pl.Categorical) and not integer_ids:
         return df[col].cast(pl.String)
     return _as_int(df, col, file, names)
+
+
+def _check_reserved_item_id(df: pl.DataFrame, file: str, names: Mapping[str, str] | None = None) -> None:
+    """Integer item ids must not be :data:`RESERVED_ITEM_ID`: the index could not be built from them."""
+    if df["item_id"].dtype == pl.Int64:
+        _fail(df, df["item_id"] == RESERVED_ITEM_ID, file, (names or {}).get("item_id", "item_id"),
+              f"reserved ids ({RESERVED_ITEM_ID})", f"the item index pads short results with {RESERVED_ITEM_ID}: "
+              "renumber that item (in the click log and the item table alike)", names)
 
 
 def _as_float(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str]) -> pl.Series:
@@ -214,6 +230,12 @@ def _as_seconds(df: pl.DataFrame, file: str, names: Mapping[str, str], unit: str
     when = time.strftime("%Y-%m-%d", time.gmtime(now))
     _fail(df, secs > now, file, col, f"timestamps in the future (after {when})",
           "check data.timestamp_unit; microseconds/nanoseconds must be converted to seconds", names)
+    latest = secs.max()
+    if n_num and isinstance(latest, (int, float)) and latest < YEAR_1970_END:
+        log.warning("%s: every timestamp in column %r falls in 1970 when read as unix seconds (the latest, %d s, "
+                    "is %s): if they are dates as YYYYMMDD or days since 1970, convert them to unix seconds or "
+                    "ISO-8601 dates, or splits and date windows will be wrong", file, col, int(latest),
+                    time.strftime("%Y-%m-%d", time.gmtime(latest)))
     return secs.floor().cast(pl.Int64).alias("timestamp")
 
 
@@ -236,8 +258,15 @@ def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = 
         items = items.with_columns(pl.col("item_id").cast(pl.String))
     else:
         items = items.with_columns(_as_int(items, "item_id", source))
+    _check_reserved_item_id(items, source)
     _fail(items, items["item_id"].is_duplicated(), source, "item_id", "rows with a repeated id",
           "keep one row per item")
+    if "genres" in items.columns and not isinstance(items["genres"].dtype, pl.List):
+        raise DataError(
+            f"{source}: column 'genres' has dtype {items['genres'].dtype}; expected a list of strings per item, or "
+            "text separated by '|' such as 'Action|Comedy'; cast it, e.g. pl.col('genres').cast(pl.String) for one "
+            "genre per item, or drop the column"
+        )
     for col in ("genres", "tags"):
         if col in items.columns and isinstance(items[col].dtype, pl.List):
             items = items.with_columns(pl.col(col).cast(pl.List(pl.String)))

@@ -30,9 +30,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from recsys_cl.data.validate import RESERVED_ITEM_ID
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
-SENTINEL_ID = -1
+SENTINEL_ID = RESERVED_ITEM_ID
 """Item id used to pad results when the catalogue holds fewer than K items (score ``-inf``);
 ``""`` (:data:`SENTINEL_STR`) when the item ids are strings."""
 SENTINEL_STR = ""

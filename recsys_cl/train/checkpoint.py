@@ -47,8 +47,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch.load raises EOFError, RuntimeError, OSError, UnpicklingError, ...
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0] if str(e) else 'no message'}"
-        raise CheckpointError(_unreadable(path, reason)) from e
+        raise CheckpointError(_unreadable(path, _load_error(e))) from e
     if not isinstance(state, dict) or "epoch" not in state:
         raise CheckpointError(_unreadable(path, f"it holds a {type(state).__name__}, not a training checkpoint"))
     return state
@@ -170,6 +169,12 @@ def _acquire(lock: Path, checkpoint: Path) -> int:
     return fd
 
 
+def _load_error(e: Exception) -> str:
+    """What ``torch.load`` said, in one short line: the error type and its first sentence (torch goes on
+    with advice that fits a trusted file only, e.g. to retry with ``weights_only=False``)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0] if str(e) else 'no message'}"
+
+
 def _unreadable(path: Path, reason: str) -> str:
     return (f"the checkpoint {path} of an interrupted run with this config cannot be read ({reason}); delete it "
             "to train from the first epoch, or rerun with --set train.resume=false (its first epoch replaces it)")
@@ -185,7 +190,12 @@ def save_model_dir(directory: str | Path, model: TwoTower, spec: FeatureSpec, cf
 
 
 def load_model_dir(directory: str | Path) -> tuple[TwoTower, FeatureSpec, RunConfig]:
-    """Rebuild the two towers from a model directory written by :func:`save_model_dir`."""
+    """Rebuild the two towers from a model directory written by :func:`save_model_dir`.
+
+    Raises:
+        FileNotFoundError: a file of the directory is missing.
+        CheckpointError: ``model.pt`` cannot be read (damaged, truncated).
+    """
     d = Path(directory)
     missing = [n for n in ("model.pt", "config.yaml", "features") if not (d / n).exists()]
     if missing:
@@ -196,6 +206,13 @@ def load_model_dir(directory: str | Path) -> tuple[TwoTower, FeatureSpec, RunCon
     cfg = load_config(d / "config.yaml", RunConfig)
     spec = FeatureSpec.load(d / "features")
     model = build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower)
-    model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # EOFError, RuntimeError, UnpicklingError, ... by where the file is damaged
+        raise CheckpointError(
+            f"{d / 'model.pt'} cannot be read as model weights ({_load_error(e)}): the file is damaged or cut short "
+            "(a copy or download that did not finish); fetch the model again, or retrain it"
+        ) from e
+    model.load_state_dict(state)
     model.eval()
     return model, spec, cfg

@@ -124,6 +124,26 @@ def test_check_clicks_refuses_another_id_space() -> None:
         check_clicks(strings, spec, w)  # type: ignore[arg-type]
 
 
+def test_check_clicks_accepts_string_user_ids_of_a_saved_model_and_names_string_item_ids(tmp_path: Path) -> None:
+    """A saved String vocabulary loads back as numpy object ids (kind 'O', not 'U'): a model trained on
+    string user ids refused its own click log ('holds String ids but ... trained on object ids'). String
+    item ids are refused up front, by name, not with a TypeError from the scoring after the index build."""
+    users = Vocab.load(Vocab(np.array(["u1", "u2"], dtype=object), name="user_id").save(tmp_path / "users.parquet"))
+    items = Vocab(np.arange(10, 14))
+    assert users.ids.dtype.kind == "O"
+    w = Window(date(2023, 11, 15), lookback_days=2)
+    clicks = pl.DataFrame({"user_id": ["u1", "u2"], "item_id": [10, 99], "timestamp": [D0, D0]})
+    got = check_clicks(clicks, _Spec(items, users), w)  # type: ignore[arg-type]
+    assert got["known_item_share"] == 0.5
+    with pytest.raises(CandidatesError, match=r"user_id column holds Int64 ids but the model was trained on string"):
+        check_clicks(_clicks([(1, 10, D0)]), _Spec(items, users), w)  # type: ignore[arg-type]
+    string_items = Vocab.load(Vocab(np.array(["i10", "i11"], dtype=object), name="item_id").save(tmp_path / "i.pq"))
+    with pytest.raises(CandidatesError, match=r"the model's item ids are strings \(e\.g\. 'i10'\), which the "
+                                              r"candidates job does not serve yet.*integer item ids"):
+        check_clicks(clicks.with_columns(pl.lit("i10").alias("item_id")),
+                     _Spec(string_items, users), w)  # type: ignore[arg-type]
+
+
 def test_health_fails_on_foreign_clicks_and_a_late_log(tmp_path: Path) -> None:
     from recsys_cl.candidates.health import health_check
 

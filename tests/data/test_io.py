@@ -409,3 +409,111 @@ def test_malformed_tag_timestamp_is_a_clear_error(tmp_path: Path) -> None:
            "first at line 3", "timestamp='yesterday'")
     write(folder / "tags.csv", "userId,movieId,tag\n1,1,fun\n")
     raises(DataConfig(path=str(folder)), "missing column(s) ['timestamp']", "userId,movieId,tag,timestamp")
+
+
+def test_integer_ids_beyond_int64_are_a_data_error_not_a_polars_crash(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pl.DataFrame({"user_id": pl.Series([2**63 + 5, 1], dtype=pl.UInt64), "item_id": [2, 3],
+                  "timestamp": [1_600_000_000, 1_600_000_001]}).write_parquet(path)
+    raises(DataConfig(path=str(path), format="parquet"), "log.parquet", "'user_id'",
+           "1 values outside the 64-bit integer range", "row 0", "store the ids as strings")
+
+
+def test_csv_ids_written_two_ways_for_one_number_are_refused(tmp_path: Path) -> None:
+    """'007' and '7' both read as the integer 7 merged two users silently."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n7,2,100\n007,3,101\n0012,4,102\n"), "clicks.csv",
+           "'user_id'", "1 ids that equal another id as numbers", "line 3", "user_id='007'",
+           "write each id one way")
+    items = write(tmp_path / "items.csv", "item_id,title\n01,A\n1,B\n")
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,1,100\n", items_path=str(items)), "items.csv",
+           "'item_id'", "line 2", "item_id='01'")
+    padded = generic(tmp_path, "user_id,item_id,timestamp\n007,0002,100\n0012,0003,101\n")  # one way each: fine
+    assert load_click_log(padded).clicks["user_id"].to_list() == [7, 12]
+
+
+def test_csv_ids_beyond_int64_stay_text_and_plain_ids_stay_integers(tmp_path: Path) -> None:
+    big = generic(tmp_path, "user_id,item_id,timestamp\n99999999999999999999,2,100\n1,3,101\n")
+    assert load_click_log(big).clicks["user_id"].to_list() == ["99999999999999999999", "1"]
+    plain = generic(tmp_path, "user_id,item_id,timestamp\n 1,2.0,100\n1 ,3,101\n")
+    clicks = load_click_log(plain).clicks
+    assert clicks.schema["user_id"] == pl.Int64 and clicks["user_id"].to_list() == [1, 1]
+    assert clicks["item_id"].to_list() == [2, 3]
+
+
+def test_an_empty_quoted_csv_id_is_a_null_value(tmp_path: Path) -> None:
+    raises(generic(tmp_path, 'user_id,item_id,timestamp\nu1,2,100\n"",3,101\n'), "clicks.csv", "'user_id'",
+           "1 null values", "line 3")
+
+
+def test_non_utf8_csv_names_the_line_and_how_to_convert(tmp_path: Path) -> None:
+    path = tmp_path / "clicks.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\nalice,2,100\n\xe9l\xe8ve,3,101\n")
+    msg = raises(DataConfig(path=str(path), format="csv"), "clicks.csv", "not UTF-8", "line 3", "0xe9",
+                 "iconv")
+    assert "alice" not in msg
+
+
+def test_item_table_genres_that_are_not_lists_or_text_are_a_data_error(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pl.DataFrame({"item_id": [2, 3], "genres": [7, 8]}).write_parquet(items)
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n1,3,101\n", items_path=str(items))
+    raises(cfg, "items.parquet", "'genres'", "Int64", "list of strings", "'Action|Comedy'",
+           "cast(pl.String)")
+
+
+def test_an_empty_item_table_is_named_as_the_item_table(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "")
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items))
+    msg = raises(cfg, "items.csv is empty", "data.items_path")
+    assert "click rows" not in msg
+
+
+def test_numeric_timestamps_all_in_1970_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """YYYYMMDD integers (20200102 s is 1970-08-22) or days since 1970 load as seconds; say so."""
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,20200101\n1,3,20200102\n")
+    with caplog.at_level("WARNING", logger="recsys_cl.data.validate"):
+        load_click_log(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "clicks.csv" in warned[0] and "20200102 s, is 1970-08-22" in warned[0], warned
+    assert "YYYYMMDD" in warned[0] and "unix seconds" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recsys_cl.data.validate"):
+        load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,1600000000\n1,3,2020-01-02\n"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("header, shown", [("user_id, item_id, timestamp", "' item_id'"),
+                                           ("User_ID,Item_ID,Timestamp", "'User_ID'")])
+def test_a_header_that_differs_only_in_spaces_or_case_says_so(tmp_path: Path, header: str, shown: str) -> None:
+    raises(generic(tmp_path, f"{header}\n1,2,100\n"), "clicks.csv", shown, "differ only in spaces or case",
+           "correct them in the header line")
+
+
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    """polars keeps the first and renames the second 'user_id_duplicated_0': which one is meant is a guess."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp,user_id\n1,2,100,3\n"), "clicks.csv",
+           "the header names 'user_id' 2 times", "rename or remove")
+
+
+def test_an_item_table_naming_item_id_twice_is_refused(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item_id,title,item_id\n2,A,3\n")
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
+           "the header names 'item_id' 2 times")
+
+
+def test_item_id_minus_one_is_refused_at_load_not_after_training(tmp_path: Path) -> None:
+    """-1 pads the ANN index's short results: a log with it trained, then build_index and
+    generate_candidates failed with a raw 'item id -1 is reserved as the padding sentinel'."""
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n-1,2,100\n1,-1,101\n"), "clicks.csv", "'item_id'",
+           "1 reserved ids (-1)", "line 3", "renumber")
+    items = write(tmp_path / "items.csv", "item_id,title\n2,A\n-1,B\n")
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)), "items.csv",
+           "'item_id'", "1 reserved ids (-1)", "line 3")
+
+
+def test_an_item_table_with_an_upper_case_parquet_suffix_is_read_as_parquet(tmp_path: Path) -> None:
+    """It was read as CSV, and the error said to rename ITEMS.PARQUET 'to end in .parquet'."""
+    items = tmp_path / "ITEMS.PARQUET"
+    pl.DataFrame({"item_id": [2, 3], "title": ["A", "B"]}).write_parquet(items)
+    log = load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)))
+    assert log.items is not None and log.items["title"].to_list() == ["A", "B"]

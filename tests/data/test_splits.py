@@ -175,3 +175,13 @@ def test_train_end_is_the_training_cutoff_of_time_ordered_splits_only() -> None:
     assert temporal.train_end is not None
     assert temporal.train["timestamp"].max() < temporal.train_end <= temporal.val["timestamp"].min()
     assert split_clicks(clicks, LLO).train_end is None  # one cutoff per user, no global one
+
+
+def test_temporal_targets_only_by_new_users_say_why_there_are_none() -> None:
+    """Clicks after the test cutoff exist, but only by users with no training click: the message said
+    only 'temporal needs clicks after the cutoffs', which they are."""
+    clicks = frame([(1, 1, 1), (1, 2, 2), (2, 1, 3), (2, 2, 4), (3, 3, 5), (4, 1, 6), (5, 2, 7), (6, 3, 8), (7, 1, 9),
+                    (8, 2, 10)])
+    with pytest.raises(DataError, match="no validation targets.*temporal needs clicks after the cutoffs by users "
+                                        "who also clicked before the first cutoff"):
+        split_clicks(clicks, TEMPORAL)

@@ -116,6 +116,13 @@ def test_unknown_model_is_a_clear_error(env: dict) -> None:
                                          r"version 7 in .* \(versions: 1\); pass one of them, e\.g\. "
                                          r"models:/recsys_cl_two_tower/1$"):
         build_index.main(_args(env, "models:/recsys_cl_two_tower/7"))
+    # an alias written after a slash is read by MLflow as a stage ('Invalid Model Version stage');
+    # the message says it is not a version number and gives the alias form
+    with pytest.raises(SystemExit, match=r"index error: .*'champion' is not a version of registered model "
+                                         r"'recsys_cl_two_tower' \(versions: 1\); for the alias write "
+                                         r"models:/recsys_cl_two_tower@champion, for a version pass one of them, "
+                                         r"e\.g\. models:/recsys_cl_two_tower/1$"):
+        build_index.main(_args(env, "models:/recsys_cl_two_tower/champion"))
     # a missing alias says which versions exist and how to point the alias (train_two_tower
     # registers a version but moves no alias unless tracking.set_alias is given)
     with pytest.raises(SystemExit, match=r"index error: .*has no alias 'nosuch' \(versions: 1; latest 1; "

@@ -127,3 +127,29 @@ def test_the_folders_a_lock_created_are_removed_with_it_unless_they_hold_a_check
     with checkpoint_lock(tmp_path / "runs" / "ck" / "key.pt"):
         atomic_torch_save({"epoch": 1}, tmp_path / "runs" / "ck" / "key.pt")  # killed after epoch 1
     assert [p.name for p in (tmp_path / "runs" / "ck").iterdir()] == ["key.pt"]
+
+
+@pytest.mark.parametrize("cut", ["garbage", "half"])
+def test_a_damaged_model_pt_names_the_file_and_not_torchs_weights_only_advice(tmp_path: Path, cut: str) -> None:
+    """torch's message for a garbage file advises weights_only=False ('can result in arbitrary code
+    execution'); the file is damaged, and the fix is to fetch or train the model again."""
+    from recsys_cl.config import RunConfig, load_config
+    from recsys_cl.data.io import load_click_log
+    from recsys_cl.features.spec import build_feature_spec
+    from recsys_cl.towers.two_tower import build_two_tower
+    from recsys_cl.train.checkpoint import load_model_dir, save_model_dir
+
+    data = Path(__file__).parents[1] / "fixtures" / "ml-100k"
+    cfg = load_config(None, RunConfig, overrides=[f"data.path={data}", "model.embedding_dim=4",
+                                                  "user_tower.history_length=2"])
+    log = load_click_log(cfg.data)
+    spec = build_feature_spec(log.clicks, log.items)
+    model_dir = save_model_dir(tmp_path / "model", build_two_tower(spec, cfg.model, cfg.user_tower, cfg.item_tower),
+                               spec, cfg)
+    weights = model_dir / "model.pt"
+    weights.write_bytes(b"garbage" * 100 if cut == "garbage" else weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_model_dir(model_dir)
+    message = str(info.value)
+    assert message.startswith(f"{weights} cannot be read as model weights ("), message
+    assert "damaged" in message and "weights_only" not in message and "\n" not in message and len(message) < 400
