@@ -272,6 +272,15 @@ def print_model_after_run_date(manifest: Mapping[str, Any]) -> None:
               "serve a model trained on clicks up to the run date")
 
 
+def print_short_lists(manifest: Mapping[str, Any]) -> None:
+    """A warning line when some users got fewer than ``k`` candidates (``short_lists`` of a manifest)."""
+    if manifest.get("short_lists"):
+        print(f"warning: {manifest['short_lists']} of the {manifest['users_served']} users served got fewer than "
+              f"k={manifest['k']} candidates (their history leaves fewer unseen items in the "
+              f"{manifest['catalogue_size']}-item catalogue, or the index found fewer: raise "
+              "candidates.max_extra_fetch)")
+
+
 def print_fold_in(info: dict[str, Any] | None, new_item_share: float | None = None) -> None:
     """One line on new items' clicks folded into their vectors (``fold_in`` of a manifest), if any,
     and on the share of the written rows that recommend new items, when there are any."""

@@ -35,6 +35,7 @@ from pipelines.cli import (
     exits_on_tracking_error,
     print_fold_in,
     print_model_after_run_date,
+    print_short_lists,
     recall_text,
     shown_path,
     write_summary,
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_per_s']:,.0f} users/s)")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     print_model_after_run_date(summary)
+    print_short_lists(summary)
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     return summary
 
@@ -209,7 +211,7 @@ def log_result(tracker: Any, manifest: dict) -> None:
         "rows": manifest["rows"], "users_active": manifest["users_active"],
         "users_served": manifest["users_served"], "served_share": manifest["served_share"],
         "catalogue_coverage": manifest["catalogue_coverage"], "users_per_s": manifest["users_per_s"],
-        "new_item_share": manifest["new_item_share"],
+        "new_item_share": manifest["new_item_share"], "short_lists": manifest["short_lists"],
         "ann_recall_at_k": manifest["ann_recall"]["recall_at_k"],
         **{f"time/{k}": v for k, v in manifest["timings"].items()},
         **{f"fold_in/{k}": v for k, v in (manifest.get("fold_in") or {}).items()

@@ -42,6 +42,7 @@ from pipelines.cli import (
     overlap_text,
     print_fold_in,
     print_model_after_run_date,
+    print_short_lists,
     recall_text,
     write_summary,
 )
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['users_active']} users, {recall_text(summary)}, {overlap_text(health)})")
     print_fold_in(summary.get("fold_in"), summary.get("new_item_share"))
     print_model_after_run_date(summary)
+    print_short_lists(summary)
     print(f"run: {summary['mlflow_run_id']}  (experiment {cfg.tracking.for_serving().experiment})")
     if health.get("failures"):
         raise SystemExit("nightly health check FAILED (published anyway): " + "; ".join(health["failures"]))

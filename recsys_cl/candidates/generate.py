@@ -115,12 +115,16 @@ def sampled_recall(
             "measured_on": "delivered lists (seen items dropped)"}
 
 
-def partition_stats(part_dir: Path, catalogue_size: int, new_items: np.ndarray | None = None) -> dict[str, Any]:
+def partition_stats(
+    part_dir: Path, catalogue_size: int, new_items: np.ndarray | None = None, k: int | None = None,
+) -> dict[str, Any]:
     """Row count, users served and catalogue coverage of the part files in ``part_dir``; with
     ``new_items`` (ids of the items without training clicks) also ``new_item_share``: the share of
-    rows that recommend one of them, what ``eval.catalogue=all_items`` measures offline."""
+    rows that recommend one of them, what ``eval.catalogue=all_items`` measures offline; with ``k``
+    also ``short_lists``: users served fewer than ``k`` candidates (their history leaves fewer unseen
+    items, or the index found fewer)."""
     files = sorted(part_dir.glob("*.parquet"))
-    s: dict[str, Any] = {"rows": 0, "users_served": 0, "distinct_items": 0, "new_item_rows": 0}
+    s: dict[str, Any] = {"rows": 0, "users_served": 0, "distinct_items": 0, "new_item_rows": 0, "short_lists": 0}
     if files:
         lf = pl.scan_parquet([str(f) for f in files])
         new = pl.Series([] if new_items is None else np.asarray(new_items)).cast(lf.collect_schema()["item_id"])
@@ -130,11 +134,16 @@ def partition_stats(part_dir: Path, catalogue_size: int, new_items: np.ndarray |
             pl.col("item_id").n_unique().alias("distinct_items"),
             pl.col("item_id").is_in(new.implode()).sum().alias("new_item_rows"),
         ).collect().row(0, named=True)
-        s = {k: int(v) for k, v in s.items()}
+        s = {name: int(v) for name, v in s.items()}
+        if k is not None:
+            per_user = lf.group_by("user_id").len()
+            s["short_lists"] = int(per_user.filter(pl.col("len") < k).select(pl.len()).collect().item())
     s["catalogue_coverage"] = s["distinct_items"] / max(catalogue_size, 1)
     new_rows = s.pop("new_item_rows")
     if new_items is not None:
         s["new_item_share"] = new_rows / max(s["rows"], 1)
+    if k is None:
+        s.pop("short_lists", None)
     return s
 
 
@@ -181,7 +190,12 @@ def generate_candidates(
             for s, e in chunks(len(users), cfg.chunk_size):
                 writer.write_part(rec.recommend(histories.batch(users[s:e], history_length)))
         t["generate"] = time.perf_counter()
-        stats = partition_stats(writer.temp_dir, rec.spec.num_items, rec.spec.items.ids[rec.spec.cold_items])
+        stats = partition_stats(writer.temp_dir, rec.spec.num_items, rec.spec.items.ids[rec.spec.cold_items], cfg.k)
+        if stats["short_lists"]:
+            log.warning("%d of the %d users served got fewer than candidates.k=%d candidates: their history "
+                        "leaves fewer unseen items in the %d-item catalogue, or the index found fewer "
+                        "(raise candidates.max_extra_fetch)", stats["short_lists"], stats["users_served"],
+                        cfg.k, rec.spec.num_items)
         recall = sampled_recall(rec, histories, users, history_length, cfg.recall_sample, cfg.seed)
         t["check"] = time.perf_counter()
         engine_timings: dict[str, float] = engine.get("timings", {})

@@ -465,6 +465,10 @@ def test_partition_stats_counts_rows_on_new_items(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert partition_stats(empty, 8, np.array([12]))["new_item_share"] == 0.0
+    # users 1, 2 and 3 got 2 rows each: short of k = 3, not of k = 2
+    assert partition_stats(tmp_path, catalogue_size=8, k=3)["short_lists"] == 3
+    assert partition_stats(tmp_path, catalogue_size=8, k=2)["short_lists"] == 0
+    assert partition_stats(empty, 8, k=2)["short_lists"] == 0
 
 
 def test_recall_queries_from_given_clicks_match_reading_the_models_log(  # type: ignore[no-untyped-def]

@@ -249,3 +249,19 @@ def test_clicks_from_another_id_space_exit_before_an_mlflow_run(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_users_short_of_k_candidates_are_counted_and_warned_about(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A k beyond what a user's unseen catalogue holds gives shorter lists: the manifest counts those
+    users (short_lists, also an MLflow metric) and the job says so, instead of quietly writing fewer rows."""
+    import json
+
+    k_all = json.loads((model_dir / "features" / "spec.json").read_text())["num_items"] + 1
+    out = generate_candidates.main([*_args(tmp_path, model_dir), "--set", f"candidates.k={k_all}"])
+    assert out["short_lists"] == out["users_served"] > 0
+    assert f"users served got fewer than k={k_all} candidates" in capsys.readouterr().out
+    enough = generate_candidates.main(_args(tmp_path, model_dir))  # k = 5
+    assert enough["short_lists"] == 0
+    assert "got fewer than" not in capsys.readouterr().out
