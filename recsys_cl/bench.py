@@ -456,7 +456,13 @@ def run_sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
             annoy.set_knob(search_k)
             add(annoy, f"n_trees={n_trees} search_k={search_k}", build_s)
     if faiss_available():
-        for nlist in cfg.faiss_nlist:
+        from recsys_cl.index.faiss_index import effective_nlist
+
+        nlists = dict.fromkeys(effective_nlist(n, len(items.ids)) for n in cfg.faiss_nlist)
+        if len(nlists) < len(cfg.faiss_nlist):  # a small catalogue lowers several to the same
+            log.info("faiss nlist %s is %s at %d items: each measured once", list(cfg.faiss_nlist), list(nlists),
+                     len(items.ids))
+        for nlist in nlists:
             fi = FaissIndex(nlist=nlist, seed=cfg.seed)
             t0 = time.perf_counter()
             fi.build(items.vectors, items.ids)

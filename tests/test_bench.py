@@ -179,3 +179,20 @@ def test_report_files_are_replaced_atomically(tmp_path: Path, monkeypatch: pytes
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files either
     assert sorted(before) == ["benchmark.json", "benchmark.md"]
+
+
+def test_sweep_measures_each_effective_faiss_nlist_once() -> None:
+    """At 400 items faiss lowers nlist 256 and 1024 alike to 10 (40 points per list): the sweep
+    measured the same index twice and printed duplicate rows; now each effective nlist once."""
+    import dataclasses
+
+    from recsys_cl.bench import BenchConfig, run_sweep
+    from recsys_cl.index.faiss_index import faiss_available
+
+    if not faiss_available():
+        pytest.skip("faiss-cpu not installed: pip install -e '.[ann]'")
+    cfg = dataclasses.replace(BenchConfig(), items=400, k=5, sweep_queries=50, annoy_trees=(2,),
+                              annoy_search_k=(100,), faiss_nlist=(256, 1024), faiss_nprobe=(1, 2))
+    rows = run_sweep(cfg)
+    faiss = [r["params"] for r in rows if r["backend"] == "faiss"]
+    assert faiss == ["nlist=10 nprobe=1", "nlist=10 nprobe=2"]

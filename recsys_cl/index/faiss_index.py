@@ -52,6 +52,12 @@ def faiss_available() -> bool:
     return True
 
 
+def effective_nlist(nlist: int, m: int) -> int:
+    """The inverted lists an IVF index of ``m`` items gets when ``nlist`` are asked for: ``nlist``,
+    lowered to ``max(1, m // MIN_POINTS_PER_LIST)`` for small catalogues (k-means needs points per list)."""
+    return nlist if m >= MIN_POINTS_PER_LIST * nlist else max(1, m // MIN_POINTS_PER_LIST)
+
+
 class FaissIndex(Index):
     """Approximate top-K by inner product with faiss ``IndexIVFFlat``.
 
@@ -84,10 +90,9 @@ class FaissIndex(Index):
         faiss = import_faiss()
         vectors, ids = check_vectors(vectors, ids)
         m, d = vectors.shape
-        self.nlist = self.requested_nlist
+        self.nlist = effective_nlist(self.requested_nlist, m)
         self.note = ""
-        if m < MIN_POINTS_PER_LIST * self.nlist:
-            self.nlist = max(1, m // MIN_POINTS_PER_LIST)
+        if self.nlist != self.requested_nlist:
             self.note = (
                 f"nlist lowered from {self.requested_nlist} to {self.nlist}: {m} items < "
                 f"{MIN_POINTS_PER_LIST} x nlist"
