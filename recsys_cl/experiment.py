@@ -610,11 +610,10 @@ SELECTED_PREFIX = "best/"
 epoch of a two-tower run, the chosen hyperparameters of a baseline, the best child of a sweep."""
 
 
-def selected_val_metrics(val: dict[str, float], ks: tuple[int, ...] | None = None) -> dict[str, float]:
+def selected_val_metrics(val: dict[str, float]) -> dict[str, float]:
     """``{"best/val/<metric>": value}`` for the ``val/*`` entries of ``val`` (other keys, e.g.
-    ``train_loss``, left out); with ``ks``, only metrics at those K (and those without a K)."""
-    return {SELECTED_PREFIX + k: v for k, v in val.items()
-            if k.startswith("val/") and (ks is None or "@" not in k or int(k.split("@")[1]) in ks)}
+    ``train_loss``, left out)."""
+    return {SELECTED_PREFIX + k: v for k, v in val.items() if k.startswith("val/")}
 
 
 def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
@@ -659,7 +658,7 @@ def _log_artifacts(
     figs = {
         "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch),
         "plots/recall_vs_k.png": plots.recall_vs_k(
-            {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
+            {"two_tower": _recall_curve(test)},
             prep.protocol,
         ),
     }
@@ -697,8 +696,7 @@ def run_baseline(
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
     reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none",
                        SELECTED_ON_TAG: SELECTED_ON_HYPERPARAMETERS})
-    reporter.log_params({"baseline.name": name, "data.path": cfg.data.path, "data.min_rating": cfg.data.min_rating,
-                         "split.kind": cfg.split.kind})
+    reporter.log_params({"baseline.name": name, **protocol_params(cfg)})
 
     grids: dict[str, Any] = {
         "ease": {"lam": list(cfg.baselines.ease_lambdas)},
@@ -718,10 +716,17 @@ def run_baseline(
     reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
-    val = {f"val/{k}": v for k, v in res["val"].items()}
-    reporter.log_metrics({**val, **selected_val_metrics(val, tuple(cfg.eval.ks))})
+    # val/* at eval.ks only, as a two-tower run logs it: the compare view lines the two up key by key
+    val = {f"val/{k}": v for k, v in res["val"].items() if "@" not in k or int(k.split("@")[1]) in cfg.eval.ks}
+    reporter.log_metrics({**val, **selected_val_metrics(val)})
     reporter.log_metrics({f"test/{k}": v for k, v in res["test"].items()})
     reporter.log_metrics({"fit_seconds": res["fit_seconds"]})
+    from recsys_cl.config import dump_config
+
+    reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
+    fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol)
+    reporter.log_figure(fig, "plots/recall_vs_k.png")
+    plots.close(fig)
     return {
         "run_id": reporter.run_id,
         "model": name,
@@ -730,6 +735,21 @@ def run_baseline(
         "fit_seconds": res["fit_seconds"],
         "test_metrics": {k: v for k, v in res["test"].items() if _is_headline(k, cfg.eval.ks)},
     }
+
+
+PROTOCOL_SECTIONS = ("data.", "split.", "eval.")
+"""Config sections that decide what a run is evaluated on: every run, two-tower or baseline, logs
+them under the same names, so the compare view shows whether two runs' numbers are comparable."""
+
+
+def protocol_params(cfg: RunConfig) -> dict[str, Any]:
+    """The ``data.*``, ``split.*`` and ``eval.*`` keys of ``cfg`` as params (:data:`PROTOCOL_SECTIONS`)."""
+    return {k: v for k, v in cfg.to_flat_dict().items() if k.startswith(PROTOCOL_SECTIONS)}
+
+
+def _recall_curve(test: dict[str, float]) -> dict[int, float]:
+    """``{K: test Recall@K}`` at the :data:`CURVE_KS` that ``test`` holds."""
+    return {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}
 
 
 def _param_str(params: dict[str, Any]) -> str:

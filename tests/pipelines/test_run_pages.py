@@ -1,0 +1,60 @@
+"""What a user sees when comparing runs in the MLflow UI: a two-tower run and a baseline run of the
+same config, side by side (params, tags, metric keys, artifacts, descriptions), on the tiny MovieLens
+100K fixture in one store built once for the module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from pipelines import evaluate_baselines, train_two_tower
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``{"two_tower": Run, "popularity": Run, "client": MlflowClient}``."""
+    tmp = tmp_path_factory.mktemp("run_pages")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    args = ["--set", f"data.path={FIXTURES / 'ml-100k'}", "--set", f"tracking.uri={uri}",
+            "--set", "tracking.experiment=pages", "--set", f"train.checkpoint_dir={tmp / 'ck'}",
+            "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.progress=false",
+            "--set", "model.embedding_dim=8", "--set", "user_tower.history_length=4",
+            "--set", "tracking.registered_model_name=null", "--set", "train.num_threads=1",
+            "--set", "baselines.models=[popularity]"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        two = train_two_tower.main(args)
+        (pop,) = evaluate_baselines.main(args)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return {"two_tower": client.get_run(two["run_id"]), "popularity": client.get_run(pop["run_id"]),
+            "client": client}
+
+
+def test_baseline_logs_the_protocol_params_as_the_two_tower_run_does(runs: dict[str, Any]) -> None:
+    """Whether two runs' numbers are comparable (data, split, eval) reads off the compare view's
+    params, under the same names and values for both kinds of run."""
+    two, pop = runs["two_tower"].data.params, runs["popularity"].data.params
+    protocol = {k for k in two if k.startswith(("data.", "split.", "eval."))}
+    assert {"data.format", "split.val_quantile", "eval.ks", "eval.catalogue"} <= protocol
+    assert {k: pop.get(k) for k in protocol} == {k: two[k] for k in protocol}
+
+
+def test_baseline_metric_keys_line_up_with_the_two_tower_run(runs: dict[str, Any]) -> None:
+    """val/* at eval.ks on both (a baseline logged val/recall_at_1 ... _at_200, columns a two-tower
+    run leaves empty); test/* and best/val/* under the same keys."""
+    two, pop = set(runs["two_tower"].data.metrics), set(runs["popularity"].data.metrics)
+    for prefix in ("val/", "best/val/", "test/"):
+        assert {k for k in pop if k.startswith(prefix)} == {k for k in two if k.startswith(prefix)}, prefix
+    assert "val/recall_at_200" not in pop and "test/recall_at_200" in pop
+
+
+def test_baseline_run_has_its_config_and_recall_plot(runs: dict[str, Any]) -> None:
+    client, run_id = runs["client"], runs["popularity"].info.run_id
+    assert {a.path for a in client.list_artifacts(run_id, "config")} == {"config/resolved_config.yaml"}
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/recall_vs_k.png"}
