@@ -447,8 +447,11 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
 
 
 def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[str, Any]:
+    # torch_threads: what fit trains with (train.num_threads, or torch's default for 0), which
+    # examples_per_s depends on
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
-                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH})
+                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
+                       "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
     reporter.log_params(cfg.to_flat_dict())
     if dist.world_size() > 1:
         reporter.set_tags({"world_size": dist.world_size()})

@@ -191,8 +191,28 @@ def git_dirty(cwd: Path | None = None) -> str:
 
 
 def code_tags() -> dict[str, str]:
-    """``git_commit``, ``git_dirty`` and ``process`` (:func:`process_tag`): the tags every run gets."""
-    return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag()}
+    """``git_commit``, ``git_dirty``, ``process`` (:func:`process_tag`) and :func:`system_tags`: the
+    tags every run gets."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag(), **system_tags()}
+
+
+def system_tags() -> dict[str, str]:
+    """``python_version``, ``torch_version``, ``numpy_version``, ``mlflow_version`` and ``cpu_count``
+    (the cores this process may use): what a run's speed (``examples_per_s``) and last digits depend
+    on besides the code and config, so two runs that differ there say so in the compare view. A
+    package that is not installed is ``none``; read from the installed metadata, nothing imported."""
+    import importlib.metadata
+    import platform
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "none"
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python_version": platform.python_version(), "torch_version": version("torch"),
+            "numpy_version": version("numpy"), "mlflow_version": version("mlflow"), "cpu_count": str(cores)}
 
 
 DESCRIPTION_TAG = "mlflow.note.content"

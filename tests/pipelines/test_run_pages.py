@@ -58,3 +58,17 @@ def test_baseline_run_has_its_config_and_recall_plot(runs: dict[str, Any]) -> No
     client, run_id = runs["client"], runs["popularity"].info.run_id
     assert {a.path for a in client.list_artifacts(run_id, "config")} == {"config/resolved_config.yaml"}
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/recall_vs_k.png"}
+
+
+def test_runs_say_what_they_ran_on(runs: dict[str, Any]) -> None:
+    """Library versions and cores on every run; the threads torch trained with on a two-tower run
+    (examples_per_s of two runs compares only with them)."""
+    import importlib.metadata
+
+    for run in (runs["two_tower"], runs["popularity"]):
+        tags = run.data.tags
+        assert tags["torch_version"] == importlib.metadata.version("torch")
+        assert tags["mlflow_version"] == mlflow.__version__
+        assert tags["python_version"].count(".") == 2 and tags["numpy_version"] != "none"
+        assert int(tags["cpu_count"]) >= 1
+    assert runs["two_tower"].data.tags["torch_threads"] == "1"  # train.num_threads=1
