@@ -76,6 +76,7 @@ class Reporter(Protocol):
     def log_artifacts(self, local_dir: Any, artifact_path: str | None = None) -> None: ...
     def log_model(self, model_dir: Any, registered_model_name: str | None) -> str: ...
     def set_alias(self, model_uri: str, alias: str) -> None: ...
+    def set_description(self, text: str) -> None: ...
 
 
 @dataclass
@@ -453,6 +454,8 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
                        "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
     reporter.log_params(cfg.to_flat_dict())
+    what = two_tower_description(cfg, prep)
+    reporter.set_description(f"{what}\n\nTraining (up to {cfg.train.epochs} epochs).")  # a running or failed run
     if dist.world_size() > 1:
         reporter.set_tags({"world_size": dist.world_size()})
     torch.manual_seed(cfg.train.seed)
@@ -535,7 +538,43 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         summary["fold_in_method"] = fold.method
         summary["fold_in_metrics"] = {k: v for k, v in fold_in.items() if _is_headline(k, cfg.eval.ks)}
         summary["fold_in_delta_vs_" + ("baseline" if baselines else "none")] = fold_delta
+    stopped = ", stopped early" if result.stopped_early else ""
+    reporter.set_description(
+        f"{what}\n\nBest epoch {result.best_epoch} of {len(result.history)} trained{stopped} (chosen on "
+        f"validation {SELECT_METRIC} = {result.best_metrics.get('val/' + SELECT_METRIC, float('nan')):.4f}); "
+        f"tested once: {_headline_text(test)}.\n\n{_protocol_text(prep)}"
+    )
+    reporter.log_dict(summary, "summary.json")
     return summary
+
+
+def two_tower_description(cfg: RunConfig, prep: Prepared) -> str:
+    """The first paragraph of a two-tower run's description (Markdown): the model as its tags and
+    the main config keys say it, and the data it was trained on."""
+    loss = f"{cfg.loss.kind} loss, temperature {cfg.loss.temperature}"
+    if cfg.loss.kind == "debiased":
+        loss += f", tau+ {cfg.loss.tau_plus}"
+    elif cfg.loss.kind == "triplet":
+        loss += f", margin {cfg.loss.margin}"
+    return (f"**Two-tower** ({loss}; logQ {cfg.loss.logq}; negatives {_negatives_tag(cfg)}; item encoders "
+            f"{', '.join(cfg.item_tower.encoders)}; {cfg.user_tower.pooling} pooling over the last "
+            f"{cfg.user_tower.history_length} clicks; dim {cfg.model.embedding_dim}; seed {cfg.train.seed}) "
+            f"{_data_text(cfg, prep)}.")
+
+
+def _data_text(cfg: RunConfig, prep: Prepared) -> str:
+    tags = prep.tags(cfg)
+    return (f"on `{tags['dataset']}` ({int(tags['data_clicks']):,} clicks, {int(tags['data_users']):,} users, "
+            f"{int(tags['data_items']):,} items), split {cfg.split.kind}")
+
+
+def _headline_text(test: dict[str, float]) -> str:
+    """``recall@20 0.1770, ndcg@10 0.0545, mrr 0.0527`` (those of them ``test`` holds)."""
+    return ", ".join(f"{k} {test[k]:.4f}" for k in ("recall@20", "ndcg@10", "mrr") if k in test)
+
+
+def _protocol_text(prep: Prepared) -> str:
+    return f"Protocol: `{prep.protocol}` over {len(prep.ranked):,} items, {prep.test_set.n_users:,} test users."
 
 
 def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, dict[str, float]]:
@@ -730,7 +769,13 @@ def run_baseline(
     fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol)
     reporter.log_figure(fig, "plots/recall_vs_k.png")
     plots.close(fig)
-    return {
+    chosen = ", ".join(f"{k} {v}" for k, v in res["params"].items()) or "none to tune"
+    reporter.set_description(
+        f"**{name} baseline** {_data_text(cfg, prep)}; hyperparameters ({chosen}) chosen on validation "
+        f"{SELECT_BY} = {res['val'][SELECT_BY]:.4f}; tested once: {_headline_text(res['test'])}.\n\n"
+        f"{_protocol_text(prep)}"
+    )
+    summary = {
         "run_id": reporter.run_id,
         "model": name,
         "params": res["params"],
@@ -738,6 +783,8 @@ def run_baseline(
         "fit_seconds": res["fit_seconds"],
         "test_metrics": {k: v for k, v in res["test"].items() if _is_headline(k, cfg.eval.ks)},
     }
+    reporter.log_dict(summary, "summary.json")
+    return summary
 
 
 PROTOCOL_SECTIONS = ("data.", "split.", "eval.")

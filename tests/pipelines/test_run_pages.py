@@ -72,3 +72,32 @@ def test_runs_say_what_they_ran_on(runs: dict[str, Any]) -> None:
         assert tags["python_version"].count(".") == 2 and tags["numpy_version"] != "none"
         assert int(tags["cpu_count"]) >= 1
     assert runs["two_tower"].data.tags["torch_threads"] == "1"  # train.num_threads=1
+
+
+def test_runs_describe_themselves(runs: dict[str, Any]) -> None:
+    """The description at the top of a run's page says what was trained on what, which epoch or
+    hyperparameters were tested and the headline test numbers, under which protocol."""
+    two, pop = runs["two_tower"], runs["popularity"]
+    text = two.data.tags["mlflow.note.content"]
+    assert text.startswith("**Two-tower** (softmax loss, temperature 0.1; logQ counting; negatives in_batch; ")
+    assert "on `ml-100k` (" in text and f"Protocol: `{two.data.tags['protocol']}`" in text
+    best = int(two.data.metrics["best_epoch"])
+    assert f"Best epoch {best} of 2 trained (chosen on validation recall@20 = " in text
+    assert f"recall@20 {two.data.metrics['test/recall_at_20']:.4f}" in text
+    text = pop.data.tags["mlflow.note.content"]
+    assert text.startswith("**popularity baseline** on `ml-100k` (")
+    assert f"recall@20 {pop.data.metrics['test/recall_at_20']:.4f}" in text and "Protocol: `" in text
+
+
+def test_runs_keep_their_summary(runs: dict[str, Any], tmp_path: Path) -> None:
+    """What --summary-json writes is also the run's summary.json (an ablation or a sweep child has no
+    --summary-json of its own)."""
+    import json
+
+    client = runs["client"]
+    for name in ("two_tower", "popularity"):
+        run = runs[name]
+        path = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+        summary = json.loads(Path(path).read_text())
+        assert summary["run_id"] == run.info.run_id and summary["protocol"] == run.data.tags["protocol"]
+        assert summary["test_metrics"]["recall@20"] == pytest.approx(run.data.metrics["test/recall_at_20"])
