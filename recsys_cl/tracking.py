@@ -281,7 +281,12 @@ class Tracker:
         mlflow.log_figure(figure, artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        mlflow.log_dict(dict(data), artifact_file)
+        """``data`` as JSON (or YAML for a ``.yaml`` name). A value JSON cannot hold is written as its
+        number (a numpy scalar) or its ``str`` (a path, ...) instead of failing the run."""
+        def plain(value: Any) -> Any:
+            return value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else str(value)
+
+        mlflow.log_dict(json.loads(json.dumps(dict(data), default=plain)), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)

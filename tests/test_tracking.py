@@ -324,3 +324,17 @@ def test_a_resumed_run_does_not_log_an_epoch_twice(tmp_path: Path) -> None:
     with mlflow_run(cfg) as fresh:  # a new run asks nothing of the store's older runs
         fresh.on_epoch_end(1, {"train_loss": 0.5})
     assert [m.step for m in client.get_metric_history(fresh.run_id, "train_loss")] == [1]
+
+
+def test_log_dict_writes_what_json_cannot_hold_as_text(tmp_path: Path) -> None:
+    """A run's summary.json is logged at its very end: a numpy integer or a path in it must not fail the run."""
+    import json
+
+    import mlflow
+    import numpy as np
+
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) as run:
+        run.log_dict({"n": np.int64(3), "where": tmp_path, "x": 0.5}, "summary.json")
+        path = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="summary.json",
+                                                   dst_path=str(tmp_path / "dl"))
+    assert json.loads(Path(path).read_text()) == {"n": 3, "where": str(tmp_path), "x": 0.5}
