@@ -65,6 +65,7 @@ for MLflow: :func:`recsys_cl.io_atomic.scratch`, so a SIGKILLed run's copy goes 
 
 class Reporter(Protocol):
     run_id: str
+    run_name: str
 
     def log_params(self, params: Any) -> None: ...
     def set_tags(self, tags: Any) -> None: ...
@@ -512,7 +513,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size)
         test.update(parts)
         reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
-    _log_artifacts(reporter, cfg, prep, result, score_fn, test)
+    _log_artifacts(reporter, cfg, prep, result, score_fn, test, baselines)
     with scratch(RUN_SCRATCH_PREFIX) as tmp:  # a SIGKILL while MLflow copies it: the next run removes it
         model_dir = save_model_dir(tmp / "model", result.model, prep.spec, cfg)
         model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
@@ -680,9 +681,32 @@ def _negatives_tag(cfg: RunConfig) -> str:
     return "+".join(parts)
 
 
+def plot_title(reporter: Reporter) -> str:
+    """``<run name> (run <first 8 of the id>)``: what a run's plots say above them."""
+    return f"{reporter.run_name} (run {reporter.run_id[:8]})" if reporter.run_id else reporter.run_name
+
+
+def reference_curves(
+    prep: Prepared, cold_start_baselines: dict[str, dict[str, float]], batch_size: int = 1024
+) -> dict[str, dict[int, float]]:
+    """Test Recall@K (K in :data:`CURVE_KS`) of what a two-tower run's Recall@K plot is read
+    against, under its protocol: Popularity fitted on the training clicks, exactly as a
+    ``baseline-popularity`` run tests it; on a cold-start split the run's own ``cold_start_baselines``
+    (Popularity and random on the cold targets)."""
+    if prep.cold_start:
+        return {f"{name} (same targets)": _recall_curve(m) for name, m in cold_start_baselines.items()}
+    from recsys_cl.baselines.popularity import Popularity
+    from recsys_cl.baselines.tuning import score_fn_for
+    from recsys_cl.eval.protocol import interaction_matrix
+
+    model = Popularity().fit(interaction_matrix(prep.split.train, prep.spec.users, prep.ranked_vocab))
+    test = evaluate(score_fn_for(model, prep.test_set), prep.test_set, ks=CURVE_KS, batch_size=batch_size)
+    return {"popularity (same protocol)": _recall_curve(test)}
+
+
 def _log_artifacts(
     reporter: Reporter, cfg: RunConfig, prep: Prepared, result: FitResult, score_fn: ScoreFn,
-    test: dict[str, float],
+    test: dict[str, float], baselines: dict[str, dict[str, float]],
 ) -> None:
     from recsys_cl.config import dump_config
 
@@ -697,11 +721,12 @@ def _log_artifacts(
             emb_dir / "item_embeddings.parquet"
         )
         reporter.log_artifacts(emb_dir, "item_embeddings")
+    run = plot_title(reporter)
     figs = {
-        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch),
+        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch, run=run),
         "plots/recall_vs_k.png": plots.recall_vs_k(
-            {"two_tower": _recall_curve(test)},
-            prep.protocol,
+            {"two_tower": _recall_curve(test)}, prep.protocol, run=run,
+            references=reference_curves(prep, baselines, cfg.eval.batch_size),
         ),
     }
     if not prep.cold_start:  # cold items have no training clicks: nothing to plot
@@ -709,6 +734,7 @@ def _log_artifacts(
             prep.spec.item_counts[prep.ranked],
             top_k_items(score_fn, prep.test_set, 20).ravel(),
             prep.test_set.targets.indices,
+            run=run,
         )
     for name, fig in figs.items():
         reporter.log_figure(fig, name)
@@ -766,7 +792,7 @@ def run_baseline(
     from recsys_cl.config import dump_config
 
     reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
-    fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol)
+    fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol, run=plot_title(reporter))
     reporter.log_figure(fig, "plots/recall_vs_k.png")
     plots.close(fig)
     chosen = ", ".join(f"{k} {v}" for k, v in res["params"].items()) or "none to tune"
@@ -810,6 +836,7 @@ class NullReporter:
     """A Reporter that records nothing: what ranks other than 0 report to in a distributed run."""
 
     run_id = ""
+    run_name = ""
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("__"):

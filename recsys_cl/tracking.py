@@ -237,6 +237,7 @@ class Tracker:
 
     def __init__(self, run: Any) -> None:
         self.run_id: str = run.info.run_id
+        self.run_name: str = run.info.run_name or ""
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self._last_steps: dict[str, int] | None = None  # per-epoch keys -> last step logged before us

@@ -17,7 +17,17 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``{"two_tower": Run, "popularity": Run, "client": MlflowClient}``."""
+    """``{"two_tower": Run, "popularity": Run, "client": MlflowClient, "recall_plots": [the arguments
+    of each plots.recall_vs_k call]}``."""
+    from recsys_cl.eval import plots
+
+    calls: list[dict[str, Any]] = []
+    real = plots.recall_vs_k
+
+    def recall_vs_k(curves: Any, protocol: str, **kwargs: Any) -> Any:
+        calls.append({"curves": curves, "protocol": protocol, **kwargs})
+        return real(curves, protocol, **kwargs)
+
     tmp = tmp_path_factory.mktemp("run_pages")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     args = ["--set", f"data.path={FIXTURES / 'ml-100k'}", "--set", f"tracking.uri={uri}",
@@ -29,11 +39,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setattr(plots, "recall_vs_k", recall_vs_k)
         two = train_two_tower.main(args)
         (pop,) = evaluate_baselines.main(args)
     client = mlflow.MlflowClient(tracking_uri=uri)
     return {"two_tower": client.get_run(two["run_id"]), "popularity": client.get_run(pop["run_id"]),
-            "client": client}
+            "client": client, "recall_plots": calls}
 
 
 def test_baseline_logs_the_protocol_params_as_the_two_tower_run_does(runs: dict[str, Any]) -> None:
@@ -101,3 +112,16 @@ def test_runs_keep_their_summary(runs: dict[str, Any], tmp_path: Path) -> None:
         summary = json.loads(Path(path).read_text())
         assert summary["run_id"] == run.info.run_id and summary["protocol"] == run.data.tags["protocol"]
         assert summary["test_metrics"]["recall@20"] == pytest.approx(run.data.metrics["test/recall_at_20"])
+
+
+def test_recall_plot_reads_against_popularity_and_names_its_run(runs: dict[str, Any]) -> None:
+    """The two-tower run's Recall@K plot has Popularity under the same protocol as a dashed
+    reference, the very numbers the baseline run logs; every plot names its run."""
+    two_plot, pop_plot = runs["recall_plots"]
+    two, pop = runs["two_tower"], runs["popularity"]
+    (reference,) = two_plot["references"].values()
+    assert list(two_plot["references"]) == ["popularity (same protocol)"]
+    ks = (1, 2, 5, 10, 20, 50, 100, 200)
+    assert reference == {k: pytest.approx(pop.data.metrics[f"test/recall_at_{k}"]) for k in ks}
+    assert two_plot["run"] == f"{two.info.run_name} (run {two.info.run_id[:8]})"
+    assert pop_plot["run"] == f"baseline-popularity (run {pop.info.run_id[:8]})" and not pop_plot.get("references")
