@@ -232,6 +232,25 @@ def fit_description(text: str) -> str:
     return (head.rsplit("\n", 1)[0] if "\n" in head else head) + DESCRIPTION_CUT
 
 
+def param_value(value: Any) -> str:
+    """A param's value in the YAML syntax of the config files and ``--set``: ``null``, ``true`` /
+    ``false``, ``[id, categorical]``, numbers and strings as they are. One spelling for every run of
+    every pipeline, which a value can be copied from into ``--set key=value`` and searched for
+    (``params.model.normalize = 'true'``); ``str`` wrote ``True`` and ``['id', 'categorical']`` beside
+    YAML's ``null``."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, list, tuple, dict)):
+        import yaml
+
+        plain = list(value) if isinstance(value, tuple) else value
+        try:
+            return yaml.safe_dump(plain, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
+        except yaml.YAMLError:  # a numpy number inside a list, ...: as Python writes it
+            return str(value)
+    return str(value)
+
+
 class Tracker:
     """Reporting handle for one active MLflow run."""
 
@@ -243,7 +262,9 @@ class Tracker:
         self._last_steps: dict[str, int] | None = None  # per-epoch keys -> last step logged before us
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        clean = {k: ("null" if v is None else str(v))[:6000] for k, v in params.items()}
+        """Params as :func:`param_value` writes them (at most 6,000 characters, MLflow's limit); a key
+        the run already holds (a resumed run) keeps its value."""
+        clean = {k: param_value(v)[:6000] for k, v in params.items()}
         existing = mlflow.get_run(self.run_id).data.params
         mlflow.log_params({k: v for k, v in clean.items() if k not in existing})
 

@@ -338,3 +338,24 @@ def test_log_dict_writes_what_json_cannot_hold_as_text(tmp_path: Path) -> None:
         path = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="summary.json",
                                                    dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(path).read_text()) == {"n": 3, "where": str(tmp_path), "x": 0.5}
+
+
+def test_params_are_written_in_the_yaml_syntax_of_set(tmp_path: Path) -> None:
+    """One spelling for None, booleans and lists, the one ``--set`` and the config files use: ``str``
+    wrote ``True`` and ``['id', 'categorical']`` beside ``null``."""
+    import mlflow
+    import numpy as np
+    import yaml
+
+    params = {"a.none": None, "a.flag": False, "a.list": ["id", "categorical"], "a.ks": (10, 20), "a.empty": [],
+              "a.float": 0.1, "a.str": "sqlite:////tmp/x.db", "a.grid": "{softmax,debiased}",
+              "a.odd": [np.int64(3)]}
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) as run:
+        run.log_params(params)
+        logged = mlflow.get_run(run.run_id).data.params
+    assert {k: logged[k] for k in params if k != "a.odd"} == {
+        "a.none": "null", "a.flag": "false", "a.list": "[id, categorical]", "a.ks": "[10, 20]", "a.empty": "[]",
+        "a.float": "0.1", "a.str": "sqlite:////tmp/x.db", "a.grid": "{softmax,debiased}"}
+    assert logged["a.odd"] == str([np.int64(3)])  # YAML cannot write it: as Python does, not a failed run
+    for key in ("a.none", "a.flag", "a.list", "a.ks", "a.float"):  # what --set reads back
+        assert yaml.safe_load(logged[key]) == (list(params[key]) if key == "a.ks" else params[key])
