@@ -125,3 +125,10 @@ def test_recall_plot_reads_against_popularity_and_names_its_run(runs: dict[str, 
     assert reference == {k: pytest.approx(pop.data.metrics[f"test/recall_at_{k}"]) for k in ks}
     assert two_plot["run"] == f"{two.info.run_name} (run {two.info.run_id[:8]})"
     assert pop_plot["run"] == f"baseline-popularity (run {pop.info.run_id[:8]})" and not pop_plot.get("references")
+
+
+def test_two_tower_run_name_says_loss_logq_negatives_and_seed(runs: dict[str, Any]) -> None:
+    """Two runs that differ in their negatives had the same name."""
+    run = runs["two_tower"]
+    assert run.info.run_name == "two_tower-softmax-logq_counting-in_batch-seed0"
+    assert run.data.tags["negatives"] in run.info.run_name
