@@ -795,11 +795,12 @@ def run_baseline(
     fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol, run=plot_title(reporter))
     reporter.log_figure(fig, "plots/recall_vs_k.png")
     plots.close(fig)
-    chosen = ", ".join(f"{k} {v}" for k, v in res["params"].items()) or "none to tune"
+    chosen = ", ".join(f"{k} {v}" for k, v in res["params"].items())
+    val = f"validation {SELECT_BY} = {res['val'][SELECT_BY]:.4f}"
     reporter.set_description(
-        f"**{name} baseline** {_data_text(cfg, prep)}; hyperparameters ({chosen}) chosen on validation "
-        f"{SELECT_BY} = {res['val'][SELECT_BY]:.4f}; tested once: {_headline_text(res['test'])}.\n\n"
-        f"{_protocol_text(prep)}"
+        f"**{name} baseline** {_data_text(cfg, prep)}; "
+        + (f"hyperparameters ({chosen}) chosen on {val}" if chosen else f"no hyperparameters to tune ({val})")
+        + f"; tested once: {_headline_text(res['test'])}.\n\n{_protocol_text(prep)}"
     )
     summary = {
         "run_id": reporter.run_id,

@@ -97,6 +97,7 @@ def test_runs_describe_themselves(runs: dict[str, Any]) -> None:
     assert f"recall@20 {two.data.metrics['test/recall_at_20']:.4f}" in text
     text = pop.data.tags["mlflow.note.content"]
     assert text.startswith("**popularity baseline** on `ml-100k` (")
+    assert "no hyperparameters to tune (validation ndcg@10 = " in text
     assert f"recall@20 {pop.data.metrics['test/recall_at_20']:.4f}" in text and "Protocol: `" in text
 
 
