@@ -228,19 +228,27 @@ def write_summary(path: str | None, summary: Any) -> None:
         write_text_atomic(path, json.dumps(summary, indent=2, default=str))
 
 
-def log_encoder(run: Tracker, result: Mapping[str, Any], similarities_title: str) -> dict[str, Any]:
+def log_encoder(run: Tracker, result: Mapping[str, Any], similarities_title: str, what: str) -> dict[str, Any]:
     """Log a pretraining run's encoder and its similarity plot, the same way for every encoder:
     ``result["encoder_dir"]`` as the artifact folder ``encoder/`` (loaded back from
     ``runs:/<run_id>/encoder``) and ``result["similarities"]`` as ``plots/similarities.png``
-    (:func:`recsys_cl.eval.plots.similarity_histograms`, titled ``similarities_title``). Returns the
-    summary's first keys: ``run_id``, ``encoder_uri`` and ``encoder_dir``."""
+    (:func:`recsys_cl.eval.plots.similarity_histograms`, titled ``similarities_title``); the run's
+    description is ``what`` (e.g. ``**SimCLR** image encoder, compared with its random init``), the
+    sizes, a table of ``result["metrics"]`` beside ``result["baseline_metrics"]`` and the encoder's
+    URI. Returns the summary's first keys: ``run_id``, ``encoder_uri`` and ``encoder_dir``."""
     from recsys_cl.eval import plots  # matplotlib: only the pretraining pipelines need it
 
     run.log_artifacts(result["encoder_dir"], "encoder")
     fig = plots.similarity_histograms(result["similarities"], similarities_title)
     run.log_figure(fig, "plots/similarities.png")
     plots.close(fig)
-    return {"run_id": run.run_id, "encoder_uri": f"runs:/{run.run_id}/encoder", "encoder_dir": result["encoder_dir"]}
+    uri = f"runs:/{run.run_id}/encoder"
+    sizes = ", ".join(f"{k} {v:,}" for k, v in result.get("sizes", {}).items())
+    rows = "".join(f"| {k} | {v:.4f} | {result['baseline_metrics'].get(k, float('nan')):.4f} |\n"
+                   for k, v in result["metrics"].items())
+    run.set_description(f"{what} (sizes: {sizes}).\n\n| metric | this encoder | baseline |\n|---|---|---|\n"
+                        f"{rows}\nEncoder: `{uri}`")
+    return {"run_id": run.run_id, "encoder_uri": uri, "encoder_dir": result["encoder_dir"]}
 
 
 def recall_text(summary: Mapping[str, Any]) -> str:

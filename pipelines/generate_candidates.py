@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "model_uri": loaded.model_uri,
                               "model_run_id": loaded.provenance.get("model_run_id")}) as tracker:
             run_id = tracker.run_id
-            tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None))
+            tracker.log_params(candidate_params(c, saved_index=c.index_dir is not None, by_alias=c.model_uri is None))
             result = run(c, clicks, loaded, run_date, index_dir=c.index_dir,
                          extra_manifest={"mlflow_run_id": tracker.run_id}, index_backend=args.backend or "auto",
                          opened=opened, read=read)
@@ -196,10 +196,16 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def candidate_params(c: Any, saved_index: bool) -> dict[str, Any]:
-    """``candidates.*`` as MLflow params. A saved index is served with its own backend (the tag
-    ``backend``), so ``candidates.backend``, which only picks the in-memory build, is left out then."""
-    return {f"candidates.{k}": v for k, v in dataclasses.asdict(c).items() if not (saved_index and k == "backend")}
+def candidate_params(c: Any, saved_index: bool, by_alias: bool) -> dict[str, Any]:
+    """``candidates.*`` as MLflow params, less those the job did not use, which would say it served
+    what it did not. A saved index is served with its own backend (the tag ``backend``), so
+    ``candidates.backend``, which only picks the in-memory build, is left out then. A model found by
+    its alias (``by_alias``: nightly, or no ``candidates.model_uri``) leaves out ``model_uri``; a
+    model given by URI leaves out ``alias`` and ``fallback_to_latest`` (a ``--model`` run logged
+    ``candidates.alias=champion`` beside the version it was given)."""
+    unused = {"backend"} if saved_index else set()
+    unused |= {"model_uri"} if by_alias else {"alias", "fallback_to_latest"}
+    return {f"candidates.{k}": v for k, v in dataclasses.asdict(c).items() if k not in unused}
 
 
 def log_result(tracker: Any, manifest: dict) -> None:

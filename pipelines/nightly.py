@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   "index_rebuilt": rebuilt,
                                   "alias_fell_back": model["fell_back"]}) as tracker:
                 run_id = tracker.run_id
-                tracker.log_params(candidate_params(c, saved_index=True))  # the per-version index
+                # the per-version index; the model of the alias, never candidates.model_uri
+                tracker.log_params(candidate_params(c, saved_index=True, by_alias=True))
                 try:
                     result = run(c, clicks, loaded, run_date, index_dir=index_dir, validate=validate,
                                  extra_manifest={"mlflow_run_id": tracker.run_id, "index_rebuilt": rebuilt}, read=read,

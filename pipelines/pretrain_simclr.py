@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run.log_metrics(interval_metrics(f"delta/{name}", d))
         run.set_tags({f"{name.replace('@', '_at_')}_verdict": d["verdict"] for name, d in result["deltas"].items()})
         run.log_params({f"size/{k}": v for k, v in result["sizes"].items()})
-        logged = log_encoder(run, result, "SimCLR, test images: cosine similarity of random pairs")
+        logged = log_encoder(run, result, "SimCLR, test images: cosine similarity of random pairs",
+                             f"**SimCLR** image encoder, {cfg.train.epochs} epochs on `{cfg.data.path}`; baseline: "
+                             "the same encoder at its random init")
         summary = {
             **logged,  # run_id, encoder_uri, encoder_dir
             "metrics": result["metrics"],

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes = {**data.sizes, **result["sizes"]}
         run.log_params({f"size/{k}": v for k, v in sizes.items()})
         run.set_tags({f"genre_recall_at_{cfg.eval.k}_verdict": result["genre_recall_verdict"]})
-        logged = log_encoder(run, result, "SimCSE, held-out movies (texts without genres): cosine similarity of pairs")
+        logged = log_encoder(run, result, "SimCSE, held-out movies (texts without genres): cosine similarity of pairs",
+                             f"**SimCSE** text encoder, {cfg.train.epochs} epochs; baseline: the encoder before "
+                             f"SimCSE; metrics on the {cfg.eval.split} movies")
         summary = {
             **logged,  # run_id, encoder_uri, encoder_dir
             "eval_split": cfg.eval.split,

@@ -65,6 +65,7 @@ for MLflow: :func:`recsys_cl.io_atomic.scratch`, so a SIGKILLed run's copy goes 
 
 class Reporter(Protocol):
     run_id: str
+    run_name: str
 
     def log_params(self, params: Any) -> None: ...
     def set_tags(self, tags: Any) -> None: ...
@@ -76,6 +77,7 @@ class Reporter(Protocol):
     def log_artifacts(self, local_dir: Any, artifact_path: str | None = None) -> None: ...
     def log_model(self, model_dir: Any, registered_model_name: str | None) -> str: ...
     def set_alias(self, model_uri: str, alias: str) -> None: ...
+    def set_description(self, text: str) -> None: ...
 
 
 @dataclass
@@ -447,9 +449,14 @@ def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = No
 
 
 def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[str, Any]:
+    # torch_threads: what fit trains with (train.num_threads, or torch's default for 0), which
+    # examples_per_s depends on
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
-                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH})
+                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
+                       "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
     reporter.log_params(cfg.to_flat_dict())
+    what = two_tower_description(cfg, prep)
+    reporter.set_description(f"{what}\n\nTraining (up to {cfg.train.epochs} epochs).")  # a running or failed run
     if dist.world_size() > 1:
         reporter.set_tags({"world_size": dist.world_size()})
     torch.manual_seed(cfg.train.seed)
@@ -506,7 +513,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size)
         test.update(parts)
         reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
-    _log_artifacts(reporter, cfg, prep, result, score_fn, test)
+    _log_artifacts(reporter, cfg, prep, result, score_fn, test, baselines)
     with scratch(RUN_SCRATCH_PREFIX) as tmp:  # a SIGKILL while MLflow copies it: the next run removes it
         model_dir = save_model_dir(tmp / "model", result.model, prep.spec, cfg)
         model_uri = reporter.log_model(model_dir, cfg.tracking.registered_model_name)
@@ -532,7 +539,43 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         summary["fold_in_method"] = fold.method
         summary["fold_in_metrics"] = {k: v for k, v in fold_in.items() if _is_headline(k, cfg.eval.ks)}
         summary["fold_in_delta_vs_" + ("baseline" if baselines else "none")] = fold_delta
+    stopped = ", stopped early" if result.stopped_early else ""
+    reporter.set_description(
+        f"{what}\n\nBest epoch {result.best_epoch} of {len(result.history)} trained{stopped} (chosen on "
+        f"validation {SELECT_METRIC} = {result.best_metrics.get('val/' + SELECT_METRIC, float('nan')):.4f}); "
+        f"tested once: {_headline_text(test)}.\n\n{_protocol_text(prep)}"
+    )
+    reporter.log_dict(summary, "summary.json")
     return summary
+
+
+def two_tower_description(cfg: RunConfig, prep: Prepared) -> str:
+    """The first paragraph of a two-tower run's description (Markdown): the model as its tags and
+    the main config keys say it, and the data it was trained on."""
+    loss = f"{cfg.loss.kind} loss, temperature {cfg.loss.temperature}"
+    if cfg.loss.kind == "debiased":
+        loss += f", tau+ {cfg.loss.tau_plus}"
+    elif cfg.loss.kind == "triplet":
+        loss += f", margin {cfg.loss.margin}"
+    return (f"**Two-tower** ({loss}; logQ {cfg.loss.logq}; negatives {_negatives_tag(cfg)}; item encoders "
+            f"{', '.join(cfg.item_tower.encoders)}; {cfg.user_tower.pooling} pooling over the last "
+            f"{cfg.user_tower.history_length} clicks; dim {cfg.model.embedding_dim}; seed {cfg.train.seed}) "
+            f"{_data_text(cfg, prep)}.")
+
+
+def _data_text(cfg: RunConfig, prep: Prepared) -> str:
+    tags = prep.tags(cfg)
+    return (f"on `{tags['dataset']}` ({int(tags['data_clicks']):,} clicks, {int(tags['data_users']):,} users, "
+            f"{int(tags['data_items']):,} items), split {cfg.split.kind}")
+
+
+def _headline_text(test: dict[str, float]) -> str:
+    """``recall@20 0.1770, ndcg@10 0.0545, mrr 0.0527`` (those of them ``test`` holds)."""
+    return ", ".join(f"{k} {test[k]:.4f}" for k in ("recall@20", "ndcg@10", "mrr") if k in test)
+
+
+def _protocol_text(prep: Prepared) -> str:
+    return f"Protocol: `{prep.protocol}` over {len(prep.ranked):,} items, {prep.test_set.n_users:,} test users."
 
 
 def cold_start_baselines(prep: Prepared, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, dict[str, float]]:
@@ -610,11 +653,10 @@ SELECTED_PREFIX = "best/"
 epoch of a two-tower run, the chosen hyperparameters of a baseline, the best child of a sweep."""
 
 
-def selected_val_metrics(val: dict[str, float], ks: tuple[int, ...] | None = None) -> dict[str, float]:
+def selected_val_metrics(val: dict[str, float]) -> dict[str, float]:
     """``{"best/val/<metric>": value}`` for the ``val/*`` entries of ``val`` (other keys, e.g.
-    ``train_loss``, left out); with ``ks``, only metrics at those K (and those without a K)."""
-    return {SELECTED_PREFIX + k: v for k, v in val.items()
-            if k.startswith("val/") and (ks is None or "@" not in k or int(k.split("@")[1]) in ks)}
+    ``train_loss``, left out)."""
+    return {SELECTED_PREFIX + k: v for k, v in val.items() if k.startswith("val/")}
 
 
 def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
@@ -639,9 +681,32 @@ def _negatives_tag(cfg: RunConfig) -> str:
     return "+".join(parts)
 
 
+def plot_title(reporter: Reporter) -> str:
+    """``<run name> (run <first 8 of the id>)``: what a run's plots say above them."""
+    return f"{reporter.run_name} (run {reporter.run_id[:8]})" if reporter.run_id else reporter.run_name
+
+
+def reference_curves(
+    prep: Prepared, cold_start_baselines: dict[str, dict[str, float]], batch_size: int = 1024
+) -> dict[str, dict[int, float]]:
+    """Test Recall@K (K in :data:`CURVE_KS`) of what a two-tower run's Recall@K plot is read
+    against, under its protocol: Popularity fitted on the training clicks, exactly as a
+    ``baseline-popularity`` run tests it; on a cold-start split the run's own ``cold_start_baselines``
+    (Popularity and random on the cold targets)."""
+    if prep.cold_start:
+        return {f"{name} (same targets)": _recall_curve(m) for name, m in cold_start_baselines.items()}
+    from recsys_cl.baselines.popularity import Popularity
+    from recsys_cl.baselines.tuning import score_fn_for
+    from recsys_cl.eval.protocol import interaction_matrix
+
+    model = Popularity().fit(interaction_matrix(prep.split.train, prep.spec.users, prep.ranked_vocab))
+    test = evaluate(score_fn_for(model, prep.test_set), prep.test_set, ks=CURVE_KS, batch_size=batch_size)
+    return {"popularity (same protocol)": _recall_curve(test)}
+
+
 def _log_artifacts(
     reporter: Reporter, cfg: RunConfig, prep: Prepared, result: FitResult, score_fn: ScoreFn,
-    test: dict[str, float],
+    test: dict[str, float], baselines: dict[str, dict[str, float]],
 ) -> None:
     from recsys_cl.config import dump_config
 
@@ -656,11 +721,12 @@ def _log_artifacts(
             emb_dir / "item_embeddings.parquet"
         )
         reporter.log_artifacts(emb_dir, "item_embeddings")
+    run = plot_title(reporter)
     figs = {
-        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch),
+        "plots/learning_curves.png": plots.learning_curves(result.history, result.best_epoch, run=run),
         "plots/recall_vs_k.png": plots.recall_vs_k(
-            {"two_tower": {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}},
-            prep.protocol,
+            {"two_tower": _recall_curve(test)}, prep.protocol, run=run,
+            references=reference_curves(prep, baselines, cfg.eval.batch_size),
         ),
     }
     if not prep.cold_start:  # cold items have no training clicks: nothing to plot
@@ -668,6 +734,7 @@ def _log_artifacts(
             prep.spec.item_counts[prep.ranked],
             top_k_items(score_fn, prep.test_set, 20).ravel(),
             prep.test_set.targets.indices,
+            run=run,
         )
     for name, fig in figs.items():
         reporter.log_figure(fig, name)
@@ -697,8 +764,7 @@ def run_baseline(
     # loss_kind / negatives "none": every run carries the same tag keys, so UI filters never miss one
     reporter.set_tags({**prep.tags(cfg), "model": name, "loss_kind": "none", "logq": "none", "negatives": "none",
                        SELECTED_ON_TAG: SELECTED_ON_HYPERPARAMETERS})
-    reporter.log_params({"baseline.name": name, "data.path": cfg.data.path, "data.min_rating": cfg.data.min_rating,
-                         "split.kind": cfg.split.kind})
+    reporter.log_params({"baseline.name": name, **protocol_params(cfg)})
 
     grids: dict[str, Any] = {
         "ease": {"lam": list(cfg.baselines.ease_lambdas)},
@@ -718,11 +784,25 @@ def run_baseline(
     reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})
-    val = {f"val/{k}": v for k, v in res["val"].items()}
-    reporter.log_metrics({**val, **selected_val_metrics(val, tuple(cfg.eval.ks))})
+    # val/* at eval.ks only, as a two-tower run logs it: the compare view lines the two up key by key
+    val = {f"val/{k}": v for k, v in res["val"].items() if "@" not in k or int(k.split("@")[1]) in cfg.eval.ks}
+    reporter.log_metrics({**val, **selected_val_metrics(val)})
     reporter.log_metrics({f"test/{k}": v for k, v in res["test"].items()})
     reporter.log_metrics({"fit_seconds": res["fit_seconds"]})
-    return {
+    from recsys_cl.config import dump_config
+
+    reporter.log_text(dump_config(cfg), "config/resolved_config.yaml")
+    fig = plots.recall_vs_k({name: _recall_curve(res["test"])}, prep.protocol, run=plot_title(reporter))
+    reporter.log_figure(fig, "plots/recall_vs_k.png")
+    plots.close(fig)
+    chosen = ", ".join(f"{k} {v}" for k, v in res["params"].items())
+    val = f"validation {SELECT_BY} = {res['val'][SELECT_BY]:.4f}"
+    reporter.set_description(
+        f"**{name} baseline** {_data_text(cfg, prep)}; "
+        + (f"hyperparameters ({chosen}) chosen on {val}" if chosen else f"no hyperparameters to tune ({val})")
+        + f"; tested once: {_headline_text(res['test'])}.\n\n{_protocol_text(prep)}"
+    )
+    summary = {
         "run_id": reporter.run_id,
         "model": name,
         "params": res["params"],
@@ -730,6 +810,23 @@ def run_baseline(
         "fit_seconds": res["fit_seconds"],
         "test_metrics": {k: v for k, v in res["test"].items() if _is_headline(k, cfg.eval.ks)},
     }
+    reporter.log_dict(summary, "summary.json")
+    return summary
+
+
+PROTOCOL_SECTIONS = ("data.", "split.", "eval.")
+"""Config sections that decide what a run is evaluated on: every run, two-tower or baseline, logs
+them under the same names, so the compare view shows whether two runs' numbers are comparable."""
+
+
+def protocol_params(cfg: RunConfig) -> dict[str, Any]:
+    """The ``data.*``, ``split.*`` and ``eval.*`` keys of ``cfg`` as params (:data:`PROTOCOL_SECTIONS`)."""
+    return {k: v for k, v in cfg.to_flat_dict().items() if k.startswith(PROTOCOL_SECTIONS)}
+
+
+def _recall_curve(test: dict[str, float]) -> dict[int, float]:
+    """``{K: test Recall@K}`` at the :data:`CURVE_KS` that ``test`` holds."""
+    return {k: test[f"recall@{k}"] for k in CURVE_KS if f"recall@{k}" in test}
 
 
 def _param_str(params: dict[str, Any]) -> str:
@@ -740,6 +837,7 @@ class NullReporter:
     """A Reporter that records nothing: what ranks other than 0 report to in a distributed run."""
 
     run_id = ""
+    run_name = ""
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("__"):

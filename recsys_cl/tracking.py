@@ -191,8 +191,28 @@ def git_dirty(cwd: Path | None = None) -> str:
 
 
 def code_tags() -> dict[str, str]:
-    """``git_commit``, ``git_dirty`` and ``process`` (:func:`process_tag`): the tags every run gets."""
-    return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag()}
+    """``git_commit``, ``git_dirty``, ``process`` (:func:`process_tag`) and :func:`system_tags`: the
+    tags every run gets."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty(), PROCESS_TAG: process_tag(), **system_tags()}
+
+
+def system_tags() -> dict[str, str]:
+    """``python_version``, ``torch_version``, ``numpy_version``, ``mlflow_version`` and ``cpu_count``
+    (the cores this process may use): what a run's speed (``examples_per_s``) and last digits depend
+    on besides the code and config, so two runs that differ there say so in the compare view. A
+    package that is not installed is ``none``; read from the installed metadata, nothing imported."""
+    import importlib.metadata
+    import platform
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "none"
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python_version": platform.python_version(), "torch_version": version("torch"),
+            "numpy_version": version("numpy"), "mlflow_version": version("mlflow"), "cpu_count": str(cores)}
 
 
 DESCRIPTION_TAG = "mlflow.note.content"
@@ -212,17 +232,39 @@ def fit_description(text: str) -> str:
     return (head.rsplit("\n", 1)[0] if "\n" in head else head) + DESCRIPTION_CUT
 
 
+def param_value(value: Any) -> str:
+    """A param's value in the YAML syntax of the config files and ``--set``: ``null``, ``true`` /
+    ``false``, ``[id, categorical]``, numbers and strings as they are. One spelling for every run of
+    every pipeline, which a value can be copied from into ``--set key=value`` and searched for
+    (``params.model.normalize = 'true'``); ``str`` wrote ``True`` and ``['id', 'categorical']`` beside
+    YAML's ``null``."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, list, tuple, dict)):
+        import yaml
+
+        plain = list(value) if isinstance(value, tuple) else value
+        try:
+            return yaml.safe_dump(plain, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
+        except yaml.YAMLError:  # a numpy number inside a list, ...: as Python writes it
+            return str(value)
+    return str(value)
+
+
 class Tracker:
     """Reporting handle for one active MLflow run."""
 
     def __init__(self, run: Any) -> None:
         self.run_id: str = run.info.run_id
+        self.run_name: str = run.info.run_name or ""
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self._last_steps: dict[str, int] | None = None  # per-epoch keys -> last step logged before us
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        clean = {k: ("null" if v is None else str(v))[:6000] for k, v in params.items()}
+        """Params as :func:`param_value` writes them (at most 6,000 characters, MLflow's limit); a key
+        the run already holds (a resumed run) keeps its value."""
+        clean = {k: param_value(v)[:6000] for k, v in params.items()}
         existing = mlflow.get_run(self.run_id).data.params
         mlflow.log_params({k: v for k, v in clean.items() if k not in existing})
 
@@ -261,7 +303,12 @@ class Tracker:
         mlflow.log_figure(figure, artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        mlflow.log_dict(dict(data), artifact_file)
+        """``data`` as JSON (or YAML for a ``.yaml`` name). A value JSON cannot hold is written as its
+        number (a numpy scalar) or its ``str`` (a path, ...) instead of failing the run."""
+        def plain(value: Any) -> Any:
+            return value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else str(value)
+
+        mlflow.log_dict(json.loads(json.dumps(dict(data), default=plain)), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)

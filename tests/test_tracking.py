@@ -324,3 +324,38 @@ def test_a_resumed_run_does_not_log_an_epoch_twice(tmp_path: Path) -> None:
     with mlflow_run(cfg) as fresh:  # a new run asks nothing of the store's older runs
         fresh.on_epoch_end(1, {"train_loss": 0.5})
     assert [m.step for m in client.get_metric_history(fresh.run_id, "train_loss")] == [1]
+
+
+def test_log_dict_writes_what_json_cannot_hold_as_text(tmp_path: Path) -> None:
+    """A run's summary.json is logged at its very end: a numpy integer or a path in it must not fail the run."""
+    import json
+
+    import mlflow
+    import numpy as np
+
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) as run:
+        run.log_dict({"n": np.int64(3), "where": tmp_path, "x": 0.5}, "summary.json")
+        path = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="summary.json",
+                                                   dst_path=str(tmp_path / "dl"))
+    assert json.loads(Path(path).read_text()) == {"n": 3, "where": str(tmp_path), "x": 0.5}
+
+
+def test_params_are_written_in_the_yaml_syntax_of_set(tmp_path: Path) -> None:
+    """One spelling for None, booleans and lists, the one ``--set`` and the config files use: ``str``
+    wrote ``True`` and ``['id', 'categorical']`` beside ``null``."""
+    import mlflow
+    import numpy as np
+    import yaml
+
+    params = {"a.none": None, "a.flag": False, "a.list": ["id", "categorical"], "a.ks": (10, 20), "a.empty": [],
+              "a.float": 0.1, "a.str": "sqlite:////tmp/x.db", "a.grid": "{softmax,debiased}",
+              "a.odd": [np.int64(3)]}
+    with mlflow_run(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) as run:
+        run.log_params(params)
+        logged = mlflow.get_run(run.run_id).data.params
+    assert {k: logged[k] for k in params if k != "a.odd"} == {
+        "a.none": "null", "a.flag": "false", "a.list": "[id, categorical]", "a.ks": "[10, 20]", "a.empty": "[]",
+        "a.float": "0.1", "a.str": "sqlite:////tmp/x.db", "a.grid": "{softmax,debiased}"}
+    assert logged["a.odd"] == str([np.int64(3)])  # YAML cannot write it: as Python does, not a failed run
+    for key in ("a.none", "a.flag", "a.list", "a.ks", "a.float"):  # what --set reads back
+        assert yaml.safe_load(logged[key]) == (list(params[key]) if key == "a.ks" else params[key])

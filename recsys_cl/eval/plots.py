@@ -14,10 +14,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 
-def learning_curves(history: Sequence[Mapping[str, float]], best_epoch: int | None = None) -> Figure:
+def _name_run(fig: Figure, run: str) -> None:
+    """Write ``run`` (the run's name and id) above the figure: a PNG downloaded, or opened from a
+    second run's artifacts, still says which run it shows."""
+    if run:
+        fig.suptitle(run, fontsize=9, color="dimgrey")
+
+
+def learning_curves(history: Sequence[Mapping[str, float]], best_epoch: int | None = None, run: str = "") -> Figure:
     """Training loss and validation Recall@20 / NDCG@20 / Recall@50 per epoch (``history[i]`` is
     epoch i + 1), whole epochs on the x axis; ``best_epoch``, the epoch whose weights were kept and
-    tested, is a dashed line on both panels."""
+    tested, is a dashed line on both panels; ``run`` above both (:func:`_name_run`)."""
     epochs = np.arange(1, len(history) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], marker="o")
@@ -33,31 +40,45 @@ def learning_curves(history: Sequence[Mapping[str, float]], best_epoch: int | No
                        label=f"best epoch {best_epoch} (tested)" if ax is b else None)
     if b.get_legend_handles_labels()[0]:
         b.legend(fontsize=8)
+    _name_run(fig, run)
     fig.tight_layout()
     return fig
 
 
-def recall_vs_k(curves: Mapping[str, Mapping[int, float]], protocol: str) -> Figure:
-    """One line per model: test Recall@K for each K."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
+def recall_vs_k(
+    curves: Mapping[str, Mapping[int, float]], protocol: str, run: str = "",
+    references: Mapping[str, Mapping[int, float]] | None = None,
+) -> Figure:
+    """One line per model: test Recall@K for each K; ``references`` (e.g. Popularity under the same
+    protocol) dashed, so the model's curve reads against them; the protocol under the axes, ``run``
+    above (:func:`_name_run`)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    lines = [(name, curve, False) for name, curve in curves.items()]
+    lines += [(name, curve, True) for name, curve in (references or {}).items()]
+    for name, curve, dashed in lines:
         ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name, linestyle="--" if dashed else "-",
+                markersize=4 if dashed else 6)
     ax.set(xscale="log", xlabel="K (log scale)", ylabel="Recall@K", title="Test Recall@K")
-    ks = sorted({k for curve in curves.values() for k in curve})
+    ks = sorted({k for curve in [*curves.values(), *(references or {}).values()] for k in curve})
     if ks:  # tick the Ks measured, written as numbers (1, 2, 5, ... 200), not as powers of ten
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.xaxis.set_minor_locator(NullLocator())
-    ax.text(0.01, -0.25, protocol, transform=ax.transAxes, fontsize=6)
+    # the protocol under the plot, one "|" part per line when long: at 6 points on one line it was
+    # too small to read in the UI's artifact view
+    text = protocol if len(protocol) <= 70 else protocol.replace("|", "\n")
+    fig.text(0.01, 0.01, f"protocol: {text}", fontsize=7, color="dimgrey", va="bottom")
     ax.legend()
-    fig.tight_layout()
+    _name_run(fig, run)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * text.count("\n"), 1, 1))
     return fig
 
 
 def popularity_of_recommendations(
-    item_counts: np.ndarray, recommended: np.ndarray, clicked: np.ndarray
+    item_counts: np.ndarray, recommended: np.ndarray, clicked: np.ndarray, run: str = ""
 ) -> Figure:
-    """Histogram of log10(train clicks) for recommended items vs the test targets clicked."""
+    """Histogram of log10(train clicks) for recommended items vs the test targets clicked; ``run``
+    above (:func:`_name_run`)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, np.log10(item_counts.max() + 1) + 0.1, 30).tolist()
     for label, idx in (("recommended (top-20)", recommended), ("clicked (test targets)", clicked)):
@@ -66,6 +87,7 @@ def popularity_of_recommendations(
     ax.set(xlabel="log10(1 + training clicks of item)", ylabel="density",
            title="Popularity of recommended vs clicked items")
     ax.legend()
+    _name_run(fig, run)
     fig.tight_layout()
     return fig
 

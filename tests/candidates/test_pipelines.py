@@ -37,6 +37,9 @@ def test_generate_logs_an_mlflow_run(  # type: ignore[no-untyped-def]
     assert run.info.status == "FINISHED" and run.data.metrics["rows"] == out["rows"]
     assert run.data.tags["job"] == "candidates"
     assert run.data.params["candidates.backend"] == "exact" == run.data.tags["backend"]  # built in memory
+    # the model given by --model: no alias param saying it served the champion
+    assert run.data.params["candidates.model_uri"] == in_root.model_uri
+    assert not {"candidates.alias", "candidates.fallback_to_latest"} & set(run.data.params)
 
 
 def test_a_run_date_before_the_models_last_training_click_is_flagged(  # type: ignore[no-untyped-def]
@@ -127,6 +130,8 @@ def test_nightly_alias_index_reuse_and_health(  # type: ignore[no-untyped-def]
         {"recall_vs_exact": built.recall_at_k, "recall_vs_exact_all": built.recall_at_k_all,
          "recall_vs_exact_active": built.recall_at_k_active})
     assert f"run: {first['mlflow_run_id']}" in capsys.readouterr().out
+    served = client.get_run(first["mlflow_run_id"]).data.params  # the alias's model, never candidates.model_uri
+    assert served["candidates.alias"] == "champion" and "candidates.model_uri" not in served
     assert reads == []  # the index build's recall queries use the job's clicks: the log is read once
     capsys.readouterr()
     second = nightly.main(["--date", LAST_DATE, *args])

@@ -53,6 +53,31 @@ def test_recall_vs_k_ticks_the_measured_ks_as_numbers() -> None:
         plots.close(fig)
 
 
+def test_run_plots_name_their_run_and_recall_vs_k_dashes_its_references() -> None:
+    """A PNG opened outside its run page still says which run it shows; the references (Popularity
+    under the same protocol) are dashed and in the legend; the protocol is readable under the axes."""
+    history = [{"train_loss": 1.0, "val/recall@20": 0.1}]
+    protocol = "full_ranking|catalogue=train_items|history_masked|split=leave_last_out(ties=row_order)"
+    figs = [plots.learning_curves(history, 1, run="two_tower-softmax (run 1234abcd)"),
+            plots.recall_vs_k({"two_tower": {10: 0.1, 20: 0.2}}, protocol, run="two_tower-softmax (run 1234abcd)",
+                              references={"popularity (same protocol)": {10: 0.04, 20: 0.07, 100: 0.2}}),
+            plots.popularity_of_recommendations(np.array([1, 5, 30]), np.array([0, 2]), np.array([1]),
+                                                run="two_tower-softmax (run 1234abcd)")]
+    try:
+        for fig in figs:
+            assert fig._suptitle is not None and fig._suptitle.get_text() == "two_tower-softmax (run 1234abcd)"
+        (ax,) = figs[1].get_axes()
+        assert [(line.get_label(), line.get_linestyle()) for line in ax.get_lines()] == [
+            ("two_tower", "-"), ("popularity (same protocol)", "--")]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two_tower", "popularity (same protocol)"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "100"]
+        (footnote,) = [t for t in figs[1].texts if "protocol" in t.get_text()]
+        assert footnote.get_fontsize() >= 7 and "history_masked" in footnote.get_text()
+    finally:
+        for fig in figs:
+            plots.close(fig)
+
+
 def test_sweep_plot_title_says_how_many_seeds_the_error_bars_are_over() -> None:
     import pandas as pd
 
