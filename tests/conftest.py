@@ -1,7 +1,8 @@
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -143,3 +144,18 @@ def hold_checkpoint() -> Iterator[Any]:
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def option_help(capsys: pytest.CaptureFixture[str]) -> Callable[[Callable[[list[str]], Any], str], str]:
+    """``read(main, "--flag")``: the help text ``main(["--help"])`` prints for one option, its
+    whitespace collapsed (for tests that a --help says what an option does)."""
+    def read(main: Callable[[list[str]], Any], flag: str) -> str:
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        out = capsys.readouterr().out
+        found = re.search(rf"^  {re.escape(flag)}(?: \S+)?\s+(.*?)(?=^  -|^\S|\Z)", out, re.M | re.S)
+        assert found is not None, f"{flag} is not in --help:\n{out}"
+        return " ".join(found.group(1).split())
+
+    return read

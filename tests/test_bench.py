@@ -4,8 +4,8 @@ exact backend of the same run, the report files and the MLflow run."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -70,13 +70,9 @@ def test_benchmark_pipeline_tiny(tmp_path: Path) -> None:
     assert files == {"benchmark/benchmark.md", "benchmark/benchmark.json"}
 
 
-def test_sweep_help_names_what_it_sweeps(capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_help_names_what_it_sweeps(option_help: Any) -> None:
     """--sweep times Annoy and faiss knobs even when --backends leaves one out; its help says so."""
-    with pytest.raises(SystemExit):
-        benchmark_candidates.main(["--help"])
-    option = re.search(r"^  --sweep\s+(.*?)(?=^  --)", capsys.readouterr().out, re.M | re.S)
-    assert option is not None
-    shown = " ".join(option.group(1).split())
+    shown = option_help(benchmark_candidates.main, "--sweep")
     assert "Annoy n_trees x search_k" in shown and "faiss nlist x nprobe" in shown
     assert "whatever --backends says" in shown
 

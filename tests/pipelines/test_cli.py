@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,16 +179,12 @@ def test_serving_help_states_the_defaults(module: str, section: str, keys: list[
     assert "candidates.k=100 " in shown and "candidates.lookback_days=30 " in shown
 
 
-def test_generate_candidates_help_says_when_a_saved_index_backend_is_checked(capsys: pytest.CaptureFixture) -> None:
+def test_generate_candidates_help_says_when_a_saved_index_backend_is_checked(option_help: Any) -> None:
     """With --index, only an explicit --backend is checked against the saved index; the config's
     candidates.backend (exact by default) is not, so the help must not read as if it were."""
     from pipelines import generate_candidates
 
-    with pytest.raises(SystemExit):
-        generate_candidates.main(["--help"])
-    option = re.search(r"^  --backend \S+\s+(.*?)(?=^  --|^\S|\Z)", capsys.readouterr().out, re.M | re.S)
-    assert option is not None
-    shown = " ".join(option.group(1).split())
+    shown = option_help(generate_candidates.main, "--backend")
     assert "when the flag is given" in shown and "candidates.backend is not checked" in shown
 
 
