@@ -476,6 +476,10 @@ class EvalConfig:
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"eval.ks must be a non-empty list of list lengths >= 1, e.g. [10, 20], "
                               f"got {list(self.ks)}")
+        repeated = sorted({k for k in self.ks if self.ks.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"eval.ks lists {repeated} more than once (each K is one metric); "
+                              f"got {list(self.ks)}, e.g. use {sorted(set(self.ks))}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
