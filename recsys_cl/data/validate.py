@@ -170,12 +170,34 @@ def _as_float(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str]) -
     return conv
 
 
+DATE_FORMAT_TRIES = 8
+"""At most this many passes of date-format inference over one column (one pass per format)."""
+
+
 def _parse_dates(s: pl.Series) -> pl.Series:
-    """Date strings -> Float64 unix seconds; null where a value is not a date."""
-    try:
-        return s.str.to_datetime(strict=False, time_unit="ms").dt.epoch("s").cast(pl.Float64)
-    except pl.exceptions.PolarsError:  # no recognisable date format at all
-        return pl.Series([None] * len(s), dtype=pl.Float64)
+    """Date strings -> Float64 unix seconds (whole seconds); null where a value is not a date.
+
+    Polars infers one format per call from the first value, so a column that mixes formats (dates
+    with and without a UTC offset, dates with and without a time) is parsed in passes: each pass
+    takes the values still unparsed, until none is left or a pass parses nothing. A value without
+    a UTC offset is read as UTC.
+    """
+    out = pl.Series([None] * len(s), dtype=pl.Float64)
+    todo = s.is_not_null()
+    for _ in range(DATE_FORMAT_TRIES):
+        if not todo.any():
+            break
+        part = pl.select(pl.when(todo).then(s)).to_series()
+        try:
+            got = part.str.to_datetime(strict=False, time_unit="ms").dt.epoch("s").cast(pl.Float64)
+        except pl.exceptions.PolarsError:  # the first remaining value has no recognisable date format
+            break
+        new = got.is_not_null() & todo
+        if not new.any():
+            break
+        out = pl.select(pl.when(new).then(got).otherwise(out)).to_series()
+        todo = todo & ~new
+    return out
 
 
 def _as_seconds(df: pl.DataFrame, file: str, names: Mapping[str, str], unit: str,

@@ -133,6 +133,21 @@ def test_generic_csv_string_ids_dates_and_items(tmp_path: Path) -> None:
     assert log.items is not None and log.items["genres"].to_list() == [["x", "y"], []]
 
 
+def test_generic_csv_mixed_date_formats(tmp_path: Path) -> None:
+    # polars infers one format from the first value: the offset and date-only rows came back null
+    # and were refused as "unparseable" although they are ISO-8601.
+    cfg = generic(tmp_path, "user_id,item_id,timestamp\n1,2,2020-01-01 00:00:00\n1,3,2020-01-01T03:00:00+02:00\n"
+                            "1,4,2020-01-02\n1,5,2020-01-01T00:00:09Z\n1,6,1577836805\n1,7,2020-01-01 00:00:01.750\n")
+    log = load_click_log(cfg)
+    assert log.clicks["timestamp"].to_list() == [1577836800, 1577840400, 1577923200, 1577836809, 1577836805,
+                                                 1577836801]
+
+
+def test_unparseable_timestamp_first_in_mixed_column(tmp_path: Path) -> None:
+    raises(generic(tmp_path, "user_id,item_id,timestamp\n1,2,soon\n1,3,2020-01-01\n1,4,2020-01-01T00:00:00+01:00\n"),
+           "1 unparseable timestamps", "line 2", "timestamp='soon'")
+
+
 def test_generic_parquet_milliseconds_auto_converted(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [1_600_000_000_123, 1_600_000_001_999]}
