@@ -64,12 +64,13 @@ class ALS:
 class BPR:
     """Bayesian personalised ranking matrix factorisation (CPU); see the module note on fold-in.
 
-    Args: factors, learning_rate, regularization, iterations, random_state, num_threads (0 = all
-    cores; implicit's Hogwild SGD is then not reproducible even with a fixed random_state, 1 is).
+    Args: factors, learning_rate, regularization, iterations, random_state, num_threads (1 by
+    default, which is reproducible with a fixed random_state; 0 = all cores, faster, but implicit's
+    Hogwild SGD then gives different factors on every run).
     """
 
     def __init__(self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
-                 iterations: int = 100, random_state: int | None = 0, num_threads: int = 0) -> None:
+                 iterations: int = 100, random_state: int | None = 0, num_threads: int = 1) -> None:
         self.params = dict(factors=factors, learning_rate=learning_rate, regularization=regularization,
                            iterations=iterations, random_state=random_state, num_threads=num_threads)
         self.model: Any = None
