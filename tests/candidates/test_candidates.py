@@ -242,32 +242,59 @@ def test_topk_unseen_equals_masked_brute_force(max_extra: int) -> None:
     seen = [rng.choice(M, size=int(rng.integers(0, 36)), replace=False) for _ in range(U)]
     seen[0] = np.arange(M)  # sees everything -> no candidates
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
-    got_ids, got_scores, n = topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64),
+    got_idx, got_scores, n = topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64),
                                          Vocab(ids), K, max_extra)
     scores = q @ vecs.T
     for u in range(U):
         scores[u, seen[u]] = -np.inf
         want = np.argsort(-scores[u], kind="stable")[: min(K, M - len(seen[u]))]
         assert n[u] == len(want)
-        np.testing.assert_array_equal(got_ids[u, : n[u]], ids[want])
+        np.testing.assert_array_equal(got_idx[u, : n[u]], want)  # item-vocab indices (vocab row = index row)
         np.testing.assert_allclose(got_scores[u, : n[u]], scores[u, want], rtol=1e-5)
-        assert not set(got_ids[u, : n[u]]) & set(ids[seen[u]])
+        assert not set(got_idx[u, : n[u]]) & set(seen[u])
+        assert (got_idx[u, n[u]:] == -1).all()
 
 
+def test_topk_unseen_of_string_item_ids_equals_their_integer_twins(tmp_path: Path) -> None:
+    """An index over string ids returns them as numpy unicode ("" pads), the vocabulary of a saved model
+    holds Python strings: the same vocab indices and scores as for the same items under integer ids."""
+    rng = np.random.default_rng(3)
+    M, D, U, K = 30, 8, 12, 6
+    vecs = rng.standard_normal((M, D)).astype(np.float32)
+    int_ids = np.arange(100, 100 + M)
+    str_ids = np.array([f"SKU-{i:05d}" for i in int_ids], dtype=object)  # zero-padded: same order
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, M - 3)), replace=False) for _ in range(U)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    got = []
+    for ids, vocab in ((int_ids, Vocab(int_ids, name="item_id")),
+                       (str_ids, Vocab.load(Vocab(str_ids, name="item_id").save(tmp_path / "items.parquet")))):
+        index = ExactIndex()
+        index.build(vecs, ids)
+        got.append(topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64), vocab, K + 30, 2))
+    assert got[1][0].dtype == np.int64 and (got[1][0] == -1).any()  # K + 30 > M: padded rows
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("item_ids", [np.arange(100, 140),
+                                      np.array([f"SKU-{i}" for i in range(100, 140)], dtype=object)])
 @pytest.mark.parametrize("user_ids", [np.arange(10, 35), np.array([f"u{i:02d}" for i in range(25)])])
-def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray) -> None:
+def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray, item_ids: np.ndarray) -> None:
     """The Arrow rows of ``Recommender.recommend`` are the first ``n[u]`` entries of each user's
-    top-K unseen lists, in user then rank order, with the labels repeated on every row."""
+    top-K unseen lists, in user then rank order, with the labels repeated on every row; item ids
+    are the model's, int64 or string (an index over strings returns numpy unicode, a loaded
+    vocabulary holds Python strings)."""
     import pyarrow as pa
 
     from recsys_cl.candidates.histories import UserBatch
     from recsys_cl.candidates.scoring import Recommender
 
     rng = np.random.default_rng(2)
-    M, D, U, K = 40, 8, len(user_ids), 7
+    M, D, U, K = len(item_ids), 8, len(user_ids), 7
     vecs = rng.standard_normal((M, D)).astype(np.float32)
     index = ExactIndex()
-    index.build(vecs, np.arange(100, 100 + M))
+    index.build(vecs, item_ids)
     q = rng.standard_normal((U, D)).astype(np.float32)
     seen = [rng.choice(M, size=int(rng.integers(0, 38)), replace=False) for _ in range(U)]
     seen[3] = np.arange(M)  # no candidates at all
@@ -279,19 +306,20 @@ def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray) -> No
         def embed(self, batch: UserBatch) -> np.ndarray:
             return q
 
-    spec = dataclasses.make_dataclass("Spec", ["items"])(Vocab(np.arange(100, 100 + M)))
+    spec = dataclasses.make_dataclass("Spec", ["items"])(Vocab(item_ids))
     table = Fixed(None, spec, index, K, 5, "v3", "index-abc").recommend(batch)  # type: ignore[arg-type]
-    ids, scores, n = topk_unseen(index, q, offsets, batch.seen_items, spec.items, K, 5)
+    idx, scores, n = topk_unseen(index, q, offsets, batch.seen_items, spec.items, K, 5)
     want: dict[str, list] = {c: [] for c in ("user_id", "item_id", "rank", "score")}
     for u in range(U):
         for r in range(n[u]):
             want["user_id"].append(user_ids[u])
-            want["item_id"].append(ids[u, r])
+            want["item_id"].append(spec.items.ids[idx[u, r]])
             want["rank"].append(r + 1)
             want["score"].append(scores[u, r])
     assert n[3] == 0 and table.num_rows == sum(n) > 0
     assert table.column("user_id").to_pylist() == [x.item() for x in want["user_id"]]
-    assert table.column("item_id").to_pylist() == [int(x) for x in want["item_id"]]
+    assert table.column("item_id").to_pylist() == [x.item() if hasattr(x, "item") else x for x in want["item_id"]]
+    assert table.schema.field("item_id").type == (pa.string() if item_ids.dtype.kind == "O" else pa.int64())
     assert table.column("rank").to_pylist() == want["rank"]
     np.testing.assert_array_equal(table.column("score").to_numpy(), np.array(want["score"], dtype=np.float32))
     assert table.column("model_version").to_pylist() == ["v3"] * table.num_rows
