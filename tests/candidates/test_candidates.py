@@ -176,6 +176,29 @@ def test_health_fails_when_new_items_crowd_the_lists(tmp_path: Path) -> None:
                         CandidatesConfig(), None)[1] == []  # an older manifest without the figure
 
 
+def test_health_after_a_partition_of_another_id_type_has_no_overlap(tmp_path: Path) -> None:
+    """The first night of a model of string item ids after one of integer ids: the two partitions
+    share no user (the join on ids of two types raised a polars SchemaError)."""
+    import json
+
+    from recsys_cl.candidates.health import health_check, overlap_at_k
+    from recsys_cl.io_atomic import SUCCESS_FILE
+
+    rows = {"rank": [1, 2], "score": [0.5, 0.25], "model_version": ["1", "1"], "index_id": ["x", "x"]}
+    old, new = tmp_path / "dt=2023-11-14", tmp_path / "new"
+    for d, ids in ((old, {"user_id": [1, 1], "item_id": [10, 11]}),
+                   (new, {"user_id": ["u1", "u1"], "item_id": ["SKU-10", "SKU-11"]})):
+        d.mkdir()
+        pl.DataFrame({**ids, **rows}).write_parquet(d / "part-00000.parquet")
+    (old / SUCCESS_FILE).write_text(json.dumps({"model_version": "1"}))
+    overlap, users = overlap_at_k(read_partition(new), read_partition(old), 2)
+    assert np.isnan(overlap) and users == 0
+    manifest = {"date": "2023-11-15", "served_share": 1.0, "catalogue_coverage": 1.0, "model_version": "2",
+                "ann_recall": {"recall_at_k": 1.0}, "known_item_share": 1.0, "clicks_on_run_date": 5}
+    health, failures = health_check(new, manifest, CandidatesConfig(k=2), old)
+    assert failures == [] and health["overlap_users"] == 0 and not health["same_model_as_previous"]
+
+
 def test_user_batch_matches_sequences_last_windows() -> None:
     rng = np.random.default_rng(0)
     n = 300
