@@ -36,9 +36,14 @@ def previous_partition(output_dir: str | Path, run_date: date) -> Path | None:
 
 
 def overlap_at_k(new: pl.DataFrame, old: pl.DataFrame, k: int) -> tuple[float, int]:
-    """Mean over users present in both of |new_u ∩ old_u| / min(k, |new_u|, |old_u|) -> (overlap, users)."""
+    """Mean over users present in both of |new_u ∩ old_u| / min(k, |new_u|, |old_u|) -> (overlap, users).
+
+    Partitions whose ids are of different types (a model of string item ids after one of integer ids)
+    share no user: (nan, 0)."""
     a = new.select("user_id", "item_id")
     b = old.select("user_id", "item_id")
+    if a.schema != b.schema:
+        return float("nan"), 0
     n_new = a.group_by("user_id").len("n_new")
     n_old = b.group_by("user_id").len("n_old")
     common = a.join(b, on=["user_id", "item_id"]).group_by("user_id").len("both")

@@ -33,8 +33,8 @@ def check_clicks(history: pl.DataFrame, spec: FeatureSpec, window: Window) -> di
         the run date itself (0 = the click log may be late).
 
     Raises:
-        CandidatesError: id columns of another type than the model's vocabularies, string item ids
-            (not served by the job), or no click of the window on an item the model knows (the wrong
+        CandidatesError: id columns of another type than the model's vocabularies (integer or
+            string ids, as trained), or no click of the window on an item the model knows (the wrong
             data set or id space).
     """
     for col, vocab in (("user_id", spec.users), ("item_id", spec.items)):
@@ -46,13 +46,6 @@ def check_clicks(history: pl.DataFrame, spec: FeatureSpec, window: Window) -> di
                 f"{'string' if trained_on_strings else want} ids; "
                 f"point data.path at clicks in the model's id space (or cast {col} to the training type)"
             )
-    if spec.items.ids.dtype.kind in "UO":
-        raise CandidatesError(
-            f"the model's item ids are strings (e.g. {spec.items.ids[0]!r}), which the candidates job does not serve "
-            "yet (its ranking and output use integer item ids); to generate candidates, train on integer item ids "
-            "(map each item to an integer with a lookup table). The logged MLflow model serves string ids "
-            "(python -m pipelines.serve)"
-        )
     recent = history.filter(pl.col("timestamp") >= window.start)
     known = spec.items.encode(recent["item_id"]) >= 0  # (N,)
     if recent.height and not known.any():

@@ -14,7 +14,7 @@ import pyarrow as pa
 from recsys_cl.candidates.histories import UserBatch
 from recsys_cl.features.spec import FeatureSpec
 from recsys_cl.features.vocab import Vocab
-from recsys_cl.index.base import SENTINEL_ID, Index
+from recsys_cl.index.base import Index
 from recsys_cl.towers.two_tower import TwoTower
 from recsys_cl.train.steps import embed_users
 
@@ -28,10 +28,13 @@ def topk_unseen(
     k: int,
     max_extra: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` items per query that the user has not seen.
+    """Top-``k`` items per query that the user has not seen, as item-vocab indices.
 
     Queries ``k + min(|seen|, max_extra)`` per chunk (the chunk's largest |seen|), drops seen and
     padding ids, and re-queries users left short with ``k + |seen|`` (exact for an exact index).
+    The index's ids (integers, or strings for a model of string item ids) are turned into vocab
+    indices right after each query, so everything after it works on integers whatever the ids' type;
+    ``items.decode`` gives the ids back.
 
     Args:
         queries: (U, D) float32 user embeddings.
@@ -39,32 +42,32 @@ def topk_unseen(
         items: the item vocabulary (index ids <-> vocab indices).
 
     Returns:
-        (ids (U, k) int64, scores (U, k) float32, n (U,) valid per row); padded with
-        SENTINEL_ID / -inf beyond n.
+        (item-vocab indices (U, k) int64, scores (U, k) float32, n (U,) valid per row); padded with
+        -1 / -inf beyond n.
     """
     U = len(queries)
     M = index.size
     n_seen = np.diff(seen_offsets)
-    out_ids = np.full((U, k), SENTINEL_ID, dtype=np.int64)
+    out_idx = np.full((U, k), -1, dtype=np.int64)
     out_scores = np.full((U, k), -np.inf, dtype=np.float32)
     out_n = np.zeros(U, dtype=np.int64)
     if U == 0:
-        return out_ids, out_scores, out_n
+        return out_idx, out_scores, out_n
     seen_keys = np.repeat(np.arange(U, dtype=np.int64), n_seen) * len(items) + seen_items  # (S,)
     seen_keys.sort()
 
     def fill(rows: np.ndarray, fetch: int) -> None:
         ids, scores = index.query(queries[rows], fetch)  # (R, F)
-        idx = items.encode(ids.ravel()).reshape(ids.shape)
+        idx = items.encode(ids.ravel()).reshape(ids.shape)  # (R, F); the padding id is -1 here too
         keys = rows[:, None] * len(items) + idx
         pos = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
         is_seen = (seen_keys[pos] == keys) if len(seen_keys) else np.zeros(keys.shape, dtype=bool)
-        keep = (ids != SENTINEL_ID) & (idx >= 0) & ~is_seen & np.isfinite(scores)
+        keep = (idx >= 0) & ~is_seen & np.isfinite(scores)
         rank = np.cumsum(keep, axis=1)  # (R, F) 1-based rank among kept
         keep &= rank <= k
         kept = keep.sum(axis=1)  # (R,)
         slot = np.repeat(rows * k, kept) + rank[keep] - 1  # flat (U, k) position of each kept entry
-        out_ids.reshape(-1)[slot] = ids[keep]  # boolean indexing walks row by row, as ``slot`` does
+        out_idx.reshape(-1)[slot] = idx[keep]  # boolean indexing walks row by row, as ``slot`` does
         out_scores.reshape(-1)[slot] = scores[keep]
         out_n[rows] = kept
 
@@ -75,7 +78,7 @@ def topk_unseen(
     if len(short):
         fetch = min(k + int(n_seen[short].max()), M)
         fill(short, fetch)
-    return out_ids, out_scores, out_n
+    return out_idx, out_scores, out_n
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,6 +87,11 @@ def topk_unseen(
 
 
 OUTPUT_SCHEMA_FIELDS = ("user_id", "item_id", "rank", "score", "model_version", "index_id")
+
+
+def item_id_type(items: Vocab) -> pa.DataType:
+    """The ``item_id`` column's type: the model's item ids as trained, int64 or string."""
+    return pa.string() if items.ids.dtype.kind in "UO" else pa.int64()
 
 
 @dataclass
@@ -103,15 +111,15 @@ class Recommender:
 
     def recommend(self, batch: UserBatch) -> pa.Table:
         q = self.embed(batch)  # (U, D)
-        ids, scores, n = topk_unseen(
+        idx, scores, n = topk_unseen(
             self.index, q, batch.seen_offsets, batch.seen_items, self.spec.items, self.k, self.max_extra
         )
-        rank = np.broadcast_to(np.arange(1, self.k + 1, dtype=np.int32), ids.shape)  # (U, K)
+        rank = np.broadcast_to(np.arange(1, self.k + 1, dtype=np.int32), idx.shape)  # (U, K)
         mask = rank <= n[:, None]  # (U, K) the first n[u] entries of row u, taken row by row
         rows = int(n.sum())
         return pa.table({
             "user_id": pa.array(np.repeat(batch.user_ids, n)),
-            "item_id": pa.array(ids[mask], pa.int64()),
+            "item_id": pa.array(self.spec.items.decode(idx[mask]), item_id_type(self.spec.items)),
             "rank": pa.array(rank[mask]),
             "score": pa.array(scores[mask].astype(np.float32)),
             # one scalar repeated: no Python string object per row

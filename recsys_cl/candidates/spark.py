@@ -215,8 +215,11 @@ def make_spark_runner(
         partitions = n_partitions or max(int(sc.defaultParallelism), 1)
         startup_s = time.perf_counter() - t0
         id_type = "string" if users.dtype.kind in "UO" else "long"
+        item_type = "string" if rec.spec.items.ids.dtype.kind in "UO" else "long"  # as Recommender.recommend
+        # windows and seen sets are item-vocab indices whatever the item ids' type
         in_schema = f"user_id {id_type}, user_index long, window array<long>, seen array<long>"
-        out_schema = f"user_id {id_type}, item_id long, rank int, score float, model_version string, index_id string"
+        out_schema = (f"user_id {id_type}, item_id {item_type}, rank int, score float, model_version string, "
+                      "index_id string")
         args = (model_dir.name, index_dir.name, cfg.k, cfg.max_extra_fetch, rec.model_version, rec.index_id)
         df = spark.createDataFrame(_arrow_inputs(histories, users, length, cfg.chunk_size), schema=in_schema)
         # Executors get users in id ranges, sorted; recommend keeps row order with rank ascending, and

@@ -124,10 +124,10 @@ def test_check_clicks_refuses_another_id_space() -> None:
         check_clicks(strings, spec, w)  # type: ignore[arg-type]
 
 
-def test_check_clicks_accepts_string_user_ids_of_a_saved_model_and_names_string_item_ids(tmp_path: Path) -> None:
+def test_check_clicks_accepts_string_ids_of_a_saved_model(tmp_path: Path) -> None:
     """A saved String vocabulary loads back as numpy object ids (kind 'O', not 'U'): a model trained on
     string user ids refused its own click log ('holds String ids but ... trained on object ids'). String
-    item ids are refused up front, by name, not with a TypeError from the scoring after the index build."""
+    item ids are read like integer ones (they were refused, by name, before the job served them)."""
     users = Vocab.load(Vocab(np.array(["u1", "u2"], dtype=object), name="user_id").save(tmp_path / "users.parquet"))
     items = Vocab(np.arange(10, 14))
     assert users.ids.dtype.kind == "O"
@@ -138,10 +138,11 @@ def test_check_clicks_accepts_string_user_ids_of_a_saved_model_and_names_string_
     with pytest.raises(CandidatesError, match=r"user_id column holds Int64 ids but the model was trained on string"):
         check_clicks(_clicks([(1, 10, D0)]), _Spec(items, users), w)  # type: ignore[arg-type]
     string_items = Vocab.load(Vocab(np.array(["i10", "i11"], dtype=object), name="item_id").save(tmp_path / "i.pq"))
-    with pytest.raises(CandidatesError, match=r"the model's item ids are strings \(e\.g\. 'i10'\), which the "
-                                              r"candidates job does not serve yet.*integer item ids"):
-        check_clicks(clicks.with_columns(pl.lit("i10").alias("item_id")),
-                     _Spec(string_items, users), w)  # type: ignore[arg-type]
+    got = check_clicks(clicks.with_columns(pl.Series("item_id", ["i10", "i99"])),
+                       _Spec(string_items, users), w)  # type: ignore[arg-type]
+    assert got == {"window_clicks": 2.0, "known_item_share": 0.5, "clicks_on_run_date": 2.0}
+    with pytest.raises(CandidatesError, match=r"item_id column holds Int64 ids but the model was trained on string"):
+        check_clicks(clicks, _Spec(string_items, users), w)  # type: ignore[arg-type]
 
 
 def test_health_fails_on_foreign_clicks_and_a_late_log(tmp_path: Path) -> None:
@@ -174,6 +175,29 @@ def test_health_fails_when_new_items_crowd_the_lists(tmp_path: Path) -> None:
     assert health_check(tmp_path, summed, CandidatesConfig(max_new_item_share=1.0), None)[1] == []
     assert health_check(tmp_path, {k: v for k, v in manifest.items() if k != "new_item_share"},
                         CandidatesConfig(), None)[1] == []  # an older manifest without the figure
+
+
+def test_health_after_a_partition_of_another_id_type_has_no_overlap(tmp_path: Path) -> None:
+    """The first night of a model of string item ids after one of integer ids: the two partitions
+    share no user (the join on ids of two types raised a polars SchemaError)."""
+    import json
+
+    from recsys_cl.candidates.health import health_check, overlap_at_k
+    from recsys_cl.io_atomic import SUCCESS_FILE
+
+    rows = {"rank": [1, 2], "score": [0.5, 0.25], "model_version": ["1", "1"], "index_id": ["x", "x"]}
+    old, new = tmp_path / "dt=2023-11-14", tmp_path / "new"
+    for d, ids in ((old, {"user_id": [1, 1], "item_id": [10, 11]}),
+                   (new, {"user_id": ["u1", "u1"], "item_id": ["SKU-10", "SKU-11"]})):
+        d.mkdir()
+        pl.DataFrame({**ids, **rows}).write_parquet(d / "part-00000.parquet")
+    (old / SUCCESS_FILE).write_text(json.dumps({"model_version": "1"}))
+    overlap, users = overlap_at_k(read_partition(new), read_partition(old), 2)
+    assert np.isnan(overlap) and users == 0
+    manifest = {"date": "2023-11-15", "served_share": 1.0, "catalogue_coverage": 1.0, "model_version": "2",
+                "ann_recall": {"recall_at_k": 1.0}, "known_item_share": 1.0, "clicks_on_run_date": 5}
+    health, failures = health_check(new, manifest, CandidatesConfig(k=2), old)
+    assert failures == [] and health["overlap_users"] == 0 and not health["same_model_as_previous"]
 
 
 def test_user_batch_matches_sequences_last_windows() -> None:
@@ -242,32 +266,59 @@ def test_topk_unseen_equals_masked_brute_force(max_extra: int) -> None:
     seen = [rng.choice(M, size=int(rng.integers(0, 36)), replace=False) for _ in range(U)]
     seen[0] = np.arange(M)  # sees everything -> no candidates
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
-    got_ids, got_scores, n = topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64),
+    got_idx, got_scores, n = topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64),
                                          Vocab(ids), K, max_extra)
     scores = q @ vecs.T
     for u in range(U):
         scores[u, seen[u]] = -np.inf
         want = np.argsort(-scores[u], kind="stable")[: min(K, M - len(seen[u]))]
         assert n[u] == len(want)
-        np.testing.assert_array_equal(got_ids[u, : n[u]], ids[want])
+        np.testing.assert_array_equal(got_idx[u, : n[u]], want)  # item-vocab indices (vocab row = index row)
         np.testing.assert_allclose(got_scores[u, : n[u]], scores[u, want], rtol=1e-5)
-        assert not set(got_ids[u, : n[u]]) & set(ids[seen[u]])
+        assert not set(got_idx[u, : n[u]]) & set(seen[u])
+        assert (got_idx[u, n[u]:] == -1).all()
 
 
+def test_topk_unseen_of_string_item_ids_equals_their_integer_twins(tmp_path: Path) -> None:
+    """An index over string ids returns them as numpy unicode ("" pads), the vocabulary of a saved model
+    holds Python strings: the same vocab indices and scores as for the same items under integer ids."""
+    rng = np.random.default_rng(3)
+    M, D, U, K = 30, 8, 12, 6
+    vecs = rng.standard_normal((M, D)).astype(np.float32)
+    int_ids = np.arange(100, 100 + M)
+    str_ids = np.array([f"SKU-{i:05d}" for i in int_ids], dtype=object)  # zero-padded: same order
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, M - 3)), replace=False) for _ in range(U)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    got = []
+    for ids, vocab in ((int_ids, Vocab(int_ids, name="item_id")),
+                       (str_ids, Vocab.load(Vocab(str_ids, name="item_id").save(tmp_path / "items.parquet")))):
+        index = ExactIndex()
+        index.build(vecs, ids)
+        got.append(topk_unseen(index, q, offsets, np.concatenate(seen).astype(np.int64), vocab, K + 30, 2))
+    assert got[1][0].dtype == np.int64 and (got[1][0] == -1).any()  # K + 30 > M: padded rows
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("item_ids", [np.arange(100, 140),
+                                      np.array([f"SKU-{i}" for i in range(100, 140)], dtype=object)])
 @pytest.mark.parametrize("user_ids", [np.arange(10, 35), np.array([f"u{i:02d}" for i in range(25)])])
-def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray) -> None:
+def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray, item_ids: np.ndarray) -> None:
     """The Arrow rows of ``Recommender.recommend`` are the first ``n[u]`` entries of each user's
-    top-K unseen lists, in user then rank order, with the labels repeated on every row."""
+    top-K unseen lists, in user then rank order, with the labels repeated on every row; item ids
+    are the model's, int64 or string (an index over strings returns numpy unicode, a loaded
+    vocabulary holds Python strings)."""
     import pyarrow as pa
 
     from recsys_cl.candidates.histories import UserBatch
     from recsys_cl.candidates.scoring import Recommender
 
     rng = np.random.default_rng(2)
-    M, D, U, K = 40, 8, len(user_ids), 7
+    M, D, U, K = len(item_ids), 8, len(user_ids), 7
     vecs = rng.standard_normal((M, D)).astype(np.float32)
     index = ExactIndex()
-    index.build(vecs, np.arange(100, 100 + M))
+    index.build(vecs, item_ids)
     q = rng.standard_normal((U, D)).astype(np.float32)
     seen = [rng.choice(M, size=int(rng.integers(0, 38)), replace=False) for _ in range(U)]
     seen[3] = np.arange(M)  # no candidates at all
@@ -279,19 +330,20 @@ def test_recommend_rows_equal_a_row_by_row_reference(user_ids: np.ndarray) -> No
         def embed(self, batch: UserBatch) -> np.ndarray:
             return q
 
-    spec = dataclasses.make_dataclass("Spec", ["items"])(Vocab(np.arange(100, 100 + M)))
+    spec = dataclasses.make_dataclass("Spec", ["items"])(Vocab(item_ids))
     table = Fixed(None, spec, index, K, 5, "v3", "index-abc").recommend(batch)  # type: ignore[arg-type]
-    ids, scores, n = topk_unseen(index, q, offsets, batch.seen_items, spec.items, K, 5)
+    idx, scores, n = topk_unseen(index, q, offsets, batch.seen_items, spec.items, K, 5)
     want: dict[str, list] = {c: [] for c in ("user_id", "item_id", "rank", "score")}
     for u in range(U):
         for r in range(n[u]):
             want["user_id"].append(user_ids[u])
-            want["item_id"].append(ids[u, r])
+            want["item_id"].append(spec.items.ids[idx[u, r]])
             want["rank"].append(r + 1)
             want["score"].append(scores[u, r])
     assert n[3] == 0 and table.num_rows == sum(n) > 0
     assert table.column("user_id").to_pylist() == [x.item() for x in want["user_id"]]
-    assert table.column("item_id").to_pylist() == [int(x) for x in want["item_id"]]
+    assert table.column("item_id").to_pylist() == [x.item() if hasattr(x, "item") else x for x in want["item_id"]]
+    assert table.schema.field("item_id").type == (pa.string() if item_ids.dtype.kind == "O" else pa.int64())
     assert table.column("rank").to_pylist() == want["rank"]
     np.testing.assert_array_equal(table.column("score").to_numpy(), np.array(want["score"], dtype=np.float32))
     assert table.column("model_version").to_pylist() == ["v3"] * table.num_rows

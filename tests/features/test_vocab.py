@@ -19,6 +19,20 @@ def test_strings_and_save_load(tmp_path) -> None:
     assert list(v2.ids) == ["a", "b", "c"] and v2.name == "item_id"
 
 
+def test_numpy_unicode_values_encode_against_a_loaded_string_vocabulary(tmp_path) -> None:
+    """A saved vocabulary of strings loads back as Python objects; an index returns its string ids as
+    numpy unicode: the two are the same id type (encoding them raised 'holds object ids but got <U')."""
+    v = Vocab.load(Vocab.from_values(["b", "a", "ccc"], name="item_id").save(tmp_path / "v.parquet"))
+    assert v.ids.dtype.kind == "O"
+    values = np.array(["ccc", "", "a", "cc", "cccc", "b"])
+    for _ in range(2):  # the unicode copy of the ids is made once, then reused
+        assert list(v.encode(values)) == [2, -1, 0, -1, -1, 1]
+    assert list(v.encode(values.astype(object))) == [2, -1, 0, -1, -1, 1]
+    assert list(Vocab(np.array(["a", "b"])).encode(np.array(["b", "bb"], dtype=object))) == [1, -1]
+    with pytest.raises(TypeError, match="same id type"):
+        v.encode(np.array([1]))
+
+
 def test_type_mismatch_is_clear() -> None:
     v = Vocab.from_values([1, 2])
     with pytest.raises(TypeError, match="same id type"):
