@@ -14,14 +14,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import polars as pl
 import torch
 
 from recsys_cl.baselines.tuning import SELECT_BY
-from recsys_cl.config import ConfigError, RunConfig, TrackingConfig
+from recsys_cl.config import CONTENT_ENCODERS, ConfigError, RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
@@ -45,7 +45,7 @@ from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec, build_feature_spec
 from recsys_cl.features.vocab import Vocab
 from recsys_cl.io_atomic import scratch
-from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
+from recsys_cl.towers.content import build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import checkpoint_lock, load_checkpoint, save_model_dir
 from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
@@ -812,6 +812,28 @@ def run_baseline(
     }
     reporter.log_dict(summary, "summary.json")
     return summary
+
+
+def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None) -> dict[str, Any]:
+    """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
+    alone) reads (:meth:`RunConfig.unused_sections`): a run without a text encoder logged the 8
+    ``item_tower.text.*`` keys, which the compare view showed as differences between runs that
+    neither read them. The whole config is the run's ``config/resolved_config.yaml``."""
+    unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))
+    return {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}
+
+
+def parent_tags(base: RunConfig, prep: Prepared, configs: Iterable[RunConfig]) -> dict[str, str]:
+    """The tags of a parent run over the two-tower runs of ``configs`` (a sweep's, an ablation's):
+    ``prep``'s data and protocol tags, ``model`` and each of ``loss_kind``, ``logq`` and ``negatives``
+    as its runs' distinct values joined by commas, so the parent answers the filters its runs do."""
+    configs = list(configs)
+
+    def distinct(values: Iterable[str]) -> str:
+        return ",".join(dict.fromkeys(values))
+
+    return {**prep.tags(base), "model": "two_tower", "loss_kind": distinct(c.loss.kind for c in configs),
+            "logq": distinct(c.loss.logq for c in configs), "negatives": distinct(_negatives_tag(c) for c in configs)}
 
 
 PROTOCOL_SECTIONS = ("data.", "split.", "eval.")
