@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import polars as pl
@@ -32,6 +32,7 @@ from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_
 from recsys_cl.eval.protocol import (
     ALL_CATALOGUE,
     COLD_CATALOGUE,
+    EVAL_SET_SIZES,
     EvalSet,
     build_eval_set,
     evaluate,
@@ -48,7 +49,7 @@ from recsys_cl.io_atomic import scratch
 from recsys_cl.towers.content import build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import checkpoint_lock, load_checkpoint, save_model_dir
-from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
+from recsys_cl.train.loop import SELECT_METRIC, EpochCallback, FitResult, fit
 from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
@@ -393,6 +394,21 @@ def two_tower_score_fn(
     return score
 
 
+def epoch_logger(reporter: Reporter) -> EpochCallback:
+    """``fit``'s ``on_epoch_end`` for ``reporter``: every epoch's metrics at step = epoch, but the
+    validation set's sizes (``val/n_users``, ``val/n_skipped_users``: :data:`EVAL_SET_SIZES`) once,
+    at step 0 with the first epoch, as a baseline run logs them: the same number at every epoch was a
+    flat curve in the UI."""
+    sizes = {f"val/{k}" for k in EVAL_SET_SIZES}
+
+    def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+        if epoch == 1:  # a resumed run logged them before it was killed
+            reporter.log_metrics({k: v for k, v in metrics.items() if k in sizes}, step=0)
+        reporter.on_epoch_end(epoch, {k: v for k, v in metrics.items() if k not in sizes})
+
+    return log_epoch
+
+
 def _paired_delta(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, reference: ScoreFn, name: str,
                   batch_size: int) -> dict[str, Any]:
     """``score_fn`` - ``reference`` Recall@20 on the test users with a 95% paired bootstrap, logged as
@@ -472,7 +488,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
     ckpt = checkpoint_path(cfg, prep.resume_fingerprint)
     result: FitResult = fit(
         model, data, cfg.train, cfg.loss, validate,
-        on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
+        on_epoch_end=epoch_logger(reporter), checkpoint_path=ckpt,
         extra_state={"run_id": reporter.run_id}, negatives=cfg.negatives,
     )
     if not dist.is_main():  # distributed: rank 0 tests, logs and writes the artifacts

@@ -67,6 +67,9 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     assert len(run.data.tags["data_fingerprint"]) == 16 and "git_commit" in run.data.tags
     steps = client.get_metric_history(run.info.run_id, "val/recall_at_20")
     assert [m.step for m in steps] == [1, 2]
+    for size in ("n_users", "n_skipped_users"):  # the validation set's size: once, not a flat curve
+        points = client.get_metric_history(run.info.run_id, f"val/{size}")
+        assert [(m.step, m.value) for m in points] == [(0, on_disk["val_metrics"][size])]
     assert run.data.metrics["test/recall_at_20"] == pytest.approx(on_disk["test_metrics"]["recall@20"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "item_embeddings", "vocab", "config"} <= artifacts
@@ -395,6 +398,7 @@ def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     assert runs.loc["plain", "tags.mlflow.parentRunId"] == runs.loc["parent", "run_id"]
     steps = mlflow.MlflowClient().get_metric_history(runs.loc["plain", "run_id"], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(runs.loc["plain", "run_id"], "val/n_users")] == [0]
 
 
 @pytest.mark.parametrize("pipeline", ["train_two_tower", "ablation"])
