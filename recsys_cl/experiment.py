@@ -470,7 +470,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
                        "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
-    reporter.log_params(cfg.to_flat_dict())
+    reporter.log_params(run_params(cfg))  # the whole config: config/resolved_config.yaml
     what = two_tower_description(cfg, prep)
     reporter.set_description(f"{what}\n\nTraining (up to {cfg.train.epochs} epochs).")  # a running or failed run
     if dist.world_size() > 1:
@@ -832,7 +832,7 @@ def run_baseline(
 
 def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None) -> dict[str, Any]:
     """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
-    alone) reads (:meth:`RunConfig.unused_sections`): a run without a text encoder logged the 8
+    alone) reads (:meth:`RunConfig.unused_sections`): a run without a text encoder logged the 4
     ``item_tower.text.*`` keys, which the compare view showed as differences between runs that
     neither read them. The whole config is the run's ``config/resolved_config.yaml``."""
     unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))

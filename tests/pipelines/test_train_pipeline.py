@@ -63,6 +63,11 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.temperature"] == "0.1"
     assert run.data.params["data.path"].endswith(data)
+    # no params of the content encoders the run does not use ([id, categorical]); the config keeps them
+    assert run.data.params["item_tower.encoders"] == "[id, categorical]"
+    assert not [k for k in run.data.params if k.startswith(("item_tower.text.", "item_tower.image."))]
+    resolved = client.download_artifacts(run.info.run_id, "config/resolved_config.yaml", str(tmp_path / "cfg"))
+    assert {"text", "image"} <= set(yaml.safe_load(Path(resolved).read_text())["item_tower"])
     assert run.data.tags["protocol"] == on_disk["protocol"]
     assert len(run.data.tags["data_fingerprint"]) == 16 and "git_commit" in run.data.tags
     steps = client.get_metric_history(run.info.run_id, "val/recall_at_20")
