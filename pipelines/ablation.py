@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> str:
             parent.set_description(
                 f"**Ablation** of {len(variants)} two-tower variants ({shown_path(Path(args.variants))}) x seeds "
                 f"{', '.join(map(str, args.seeds))}" + (f", baselines {', '.join(baselines)}" if baselines else "")
-                + f"; {len(done)} runs reused from an interrupted attempt. Metrics `mean/<variant>/...`: each "
+                + (f"; {len(done)} runs reused from an interrupted attempt" if done else "")
+                + ". Metrics `mean/<variant>/...`: each "
                 "variant's mean over its seeds (its name with the characters MLflow refuses in a metric name "
                 f"as `_`). Table: ablation/table.md (artifacts).\n\n{table}\n")
     hint = f"tags.{ABLATION_PARENT_TAG} = '{parent.run_id}'"
