@@ -34,7 +34,10 @@ cols = {"tags.mlflow.runName": "run", "tags.model": "model", "tags.loss_kind": "
         "tags.negatives": "negatives", "tags.logq": "logq", "params.loss.temperature": "tau",
         "params.train.seed": "seed", "metrics.best/val/recall_at_20": "val/recall_at_20",
         **{f"metrics.{m}": m for m in metrics}}
-models = runs[runs.get("tags.sweep", pd.Series(index=runs.index, dtype=object)) != "parent"]
+# a sweep's or an ablation's parent run trains no model of its own
+parent = pd.concat([runs.get(t, pd.Series(index=runs.index, dtype=object)) == "parent"
+                    for t in ("tags.sweep", "tags.ablation")], axis=1).any(axis=1)
+models = runs[~parent]
 table = models.reindex(columns=["run_id", *cols]).rename(columns=cols)
 table = table.dropna(subset=["test/recall_at_20"]).sort_values("test/recall_at_20", ascending=False)
 pd.set_option("display.width", 200)

@@ -1,5 +1,7 @@
 """Run two-tower variants x seeds and the baselines under one split and protocol; write a Markdown
-table (mean ± std over seeds for the two-tower rows) and log every run to MLflow.
+table (mean ± std over seeds for the two-tower rows) and log every run to MLflow, nested under one
+parent run (ablation[<variants file>]) that holds the table, the summary, the command and base config
+as params and each variant's mean over seeds as metrics (mean/<variant>/test/recall_at_20, ...).
 
 Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
@@ -10,9 +12,10 @@ Variants live in pipelines/configs/ablations/two_tower.yaml (name -> list of --s
 are validated before any training starts.
 
 A killed ablation continues where it stopped when the same command is run again (same config, --set,
-variants, seeds, baselines and data): its finished runs are reused as they are (their MLflow runs carry
-the tag ablation_row), the run it was in resumes from its last epoch's checkpoint, and the rest train.
-Once an ablation completes, the same command trains everything anew; --no-resume does so at once.
+variants, seeds, baselines and data): its parent run is reopened, its finished runs are reused as they
+are (their MLflow runs carry the tag ablation_row), the run it was in resumes from its last epoch's
+checkpoint, and the rest train. Once an ablation completes (its parent run FINISHED), the same command
+trains everything anew under a new parent; --no-resume does so at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,24 +45,30 @@ from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
 from recsys_cl.experiment import (
+    Prepared,
     check_run_config,
     lock_checkpoint,
+    parent_tags,
     prepare,
     require_warm_split,
     resumable_run_id,
     run_baseline,
+    run_params,
     run_two_tower,
     with_content,
 )
 from recsys_cl.sweep import ablation_key, refuse_duplicate_seeds, refuse_seed_override
 from recsys_cl.tracking import (
     ABLATION_KEY_TAG,
+    ABLATION_PARENT_TAG,
     ablation_row_tag,
-    mark_ablation_done,
+    metric_name_part,
+    mlflow_child_run,
     mlflow_run,
     unfinished_ablation,
 )
 from recsys_cl.train.checkpoint import CheckpointError
+from recsys_cl.train.loop import SELECT_METRIC
 
 CONFIGS = Path(__file__).parent / "configs"
 log = logging.getLogger("pipelines.ablation")
@@ -93,8 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
                    help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
-                        "test_metrics}], baselines} to PATH: every run's validation metrics, on which a "
-                        "variant is chosen, beside its test metrics")
+                        "test_metrics}], baselines, parent_run_id} to PATH: every run's validation metrics, on "
+                        "which a variant is chosen, beside its test metrics (also the parent run's "
+                        "ablation/summary.json)")
     return p.parse_args(argv)
 
 
@@ -174,49 +185,113 @@ def main(argv: list[str] | None = None) -> str:
             baselines = [] if prep.cold_start else list(base.baselines.models)
         for name in baselines:
             require_warm_split(name, prep)
-        for (name, _), cfg in configs.items():  # history length, num_sampled, content errors first
-            check_run_config(cfg, prep, f"in variant {name!r} (its overrides in --variants, or --set)")
+        fingerprints = {  # history length, num_sampled, content errors first
+            (name, seed): check_run_config(cfg, prep, f"in variant {name!r} (its overrides in --variants, or --set)")
+            .resume_fingerprint for (name, seed), cfg in configs.items()}
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
-    runs: list[dict[str, Any]] = []
-    baseline_runs: dict[str, dict[str, Any]] = {}
     key = ablation_key({cfg.tracking.run_name or "": cfg.to_flat_dict() for cfg in configs.values()}, baselines,
                        prep.resume_fingerprint)
-    done = {} if args.no_resume else unfinished_ablation(base.tracking, key)
-    if done:
-        log.info("continuing an interrupted ablation: %d of its %d runs finished before and are reused "
-                 "(--no-resume trains them all again)", len(done), len(configs) + len(baselines))
+    parent_id, done = (None, {}) if args.no_resume else unfinished_ablation(base.tracking, key)
+    if parent_id:
+        log.info("continuing interrupted ablation %s: %d of its %d runs finished before and are reused "
+                 "(--no-resume starts anew)", parent_id, len(done), len(configs) + len(baselines))
+    command = shlex.join(["python", "-m", "pipelines.ablation", *(sys.argv[1:] if argv is None else argv)])
+    with contextlib.ExitStack() as held:
+        try:  # every run left to train, held until the ablation ends: a second launch stops before any run opens
+            for pair, cfg in configs.items():
+                if cfg.tracking.run_name not in done:
+                    held.enter_context(lock_checkpoint(cfg, fingerprints[pair]))
+        except CheckpointError as e:
+            raise SystemExit(f"checkpoint error: {e}") from None
+        with mlflow_run(base.tracking, run_name=f"ablation[{Path(args.variants).stem}]", run_id=parent_id,
+                        tags={**parent_tags(base, prep, configs.values()), "ablation": "parent",
+                              ABLATION_KEY_TAG: key}) as parent:
+            parent.set_tags({ABLATION_PARENT_TAG: parent.run_id})
+            parent.log_params({**run_params(base, configs.values()), "ablation.command": command,
+                               "ablation.variants_file": args.variants, "ablation.variants": list(variants),
+                               "ablation.seeds": args.seeds, "ablation.baselines": baselines})
+            parent.log_text(yaml.safe_dump(variants, sort_keys=False, allow_unicode=True), "ablation/variants.yaml")
+            baseline_runs, runs = run_children(parent.run_id, base, prep, configs, baselines, done)
+            table, summary = write_outputs(args, prep.protocol, baseline_runs, runs,
+                                           {"reused_runs": len(done), "parent_run_id": parent.run_id})
+            parent.log_text(table + "\n", "ablation/table.md")
+            parent.log_dict(summary, "ablation/summary.json")
+            parent.log_metrics(variant_means(runs))
+            parent.set_description(
+                f"**Ablation** of {len(variants)} two-tower variants ({shown_path(Path(args.variants))}) x seeds "
+                f"{', '.join(map(str, args.seeds))}" + (f", baselines {', '.join(baselines)}" if baselines else "")
+                + (f"; {len(done)} runs reused from an interrupted attempt" if done else "")
+                + ". Metrics `mean/<variant>/...`: each "
+                "variant's mean over its seeds (its name with the characters MLflow refuses in a metric name "
+                f"as `_`). Table: ablation/table.md (artifacts).\n\n{table}\n")
+    hint = f"tags.{ABLATION_PARENT_TAG} = '{parent.run_id}'"
+    hint += " and attributes.status = 'FINISHED'" if parent_id else ""  # resumed: hide the killed tries
+    print(f"\nparent run: {parent.run_id}  ({len(runs) + len(baseline_runs)} child runs; filter: {hint})")
+    return table
+
+
+def run_children(
+    parent_id: str, base: RunConfig, prep: Prepared, configs: dict[tuple[str, int], RunConfig], baselines: list[str],
+    done: dict[str, dict[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Run (or reuse, from ``done``) the baselines and every variant x seed as child runs of
+    ``parent_id``; returns ``({baseline: row}, [two-tower row])``. A two-tower run killed before resumes
+    from its checkpoint into its own MLflow run, moved under ``parent_id`` when it was another's."""
+    baseline_runs: dict[str, dict[str, Any]] = {}
     for name in baselines:
         s = done.get(f"baseline-{name}")
         if s is None:
-            with mlflow_run(base.tracking, run_name=f"baseline-{name}",
-                            tags={"ablation": "baseline", ABLATION_KEY_TAG: key}) as run:
+            with mlflow_child_run(base.tracking, parent_id, f"baseline-{name}", {"ablation": "baseline"},
+                                  parent_tag=ABLATION_PARENT_TAG) as run:
                 s = run_baseline(name, base, prep, run)
                 s = {"run_id": run.run_id, "params": s["params"], "test_metrics": s["test_metrics"]}
                 run.set_tags(ablation_row_tag(s))
         baseline_runs[name] = s
-    for name in variants:
-        for seed in args.seeds:
-            cfg = configs[(name, seed)]
-            summary = done.get(cfg.tracking.run_name or "")
-            if summary is None:
-                run_prep = with_content(prep, cfg)  # this variant's content: part of what it resumes on
-                with contextlib.ExitStack() as held:
-                    try:  # held until the run ends: another process must not resume it meanwhile
-                        held.enter_context(lock_checkpoint(cfg, run_prep.resume_fingerprint))
-                        run_id = resumable_run_id(cfg, run_prep.resume_fingerprint)  # a killed run resumes
-                    except CheckpointError as e:
-                        raise SystemExit(f"checkpoint error: {e}") from None
-                    with mlflow_run(cfg.tracking, run_name=cfg.tracking.run_name,
-                                    tags={"ablation": name, ABLATION_KEY_TAG: key}, run_id=run_id) as run:
-                        summary = {k: v for k, v in run_two_tower(cfg, run, run_prep).items() if k in RUN_KEYS}
-                        run.set_tags(ablation_row_tag(summary))
-            runs.append({"variant": name, "seed": seed, **summary})
-    table = write_outputs(args, prep.protocol, baseline_runs, runs, {"reused_runs": len(done)})
-    mark_ablation_done(base.tracking, key)  # complete: the same command again trains anew
-    return table
+    runs: list[dict[str, Any]] = []
+    for (name, seed), cfg in configs.items():
+        summary = done.get(cfg.tracking.run_name or "")
+        if summary is None:
+            run_prep = with_content(prep, cfg)  # this variant's content: part of what it resumes on
+            try:
+                run_id = resumable_run_id(cfg, run_prep.resume_fingerprint)  # a killed run resumes
+            except CheckpointError as e:
+                raise SystemExit(f"checkpoint error: {e}") from None
+            with mlflow_child_run(cfg.tracking, parent_id, cfg.tracking.run_name, {"ablation": name}, run_id=run_id,
+                                  parent_tag=ABLATION_PARENT_TAG) as run:
+                summary = {k: v for k, v in run_two_tower(cfg, run, run_prep).items() if k in RUN_KEYS}
+                run.set_tags(ablation_row_tag(summary))
+        runs.append({"variant": name, "seed": seed, **summary})
+    return baseline_runs, runs
+
+
+HEADLINE_METRICS = ("recall@20", "ndcg@10", "mrr")
+"""The test metrics of each variant that its parent run logs as a mean over seeds."""
+
+
+def variant_means(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """``{"mean/<variant>/test/<metric>": mean over seeds}`` for :data:`HEADLINE_METRICS`, and
+    ``mean/<variant>/val/recall@20`` (what a variant is chosen on): the table's headline numbers as
+    metrics of the parent run, so the compare view lines ablations up. ``<variant>`` is the variant's
+    name as :func:`recsys_cl.tracking.metric_name_part` writes it (``+ logQ (counting)`` ->
+    ``logQ_counting``), with ``_2``, ``_3`` ... after a name another variant already gave."""
+    out: dict[str, float] = {}
+    parts: set[str] = set()
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        part = base_part = metric_name_part(name)
+        n = 1
+        while part in parts:
+            n += 1
+            part = f"{base_part}_{n}"
+        parts.add(part)
+        mine = [r for r in runs if r["variant"] == name]
+        test = mean_std([r["test_metrics"] for r in mine], HEADLINE_METRICS)
+        val = mean_std([r.get("val_metrics", {}) for r in mine], [SELECT_METRIC])
+        out.update({f"mean/{part}/test/{k}": mean for k, (mean, _) in test.items()})
+        out[f"mean/{part}/val/{SELECT_METRIC}"] = val[SELECT_METRIC][0]
+    return out
 
 
 def rows_file(out: str | Path) -> Path:
@@ -241,9 +316,10 @@ def check_rows_file(out: str, summary_json: str | None) -> None:
 
 
 def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[str, dict[str, Any]],
-                  runs: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+                  runs: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Render the tables (test, then validation), write ``--out`` (+ :func:`rows_file`, every row's runs)
-    and ``--summary-json``, each atomically (temp file + rename), print the tables; returns them."""
+    and ``--summary-json``, each atomically (temp file + rename), print the tables; returns them and the
+    summary (what ``--summary-json`` holds)."""
     # all items ranked: how much of the top 20 new items take is part of the answer
     keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
         if ALL_CATALOGUE in protocol.split("|") else TABLE_METRICS
@@ -273,10 +349,10 @@ def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[s
     out = Path(args.out)
     write_text_atomic(out, table + "\n")
     write_text_atomic(rows_file(out), json.dumps(raw, indent=2))
-    write_summary(args.summary_json, {"protocol": protocol, "table": str(out), "runs": runs,
-                                      "baselines": baseline_runs, **extra})
+    summary = {"protocol": protocol, "table": str(out), "runs": runs, "baselines": baseline_runs, **extra}
+    write_summary(args.summary_json, summary)
     print(table)
-    return table
+    return table, summary
 
 
 def merge(args: argparse.Namespace) -> str:
@@ -310,7 +386,7 @@ def merge(args: argparse.Namespace) -> str:
             baselines.setdefault(name, b)  # deterministic baselines: the first file's run
     order = list(dict.fromkeys(r["variant"] for r in runs))
     runs.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
-    return write_outputs(args, protocols.pop(), baselines, runs, {"merged": list(args.merge)})
+    return write_outputs(args, protocols.pop(), baselines, runs, {"merged": list(args.merge)})[0]
 
 
 if __name__ == "__main__":

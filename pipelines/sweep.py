@@ -45,7 +45,7 @@ from recsys_cl.experiment import (
     SELECTED_ON_CHILD,
     SELECTED_ON_TAG,
     check_run_config,
-    negatives_tag,
+    parent_tags,
     prepare,
     require_warm_split,
     run_baseline,
@@ -146,16 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("sweep: %d grid points x %d seeds = %d runs (+ %d baselines)",
              len(points), len(seeds), len(configs), len(baselines))
 
-    def distinct(values: list[str]) -> str:
-        return ",".join(dict.fromkeys(values))
-
-    parent_tags = {
-        **prep.tags(base), "model": "two_tower", "sweep": "parent", "sweep_grid": json.dumps(dict(axes)),
-        "loss_kind": distinct([c.loss.kind for _, _, c in configs]),
-        "logq": distinct([c.loss.logq for _, _, c in configs]),
-        "negatives": distinct([negatives_tag(c) for _, _, c in configs]),
-        SELECTED_ON_TAG: SELECTED_ON_CHILD,
-    }
+    sweep_tags = {**parent_tags(base, prep, (c for _, _, c in configs)), "sweep": "parent",
+                  "sweep_grid": json.dumps(dict(axes)), SELECTED_ON_TAG: SELECTED_ON_CHILD}
     rows: list[dict[str, Any]] = []
     name = args.name or f"sweep[{','.join(keys) or 'base'}]"
     key = sweep_key(base.to_flat_dict(), axes, seeds, baselines, name, prep.resume_fingerprint)
@@ -163,8 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if resume_id:
         log.info("continuing interrupted sweep %s: %d of %d runs finished before (--no-resume starts anew)",
                  resume_id, len(done), len(configs) + len(baselines))
-    parent_tags[SWEEP_KEY_TAG] = key
-    with mlflow_run(base.tracking, run_name=name, tags=parent_tags, run_id=resume_id) as parent:
+    sweep_tags[SWEEP_KEY_TAG] = key
+    with mlflow_run(base.tracking, run_name=name, tags=sweep_tags, run_id=resume_id) as parent:
         parent.set_tags({"sweep_id": parent.run_id})
         params = {**base.to_flat_dict(), **{k: "{" + ",".join(v) + "}" for k, v in axes},
                   "sweep.seeds": seeds, "sweep.runs": len(configs), "sweep.baselines": baselines}

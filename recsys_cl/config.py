@@ -194,6 +194,10 @@ class ImageInputConfig:
             raise ConfigError(f"item_tower.image.shape must be [C, H, W], got {list(self.shape)}")
 
 
+CONTENT_ENCODERS = ("text", "image")
+"""The item tower's content encoders: each has its own section (``item_tower.text``, ``item_tower.image``)."""
+
+
 @dataclass(frozen=True)
 class ItemTowerConfig:
     encoders: tuple[Literal["id", "categorical", "text", "image"], ...] = ("id", "categorical")
@@ -748,6 +752,11 @@ class RunConfig:
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"loss.temperature": 0.05, ...}``: every leaf value under its dotted key."""
         return flatten(dataclasses.asdict(self))
+
+    def unused_sections(self) -> tuple[str, ...]:
+        """The sections of this config its two-tower run does not read: ``item_tower.text`` and
+        ``item_tower.image`` while that encoder is not in ``item_tower.encoders``."""
+        return tuple(f"item_tower.{name}" for name in CONTENT_ENCODERS if name not in self.item_tower.encoders)
 
     def unused_settings(self) -> list[str]:
         """Warnings for settings that this config does not use, most likely by mistake: a content

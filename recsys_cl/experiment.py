@@ -14,14 +14,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import polars as pl
 import torch
 
 from recsys_cl.baselines.tuning import SELECT_BY
-from recsys_cl.config import ConfigError, RunConfig, TrackingConfig
+from recsys_cl.config import CONTENT_ENCODERS, ConfigError, RunConfig, TrackingConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.io import ClickLog, load_click_log
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
@@ -32,6 +32,7 @@ from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_
 from recsys_cl.eval.protocol import (
     ALL_CATALOGUE,
     COLD_CATALOGUE,
+    EVAL_SET_SIZES,
     EvalSet,
     build_eval_set,
     evaluate,
@@ -45,10 +46,10 @@ from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import FeatureSpec, build_feature_spec
 from recsys_cl.features.vocab import Vocab
 from recsys_cl.io_atomic import scratch
-from recsys_cl.towers.content import CONTENT_ENCODERS, build_content, load_pretrained_weights
+from recsys_cl.towers.content import build_content, load_pretrained_weights
 from recsys_cl.train.batches import TrainingData
 from recsys_cl.train.checkpoint import checkpoint_lock, load_checkpoint, save_model_dir
-from recsys_cl.train.loop import SELECT_METRIC, FitResult, fit
+from recsys_cl.train.loop import SELECT_METRIC, EpochCallback, FitResult, fit
 from recsys_cl.train.steps import FoldIn, embed_items, embed_users, fold_in_items
 from recsys_cl.towers.two_tower import TwoTower, build_two_tower
 from recsys_cl.utils import dist
@@ -393,6 +394,21 @@ def two_tower_score_fn(
     return score
 
 
+def epoch_logger(reporter: Reporter) -> EpochCallback:
+    """``fit``'s ``on_epoch_end`` for ``reporter``: every epoch's metrics at step = epoch, but the
+    validation set's sizes (``val/n_users``, ``val/n_skipped_users``: :data:`EVAL_SET_SIZES`) once,
+    at step 0 with the first epoch, as a baseline run logs them: the same number at every epoch was a
+    flat curve in the UI."""
+    sizes = {f"val/{k}" for k in EVAL_SET_SIZES}
+
+    def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+        if epoch == 1:  # a resumed run logged them before it was killed
+            reporter.log_metrics({k: v for k, v in metrics.items() if k in sizes}, step=0)
+        reporter.on_epoch_end(epoch, {k: v for k, v in metrics.items() if k not in sizes})
+
+    return log_epoch
+
+
 def _paired_delta(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, reference: ScoreFn, name: str,
                   batch_size: int) -> dict[str, Any]:
     """``score_fn`` - ``reference`` Recall@20 on the test users with a 95% paired bootstrap, logged as
@@ -454,7 +470,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
                        "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
                        "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
-    reporter.log_params(cfg.to_flat_dict())
+    reporter.log_params(run_params(cfg))  # the whole config: config/resolved_config.yaml
     what = two_tower_description(cfg, prep)
     reporter.set_description(f"{what}\n\nTraining (up to {cfg.train.epochs} epochs).")  # a running or failed run
     if dist.world_size() > 1:
@@ -472,7 +488,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
     ckpt = checkpoint_path(cfg, prep.resume_fingerprint)
     result: FitResult = fit(
         model, data, cfg.train, cfg.loss, validate,
-        on_epoch_end=reporter.on_epoch_end, checkpoint_path=ckpt,
+        on_epoch_end=epoch_logger(reporter), checkpoint_path=ckpt,
         extra_state={"run_id": reporter.run_id}, negatives=cfg.negatives,
     )
     if not dist.is_main():  # distributed: rank 0 tests, logs and writes the artifacts
@@ -812,6 +828,28 @@ def run_baseline(
     }
     reporter.log_dict(summary, "summary.json")
     return summary
+
+
+def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None) -> dict[str, Any]:
+    """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
+    alone) reads (:meth:`RunConfig.unused_sections`): a run without a text encoder logged the 4
+    ``item_tower.text.*`` keys, which the compare view showed as differences between runs that
+    neither read them. The whole config is the run's ``config/resolved_config.yaml``."""
+    unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))
+    return {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}
+
+
+def parent_tags(base: RunConfig, prep: Prepared, configs: Iterable[RunConfig]) -> dict[str, str]:
+    """The tags of a parent run over the two-tower runs of ``configs`` (a sweep's, an ablation's):
+    ``prep``'s data and protocol tags, ``model`` and each of ``loss_kind``, ``logq`` and ``negatives``
+    as its runs' distinct values joined by commas, so the parent answers the filters its runs do."""
+    configs = list(configs)
+
+    def distinct(values: Iterable[str]) -> str:
+        return ",".join(dict.fromkeys(values))
+
+    return {**prep.tags(base), "model": "two_tower", "loss_kind": distinct(c.loss.kind for c in configs),
+            "logq": distinct(c.loss.logq for c in configs), "negatives": distinct(_negatives_tag(c) for c in configs)}
 
 
 PROTOCOL_SECTIONS = ("data.", "split.", "eval.")

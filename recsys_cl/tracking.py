@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -163,6 +164,13 @@ def _check_opens(uri: str) -> None:
 def metric_key(name: str) -> str:
     """MLflow metric names may not contain '@': ``val/recall@20`` -> ``val/recall_at_20``."""
     return name.replace("@", "_at_")
+
+
+def metric_name_part(text: str) -> str:
+    """``text`` as one part of a metric name: each run of characters MLflow refuses in a name (or
+    that would nest it: ``/``), and of spaces, becomes one ``_``; ``+ logQ (counting)`` ->
+    ``logQ_counting``. ``_`` for a text with nothing left."""
+    return re.sub(r"[^\w.\-]+", "_", text).strip("_") or "_"
 
 
 def _git(*args: str, cwd: Path | None = None) -> str | None:
@@ -387,15 +395,7 @@ def mlflow_run(
         mlflow.set_tracking_uri(uri)
         _set_experiment(cfg.experiment, uri)
         mark_dead_runs(uri, cfg.experiment)
-        if run_id is not None:
-            try:
-                mlflow.get_run(run_id)
-            except mlflow.exceptions.MlflowException:
-                log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
-                run_id = None
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name))
-        if run_id is not None and KILLED_TAG in run.data.tags:  # resumed: no longer a killed run
-            _client(uri).delete_tag(run_id, KILLED_TAG)
+        run = _start_run(uri, run_id, run_name or cfg.run_name)
     except Exception as e:  # sqlalchemy, OSError, MlflowException ...: all mean "this store will not open"
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise TrackingError(
@@ -411,6 +411,25 @@ def mlflow_run(
         raise
     else:
         end_active_run(uri, "FINISHED")
+
+
+def _start_run(uri: str, run_id: str | None, run_name: str | None, parent_run_id: str | None = None) -> Any:
+    """Resume the run ``run_id`` when the store has it (no longer a killed run: its
+    :data:`KILLED_TAG` goes), else start one named ``run_name``; nested (under ``parent_run_id``
+    when new) when ``parent_run_id`` is given."""
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("run %s to resume is not in %s; starting a new run", run_id, uri)
+            run_id = None
+    nested = parent_run_id is not None
+    if run_id is None:
+        return mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id)
+    run = mlflow.start_run(run_id=run_id, nested=nested)
+    if KILLED_TAG in run.data.tags:
+        _client(uri).delete_tag(run_id, KILLED_TAG)
+    return run
 
 
 PROCESS_TAG = "process"
@@ -818,21 +837,26 @@ def mlflow_child_run(
     parent_run_id: str,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    parent_tag: str = SWEEP_PARENT_TAG,
 ) -> Iterator[Tracker]:
-    """Open a run nested under ``parent_run_id`` (shown folded under it in the UI's run table).
+    """Open a run nested under ``parent_run_id`` (shown folded under it in the UI's run table), or
+    resume the run ``run_id`` there (a killed child that continues from its checkpoint; one of an
+    earlier parent moves under this one).
 
     The parent may be open (inside ``mlflow_run``) or closed; the child is ended FINISHED, or FAILED
     on an exception, and the parent stays active afterwards. Tagged with :func:`code_tags` and
-    ``sweep_id`` = ``parent_run_id`` besides ``tags``.
+    ``parent_tag`` (``sweep_id``, ``ablation_id``) = ``parent_run_id`` besides ``tags``.
     """
     uri = resolve_tracking_uri(cfg)
     ready_store(uri)
     mlflow.set_tracking_uri(uri)
     _set_experiment(cfg.experiment, uri)
-    run = mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id)
+    run = _start_run(uri, run_id, run_name, parent_run_id)
     try:
         tracker = Tracker(run)
-        tracker.set_tags({**code_tags(), SWEEP_PARENT_TAG: parent_run_id, **dict(tags or {})})
+        tracker.set_tags({**code_tags(), PARENT_RUN_TAG: parent_run_id, parent_tag: parent_run_id,
+                          **dict(tags or {})})
         yield tracker
     except BaseException:
         end_active_run(uri, "FAILED")
@@ -841,6 +865,8 @@ def mlflow_child_run(
         end_active_run(uri, "FINISHED")
 
 
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's tag that nests a run under another in the UI's runs table."""
 SWEEP_KEY_TAG = "sweep_key"
 """Tag on a sweep's parent: the identity of its arguments and data (``pipelines.sweep``). A rerun
 with the same key finds an unfinished parent and continues it."""
@@ -849,43 +875,59 @@ SWEEP_ROW_TAG = "sweep_row"
 rebuilds the table without retraining it."""
 
 
-def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[str, str]]:
-    """The newest parent run tagged ``sweep_key = key`` that did not finish, and its finished
-    children's summary rows: ``(parent_run_id, {child run name: row JSON})``; ``(None, {})`` when
-    there is none.
+def unfinished_parent(cfg: TrackingConfig, key_tag: str, key: str, parent_tag: str) -> tuple[str | None, Any]:
+    """The newest parent run tagged ``key_tag = key`` that did not finish, and its children (runs
+    tagged ``parent_tag = <its id>``) as a :func:`search_runs_frame`: ``(parent_run_id, children)``;
+    ``(None, empty frame)`` when there is none (the newest finished, or still runs in a live process
+    or on another host: a new parent).
 
-    Children of that parent still marked RUNNING are marked KILLED: their process is gone (a
-    killed sweep cannot end them), and the rerun trains them again.
+    Children of that parent still marked RUNNING whose process is gone are marked KILLED: a killed
+    parent cannot end them, and the rerun trains (or resumes) them again.
     """
-    frame = search_runs_frame(cfg, f"tags.{SWEEP_KEY_TAG} = '{key}'")
+    import pandas as pd
+
+    frame = search_runs_frame(cfg, f"tags.{key_tag} = '{key}'")
     if frame.empty:
-        return None, {}
+        return None, pd.DataFrame()
     newest = frame.sort_values("start_time").iloc[-1]  # an older unfinished one was given up on
     if newest["status"] == "FINISHED" or (newest["status"] == "RUNNING" and not _run_process_gone(newest)):
-        return None, {}  # done, or still running in another process (or on another host): a new sweep
+        return None, pd.DataFrame()
     parent_id = str(newest["run_id"])
-    children = search_runs_frame(cfg, f"tags.{SWEEP_PARENT_TAG} = '{parent_id}'")
+    children = search_runs_frame(cfg, f"tags.{parent_tag} = '{parent_id}'")
     children = children[children["run_id"] != parent_id]
     client = _client(resolve_tracking_uri(cfg))
     for _, child in children[children["status"] == "RUNNING"].iterrows():
         if _run_process_gone(child):
-            client.set_tag(child["run_id"], KILLED_TAG, "its sweep was continued by a new process")
+            client.set_tag(child["run_id"], KILLED_TAG, "its parent run was continued by a new process")
             client.set_terminated(child["run_id"], status="KILLED")
-    row_col = f"tags.{SWEEP_ROW_TAG}"
-    if row_col not in children.columns:
-        return parent_id, {}
-    done = children[(children["status"] == "FINISHED") & children[row_col].notna()]
-    return parent_id, dict(zip(done["tags.mlflow.runName"], done[row_col]))
+    return parent_id, children
 
 
+def _finished_rows(children: Any, row_tag: str) -> list[tuple[str, str, str]]:
+    """``(run name, run id, row JSON)`` of the FINISHED ``children`` that carry ``row_tag``, oldest first."""
+    col = f"tags.{row_tag}"
+    if children.empty or col not in children.columns:
+        return []
+    done = children[(children["status"] == "FINISHED") & children[col].notna()].sort_values("start_time")
+    return [(str(n), str(i), str(r)) for n, i, r in zip(done["tags.mlflow.runName"], done["run_id"], done[col])]
+
+
+def unfinished_sweep(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[str, str]]:
+    """:func:`unfinished_parent` of a sweep and its finished children's summary rows:
+    ``(parent_run_id, {child run name: row JSON})``; ``(None, {})`` when there is none."""
+    parent_id, children = unfinished_parent(cfg, SWEEP_KEY_TAG, key, SWEEP_PARENT_TAG)
+    return parent_id, {name: row for name, _, row in _finished_rows(children, SWEEP_ROW_TAG)}
+
+
+ABLATION_PARENT_TAG = "ablation_id"
+"""Tag on every run of an ablation (``pipelines.ablation``; parent and children): the parent's run
+id, for filtering in the UI (``tags.ablation_id = '<id>'``)."""
 ABLATION_KEY_TAG = "ablation_key"
-"""Tag on every run of an ablation (``pipelines.ablation``): the identity of its configs, baselines
-and data (:func:`recsys_cl.sweep.ablation_key`)."""
+"""Tag on an ablation's parent run: the identity of its configs, baselines and data
+(:func:`recsys_cl.sweep.ablation_key`). A rerun with the same key continues an unfinished parent."""
 ABLATION_ROW_TAG = "ablation_row"
 """Tag on a finished ablation run: what the table needs of it, as JSON, so that a rerun of an
 interrupted ablation reuses it instead of training it again."""
-ABLATION_DONE_TAG = "ablation_done"
-"""Set on all the runs of an ablation that finished: a later rerun starts anew instead of reusing them."""
 
 
 def ablation_row_tag(row: Mapping[str, Any]) -> dict[str, str]:
@@ -902,29 +944,13 @@ def ablation_row_tag(row: Mapping[str, Any]) -> dict[str, str]:
     return {ABLATION_ROW_TAG: text}
 
 
-def unfinished_ablation(cfg: TrackingConfig, key: str) -> dict[str, dict[str, Any]]:
-    """``{run name: row}`` of the finished runs of an interrupted ablation with ``key``: runs tagged
-    with it, FINISHED, and not of an ablation that completed (:data:`ABLATION_DONE_TAG`); the newest
-    run of a name wins. Empty when there are none."""
-    frame = search_runs_frame(cfg, f"tags.{ABLATION_KEY_TAG} = '{key}'")
-    row_col, done_col = f"tags.{ABLATION_ROW_TAG}", f"tags.{ABLATION_DONE_TAG}"
-    if frame.empty or row_col not in frame.columns:
-        return {}
-    keep = (frame["status"] == "FINISHED") & frame[row_col].notna()
-    if done_col in frame.columns:
-        keep &= frame[done_col].isna()
-    rows = frame[keep].sort_values("start_time")
-    return {str(name): {**json.loads(row), "run_id": str(run_id)}
-            for name, row, run_id in zip(rows["tags.mlflow.runName"], rows[row_col], rows["run_id"])}
-
-
-def mark_ablation_done(cfg: TrackingConfig, key: str) -> None:
-    """Tag every run of the ablation ``key`` (reused ones, and any left over from earlier attempts) as
-    runs of a completed ablation: the same command afterwards trains anew."""
-    frame = search_runs_frame(cfg, f"tags.{ABLATION_KEY_TAG} = '{key}'")
-    client = _client(resolve_tracking_uri(cfg))
-    for run_id in ([] if frame.empty else frame["run_id"]):
-        client.set_tag(str(run_id), ABLATION_DONE_TAG, "true")
+def unfinished_ablation(cfg: TrackingConfig, key: str) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """:func:`unfinished_parent` of an ablation and its finished runs: ``(parent_run_id, {run name:
+    row})``, each row with its ``run_id``; the newest run of a name wins. ``(None, {})`` when there is
+    none: the last ablation with ``key`` completed, or none ran."""
+    parent_id, children = unfinished_parent(cfg, ABLATION_KEY_TAG, key, ABLATION_PARENT_TAG)
+    return parent_id, {name: {**json.loads(row), "run_id": run_id}
+                       for name, run_id, row in _finished_rows(children, ABLATION_ROW_TAG)}
 
 
 def search_runs_frame(cfg: TrackingConfig, filter_string: str = "") -> Any:

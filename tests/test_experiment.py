@@ -166,3 +166,23 @@ def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(
     assert parts["new_item_share@20"] == pytest.approx(0.5)
     assert parts["new_targets/n_users"] == 6 and parts["new_targets/recall@20"] == 1.0  # item 4 in every list
     assert parts["warm_targets/n_users"] == 0 and "warm_targets/recall@20" not in parts  # no warm target
+
+
+def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> None:
+    """A run without a text (image) encoder logs no item_tower.text.* (image.*) params; a parent run
+    over several keeps a section any of them reads."""
+    import dataclasses
+
+    from recsys_cl.config import ItemTowerConfig
+    from recsys_cl.experiment import run_params
+
+    ids = RunConfig()
+    text = dataclasses.replace(ids, item_tower=ItemTowerConfig(encoders=("id", "text")))
+    assert ids.unused_sections() == ("item_tower.text", "item_tower.image")
+    assert text.unused_sections() == ("item_tower.image",)
+    every = ids.to_flat_dict()
+    assert run_params(ids) == {k: v for k, v in every.items() if not k.startswith(("item_tower.text.",
+                                                                                   "item_tower.image."))}
+    assert "item_tower.text.columns" in run_params(text) and "item_tower.image.shape" not in run_params(text)
+    both = run_params(ids, [ids, text])  # the base config's values, the sections its runs read
+    assert both["item_tower.text.columns"] == every["item_tower.text.columns"] and "item_tower.image.shape" not in both

@@ -263,6 +263,45 @@ def test_every_run_says_whether_its_code_was_edited(tmp_path: Path) -> None:
         assert tags["git_dirty"] in ("true", "false", "unknown")
 
 
+def test_a_resumed_child_run_moves_under_the_parent_that_resumes_it(tmp_path: Path) -> None:
+    """A killed ablation run resumes from its checkpoint into its own MLflow run; resumed by another
+    parent (``--no-resume``), it is that parent's child now (nested and tagged), and no longer killed."""
+    import mlflow
+
+    from recsys_cl.tracking import KILLED_TAG, mlflow_child_run
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="nested")
+    with mlflow_run(cfg, run_name="first") as first:
+        with pytest.raises(KeyboardInterrupt):
+            with mlflow_child_run(cfg, first.run_id, "child", parent_tag="ablation_id") as child:
+                raise KeyboardInterrupt
+    client = mlflow.MlflowClient(cfg.uri)
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == first.run_id
+    client.set_tag(child.run_id, KILLED_TAG, "its process was gone")
+    with mlflow_run(cfg, run_name="second") as second:
+        with mlflow_child_run(cfg, second.run_id, "ignored", run_id=child.run_id, parent_tag="ablation_id") as resumed:
+            pass
+    run = client.get_run(child.run_id)
+    assert resumed.run_id == child.run_id and run.info.status == "FINISHED" and run.info.run_name == "child"
+    assert run.data.tags["mlflow.parentRunId"] == run.data.tags["ablation_id"] == second.run_id
+    assert KILLED_TAG not in run.data.tags and "sweep_id" not in run.data.tags
+
+
+def test_metric_name_part_writes_any_name_as_mlflow_accepts_it(tmp_path: Path) -> None:
+    import mlflow
+
+    from recsys_cl.tracking import metric_name_part
+
+    assert metric_name_part("+ logQ (counting)") == "logQ_counting"
+    assert metric_name_part("default, ID only (no genres)") == "default_ID_only_no_genres"
+    assert metric_name_part("a/b") == "a_b" and metric_name_part("(+)") == "_"
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="names")
+    with mlflow_run(cfg) as run:
+        run.log_metrics({"mean/" + metric_name_part("+ logQ + mask user's items (default)") + "/test/mrr": 0.1})
+    assert list(mlflow.MlflowClient(cfg.uri).get_run(run.run_id).data.metrics) == [
+        "mean/logQ_mask_user_s_items_default/test/mrr"]
+
+
 def test_a_description_too_long_for_mlflow_is_cut_at_a_line_and_says_so(tmp_path: Path) -> None:
     import mlflow
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH

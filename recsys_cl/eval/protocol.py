@@ -36,6 +36,9 @@ from recsys_cl.features.vocab import Vocab
 CATALOGUE = "catalogue=train_items"
 COLD_CATALOGUE = "catalogue=cold_items"
 ALL_CATALOGUE = "catalogue=all_items"
+EVAL_SET_SIZES = ("n_users", "n_skipped_users")
+"""The keys of :func:`evaluate`'s result that count the evaluation set's users instead of measuring
+the model: the same at every evaluation of one set."""
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
 
 

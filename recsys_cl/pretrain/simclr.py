@@ -77,7 +77,7 @@ def pretrain(
 
     Args:
         images: uint8 (N, C, H, W).
-        on_epoch_end: called with (epoch from 1, {"train/loss": mean loss, "train/seconds": ...}).
+        on_epoch_end: called with (epoch from 1, {"train_loss": mean loss, "epoch_seconds": ...}).
 
     Returns:
         Mean training loss of each epoch.
@@ -110,8 +110,8 @@ def pretrain(
             total += loss.item()
             steps += 1
         losses.append(total / max(steps, 1))
-        metrics = {"train/loss": losses[-1], "train/seconds": time.perf_counter() - t0}
-        log.info("epoch %d: loss %.4f (%.1fs)", epoch, metrics["train/loss"], metrics["train/seconds"])
+        metrics = {"train_loss": losses[-1], "epoch_seconds": time.perf_counter() - t0}
+        log.info("epoch %d: loss %.4f (%.1fs)", epoch, metrics["train_loss"], metrics["epoch_seconds"])
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     return losses

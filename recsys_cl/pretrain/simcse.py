@@ -228,7 +228,7 @@ def pretrain_simcse(
     ``cfg.trainable_layers`` only the top layers train (:func:`freeze_lower_layers`).
 
     Args:
-        on_epoch_end: called with (epoch from 1, {"train/loss": mean loss, "train/steps", "train/seconds"}).
+        on_epoch_end: called with (epoch from 1, {"train_loss": mean loss, "train/steps", "epoch_seconds"}).
 
     Returns:
         Mean training loss of each epoch that ran.
@@ -274,8 +274,8 @@ def pretrain_simcse(
             bar.set_postfix(loss=f"{running / steps:.4f}")
         bar.close()
         losses.append(running / max(steps, 1))
-        metrics = {"train/loss": losses[-1], "train/steps": float(step), "train/seconds": time.perf_counter() - t0}
-        log.info("epoch %d: loss %.4f, %d steps (%.1fs)", epoch, losses[-1], steps, metrics["train/seconds"])
+        metrics = {"train_loss": losses[-1], "train/steps": float(step), "epoch_seconds": time.perf_counter() - t0}
+        log.info("epoch %d: loss %.4f, %d steps (%.1fs)", epoch, losses[-1], steps, metrics["epoch_seconds"])
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     encoder.eval()

@@ -45,7 +45,6 @@ from recsys_cl.features.vocab import Vocab
 
 log = logging.getLogger(__name__)
 ResolveDir = Callable[[str], Path]
-CONTENT_ENCODERS = ("text", "image")
 
 CONTENT_CACHE_VERSION = 1
 """Version of the code that turns an encoder and its inputs into frozen content features, part of

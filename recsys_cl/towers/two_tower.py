@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from recsys_cl.config import ItemTowerConfig, ModelConfig, UserTowerConfig
+from recsys_cl.config import CONTENT_ENCODERS, ItemTowerConfig, ModelConfig, UserTowerConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.features.spec import FeatureSpec
-from recsys_cl.towers.content import CONTENT_ENCODERS, content_encoder
+from recsys_cl.towers.content import content_encoder
 from recsys_cl.towers.item_tower import CategoricalEncoder, IdEncoder, ItemTower
 from recsys_cl.towers.user_tower import UserTower
 

@@ -85,6 +85,8 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     run = client.get_run(summary["run_id"])
     assert run.data.tags["protocol"] == summary["protocol"]
     assert run.data.params["item_tower.encoders"] == "[id, text]"
+    assert run.data.params["item_tower.text.columns"] == "[title, genres]"  # the encoder it uses, not the image one
+    assert not [k for k in run.data.params if k.startswith("item_tower.image.")]
     assert any(k.startswith("baseline/popularity/") for k in run.data.metrics)
     assert run.data.metrics["delta_vs_popularity/recall_at_20_low"] == pytest.approx(d["low"])
     assert run.data.metrics["test_fold_in/recall_at_20"] == pytest.approx(fold["recall@20"])

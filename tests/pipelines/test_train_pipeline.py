@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from typing import Any
 from pathlib import Path
 
 import mlflow
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipelines import evaluate_baselines, train_two_tower
 from recsys_cl.config import TrackingConfig
@@ -61,10 +63,18 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.temperature"] == "0.1"
     assert run.data.params["data.path"].endswith(data)
+    # no params of the content encoders the run does not use ([id, categorical]); the config keeps them
+    assert run.data.params["item_tower.encoders"] == "[id, categorical]"
+    assert not [k for k in run.data.params if k.startswith(("item_tower.text.", "item_tower.image."))]
+    resolved = client.download_artifacts(run.info.run_id, "config/resolved_config.yaml", str(tmp_path / "cfg"))
+    assert {"text", "image"} <= set(yaml.safe_load(Path(resolved).read_text())["item_tower"])
     assert run.data.tags["protocol"] == on_disk["protocol"]
     assert len(run.data.tags["data_fingerprint"]) == 16 and "git_commit" in run.data.tags
     steps = client.get_metric_history(run.info.run_id, "val/recall_at_20")
     assert [m.step for m in steps] == [1, 2]
+    for size in ("n_users", "n_skipped_users"):  # the validation set's size: once, not a flat curve
+        points = client.get_metric_history(run.info.run_id, f"val/{size}")
+        assert [(m.step, m.value) for m in points] == [(0, on_disk["val_metrics"][size])]
     assert run.data.metrics["test/recall_at_20"] == pytest.approx(on_disk["test_metrics"]["recall@20"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "item_embeddings", "vocab", "config"} <= artifacts
@@ -170,6 +180,68 @@ def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
         assert 0 < r["val_metrics"]["recall@20"] <= 1 and r["best_epoch"] >= 1
     assert set(summary["baselines"]) == {"popularity"}
     assert summary["baselines"]["popularity"]["test_metrics"]["recall@20"] > 0
+
+
+def test_ablation_runs_are_nested_under_one_parent_run_with_the_table(tmp_path: Path) -> None:
+    """Each variant x seed and each baseline is a child of one parent run, which holds the command and
+    base config as params, the table and summary as artifacts and each variant's mean as metrics (the
+    runs were top-level runs with nothing joining them)."""
+    from pipelines import ablation
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: [loss.logq=none]\n'+ logQ (counting)': [loss.logq=counting]\n")
+    out, summary_json = tmp_path / "ab.md", tmp_path / "summary.json"
+    argv = ["--variants", str(variants), "--seeds", "0", "--baselines", "popularity", "--out", str(out),
+            "--summary-json", str(summary_json), *_args(tmp_path, "ml-100k")]
+    table = ablation.main(argv)
+    summary = json.loads(summary_json.read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, runs = mlflow.MlflowClient(), mlflow.search_runs(experiment_names=["smoke"])
+    (parent_id,) = runs[runs["tags.ablation"] == "parent"]["run_id"]
+    assert summary["parent_run_id"] == parent_id
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == "ablation[v]" and parent.info.status == "FINISHED"
+    assert parent.data.tags["ablation_id"] == parent_id and parent.data.tags["model"] == "two_tower"
+    assert parent.data.tags["logq"] == "none,counting" and parent.data.tags["dataset"] == "ml-100k"
+    children = runs[runs["run_id"] != parent_id]
+    names = ["+ logQ (counting) seed=0", "baseline-popularity", "plain seed=0"]
+    assert sorted(children["tags.mlflow.runName"]) == names
+    assert set(children["tags.mlflow.parentRunId"]) == set(children["tags.ablation_id"]) == {parent_id}
+    assert {r["run_id"] for r in summary["runs"]} | {summary["baselines"]["popularity"]["run_id"]} == set(
+        children["run_id"])
+
+    params = parent.data.params
+    assert params["ablation.command"].startswith("python -m pipelines.ablation --variants ")
+    assert "train.epochs=2" in params["ablation.command"] and params["ablation.seeds"] == "[0]"
+    assert params["ablation.baselines"] == "[popularity]" and params["train.epochs"] == "2"
+    assert "plain" in params["ablation.variants"] and "+ logQ (counting)" in params["ablation.variants"]
+    assert not any(k.startswith("item_tower.text.") for k in params)  # no run of it reads a text encoder
+
+    def artifact(path: str) -> str:
+        return Path(client.download_artifacts(parent_id, path, str(tmp_path / "dl"))).read_text()
+
+    assert artifact("ablation/table.md") == out.read_text() == table + "\n"
+    assert json.loads(artifact("ablation/summary.json")) == summary
+    assert yaml.safe_load(artifact("ablation/variants.yaml")) == yaml.safe_load(variants.read_text())
+    assert table in parent.data.tags["mlflow.note.content"]  # the table heads the parent's page too
+
+    metrics = parent.data.metrics  # one seed each: the mean is that run's number
+    for name, r in (("plain", summary["runs"][0]), ("logQ_counting", summary["runs"][1])):
+        assert metrics[f"mean/{name}/test/recall_at_20"] == pytest.approx(r["test_metrics"]["recall@20"])
+        assert metrics[f"mean/{name}/test/mrr"] == pytest.approx(r["test_metrics"]["mrr"])
+        assert metrics[f"mean/{name}/val/recall_at_20"] == pytest.approx(r["val_metrics"]["recall@20"])
+
+
+def test_variant_means_are_the_tables_means_under_names_mlflow_accepts() -> None:
+    from pipelines.ablation import variant_means
+
+    runs = [{"variant": v, "seed": s, "test_metrics": {"recall@20": r, "ndcg@10": 0.1, "mrr": 0.2},
+             "val_metrics": {"recall@20": r / 2}}
+            for v, s, r in (("a/b", 0, 0.2), ("a/b", 1, 0.4), ("a b", 0, 0.5))]
+    means = variant_means(runs)
+    assert means["mean/a_b/test/recall@20"] == pytest.approx(0.3)
+    assert means["mean/a_b/val/recall@20"] == pytest.approx(0.15)
+    assert means["mean/a_b_2/test/recall@20"] == 0.5  # 'a b' writes as 'a_b' too: numbered, not merged
 
 
 def test_ablation_bare_baselines_flag_is_the_configs_list_and_no_baselines_is_none(tmp_path: Path) -> None:
@@ -326,10 +398,12 @@ def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: 
     _killed_in_epoch_2(ablation.main, args, monkeypatch)
     ablation.main(args)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["smoke"])
-    assert len(runs) == 1 and runs["status"][0] == "FINISHED"  # resumed, not a second run
-    steps = mlflow.MlflowClient().get_metric_history(runs["run_id"][0], "val/recall_at_20")
+    runs = mlflow.search_runs(experiment_names=["smoke"]).set_index("tags.ablation")
+    assert sorted(runs.index) == ["parent", "plain"] and set(runs["status"]) == {"FINISHED"}  # resumed, no new runs
+    assert runs.loc["plain", "tags.mlflow.parentRunId"] == runs.loc["parent", "run_id"]
+    steps = mlflow.MlflowClient().get_metric_history(runs.loc["plain", "run_id"], "val/recall_at_20")
     assert sorted(m.step for m in steps) == [1, 2, 3]
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(runs.loc["plain", "run_id"], "val/n_users")] == [0]
 
 
 @pytest.mark.parametrize("pipeline", ["train_two_tower", "ablation"])
@@ -351,20 +425,31 @@ def test_a_second_launch_while_the_first_trains_is_refused_and_leaves_its_run_al
     (ckpt,) = (tmp_path / "ck").glob("*.pt")
     checkpointed = ckpt.read_bytes()
     first = hold_checkpoint(ckpt)  # ... and its process, still training
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ended: list[Any] = []
+
+    def runs() -> pd.DataFrame:  # the training runs; an ablation has one parent run besides
+        found = mlflow.search_runs(experiment_names=["smoke"])
+        if pipeline == "ablation":
+            (parent_end,) = found[found["tags.ablation"] == "parent"]["end_time"]
+            ended.append(parent_end)
+            found = found[found["tags.ablation"] != "parent"]
+        return found
+
+    before = runs()
     with pytest.raises(SystemExit, match=rf"^checkpoint error: another process is training this config on this data "
                                          rf"with the checkpoint {re.escape(str(ckpt))} \(pid {first.pid} on "):
         main(args)
     assert ckpt.read_bytes() == checkpointed
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run_id,) = mlflow.search_runs(experiment_names=["smoke"])["run_id"]  # no second run opened
+    (run_id,) = runs()["run_id"]  # no second run opened
+    assert list(before["run_id"]) == [run_id] and ended[1:] == ended[:1]  # nor the ablation's parent reopened
     steps = mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")
     assert [m.step for m in steps] == [1], "nothing logged into the first run"
 
     first.kill()  # killed: the kernel releases its lock, so the same command continues it at once
     first.wait()
     main(args)
-    runs = mlflow.search_runs(experiment_names=["smoke"])
-    assert list(runs["run_id"]) == [run_id] and runs["status"][0] == "FINISHED"
+    assert list(runs()["run_id"]) == [run_id] and runs()["status"].iloc[0] == "FINISHED"
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val/recall_at_20")) == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [], "neither checkpoint nor lock file is left"
 
@@ -692,10 +777,18 @@ def test_a_killed_ablation_reruns_only_what_did_not_finish(tmp_path: Path, monke
     for r in summary["runs"]:  # reused rows are the numbers their runs logged
         assert r["test_metrics"]["recall@20"] == pytest.approx(
             mlflow.get_run(r["run_id"]).data.metrics["test/recall_at_20"])
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    (parent_id,) = runs[runs["tags.ablation"] == "parent"]["run_id"]  # the crashed one's parent, continued
+    assert summary["parent_run_id"] == parent_id and mlflow.get_run(parent_id).info.status == "FINISHED"
+    mine = runs[(runs["tags.mlflow.parentRunId"] == parent_id) & (runs["status"] == "FINISHED")]
+    assert sorted(mine["run_id"]) == sorted([r["run_id"] for r in summary["runs"]]
+                                            + [summary["baselines"]["popularity"]["run_id"]])
 
     trained.clear()  # that ablation completed: the same command is a new one
-    ablation.main(base)
+    again = tmp_path / "again.json"
+    ablation.main([*base, "--summary-json", str(again)])
     assert trained == ["plain seed=0", "plain seed=1", "debiased seed=0", "debiased seed=1"]
+    assert json.loads(again.read_text())["parent_run_id"] != parent_id
 
     monkeypatch.setattr(ablation, "run_two_tower", crashing)
     trained.clear()

@@ -62,8 +62,10 @@ def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: p
     assert text.startswith("**SimCLR** image encoder") and text.endswith(f"Encoder: `{summary['encoder_uri']}`")
     m, b = written["metrics"]["linear_probe_acc"], written["baseline_metrics"]["linear_probe_acc"]
     assert f"| linear_probe_acc | {m:.4f} | {b:.4f} |" in text
-    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch)
-    assert [m.step for m in client.get_metric_history(summary["run_id"], "train/loss")] == [1]
+    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch), under their keys
+    for key in ("train_loss", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(summary["run_id"], key)] == [1]
+    assert not {"train/loss", "train/seconds"} & set(client.get_run(summary["run_id"]).data.metrics)
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc = load_encoder(enc_dir)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 8)
