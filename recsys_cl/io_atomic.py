@@ -205,6 +205,21 @@ def held_lock(path: str | Path, what: str) -> Iterator[None]:
         yield
 
 
+def linked_copy(src: Path, dest: Path) -> Path:
+    """``dest``: a copy of the folder ``src`` whose files are hard links to ``src``'s where the file
+    system allows (no bytes copied), plain copies otherwise (another device); returns ``dest``. For
+    read-only snapshots under a new name, e.g. in a :func:`scratch_dir`."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another device, or links not supported
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=link)
+    return dest
+
+
 def scratch_dir(prefix: str) -> Path:
     """A new private temp folder ``<tmp>/<prefix><pid>_<random>``; the caller removes it. Folders of
     the same prefix whose process is gone (a SIGKILLed job never runs its cleanup) are removed first,

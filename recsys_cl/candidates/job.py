@@ -17,7 +17,7 @@ from recsys_cl.candidates.model import Loaded, build_index_in_memory, open_index
 from recsys_cl.candidates.scoring import Recommender
 from recsys_cl.candidates.spark import make_spark_runner
 from recsys_cl.config import CandidatesConfig
-from recsys_cl.io_atomic import scratch_dir
+from recsys_cl.io_atomic import linked_copy, scratch_dir
 from recsys_cl.train.steps import embed_users
 
 
@@ -79,8 +79,14 @@ def run(
                                    extra_manifest=extra, validate=validate, read=read)
     tmp = scratch_dir("recsys_cl_spark_index_")  # removed below, or by a later run if this one is killed
     try:
-        ship = Path(index_dir) if index_dir is not None else index.save(tmp / "index")
-        runner = make_spark_runner(loaded.model_dir, ship, cfg.spark_master, cfg.spark_partitions)
+        # SparkContext.addFile refuses a second folder of the same name with other contents, and a
+        # session outlives the job: a later job in this process (another model, another index) would
+        # fail. Each job ships its folders under names of its own (hard links, nothing copied).
+        tag = tmp.name.removeprefix("recsys_cl_spark_index_")
+        ship_model = linked_copy(loaded.model_dir, tmp / f"model-{tag}")
+        ship = (linked_copy(Path(index_dir), tmp / f"index-{tag}") if index_dir is not None
+                else index.save(tmp / f"index-{tag}"))
+        runner = make_spark_runner(ship_model, ship, cfg.spark_master, cfg.spark_partitions)
         return generate_candidates(clicks, rec, run_date, cfg, loaded.history_length,
                                    extra_manifest=extra, validate=validate, spark_runner=runner, read=read)
     finally:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_cl.io_atomic import OutputError, PartitionWriter, cleanup_stale, read_success
+from recsys_cl.io_atomic import OutputError, PartitionWriter, cleanup_stale, linked_copy, read_success
 
 
 def _publish(root: Path, value: int) -> Path:
@@ -341,3 +341,29 @@ def test_a_symlinked_partition_is_refused_and_an_old_linked_temp_is_removed(tmp_
     (root / ".dt=2024-01-02.tmp.999999999-deadbeef").symlink_to(elsewhere)  # left by the old swap
     cleanup_stale(root)
     assert sorted(p.name for p in root.iterdir()) == ["dt=2024-01-01"] and elsewhere.is_dir()
+
+
+def test_linked_copy_links_every_file_under_a_new_name(tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    (src / "features").mkdir(parents=True)
+    (src / "model.pt").write_bytes(b"weights")
+    (src / "features" / "items.npy").write_bytes(b"ids")
+    dest = linked_copy(src, tmp_path / "ship" / "model-abc")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == \
+        ["features", "features/items.npy", "model.pt"]
+    assert (dest / "model.pt").stat().st_ino == (src / "model.pt").stat().st_ino  # linked, not copied
+    assert (dest / "features" / "items.npy").read_bytes() == b"ids"
+
+
+def test_linked_copy_copies_where_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "index"
+    src.mkdir()
+    (src / "items.ann").write_bytes(b"tree")
+
+    def no_link(a: str, b: str) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    dest = linked_copy(src, tmp_path / "index-x")
+    assert (dest / "items.ann").read_bytes() == b"tree"
+    assert (dest / "items.ann").stat().st_ino != (src / "items.ann").stat().st_ino
