@@ -149,8 +149,18 @@ def _as_int(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str] | No
 
 def _as_id(df: pl.DataFrame, col: str, file: str, names: Mapping[str, str], integer_ids: bool) -> pl.Series:
     if df[col].dtype in (pl.String, pl.Categorical) and not integer_ids:
-        return df[col].cast(pl.String)
+        ids = df[col].cast(pl.String)
+        _check_blank_ids(df, ids, file, names.get(col, col), names)
+        return ids
     return _as_int(df, col, file, names)
+
+
+def _check_blank_ids(df: pl.DataFrame, ids: pl.Series, file: str, shown: str,
+                     names: Mapping[str, str] | None = None) -> None:
+    """String ids must not be empty or blank: a missing value written as '' (the index also pads
+    short results of string ids with '')."""
+    _fail(df, ids.str.strip_chars() == "", file, shown, "empty or blank ids",
+          "a missing id: drop or fill those rows", names)
 
 
 def _check_reserved_item_id(df: pl.DataFrame, file: str, names: Mapping[str, str] | None = None) -> None:
@@ -278,6 +288,7 @@ def validate_items(items: pl.DataFrame, source: str, *, id_dtype: pl.DataType = 
     _fail(items, items["item_id"].is_null(), source, "item_id", "null ids", "drop those rows")
     if id_dtype == pl.String:
         items = items.with_columns(pl.col("item_id").cast(pl.String))
+        _check_blank_ids(items, items["item_id"], source, "item_id")
     else:
         items = items.with_columns(_as_int(items, "item_id", source))
     _check_reserved_item_id(items, source)

@@ -532,3 +532,22 @@ def test_an_item_table_with_an_upper_case_parquet_suffix_is_read_as_parquet(tmp_
     pl.DataFrame({"item_id": [2, 3], "title": ["A", "B"]}).write_parquet(items)
     log = load_click_log(generic(tmp_path, "user_id,item_id,timestamp\n1,2,100\n", items_path=str(items)))
     assert log.items is not None and log.items["title"].to_list() == ["A", "B"]
+
+
+@pytest.mark.parametrize("col,value", [("item_id", ""), ("user_id", "  ")])
+def test_blank_string_ids_are_refused(tmp_path: Path, col: str, value: str) -> None:
+    # a blank id is a missing value (CSV reads it as null; Parquet keeps ''); a blank item id also
+    # failed late, at index build ('' pads string ids)
+    rows = {"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [1577836800, 1577836801]}
+    rows[col][1] = value
+    path = tmp_path / "log.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    raises(DataConfig(path=str(path), format="parquet"), f"'{col}'", "1 empty or blank ids", "row 1",
+           "drop or fill")
+
+
+def test_blank_item_id_in_the_item_table_is_refused(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pl.DataFrame({"item_id": ["a", ""], "title": ["Apple", "Blank"], "genres": [["x"], ["y"]]}).write_parquet(items)
+    raises(generic(tmp_path, "user_id,item_id,timestamp\nu1,a,1577836800\n", items_path=str(items)),
+           "items.parquet", "'item_id'", "1 empty or blank ids", "row 1")
