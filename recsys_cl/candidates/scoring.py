@@ -97,11 +97,11 @@ def seen_mask(
         num_items: M, the size of the item vocabulary.
         max_bytes: bitmap memory per block; None = :data:`SEEN_BITMAP_BYTES`.
     """
-    out = np.zeros(idx.shape, dtype=bool)
+    out = np.empty(idx.shape, dtype=bool)
+    budget = SEEN_BITMAP_BYTES if max_bytes is None else max_bytes
     width = max((num_items + 7) // 8, 1)  # bytes per user
-    step = max((SEEN_BITMAP_BYTES if max_bytes is None else max_bytes) // width, 1)  # users per block
-    col = np.maximum(idx, 0)  # (R, F); -1 reads bit 0 and is cleared below
-    byte, bit = col >> 3, (col & 7).astype(np.uint8)
+    # users per block: the bitmap, and each (b, F) int64 temporary, within the budget
+    step = max(budget // max(width, 8 * idx.shape[1]), 1)
     for s in range(0, len(rows), step):
         r = rows[s : s + step]
         first = seen_offsets[r]
@@ -111,9 +111,10 @@ def seen_mask(
         seen = seen_items[flat]  # (S_b,)
         bits = np.zeros((len(r), width), dtype=np.uint8)  # (b, ceil(M / 8))
         np.bitwise_or.at(bits, (local, seen >> 3), np.left_shift(1, seen & 7).astype(np.uint8))
-        got = bits[np.arange(len(r))[:, None], byte[s : s + step]]  # (b, F)
-        out[s : s + step] = (got >> bit[s : s + step]) & 1 == 1
-    out &= idx >= 0
+        block = idx[s : s + step]  # (b, F)
+        col = np.maximum(block, 0)  # -1 reads bit 0 and is cleared below
+        got = bits[np.arange(len(r))[:, None], col >> 3]  # (b, F) the byte of each fetched item
+        out[s : s + step] = ((got >> (col & 7).astype(np.uint8)) & 1 == 1) & (block >= 0)
     return out
 
 
