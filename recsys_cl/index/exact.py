@@ -44,10 +44,33 @@ def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.
     else:
         part = np.broadcast_to(np.arange(m), (b, m)).copy()
     neg_vals = np.take_along_axis(neg, part, axis=1)
-    # Sort by (-score, column) so ties are deterministic.
-    order = np.lexsort((part, neg_vals), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx.astype(np.int64), -np.take_along_axis(neg_vals, order, axis=1)
+    idx = _sort_by_value_then_column(neg_vals, part)  # ties are deterministic: lower column first
+    return idx, -np.take_along_axis(neg, idx, axis=1)
+
+
+def _sort_by_value_then_column(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """(B, k) int64: each row's ``columns`` ordered by (value, column) ascending, exactly as
+    ``np.lexsort((columns, values), axis=1)`` orders them (-0.0 ties with 0.0, NaN last).
+
+    For float32 values (every exact query) one ``np.sort`` of uint64 keys replaces lexsort's two
+    passes, ~2x faster at k ~ 1,000 (a deep fetch: K + |seen| of a user with many clicks). Key: high
+    32 bits the float's bits mapped so that unsigned order is numeric order (a negative float's bits
+    all flipped, the others' sign bit set), low 32 bits the column; keys are unique, so no sort
+    stability is needed. Other dtypes, or columns beyond 32 bits, take the lexsort.
+    """
+    if values.dtype != np.float32 or (columns.size and int(columns.max()) > _LOW32):
+        order = np.lexsort((columns, values), axis=1)
+        return np.take_along_axis(columns, order, axis=1).astype(np.int64)
+    v = values + np.float32(0.0)  # -0.0 + 0.0 = +0.0, so the two zeros tie as lexsort has them
+    bits = v.view(np.uint32)
+    high = np.where(bits >> np.uint32(31) == 1, ~bits, bits | np.uint32(1 << 31))  # (B, k)
+    high[np.isnan(v)] = np.uint32(_LOW32)  # every NaN after +inf, tied with each other
+    keys = (high.astype(np.uint64) << np.uint64(32)) | columns.astype(np.uint64)  # (B, k)
+    keys.sort(axis=1)
+    return (keys & np.uint64(_LOW32)).astype(np.int64)
+
+
+_LOW32 = 0xFFFFFFFF
 
 
 class ExactIndex(Index):

@@ -254,8 +254,14 @@ def test_batch_from_lists_edge_rows() -> None:
         batch_from_lists([1, 2], items, 2)
 
 
+@pytest.mark.parametrize("bitmap_bytes", [None, 5, 16])  # default: one block; 5: one user per block
 @pytest.mark.parametrize("max_extra", [0, 3, 1000])
-def test_topk_unseen_equals_masked_brute_force(max_extra: int) -> None:
+def test_topk_unseen_equals_masked_brute_force(max_extra: int, bitmap_bytes: int | None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys_cl.candidates.scoring as scoring
+
+    if bitmap_bytes is not None:  # the seen bitmap in blocks of users (a large chunk or catalogue)
+        monkeypatch.setattr(scoring, "SEEN_BITMAP_BYTES", bitmap_bytes)
     rng = np.random.default_rng(1)
     M, D, U, K = 40, 8, 25, 7
     vecs = rng.standard_normal((M, D)).astype(np.float32)
@@ -299,6 +305,27 @@ def test_topk_unseen_of_string_item_ids_equals_their_integer_twins(tmp_path: Pat
     assert got[1][0].dtype == np.int64 and (got[1][0] == -1).any()  # K + 30 > M: padded rows
     for a, b in zip(*got):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1, 3, 7, 1000])
+@pytest.mark.parametrize("num_items", [1, 8, 13, 64])
+def test_seen_mask_equals_a_set_lookup(num_items: int, max_bytes: int | None) -> None:
+    """Every (user, fetched item) is seen exactly when it is in the user's seen set: rows in any order
+    and subset (the re-query of short users), repeated seen items, users without any, ids outside
+    the vocabulary (-1), catalogues that are not a whole number of bytes, bitmaps in blocks."""
+    from recsys_cl.candidates.scoring import seen_mask
+
+    rng = np.random.default_rng(num_items)
+    U, F = 30, 9
+    seen = [rng.integers(0, num_items, int(rng.integers(0, 2 * num_items + 1))) for _ in range(U)]  # repeats
+    seen[4] = np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
+    items = np.concatenate(seen).astype(np.int64)
+    for rows in (np.arange(U), np.array([2, 4, 5, 17, 29]), np.array([29, 0, 4])):
+        idx = rng.integers(-1, num_items, (len(rows), F))
+        got = seen_mask(rows, idx, offsets, items, num_items, max_bytes=max_bytes)
+        want = np.array([[j >= 0 and j in set(seen[u].tolist()) for j in idx[r]] for r, u in enumerate(rows)])
+        np.testing.assert_array_equal(got, want.reshape(got.shape))
 
 
 @pytest.mark.parametrize("item_ids", [np.arange(100, 140),

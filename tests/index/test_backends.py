@@ -204,6 +204,70 @@ def test_topk_rows_of_negated_scores_equals_topk_rows(k: int) -> None:
     assert (want_idx[:, 1:][same] > want_idx[:, :-1][same]).all()
 
 
+def _special_scores(rng: np.random.Generator, shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """Scores full of ties, both zeros, infinities, NaN and extremes."""
+    scores = rng.integers(-3, 4, shape).astype(dtype) / 2
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.4e38, -3.4e38], dtype=dtype)
+    hit = rng.random(shape) < 0.3
+    scores[hit] = rng.choice(special, int(hit.sum()))
+    scores[0] = -0.0  # a row of zeros of both signs: the column order decides alone
+    scores[0, ::3] = 0.0
+    return scores
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sort_by_value_then_column_is_lexsort(dtype: type) -> None:
+    """The uint64 sort keys (float32) and the lexsort fallback order each row's columns exactly as
+    ``np.lexsort((columns, values))``: NaN last, -0.0 tied with 0.0, ties by column."""
+    from recsys_cl.index.exact import _sort_by_value_then_column
+
+    rng = np.random.default_rng(0)
+    values = _special_scores(rng, (60, 50), dtype)
+    columns = np.argsort(rng.random((60, 200)), axis=1)[:, :50]  # a shuffled subset of columns per row
+    want = np.take_along_axis(columns, np.lexsort((columns, values), axis=1), axis=1)
+    got = _sort_by_value_then_column(values, columns)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int64
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 64])
+def test_topk_rows_orders_its_partition_as_a_lexsort(k: int) -> None:
+    """topk_rows is argpartition's k columns ordered by (-score, column), as np.lexsort orders them;
+    the values are the row's own entries there (signs of zero included)."""
+    from recsys_cl.index.exact import topk_rows
+
+    scores = _special_scores(np.random.default_rng(k), (50, 64), np.float32)
+    neg = -scores  # what topk_rows partitions either way
+    for negated in (False, True):
+        part = np.argpartition(neg, k - 1, axis=1)[:, :k] if k < 64 else np.broadcast_to(np.arange(64), (50, 64))
+        vals = np.take_along_axis(neg, part, axis=1)
+        want = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
+        got_idx, got_vals = topk_rows(neg if negated else scores, k, negated=negated)
+        np.testing.assert_array_equal(got_idx, want)
+        want_vals = -np.take_along_axis(neg, want, axis=1)
+        np.testing.assert_array_equal(got_vals.view(np.uint32), want_vals.view(np.uint32))
+
+
+@pytest.mark.parametrize("k", [300, 500])
+def test_exact_query_ranks_deep_fetches_as_a_lexsort(k: int) -> None:
+    """A deep fetch (K + |seen| of a heavy user: most of the catalogue) over real scores: ExactIndex's
+    ids and scores are those of lexsorting the block's scores by (-score, row); ties between distinct
+    items (equal vectors) are ordered by row when the fetch takes all of them."""
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((500, 8)).astype(np.float32)
+    if k == 500:
+        items[250:260] = items[0]
+    queries = rng.standard_normal((30, 8)).astype(np.float32)
+    ids = np.arange(500, dtype=np.int64) * 3 + 11
+    index = ExactIndex()
+    index.build(items, ids)
+    got_ids, got_scores = index.query(queries, k)
+    scores = queries @ items.T
+    order = np.lexsort((np.broadcast_to(np.arange(500), scores.shape), -scores), axis=1)[:, :k]
+    np.testing.assert_array_equal(got_ids, ids[order])
+    np.testing.assert_array_equal(got_scores, np.take_along_axis(scores, order, axis=1))
+
+
 class TestAnnoyIndex(IndexSuite):
     def _make_index(self) -> Index:
         return AnnoyIndex(n_trees=10, seed=1)
