@@ -40,7 +40,15 @@ from pipelines.cli import (
     write_summary,
     write_text_atomic,
 )
-from recsys_cl.config import ConfigError, DuplicateKeyError, RunConfig, UniqueKeyLoader, load_config, yaml_error_reason
+from recsys_cl.config import (
+    ConfigError,
+    DuplicateKeyError,
+    RunConfig,
+    UniqueKeyLoader,
+    dump_config,
+    load_config,
+    yaml_error_reason,
+)
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval.protocol import ALL_CATALOGUE
 from recsys_cl.eval.report import TABLE_METRICS, markdown_table, mean_std, validation_table
@@ -210,10 +218,12 @@ def main(argv: list[str] | None = None) -> str:
                         tags={**parent_tags(base, prep, configs.values()), "ablation": "parent",
                               ABLATION_KEY_TAG: key}) as parent:
             parent.set_tags({ABLATION_PARENT_TAG: parent.run_id})
-            parent.log_params({**run_params(base, configs.values()), "ablation.command": command,
+            parent.log_params({**run_params(base, configs.values(), reads=("baselines",) if baselines else ()),
+                               "ablation.command": command,
                                "ablation.variants_file": args.variants, "ablation.variants": list(variants),
                                "ablation.seeds": args.seeds, "ablation.baselines": baselines})
             parent.log_text(yaml.safe_dump(variants, sort_keys=False, allow_unicode=True), "ablation/variants.yaml")
+            parent.log_text(dump_config(base), "config/resolved_config.yaml")  # every key, the params' unused ones too
             baseline_runs, runs = run_children(parent.run_id, base, prep, configs, baselines, done)
             table, summary = write_outputs(args, prep.protocol, baseline_runs, runs,
                                            {"reused_runs": len(done), "parent_run_id": parent.run_id})

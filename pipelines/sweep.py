@@ -38,7 +38,7 @@ from pipelines.cli import (
     shown_path,
     write_summary,
 )
-from recsys_cl.config import ConfigError, RunConfig, load_config
+from recsys_cl.config import ConfigError, RunConfig, dump_config, load_config
 from recsys_cl.data.errors import DataError
 from recsys_cl.eval import plots
 from recsys_cl.experiment import (
@@ -49,6 +49,7 @@ from recsys_cl.experiment import (
     prepare,
     require_warm_split,
     run_baseline,
+    run_params,
     run_two_tower,
 )
 from recsys_cl.sweep import (
@@ -158,9 +159,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweep_tags[SWEEP_KEY_TAG] = key
     with mlflow_run(base.tracking, run_name=name, tags=sweep_tags, run_id=resume_id) as parent:
         parent.set_tags({"sweep_id": parent.run_id})
-        params = {**base.to_flat_dict(), **{k: "{" + ",".join(v) + "}" for k, v in axes},
+        params = {**run_params(base, [cfg for _, _, cfg in configs], reads=("baselines",) if baselines else ()),
+                  **{k: "{" + ",".join(v) + "}" for k, v in axes},
                   "sweep.seeds": seeds, "sweep.runs": len(configs), "sweep.baselines": baselines}
         parent.log_params(params)
+        parent.log_text(dump_config(base), "config/resolved_config.yaml")  # every key, the params' unused ones too
 
         def child_run(run_name: str, tags: dict[str, str], tracking: Any,
                       train: Callable[[Any], dict[str, Any]]) -> None:

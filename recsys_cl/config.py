@@ -197,6 +197,10 @@ class ImageInputConfig:
 CONTENT_ENCODERS = ("text", "image")
 """The item tower's content encoders: each has its own section (``item_tower.text``, ``item_tower.image``)."""
 
+SERVING_SECTIONS = ("baselines", "candidates", "index")
+"""Sections that training a two-tower model never reads: the baseline runs', the candidates job's and
+the index build's (one YAML file configures them all)."""
+
 
 @dataclass(frozen=True)
 class ItemTowerConfig:
@@ -755,8 +759,10 @@ class RunConfig:
 
     def unused_sections(self) -> tuple[str, ...]:
         """The sections of this config its two-tower run does not read: ``item_tower.text`` and
-        ``item_tower.image`` while that encoder is not in ``item_tower.encoders``."""
-        return tuple(f"item_tower.{name}" for name in CONTENT_ENCODERS if name not in self.item_tower.encoders)
+        ``item_tower.image`` while that encoder is not in ``item_tower.encoders``, and the
+        :data:`SERVING_SECTIONS`."""
+        content = tuple(f"item_tower.{name}" for name in CONTENT_ENCODERS if name not in self.item_tower.encoders)
+        return content + SERVING_SECTIONS
 
     def unused_settings(self) -> list[str]:
         """Warnings for settings that this config does not use, most likely by mistake: a content

@@ -830,12 +830,15 @@ def run_baseline(
     return summary
 
 
-def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None) -> dict[str, Any]:
+def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None, reads: Iterable[str] = ()) -> dict[str, Any]:
     """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
-    alone) reads (:meth:`RunConfig.unused_sections`): a run without a text encoder logged the 4
-    ``item_tower.text.*`` keys, which the compare view showed as differences between runs that
-    neither read them. The whole config is the run's ``config/resolved_config.yaml``."""
+    alone) reads (:meth:`RunConfig.unused_sections`) and that are not in ``reads`` (a parent run
+    that also runs the baselines reads ``baselines``): a run without a text encoder logged the 4
+    ``item_tower.text.*`` keys, and every two-tower run the 44 ``candidates.*``, ``index.*`` and
+    ``baselines.*`` keys, which the compare view showed as differences between runs that read none
+    of them. The whole config is the run's ``config/resolved_config.yaml``."""
     unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))
+    unused -= set(reads)
     return {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}
 
 

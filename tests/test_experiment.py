@@ -178,11 +178,15 @@ def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> Non
 
     ids = RunConfig()
     text = dataclasses.replace(ids, item_tower=ItemTowerConfig(encoders=("id", "text")))
-    assert ids.unused_sections() == ("item_tower.text", "item_tower.image")
-    assert text.unused_sections() == ("item_tower.image",)
+    serving = ("baselines", "candidates", "index")  # read by other pipelines, never by training
+    assert ids.unused_sections() == ("item_tower.text", "item_tower.image", *serving)
+    assert text.unused_sections() == ("item_tower.image", *serving)
     every = ids.to_flat_dict()
-    assert run_params(ids) == {k: v for k, v in every.items() if not k.startswith(("item_tower.text.",
-                                                                                   "item_tower.image."))}
+    assert run_params(ids) == {k: v for k, v in every.items() if not k.startswith(
+        ("item_tower.text.", "item_tower.image.", "baselines.", "candidates.", "index."))}
+    assert not any(k.startswith(("candidates.", "index.", "baselines.")) for k in run_params(text))
     assert "item_tower.text.columns" in run_params(text) and "item_tower.image.shape" not in run_params(text)
     both = run_params(ids, [ids, text])  # the base config's values, the sections its runs read
     assert both["item_tower.text.columns"] == every["item_tower.text.columns"] and "item_tower.image.shape" not in both
+    with_baselines = run_params(ids, [ids], reads=["baselines"])  # a parent that runs the baselines too
+    assert with_baselines["baselines.models"] == every["baselines.models"] and "candidates.k" not in with_baselines

@@ -6,6 +6,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
 from recsys_cl.config import ConfigError
 from recsys_cl.sweep import expand_grid, parse_grid, split_values
@@ -140,6 +141,12 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
 
     parent = client.get_run(parent_id)
     assert parent.data.tags["sweep"] == "parent" and parent.data.params["loss.kind"] == "{softmax,debiased}"
+    assert "candidates.k" not in parent.data.params and "baselines.models" in parent.data.params  # it runs one
+    unread = ("params.candidates.", "params.index.")
+    assert not [k for k in two.columns if k.startswith(unread) and two[k].notna().any()]
+    config = yaml.safe_load(Path(client.download_artifacts(parent_id, "config/resolved_config.yaml", str(tmp_path)))
+                            .read_text())
+    assert config["candidates"]["k"] == 100 and config["loss"]["kind"] == "softmax"
     assert parent.data.tags["best_run_id"] in set(two["run_id"])
     assert "best/test/recall@20".replace("@", "_at_") in parent.data.metrics
     # the summary table is the parent's description, on its page in the UI

@@ -65,7 +65,8 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
     assert run.data.params["data.path"].endswith(data)
     # no params of the content encoders the run does not use ([id, categorical]); the config keeps them
     assert run.data.params["item_tower.encoders"] == "[id, categorical]"
-    assert not [k for k in run.data.params if k.startswith(("item_tower.text.", "item_tower.image."))]
+    unread = ("item_tower.text.", "item_tower.image.", "baselines.", "candidates.", "index.")
+    assert not [k for k in run.data.params if k.startswith(unread)]
     resolved = client.download_artifacts(run.info.run_id, "config/resolved_config.yaml", str(tmp_path / "cfg"))
     assert {"text", "image"} <= set(yaml.safe_load(Path(resolved).read_text())["item_tower"])
     assert run.data.tags["protocol"] == on_disk["protocol"]
@@ -215,7 +216,8 @@ def test_ablation_runs_are_nested_under_one_parent_run_with_the_table(tmp_path: 
     assert "train.epochs=2" in params["ablation.command"] and params["ablation.seeds"] == "[0]"
     assert params["ablation.baselines"] == "[popularity]" and params["train.epochs"] == "2"
     assert "plain" in params["ablation.variants"] and "+ logQ (counting)" in params["ablation.variants"]
-    assert not any(k.startswith("item_tower.text.") for k in params)  # no run of it reads a text encoder
+    assert not any(k.startswith(("item_tower.text.", "candidates.", "index.")) for k in params)  # no run reads them
+    assert "baselines.models" in params  # the baselines it runs read the section
 
     def artifact(path: str) -> str:
         return Path(client.download_artifacts(parent_id, path, str(tmp_path / "dl"))).read_text()
@@ -223,6 +225,7 @@ def test_ablation_runs_are_nested_under_one_parent_run_with_the_table(tmp_path: 
     assert artifact("ablation/table.md") == out.read_text() == table + "\n"
     assert json.loads(artifact("ablation/summary.json")) == summary
     assert yaml.safe_load(artifact("ablation/variants.yaml")) == yaml.safe_load(variants.read_text())
+    assert yaml.safe_load(artifact("config/resolved_config.yaml"))["candidates"]["k"] == 100  # every key
     assert table in parent.data.tags["mlflow.note.content"]  # the table heads the parent's page too
 
     metrics = parent.data.metrics  # one seed each: the mean is that run's number
