@@ -479,8 +479,17 @@ class EvalConfig:
     table too, as the served index holds them: new items compete with trained ones on content, and
     with ``item_tower.fold_in_method`` on their first clicks; logged as ``test_fold_in/*``).
     ``split.kind=cold_start`` ranks its own set (the cold items) and takes neither."""
+    head_share: float = 0.5
+    """Popularity strata of the test metrics (``head_targets/*``, ``tail_targets/*``, ``tail_share@20``):
+    the head is the most-clicked ranked items that together hold this share of the *training* clicks
+    (ties at the boundary in the head), the tail every other ranked item
+    (:mod:`recsys_cl.eval.long_tail`). Not computed for ``split.kind=cold_start`` (no ranked item has
+    training clicks)."""
 
     def __post_init__(self) -> None:
+        if not 0 < self.head_share < 1:
+            raise ConfigError(f"eval.head_share must be in (0, 1), the share of training clicks the head items "
+                              f"hold (e.g. 0.5), got {self.head_share}")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"eval.ks must be a non-empty list of list lengths >= 1, e.g. [10, 20], "
                               f"got {list(self.ks)}")

@@ -29,6 +29,7 @@ from recsys_cl.data.negatives import build_sampler, make_user_item_matrix
 from recsys_cl.data.splits import Split, split_clicks
 from recsys_cl.eval import plots
 from recsys_cl.eval.bootstrap import interval_metrics, interval_verdict, paired_bootstrap
+from recsys_cl.eval.long_tail import head_definition, long_tail_metrics
 from recsys_cl.eval.protocol import (
     ALL_CATALOGUE,
     COLD_CATALOGUE,
@@ -36,10 +37,11 @@ from recsys_cl.eval.protocol import (
     EvalSet,
     build_eval_set,
     evaluate,
+    part_recall,
     per_user_recall,
     protocol_name,
     random_expected_metrics,
-    restrict_targets,
+    slot_share,
     top_k_items,
 )
 from recsys_cl.features.sequences import Sequences
@@ -142,7 +144,9 @@ class Prepared:
     def tags(self, cfg: RunConfig) -> dict[str, str]:
         """The data and protocol tags of every run on this preparation (two-tower, baseline, sweep).
         The sizes say what the fingerprint cannot: how many clicks, users and items, and how many
-        items each ranking is over (full-ranking metrics fall as that grows)."""
+        items each ranking is over (full-ranking metrics fall as that grows). ``popularity_strata``
+        names what ``head_targets/*``, ``tail_targets/*`` and ``tail_share@20`` mean
+        (:func:`~recsys_cl.eval.long_tail.head_definition`); a cold-start split has no head and no such tag."""
         return {
             "dataset": Path(cfg.data.path).name,
             "data_source": self.clicks.source,
@@ -153,6 +157,7 @@ class Prepared:
             "ranked_items": str(len(self.ranked)),
             "split": cfg.split.kind,
             "protocol": self.protocol,
+            **({} if self.cold_start else {"popularity_strata": head_definition(cfg.eval.head_share)}),
         }
 
 
@@ -424,10 +429,7 @@ def _paired_delta(reporter: Reporter, prep: Prepared, score_fn: ScoreFn, referen
 
 def new_item_share(score_fn: ScoreFn, prep: Prepared, k: int = COLD_START_K, batch_size: int = 1024) -> float:
     """Of the test users' top-``k`` slots, the share held by items without training clicks."""
-    top = top_k_items(score_fn, prep.test_set, k, batch_size)  # (U, k) columns of ranked, -1 = empty
-    is_new = np.append(np.isin(prep.ranked, prep.spec.cold_items), False)  # index -1 -> False
-    filled = top >= 0
-    return float(is_new[top][filled].mean()) if filled.any() else 0.0
+    return slot_share(score_fn, prep.test_set, np.isin(prep.ranked, prep.spec.cold_items), k, batch_size)
 
 
 def new_item_metrics(score_fn: ScoreFn, prep: Prepared, batch_size: int = 1024) -> dict[str, float]:
@@ -438,16 +440,26 @@ def new_item_metrics(score_fn: ScoreFn, prep: Prepared, batch_size: int = 1024) 
     (``{new,warm}_targets/recall@20``, ``{new,warm}_targets/n_users``)."""
     out = {f"new_item_share@{COLD_START_K}": new_item_share(score_fn, prep, batch_size=batch_size)}
     is_new = np.isin(prep.ranked, prep.spec.cold_items)
-    for name, columns in (("new_targets", is_new), ("warm_targets", ~is_new)):
-        part, rows = restrict_targets(prep.test_set, columns)
-        out[f"{name}/n_users"] = float(part.n_users)
-        if part.n_users:
-            def on_part(r: np.ndarray, rows: np.ndarray = rows) -> Any:
-                return score_fn(rows[r])
-
-            recall = per_user_recall(on_part, part, COLD_START_K, batch_size)
-            out[f"{name}/recall@{COLD_START_K}"] = float(recall.mean())
+    parts = {"new_targets": is_new, "warm_targets": ~is_new}
+    out.update(part_recall(score_fn, prep.test_set, parts, COLD_START_K, batch_size))
     return out
+
+
+def popularity_metrics(score_fn: ScoreFn, prep: Prepared, head_share: float, batch_size: int = 1024
+                       ) -> dict[str, float]:
+    """Head/tail Recall@20 and the tail's share of the top-20 slots on the test users
+    (:func:`recsys_cl.eval.long_tail.long_tail_metrics`), head and tail from ``spec.item_counts``: the
+    training clicks of each item, never the validation or test period's (0 for the new items of
+    ``eval.catalogue=all_items``, which are tail).
+
+    Raises:
+        ValueError: on a cold-start split, where every ranked item has 0 training clicks (no head).
+    """
+    if prep.cold_start:
+        raise ValueError("popularity strata need training clicks on the ranked items; a cold-start split "
+                         "ranks only items without any (all tail)")
+    return long_tail_metrics(score_fn, prep.test_set, prep.spec.item_counts[prep.ranked], head_share,
+                             COLD_START_K, batch_size)
 
 
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
@@ -525,10 +537,11 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
             fold_delta = _paired_delta(reporter, prep, fold_fn, score_fn, "delta_fold_in_vs_none",
                                        cfg.eval.batch_size)
         reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
-    if prep.all_items:
-        parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size)
-        test.update(parts)
-        reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
+    parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size) if prep.all_items else {}
+    if not prep.cold_start:  # the long tail: every ranked item of a cold-start split is without training clicks
+        parts.update(popularity_metrics(score_fn, prep, cfg.eval.head_share, cfg.eval.batch_size))
+    test.update(parts)
+    reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test, baselines)
     with scratch(RUN_SCRATCH_PREFIX) as tmp:  # a SIGKILL while MLflow copies it: the next run removes it
         model_dir = save_model_dir(tmp / "model", result.model, prep.spec, cfg)
@@ -793,10 +806,12 @@ def run_baseline(
     train = interaction_matrix(prep.split.train, prep.spec.users, prep.ranked_vocab)
     ks = tuple(sorted(set(cfg.eval.ks) | set(CURVE_KS)))
     res = tune_and_evaluate(name, train, prep.val_set, prep.test_set, grids.get(name), ks=ks)
-    if prep.all_items:
-        from recsys_cl.baselines.tuning import score_fn_for
+    from recsys_cl.baselines.tuning import score_fn_for
 
-        res["test"].update(new_item_metrics(score_fn_for(res["model"], prep.test_set), prep))
+    score_fn = score_fn_for(res["model"], prep.test_set)
+    if prep.all_items:
+        res["test"].update(new_item_metrics(score_fn, prep))
+    res["test"].update(popularity_metrics(score_fn, prep, cfg.eval.head_share))  # a warm split (required above)
     reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})

@@ -90,6 +90,8 @@ def test_unknown_section() -> None:
         ("eval.ks=[]", r"eval\.ks must be a non-empty list"),
         ("eval.ks=[10,20,10]", r"eval\.ks lists \[10\] more than once.*got \[10, 20, 10\], e\.g\. use \[10, 20\]"),
         ("eval.batch_size=0", r"eval\.batch_size must be >= 1"),
+        ("eval.head_share=1", r"eval\.head_share must be in \(0, 1\).*got 1"),
+        ("eval.head_share=0", r"eval\.head_share must be in \(0, 1\).*got 0"),
         ("item_tower.dropout=2", r"item_tower\.dropout must be in \[0, 1\), got 2"),
         ("user_tower.hidden_dims=[32, 0]", r"user_tower\.hidden_dims entries .* must be >= 1, got \[32, 0\]"),
         ("item_tower.hidden_dims=[0]", r"item_tower\.hidden_dims entries"),

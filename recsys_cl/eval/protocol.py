@@ -419,6 +419,54 @@ def top_k_items(
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
+def slot_share(
+    score_fn: Callable[[np.ndarray], Any], eval_set: EvalSet, columns: np.ndarray, k: int, batch_size: int = 1024
+) -> float:
+    """Of the filled top-``k`` slots of every evaluated user (history masked), the share held by the
+    ranked items in ``columns``: the exposure a group of items gets (new items, long-tail items).
+
+    Args:
+        columns: (M,) bool mask over the ranked items.
+    Returns:
+        the share in [0, 1]; 0 when no slot is filled. Tied scores are in argpartition's order, as
+        for coverage (the share never looks at the targets).
+    """
+    if np.shape(columns) != (eval_set.n_items,):
+        raise ValueError(f"columns must be a ({eval_set.n_items},) bool mask, got shape {np.shape(columns)}")
+    top = top_k_items(score_fn, eval_set, k, batch_size)  # (U, k) ranked columns, -1 = empty slot
+    filled = top >= 0
+    return float(np.asarray(columns, dtype=bool)[top[filled]].mean()) if filled.any() else 0.0
+
+
+def part_recall(
+    score_fn: Callable[[np.ndarray], Any],
+    eval_set: EvalSet,
+    parts: dict[str, np.ndarray],
+    k: int,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Recall@k on each part of the targets, each over the users with at least one target in it.
+
+    Args:
+        parts: ``{name: (M,) bool mask of ranked items}``, e.g. new and warm items, head and tail items.
+    Returns:
+        ``{"<name>/n_users": ..., "<name>/recall@<k>": ...}`` per part (recall left out for a part no
+        user has targets in). The user's other targets are not in the part's denominator
+        (:func:`restrict_targets`), and stay ranked, so they can take slots: the part's recall is
+        what the user's full list recalls of that part.
+    """
+    out: dict[str, float] = {}
+    for name, columns in parts.items():
+        part, rows = restrict_targets(eval_set, columns)
+        out[f"{name}/n_users"] = float(part.n_users)
+        if part.n_users:
+            def on_part(r: np.ndarray, rows: np.ndarray = rows) -> Any:
+                return score_fn(rows[r])
+
+            out[f"{name}/recall@{k}"] = float(per_user_recall(on_part, part, k, batch_size).mean())
+    return out
+
+
 def random_expected_metrics(eval_set: EvalSet, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Exact expected ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and ``mrr`` of a uniformly random
     ranking.

@@ -77,6 +77,7 @@ def test_train_pipeline_logs_everything(tmp_path: Path, data: str) -> None:
         points = client.get_metric_history(run.info.run_id, f"val/{size}")
         assert [(m.step, m.value) for m in points] == [(0, on_disk["val_metrics"][size])]
     assert run.data.metrics["test/recall_at_20"] == pytest.approx(on_disk["test_metrics"]["recall@20"])
+    _assert_logs_popularity_strata(run, on_disk["test_metrics"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "item_embeddings", "vocab", "config"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -131,6 +132,19 @@ def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert "eval.catalogue=all_items" in text and "split.kind=cold_start" in text
 
 
+def _assert_logs_popularity_strata(run: Any, test_metrics: dict[str, float]) -> None:
+    """Head/tail recall and the tail's share of the lists, in the summary and as test/* metrics under the
+    names a two-tower run and a baseline both use, with the head definition as a tag."""
+    keys = ("head_targets/recall@20", "tail_targets/recall@20", "tail_targets/n_users", "tail_share@20",
+            "head_items/n")
+    assert set(keys) <= set(test_metrics)
+    assert 0 <= test_metrics["tail_share@20"] <= 1 and test_metrics["tail_targets/n_users"] > 0
+    for k in keys:
+        assert run.data.metrics["test/" + k.replace("@", "_at_")] == pytest.approx(test_metrics[k])
+    assert run.data.tags["popularity_strata"].startswith("head=top_train_clicks_holding_0.5_of_train_clicks")
+    assert run.data.params["eval.head_share"] == "0.5"
+
+
 def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     summaries = evaluate_baselines.main(_args(tmp_path, "ml-100k", "--summary-json", str(out)))
@@ -140,6 +154,8 @@ def test_baselines_pipeline_same_experiment(tmp_path: Path) -> None:
     runs = mlflow.search_runs([exp.experiment_id])
     assert len(runs) == 3 and set(runs["tags.model"]) == {"popularity", "itemknn", "ease"}
     assert "lam" in summaries[2]["params"]
+    for s in summaries:
+        _assert_logs_popularity_strata(mlflow.MlflowClient().get_run(s["run_id"]), s["test_metrics"])
 
 
 def test_baselines_ignore_the_two_tower_content_config(tmp_path: Path) -> None:
