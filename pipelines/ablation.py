@@ -278,6 +278,8 @@ def run_children(
 
 
 HEADLINE_METRICS = ("recall@20", "ndcg@10", "mrr")
+STRATA_METRICS = ("recall@20", "head_targets/recall@20", "tail_targets/recall@20", "tail_share@20")
+"""The long-tail table's columns (:mod:`recsys_cl.eval.long_tail`), under the main table."""
 """The test metrics of each variant that its parent run logs as a mean over seeds."""
 
 
@@ -327,33 +329,40 @@ def check_rows_file(out: str, summary_json: str | None) -> None:
 
 def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[str, dict[str, Any]],
                   runs: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Render the tables (test, then validation), write ``--out`` (+ :func:`rows_file`, every row's runs)
+    """Render the tables (test, long tail, then validation), write ``--out`` (+ :func:`rows_file`, every row's runs)
     and ``--summary-json``, each atomically (temp file + rename), print the tables; returns them and the
     summary (what ``--summary-json`` holds)."""
     # all items ranked: how much of the top 20 new items take is part of the answer
     keys = (*TABLE_METRICS, "new_item_share@20", "new_targets/recall@20", "warm_targets/recall@20") \
         if ALL_CATALOGUE in protocol.split("|") else TABLE_METRICS
-    rows, raw = [], {}
+    rows: list[tuple[str, list[dict[str, float]]]] = []
+    raw = {}
     for name, s in baseline_runs.items():
         raw[f"{name} {s['params']}"] = [s["test_metrics"]]
-        rows.append((f"{name} {s['params'] or ''}".strip(), mean_std([s["test_metrics"]], keys), 1))
+        rows.append((f"{name} {s['params'] or ''}".strip(), [s["test_metrics"]]))
     reference: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == name]
         raw[name] = [r["test_metrics"] for r in mine]
-        rows.append((f"two-tower: {name}", mean_std(raw[name], keys), len(mine)))
+        rows.append((f"two-tower: {name}", raw[name]))
         folded = [r["fold_in_metrics"] for r in mine if "fold_in_metrics" in r]
         if folded:  # the same runs, new items' clicks before the test period folded in
             raw[f"{name}, first clicks folded in"] = folded
-            rows.append((f"two-tower: {name}, first clicks folded in", mean_std(folded, keys), len(folded)))
+            rows.append((f"two-tower: {name}, first clicks folded in", folded))
         for r in mine:
             if "baseline_metrics" in r:  # cold start: identical for every run (same targets)
                 reference = {"Popularity (clicks before the test period)": r["baseline_metrics"],
                              "random ranking (exact expectation)": r["random_metrics"]}
     for label, values in reference.items():
         raw[label] = [values]
-        rows.append((label, mean_std([values], keys), 1))
-    table = f"Protocol: `{protocol}`\n\n" + markdown_table(rows, keys)
+        rows.append((label, [values]))
+    table = f"Protocol: `{protocol}`\n\n" + markdown_table([(n, mean_std(m, keys), len(m)) for n, m in rows], keys)
+    strata = [(n, mean_std(m, STRATA_METRICS), len(m)) for n, m in rows if "tail_share@20" in m[0]]
+    if strata:  # a table of its own: four more columns would make the main one too wide to read
+        table += ("\n\nLong tail: Recall@20 on the test targets among the head items (the most clicked, holding "
+                  "`eval.head_share` of the training clicks; each run's tag `popularity_strata`) and among the "
+                  "tail items (the rest), and the tail's share of the top-20 slots:\n\n"
+                  + markdown_table(strata, STRATA_METRICS))
     if runs:
         table += "\n\nValidation, on which a variant is chosen (never on test):\n\n" + validation_table(runs)
     out = Path(args.out)

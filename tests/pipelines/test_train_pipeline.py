@@ -186,6 +186,10 @@ def test_ablation_writes_a_table_of_all_rows(tmp_path: Path) -> None:
     assert "| two-tower: plain | 2 |" in table and "| two-tower: debiased | 2 |" in table
     assert "| popularity | 1 |" in table and "±" in table
     assert table.startswith("Protocol: `full_ranking")
+    main, strata = table.split("\n\nLong tail: ")[0], table.split("\n\nLong tail: ")[1].split("\n\nValidation")[0]
+    assert "tail_share@20" not in main  # the main table keeps its columns; the strata have a table of their own
+    assert "| model | seeds | recall@20 | head_targets/recall@20 | tail_targets/recall@20 | tail_share@20 |" in strata
+    assert all(f"| {row} |" in strata for row in ("popularity | 1", "two-tower: plain | 2", "two-tower: debiased | 2"))
     summary = json.loads(summary_json.read_text())
     assert summary["protocol"].startswith("full_ranking") and summary["table"] == str(out)
     assert [(r["variant"], r["seed"]) for r in summary["runs"]] == [("plain", 0), ("plain", 1), ("debiased", 0),
