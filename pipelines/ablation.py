@@ -360,7 +360,7 @@ def write_outputs(args: argparse.Namespace, protocol: str, baseline_runs: dict[s
     strata = [(n, mean_std(m, STRATA_METRICS), len(m)) for n, m in rows if "tail_share@20" in m[0]]
     if strata:  # a table of its own: four more columns would make the main one too wide to read
         table += ("\n\nLong tail: Recall@20 on the test targets among the head items (the most clicked, holding "
-                  "`eval.head_share` of the training clicks; each run's tag `popularity_strata`) and among the "
+                  "`eval.head_share` of the training clicks) and among the "
                   "tail items (the rest), and the tail's share of the top-20 slots:\n\n"
                   + markdown_table(strata, STRATA_METRICS))
     if runs:
