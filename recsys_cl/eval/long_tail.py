@@ -2,10 +2,10 @@
 
 Head and tail (:func:`head_items`) come from the **training** clicks only: the most-clicked ranked items
 that together hold ``head_share`` of all training clicks are the head, every other ranked item is the
-tail. The popularity-bias literature splits items both ways, by a share of items (a "short head" of the
-top ~20% of items) and by a share of interactions (e.g. Abdollahpouri et al., "Managing Popularity Bias
-in Recommender Systems with Personalized Re-ranking", FLAIRS 2019, arXiv:1901.07555; cited from memory).
-We take the share of interactions because
+tail. Work on popularity bias (e.g. Abdollahpouri, Burke and Mobasher, "Managing Popularity Bias in
+Recommender Systems with Personalized Re-ranking", FLAIRS 2019, arXiv:1901.07555) separates a short head
+of popular items from the long tail, by a share of the items or by a share of the interactions; the
+thresholds vary from paper to paper. We take a share of the interactions because
 
 * it is the quantity logQ correction acts on: an item's in-batch sampling probability is its share of
   training clicks, so "the items that hold half the clicks" is the half that logQ down-weights;
