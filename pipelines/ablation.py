@@ -1,7 +1,8 @@
 """Run two-tower variants x seeds and the baselines under one split and protocol; write a Markdown
 table (mean ± std over seeds for the two-tower rows) and log every run to MLflow, nested under one
-parent run (ablation[<variants file>]) that holds the table, the summary, the command and base config
-as params and each variant's mean over seeds as metrics (mean/<variant>/test/recall_at_20, ...).
+parent run (ablation[<variants file name>], e.g. ablation[two_tower]) that holds the table, the
+summary, the command and base config as params and each variant's mean over seeds as metrics
+(mean/<variant>/test/recall_at_20, ...).
 
 Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
                    help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
-                        "test_metrics}], baselines, parent_run_id} to PATH: every run's validation metrics, on "
+                        "test_metrics}], baselines, reused_runs, parent_run_id} to PATH: every run's validation metrics, on "
                         "which a variant is chosen, beside its test metrics (also the parent run's "
                         "ablation/summary.json)")
     return p.parse_args(argv)
