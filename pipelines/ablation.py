@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
                    help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
-                        "test_metrics}], baselines, reused_runs, parent_run_id} to PATH: every run's validation metrics, on "
-                        "which a variant is chosen, beside its test metrics (also the parent run's "
+                        "test_metrics}], baselines, reused_runs, parent_run_id} to PATH: every run's validation "
+                        "metrics, on which a variant is chosen, beside its test metrics (also the parent run's "
                         "ablation/summary.json)")
     return p.parse_args(argv)
 
