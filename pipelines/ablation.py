@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> str:
                         tags={**parent_tags(base, prep, configs.values()), "ablation": "parent",
                               ABLATION_KEY_TAG: key}) as parent:
             parent.set_tags({ABLATION_PARENT_TAG: parent.run_id})
-            parent.log_params({**run_params(base, configs.values(), reads=("baselines",) if baselines else ()),
+            parent.log_params({**run_params(base, configs.values(), baselines=baselines),
                                "ablation.command": command,
                                "ablation.variants_file": args.variants, "ablation.variants": list(variants),
                                "ablation.seeds": args.seeds, "ablation.baselines": baselines})
