@@ -1,7 +1,8 @@
 """Run two-tower variants x seeds and the baselines under one split and protocol; write a Markdown
 table (mean ± std over seeds for the two-tower rows) and log every run to MLflow, nested under one
-parent run (ablation[<variants file>]) that holds the table, the summary, the command and base config
-as params and each variant's mean over seeds as metrics (mean/<variant>/test/recall_at_20, ...).
+parent run (ablation[<variants file name>], e.g. ablation[two_tower]) that holds the table, the
+summary, the command and base config as params and each variant's mean over seeds as metrics
+(mean/<variant>/test/recall_at_20, ...).
 
 Examples:
     python -m pipelines.ablation --seeds 0 1 2 --out runs/ablation.md
@@ -111,8 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train every run again, even when an interrupted run of the same ablation finished")
     p.add_argument("--summary-json", metavar="PATH",
                    help="write {protocol, table, runs: [{variant, seed, run_id, best_epoch, val_metrics, "
-                        "test_metrics}], baselines, parent_run_id} to PATH: every run's validation metrics, on "
-                        "which a variant is chosen, beside its test metrics (also the parent run's "
+                        "test_metrics}], baselines, reused_runs, parent_run_id} to PATH: every run's validation "
+                        "metrics, on which a variant is chosen, beside its test metrics (also the parent run's "
                         "ablation/summary.json)")
     return p.parse_args(argv)
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> str:
                         tags={**parent_tags(base, prep, configs.values()), "ablation": "parent",
                               ABLATION_KEY_TAG: key}) as parent:
             parent.set_tags({ABLATION_PARENT_TAG: parent.run_id})
-            parent.log_params({**run_params(base, configs.values(), reads=("baselines",) if baselines else ()),
+            parent.log_params({**run_params(base, configs.values(), baselines=baselines),
                                "ablation.command": command,
                                "ablation.variants_file": args.variants, "ablation.variants": list(variants),
                                "ablation.seeds": args.seeds, "ablation.baselines": baselines})

@@ -8,8 +8,9 @@ Examples:
 
 Reads clicks up to the end of --date (UTC) only; a user is active with >= 1 click in the last
 candidates.lookback_days days. Output: <candidates.output_dir>/dt=<date>/part-*.parquet + _SUCCESS
-(user_id, item_id, rank, score, model_version, index_id). Without --index an exact index is built
-in memory from the model. An index built from another model is refused.
+(user_id, item_id, rank, score, model_version, index_id; the ids keep the model's types, Int64 or
+String). Without --index an exact index is built in memory from the model. An index built from
+another model is refused.
 
 --set candidates.fold_in=fit takes new items' (no training clicks) clicks up to --date into their
 vectors, fitted under the training loss so they compete with trained items (sum: add their clickers'

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweep_tags[SWEEP_KEY_TAG] = key
     with mlflow_run(base.tracking, run_name=name, tags=sweep_tags, run_id=resume_id) as parent:
         parent.set_tags({"sweep_id": parent.run_id})
-        params = {**run_params(base, [cfg for _, _, cfg in configs], reads=("baselines",) if baselines else ()),
+        params = {**run_params(base, [cfg for _, _, cfg in configs], baselines=baselines),
                   **{k: "{" + ",".join(v) + "}" for k, v in axes},
                   "sweep.seeds": seeds, "sweep.runs": len(configs), "sweep.baselines": baselines}
         parent.log_params(params)

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import polars as pl
@@ -845,16 +845,26 @@ def run_baseline(
     return summary
 
 
-def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None, reads: Iterable[str] = ()) -> dict[str, Any]:
+def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None, reads: Iterable[str] = (),
+               baselines: Sequence[str] = ()) -> dict[str, Any]:
     """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
-    alone) reads (:meth:`RunConfig.unused_sections`) and that are not in ``reads`` (a parent run
-    that also runs the baselines reads ``baselines``): a run without a text encoder logged the 4
-    ``item_tower.text.*`` keys, and every two-tower run the 44 ``candidates.*``, ``index.*`` and
-    ``baselines.*`` keys, which the compare view showed as differences between runs that read none
-    of them. The whole config is the run's ``config/resolved_config.yaml``."""
+    alone) reads (:meth:`RunConfig.unused_sections`) and that are not in ``reads``: a run without a
+    text encoder logged the 4 ``item_tower.text.*`` keys, and every two-tower run the 44
+    ``candidates.*``, ``index.*`` and ``baselines.*`` keys, which the compare view showed as
+    differences between runs that read none of them. The whole config is the run's
+    ``config/resolved_config.yaml``.
+
+    ``baselines``: the baselines a parent run (a sweep's, an ablation's) also runs. It then reads the
+    ``baselines`` section, and ``baselines.models`` is logged as these names: ``--baselines
+    popularity`` ran Popularity alone while the param showed the config's list."""
     unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))
     unused -= set(reads)
-    return {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}
+    if baselines:
+        unused.discard("baselines")
+    params = {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}
+    if baselines:
+        params["baselines.models"] = list(baselines)
+    return params
 
 
 def parent_tags(base: RunConfig, prep: Prepared, configs: Iterable[RunConfig]) -> dict[str, str]:

@@ -81,7 +81,8 @@ def run(
     try:
         # SparkContext.addFile refuses a second folder of the same name with other contents, and a
         # session outlives the job: a later job in this process (another model, another index) would
-        # fail. Each job ships its folders under names of its own (hard links, nothing copied).
+        # fail. Each job ships its folders under names of its own (hard links on the same file system,
+        # else plain copies: the temp dir may be another device than the model store or index).
         tag = tmp.name.removeprefix("recsys_cl_spark_index_")
         ship_model = linked_copy(loaded.model_dir, tmp / f"model-{tag}")
         ship = (linked_copy(Path(index_dir), tmp / f"index-{tag}") if index_dir is not None

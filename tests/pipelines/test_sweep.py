@@ -142,6 +142,8 @@ def test_sweep_logs_parent_children_and_summary(tiny_store, tmp_path: Path) -> N
     parent = client.get_run(parent_id)
     assert parent.data.tags["sweep"] == "parent" and parent.data.params["loss.kind"] == "{softmax,debiased}"
     assert "candidates.k" not in parent.data.params and "baselines.models" in parent.data.params  # it runs one
+    # the baselines it ran (--baselines popularity), not the config's list
+    assert parent.data.params["baselines.models"] == "[popularity]" == parent.data.params["sweep.baselines"]
     unread = ("params.candidates.", "params.index.")
     assert not [k for k in two.columns if k.startswith(unread) and two[k].notna().any()]
     config = yaml.safe_load(Path(client.download_artifacts(parent_id, "config/resolved_config.yaml", str(tmp_path)))
