@@ -39,12 +39,18 @@ def _fail(
     i = int(bad.arg_true()[0])
     row = df.row(i, named=True)
     names = names or {}
-    where = f"line {row[LINE]}" if LINE in row else f"row {row.get('row_order', i)}"
+    where = f"line {row[LINE]}" if LINE in row else _row_where(row.get("row_order", i))
     example = ", ".join(f"{names.get(k, k)}={_short_repr(v)}" for k, v in row.items() if k not in (LINE, "row_order"))
     raise DataError(
         f"{file}: column {column!r} has {n} {problem} out of {df.height} rows "
         f"(first at {where}: {example}); {fix}"
     )
+
+
+def _row_where(row: int) -> str:
+    """Where a row of a Parquet file (no line numbers) is: its 0-based index, as polars and pandas
+    number rows, said so beside CSV errors' 1-based ``line N``."""
+    return f"row {row} (counting from 0)"
 
 
 def _short_repr(value: object, limit: int = 80) -> str:
@@ -312,7 +318,7 @@ def _check_items_cover_clicks(clicks: pl.DataFrame, items: pl.DataFrame, clicks_
     if orphan.height == 0:
         return
     first = orphan.sort("row_order").row(0, named=True)
-    where = f"line {first[LINE]}" if LINE in first else f"row {first['row_order']}"
+    where = f"line {first[LINE]}" if LINE in first else _row_where(first["row_order"])
     raise DataError(
         f"{clicks_file}: {orphan.height} clicks on {orphan['item_id'].n_unique()} item ids are absent "
         f"from the item table {items_file} (first at {where}: user_id={first['user_id']!r}, "

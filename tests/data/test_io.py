@@ -431,7 +431,7 @@ def test_integer_ids_beyond_int64_are_a_data_error_not_a_polars_crash(tmp_path: 
     pl.DataFrame({"user_id": pl.Series([2**63 + 5, 1], dtype=pl.UInt64), "item_id": [2, 3],
                   "timestamp": [1_600_000_000, 1_600_000_001]}).write_parquet(path)
     raises(DataConfig(path=str(path), format="parquet"), "log.parquet", "'user_id'",
-           "1 values outside the 64-bit integer range", "row 0", "store the ids as strings")
+           "1 values outside the 64-bit integer range", "row 0 (counting from 0)", "store the ids as strings")
 
 
 def test_csv_ids_written_two_ways_for_one_number_are_refused(tmp_path: Path) -> None:
@@ -542,7 +542,7 @@ def test_blank_string_ids_are_refused(tmp_path: Path, col: str, value: str) -> N
     rows[col][1] = value
     path = tmp_path / "log.parquet"
     pl.DataFrame(rows).write_parquet(path)
-    raises(DataConfig(path=str(path), format="parquet"), f"'{col}'", "1 empty or blank ids", "row 1",
+    raises(DataConfig(path=str(path), format="parquet"), f"'{col}'", "1 empty or blank ids", "row 1 (counting from 0)",
            "drop or fill")
 
 
@@ -550,4 +550,4 @@ def test_blank_item_id_in_the_item_table_is_refused(tmp_path: Path) -> None:
     items = tmp_path / "items.parquet"
     pl.DataFrame({"item_id": ["a", ""], "title": ["Apple", "Blank"], "genres": [["x"], ["y"]]}).write_parquet(items)
     raises(generic(tmp_path, "user_id,item_id,timestamp\nu1,a,1577836800\n", items_path=str(items)),
-           "items.parquet", "'item_id'", "1 empty or blank ids", "row 1")
+           "items.parquet", "'item_id'", "1 empty or blank ids", "row 1 (counting from 0)")
