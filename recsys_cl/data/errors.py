@@ -7,6 +7,6 @@ class DataError(ValueError):
     Messages say which file and column, how many rows are affected, show an example, and say how
     to fix it, e.g.::
 
-        ratings.csv: column 'timestamp' has 3 null values (first at row 17: userId=4, movieId=10);
-        drop or fill those rows before loading.
+        ratings.csv: column 'timestamp' has 3 null values out of 100836 rows (first at line 17: userId='4',
+        movieId='10', rating='4.0', timestamp=None); drop or fill those rows before loading
     """
