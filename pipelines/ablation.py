@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from pipelines.cli import (
+    HelpFormatter,
     check_output_file,
     check_training_dirs,
     configure_logging,
@@ -88,7 +89,7 @@ RUN_KEYS = ("run_id", "best_epoch", "val_metrics", "test_metrics", "baseline_met
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.ablation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(CONFIGS / "two_tower.yaml"),
                    help=f"base config (default: {shown_path(CONFIGS / 'two_tower.yaml')})")
     p.add_argument("--variants", default=str(CONFIGS / "ablations" / "two_tower.yaml"),

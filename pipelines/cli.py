@@ -111,13 +111,24 @@ def shown_path(path: str | Path) -> str:
         return str(p)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` as the module docstrings lay it out (line breaks kept), with their reStructuredText
+    double backticks printed as single ones: ``--help`` is read in a terminal, not rendered."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace("``", "`"))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return super()._expand_help(action).replace("``", "`")
+
+
 def base_parser(
     prog: str, doc: str | None, default_config: Path,
     summary_help: str = "write the run summary (JSON) to PATH",
     set_example: str = "train.epochs=2",
 ) -> argparse.ArgumentParser:
     """A parser with ``--config``, ``--set`` and ``--summary-json``; add the pipeline's own flags to it."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(default_config),
                    help=f"YAML config (default: {shown_path(default_config)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import (
+    HelpFormatter,
     Terminated,
     check_output_file,
     configure_logging,
@@ -127,7 +128,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.generate_candidates", description=__doc__,
                                 epilog=defaults_epilog("k", "lookback_days", "output_dir", "index_dir", "alias"),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_common_args(p)
     p.add_argument("--model", help="model URI or directory (default: candidates.model_uri; when null, the "
                                    "registry's models:/<tracking.registered_model_name>@<candidates.alias>, "

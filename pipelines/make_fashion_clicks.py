@@ -27,7 +27,7 @@ import logging
 import re
 from typing import Any
 
-from pipelines.cli import configure_logging
+from pipelines.cli import HelpFormatter, configure_logging
 from recsys_cl.config import SplitConfig
 from recsys_cl.data.errors import DataError
 from recsys_cl.data.fashion_clicks import (
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pipelines.make_fashion_clicks",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--fashion-mnist", default="data/fashion-mnist", metavar="PATH",
                    help="folder with the Fashion-MNIST IDX gzip files (default: %(default)s)")

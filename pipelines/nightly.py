@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import (
+    HelpFormatter,
     Terminated,
     check_output_file,
     configure_logging,
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                        "min_overlap", "min_coverage", "min_served_share",
                                                        "min_ann_recall", "min_known_item_share",
                                                        "max_new_item_share"),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_common_args(p)
     p.add_argument("--publish-unhealthy", action="store_true",
                    help="publish the partition even when a health threshold is crossed (still exits 1)")

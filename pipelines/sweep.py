@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.cli import (
+    HelpFormatter,
     check_output_file,
     check_training_dirs,
     configure_logging,
@@ -78,7 +79,7 @@ log = logging.getLogger("pipelines.sweep")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG),
                    help=f"base YAML config (default: {shown_path(DEFAULT_CONFIG)})")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",

@@ -215,6 +215,8 @@ def test_every_option_says_what_it_does(module: str, monkeypatch: pytest.MonkeyP
         without_default = re.sub(r"\(?default:[^)]*\)?", "", action.help or "")
         assert len(re.findall(r"[A-Za-z]{2,}", without_default)) >= 2, (
             f"pipelines.{module} {'/'.join(action.option_strings)}: help {action.help!r}")
+    shown = parsers[0].format_help()  # read in a terminal: the docstrings' ``code`` shows as `code`
+    assert "``" not in shown, f"pipelines.{module} --help"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
