@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _number(key: str, value: float) -> str:
-    """Counts (``n_users``, ``n_skipped_users``) as integers, metrics to 4 decimals."""
-    return f"{value:.0f}" if key.startswith("n_") and value == value else f"{value:.4f}"
+    """Counts (``n_users``, ``head_targets/n_users``, ``head_items/n``) as integers, metrics to 4 decimals."""
+    count = key.rsplit("/", 1)[-1]
+    return f"{value:.0f}" if (count == "n" or count.startswith("n_")) and value == value else f"{value:.4f}"
 
 
 def _print_summary(summary: dict, uri: str) -> None:

@@ -860,10 +860,12 @@ def test_ablation_merge_gives_the_table_of_one_ablation_over_all_seeds(tmp_path:
 def test_printed_summary_shows_counts_as_integers(capsys: pytest.CaptureFixture[str]) -> None:
     """The printout: metrics to 4 decimals, n_users / n_skipped_users as counts, in both layouts."""
     summary = {"protocol": "p", "best_epoch": 3, "run_id": "r", "model_uri": "m",
-               "test_metrics": {"recall@20": 0.20821, "n_users": 610.0, "n_skipped_users": 0.0}}
+               "test_metrics": {"recall@20": 0.20821, "n_users": 610.0, "n_skipped_users": 0.0, "head_items/n": 673.0,
+                                "tail_targets/n_users": 275.0, "tail_share@20": 0.29691}}
     train_two_tower._print_summary(summary, "sqlite:///mlflow.db")
     out = capsys.readouterr().out
     assert "recall@20  0.2082" in out and "n_users  610\n" in out and "n_skipped_users  0\n" in out
+    assert "head_items/n  673\n" in out and "tail_targets/n_users  275\n" in out and "tail_share@20  0.2969" in out
     train_two_tower._print_summary({**summary, "baseline_name": "popularity", "baseline_metrics":
                                     {"recall@20": 0.1, "n_users": 17.0}}, "sqlite:///mlflow.db")
     out = capsys.readouterr().out
