@@ -845,10 +845,10 @@ def run_baseline(
     return summary
 
 
-def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None, reads: Iterable[str] = (),
+def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None,
                baselines: Sequence[str] = ()) -> dict[str, Any]:
     """``cfg``'s flat config as params, less the sections that no run of ``runs`` (default: ``cfg``
-    alone) reads (:meth:`RunConfig.unused_sections`) and that are not in ``reads``: a run without a
+    alone) reads (:meth:`RunConfig.unused_sections`): a run without a
     text encoder logged the 4 ``item_tower.text.*`` keys, and every two-tower run the 44
     ``candidates.*``, ``index.*`` and ``baselines.*`` keys, which the compare view showed as
     differences between runs that read none of them. The whole config is the run's
@@ -858,7 +858,6 @@ def run_params(cfg: RunConfig, runs: Iterable[RunConfig] | None = None, reads: I
     ``baselines`` section, and ``baselines.models`` is logged as these names: ``--baselines
     popularity`` ran Popularity alone while the param showed the config's list."""
     unused = set.intersection(*(set(c.unused_sections()) for c in (list(runs) if runs is not None else [cfg])))
-    unused -= set(reads)
     if baselines:
         unused.discard("baselines")
     params = {k: v for k, v in cfg.to_flat_dict().items() if not k.startswith(tuple(f"{u}." for u in unused))}

@@ -188,8 +188,6 @@ def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> Non
     assert "item_tower.text.columns" in run_params(text) and "item_tower.image.shape" not in run_params(text)
     both = run_params(ids, [ids, text])  # the base config's values, the sections its runs read
     assert both["item_tower.text.columns"] == every["item_tower.text.columns"] and "item_tower.image.shape" not in both
-    with_baselines = run_params(ids, [ids], reads=["baselines"])  # a parent that runs the baselines too
-    assert with_baselines["baselines.models"] == every["baselines.models"] and "candidates.k" not in with_baselines
     ran = run_params(ids, [ids], baselines=["popularity"])  # a parent that ran --baselines popularity
     assert ran["baselines.models"] == ["popularity"] and ran["baselines.itemknn_k"] == every["baselines.itemknn_k"]
     assert "candidates.k" not in ran and not any(k.startswith("baselines.") for k in run_params(ids, baselines=[]))
