@@ -280,9 +280,9 @@ def run_children(
 
 
 HEADLINE_METRICS = ("recall@20", "ndcg@10", "mrr")
+"""The test metrics of each variant that its parent run logs as a mean over seeds."""
 STRATA_METRICS = ("recall@20", "head_targets/recall@20", "tail_targets/recall@20", "tail_share@20")
 """The long-tail table's columns (:mod:`recsys_cl.eval.long_tail`), under the main table."""
-"""The test metrics of each variant that its parent run logs as a mean over seeds."""
 
 
 def variant_means(runs: list[dict[str, Any]]) -> dict[str, float]:
