@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -279,8 +280,9 @@ def run_children(
     return baseline_runs, runs
 
 
-HEADLINE_METRICS = ("recall@20", "ndcg@10", "mrr")
-"""The test metrics of each variant that its parent run logs as a mean over seeds."""
+HEADLINE_METRICS = ("recall@20", "ndcg@10", "mrr", "tail_targets/recall@20")
+"""The test metrics of each variant that its parent run logs as a mean over seeds (the long tail's
+where its runs have it: not on a cold-start split)."""
 STRATA_METRICS = ("recall@20", "head_targets/recall@20", "tail_targets/recall@20", "tail_share@20")
 """The long-tail table's columns (:mod:`recsys_cl.eval.long_tail`), under the main table."""
 
@@ -303,7 +305,7 @@ def variant_means(runs: list[dict[str, Any]]) -> dict[str, float]:
         mine = [r for r in runs if r["variant"] == name]
         test = mean_std([r["test_metrics"] for r in mine], HEADLINE_METRICS)
         val = mean_std([r.get("val_metrics", {}) for r in mine], [SELECT_METRIC])
-        out.update({f"mean/{part}/test/{k}": mean for k, (mean, _) in test.items()})
+        out.update({f"mean/{part}/test/{k}": mean for k, (mean, _) in test.items() if not math.isnan(mean)})
         out[f"mean/{part}/val/{SELECT_METRIC}"] = val[SELECT_METRIC][0]
     return out
 

@@ -252,6 +252,8 @@ def test_ablation_runs_are_nested_under_one_parent_run_with_the_table(tmp_path: 
     for name, r in (("plain", summary["runs"][0]), ("logQ_counting", summary["runs"][1])):
         assert metrics[f"mean/{name}/test/recall_at_20"] == pytest.approx(r["test_metrics"]["recall@20"])
         assert metrics[f"mean/{name}/test/mrr"] == pytest.approx(r["test_metrics"]["mrr"])
+        tail = r["test_metrics"]["tail_targets/recall@20"]
+        assert metrics[f"mean/{name}/test/tail_targets/recall_at_20"] == pytest.approx(tail)
         assert metrics[f"mean/{name}/val/recall_at_20"] == pytest.approx(r["val_metrics"]["recall@20"])
 
 
@@ -265,6 +267,9 @@ def test_variant_means_are_the_tables_means_under_names_mlflow_accepts() -> None
     assert means["mean/a_b/test/recall@20"] == pytest.approx(0.3)
     assert means["mean/a_b/val/recall@20"] == pytest.approx(0.15)
     assert means["mean/a_b_2/test/recall@20"] == 0.5  # 'a b' writes as 'a_b' too: numbered, not merged
+    assert "mean/a_b/test/tail_targets/recall@20" not in means  # runs without it (cold start): no NaN metric
+    runs[0]["test_metrics"]["tail_targets/recall@20"] = runs[1]["test_metrics"]["tail_targets/recall@20"] = 0.1
+    assert variant_means(runs)["mean/a_b/test/tail_targets/recall@20"] == pytest.approx(0.1)
 
 
 def test_ablation_bare_baselines_flag_is_the_configs_list_and_no_baselines_is_none(tmp_path: Path) -> None:
