@@ -68,7 +68,7 @@ def recall_vs_k(
     # too small to read in the UI's artifact view
     text = protocol if len(protocol) <= 70 else protocol.replace("|", "\n")
     fig.text(0.01, 0.01, f"protocol: {text}", fontsize=7, color="dimgrey", va="bottom")
-    ax.legend()
+    ax.legend(loc="upper left")  # Recall@K rises with K: the upper left stays empty
     _name_run(fig, run)
     fig.tight_layout(rect=(0, 0.04 + 0.03 * text.count("\n"), 1, 1))
     return fig
@@ -86,7 +86,7 @@ def popularity_of_recommendations(
         ax.hist(np.log10(item_counts[idx] + 1), bins=bins, alpha=0.5, density=True, label=label)
     ax.set(xlabel="log10(1 + training clicks of item)", ylabel="density",
            title="Popularity of recommended vs clicked items")
-    ax.legend()
+    ax.legend(loc="upper right")  # few items have many clicks; "best" scans every bar, slowly (matplotlib warns)
     _name_run(fig, run)
     fig.tight_layout()
     return fig
