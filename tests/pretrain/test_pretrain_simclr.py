@@ -5,6 +5,7 @@ import mlflow
 import pytest
 import torch
 from fmnist_fixture import synthetic_images, write_fake_fashion_mnist
+from run_checks import assert_run_page_and_epoch_keys
 
 from pipelines import pretrain_simclr
 from recsys_cl.config import TrackingConfig, load_config
@@ -57,15 +58,7 @@ def test_end_to_end_on_fixture(tmp_path: Path, fake_fmnist: Path, monkeypatch: p
     client = mlflow.MlflowClient(tracking.uri)
     logged = client.list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
-    # the run's page says what it is and how the encoder did against its baseline
-    text = client.get_run(summary["run_id"]).data.tags["mlflow.note.content"]
-    assert text.startswith("**SimCLR** image encoder") and text.endswith(f"Encoder: `{summary['encoder_uri']}`")
-    m, b = written["metrics"]["linear_probe_acc"], written["baseline_metrics"]["linear_probe_acc"]
-    assert f"| linear_probe_acc | {m:.4f} | {b:.4f} |" in text
-    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch), under their keys
-    for key in ("train_loss", "epoch_seconds"):
-        assert [m.step for m in client.get_metric_history(summary["run_id"], key)] == [1]
-    assert not {"train/loss", "train/seconds"} & set(client.get_run(summary["run_id"]).data.metrics)
+    assert_run_page_and_epoch_keys(client, summary, written, "**SimCLR** image encoder", "linear_probe_acc")
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc = load_encoder(enc_dir)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 8)

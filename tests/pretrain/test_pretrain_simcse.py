@@ -4,6 +4,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from run_checks import assert_run_page_and_epoch_keys
 from text_fixture import synthetic_movies, write_fake_books, write_fake_movielens
 
 from pipelines import pretrain_simcse
@@ -75,15 +76,7 @@ def test_end_to_end_on_fixture(tmp_path: Path, inputs: dict[str, Path], monkeypa
     client = mlflow.MlflowClient(tracking.uri)
     logged = client.list_artifacts(summary["run_id"], "plots")
     assert [f.path for f in logged] == ["plots/similarities.png"]
-    # the run's page says what it is and how the encoder did against its baseline
-    text = client.get_run(summary["run_id"]).data.tags["mlflow.note.content"]
-    assert text.startswith("**SimCSE** text encoder") and text.endswith(f"Encoder: `{summary['encoder_uri']}`")
-    m, b = written["metrics"]["genre_recall@5"], written["baseline_metrics"]["genre_recall@5"]
-    assert f"| genre_recall@5 | {m:.4f} | {b:.4f} |" in text
-    # the chart's x axis is the epoch from 1, as on two-tower runs (and their best_epoch), under their keys
-    for key in ("train_loss", "epoch_seconds"):
-        assert [m.step for m in client.get_metric_history(summary["run_id"], key)] == [1]
-    assert not {"train/loss", "train/seconds"} & set(client.get_run(summary["run_id"]).data.metrics)
+    assert_run_page_and_epoch_keys(client, summary, written, "**SimCSE** text encoder", "genre_recall@5")
     enc_dir = resolve_model_dir(summary["encoder_uri"], tracking)  # downloads the artifact
     enc, tok = load_text_encoder(enc_dir)
     assert encode_texts(enc, tok, ["space robot", "love"]).shape == (2, 32)
