@@ -280,6 +280,10 @@ class LossConfig:
     logq: Literal["none", "counting", "streaming"] = "counting"
     """logQ sampling-bias correction: ``counting`` = exact item frequencies from a pass over the
     training clicks; ``streaming`` = the online estimator of Yi et al. 2019; ``none`` = off."""
+    logq_weight: float = 1.0
+    """Strength w of the logQ correction, in [0, 1]: logits are ``s / tau - w log q`` for every
+    column (in-batch, sampled, queued). 1 = the full correction, 0 = none (as ``logq: none``); in
+    between trades head recall (full logQ) against tail recall (none). Unused with ``logq: none``."""
     mask_accidental_hits: bool = True
     """Mask candidates with the same item id as the row's positive."""
     mask_user_history: bool = True
@@ -300,6 +304,11 @@ class LossConfig:
             raise ConfigError(f"loss.temperature must be in (0, 10], got {self.temperature}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise ConfigError(f"loss.tau_plus must be in [0, 1), got {self.tau_plus}")
+        if not 0.0 <= self.logq_weight <= 1.0:  # also refuses nan
+            raise ConfigError(
+                f"loss.logq_weight must be a number in [0, 1] (1 = full logQ correction, 0 = none), got "
+                f"{self.logq_weight}; set it to e.g. 0.5 for half the correction"
+            )
         if not (math.isfinite(self.margin) and self.margin >= 0):
             raise ConfigError(f"loss.margin must be a finite number >= 0, got {self.margin}")
         if not 0.0 < self.streaming_alpha <= 1.0:
@@ -776,15 +785,24 @@ class RunConfig:
     def unused_settings(self) -> list[str]:
         """Warnings for settings that this config does not use, most likely by mistake: a content
         encoder's ``pretrained`` given while that encoder is not in ``item_tower.encoders`` (the
-        opposite, an image encoder without one, is a :class:`ConfigError`). Not an error: an
-        ablation may share one ``--set`` across variants that do without the encoder."""
-        it = self.item_tower
-        return [
+        opposite, an image encoder without one, is a :class:`ConfigError`), and a
+        ``loss.logq_weight`` other than 1 with ``loss.logq: none`` (nothing to weight) or
+        ``loss.kind: triplet`` (no logQ on its scores). Not an error: an ablation may share one
+        ``--set`` across variants that do without the encoder or the correction."""
+        it, loss = self.item_tower, self.loss
+        warnings = [
             f"item_tower.{name}.pretrained is set ({pretrained}) but item_tower.encoders={list(it.encoders)} has "
             f"no '{name}', so it is not used; add {name} to item_tower.encoders to use it"
             for name, pretrained in (("text", it.text.pretrained), ("image", it.image.pretrained))
             if pretrained and name not in it.encoders
         ]
+        if loss.logq_weight != 1.0 and loss.logq == "none":
+            warnings.append(f"loss.logq_weight is set ({loss.logq_weight}) but loss.logq=none, so it is not used; "
+                            "set loss.logq=counting or loss.logq=streaming to weight the correction")
+        elif loss.logq_weight != 1.0 and loss.kind == "triplet":
+            warnings.append(f"loss.logq_weight is set ({loss.logq_weight}) but loss.kind=triplet applies no logQ "
+                            "correction, so it is not used; set loss.kind=softmax or loss.kind=debiased to use it")
+        return warnings
 
 
 # --------------------------------------------------------------------------------------------

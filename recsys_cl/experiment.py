@@ -586,7 +586,10 @@ def two_tower_description(cfg: RunConfig, prep: Prepared) -> str:
         loss += f", tau+ {cfg.loss.tau_plus}"
     elif cfg.loss.kind == "triplet":
         loss += f", margin {cfg.loss.margin}"
-    return (f"**Two-tower** ({loss}; logQ {cfg.loss.logq}; negatives {_negatives_tag(cfg)}; item encoders "
+    logq: str = cfg.loss.logq
+    if logq != "none" and cfg.loss.logq_weight != 1.0:
+        logq += f" x {cfg.loss.logq_weight}"  # a partial correction, s / tau - w log q
+    return (f"**Two-tower** ({loss}; logQ {logq}; negatives {_negatives_tag(cfg)}; item encoders "
             f"{', '.join(cfg.item_tower.encoders)}; {cfg.user_tower.pooling} pooling over the last "
             f"{cfg.user_tower.history_length} clicks; dim {cfg.model.embedding_dim}; seed {cfg.train.seed}) "
             f"{_data_text(cfg, prep)}.")

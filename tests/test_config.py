@@ -110,6 +110,11 @@ def test_unknown_section() -> None:
         ("loss.streaming_buckets=4294967296", r"loss\.streaming_buckets x loss\.streaming_hashes = 4294967296 x 2 "
                                               r"buckets need 96\.0 GiB .* over the 4 GiB allowed"),
         ("loss.margin=.nan", r"loss\.margin must be a finite number >= 0, got nan"),
+        ("loss.logq_weight=.nan", r"loss\.logq_weight must be a number in \[0, 1\] \(1 = full logQ correction, "
+                                  r"0 = none\), got nan; set it to e\.g\. 0\.5"),
+        ("loss.logq_weight=-0.5", r"loss\.logq_weight must be a number in \[0, 1\] .*got -0\.5"),
+        ("loss.logq_weight=1.5", r"loss\.logq_weight must be a number in \[0, 1\] .*got 1\.5"),
+        ("loss.logq_weight=.inf", r"loss\.logq_weight must be a number in \[0, 1\] .*got inf"),
         ("negatives.popularity_alpha=.nan", r"negatives\.popularity_alpha must be a finite number >= 0 .*got nan"),
         ("negatives.popularity_alpha=-1", r"negatives\.popularity_alpha must be a finite number >= 0 .*got -1"),
         ("index.embed_batch_size=0", r"index\.embed_batch_size must be >= 1 .*got 0"),
@@ -264,6 +269,26 @@ def test_a_pretrained_encoder_outside_the_encoders_is_reported_as_unused() -> No
     used = load_config(None, RunConfig, overrides=["item_tower.image.pretrained=runs:/abc/encoder",
                                                    "item_tower.encoders=[id,image]"])
     assert used.unused_settings() == [] and RunConfig().unused_settings() == []
+
+
+def test_logq_weight_defaults_to_the_full_correction_and_takes_the_closed_unit_interval() -> None:
+    assert RunConfig().loss.logq_weight == 1.0
+    assert load_config(CONFIGS[0].parent / "two_tower.yaml").loss.logq_weight == 1.0
+    for w in (0, 0.25, 1):
+        assert load_config(None, RunConfig, [f"loss.logq_weight={w}"]).loss.logq_weight == w
+
+
+def test_a_logq_weight_without_a_logq_correction_is_reported_as_unused() -> None:
+    cfg = load_config(None, RunConfig, ["loss.logq=none", "loss.logq_weight=0.5"])
+    assert cfg.unused_settings() == [
+        "loss.logq_weight is set (0.5) but loss.logq=none, so it is not used; "
+        "set loss.logq=counting or loss.logq=streaming to weight the correction"]
+    triplet = load_config(None, RunConfig, ["loss.kind=triplet", "loss.logq_weight=0.5"])
+    assert triplet.unused_settings() == [
+        "loss.logq_weight is set (0.5) but loss.kind=triplet applies no logQ correction, so it is not used; "
+        "set loss.kind=softmax or loss.kind=debiased to use it"]
+    for used in (["loss.logq_weight=0.5"], ["loss.logq=streaming", "loss.logq_weight=0"], ["loss.logq=none"]):
+        assert load_config(None, RunConfig, used).unused_settings() == [], used
 
 
 def test_serving_runs_get_their_own_experiment() -> None:

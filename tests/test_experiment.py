@@ -191,3 +191,24 @@ def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> Non
     ran = run_params(ids, [ids], baselines=["popularity"])  # a parent that ran --baselines popularity
     assert ran["baselines.models"] == ["popularity"] and ran["baselines.itemknn_k"] == every["baselines.itemknn_k"]
     assert "candidates.k" not in ran and not any(k.startswith("baselines.") for k in run_params(ids, baselines=[]))
+
+
+def test_run_description_and_params_say_a_partial_logq_weight() -> None:
+    """A run with loss.logq_weight w != 1 says ``logQ counting x w`` (the default says ``logQ counting``,
+    as before) and logs loss.logq_weight as a param; with logQ off the weight is not in the description."""
+    from recsys_cl.config import load_config
+    from recsys_cl.experiment import run_params, two_tower_description
+
+    class _Prep:  # what two_tower_description reads of a Prepared
+        def tags(self, cfg: RunConfig) -> dict[str, str]:
+            return {"dataset": "toy", "data_clicks": "9", "data_users": "3", "data_items": "6"}
+
+    def text(*overrides: str) -> str:
+        return two_tower_description(load_config(None, RunConfig, list(overrides)), _Prep())  # type: ignore[arg-type]
+
+    assert "; logQ counting; " in text()
+    assert "; logQ counting x 0.5; " in text("loss.logq_weight=0.5")
+    assert "; logQ streaming x 0.0; " in text("loss.logq=streaming", "loss.logq_weight=0")
+    assert "; logQ none; " in text("loss.logq=none", "loss.logq_weight=0.5")
+    assert run_params(load_config(None, RunConfig, ["loss.logq_weight=0.25"]))["loss.logq_weight"] == 0.25
+    assert run_params(RunConfig())["loss.logq_weight"] == 1.0

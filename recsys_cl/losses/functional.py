@@ -4,7 +4,7 @@ The training step composes them as a visible recipe, one named step per line (TF
 ``Retrieval.call``)::
 
     logits = retrieval_logits(user, items, temperature)        # (B, C)  s / tau
-    logits = logq_correction(logits, log_q)                     # (B, C)  s / tau - log q
+    logits = logq_correction(logits, log_q, w)                  # (B, C)  s / tau - w log q
     logits = mask_accidental_hits(logits, pos_ids, cand_ids)    # (B, C)
     logits = mask_by(logits, user_clicked)                      # (B, C)
     loss = sampled_softmax_loss(logits)                         # ()
@@ -85,7 +85,7 @@ def retrieval_logits(user: Tensor, items: Tensor, temperature: float) -> Tensor:
     return user @ items.T / temperature  # (B, D) @ (D, C) -> (B, C)
 
 
-def logq_correction(logits: Tensor, log_q: Tensor) -> Tensor:
+def logq_correction(logits: Tensor, log_q: Tensor, weight: float = 1.0) -> Tensor:
     """logQ sampling-bias correction: subtract each candidate's log sampling probability.
 
     Implements the corrected logit of Yi et al., "Sampling-Bias-Corrected Neural Modeling for
@@ -98,14 +98,20 @@ def logq_correction(logits: Tensor, log_q: Tensor) -> Tensor:
     ``Retrieval.call`` does. (The paper has no temperature; ``(s - log q) / tau`` would be the
     other choice.)
 
+    Partial correction: ``weight`` w scales the term, ``s / tau - w log q``. w = 1 is the full
+    correction above, w = 0 none at all; in between trades the head (full logQ raises popular
+    items' recall) against the tail (no logQ leaves popular items pushed down). Equivalently the
+    sampling distribution is taken as ``q^w`` (up to a constant, which cancels).
+
     Args:
         logits: temperature-scaled scores. Shape: (B, C).
         log_q: log sampling probability, or log expected count among the batch's draws, of each
             candidate column; a constant shift of ``log_q`` does not change the softmax.
             Shape: (C,).
+        weight: w >= 0, the strength of the correction (``loss.logq_weight``); 1 = full.
 
     Returns:
-        Corrected logits ``logits - log_q[None, :]``. Shape: (B, C).
+        Corrected logits ``logits - weight * log_q[None, :]``. Shape: (B, C).
     """
     if logits.dim() != 2 or log_q.shape != (logits.shape[1],):
         raise ValueError(
@@ -117,7 +123,9 @@ def logq_correction(logits: Tensor, log_q: Tensor) -> Tensor:
             "log_q has non-finite entries (log of a zero probability?); give every candidate a "
             "positive sampling probability, e.g. by smoothing the item counts"
         )
-    return logits - log_q.to(logits.dtype)[None, :]  # (B, C) - (1, C)
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"weight must be a finite number >= 0 (1 = full logQ correction), got {weight}")
+    return logits - weight * log_q.to(logits.dtype)[None, :]  # (B, C) - (1, C)
 
 
 def mask_accidental_hits(logits: Tensor, pos_ids: Tensor, cand_ids: Tensor) -> Tensor:

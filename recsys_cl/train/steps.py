@@ -1,9 +1,9 @@
 """Where towers meet losses: one training batch -> scalar loss, and batched embedding helpers.
 
 The correction pipeline reads as a recipe, one named step per line (TFRS ``Retrieval.call``):
-scores = u @ vᵀ -> / tau -> logQ correction -> mask accidental hits -> mask out-of-scope
-candidates -> hard negatives -> loss. Letters: B batch, N sampled negatives, C = B + N candidates,
-S queued negatives, D dim, L history.
+scores = u @ vᵀ -> / tau -> logQ correction (``loss.logq_weight`` times log q) -> mask accidental
+hits -> mask out-of-scope candidates -> hard negatives -> loss. Letters: B batch, N sampled
+negatives, C = B + N candidates, S queued negatives, D dim, L history.
 
 Queued negatives (a queue of recent batches' items, see :mod:`recsys_cl.train.negative_memory`)
 are appended as columns ``C:C+S`` with their item ids and logQ, so every later step treats them
@@ -117,7 +117,7 @@ def batch_loss(
 
     logits = retrieval_logits(user, items, temperature=cfg.temperature)  # (B, C')
     if log_q is not None:
-        logits = logq_correction(logits, log_q)  # s / tau - log q
+        logits = logq_correction(logits, log_q, cfg.logq_weight)  # s / tau - w log q
     if cfg.mask_accidental_hits:
         logits = mask_accidental_hits(logits, ids[:B], ids)
     if out_of_scope is not None:
@@ -125,8 +125,9 @@ def batch_loss(
     if hard is not None and hard.kind == "topk":
         logits = hard_negative_topk(logits, hard.topk.k)  # positive + k hardest
     if hard is not None and hard.kind == "mochi":
+        weighted = None if log_q is None else cfg.logq_weight * log_q  # (C',) mixes on the same w log q scale
         logits = append_mochi_negatives(  # (B, C' + S') synthetic hard negatives
-            logits, user, items, log_q, cfg.temperature, hard.mochi.n_hard, hard.mochi.n_mix,
+            logits, user, items, weighted, cfg.temperature, hard.mochi.n_hard, hard.mochi.n_mix,
             hard.mochi.n_query_mix, hard.mochi.beta_max, generator,
         )
     if cfg.kind == "debiased":

@@ -36,8 +36,9 @@ def softmax_reference(
     temperature: float,
     log_q: list[float] | None = None,
     cand_ids: list[int] | None = None,
+    logq_weight: float = 1.0,
 ) -> float:
-    """s / tau - log q, drop accidental hits (same id as the row's positive, j != i), CE on i."""
+    """s / tau - w log q, drop accidental hits (same id as the row's positive, j != i), CE on i."""
     U, V = user.double().tolist(), items.double().tolist()
     B, C = len(U), len(V)
     total = 0.0
@@ -46,7 +47,7 @@ def softmax_reference(
         for j in range(C):
             if cand_ids is not None and j != i and cand_ids[j] == cand_ids[i]:
                 continue  # accidental hit: not in the denominator
-            lj = _dot(U[i], V[j]) / temperature - (log_q[j] if log_q is not None else 0.0)
+            lj = _dot(U[i], V[j]) / temperature - (logq_weight * log_q[j] if log_q is not None else 0.0)
             logit.append((j, lj))
         denom = sum(math.exp(l) for _, l in logit)
         pos = math.exp(dict(logit)[i])
@@ -100,7 +101,8 @@ def _unit(*shape: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("D", DIMS)
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 @pytest.mark.parametrize("N", [0, 5])
-def test_softmax_pipeline_matches_loop(B: int, D: int, temperature: float, N: int) -> None:
+@pytest.mark.parametrize("logq_weight", [0.0, 0.5, 1.0])
+def test_softmax_pipeline_matches_loop(B: int, D: int, temperature: float, N: int, logq_weight: float) -> None:
     C = B + N
     user, items = _unit(B, D, seed=B * 100 + D), _unit(C, D, seed=B * 100 + D + 1)
     g = torch.Generator().manual_seed(7)
@@ -108,11 +110,11 @@ def test_softmax_pipeline_matches_loop(B: int, D: int, temperature: float, N: in
     log_q = torch.rand(C, generator=g, dtype=torch.float64) * 6 - 8
 
     logits = retrieval_logits(user, items, temperature)  # s / tau
-    logits = logq_correction(logits, log_q)  # - log q
+    logits = logq_correction(logits, log_q, logq_weight)  # - w log q
     logits = mask_accidental_hits(logits, cand_ids[:B], cand_ids)
     loss = sampled_softmax_loss(logits)
 
-    expected = softmax_reference(user, items, temperature, log_q.tolist(), cand_ids.tolist())
+    expected = softmax_reference(user, items, temperature, log_q.tolist(), cand_ids.tolist(), logq_weight)
     assert loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
@@ -160,6 +162,30 @@ def test_logq_rejects_bad_input() -> None:
         logq_correction(torch.zeros(2, 3), torch.zeros(2))
     with pytest.raises(ValueError, match="non-finite"):
         logq_correction(torch.zeros(2, 3), torch.tensor([0.0, -math.inf, 0.0]))
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"weight must be a finite number >= 0 .*got"):
+            logq_correction(torch.zeros(2, 3), torch.zeros(3), bad)
+
+
+def test_logq_weight_hand_worked() -> None:
+    """Partial correction s / tau - w log q with w = 0.5 on a 2 x 3 matrix."""
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 3.0, -1.0]], dtype=torch.float64)
+    log_q = torch.tensor([-1.0, -4.0, 2.0], dtype=torch.float64)
+    # 0.5 * log q = [-0.5, -2, 1]: columns 0 and 1 go up by 0.5 and 2, column 2 down by 1
+    got = logq_correction(logits, log_q, 0.5)
+    assert got.tolist() == [[2.5, 3.0, -1.0], [1.0, 5.0, -2.0]]
+    # row 0: -log(e^2.5 / (e^2.5 + e^3 + e^-1)); row 1: -log(e^5 / (e^1 + e^5 + e^-2))
+    row0 = -math.log(math.exp(2.5) / (math.exp(2.5) + math.exp(3.0) + math.exp(-1.0)))
+    row1 = -math.log(math.exp(5.0) / (math.exp(1.0) + math.exp(5.0) + math.exp(-2.0)))
+    assert sampled_softmax_loss(got).item() == pytest.approx((row0 + row1) / 2, rel=1e-12)
+
+
+def test_logq_weight_one_is_the_full_correction_and_zero_is_none() -> None:
+    logits = retrieval_logits(_unit(3, 8, seed=1), _unit(5, 8, seed=2), 0.1).float()  # (3, 5)
+    log_q = torch.tensor([-2.0, -0.5, -7.0, 0.3, -1.1])
+    assert torch.equal(logq_correction(logits, log_q, 1.0), logits - log_q[None, :])
+    assert torch.equal(logq_correction(logits, log_q, 1.0), logq_correction(logits, log_q))  # the default
+    assert torch.equal(logq_correction(logits, log_q, 0.0), logits)
 
 
 # ----------------------------------------------------------------------------- masking

@@ -151,3 +151,34 @@ def test_embed_users_accepts_read_only_arrays_without_warning() -> None:
         warnings.simplefilter("error")
         got = embed_users(model, hist_ro, index_ro, batch_size=7)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("logq", ["counting", "streaming"])
+def test_logq_weight_zero_trains_exactly_as_no_logq(logq: str) -> None:
+    """loss.logq_weight reaches the loss through fit: weight 0 gives the losses and weights of
+    loss.logq=none, step for step, with in-batch, uniform sampled and cross-batch queued negatives;
+    weight 0.5 gives others."""
+    from recsys_cl.config import RunConfig, load_config
+    from recsys_cl.data.item_stats import StreamingFrequencyEstimator
+    from recsys_cl.data.negatives import UniformSampler
+
+    clicks = _planted_clicks(40, 20, 6)
+    negatives = load_config(None, RunConfig, ["negatives.queue.kind=cross_batch", "negatives.queue.size=64"]).negatives
+
+    def run(source: str, weight: float) -> tuple[list[float], dict[str, torch.Tensor]]:
+        spec, seq, data, _ = _setup(clicks, logq=source == "counting")
+        if source == "streaming":
+            data.estimator = StreamingFrequencyEstimator(num_buckets=64, alpha=0.5)
+        data.sampler, data.num_sampled = UniformSampler(spec.num_items), 8
+        torch.manual_seed(0)
+        model = build_two_tower(spec, ModelConfig(embedding_dim=8), UserTowerConfig(history_length=3),
+                                ItemTowerConfig(encoders=("id",)))
+        r = fit(model, data, _cfg(epochs=2, batch_size=32), LossConfig(logq=source, logq_weight=weight),
+                lambda m: {"recall@20": 0.1}, negatives=negatives)
+        return [h["train_loss"] for h in r.history], r.model.state_dict()
+
+    losses, weights = run(logq, 0.0)
+    none_losses, none_weights = run("none", 1.0)
+    assert losses == none_losses
+    assert all(torch.equal(weights[k], none_weights[k]) for k in none_weights)
+    assert run(logq, 0.5)[0] != none_losses

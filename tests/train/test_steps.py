@@ -1,5 +1,6 @@
 """batch_loss follows the recipe; batches carry the right logQ per source and the right masks."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,13 +8,13 @@ import polars as pl
 import pytest
 import torch
 
-from recsys_cl.config import ItemTowerConfig, LossConfig, ModelConfig, UserTowerConfig
+from recsys_cl.config import ItemTowerConfig, LossConfig, ModelConfig, RunConfig, UserTowerConfig, load_config
 from recsys_cl.data.item_stats import StreamingFrequencyEstimator, item_log_prob_counting
 from recsys_cl.data.negatives import UniformSampler, make_user_item_keys
 from recsys_cl.features.sequences import Sequences
 from recsys_cl.features.spec import build_feature_spec
 from recsys_cl.train.batches import TrainingData
-from recsys_cl.train.steps import Batch, batch_loss
+from recsys_cl.train.steps import Batch, QueuedNegatives, batch_loss
 from recsys_cl.towers.two_tower import build_two_tower
 
 
@@ -217,3 +218,48 @@ def test_fit_click_sample_by_user_keeps_whole_users_and_is_unbiased() -> None:
     # a window within the cap is kept whole, by user or not
     keep, w = fit_click_sample(on_new, users, cap=5000)
     assert len(keep) == 3000 and np.all(w == 1.0)
+
+
+def _model_batch_and_queue():
+    """A model, a batch of 3 rows with 2 sampled columns (C = 5) and 2 queued columns, all with log_q."""
+    torch.manual_seed(0)
+    _, spec = _data()
+    model = build_two_tower(spec, ModelConfig(embedding_dim=4), UserTowerConfig(history_length=2),
+                            ItemTowerConfig(encoders=("id",)))
+    b = Batch(history=torch.tensor([[1, -1], [0, 2], [3, 0]]), user_index=torch.tensor([0, 1, 2]),
+              candidates=torch.tensor([2, 4, 5, 1, 3]), log_q=torch.tensor([0.5, -1.0, 0.5, -2.0, -0.3]))
+    q_ids = torch.tensor([0, 3])
+    queued = QueuedNegatives(model.item_tower(q_ids).detach(), q_ids, torch.tensor([0.3, -0.7]))
+    return model, b, queued
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5])
+def test_logq_weight_scales_log_q_of_in_batch_sampled_and_queued_columns(w: float) -> None:
+    """s / tau - w log q on all 7 columns, by hand."""
+    model, b, queued = _model_batch_and_queue()
+    got = batch_loss(model, b, LossConfig(temperature=0.5, logq_weight=w), queued)
+    u, v = model(b.history, b.user_index, b.candidates)
+    v = torch.cat([v, queued.items]).detach()
+    log_q = torch.cat([b.log_q, queued.log_q])
+    logits = (u.detach() @ v.T) / 0.5 - w * log_q  # (3, 7); no column repeats a row's positive: no mask
+    want = sum(-math.log(math.exp(logits[i, i]) / sum(math.exp(x) for x in logits[i])) for i in range(3)) / 3
+    assert got.item() == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("hard_kind", ["none", "topk", "mochi"])
+def test_logq_weight_is_the_same_as_scaling_every_log_q_and_zero_is_no_logq(hard_kind: str) -> None:
+    """The weight reaches every column the same way (MoCHi's synthetic mixes too): weight w on log_q
+    equals weight 1 on w * log_q, and weight 0 equals a batch and queue without log_q."""
+    model, b, queued = _model_batch_and_queue()
+    hard = load_config(None, RunConfig, [f"negatives.hard.kind={hard_kind}", "negatives.hard.topk.k=2",
+                                         "negatives.hard.mochi.n_hard=3"]).negatives.hard
+
+    def loss(w: float, scale: float | None) -> float:
+        bb = dataclasses.replace(b, log_q=None if scale is None else scale * b.log_q)
+        qq = dataclasses.replace(queued, log_q=None if scale is None else scale * queued.log_q)
+        return batch_loss(model, bb, LossConfig(temperature=0.5, logq_weight=w), qq, hard,
+                          torch.Generator().manual_seed(0)).item()
+
+    assert loss(0.3, 1.0) == pytest.approx(loss(1.0, 0.3), rel=1e-6)
+    assert loss(0.3, 1.0) != pytest.approx(loss(1.0, 1.0), rel=1e-4)  # the weight changes the loss
+    assert loss(0.0, 1.0) == loss(1.0, None)
