@@ -492,8 +492,9 @@ class EvalConfig:
     """Popularity strata of the test metrics (``head_targets/*``, ``tail_targets/*``, ``tail_share@20``):
     the head is the most-clicked ranked items that together hold this share of the *training* clicks
     (ties at the boundary in the head), the tail every other ranked item
-    (:mod:`recsys_cl.eval.long_tail`). Not computed for ``split.kind=cold_start`` (no ranked item has
-    training clicks)."""
+    (:mod:`recsys_cl.eval.long_tail`). The fold-in metrics (``test_fold_in/*``) have the same strata:
+    the items folded in have no training clicks, so they are tail. Not computed for
+    ``split.kind=cold_start`` (no ranked item has training clicks)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.head_share < 1:

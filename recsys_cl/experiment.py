@@ -450,7 +450,8 @@ def popularity_metrics(score_fn: ScoreFn, prep: Prepared, head_share: float, bat
     """Head/tail Recall@20 and the tail's share of the top-20 slots on the test users
     (:func:`recsys_cl.eval.long_tail.long_tail_metrics`), head and tail from ``spec.item_counts``: the
     training clicks of each item, never the validation or test period's (0 for the new items of
-    ``eval.catalogue=all_items``, which are tail).
+    ``eval.catalogue=all_items``, which are tail, also in the folded lists of ``test_fold_in/*``: the
+    clicks an item is folded in with never make it head).
 
     Raises:
         ValueError: on a cold-start split, where every ranked item has 0 training clicks (no head).
@@ -460,6 +461,20 @@ def popularity_metrics(score_fn: ScoreFn, prep: Prepared, head_share: float, bat
                          "ranks only items without any (all tail)")
     return long_tail_metrics(score_fn, prep.test_set, prep.spec.item_counts[prep.ranked], head_share,
                              COLD_START_K, batch_size)
+
+
+def item_kind_metrics(score_fn: ScoreFn, prep: Prepared, head_share: float, batch_size: int = 1024
+                      ) -> dict[str, float]:
+    """The test metrics split by kind of item, those ``prep``'s protocol has: new vs warm items
+    (:func:`new_item_metrics`, ``eval.catalogue=all_items``) and head vs tail
+    (:func:`popularity_metrics`, every split but cold start). A run computes them for its model's
+    lists (``test/*``) and, with fold-in, for the folded lists (``test_fold_in/*``), from the same
+    training clicks: an item folded in has none, so it is new and tail in both, and each stratum has
+    the same targets and users in both (the comparison is the lists, not the strata)."""
+    out = new_item_metrics(score_fn, prep, batch_size) if prep.all_items else {}
+    if not prep.cold_start:  # the long tail: every ranked item of a cold-start split is without training clicks
+        out.update(popularity_metrics(score_fn, prep, head_share, batch_size))
+    return out
 
 
 def run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared | None = None) -> dict[str, Any]:
@@ -529,17 +544,15 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
         fold_fn = two_tower_score_fn(result.model, prep.spec, prep.split.test_history(), prep.test_set, L,
                                      prep.ranked, fold, since=prep.split.train_end)
         fold_in = evaluate(fold_fn, prep.test_set, ks=ks, batch_size=cfg.eval.batch_size)
+        fold_in.update(item_kind_metrics(fold_fn, prep, cfg.eval.head_share, cfg.eval.batch_size))
         if prep.cold_start:
             fold_delta = _paired_delta(reporter, prep, fold_fn, cold_start_popularity(prep),
                                        "delta_fold_in_vs_popularity", cfg.eval.batch_size)
         else:  # all items ranked: does taking the clicks in beat leaving new items on content alone?
-            fold_in.update(new_item_metrics(fold_fn, prep, cfg.eval.batch_size))
             fold_delta = _paired_delta(reporter, prep, fold_fn, score_fn, "delta_fold_in_vs_none",
                                        cfg.eval.batch_size)
         reporter.log_metrics({f"test_fold_in/{k}": v for k, v in fold_in.items()})
-    parts = new_item_metrics(score_fn, prep, cfg.eval.batch_size) if prep.all_items else {}
-    if not prep.cold_start:  # the long tail: every ranked item of a cold-start split is without training clicks
-        parts.update(popularity_metrics(score_fn, prep, cfg.eval.head_share, cfg.eval.batch_size))
+    parts = item_kind_metrics(score_fn, prep, cfg.eval.head_share, cfg.eval.batch_size)
     test.update(parts)
     reporter.log_metrics({f"test/{k}": v for k, v in parts.items()})
     _log_artifacts(reporter, cfg, prep, result, score_fn, test, baselines)
@@ -812,9 +825,8 @@ def run_baseline(
     from recsys_cl.baselines.tuning import score_fn_for
 
     score_fn = score_fn_for(res["model"], prep.test_set)
-    if prep.all_items:
-        res["test"].update(new_item_metrics(score_fn, prep))
-    res["test"].update(popularity_metrics(score_fn, prep, cfg.eval.head_share))  # a warm split (required above)
+    # new/warm items and head/tail: a warm split (required above)
+    res["test"].update(item_kind_metrics(score_fn, prep, cfg.eval.head_share))
     reporter.log_params({f"baseline.{k}": v for k, v in res["params"].items()})
     for params, val in res["val_by_params"]:
         reporter.log_metrics({f"tuning/{_param_str(params)}/ndcg@10": val["ndcg@10"]})

@@ -128,7 +128,7 @@ def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(
     training clicks included; new_item_share counts their share of the filled top-k slots."""
     import numpy as np
 
-    from recsys_cl.experiment import new_item_metrics, new_item_share
+    from recsys_cl.experiment import item_kind_metrics, new_item_metrics, new_item_share
 
     folder = tmp_path / "ml4"
     folder.mkdir()
@@ -166,6 +166,14 @@ def test_all_items_catalogue_ranks_every_item_and_counts_new_items_in_the_lists(
     assert parts["new_item_share@20"] == pytest.approx(0.5)
     assert parts["new_targets/n_users"] == 6 and parts["new_targets/recall@20"] == 1.0  # item 4 in every list
     assert parts["warm_targets/n_users"] == 0 and "warm_targets/recall@20" not in parts  # no warm target
+    # with the long tail (what test/* and test_fold_in/* both log): items 1 and 2 (3 training clicks each,
+    # tied) are the head, new items 3 and 4 (none) the tail, whatever clicks a fold-in gives them
+    kinds = item_kind_metrics(score, prep, head_share=0.5)
+    assert kinds.items() >= parts.items() and kinds["head_items/n"] == 2
+    assert kinds["tail_targets/n_users"] == 6 and kinds["tail_targets/recall@20"] == 1.0
+    assert kinds["head_targets/n_users"] == 0 and kinds["tail_share@20"] == pytest.approx(0.5)
+    flat = item_kind_metrics(lambda rows: np.zeros((len(rows), 2)), warm, head_share=0.5)  # train_items
+    assert "tail_share@20" in flat and "new_item_share@20" not in flat  # no new items ranked
 
 
 def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> None:

@@ -79,6 +79,7 @@ def test_cold_start_text_tower_beats_random_and_logs_baselines(tmp_path: Path, c
     # the same model with the cold items' clicks before the test period folded in, side by side
     fold, fd = summary["fold_in_metrics"], summary["fold_in_delta_vs_baseline"]
     assert set(fold) == set(test) and fold != test
+    assert "tail_share@20" not in fold  # no long tail: every cold item is without training clicks
     assert fd["delta"] == pytest.approx(fold["recall@20"] - summary["baseline_metrics"]["recall@20"])
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -120,6 +121,16 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
         assert test[f"{part}/n_users"] == fold[f"{part}/n_users"] > 0
         assert 0 <= test[f"{part}/recall@20"] <= 1 and 0 <= fold[f"{part}/recall@20"] <= 1
     assert test["new_targets/n_users"] + test["warm_targets/n_users"] >= test["n_users"]
+    # the long tail of the folded lists, strata from the training clicks as for test/*: the items folded
+    # in have none, so they are tail, and head, tail and their users are the same with or without fold-in
+    assert set(fold) == set(test)
+    for k in ("head_items/n", "head_items/train_click_share", "head_targets/n_users", "tail_targets/n_users"):
+        assert fold[k] == test[k], k
+    n_head, n_tail = fold["head_targets/n_users"], fold["tail_targets/n_users"]
+    assert 0 < n_head <= fold["n_users"] and 0 < n_tail <= fold["n_users"]
+    assert n_head + n_tail >= fold["n_users"]  # every target is head or tail; a user with both counts twice
+    assert all(0 <= fold[k] <= 1 for k in ("head_targets/recall@20", "tail_targets/recall@20", "tail_share@20"))
+    assert fold["tail_share@20"] >= fold["new_item_share@20"]  # the new items' slots are tail slots
     assert fd["delta"] == pytest.approx(fold["recall@20"] - test["recall@20"])
     assert fd["low"] <= fd["delta"] <= fd["high"] and fd["n_users"] == test["n_users"]
 
@@ -129,6 +140,8 @@ def test_all_items_catalogue_ranks_new_items_with_trained_ones(tmp_path: Path, c
     assert run.data.metrics["test/new_item_share_at_20"] == pytest.approx(test["new_item_share@20"])
     assert run.data.metrics["test_fold_in/new_targets/recall_at_20"] == pytest.approx(fold["new_targets/recall@20"])
     assert run.data.metrics["test_fold_in/recall_at_20"] == pytest.approx(fold["recall@20"])
+    for k in ("head_targets/recall@20", "tail_targets/recall@20", "tail_targets/n_users", "tail_share@20"):
+        assert run.data.metrics["test_fold_in/" + k.replace("@", "_at_")] == pytest.approx(fold[k])
     assert run.data.metrics["delta_fold_in_vs_none/recall_at_20_delta"] == pytest.approx(fd["delta"])
 
     # the click baselines rank the same items under the same protocol, for the same users

@@ -416,6 +416,23 @@ def test_ablation_outputs_are_replaced_atomically(tmp_path: Path, monkeypatch: p
     assert out.read_text().startswith("Protocol: `other`")
 
 
+def test_ablation_long_tail_table_has_the_folded_rows(tmp_path: Path) -> None:
+    """eval.catalogue=all_items with fold-in: a run's folded lists have the long-tail metrics too
+    (test_fold_in/*), so its "first clicks folded in" row stands in the long-tail table as in the main one."""
+    import argparse
+
+    from pipelines import ablation
+
+    strata = {"recall@20": 0.2, "head_targets/recall@20": 0.3, "tail_targets/recall@20": 0.1, "tail_share@20": 0.4}
+    runs = [{"variant": "ID + text", "seed": 0, "best_epoch": 1, "val_metrics": {"recall@20": 0.2},
+             "test_metrics": strata, "fold_in_metrics": {**strata, "tail_targets/recall@20": 0.15}}]
+    args = argparse.Namespace(out=str(tmp_path / "ab.md"), summary_json=None)
+    table, _ = ablation.write_outputs(args, "full_ranking|catalogue=all_items", {}, runs, {})
+    long_tail = table.split("\n\nLong tail: ")[1].split("\n\nValidation")[0]
+    assert "| two-tower: ID + text | 1 | 0.2000 | 0.3000 | 0.1000 | 0.4000 |" in long_tail
+    assert "| two-tower: ID + text, first clicks folded in | 1 | 0.2000 | 0.3000 | 0.1500 | 0.4000 |" in long_tail
+
+
 def test_killed_ablation_resumes_into_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines import ablation
 
