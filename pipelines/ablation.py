@@ -40,6 +40,7 @@ from pipelines.cli import (
     configure_logging,
     exits_on_tracking_error,
     shown_path,
+    warn_unused_settings,
     write_summary,
     write_text_atomic,
 )
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> str:
             for name, overrides in variants.items() for seed in args.seeds
         }
         check_training_dirs(configs.values())  # else found after an epoch, or after the encoder ran
+        warn_unused_settings((f"variant {name!r}", cfg) for (name, _), cfg in configs.items())
         prep = prepare(base, content=False)  # each run's content: check_run_config below
         if args.no_baselines:
             baselines: list[str] = []

@@ -28,6 +28,7 @@ from recsys_cl.io_atomic import write_file_atomically
 from recsys_cl.utils.threads import warn_if_cores_busy
 from recsys_cl.tracking import Tracker, TrackingError
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -225,6 +226,23 @@ def check_training_dirs(configs: Iterable[Any]) -> None:
             folders[("item_tower.cache_dir", tower.cache_dir)] = None
     for key, folder in folders:
         check_output_dir(folder, key)
+
+
+def warn_unused_settings(labelled: Iterable[tuple[str, Any]]) -> list[str]:
+    """Log each distinct :meth:`~recsys_cl.config.RunConfig.unused_settings` warning of several runs'
+    configs once, with the labels of the runs it holds for (``[(label, RunConfig), ...]``, e.g. an
+    ablation's variants), so a ``--set`` or variant override that does nothing is flagged before any
+    training, as ``train_two_tower`` flags it. Returns the lines logged."""
+    by_warning: dict[str, list[str]] = {}
+    for label, cfg in labelled:
+        for warning in cfg.unused_settings():
+            labels = by_warning.setdefault(warning, [])
+            if label not in labels:
+                labels.append(label)
+    lines = [f"{warning} (in {', '.join(labels)})" for warning, labels in by_warning.items()]
+    for line in lines:
+        log.warning(line)
+    return lines
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -37,6 +37,7 @@ from pipelines.cli import (
     configure_logging,
     exits_on_tracking_error,
     shown_path,
+    warn_unused_settings,
     write_summary,
 )
 from recsys_cl.config import ConfigError, RunConfig, dump_config, load_config
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checked = load_config(args.config, RunConfig, overrides=[*args.set, models])
             baselines = list(checked.baselines.models)
         check_training_dirs(cfg for _, _, cfg in configs)  # else found after an epoch, or after the encoder ran
+        warn_unused_settings((f"grid point {point.label}", cfg) for point, _, cfg in configs)
         prep = prepare(base, content=False)  # each run's content: check_run_config below
         for b in baselines:
             require_warm_split(b, prep)

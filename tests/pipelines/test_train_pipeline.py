@@ -990,3 +990,24 @@ def test_a_stopped_training_says_how_to_continue(tmp_path: Path, monkeypatch: py
         f"last finished epoch (checkpoints in {tmp_path / 'ck'})")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert mlflow.search_runs(experiment_names=["smoke"])["status"].tolist() == ["FAILED"]
+
+
+def test_ablation_and_sweep_flag_settings_that_do_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A variant or grid point whose override does nothing (a logQ weight with logQ off) is flagged
+    once, with the runs it holds for, before any data is read (here the data path is missing, so
+    nothing trains), as train_two_tower flags it."""
+    from pipelines import ablation, sweep
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("half: [loss.logq=none, loss.logq_weight=0.5]\nfull: [loss.logq=counting]\n")
+    args = [*_args(tmp_path, "ml-100k"), "--set", f"data.path={tmp_path / 'absent'}"]
+    warning = "loss.logq_weight is set (0.5) but loss.logq=none, so it is not used"
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit, match="data error"):
+        ablation.main(["--variants", str(variants), "--seeds", "0", "1", *args])
+    flagged = [r.getMessage() for r in caplog.records if warning in r.getMessage()]
+    assert len(flagged) == 1 and flagged[0].endswith("(in variant 'half')")  # once over both seeds; not 'full'
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit, match="data error"):
+        sweep.main(["--grid", "loss.logq=none,counting", "--set", "loss.logq_weight=0.5", *args])
+    flagged = [r.getMessage() for r in caplog.records if warning in r.getMessage()]
+    assert len(flagged) == 1 and flagged[0].endswith("(in grid point loss.logq=none)"), flagged
