@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("exact", "annoy", "faiss", "auto", "spark")
 WORKER_MODULE = "pipelines.benchmark_candidates"
 """Each backend runs as ``python -m pipelines.benchmark_candidates --single-backend NAME ...``."""
+ITEM_ID_KINDS = ("int", "string")
 USER_BLOCK = 10_000
 """Users are generated in fixed blocks (own seed each), so any user range is reproducible on its own."""
 SPARK_SKIP_REASON = (
@@ -74,6 +75,10 @@ class BenchConfig:
     clusters: int = 1000
     seen: int = 10
     """Seen items per user, drawn from the user's cluster (filtered out of its candidates)."""
+    item_ids: str = "int"
+    """``int``: ids ``1000 + 7 * row``; ``string``: SKU-like ids ``sku-000000001007`` (the same numbers,
+    zero-padded), held as a trained model holds string ids (Python strings), so the run measures the
+    cost of string ids in the job (id decoding, the String column)."""
     item_noise: float = 0.7
     user_noise: float = 1.0
     backends: tuple[str, ...] = ("exact", "annoy", "faiss", "auto", "spark")
@@ -109,6 +114,8 @@ class BenchConfig:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
+        if self.item_ids not in ITEM_ID_KINDS:
+            raise ValueError(f"item_ids must be one of {list(ITEM_ID_KINDS)}, got {self.item_ids!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -143,7 +150,7 @@ class BenchRunConfig:
 @dataclass(frozen=True)
 class Items:
     vectors: np.ndarray  # (M, D) float32, unit norm, rows grouped by cluster
-    ids: np.ndarray  # (M,) int64, sorted (row order = vocab order)
+    ids: np.ndarray  # (M,) int64, or str objects for ``item_ids: string``; sorted (row order = vocab order)
     centres: np.ndarray  # (C, D) float32
     offsets: np.ndarray  # (C + 1,) rows of cluster c: offsets[c]:offsets[c + 1]
 
@@ -157,7 +164,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_items(cfg: BenchConfig) -> Items:
-    """``cfg.items`` clustered unit vectors; ids ``1000 + 7 * row`` (sparse, sorted)."""
+    """``cfg.items`` clustered unit vectors; ids ``1000 + 7 * row`` (sparse, sorted), or for
+    ``item_ids: string`` those numbers as ``sku-`` + 12 digits (sorted too: zero-padded)."""
     rng = np.random.default_rng([cfg.seed, 0])
     centres = _unit(rng.standard_normal((cfg.clusters, cfg.dim)))
     cluster = np.sort(rng.integers(0, cfg.clusters, cfg.items))  # (M,) grouped by cluster
@@ -166,6 +174,8 @@ def make_items(cfg: BenchConfig) -> Items:
     offsets = np.zeros(cfg.clusters + 1, dtype=np.int64)
     np.cumsum(np.bincount(cluster, minlength=cfg.clusters), out=offsets[1:])
     ids = 1000 + 7 * np.arange(cfg.items, dtype=np.int64)
+    if cfg.item_ids == "string":  # object strings, as a trained model's vocabulary holds them
+        ids = np.array([f"sku-{i:012d}" for i in ids.tolist()], dtype=object)
     return Items(vectors, ids, centres, offsets)
 
 
@@ -245,7 +255,7 @@ def run_worker(cfg: BenchConfig, backend: str, out_json: Path) -> dict[str, Any]
 
     rec = _recommender_class()(None, loaded.spec, index, cfg.k, cfg.max_extra_fetch, "synthetic", index_id)
     n_sample = min(cfg.recall_users, cfg.users)
-    sample = np.full((n_sample, cfg.k), SENTINEL_ID, dtype=np.int64)
+    sample = np.full((n_sample, cfg.k), SENTINEL_ID, dtype=np.int64)  # item-vocab indices, whatever the id type
     gen_s = score_s = write_s = 0.0
     rows = 0
     root = Path(tempfile.mkdtemp(prefix=f"recsys_cl_bench_{backend}_"))
@@ -271,7 +281,8 @@ def run_worker(cfg: BenchConfig, backend: str, out_json: Path) -> dict[str, Any]
                 if s < n_sample:
                     u = table.column("user_id").to_numpy()
                     m = u < n_sample
-                    sample[u[m], table.column("rank").to_numpy()[m] - 1] = table.column("item_id").to_numpy()[m]
+                    got = vocab.encode(table.column("item_id").to_numpy(zero_copy_only=False)[m])
+                    sample[u[m], table.column("rank").to_numpy()[m] - 1] = got
                 if (s // cfg.chunk_size) % 10 == 9:
                     log.info("%s: %d/%d users, %.0f users/s", backend, e, cfg.users, e / (score_s + write_s))
             writer.commit({"backend": backend, "rows": rows})
@@ -492,7 +503,8 @@ def render_markdown(report: Report) -> str:
     out = [
         f"## Candidates benchmark: {c.users:,} users x {c.items:,} items, dim {c.dim}, top-{c.k}",
         "",
-        (f"Synthetic clustered unit vectors ({c.clusters:,} clusters), {c.seen} seen items per user removed "
+        (f"Synthetic clustered unit vectors ({c.clusters:,} clusters), {c.item_ids} item ids, "
+         f"{c.seen} seen items per user removed "
          f"through the job's top-K-unseen path, chunks of {c.chunk_size:,} users, "
          f"{'Parquet written via PartitionWriter' if c.write else 'rows materialised, not written'}, "
          f"n_workers {c.n_workers}, seed {c.seed}. Machine: {m['cpus']} CPUs ({m['cpu']}), "

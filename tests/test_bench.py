@@ -192,3 +192,23 @@ def test_sweep_measures_each_effective_faiss_nlist_once() -> None:
     rows = run_sweep(cfg)
     faiss = [r["params"] for r in rows if r["backend"] == "faiss"]
     assert faiss == ["nlist=10 nprobe=1", "nlist=10 nprobe=2"]
+
+
+def test_string_item_ids_give_the_same_candidates_as_integer_ids(tmp_path: Path) -> None:
+    """``item_ids: string`` serves the same items (the ids are the integer ones, spelled as SKUs) through
+    the job's String id path, so the two runs' samples (item-vocab indices) are equal."""
+    from recsys_cl.bench import run_worker
+
+    base = dict(users=300, items=400, k=5, clusters=10, seen=3, chunk_size=128, recall_users=300)
+    out: dict[str, Any] = {}
+    for kind in ("int", "string"):
+        cfg = BenchConfig(**base, item_ids=kind)  # type: ignore[arg-type]
+        result = run_worker(cfg, "exact", tmp_path / f"{kind}.json")
+        assert "error" not in result and result["rows"] == 300 * 5
+        out[kind] = np.load(tmp_path / f"{kind}.json.ids.npy")
+    assert out["int"].min() >= 0  # every user got K candidates, as vocab indices
+    np.testing.assert_array_equal(out["string"], out["int"])
+    items = make_items(BenchConfig(**base, item_ids="string"))  # type: ignore[arg-type]
+    assert items.ids.dtype == object and items.ids[0] == "sku-000000001000" and list(items.ids) == sorted(items.ids)
+    with pytest.raises(ValueError, match=r"item_ids must be one of \['int', 'string'\], got 'uuid'"):
+        BenchConfig(item_ids="uuid")
