@@ -63,6 +63,7 @@ from recsys_cl.experiment import (
     NullReporter,
     check_run_config,
     lock_checkpoint,
+    logq_tag,
     negatives_tag,
     prepare,
     resumable_run_id,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     for warning in cfg.unused_settings():
         log.warning(warning)
     # the model-kind tags (loss_kind, logq, negatives) and the seed: runs with other negatives had one name
-    run_name = cfg.tracking.run_name or (f"two_tower-{cfg.loss.kind}-logq_{cfg.loss.logq}-{negatives_tag(cfg)}"
+    run_name = cfg.tracking.run_name or (f"two_tower-{cfg.loss.kind}-logq_{logq_tag(cfg)}-{negatives_tag(cfg)}"
                                          f"-seed{cfg.train.seed}")
     distributed = dist.init_from_env()  # torchrun sets RANK / WORLD_SIZE; otherwise one process
     is_main = dist.is_main()

@@ -495,7 +495,7 @@ def _run_two_tower(cfg: RunConfig, reporter: Reporter, prep: Prepared) -> dict[s
     # torch_threads: what fit trains with (train.num_threads, or torch's default for 0), which
     # examples_per_s depends on
     reporter.set_tags({**prep.tags(cfg), "model": "two_tower", "loss_kind": cfg.loss.kind,
-                       "logq": cfg.loss.logq, "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
+                       "logq": logq_tag(cfg), "negatives": _negatives_tag(cfg), SELECTED_ON_TAG: SELECTED_ON_EPOCH,
                        "torch_threads": cfg.train.num_threads or torch.get_num_threads()})
     reporter.log_params(run_params(cfg))  # the whole config: config/resolved_config.yaml
     what = two_tower_description(cfg, prep)
@@ -599,10 +599,7 @@ def two_tower_description(cfg: RunConfig, prep: Prepared) -> str:
         loss += f", tau+ {cfg.loss.tau_plus}"
     elif cfg.loss.kind == "triplet":
         loss += f", margin {cfg.loss.margin}"
-    logq: str = cfg.loss.logq
-    if logq != "none" and cfg.loss.logq_weight != 1.0:
-        logq += f" x {cfg.loss.logq_weight}"  # a partial correction, s / tau - w log q
-    return (f"**Two-tower** ({loss}; logQ {logq}; negatives {_negatives_tag(cfg)}; item encoders "
+    return (f"**Two-tower** ({loss}; logQ {logq_tag(cfg)}; negatives {_negatives_tag(cfg)}; item encoders "
             f"{', '.join(cfg.item_tower.encoders)}; {cfg.user_tower.pooling} pooling over the last "
             f"{cfg.user_tower.history_length} clicks; dim {cfg.model.embedding_dim}; seed {cfg.train.seed}) "
             f"{_data_text(cfg, prep)}.")
@@ -708,6 +705,15 @@ def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
     if "@" not in key:
         return True
     return int(key.split("@")[1]) in set(ks) | {10, 20}
+
+
+def logq_tag(cfg: RunConfig) -> str:
+    """``none``, ``counting``, ``streaming``, or with a partial ``loss.logq_weight`` w
+    ``counting_x0.5``: the ``logq`` tag of a two-tower run (and part of its default name), so runs
+    that differ only in w are told apart in the runs list."""
+    if cfg.loss.logq != "none" and cfg.loss.logq_weight != 1.0:
+        return f"{cfg.loss.logq}_x{cfg.loss.logq_weight:g}"
+    return cfg.loss.logq
 
 
 def negatives_tag(cfg: RunConfig) -> str:
@@ -891,7 +897,7 @@ def parent_tags(base: RunConfig, prep: Prepared, configs: Iterable[RunConfig]) -
         return ",".join(dict.fromkeys(values))
 
     return {**prep.tags(base), "model": "two_tower", "loss_kind": distinct(c.loss.kind for c in configs),
-            "logq": distinct(c.loss.logq for c in configs), "negatives": distinct(_negatives_tag(c) for c in configs)}
+            "logq": distinct(logq_tag(c) for c in configs), "negatives": distinct(_negatives_tag(c) for c in configs)}
 
 
 PROTOCOL_SECTIONS = ("data.", "split.", "eval.")

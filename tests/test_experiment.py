@@ -202,10 +202,11 @@ def test_run_params_leave_out_the_content_encoder_sections_no_run_reads() -> Non
 
 
 def test_run_description_and_params_say_a_partial_logq_weight() -> None:
-    """A run with loss.logq_weight w != 1 says ``logQ counting x w`` (the default says ``logQ counting``,
-    as before) and logs loss.logq_weight as a param; with logQ off the weight is not in the description."""
+    """A run with loss.logq_weight w != 1 says ``logQ counting_x0.5`` (the default says ``logQ counting``,
+    as before), in its description and its ``logq`` tag (so its default name, and a parent's tag),
+    and logs loss.logq_weight as a param; with logQ off the weight is not in either."""
     from recsys_cl.config import load_config
-    from recsys_cl.experiment import run_params, two_tower_description
+    from recsys_cl.experiment import logq_tag, parent_tags, run_params, two_tower_description
 
     class _Prep:  # what two_tower_description reads of a Prepared
         def tags(self, cfg: RunConfig) -> dict[str, str]:
@@ -215,8 +216,11 @@ def test_run_description_and_params_say_a_partial_logq_weight() -> None:
         return two_tower_description(load_config(None, RunConfig, list(overrides)), _Prep())  # type: ignore[arg-type]
 
     assert "; logQ counting; " in text()
-    assert "; logQ counting x 0.5; " in text("loss.logq_weight=0.5")
-    assert "; logQ streaming x 0.0; " in text("loss.logq=streaming", "loss.logq_weight=0")
+    assert "; logQ counting_x0.5; " in text("loss.logq_weight=0.5")
+    assert "; logQ streaming_x0; " in text("loss.logq=streaming", "loss.logq_weight=0")
     assert "; logQ none; " in text("loss.logq=none", "loss.logq_weight=0.5")
+    configs = [load_config(None, RunConfig, [f"loss.logq_weight={w}"]) for w in (0.25, 1, 0.25)]
+    assert [logq_tag(c) for c in configs] == ["counting_x0.25", "counting", "counting_x0.25"]
+    assert parent_tags(configs[1], _Prep(), configs)["logq"] == "counting_x0.25,counting"  # type: ignore[arg-type]
     assert run_params(load_config(None, RunConfig, ["loss.logq_weight=0.25"]))["loss.logq_weight"] == 0.25
     assert run_params(RunConfig())["loss.logq_weight"] == 1.0
