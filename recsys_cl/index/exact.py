@@ -31,7 +31,11 @@ IDS_FILE = "item_ids.npy"
 def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the ``k`` largest entries of each row, sorted descending.
 
-    scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M). Ties break by column.
+    scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M): the first k' columns of
+    each row ordered by (score descending, column), exactly as a full ``np.lexsort`` orders them
+    (NaN last, -0.0 tied with 0.0). Ties break by column at the K-th score too: ``argpartition``
+    keeps an arbitrary subset of the columns tied there, so a row whose K-th and (K+1)-th scores
+    tie is picked again from the whole row (:func:`_first_k_by_value_then_column`).
     ``negated=True``: ``scores`` holds ``-s`` (e.g. ``(-q) @ v.T``, which is exactly ``-(q @ v.T)``)
     and the values returned are ``s`` (equal as numbers: a zero may come back as -0.0); this saves
     negating (and copying) the (B, M) block, about a tenth of an exact query.
@@ -39,13 +43,35 @@ def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.
     b, m = scores.shape
     k = min(k, m)
     neg = scores if negated else -scores  # (B, M) smallest first = largest scores first
-    if k < m:
-        part = np.argpartition(neg, k - 1, axis=1)[:, :k]  # (B, k) unordered
-    else:
+    if k == m:
         part = np.broadcast_to(np.arange(m), (b, m)).copy()
-    neg_vals = np.take_along_axis(neg, part, axis=1)
-    idx = _sort_by_value_then_column(neg_vals, part)  # ties are deterministic: lower column first
+        return _ordered(neg, part)
+    part = np.argpartition(neg, k, axis=1)  # (B, M): [:, :k] the k smallest unordered, [:, k] the next
+    idx, vals = _ordered(neg, part[:, :k])
+    last = -vals[:, -1]  # (B,) the k-th smallest of -s
+    after = np.take_along_axis(neg, part[:, k : k + 1], axis=1)[:, 0]  # (B,) the (k+1)-th
+    tied = (last == after) | (np.isnan(last) & np.isnan(after))  # (B,) a tie across the boundary
+    if tied.any():
+        idx[tied], vals[tied] = _ordered(neg[tied], _first_k_by_value_then_column(neg[tied], last[tied], k))
+    return idx, vals
+
+
+def _ordered(neg: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, k) ``cols`` of each row of ``neg`` (B, M) sorted by (value, column), and ``-neg`` there."""
+    idx = _sort_by_value_then_column(np.take_along_axis(neg, cols, axis=1), cols)
     return idx, -np.take_along_axis(neg, idx, axis=1)
+
+
+def _first_k_by_value_then_column(neg: np.ndarray, boundary: np.ndarray, k: int) -> np.ndarray:
+    """(T, k) int64, unordered: each row's columns whose value is below ``boundary`` (T,), its k-th
+    smallest, topped up with the lowest columns equal to it (a NaN boundary: every number is
+    below it, the NaNs tie). One pass over the (T, M) rows: no sort of M per row."""
+    is_nan = np.isnan(boundary)[:, None]  # (T, 1)
+    below = np.where(is_nan, ~np.isnan(neg), neg < boundary[:, None])  # (T, M)
+    equal = np.where(is_nan, np.isnan(neg), neg == boundary[:, None])  # (T, M); -0.0 == 0.0
+    need = k - below.sum(axis=1, keepdims=True)  # (T, 1) tied columns to take, >= 1
+    take = below | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need))  # (T, M), k per row
+    return np.nonzero(take)[1].reshape(len(neg), k).astype(np.int64)
 
 
 def _sort_by_value_then_column(values: np.ndarray, columns: np.ndarray) -> np.ndarray:

@@ -230,18 +230,21 @@ def test_sort_by_value_then_column_is_lexsort(dtype: type) -> None:
     assert got.dtype == np.int64
 
 
-@pytest.mark.parametrize("k", [1, 7, 40, 64])
-def test_topk_rows_orders_its_partition_as_a_lexsort(k: int) -> None:
-    """topk_rows is argpartition's k columns ordered by (-score, column), as np.lexsort orders them;
-    the values are the row's own entries there (signs of zero included)."""
+@pytest.mark.parametrize("k", [1, 7, 40, 63, 64])
+def test_topk_rows_is_the_first_k_of_a_lexsort(k: int) -> None:
+    """topk_rows is the first k columns of each row ordered by (-score, column), as a full
+    np.lexsort orders them, ties at the k-th score included (argpartition alone keeps an arbitrary
+    subset of those); the values are the row's own entries there (signs of zero included)."""
     from recsys_cl.index.exact import topk_rows
 
     scores = _special_scores(np.random.default_rng(k), (50, 64), np.float32)
+    scores[1, :] = np.nan  # a row of NaN: the lowest k columns
+    scores[2, :] = 1.0  # every column tied
+    scores[3, :40] = -np.inf  # ties at -inf at the boundary
     neg = -scores  # what topk_rows partitions either way
     for negated in (False, True):
-        part = np.argpartition(neg, k - 1, axis=1)[:, :k] if k < 64 else np.broadcast_to(np.arange(64), (50, 64))
-        vals = np.take_along_axis(neg, part, axis=1)
-        want = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
+        cols = np.broadcast_to(np.arange(64), neg.shape)
+        want = np.lexsort((cols, neg), axis=1)[:, :k]
         got_idx, got_vals = topk_rows(neg if negated else scores, k, negated=negated)
         np.testing.assert_array_equal(got_idx, want)
         want_vals = -np.take_along_axis(neg, want, axis=1)
