@@ -4,7 +4,9 @@ The oracle every approximate backend is measured against, and the fast path for 
 a few hundred thousand items (one BLAS ``sgemm`` per block of queries, then a partial sort).
 
 Memory: one block holds ``block_size x M`` float32 scores; ``block_size`` is chosen so that a block
-stays under ``max_block_bytes`` (64 MB by default) whatever M is.
+stays under ``max_block_bytes`` (64 MB by default) whatever M is. :meth:`ExactIndex.query_excluding`
+(the candidates job's top-K unseen) searches the same blocks, its excluded rows masked in place: it
+adds two int64 temporaries per excluded (query, row) of the block, nothing per item.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class ExactIndex(Index):
 
     name: ClassVar[str] = "exact"
     is_exact: ClassVar[bool] = True
+    supports_exclusion: ClassVar[bool] = True
     files: ClassVar[tuple[str, ...]] = (VECTORS_FILE, IDS_FILE)
 
     def __init__(self, max_block_bytes: int = 64 << 20) -> None:
@@ -117,8 +120,41 @@ class ExactIndex(Index):
         self._vectors, self._ids = check_vectors(vectors, ids)
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors, ids = self._require_built()
+        _, ids = self._require_built()
+        rows, scores = self._search(check_queries(queries, self.dim, k), k)
+        return pad_results(ids[rows], scores, k)
+
+    def query_excluding(
+        self, queries: np.ndarray, k: int, exclude_offsets: np.ndarray, exclude_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Index.query_excluding`: each block's excluded scores are set to ``-inf`` before its
+        top k is taken, so a query costs what :meth:`query` at depth K does, whatever it excludes."""
         queries = check_queries(queries, self.dim, k)
+        offsets = np.asarray(exclude_offsets, dtype=np.int64)
+        rows = np.asarray(exclude_rows, dtype=np.int64)
+        if offsets.shape != (len(queries) + 1,) or (np.diff(offsets) < 0).any():
+            raise ValueError(
+                f"exclude_offsets must be non-decreasing CSR offsets of shape ({len(queries) + 1},) for "
+                f"{len(queries)} queries, got shape {offsets.shape}"
+            )
+        if len(offsets) and (offsets[0] < 0 or offsets[-1] > len(rows)):
+            raise ValueError(f"exclude_offsets run from {offsets[0]} to {offsets[-1]}, outside the "
+                             f"{len(rows)} exclude_rows")
+        excluded = rows[offsets[0] : offsets[-1]] if len(offsets) else rows[:0]
+        if len(excluded) and (excluded.min() < 0 or excluded.max() >= self.size):
+            raise ValueError(f"exclude_rows must be index rows in [0, {self.size}), got values from "
+                             f"{excluded.min()} to {excluded.max()}")
+        out_rows, scores = self._search(queries, k, (offsets, rows))
+        pad = max(k - out_rows.shape[1], 0)  # M < K: -1 / -inf, as pad_results pads ids
+        return (np.pad(out_rows, ((0, 0), (0, pad)), constant_values=-1),
+                np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf))
+
+    def _search(
+        self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-min(k, M) rows and scores of checked (Q, D) queries, block by block within
+        ``max_block_bytes``; ``exclude`` (CSR offsets (Q + 1,), rows (X,)) scores those rows -inf."""
+        vectors, _ = self._require_built()
         q, m = queries.shape[0], vectors.shape[0]
         kk = min(k, m)
         out_rows = np.empty((q, kk), dtype=np.int64)
@@ -129,10 +165,14 @@ class ExactIndex(Index):
         for start in range(0, q, block):
             stop = min(start + block, q)
             neg_scores = neg_queries[start:stop] @ vt  # (B, M) = -(scores), exactly
-            rows, vals = topk_rows(neg_scores, kk, negated=True)  # (B, K)
-            out_rows[start:stop] = rows
-            out_scores[start:stop] = vals
-        return pad_results(ids[out_rows], out_scores, k)
+            if exclude is not None:
+                offsets, rows = exclude
+                counts = np.diff(offsets[start : stop + 1])  # (B,) rows excluded per query
+                local = np.repeat(np.arange(stop - start), counts)  # (X_b,) block row of each
+                # -(-inf): an excluded row ranks after every finite score
+                neg_scores.put(local * m + rows[offsets[start] : offsets[stop]], np.inf)  # flat (B, M)
+            out_rows[start:stop], out_scores[start:stop] = topk_rows(neg_scores, kk, negated=True)  # (B, K)
+        return out_rows, out_scores
 
     def scores_for(self, queries: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Inner products of each query with given items: (Q, D), (Q, K) ids -> (Q, K) float32."""
