@@ -137,10 +137,10 @@ class ExactIndex(Index):
                 f"exclude_offsets must be non-decreasing CSR offsets of shape ({len(queries) + 1},) for "
                 f"{len(queries)} queries, got shape {offsets.shape}"
             )
-        if len(offsets) and (offsets[0] < 0 or offsets[-1] > len(rows)):
+        if offsets[0] < 0 or offsets[-1] > len(rows):
             raise ValueError(f"exclude_offsets run from {offsets[0]} to {offsets[-1]}, outside the "
                              f"{len(rows)} exclude_rows")
-        excluded = rows[offsets[0] : offsets[-1]] if len(offsets) else rows[:0]
+        excluded = rows[offsets[0] : offsets[-1]]  # (X,)
         if len(excluded) and (excluded.min() < 0 or excluded.max() >= self.size):
             raise ValueError(f"exclude_rows must be index rows in [0, {self.size}), got values from "
                              f"{excluded.min()} to {excluded.max()}")
