@@ -7,8 +7,9 @@ What one backend run measures (``run_worker``, always in a fresh process so its 
    (:func:`recsys_cl.candidates.build_index_in_memory`: Annoy/faiss tuned to ``target_recall`` on
    ``tune_users`` synthetic users, ``auto`` builds all and keeps the fastest meeting it);
 3. the job's scoring loop: users in chunks of ``chunk_size`` (generated per chunk, never all at once)
-   -> :class:`recsys_cl.candidates.Recommender.recommend` (``topk_unseen``: top K + |seen|, drop the
-   user's seen items, keep K, re-query the short ones) -> Arrow rows -> Parquet part files through the
+   -> :class:`recsys_cl.candidates.Recommender.recommend` (``topk_unseen``: exact search leaves the
+   user's seen items out of its top K; Annoy/faiss fetch top K + |seen|, drop the seen items, keep K,
+   re-query the short ones) -> Arrow rows -> Parquet part files through the
    job's :class:`recsys_cl.io_atomic.PartitionWriter` (fsynced, committed, then deleted).
    The user tower is the only part replaced: user embeddings come from :func:`make_users`.
 

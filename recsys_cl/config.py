@@ -587,7 +587,8 @@ class CandidatesConfig:
     n_workers: int = 2
     """Threads for BLAS (exact/faiss) and for Annoy queries; also Spark ``local[n]``."""
     max_extra_fetch: int = 1000
-    """First query fetches K + min(|seen|, this); users left short of K are re-queried with K + |seen|."""
+    """Annoy/faiss: the first query fetches K + min(|seen|, this); users left short of K are re-queried
+    with K + |seen|. Exact search leaves the seen items out while it searches and fetches K alone."""
     backend: Literal["exact", "annoy", "faiss", "auto"] = "exact"
     """Index backend built in memory from the model when no index directory is given; a saved
     index (``index_dir``, or nightly's per-version index) is used with its own backend."""

@@ -30,20 +30,77 @@ def topk_unseen(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` items per query that the user has not seen, as item-vocab indices.
 
-    Queries ``k + min(|seen|, max_extra)`` per chunk (the chunk's largest |seen|), drops seen and
-    padding ids, and re-queries users left short with ``k + |seen|`` (exact for an exact index).
-    The index's ids (integers, or strings for a model of string item ids) are turned into vocab
-    indices right after each query, so everything after it works on integers whatever the ids' type;
-    ``items.decode`` gives the ids back.
+    An index that can exclude items while it searches (``index.supports_exclusion``: exact search)
+    is asked for the top ``k`` with each user's seen items masked (:func:`_topk_unseen_excluding`):
+    no deeper fetch. Other indexes are asked for more and the seen items dropped
+    (:func:`_topk_unseen_fetching`, which also serves the exact index in the cases where masking
+    would not give the same lists). Both give the same lists, row for row, from an exact index.
 
     Args:
         queries: (U, D) float32 user embeddings.
         seen_offsets, seen_items: CSR (U + 1,), (S,) item-vocab indices.
         items: the item vocabulary (index ids <-> vocab indices).
+        max_extra: the most a fetching query adds to ``k`` for the chunk's largest |seen|.
 
     Returns:
         (item-vocab indices (U, k) int64, scores (U, k) float32, n (U,) valid per row); padded with
-        -1 / -inf beyond n.
+        -1 / -inf beyond n. Items whose score is not finite are left out.
+    """
+    if index.supports_exclusion and len(queries):
+        got = _topk_unseen_excluding(index, queries, seen_offsets, seen_items, items, k)
+        if got is not None:
+            return got
+    return _topk_unseen_fetching(index, queries, seen_offsets, seen_items, items, k, max_extra)
+
+
+def _topk_unseen_excluding(
+    index: Index, queries: np.ndarray, seen_offsets: np.ndarray, seen_items: np.ndarray, items: Vocab, k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`topk_unseen` by :meth:`Index.query_excluding`: the seen items, mapped to index rows,
+    scored -inf in the score block, then the top ``k`` taken as they are.
+
+    The lists are those of :func:`_topk_unseen_fetching` from an exact index: that keeps the
+    finite-scored unseen items of a top K + |seen| in :meth:`Index.query`'s order, which holds at
+    least K of them. None (fetch instead) where that is not so: when an index item is not in
+    ``items`` (the fetch drops it and may then keep fewer than K: never in the job, where the index
+    holds the model's items) or an unseen item scores +inf (an inf in a user embedding: the fetch
+    drops it and reaches only K + |seen| deep).
+    """
+    row_item = items.encode(index.ids)  # (M,) vocab index of each index row
+    if (row_item < 0).any():
+        return None
+    item_row = np.full(len(items), -1, dtype=np.int64)  # (V,) index row of each vocab item
+    item_row[row_item] = np.arange(len(row_item))
+    seen_rows = item_row[seen_items]  # (S,)
+    offsets = seen_offsets
+    if (seen_rows < 0).any():  # seen items the index does not hold: nothing to exclude
+        kept = np.concatenate([[0], np.cumsum(seen_rows >= 0)])  # (S + 1,)
+        offsets, seen_rows = kept[seen_offsets], seen_rows[seen_rows >= 0]
+    rows, scores = index.query_excluding(queries, k, offsets, seen_rows)  # (U, k)
+    if (scores[:, 0] == np.inf).any():
+        return None
+    # +inf aside, the finite scores come first (seen rows and NaN after them): a prefix of each row
+    finite = np.isfinite(scores)  # (U, k)
+    idx = np.where(finite, row_item[np.maximum(rows, 0)], -1)
+    return idx, np.where(finite, scores, -np.inf).astype(np.float32), finite.sum(axis=1)
+
+
+def _topk_unseen_fetching(
+    index: Index,
+    queries: np.ndarray,
+    seen_offsets: np.ndarray,
+    seen_items: np.ndarray,
+    items: Vocab,
+    k: int,
+    max_extra: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`topk_unseen` by fetching deeper and dropping the seen items.
+
+    Queries ``k + min(|seen|, max_extra)`` per chunk (the chunk's largest |seen|), drops seen and
+    padding ids, and re-queries users left short with ``k + |seen|`` (exact for an exact index).
+    The index's ids (integers, or strings for a model of string item ids) are turned into vocab
+    indices right after each query, so everything after it works on integers whatever the ids' type;
+    ``items.decode`` gives the ids back.
     """
     U = len(queries)
     M = index.size

@@ -153,6 +153,10 @@ class AnnoyIndex(Index):
 
     # -- properties -----------------------------------------------------------------------------
     @property
+    def ids(self) -> np.ndarray:
+        return self._require_built()[2]
+
+    @property
     def size(self) -> int:
         return int(self._require_built()[1].shape[0])
 

@@ -339,6 +339,10 @@ class Index(ABC):
     """The file names :meth:`_save_files` writes (the manifest aside): all an index directory of this
     backend holds, so that a build replaces only such a directory
     (:func:`recsys_cl.index.build.check_replaceable`)."""
+    supports_exclusion: ClassVar[bool] = False
+    """Whether :meth:`query_excluding` is implemented (exact search: the excluded rows are masked in
+    the score block). Approximate backends leave it False: the candidates job then fetches K + |seen|
+    items with :meth:`query` and drops the seen ones (``recsys_cl.candidates.scoring.topk_unseen``)."""
 
     def __init__(self) -> None:
         self.manifest: Manifest | None = None
@@ -351,6 +355,35 @@ class Index(ABC):
     @abstractmethod
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each query row: (ids (Q, k) int64, scores (Q, k) float32)."""
+
+    def query_excluding(
+        self, queries: np.ndarray, k: int, exclude_offsets: np.ndarray, exclude_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows for each query row with some rows left out per query (its user's seen items).
+
+        The excluded rows are scored ``-inf`` before the top k is taken, so the entries with a finite
+        score are the first non-excluded rows in :meth:`query`'s order; the excluded rows, and rows
+        whose score is not finite, only come after them. Only where :attr:`supports_exclusion`.
+
+        Args:
+            queries: (Q, D) float32.
+            k: K >= 1.
+            exclude_offsets, exclude_rows: CSR (Q + 1,), (X,): query q leaves out the rows
+                ``exclude_rows[exclude_offsets[q]:exclude_offsets[q + 1]]``, positions in :attr:`ids`
+                (repeats allowed).
+
+        Returns:
+            (rows (Q, K) int64 positions in :attr:`ids`, scores (Q, K) float32), sorted descending;
+            padded with -1 / ``-inf`` when M < K.
+        """
+        raise NotImplementedError(
+            f"the {self.name} index cannot exclude items while searching; query deeper and drop them"
+        )
+
+    @property
+    @abstractmethod
+    def ids(self) -> np.ndarray:
+        """(M,) the item id of each row, as given to :meth:`build`."""
 
     @property
     @abstractmethod

@@ -4,7 +4,9 @@ The oracle every approximate backend is measured against, and the fast path for 
 a few hundred thousand items (one BLAS ``sgemm`` per block of queries, then a partial sort).
 
 Memory: one block holds ``block_size x M`` float32 scores; ``block_size`` is chosen so that a block
-stays under ``max_block_bytes`` (64 MB by default) whatever M is.
+stays under ``max_block_bytes`` (64 MB by default) whatever M is. :meth:`ExactIndex.query_excluding`
+(the candidates job's top-K unseen) searches the same blocks, its excluded rows masked in place: it
+adds two int64 temporaries per excluded (query, row) of the block, nothing per item.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ IDS_FILE = "item_ids.npy"
 def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the ``k`` largest entries of each row, sorted descending.
 
-    scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M). Ties break by column.
+    scores: (B, M) -> (idx (B, k') int64, values (B, k')), k' = min(k, M): the first k' columns of
+    each row ordered by (score descending, column), exactly as a full ``np.lexsort`` orders them
+    (NaN last, -0.0 tied with 0.0). Ties break by column at the K-th score too: ``argpartition``
+    keeps an arbitrary subset of the columns tied there, so a row whose K-th and (K+1)-th scores
+    tie is picked again from the whole row (:func:`_first_k_by_value_then_column`).
     ``negated=True``: ``scores`` holds ``-s`` (e.g. ``(-q) @ v.T``, which is exactly ``-(q @ v.T)``)
     and the values returned are ``s`` (equal as numbers: a zero may come back as -0.0); this saves
     negating (and copying) the (B, M) block, about a tenth of an exact query.
@@ -39,13 +45,35 @@ def topk_rows(scores: np.ndarray, k: int, *, negated: bool = False) -> tuple[np.
     b, m = scores.shape
     k = min(k, m)
     neg = scores if negated else -scores  # (B, M) smallest first = largest scores first
-    if k < m:
-        part = np.argpartition(neg, k - 1, axis=1)[:, :k]  # (B, k) unordered
-    else:
+    if k == m:
         part = np.broadcast_to(np.arange(m), (b, m)).copy()
-    neg_vals = np.take_along_axis(neg, part, axis=1)
-    idx = _sort_by_value_then_column(neg_vals, part)  # ties are deterministic: lower column first
+        return _ordered(neg, part)
+    part = np.argpartition(neg, k, axis=1)  # (B, M): [:, :k] the k smallest unordered, [:, k] the next
+    idx, vals = _ordered(neg, part[:, :k])
+    last = -vals[:, -1]  # (B,) the k-th smallest of -s
+    after = np.take_along_axis(neg, part[:, k : k + 1], axis=1)[:, 0]  # (B,) the (k+1)-th
+    tied = (last == after) | (np.isnan(last) & np.isnan(after))  # (B,) a tie across the boundary
+    if tied.any():
+        idx[tied], vals[tied] = _ordered(neg[tied], _first_k_by_value_then_column(neg[tied], last[tied], k))
+    return idx, vals
+
+
+def _ordered(neg: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, k) ``cols`` of each row of ``neg`` (B, M) sorted by (value, column), and ``-neg`` there."""
+    idx = _sort_by_value_then_column(np.take_along_axis(neg, cols, axis=1), cols)
     return idx, -np.take_along_axis(neg, idx, axis=1)
+
+
+def _first_k_by_value_then_column(neg: np.ndarray, boundary: np.ndarray, k: int) -> np.ndarray:
+    """(T, k) int64, unordered: each row's columns whose value is below ``boundary`` (T,), its k-th
+    smallest, topped up with the lowest columns equal to it (a NaN boundary: every number is
+    below it, the NaNs tie). One pass over the (T, M) rows: no sort of M per row."""
+    is_nan = np.isnan(boundary)[:, None]  # (T, 1)
+    below = np.where(is_nan, ~np.isnan(neg), neg < boundary[:, None])  # (T, M)
+    equal = np.where(is_nan, np.isnan(neg), neg == boundary[:, None])  # (T, M); -0.0 == 0.0
+    need = k - below.sum(axis=1, keepdims=True)  # (T, 1) tied columns to take, >= 1
+    take = below | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need))  # (T, M), k per row
+    return np.nonzero(take)[1].reshape(len(neg), k).astype(np.int64)
 
 
 def _sort_by_value_then_column(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -53,10 +81,10 @@ def _sort_by_value_then_column(values: np.ndarray, columns: np.ndarray) -> np.nd
     ``np.lexsort((columns, values), axis=1)`` orders them (-0.0 ties with 0.0, NaN last).
 
     For float32 values (every exact query) one ``np.sort`` of uint64 keys replaces lexsort's two
-    passes, ~2x faster at k ~ 1,000 (a deep fetch: K + |seen| of a user with many clicks). Key: high
-    32 bits the float's bits mapped so that unsigned order is numeric order (a negative float's bits
-    all flipped, the others' sign bit set), low 32 bits the column; keys are unique, so no sort
-    stability is needed. Other dtypes, or columns beyond 32 bits, take the lexsort.
+    passes, ~2x faster at k ~ 1,000 (a deep query: the K + |seen| index tuning measures recall at).
+    Key: high 32 bits the float's bits mapped so that unsigned order is numeric order (a negative
+    float's bits all flipped, the others' sign bit set), low 32 bits the column; keys are unique, so
+    no sort stability is needed. Other dtypes, or columns beyond 32 bits, take the lexsort.
     """
     if values.dtype != np.float32 or (columns.size and int(columns.max()) > _LOW32):
         order = np.lexsort((columns, values), axis=1)
@@ -78,6 +106,7 @@ class ExactIndex(Index):
 
     name: ClassVar[str] = "exact"
     is_exact: ClassVar[bool] = True
+    supports_exclusion: ClassVar[bool] = True
     files: ClassVar[tuple[str, ...]] = (VECTORS_FILE, IDS_FILE)
 
     def __init__(self, max_block_bytes: int = 64 << 20) -> None:
@@ -91,8 +120,41 @@ class ExactIndex(Index):
         self._vectors, self._ids = check_vectors(vectors, ids)
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors, ids = self._require_built()
+        _, ids = self._require_built()
+        rows, scores = self._search(check_queries(queries, self.dim, k), k)
+        return pad_results(ids[rows], scores, k)
+
+    def query_excluding(
+        self, queries: np.ndarray, k: int, exclude_offsets: np.ndarray, exclude_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Index.query_excluding`: each block's excluded scores are set to ``-inf`` before its
+        top k is taken, so a query costs what :meth:`query` at depth K does, whatever it excludes."""
         queries = check_queries(queries, self.dim, k)
+        offsets = np.asarray(exclude_offsets, dtype=np.int64)
+        rows = np.asarray(exclude_rows, dtype=np.int64)
+        if offsets.shape != (len(queries) + 1,) or (np.diff(offsets) < 0).any():
+            raise ValueError(
+                f"exclude_offsets must be non-decreasing CSR offsets of shape ({len(queries) + 1},) for "
+                f"{len(queries)} queries, got shape {offsets.shape}"
+            )
+        if offsets[0] < 0 or offsets[-1] > len(rows):
+            raise ValueError(f"exclude_offsets run from {offsets[0]} to {offsets[-1]}, outside the "
+                             f"{len(rows)} exclude_rows")
+        excluded = rows[offsets[0] : offsets[-1]]  # (X,)
+        if len(excluded) and (excluded.min() < 0 or excluded.max() >= self.size):
+            raise ValueError(f"exclude_rows must be index rows in [0, {self.size}), got values from "
+                             f"{excluded.min()} to {excluded.max()}")
+        out_rows, scores = self._search(queries, k, (offsets, rows))
+        pad = max(k - out_rows.shape[1], 0)  # M < K: -1 / -inf, as pad_results pads ids
+        return (np.pad(out_rows, ((0, 0), (0, pad)), constant_values=-1),
+                np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf))
+
+    def _search(
+        self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-min(k, M) rows and scores of checked (Q, D) queries, block by block within
+        ``max_block_bytes``; ``exclude`` (CSR offsets (Q + 1,), rows (X,)) scores those rows -inf."""
+        vectors, _ = self._require_built()
         q, m = queries.shape[0], vectors.shape[0]
         kk = min(k, m)
         out_rows = np.empty((q, kk), dtype=np.int64)
@@ -103,10 +165,14 @@ class ExactIndex(Index):
         for start in range(0, q, block):
             stop = min(start + block, q)
             neg_scores = neg_queries[start:stop] @ vt  # (B, M) = -(scores), exactly
-            rows, vals = topk_rows(neg_scores, kk, negated=True)  # (B, K)
-            out_rows[start:stop] = rows
-            out_scores[start:stop] = vals
-        return pad_results(ids[out_rows], out_scores, k)
+            if exclude is not None:
+                offsets, rows = exclude
+                counts = np.diff(offsets[start : stop + 1])  # (B,) rows excluded per query
+                local = np.repeat(np.arange(stop - start), counts)  # (X_b,) block row of each
+                # -(-inf): an excluded row ranks after every finite score
+                neg_scores.put(local * m + rows[offsets[start] : offsets[stop]], np.inf)  # flat (B, M)
+            out_rows[start:stop], out_scores[start:stop] = topk_rows(neg_scores, kk, negated=True)  # (B, K)
+        return out_rows, out_scores
 
     def scores_for(self, queries: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Inner products of each query with given items: (Q, D), (Q, K) ids -> (Q, K) float32."""

@@ -137,6 +137,10 @@ class FaissIndex(Index):
 
     # -- properties -----------------------------------------------------------------------------
     @property
+    def ids(self) -> np.ndarray:
+        return self._require_built()[1]
+
+    @property
     def size(self) -> int:
         return int(self._require_built()[1].shape[0])
 

@@ -285,6 +285,156 @@ def test_topk_unseen_equals_masked_brute_force(max_extra: int, bitmap_bytes: int
         assert (got_idx[u, n[u]:] == -1).all()
 
 
+def _unseen_reference(scores: np.ndarray, seen: list[np.ndarray], row_item: np.ndarray, k: int
+                      ) -> list[np.ndarray]:
+    """Each user's top-k unseen vocab indices by a loop: the index rows in (score descending, row)
+    order, those outside the vocabulary, seen or with a score that is not finite left out."""
+    out = []
+    for u in range(len(scores)):
+        order = np.lexsort((np.arange(scores.shape[1]), -scores[u]))
+        keep = [r for r in order if row_item[r] >= 0 and row_item[r] not in set(seen[u].tolist())
+                and np.isfinite(scores[u, r])]
+        out.append(row_item[np.array(keep[:k], dtype=np.int64)])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_unseen_masked_equals_the_fetch_path(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exact index masks each user's seen items and takes the top K (no deeper fetch): the same
+    item lists, scores and padding as fetching K + |seen| and dropping the seen ones, on small
+    integer vectors (exact float32 arithmetic, so many ties across users, ranks and the K-th place),
+    with users who have seen nothing, almost everything or everything, users of NaN embeddings,
+    a catalogue smaller than K, index rows in another order than the vocabulary, several blocks."""
+    import recsys_cl.candidates.scoring as scoring
+
+    rng = np.random.default_rng(seed)
+    M, D, U = int(rng.integers(5, 60)), 4, 70
+    K = int(rng.choice([1, 3, 10, M - 1, M, M + 5])) if M > 1 else 3
+    vecs = rng.integers(-2, 3, (M, D)).astype(np.float32)
+    vecs[: M // 4] = vecs[0]  # equal items: exact ties everywhere
+    vocab_ids = np.arange(100, 100 + M)
+    index_ids = rng.permutation(vocab_ids)  # index row r holds vocab item index_ids[r] - 100
+    index = ExactIndex(max_block_bytes=int(rng.choice([4 * M, 40 * M, 64 << 20])))  # 1, 10 or all users a block
+    index.build(vecs, index_ids)
+    q = rng.integers(-3, 4, (U, D)).astype(np.float32)
+    q[5] = np.nan  # a NaN embedding: every score NaN, no candidates either way
+    depth = rng.integers(0, M + 1, U)
+    depth[:3] = [0, M, max(M - K, 0)]  # nothing seen, everything seen, exactly K left
+    seen = [rng.choice(M, size=int(d), replace=False).astype(np.int64) for d in depth]  # vocab indices
+    offsets = np.concatenate([[0], np.cumsum(depth)]).astype(np.int64)
+    items = Vocab(vocab_ids)
+    fetched: list[int] = []  # depths asked of ExactIndex.query
+    search = ExactIndex.query
+    monkeypatch.setattr(ExactIndex, "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    for max_extra in (0, 3, 1000):
+        got = topk_unseen(index, q, offsets, np.concatenate(seen), items, K, max_extra)
+        assert not fetched, "the exact index was asked for a deeper fetch"
+        want = scoring._topk_unseen_fetching(index, q, offsets, np.concatenate(seen), items, K, max_extra)
+        assert fetched
+        fetched.clear()
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    idx, scores, n = got
+    ref = _unseen_reference(q @ vecs.T, seen, index_ids - 100, K)  # ties in index row order
+    assert n.tolist() == [len(r) for r in ref]
+    for u in range(U):
+        np.testing.assert_array_equal(idx[u, : n[u]], ref[u])
+        assert (idx[u, n[u]:] == -1).all() and (scores[u, n[u]:] == -np.inf).all()
+    assert n[1] == 0 and n[5] == 0 and n[0] == min(K, M) and n[2] == min(K, M)
+
+
+def test_topk_unseen_masked_with_repeated_or_unknown_seen_items() -> None:
+    """Seen lists with repeats, or with items the index does not hold: the masked lists are the exact
+    ones; the fetch path's agree with them up to its length, and it can only be shorter for a user
+    whose seen list, so counted, leaves fewer than K items (it then expects fewer and stops)."""
+    import recsys_cl.candidates.scoring as scoring
+
+    rng = np.random.default_rng(7)
+    M, D, U, K = 30, 4, 80, 8
+    vecs = rng.integers(-2, 3, (M, D)).astype(np.float32)
+    index = ExactIndex()
+    index.build(vecs, np.arange(M))
+    items = Vocab(np.arange(M + 10))  # vocab items M.. are not in the index
+    q = rng.integers(-3, 4, (U, D)).astype(np.float32)
+    seen = [rng.integers(0, M + 10, int(rng.integers(0, 2 * M))) for _ in range(U)]  # repeats, unknowns
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
+    flat = np.concatenate(seen).astype(np.int64)
+    idx, scores, n = topk_unseen(index, q, offsets, flat, items, K, 0)
+    ref = _unseen_reference(q @ vecs.T, seen, np.arange(M), K)
+    old_idx, old_scores, old_n = scoring._topk_unseen_fetching(index, q, offsets, flat, items, K, 0)
+    shorter = 0
+    for u in range(U):
+        np.testing.assert_array_equal(idx[u, : n[u]], ref[u])
+        np.testing.assert_array_equal(old_idx[u, : old_n[u]], idx[u, : old_n[u]])
+        np.testing.assert_array_equal(old_scores[u, : old_n[u]], scores[u, : old_n[u]])
+        assert old_n[u] == n[u] or (old_n[u] < n[u] and len(seen[u]) > M - K)
+        shorter += old_n[u] < n[u]
+    assert shorter  # the case exists in this draw
+
+
+def test_topk_unseen_fetches_where_masking_would_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index item outside the vocabulary, or an unseen item scoring +inf (an inf in a user
+    embedding): the fetch path drops those and may stop short, so the exact index fetches too."""
+    import recsys_cl.candidates.scoring as scoring
+
+    rng = np.random.default_rng(4)
+    M, D, U, K = 20, 4, 10, 5
+    vecs = rng.standard_normal((M, D)).astype(np.float32)
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, M)), replace=False) for _ in range(U)]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
+    flat = np.concatenate(seen).astype(np.int64)
+    fetched: list[int] = []
+    search = ExactIndex.query
+    monkeypatch.setattr(ExactIndex, "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    index = ExactIndex()
+    index.build(vecs, np.arange(M))
+    for items, queries in ((Vocab(np.arange(1, M)), q),  # index item 0 is not in the vocabulary
+                           (Vocab(np.arange(M)), np.where(np.arange(D) == 2, np.inf, q).astype(np.float32))):
+        fetched.clear()
+        got = topk_unseen(index, queries, offsets, np.minimum(flat, len(items) - 1), items, K, 3)
+        assert fetched
+        want = scoring._topk_unseen_fetching(index, queries, offsets, np.minimum(flat, len(items) - 1), items, K, 3)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["annoy", "faiss"])
+def test_topk_unseen_of_approximate_indexes_still_fetches(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Annoy and faiss are asked what they were asked before the exact index masked: K + the chunk's
+    largest |seen| (at most max_extra), then K + the largest |seen| of the users left short; their
+    lists are the fetch path's, and query_excluding is never called."""
+    import recsys_cl.candidates.scoring as scoring
+    from recsys_cl.index import AnnoyIndex, FaissIndex, faiss_available
+
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss-cpu not installed")
+    rng = np.random.default_rng(5)
+    M, D, U, K, max_extra = 300, 8, 40, 10, 50
+    index = AnnoyIndex(n_trees=4, seed=1) if backend == "annoy" else FaissIndex(nlist=8, nprobe=2)
+    index.build(rng.standard_normal((M, D)).astype(np.float32), np.arange(M) + 7)
+    q = rng.standard_normal((U, D)).astype(np.float32)
+    seen = [rng.choice(M, size=int(rng.integers(0, 150)), replace=False) for _ in range(U)]
+    seen[0] = index.query(q[:1], 199)[0][0] - 7  # the deepest user, short after the first query
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
+    flat = np.concatenate(seen).astype(np.int64)
+    items = Vocab(np.arange(M) + 7)
+    fetched: list[int] = []
+    search = type(index).query
+    monkeypatch.setattr(type(index), "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    monkeypatch.setattr(type(index), "query_excluding", lambda *a: pytest.fail("query_excluding called"))
+    got = topk_unseen(index, q, offsets, flat, items, K, max_extra)
+    depths = list(fetched)
+    assert depths[:1] == [K + min(np.diff(offsets).max(), max_extra)]
+    assert len(depths) == 2 and depths[1] == K + len(seen[0])  # user 0 has seen its top 199: re-queried
+    fetched.clear()
+    want = scoring._topk_unseen_fetching(index, q, offsets, flat, items, K, max_extra)
+    assert fetched == depths
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_topk_unseen_of_string_item_ids_equals_their_integer_twins(tmp_path: Path) -> None:
     """An index over string ids returns them as numpy unicode ("" pads), the vocabulary of a saved model
     holds Python strings: the same vocab indices and scores as for the same items under integer ids."""
@@ -485,6 +635,7 @@ def test_sampled_recall_is_measured_on_the_delivered_lists(loaded, clicks) -> No
 
     class TopKOnly(ExactIndex):
         is_exact = False
+        supports_exclusion = False  # an approximate index: the job fetches deeper and drops seen items
 
         def query(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
             ids, scores = super().query(queries, n)

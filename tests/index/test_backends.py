@@ -163,6 +163,16 @@ class IndexSuite:
         with pytest.raises(ValueError, match=r"\(Q, 16\)"):
             built.query(np.zeros((2, 3), dtype=np.float32), K)
 
+    def test_ids_are_the_built_rows_ids(self, built: Index, data: tuple) -> None:
+        np.testing.assert_array_equal(built.ids, data[1])
+
+    def test_exclusion_is_exact_search_only(self, built: Index, data: tuple) -> None:
+        """Approximate backends do not exclude while searching (the candidates job fetches deeper)."""
+        assert built.supports_exclusion == built.is_exact
+        if not built.supports_exclusion:
+            with pytest.raises(NotImplementedError, match="cannot exclude items"):
+                built.query_excluding(data[2][:2], K, np.array([0, 1, 1]), np.array([0]))
+
 
 class TestExactIndex(IndexSuite):
     def _make_index(self) -> Index:
@@ -184,6 +194,52 @@ class TestExactIndex(IndexSuite):
         order = np.lexsort((np.broadcast_to(np.arange(len(items)), scores.shape), -scores), axis=1)[:, :25]
         np.testing.assert_array_equal(got_ids, ids[order])
         np.testing.assert_array_equal(got_scores, np.take_along_axis(scores, order, axis=1))
+
+
+@pytest.mark.parametrize("block_queries", [1, 4, 100])
+@pytest.mark.parametrize("k", [1, 5, 29, 30, 40])
+def test_query_excluding_is_the_masked_matrix_product_top_k(k: int, block_queries: int) -> None:
+    """query_excluding = the rows of a full lexsort of ``q @ v.T`` by (-score, row) with each query's
+    excluded rows scored -inf (repeats allowed; none, some, all of them), in blocks of any size;
+    -1 / -inf pad a catalogue smaller than K."""
+    rng = np.random.default_rng(k)
+    M, D, Q = 30, 4, 9
+    items = rng.integers(-2, 3, (M, D)).astype(np.float32)  # small integers: ties, exact sums
+    queries = rng.integers(-2, 3, (Q, D)).astype(np.float32)
+    index = ExactIndex(max_block_bytes=4 * M * block_queries)
+    index.build(items, np.arange(M) * 2 + 1)
+    excluded = [rng.integers(0, M, int(rng.integers(0, 2 * M))) for _ in range(Q)]
+    excluded[0], excluded[1] = np.zeros(0, dtype=np.int64), np.arange(M)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in excluded])])
+    rows, scores = index.query_excluding(queries, k, offsets, np.concatenate(excluded))
+    masked = queries @ items.T
+    for q in range(Q):
+        masked[q, excluded[q]] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(M), masked.shape), -masked), axis=1)[:, :k]
+    pad = max(k - M, 0)
+    np.testing.assert_array_equal(rows, np.pad(order, ((0, 0), (0, pad)), constant_values=-1))
+    np.testing.assert_array_equal(
+        scores, np.pad(np.take_along_axis(masked, order, axis=1), ((0, 0), (0, pad)), constant_values=-np.inf))
+    assert rows.shape == scores.shape == (Q, k) and rows.dtype == np.int64 and scores.dtype == np.float32
+    # nothing excluded: query()'s rows and scores
+    none = index.query_excluding(queries, k, np.zeros(Q + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    ids, plain = index.query(queries, k)
+    np.testing.assert_array_equal(np.where(none[0] >= 0, none[0] * 2 + 1, -1), ids)
+    np.testing.assert_array_equal(none[1], plain)
+
+
+def test_query_excluding_rejects_bad_exclusions() -> None:
+    index = ExactIndex()
+    index.build(np.eye(3, dtype=np.float32), np.arange(3))
+    q = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"CSR offsets of shape \(3,\) for 2 queries"):
+        index.query_excluding(q, 2, np.array([0, 1]), np.array([0]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        index.query_excluding(q, 2, np.array([0, 2, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="outside the 1 exclude_rows"):
+        index.query_excluding(q, 2, np.array([0, 1, 2]), np.array([0]))
+    with pytest.raises(ValueError, match=r"index rows in \[0, 3\)"):
+        index.query_excluding(q, 2, np.array([0, 1, 2]), np.array([0, 3]))
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
@@ -230,18 +286,21 @@ def test_sort_by_value_then_column_is_lexsort(dtype: type) -> None:
     assert got.dtype == np.int64
 
 
-@pytest.mark.parametrize("k", [1, 7, 40, 64])
-def test_topk_rows_orders_its_partition_as_a_lexsort(k: int) -> None:
-    """topk_rows is argpartition's k columns ordered by (-score, column), as np.lexsort orders them;
-    the values are the row's own entries there (signs of zero included)."""
+@pytest.mark.parametrize("k", [1, 7, 40, 63, 64])
+def test_topk_rows_is_the_first_k_of_a_lexsort(k: int) -> None:
+    """topk_rows is the first k columns of each row ordered by (-score, column), as a full
+    np.lexsort orders them, ties at the k-th score included (argpartition alone keeps an arbitrary
+    subset of those); the values are the row's own entries there (signs of zero included)."""
     from recsys_cl.index.exact import topk_rows
 
     scores = _special_scores(np.random.default_rng(k), (50, 64), np.float32)
+    scores[1, :] = np.nan  # a row of NaN: the lowest k columns
+    scores[2, :] = 1.0  # every column tied
+    scores[3, :40] = -np.inf  # ties at -inf at the boundary
     neg = -scores  # what topk_rows partitions either way
     for negated in (False, True):
-        part = np.argpartition(neg, k - 1, axis=1)[:, :k] if k < 64 else np.broadcast_to(np.arange(64), (50, 64))
-        vals = np.take_along_axis(neg, part, axis=1)
-        want = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
+        cols = np.broadcast_to(np.arange(64), neg.shape)
+        want = np.lexsort((cols, neg), axis=1)[:, :k]
         got_idx, got_vals = topk_rows(neg if negated else scores, k, negated=negated)
         np.testing.assert_array_equal(got_idx, want)
         want_vals = -np.take_along_axis(neg, want, axis=1)
