@@ -28,6 +28,7 @@ from recsys_cl.candidates.window import (
     trained_after,
 )
 from recsys_cl.config import CandidatesConfig
+from recsys_cl.index.base import Index
 from recsys_cl.io_atomic import PartitionWriter
 from recsys_cl.train.steps import embed_items
 
@@ -115,6 +116,17 @@ def sampled_recall(
             "measured_on": "delivered lists (seen items dropped)"}
 
 
+def short_lists_reason(index: Index, num_items: int) -> str:
+    """Why users got fewer than K candidates, and what to do, for ``index``'s backend. Users left short
+    by a fetch are re-queried at K + |seen|, so ``candidates.max_extra_fetch`` is never the cause."""
+    catalogue = f"their history leaves fewer unseen items in the {num_items}-item catalogue"
+    if index.is_exact:  # exact search returns every unseen item up to K
+        return catalogue + " (or their user embedding is not finite)"
+    return (f"{catalogue}, or the {index.name} index found fewer at its search depth ({index.params()}); "
+            "pass --index with one built deeper (python -m pipelines.build_index --set index.target_recall=0.99), "
+            "or use candidates.backend=exact")
+
+
 def partition_stats(
     part_dir: Path, catalogue_size: int, new_items: np.ndarray | None = None, k: int | None = None,
 ) -> dict[str, Any]:
@@ -192,10 +204,9 @@ def generate_candidates(
         t["generate"] = time.perf_counter()
         stats = partition_stats(writer.temp_dir, rec.spec.num_items, rec.spec.items.ids[rec.spec.cold_items], cfg.k)
         if stats["short_lists"]:
-            log.warning("%d of the %d users served got fewer than candidates.k=%d candidates: their history "
-                        "leaves fewer unseen items in the %d-item catalogue, or the index found fewer "
-                        "(raise candidates.max_extra_fetch)", stats["short_lists"], stats["users_served"],
-                        cfg.k, rec.spec.num_items)
+            log.warning("%d of the %d users served got fewer than candidates.k=%d candidates: %s",
+                        stats["short_lists"], stats["users_served"], cfg.k,
+                        short_lists_reason(rec.index, rec.spec.num_items))
         recall = sampled_recall(rec, histories, users, history_length, cfg.recall_sample, cfg.seed)
         t["check"] = time.perf_counter()
         engine_timings: dict[str, float] = engine.get("timings", {})

@@ -857,3 +857,24 @@ def test_trained_after_compares_the_last_training_click_day_with_the_run_date(ca
     assert trained_after(last, date(2024, 5, 1)) == ("2024-05-02", True)
     assert "trained on clicks up to 2024-05-02, after the run date 2024-05-01" in caplog.text
     assert trained_after(None, date(2024, 5, 1)) == (None, False)  # a model saved before it was recorded
+
+
+def test_short_lists_reason_names_what_can_be_changed_per_backend() -> None:
+    """Users short of K: exact search returns every unseen item, so only the catalogue (or a non-finite
+    user embedding) is to blame; an ANN index may have searched too shallowly, and the message says how
+    to search deeper. candidates.max_extra_fetch is never the fix (short users are re-queried at K + |seen|)."""
+    from recsys_cl.candidates.generate import short_lists_reason
+    from recsys_cl.index.annoy_index import AnnoyIndex
+    from recsys_cl.index.exact import ExactIndex
+
+    vectors = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    exact, annoy = ExactIndex(), AnnoyIndex(n_trees=2, seed=0)
+    for index in (exact, annoy):
+        index.build(vectors, np.arange(20, dtype=np.int64))
+    said = short_lists_reason(exact, 20)
+    assert said.startswith("their history leaves fewer unseen items in the 20-item catalogue")
+    assert "max_extra_fetch" not in said and "target_recall" not in said
+    said = short_lists_reason(annoy, 20)
+    assert "the annoy index found fewer at its search depth ({'n_trees': 2" in said
+    assert "index.target_recall=0.99" in said and "candidates.backend=exact" in said
+    assert "max_extra_fetch" not in said
