@@ -788,8 +788,8 @@ class RunConfig:
         """Warnings for settings that this config does not use, most likely by mistake: a content
         encoder's ``pretrained`` given while that encoder is not in ``item_tower.encoders`` (the
         opposite, an image encoder without one, is a :class:`ConfigError`), and a
-        ``loss.logq_weight`` other than 1 with ``loss.logq: none`` (nothing to weight) or
-        ``loss.kind: triplet`` (no logQ on its scores). Not an error: an ablation may share one
+        ``loss.logq_weight`` other than 1 with ``loss.logq: none`` (nothing to weight), and any
+        ``loss.logq`` correction with ``loss.kind: triplet`` (no logQ on its scores). Not an error: an ablation may share one
         ``--set`` across variants that do without the encoder or the correction."""
         it, loss = self.item_tower, self.loss
         warnings = [
@@ -801,9 +801,11 @@ class RunConfig:
         if loss.logq_weight != 1.0 and loss.logq == "none":
             warnings.append(f"loss.logq_weight is set ({loss.logq_weight}) but loss.logq=none, so it is not used; "
                             "set loss.logq=counting or loss.logq=streaming to weight the correction")
-        elif loss.logq_weight != 1.0 and loss.kind == "triplet":
-            warnings.append(f"loss.logq_weight is set ({loss.logq_weight}) but loss.kind=triplet applies no logQ "
-                            "correction, so it is not used; set loss.kind=softmax or loss.kind=debiased to use it")
+        elif loss.kind == "triplet" and loss.logq != "none":
+            weight = f" with loss.logq_weight={loss.logq_weight:g}" if loss.logq_weight != 1.0 else ""
+            warnings.append(f"loss.logq={loss.logq}{weight} is set but loss.kind=triplet scores raw cosines and "
+                            "applies no logQ correction, so it is not used; set loss.logq=none to say so, or "
+                            "loss.kind=softmax or loss.kind=debiased to use it")
         return warnings
 
 

@@ -710,7 +710,10 @@ def _is_headline(key: str, ks: tuple[int, ...]) -> bool:
 def logq_tag(cfg: RunConfig) -> str:
     """``none``, ``counting``, ``streaming``, or with a partial ``loss.logq_weight`` w
     ``counting_x0.5``: the ``logq`` tag of a two-tower run (and part of its default name), so runs
-    that differ only in w are told apart in the runs list."""
+    that differ only in w are told apart in the runs list. ``none`` for ``loss.kind: triplet``, which
+    applies no correction whatever ``loss.logq`` says (:meth:`RunConfig.unused_settings` warns)."""
+    if cfg.loss.kind == "triplet":
+        return "none"
     if cfg.loss.logq != "none" and cfg.loss.logq_weight != 1.0:
         return f"{cfg.loss.logq}_x{cfg.loss.logq_weight:g}"
     return cfg.loss.logq

@@ -31,6 +31,8 @@ def test_every_ablation_variant_loads(path: Path) -> None:
     for name, overrides in variants.items():
         cfg = load_config(base, RunConfig, [*given, *overrides])
         assert isinstance(cfg, RunConfig), name
+        # a shipped variant says what it runs: no setting it ignores (bar the encoder given above)
+        assert [w for w in cfg.unused_settings() if not w.startswith("item_tower.image.pretrained")] == [], name
 
 
 def test_defaults_without_file() -> None:
@@ -285,10 +287,21 @@ def test_a_logq_weight_without_a_logq_correction_is_reported_as_unused() -> None
         "set loss.logq=counting or loss.logq=streaming to weight the correction"]
     triplet = load_config(None, RunConfig, ["loss.kind=triplet", "loss.logq_weight=0.5"])
     assert triplet.unused_settings() == [
-        "loss.logq_weight is set (0.5) but loss.kind=triplet applies no logQ correction, so it is not used; "
-        "set loss.kind=softmax or loss.kind=debiased to use it"]
-    for used in (["loss.logq_weight=0.5"], ["loss.logq=streaming", "loss.logq_weight=0"], ["loss.logq=none"]):
+        "loss.logq=counting with loss.logq_weight=0.5 is set but loss.kind=triplet scores raw cosines and applies "
+        "no logQ correction, so it is not used; set loss.logq=none to say so, or loss.kind=softmax or "
+        "loss.kind=debiased to use it"]
+    for used in (["loss.logq_weight=0.5"], ["loss.logq=streaming", "loss.logq_weight=0"], ["loss.logq=none"],
+                 ["loss.kind=triplet", "loss.logq=none"]):
         assert load_config(None, RunConfig, used).unused_settings() == [], used
+
+
+def test_a_triplet_loss_with_the_default_logq_is_told_its_correction_is_unused() -> None:
+    """The default loss.logq=counting does nothing under loss.kind=triplet (raw cosine scores): the run
+    is warned, rather than logged and tagged as logQ-corrected."""
+    warnings = load_config(None, RunConfig, ["loss.kind=triplet"]).unused_settings()
+    assert warnings == ["loss.logq=counting is set but loss.kind=triplet scores raw cosines and applies no logQ "
+                        "correction, so it is not used; set loss.logq=none to say so, or loss.kind=softmax or "
+                        "loss.kind=debiased to use it"]
 
 
 def test_serving_runs_get_their_own_experiment() -> None:

@@ -219,6 +219,7 @@ def test_run_description_and_params_say_a_partial_logq_weight() -> None:
     assert "; logQ counting_x0.5; " in text("loss.logq_weight=0.5")
     assert "; logQ streaming_x0; " in text("loss.logq=streaming", "loss.logq_weight=0")
     assert "; logQ none; " in text("loss.logq=none", "loss.logq_weight=0.5")
+    assert "; logQ none; " in text("loss.kind=triplet")  # no correction on triplet's raw cosines
     configs = [load_config(None, RunConfig, [f"loss.logq_weight={w}"]) for w in (0.25, 1, 0.25)]
     assert [logq_tag(c) for c in configs] == ["counting_x0.25", "counting", "counting_x0.25"]
     assert parent_tags(configs[1], _Prep(), configs)["logq"] == "counting_x0.25,counting"  # type: ignore[arg-type]
