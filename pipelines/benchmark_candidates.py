@@ -10,16 +10,16 @@ Settings come from --config (pipelines/configs/benchmark_candidates.yaml: sectio
 explained there, and tracking) and --set; the flags below are shortcuts for the bench keys named in
 their help and win over --set.
 
-Items and users are seeded, clustered 64-d unit vectors (users near item clusters, each with
---seen items of its cluster already clicked). For every backend, in a fresh process: the index is
-built and tuned exactly as the job does without --index (annoy/faiss tuned to recall 0.95; auto
-builds all and keeps the fastest that meets it), then all users are streamed in chunks through the
-job's scoring path (top K + |seen|, drop seen, keep K) and written as Parquet by the job's atomic
-writer. Reported per backend: build + tune time, score + write time, users/s and its ratio to exact
-search measured in the same run, recall@K of the final candidate lists against exact's on 2,000
-users, and the process's peak RSS. --sweep adds recall@K vs queries/s over Annoy n_trees x search_k
-and faiss nlist x nprobe. The Spark engine needs a trained model (its executors run the user
-tower), so 'spark' is reported as skipped with the reason.
+Items and users are seeded, clustered 64-d unit vectors (users near item clusters, each with --seen
+items of its cluster already clicked). For every backend, in a fresh process: the index is built and
+tuned exactly as the job does without --index (annoy/faiss tuned to recall 0.95; auto builds all and
+keeps the fastest that meets it), then all users are streamed in chunks through the job's scoring
+path (exact: seen items masked in the score blocks; annoy/faiss: top K + |seen|, drop seen, keep K)
+and written as Parquet by the job's atomic writer. Reported per backend: build + tune time, score +
+write time, users/s and its ratio to exact search measured in the same run, recall@K of the final
+candidate lists against exact's on 2,000 users, and the process's peak RSS. --sweep adds recall@K vs
+queries/s over Annoy n_trees x search_k and faiss nlist x nprobe. The Spark engine needs a trained
+model (its executors run the user tower), so 'spark' is reported as skipped with the reason.
 
 Output: the Markdown table on stdout, benchmark.md + benchmark.json in --out, and one MLflow run
 (params, metrics '<backend>/<name>', the report as artifacts) unless --no-mlflow.

@@ -1,4 +1,5 @@
-"""Nightly batch candidate generation: active users -> user tower -> index top K+|seen| -> drop seen -> K.
+"""Nightly batch candidate generation: active users -> user tower -> index top K unseen (exact: seen masked;
+ANN: top K + |seen|, seen dropped) -> K per user.
 
 The run date D is a UTC calendar day. Only clicks with ``timestamp < (D + 1 day) 00:00 UTC`` are
 read (nothing after the run date); a user is *active* when they clicked at least once in the

@@ -1,5 +1,5 @@
 """Scoring one chunk of users: top-K unseen items from an index, and the :class:`Recommender`
-(user tower -> index -> drop seen -> Arrow rows) shared by the local loop and Spark executors.
+(user tower -> index -> seen items left out -> Arrow rows) shared by the local loop and Spark executors.
 
 Letters: U users in a chunk, D embedding dim, K candidates, F fetched per user.
 """
