@@ -787,9 +787,9 @@ class RunConfig:
     def unused_settings(self) -> list[str]:
         """Warnings for settings that this config does not use, most likely by mistake: a content
         encoder's ``pretrained`` given while that encoder is not in ``item_tower.encoders`` (the
-        opposite, an image encoder without one, is a :class:`ConfigError`), and a
-        ``loss.logq_weight`` other than 1 with ``loss.logq: none`` (nothing to weight), and any
-        ``loss.logq`` correction with ``loss.kind: triplet`` (no logQ on its scores). Not an error: an ablation may share one
+        opposite, an image encoder without one, is a :class:`ConfigError`), a ``loss.logq_weight``
+        other than 1 with ``loss.logq: none`` (nothing to weight), and any ``loss.logq`` correction
+        with ``loss.kind: triplet`` (no logQ on its scores). Not an error: an ablation may share one
         ``--set`` across variants that do without the encoder or the correction."""
         it, loss = self.item_tower, self.loss
         warnings = [

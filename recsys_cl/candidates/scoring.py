@@ -97,10 +97,11 @@ def _topk_unseen_fetching(
     """:func:`topk_unseen` by fetching deeper and dropping the seen items.
 
     Queries ``k + min(|seen|, max_extra)`` per chunk (the chunk's largest |seen|), drops seen and
-    padding ids, and re-queries users left short with ``k + |seen|`` (exact for an exact index).
-    The index's ids (integers, or strings for a model of string item ids) are turned into vocab
-    indices right after each query, so everything after it works on integers whatever the ids' type;
-    ``items.decode`` gives the ids back.
+    padding rows and items not in ``items``, and re-queries users left short with ``k + |seen|``
+    (exact for an exact index). The index answers in rows (:meth:`Index.query_rows`), turned into
+    vocab indices by one gather through ``items.encode(index.ids)``, so everything after it works on
+    integers whatever the ids' type, and string ids cost one encode of the M index ids per call
+    rather than one per fetched id; ``items.decode`` gives the ids back.
     """
     U = len(queries)
     M = index.size
@@ -111,9 +112,11 @@ def _topk_unseen_fetching(
     if U == 0:
         return out_idx, out_scores, out_n
 
+    row_item = np.append(items.encode(index.ids), -1)  # (M + 1,) vocab index of each row; row -1 -> -1
+
     def fill(rows: np.ndarray, fetch: int) -> None:
-        ids, scores = index.query(queries[rows], fetch)  # (R, F)
-        idx = items.encode(ids.ravel()).reshape(ids.shape)  # (R, F); the padding id is -1 here too
+        found, scores = index.query_rows(queries[rows], fetch)  # (R, F); padding row -1
+        idx = row_item[found]  # (R, F) vocab indices, -1 for padding and for items not in ``items``
         is_seen = seen_mask(rows, idx, seen_offsets, seen_items, len(items))  # (R, F)
         keep = (idx >= 0) & ~is_seen & np.isfinite(scores)
         rank = np.cumsum(keep, axis=1)  # (R, F) 1-based rank among kept

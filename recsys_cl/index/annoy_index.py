@@ -12,7 +12,7 @@ recomputed from the stored (un-augmented) vectors.
 
 Files: ``index.ann`` (memory-mapped on load, so processes share one physical copy),
 ``item_ids.npy`` (row -> original item id; Annoy wants rows 0..M-1) and ``vectors.npy``.
-Annoy has no batch query: :meth:`AnnoyIndex.query` loops over queries, optionally in threads
+Annoy has no batch query: :meth:`AnnoyIndex.query_rows` loops over queries, optionally in threads
 (Annoy releases the GIL while it searches).
 """
 
@@ -31,8 +31,7 @@ from recsys_cl.index.base import (
     Manifest,
     check_queries,
     check_vectors,
-    pad_results,
-    sentinel_for,
+    pad_rows,
 )
 from recsys_cl.index.exact import IDS_FILE, VECTORS_FILE, load_ids, load_npy
 
@@ -101,8 +100,8 @@ class AnnoyIndex(Index):
         ann.build(self.n_trees, n_jobs=1)
         self._ann, self._vectors, self._ids = ann, vectors, ids
 
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ann, vectors, ids = self._require_built()
+    def query_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ann, vectors, _ = self._require_built()
         queries = check_queries(queries, self.dim, k)
         q = queries.shape[0]
         kk = min(k, vectors.shape[0])
@@ -132,8 +131,7 @@ class AnnoyIndex(Index):
         order = np.argsort(-scores, axis=1, kind="stable")
         rows = np.take_along_axis(rows, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
-        out_ids = np.where(rows >= 0, ids[np.where(rows >= 0, rows, 0)], sentinel_for(ids))
-        return pad_results(out_ids, scores, k)
+        return pad_rows(rows, scores, k)
 
     # -- tuning ---------------------------------------------------------------------------------
     def knob_values(self, k: int) -> list[int]:

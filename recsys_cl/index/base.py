@@ -309,22 +309,22 @@ def check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(queries, dtype=np.float32)
 
 
-def pad_results(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad (Q, k') results to (Q, k) with the sentinel id (:func:`sentinel_for`) and ``-inf``."""
-    q, have = ids.shape
+def pad_rows(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (Q, k') row results to (Q, k) with row -1 and score ``-inf`` (or cut them to k)."""
+    q, have = rows.shape
     if have >= k:
-        return ids[:, :k], scores[:, :k]
-    out_ids = np.full((q, k), sentinel_for(ids), dtype=ids.dtype)
+        return rows[:, :k], scores[:, :k]
+    out_rows = np.full((q, k), -1, dtype=np.int64)
     out_scores = np.full((q, k), -np.inf, dtype=np.float32)
-    out_ids[:, :have] = ids
+    out_rows[:, :have] = rows
     out_scores[:, :have] = scores
-    return out_ids, out_scores
+    return out_rows, out_scores
 
 
 class Index(ABC):
     """Top-K inner-product search over a fixed set of item vectors.
 
-    Subclasses set :attr:`name` and :attr:`is_exact`, implement :meth:`build`, :meth:`query`,
+    Subclasses set :attr:`name` and :attr:`is_exact`, implement :meth:`build`, :meth:`query_rows`,
     :meth:`_save_files` and :meth:`_load_files`. Results: ids (Q, K) original item ids (int64, or
     str for string ids) and
     scores (Q, K) float32 true inner products, sorted descending, padded with
@@ -353,8 +353,23 @@ class Index(ABC):
         """Index ``vectors`` (M, D) float32 whose rows are the items ``ids`` (M,)."""
 
     @abstractmethod
+    def query_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows for each query row: (rows (Q, k) int64 positions in :attr:`ids`, scores (Q, k)
+        float32), sorted descending, padded with -1 / ``-inf`` when fewer than k are found.
+
+        What :meth:`query` returns, before the rows are turned into item ids: callers that map items
+        to their own indices (the candidates job) map the M rows once instead of every fetched id,
+        which for string ids is most of the cost of a deep fetch."""
+
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items for each query row: (ids (Q, k) int64, scores (Q, k) float32)."""
+        """Top-``k`` items for each query row: (ids (Q, k) int64 or str, scores (Q, k) float32),
+        padded with the sentinel id (:func:`sentinel_for`) / ``-inf``."""
+        rows, scores = self.query_rows(queries, k)
+        ids = self.ids
+        out = np.full(rows.shape, sentinel_for(ids), dtype=ids.dtype)  # (Q, k)
+        found = rows >= 0
+        out[found] = ids[rows[found]]
+        return out, scores
 
     def query_excluding(
         self, queries: np.ndarray, k: int, exclude_offsets: np.ndarray, exclude_rows: np.ndarray

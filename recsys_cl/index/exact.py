@@ -23,7 +23,7 @@ from recsys_cl.index.base import (
     Manifest,
     check_queries,
     check_vectors,
-    pad_results,
+    pad_rows,
 )
 
 VECTORS_FILE = "vectors.npy"
@@ -119,10 +119,9 @@ class ExactIndex(Index):
     def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         self._vectors, self._ids = check_vectors(vectors, ids)
 
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        _, ids = self._require_built()
+    def query_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows, scores = self._search(check_queries(queries, self.dim, k), k)
-        return pad_results(ids[rows], scores, k)
+        return pad_rows(rows, scores, k)
 
     def query_excluding(
         self, queries: np.ndarray, k: int, exclude_offsets: np.ndarray, exclude_rows: np.ndarray
@@ -144,10 +143,7 @@ class ExactIndex(Index):
         if len(excluded) and (excluded.min() < 0 or excluded.max() >= self.size):
             raise ValueError(f"exclude_rows must be index rows in [0, {self.size}), got values from "
                              f"{excluded.min()} to {excluded.max()}")
-        out_rows, scores = self._search(queries, k, (offsets, rows))
-        pad = max(k - out_rows.shape[1], 0)  # M < K: -1 / -inf, as pad_results pads ids
-        return (np.pad(out_rows, ((0, 0), (0, pad)), constant_values=-1),
-                np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf))
+        return pad_rows(*self._search(queries, k, (offsets, rows)), k)  # M < K: -1 / -inf
 
     def _search(
         self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None

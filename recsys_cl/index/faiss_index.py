@@ -22,8 +22,7 @@ from recsys_cl.index.base import (
     Manifest,
     check_queries,
     check_vectors,
-    pad_results,
-    sentinel_for,
+    pad_rows,
 )
 from recsys_cl.index.exact import IDS_FILE, load_ids
 
@@ -110,15 +109,13 @@ class FaissIndex(Index):
         self._index, self._ids = index, ids
         self.set_knob(min(self.nprobe, self.nlist))
 
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def query_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index, ids = self._require_built()
         queries = check_queries(queries, self.dim, k)
         kk = min(k, ids.shape[0])
         scores, rows = index.search(queries, kk)  # (Q, K) each; rows -1 where fewer than K found
-        found = rows >= 0
-        out_ids = np.where(found, ids[np.where(found, rows, 0)], sentinel_for(ids))
-        scores = np.where(found, scores, -np.inf).astype(np.float32)
-        return pad_results(out_ids, scores, k)
+        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        return pad_rows(rows.astype(np.int64, copy=False), scores, k)
 
     # -- tuning ---------------------------------------------------------------------------------
     def knob_values(self, k: int) -> list[int]:

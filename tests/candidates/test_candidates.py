@@ -323,9 +323,9 @@ def test_topk_unseen_masked_equals_the_fetch_path(seed: int, monkeypatch: pytest
     seen = [rng.choice(M, size=int(d), replace=False).astype(np.int64) for d in depth]  # vocab indices
     offsets = np.concatenate([[0], np.cumsum(depth)]).astype(np.int64)
     items = Vocab(vocab_ids)
-    fetched: list[int] = []  # depths asked of ExactIndex.query
-    search = ExactIndex.query
-    monkeypatch.setattr(ExactIndex, "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    fetched: list[int] = []  # depths asked of ExactIndex.query_rows
+    search = ExactIndex.query_rows
+    monkeypatch.setattr(ExactIndex, "query_rows", lambda self, x, n: fetched.append(n) or search(self, x, n))
     for max_extra in (0, 3, 1000):
         got = topk_unseen(index, q, offsets, np.concatenate(seen), items, K, max_extra)
         assert not fetched, "the exact index was asked for a deeper fetch"
@@ -386,8 +386,8 @@ def test_topk_unseen_fetches_where_masking_would_differ(monkeypatch: pytest.Monk
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
     flat = np.concatenate(seen).astype(np.int64)
     fetched: list[int] = []
-    search = ExactIndex.query
-    monkeypatch.setattr(ExactIndex, "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    search = ExactIndex.query_rows
+    monkeypatch.setattr(ExactIndex, "query_rows", lambda self, x, n: fetched.append(n) or search(self, x, n))
     index = ExactIndex()
     index.build(vecs, np.arange(M))
     for items, queries in ((Vocab(np.arange(1, M)), q),  # index item 0 is not in the vocabulary
@@ -421,8 +421,8 @@ def test_topk_unseen_of_approximate_indexes_still_fetches(backend: str, monkeypa
     flat = np.concatenate(seen).astype(np.int64)
     items = Vocab(np.arange(M) + 7)
     fetched: list[int] = []
-    search = type(index).query
-    monkeypatch.setattr(type(index), "query", lambda self, x, n: fetched.append(n) or search(self, x, n))
+    search = type(index).query_rows
+    monkeypatch.setattr(type(index), "query_rows", lambda self, x, n: fetched.append(n) or search(self, x, n))
     monkeypatch.setattr(type(index), "query_excluding", lambda *a: pytest.fail("query_excluding called"))
     got = topk_unseen(index, q, offsets, flat, items, K, max_extra)
     depths = list(fetched)
@@ -628,7 +628,6 @@ def test_sampled_recall_is_measured_on_the_delivered_lists(loaded, clicks) -> No
     """An index exact in its top K but blind below it loses nothing on raw top-K queries, yet users
     with seen items in their top K get short lists: the health figure must see that."""
     from recsys_cl.candidates import Recommender, UserHistories, sampled_recall
-    from recsys_cl.index.base import SENTINEL_ID
     from recsys_cl.train.steps import embed_items
 
     k = 4
@@ -637,10 +636,10 @@ def test_sampled_recall_is_measured_on_the_delivered_lists(loaded, clicks) -> No
         is_exact = False
         supports_exclusion = False  # an approximate index: the job fetches deeper and drops seen items
 
-        def query(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-            ids, scores = super().query(queries, n)
-            ids[:, k:], scores[:, k:] = SENTINEL_ID, -np.inf
-            return ids, scores
+        def query_rows(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            rows, scores = super().query_rows(queries, n)
+            rows[:, k:], scores[:, k:] = -1, -np.inf
+            return rows, scores
 
     spec = loaded.spec
     shallow = TopKOnly()
